@@ -1,0 +1,49 @@
+"""Deployments of ``training_pipeline``: ``nightly`` (cron) and ``retrain`` (Run button).
+
+``python -m flows.deploy`` serves both from this process (what ``gptops serve`` starts);
+``prefect.yaml`` declares the same two for ``prefect deploy`` to a work pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.schedules import Cron
+
+from flows.pipeline import training_pipeline
+
+
+def build_deployments(workdir: str, cron: str = "0 2 * * *", timezone: str = "UTC",
+                      collision: str = "ENQUEUE") -> list:
+    """The two deployments; one run at a time each (a second trigger waits in the queue)."""
+    limit = ConcurrencyLimitConfig(limit=1,
+                                   collision_strategy=ConcurrencyLimitStrategy(collision))
+    params = {"workdir": os.path.abspath(workdir)}
+    nightly = training_pipeline.to_deployment(
+        name="nightly", schedules=[Cron(cron, timezone=timezone)], parameters=params,
+        concurrency_limit=limit, tags=["gptops", "scheduled"],
+        description="Scheduled retraining; a new version is promoted only if it beats the "
+                    "champion.")
+    retrain = training_pipeline.to_deployment(
+        name="retrain", parameters=params, concurrency_limit=limit, tags=["gptops", "manual"],
+        description="Manual retraining from the Run button (profile, steps, learning rate, "
+                    "data source, re-clean).")
+    return [nightly, retrain]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the gptops deployments")
+    parser.add_argument("--workdir", default=".")
+    parser.add_argument("--cron", default="0 2 * * *")
+    parser.add_argument("--timezone", default="UTC")
+    parser.add_argument("--collision", default="ENQUEUE", choices=["ENQUEUE", "CANCEL_NEW"])
+    args = parser.parse_args()
+    serve(*build_deployments(args.workdir, args.cron, args.timezone, args.collision),
+          print_starting_message=True)
+
+
+if __name__ == "__main__":
+    main()

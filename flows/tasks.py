@@ -1,0 +1,79 @@
+"""One Prefect task per pipeline step, each a single call into ``gpt``.
+
+Retries only where I/O can fail transiently (DVC remote, MLflow). Data steps are cached by DVC
+(an unchanged stage is reused, and the task says so); training steps resume from their own
+checkpoints, so a retried or re-run task continues instead of starting over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from gpt import registry, steps, workspace
+from gpt.config import Params, load_params
+
+
+@task(name="prepare-workspace", cache_policy=NO_CACHE)
+def prepare_workspace(workdir: str, profile: str, overrides: list[str]) -> Params:
+    """Make the folder a DVC workspace, write data overrides, resolve the run's params."""
+    ws = workspace.ensure_workspace(Path(workdir))
+    rest = workspace.apply_data_overrides(ws, overrides)
+    return load_params(ws / "params.yaml", profile, rest)
+
+
+@task(name="data-stage", task_run_name="{stage}", cache_policy=NO_CACHE)
+def data_stage(workdir: str, stage: str, force: bool = False) -> dict[str, Any]:
+    """Reproduce one DVC stage (ingest, clean or tokenize) if its inputs changed."""
+    outcome = workspace.run_stage(Path(workdir), stage, force=force)
+    return {"stage": outcome.stage, "ran": outcome.ran}
+
+
+@task(name="version-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def version_data(workdir: str) -> str:
+    """Push the data outputs to the DVC remote and return the data version."""
+    workspace.push(Path(workdir))
+    return workspace.data_version(Path(workdir))
+
+
+@task(name="start-mlflow-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def start_mlflow_run(tracking_uri: str, params: Params, kind: str, data_version: str,
+                     flow_run_id: str | None) -> str:
+    """Open the MLflow run that training metrics stream into."""
+    sections = ("model", "train") if kind == "base" else ("model", "finetune")
+    return registry.start_run(tracking_uri, params.registry.experiment,
+                              f"{kind}-{data_version}",
+                              steps.lineage_tags(params, data_version, flow_run_id),
+                              steps._flat_params(params, sections))
+
+
+@task(name="pretrain", cache_policy=NO_CACHE)
+def pretrain(workdir: str, params: Params, data_version: str, tracking_uri: str,
+             run_id: str) -> dict[str, Any]:
+    """Pretrain the base GPT by next-token prediction."""
+    return steps.pretrain_step(Path(workdir), params, data_version, tracking_uri, run_id)
+
+
+@task(name="finetune", cache_policy=NO_CACHE)
+def finetune(workdir: str, params: Params, data_version: str, tracking_uri: str,
+             run_id: str) -> dict[str, Any]:
+    """Fine-tune the base on the package-classification task."""
+    return steps.finetune_step(Path(workdir), params, data_version, tracking_uri, run_id)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(workdir: str, params: Params, data_version: str) -> dict[str, Any]:
+    """Perplexity of the base; accuracy/macro-F1 of the task model vs the majority baseline."""
+    return steps.evaluate_step(Path(workdir), params, data_version)
+
+
+@task(name="register", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def register(workdir: str, params: Params, data_version: str, tracking_uri: str,
+             evaluation: dict[str, Any], flow_run_id: str | None, base_run_id: str,
+             task_run_id: str) -> dict[str, Any]:
+    """Register both models in MLflow and apply the promotion gate."""
+    return steps.register_step(Path(workdir), params, data_version, tracking_uri, evaluation,
+                               flow_run_id, base_run_id, task_run_id)

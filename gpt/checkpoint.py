@@ -1,0 +1,164 @@
+"""Atomic, verifiable checkpoints.
+
+Layout: ``<dir>/ckpt-<step:08d>/`` holding ``model.safetensors`` (weights), ``state.pt``
+(optimizer, scheduler, RNG, step; loaded with ``weights_only=True``) and ``manifest.json``
+(step, extra metadata, sha256 of each file). A checkpoint is written into a ``.tmp`` folder, each
+file fsynced, then renamed into place, so a crash never leaves a folder that looks complete.
+``latest_valid`` returns the newest checkpoint whose hashes verify, skipping corrupt ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous, de-aliased tensors (tied weights are stored once by safetensors' rules)."""
+    sd = model.state_dict()
+    seen: dict[int, str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in sd.items():
+        ptr = tensor.data_ptr()
+        if ptr in seen:  # tied weight: keep the first name only
+            continue
+        seen[ptr] = key
+        out[key] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Write weights as safetensors atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state_dict_for_save(model), str(tmp))
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights into ``model`` (tied weights restored by the module itself)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(f"weights file {path} is corrupt ({exc}); delete it and "
+                              "re-run the step that produced it") from exc
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    # Tied weights are saved under one name; the other is filled by the tie itself.
+    missing = [m for m in missing if not m.endswith("lm_head.weight")
+               and not m.endswith("wte.weight")]
+    if missing or unexpected:
+        raise CheckpointError(f"weights file {path} does not match the model "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def save_checkpoint(directory: Path, step: int, model: torch.nn.Module,
+                    state: dict[str, Any], meta: dict[str, Any] | None = None,
+                    keep: int = 3) -> Path:
+    """Write checkpoint ``step`` atomically and keep the newest ``keep`` ones.
+
+    Args:
+        directory: the run's checkpoint folder.
+        step: the number of optimizer steps completed.
+        model: the (unwrapped) model.
+        state: tensors/plain values only (optimizer, scheduler, RNG states).
+        meta: JSON-serialisable metadata recorded in the manifest.
+        keep: how many checkpoints to retain (older ones are deleted after the new one lands).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"ckpt-{step:08d}"
+    tmp = directory / f".ckpt-{step:08d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(state_dict_for_save(model), str(tmp / WEIGHTS))
+    torch.save(state, tmp / STATE)
+    files = {name: _sha256(tmp / name) for name in (WEIGHTS, STATE)}
+    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files, "meta": meta or {}},
+                                           indent=2, sort_keys=True))
+    for name in (WEIGHTS, STATE, MANIFEST):
+        _fsync(tmp / name)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(directory)
+    for old in list_checkpoints(directory)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint folders, newest first (temp folders excluded)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted((p for p in directory.glob("ckpt-*") if p.is_dir()), reverse=True)
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Return the manifest of a checkpoint folder, or raise CheckpointError if it is corrupt."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        for name, digest in manifest["files"].items():
+            if _sha256(path / name) != digest:
+                raise CheckpointError(f"checkpoint {path}: {name} does not match its sha256")
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} is incomplete or corrupt ({exc})") from exc
+    return manifest
+
+
+def latest_valid(directory: Path) -> Path | None:
+    """The newest checkpoint that verifies; corrupt ones are logged and skipped."""
+    for path in list_checkpoints(directory):
+        try:
+            verify(path)
+            return path
+        except CheckpointError as exc:
+            log.warning("skipping %s", exc)
+    return None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify and load a checkpoint into ``model``; return (state, manifest)."""
+    manifest = verify(path)
+    load_weights(model, Path(path) / WEIGHTS)
+    # weights_only: a checkpoint is data, never code; refuse pickled objects.
+    state = torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
+    return state, manifest

@@ -1,0 +1,226 @@
+"""Typed configuration for every stage, built once from ``params.yaml``.
+
+Defaults live in ``params.yaml`` only: these models declare types and meaning, not values, so a
+missing key is an error rather than a silently different default. A profile overlays the
+model/train/finetune/evaluate sections; ``overrides`` (``"train.lr=1e-3"``) overlay last.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gpt.errors import ConfigError
+
+#: Sections a profile may change. Data sections are excluded on purpose: DVC reads them from
+#: params.yaml, so a profile changing them would make the data version lie.
+PROFILE_SECTIONS = ("model", "train", "finetune", "evaluate")
+#: Sections read by the DVC data stages (dvc.yaml lists the same keys).
+DATA_SECTIONS = ("data", "clean", "tokenizer")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    source: str = Field(description='"builtin" or a glob of local .txt/.md/.jsonl/.parquet/.csv')
+    text_field: str = Field(description="field holding the text in structured sources")
+    max_docs: int = Field(ge=0, description="0 = all documents, else the first N (stable order)")
+    seed: int
+
+
+class CleanConfig(_Strict):
+    min_chars: int = Field(ge=0, description="shorter documents are rejected (too_short)")
+    max_chars: int = Field(gt=0, description="longer documents are rejected (too_long)")
+    min_words: int = Field(ge=0, description="fewer words are rejected (too_few_words)")
+    max_symbol_ratio: float = Field(ge=0, description="'#'/'...' per word (symbol_ratio)")
+    min_alpha_ratio: float = Field(ge=0, le=1, description="letter fraction floor (low_alpha)")
+    max_dup_line_fraction: float = Field(ge=0, le=1, description="repeated-line cap")
+    exact_dedup: bool = Field(description="reject exact duplicates of the normalised text")
+    max_invalid_ratio: float = Field(ge=0, le=1, description="U+FFFD fraction cap (invalid_utf8)")
+    max_words: int = Field(gt=0, description="more words are rejected (too_many_words)")
+    min_mean_word_length: float = Field(ge=0, description="mean word length floor (word_length)")
+    max_mean_word_length: float = Field(gt=0, description="mean word length cap (word_length)")
+    min_punct_line_fraction: float = Field(
+        ge=0, le=1, description="floor on lines ending in punctuation (line_punctuation)")
+    near_dedup: bool = Field(description="reject MinHash-LSH near duplicates (near_duplicate_of)")
+    near_dedup_threshold: float = Field(gt=0, le=1, description="estimated Jaccard similarity")
+    near_dedup_num_perm: int = Field(ge=16, le=1024, description="MinHash permutations")
+    near_dedup_ngram: int = Field(ge=1, description="words per shingle")
+    pii: list[Literal["email", "ip", "phone", "secret"]] = Field(
+        description="PII kinds replaced by placeholders (<EMAIL>, <IP>, <PHONE>, <SECRET>)")
+
+
+class TokenizerConfig(_Strict):
+    vocab_size: int = Field(ge=260, le=2**32 - 1, description="BPE vocabulary size")
+    min_frequency: int = Field(ge=1, description="minimum pair frequency for a BPE merge")
+    val_fraction: float = Field(gt=0, lt=1, description="fraction of documents held out")
+    seed: int
+
+
+class ModelConfig(_Strict):
+    block_size: int = Field(gt=0, description="context length in tokens")
+    n_layer: int = Field(gt=0)
+    n_head: int = Field(gt=0)
+    n_embd: int = Field(gt=0, description="width; must be divisible by n_head")
+    dropout: float = Field(ge=0, lt=1)
+    bias: bool = Field(description="bias in Linear and LayerNorm layers (GPT-2: true)")
+    vocab_size: int = Field(default=0, ge=0, description="set from the trained tokenizer")
+
+
+class TrainConfig(_Strict):
+    max_steps: int = Field(gt=0, description="optimizer steps")
+    batch_size: int = Field(gt=0, description="sequences per micro-batch")
+    grad_accum: int = Field(gt=0, description="micro-batches per optimizer step")
+    lr: float = Field(gt=0, description="peak learning rate")
+    min_lr: float = Field(ge=0, description="floor of the cosine decay")
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0, description="applied to matrices only")
+    beta1: float = Field(gt=0, lt=1)
+    beta2: float = Field(gt=0, lt=1)
+    grad_clip: float = Field(ge=0, description="0 disables clipping")
+    eval_interval: int = Field(gt=0)
+    eval_batches: int = Field(gt=0)
+    checkpoint_interval: int = Field(gt=0)
+    compile: bool = Field(description="torch.compile the model")
+    device: str = Field(description='"auto", "cpu", "cuda" or "cuda:N"')
+    seed: int
+    max_nonfinite_steps: int = Field(gt=0, description="stop after this many bad steps in a row")
+
+
+class FinetuneConfig(_Strict):
+    task: Literal["package"] = Field(description="built-in task")
+    packages: list[str] = Field(min_length=2, description="label set (top-level packages)")
+    max_steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0, description="learning rate of the classification head")
+    base_lr_factor: float = Field(ge=0, description="body lr = lr * factor; 0 freezes the body")
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    test_fraction: float = Field(gt=0, lt=1)
+    seed: int
+
+
+class EvaluateConfig(_Strict):
+    ppl_batches: int = Field(gt=0, description="validation batches for perplexity")
+    batch_size: int = Field(gt=0)
+    seed: int
+
+
+class RegistryConfig(_Strict):
+    tracking_uri: str = Field(description='"" = sqlite under <workdir>/.gptops/mlflow.db')
+    experiment: str
+    base_model: str
+    task_model: str
+    min_improvement: float = Field(ge=0, description="margin a challenger must beat champion by")
+
+
+class Params(_Strict):
+    """Every run value, validated once."""
+
+    data: DataConfig
+    clean: CleanConfig
+    tokenizer: TokenizerConfig
+    model: ModelConfig
+    train: TrainConfig
+    finetune: FinetuneConfig
+    evaluate: EvaluateConfig
+    registry: RegistryConfig
+    profile: str = "tiny"
+
+    def config_hash(self) -> str:
+        """Short, stable hash of the resolved values (the registry's ``config_hash`` tag)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node.get(key), dict):
+            raise ConfigError(f"unknown parameter '{dotted}': '{'.'.join(keys[: i + 1])}' "
+                              "is not a section; see params.yaml for the known keys")
+        node = node[key]
+    if keys[-1] not in node:
+        known = ", ".join(sorted(node))
+        raise ConfigError(f"unknown parameter '{dotted}' (known in this section: {known})")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Parse ``["train.lr=1e-3", ...]`` into ``{"train.lr": 0.001}`` (values as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"bad override '{item}': write it as section.key=value")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """Read ``params.yaml`` as a plain dict, with a clear error when it is missing or broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path} (run from a gptops workspace or "
+                          "pass --workdir)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params file {path} must hold a mapping of sections")
+    return raw
+
+
+def resolve_params(raw: dict[str, Any], profile: str = "tiny",
+                   overrides: list[str] | dict[str, Any] | None = None) -> Params:
+    """Apply ``profile`` and ``overrides`` to a raw params dict and validate it."""
+    tree = copy.deepcopy(raw)
+    profiles = tree.pop("profiles", {}) or {}
+    if profile not in profiles:
+        raise ConfigError(f"unknown profile '{profile}' (known: {', '.join(sorted(profiles))})")
+    for section, values in (profiles[profile] or {}).items():
+        if section not in PROFILE_SECTIONS:
+            raise ConfigError(f"profile '{profile}' may not change section '{section}' "
+                              f"(allowed: {', '.join(PROFILE_SECTIONS)})")
+        for key, value in values.items():
+            _set_dotted(tree, f"{section}.{key}", value)
+    pairs = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    for key, value in pairs.items():
+        _set_dotted(tree, key, value)
+    tree["profile"] = profile
+    try:
+        params = Params.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid parameter '{where}': {first['msg']} "
+                          f"(got {first.get('input')!r}); fix params.yaml or the override") from exc
+    if params.model.n_embd % params.model.n_head:
+        raise ConfigError(f"invalid parameter 'model.n_embd': {params.model.n_embd} is not "
+                          f"divisible by model.n_head={params.model.n_head}")
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", profile: str = "tiny",
+                overrides: list[str] | dict[str, Any] | None = None) -> Params:
+    """Load, overlay and validate ``params.yaml``.
+
+    Args:
+        path: the params file.
+        profile: a name under ``profiles:`` in the file.
+        overrides: ``"section.key=value"`` strings (or an already parsed mapping).
+
+    Raises:
+        ConfigError: missing file, unknown profile or key, or an invalid value.
+    """
+    return resolve_params(read_params_file(Path(path)), profile, overrides)

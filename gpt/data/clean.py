@@ -1,0 +1,709 @@
+"""Cleaning: Unicode repair, quality filters, dedup and PII scrubbing over document frames.
+
+Every input document comes out exactly once: either in ``kept`` (with its cleaned text) or in
+``rejected`` with a reason. Reasons, checked in this order (the first that applies wins):
+
+``duplicate_id``, ``invalid_utf8``, ``too_short``, ``too_long``, ``too_few_words``,
+``too_many_words``, ``word_length``, ``symbol_ratio``, ``low_alpha``, ``line_punctuation``,
+``repeated_lines``, ``duplicate_of=<id>``, ``near_duplicate_of=<id>``.
+
+The quality filters follow Gopher (Rae et al. 2021) and FineWeb, with thresholds from the
+``clean:`` section of ``params.yaml``. Results are deterministic: the same input gives the same
+output, and kept documents stay in input order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gpt.config import CleanConfig
+from gpt.data.sources import DOC_COLUMNS
+from gpt.errors import DataError
+
+REJECTED_COLUMNS = ["doc_id", "source", "name", "reason", "excerpt"]
+EXCERPT_CHARS = 200
+
+# --- Unicode normalisation ----------------------------------------------------------------------
+
+# Line separators other than "\n" and "\r" (CR and CRLF are replaced first, with str.replace).
+_NEWLINES = re.compile("[\x0b\x0c\x85\u2028\u2029]")
+# C0/C1 controls except \t and \n, DEL, zero-width space, BOM/ZWNBSP.
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u200b\ufeff]")
+# Lone surrogates cannot be encoded as UTF-8: they become U+FFFD (so invalid_utf8 sees them).
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# Unicode spaces that are not ASCII space (NBSP, en/em spaces, ideographic space ...).
+_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+# Runs of spaces after a non-space (leading indentation is kept: code blocks depend on it).
+# Written to start with a literal space so the regex engine can skip ahead quickly.
+_SPACE_RUNS = re.compile(r" (?<=\S.) +")
+_TRAILING_WS = re.compile(r"[ \t]+\n")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def normalize_text(text: str) -> str:
+    """Repair and normalise one document's text.
+
+    Strips the BOM and zero-width spaces, turns every newline variant into ``\\n``, removes
+    control characters other than ``\\n`` and ``\\t``, applies NFC, turns Unicode spaces into
+    ASCII spaces, collapses runs of spaces inside lines (not indentation), drops trailing
+    whitespace and more than one blank line in a row, and strips the ends.
+
+    Args:
+        text: the raw text.
+
+    Returns:
+        The cleaned text.
+    """
+    if not text.isascii():
+        text = _SURROGATES.sub(REPLACEMENT_CHAR, text)
+        text = _ODD_SPACES.sub(" ", text)
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x0b" in text or "\x0c" in text or not text.isascii():
+        text = _NEWLINES.sub("\n", text)
+    text = _CONTROLS.sub("", text)
+    if "  " in text:
+        text = _SPACE_RUNS.sub(" ", text)
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_WS.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()
+
+
+# --- Quality features ---------------------------------------------------------------------------
+
+_LETTER_RUNS = re.compile(r"[^\W\d_]+")
+_ASCII_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_PUNCT_END = tuple(".!?:;\"')]}>…”’»")
+
+
+def _letters(text: str) -> int:
+    """Number of letters (Unicode category L*) in ``text``."""
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw) - len(raw.translate(None, _ASCII_LETTERS))
+    return sum(map(len, _LETTER_RUNS.findall(text)))
+
+
+def _quality_reason(text: str, cfg: CleanConfig) -> str | None:
+    """The first quality filter ``text`` (already normalised) fails, or None."""
+    n_chars = len(text)
+    if n_chars < cfg.min_chars:
+        return "too_short"
+    if n_chars > cfg.max_chars:
+        return "too_long"
+    n_words = len(text.split())
+    if n_words < cfg.min_words or n_words == 0:
+        return "too_few_words"
+    if n_words > cfg.max_words:
+        return "too_many_words"
+    # Normalised text has no whitespace but " ", "\n" and "\t", so str.count is enough.
+    word_chars = n_chars - text.count(" ") - text.count("\n") - text.count("\t")
+    mean_len = word_chars / n_words
+    if not cfg.min_mean_word_length <= mean_len <= cfg.max_mean_word_length:
+        return "word_length"
+    symbols = text.count("#") + text.count("...") + text.count("…")
+    if symbols / n_words > cfg.max_symbol_ratio:
+        return "symbol_ratio"
+    if _letters(text) / word_chars < cfg.min_alpha_ratio:
+        return "low_alpha"
+    # No trailing whitespace either: a blank line is "", and lines compare as they are.
+    lines = text.split("\n")
+    n_lines = len(lines) - lines.count("")
+    if cfg.min_punct_line_fraction > 0:
+        ending = sum(map(str.endswith, lines, repeat(_PUNCT_END, len(lines))))
+        if ending / n_lines < cfg.min_punct_line_fraction:
+            return "line_punctuation"
+    if n_lines > 1:
+        distinct = set(lines)
+        distinct.discard("")
+        if (n_lines - len(distinct)) / n_lines > cfg.max_dup_line_fraction:
+            return "repeated_lines"
+    return None
+
+
+# --- PII scrubbing -----------------------------------------------------------------------------
+
+PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>", "secret": "<SECRET>"}
+
+# Every pattern starts with a character class or literal so the regex engine skips ahead
+# quickly; the context checks (no letter or digit glued on either side) are done in the
+# replacement functions, which return the match unchanged when they fail.
+_EMAIL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+                    r"\b")
+# Exactly four dotted numbers of at most three digits, each <= 255 (checked on replacement):
+# "3.11.7" (three parts) and "1.3.6.1.5" (an OID) are left alone.
+_IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+_IPV4_HINT = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")  # starts with a literal: a fast scan
+# Candidates only (validated with ipaddress): hex groups, colons and dots with two colons.
+_IPV6 = re.compile(r"[0-9A-Fa-f:](?<![\w:.].)(?=[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:)"
+                   r"[0-9A-Fa-f:.]{5,44}(?![\w:])")
+# International "+CC ..." or North American "(555) 123-4567", "555-123-4567", "1 555 123 4567".
+_PHONE = re.compile(r"[+(0-9](?:(?<=\+)\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
+                    r"|(?<=\()\d{3}\) ?\d{3}[ .-]\d{4}"
+                    r"|(?<=1)[ .-](?:\(\d{3}\) ?\d{3}[ .-]\d{4}|\d{3}([ .-])\d{3}\1\d{4})"
+                    r"|(?<=\d)\d{2}([ .-])\d{3}\2\d{4})")
+_SECRET_TOKENS = re.compile(
+    r"\b(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"        # OpenAI / Anthropic style keys
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"                       # AWS access key ids
+    r"|gh[pousr]_[A-Za-z0-9]{36,}"                      # GitHub tokens
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}"                    # Slack tokens
+    r"|AIza[0-9A-Za-z_-]{35})\b"                        # Google API keys
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
+    re.DOTALL)
+_GITHUB_HINT = re.compile("gh[pousr]_")
+# A long random-looking value after key=, token: "secret" = ... (the name is kept).
+_SECRET_ASSIGN = re.compile(
+    r"(?i)((?:api[_-]?key|apikey|secret|token|passw(?:or)?d|access[_-]?key|auth)[\w-]*"
+    r"[\"']?\s*[=:]\s*[\"']?)([A-Za-z0-9+/_-]{16,}={0,2})")
+_ASSIGN_MARKERS = ("key", "secret", "token", "passw", "auth")
+
+
+def _glued_before(text: str, start: int, chars: str = ".") -> bool:
+    """True when the character before ``start`` is a letter, digit, ``_`` or one of ``chars``."""
+    if start == 0:
+        return False
+    c = text[start - 1]
+    return c.isalnum() or c == "_" or c in chars
+
+
+def _glued_after(text: str, end: int, chars: str = "") -> bool:
+    """True when a word character (or ``chars``, or ".<digit>") follows ``end``."""
+    if end >= len(text):
+        return False
+    c = text[end]
+    if c.isalnum() or c == "_" or c in chars:
+        return True
+    return c == "." and end + 1 < len(text) and text[end + 1].isdigit()
+
+
+def _email_sub(match: re.Match[str]) -> str:
+    if _glued_before(match.string, match.start(), ".+-%"):
+        return match.group(0)
+    return "<EMAIL>"
+
+
+def _ipv4_sub(match: re.Match[str]) -> str:
+    cand = match.group(0)
+    if _glued_before(match.string, match.start()) or _glued_after(match.string, match.end()) \
+            or any(int(part) > 255 for part in cand.split(".")):
+        return cand
+    return "<IP>"
+
+
+def _ipv6_sub(match: re.Match[str]) -> str:
+    import ipaddress
+
+    cand = match.group(0)
+    core = cand.rstrip(".")
+    if len([g for g in core.split(":") if g]) < 3:  # "::1", "x[::2]" are not worth a tag
+        return cand
+    try:
+        ipaddress.IPv6Address(core)
+    except ValueError:
+        return cand
+    return "<IP>" + cand[len(core):]
+
+
+def _phone_sub(match: re.Match[str]) -> str:
+    cand = match.group(0)
+    digits = sum(c.isdigit() for c in cand)
+    if not 10 <= digits <= 15 or _glued_before(match.string, match.start(), ".+-") or \
+            _glued_after(match.string, match.end(), "-"):
+        return cand
+    return "<PHONE>"
+
+
+def _looks_random(value: str) -> bool:
+    """A token rather than a word or identifier: it mixes digits and letters."""
+    return any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+
+
+def _assign_sub(match: re.Match[str]) -> str:
+    return match.group(1) + "<SECRET>" if _looks_random(match.group(2)) else match.group(0)
+
+
+def scrub_pii(text: str, kinds: list[str] | tuple[str, ...]) -> tuple[str, dict[str, int]]:
+    """Replace PII of the given kinds with placeholders.
+
+    Cheap substring checks decide which patterns can match at all, so most documents cost a
+    few ``in`` tests and one or two regex scans.
+
+    Args:
+        text: normalised text.
+        kinds: any of ``email``, ``ip``, ``phone``, ``secret``.
+
+    Returns:
+        The scrubbed text and the number of placeholders written per kind (kinds with none are
+        left out).
+    """
+    counts: dict[str, int] = {}
+
+    def run(kind: str, pattern: re.Pattern[str], repl: Any) -> None:
+        nonlocal text
+        new = pattern.sub(repl, text)
+        if new != text:
+            tag = PLACEHOLDERS[kind]
+            counts[kind] = counts.get(kind, 0) + new.count(tag) - text.count(tag)
+            text = new
+
+    if "secret" in kinds:
+        if "sk-" in text or "AKIA" in text or "ASIA" in text or "AIza" in text or \
+                "xox" in text or "PRIVATE KEY" in text or \
+                ("gh" in text and _GITHUB_HINT.search(text)):
+            run("secret", _SECRET_TOKENS, "<SECRET>")
+        if "=" in text or ":" in text:
+            lower = text.lower()
+            if any(m in lower for m in _ASSIGN_MARKERS):
+                run("secret", _SECRET_ASSIGN, _assign_sub)
+    if "email" in kinds and "@" in text:
+        run("email", _EMAIL, _email_sub)
+    if "ip" in kinds:
+        if "::" in text or text.count(":") >= 7:
+            run("ip", _IPV6, _ipv6_sub)
+        if text.count(".") >= 3 and _IPV4_HINT.search(text):
+            run("ip", _IPV4, _ipv4_sub)
+    if "phone" in kinds and sum(map(text.count, "0123456789")) >= 10:
+        run("phone", _PHONE, _phone_sub)
+    return text, counts
+
+
+# --- Near-duplicate signatures (MinHash over word n-gram shingles) ------------------------------
+
+_MINHASH_SEED = 1
+_SHINGLES_PER_CHUNK = 1 << 18
+_MIX_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _perm_params(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(_MINHASH_SEED)
+    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    return a, b
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (in place): spreads shingle hashes over all 64 bits."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def minhash_signatures(texts: list[str], num_perm: int, ngram: int) -> np.ndarray:
+    """MinHash signatures of lower-cased word ``ngram`` shingles, vectorised with numpy.
+
+    Word hashes come from ``pandas.util.hash_array`` (keyed SipHash, the same in every process),
+    so signatures computed in different worker processes are comparable. A text with fewer than
+    ``ngram`` words has one shingle (its words padded).
+
+    Args:
+        texts: the documents.
+        num_perm: signature length.
+        ngram: words per shingle.
+
+    Returns:
+        ``(len(texts), num_perm)`` ``uint32`` array; the fraction of equal entries of two rows
+        estimates the Jaccard similarity of the two shingle sets.
+    """
+    a, b = _perm_params(num_perm)
+    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    start = 0
+    while start < len(texts):
+        words: list[str] = []
+        counts: list[int] = []
+        stop = start
+        while stop < len(texts) and (len(words) < _SHINGLES_PER_CHUNK or stop == start):
+            toks = texts[stop].lower().split()
+            words.extend(toks)
+            counts.append(len(toks))
+            stop += 1
+        out[start:stop] = _chunk_signatures(words, np.asarray(counts, dtype=np.int64), ngram, a, b)
+        start = stop
+    return out
+
+
+def _chunk_signatures(words: list[str], counts: np.ndarray, ngram: int, a: np.ndarray,
+                      b: np.ndarray) -> np.ndarray:
+    hashes = (pd.util.hash_array(np.asarray(words, dtype=object)) if words
+              else np.empty(0, dtype=np.uint64))
+    pad = ngram - 1
+    # Lay each document's word hashes out followed by ``pad`` zeros, so a window never crosses
+    # into the next document and short documents still have one (padded) shingle.
+    padded_len = counts + pad
+    padded_off = np.cumsum(padded_len) - padded_len
+    word_off = np.cumsum(counts) - counts
+    padded = np.zeros(int(padded_len.sum()) + pad, dtype=np.uint64)
+    padded[np.repeat(padded_off - word_off, counts) + np.arange(len(hashes))] = hashes
+    windows = len(padded) - pad
+    shingle = padded[:windows].copy()
+    for m in range(1, ngram):
+        shingle *= _MIX_MULT
+        shingle += padded[m:m + windows]
+    n_shingles = np.maximum(counts - pad, 1)
+    seg = np.cumsum(n_shingles) - n_shingles
+    starts = np.repeat(padded_off - seg, n_shingles) + np.arange(int(n_shingles.sum()))
+    values = _mix64(shingle[starts])
+    # One permutation at a time on a reused 1-D buffer: much faster than a 2-D block (reduceat
+    # along axis 0 of a 2-D array is slow and the temporaries do not fit in cache).
+    sig = np.empty((len(a), len(counts)), dtype=np.uint64)
+    buf = np.empty_like(values)
+    for p in range(len(a)):
+        np.multiply(values, a[p], out=buf)
+        np.add(buf, b[p], out=buf)
+        sig[p] = np.minimum.reduceat(buf, seg)
+    # The top 32 bits of the minimum are the minimum of the top 32 bits.
+    return (sig >> np.uint64(32)).astype(np.uint32).T
+
+
+@lru_cache(maxsize=32)
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """Bands and rows per band for LSH at ``threshold``.
+
+    Minimises a weighted sum of the probability mass of missed pairs above the threshold and of
+    candidate pairs below it (as datasketch does), weighted towards recall: candidates are
+    verified on the full signature afterwards, so extra candidates cost time, not precision.
+    """
+    s = np.linspace(0.0, 1.0, 401)
+    below, above = s <= threshold, s >= threshold
+    best: tuple[float, int, int] = (float("inf"), 1, num_perm)
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            p = 1.0 - (1.0 - s**rows) ** bands
+            fp = np.trapezoid(p[below], s[below])
+            fn = np.trapezoid(1.0 - p[above], s[above])
+            err = _LSH_FP_WEIGHT * fp + (1.0 - _LSH_FP_WEIGHT) * fn
+            if err < best[0]:
+                best = (err, bands, rows)
+    return best[1], best[2]
+
+
+_LSH_FP_WEIGHT = 0.2
+
+
+def near_duplicates(sigs: np.ndarray, threshold: float) -> np.ndarray:
+    """For each row, the index of the first earlier kept row it near-duplicates, else -1.
+
+    Rows are processed in order; a row is compared only with earlier rows that are themselves
+    kept, so the first of a group survives. Candidates come from LSH banding; a candidate pair
+    counts when the estimated Jaccard similarity (equal signature entries) reaches
+    ``threshold``.
+
+    Args:
+        sigs: ``(n, num_perm)`` signatures from ``minhash_signatures``.
+        threshold: Jaccard similarity from which a row is a near duplicate.
+
+    Returns:
+        ``int64`` array of length ``n``.
+    """
+    n, num_perm = sigs.shape
+    of = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return of
+    bands, rows = lsh_bands(threshold, num_perm)
+    rng = np.random.default_rng(_MINHASH_SEED + 1)
+    mult = rng.integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
+    firsts, seconds = [], []
+    idx = np.arange(n, dtype=np.int64)
+    for band in range(bands):
+        cols = sigs[:, band * rows:(band + 1) * rows].astype(np.uint64)
+        key = _mix64((cols * mult).sum(axis=1, dtype=np.uint64))
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        same = ks[1:] == ks[:-1]
+        if not same.any():
+            continue
+        # In each bucket (sorted by row), pair every row with the bucket's first row and with
+        # its predecessor: linear in the bucket size, unlike all pairs.
+        head = np.maximum.accumulate(np.where(np.r_[True, ~same], idx, 0))
+        j = order[1:][same]
+        firsts += [order[head[1:][same]], order[:-1][same]]
+        seconds += [j, j]
+    if not firsts:
+        return of
+    pairs = np.unique(np.stack([np.concatenate(firsts), np.concatenate(seconds)], axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    sim = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
+    pairs = pairs[sim >= threshold]
+    pairs = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
+    for i, j in pairs.tolist():
+        if of[j] == -1 and of[i] == -1:
+            of[j] = i
+    return of
+
+
+# --- Public API ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CleanResult:
+    """What cleaning produced.
+
+    Attributes:
+        kept: ``DOC_COLUMNS`` frame of kept documents, ``text`` cleaned, in input order.
+        rejected: ``REJECTED_COLUMNS`` frame (``excerpt`` = the first 200 characters of the
+            original text), in input order.
+        stats: JSON-serialisable counts (see ``clean_documents``).
+    """
+
+    kept: pd.DataFrame
+    rejected: pd.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _validated(docs: pd.DataFrame) -> pd.DataFrame:
+    """Check the document schema; return a copy with string columns and no missing values."""
+    if not isinstance(docs, pd.DataFrame):
+        raise DataError(f"documents must be a pandas DataFrame with columns {DOC_COLUMNS}, got "
+                        f"{type(docs).__name__}")
+    missing = [c for c in DOC_COLUMNS if c not in docs.columns]
+    if missing:
+        raise DataError(f"documents lack column(s) {missing} (have {list(map(str, docs.columns))});"
+                        " read them with gpt.data.sources")
+    out = {}
+    for col in DOC_COLUMNS:
+        values = docs[col].tolist()
+        out[col] = [v if isinstance(v, str) else ("" if _is_missing(v) else str(v))
+                    for v in values]
+    return pd.DataFrame(out, columns=DOC_COLUMNS)
+
+
+def _is_missing(value: object) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+@dataclass
+class _Part:
+    """Per-document results of the filters for one shard (documents in shard order)."""
+
+    cleaned: list[str]
+    reasons: list[str | None]
+    pii: dict[int, dict[str, int]]  # index in shard -> kind -> count (documents that passed)
+    sigs: np.ndarray | None  # signatures of the documents that passed, in order
+
+
+def _filter_part(texts: list[str], cfg: CleanConfig) -> _Part:
+    """Normalise, filter and scrub one shard; sign the survivors when near-dedup is on."""
+    cleaned: list[str] = []
+    reasons: list[str | None] = []
+    pii: dict[int, dict[str, int]] = {}
+    kinds = tuple(cfg.pii)
+    for i, raw in enumerate(texts):
+        text = normalize_text(raw)
+        if text and text.count(REPLACEMENT_CHAR) / len(text) > cfg.max_invalid_ratio:
+            reason: str | None = "invalid_utf8"
+        else:
+            reason = _quality_reason(text, cfg)
+        if reason is None and kinds:
+            text, counts = scrub_pii(text, kinds)
+            if counts:
+                pii[i] = counts
+        cleaned.append(text)
+        reasons.append(reason)
+    sigs = None
+    if cfg.near_dedup:
+        passing = [t for t, r in zip(cleaned, reasons, strict=True) if r is None]
+        sigs = minhash_signatures(passing, cfg.near_dedup_num_perm, cfg.near_dedup_ngram)
+    return _Part(cleaned, reasons, pii, sigs)
+
+
+def _filter_part_star(args: tuple[list[str], CleanConfig]) -> _Part:
+    return _filter_part(*args)
+
+
+def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int) -> CleanResult:
+    """Clean several shards as one corpus: filters in parallel, dedup across all shards.
+
+    The result is the same as ``clean_documents`` on the concatenated shards (kept and rejected
+    in shard order, then row order). Duplicate ids, exact and near duplicates are found across
+    shards, in the parent process, after the workers have filtered and signed their shards.
+
+    Args:
+        shards: frames with ``DOC_COLUMNS``.
+        cfg: the ``clean`` section of the params.
+        workers: processes for the per-shard work; 1 (or one shard) runs in this process.
+
+    Returns:
+        The kept and rejected documents with ``stats`` (see ``clean_documents``).
+
+    Raises:
+        DataError: a shard is not a frame with the document columns.
+    """
+    frames = [_validated(s) for s in shards]
+    frame = (pd.concat(frames, ignore_index=True) if frames
+             else pd.DataFrame(columns=DOC_COLUMNS))
+    n = len(frame)
+    ids = frame["doc_id"].tolist()
+    originals = frame["text"].tolist()
+    reasons: list[str | None] = [None] * n
+    cleaned: list[str] = [""] * n
+    dup_id = frame["doc_id"].duplicated().to_numpy()
+    for i in np.flatnonzero(dup_id):
+        reasons[i] = "duplicate_id"
+    # Work units: each shard minus its duplicate-id rows, as positions into ``frame``.
+    bounds = np.cumsum([0] + [len(f) for f in frames])
+    units = [np.flatnonzero(~dup_id[lo:hi]) + lo for lo, hi in zip(bounds[:-1], bounds[1:],
+                                                                    strict=True)]
+    units = [u for u in units if len(u)]
+    jobs = [([originals[i] for i in u], cfg) for u in units]
+    if workers > 1 and len(jobs) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(workers, len(jobs))) as pool:
+            parts = pool.map(_filter_part_star, jobs, chunksize=1)
+    else:
+        parts = [_filter_part(*job) for job in jobs]
+
+    pii_at: dict[int, dict[str, int]] = {}
+    sig_rows: list[np.ndarray] = []
+    for unit, part in zip(units, parts, strict=True):
+        for k, pos in enumerate(unit.tolist()):
+            cleaned[pos] = part.cleaned[k]
+            reasons[pos] = part.reasons[k]
+        pii_at.update({int(unit[k]): c for k, c in part.pii.items()})
+        if part.sigs is not None:
+            sig_rows.append(part.sigs)
+    passing = [i for i in range(n) if reasons[i] is None]
+    reached_dedup = len(passing)
+    duplicates = 0
+    if cfg.exact_dedup:
+        first_of: dict[str, int] = {}
+        for i in passing:
+            first = first_of.setdefault(cleaned[i], i)
+            if first != i:
+                reasons[i] = f"duplicate_of={ids[first]}"
+                duplicates += 1
+    if cfg.near_dedup and passing:
+        sigs = np.concatenate(sig_rows) if sig_rows else np.empty((0, cfg.near_dedup_num_perm))
+        alive = np.array([reasons[i] is None for i in passing], dtype=bool)
+        rows = np.asarray(passing, dtype=np.int64)[alive]
+        of = near_duplicates(sigs[alive], cfg.near_dedup_threshold)
+        for j in np.flatnonzero(of >= 0).tolist():
+            reasons[rows[j]] = f"near_duplicate_of={ids[rows[of[j]]]}"
+            duplicates += 1
+    pii: dict[str, int] = {}
+    for i, counts in pii_at.items():
+        if reasons[i] is None:
+            for kind, c in counts.items():
+                pii[kind] = pii.get(kind, 0) + c
+    return _assemble(frame, cleaned, reasons, originals, reached_dedup, duplicates, pii)
+
+
+def clean_documents(docs: pd.DataFrame, cfg: CleanConfig) -> CleanResult:
+    """Clean a frame of documents.
+
+    Args:
+        docs: a frame with ``DOC_COLUMNS`` (extra columns are ignored).
+        cfg: the ``clean`` section of the params.
+
+    Returns:
+        The kept and rejected documents and ``stats``: ``docs_in``, ``docs_kept``,
+        ``docs_rejected``, ``rejected_by_reason`` (reason without its ``=<id>`` part -> count),
+        ``bytes_in`` (UTF-8 bytes of every input text), ``bytes_out`` (of the kept cleaned texts),
+        ``dedup_rate`` (exact + near duplicates / documents that passed the filters),
+        ``pii_replacements`` (kind -> placeholders written into kept texts).
+
+    Raises:
+        DataError: ``docs`` is not a frame with the document columns.
+    """
+    return clean_shards([docs], cfg, workers=1)
+
+
+def _assemble(frame: pd.DataFrame, cleaned: list[str], reasons: list[str | None],
+              originals: list[str], reached_dedup: int, duplicates: int,
+              pii: dict[str, int]) -> CleanResult:
+    keep = np.array([r is None for r in reasons], dtype=bool)
+    kept = frame.loc[keep, DOC_COLUMNS].copy()
+    kept["text"] = [t for t, k in zip(cleaned, keep, strict=True) if k]
+    kept = kept.reset_index(drop=True)
+    rej_idx = np.flatnonzero(~keep)
+    rejected = pd.DataFrame({
+        "doc_id": frame["doc_id"].to_numpy()[rej_idx].tolist(),
+        "source": frame["source"].to_numpy()[rej_idx].tolist(),
+        "name": frame["name"].to_numpy()[rej_idx].tolist(),
+        "reason": [reasons[i] for i in rej_idx],
+        "excerpt": [originals[i][:EXCERPT_CHARS] for i in rej_idx],
+    }, columns=REJECTED_COLUMNS)
+    by_reason: dict[str, int] = {}
+    for r in rejected["reason"]:
+        key = r.split("=", 1)[0]
+        by_reason[key] = by_reason.get(key, 0) + 1
+    stats = {
+        "docs_in": len(frame),
+        "docs_kept": len(kept),
+        "docs_rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "bytes_in": sum(map(_utf8_len, originals)),
+        "bytes_out": sum(map(_utf8_len, kept["text"].tolist())),
+        "dedup_rate": round(duplicates / reached_dedup, 6) if reached_dedup else 0.0,
+        "pii_replacements": dict(sorted(pii.items())),
+    }
+    return CleanResult(kept=kept, rejected=rejected, stats=stats)
+
+
+def render_report(stats: dict[str, Any]) -> str:
+    """Render cleaning stats as a short markdown report.
+
+    Args:
+        stats: ``CleanResult.stats``.
+
+    Returns:
+        Markdown with document and byte counts, the dedup rate, a table of rejections per reason
+        and a table of PII replacements.
+    """
+    docs_in = stats.get("docs_in", 0) or 0
+    kept = stats.get("docs_kept", 0) or 0
+    b_in = stats.get("bytes_in", 0) or 0
+    b_out = stats.get("bytes_out", 0) or 0
+
+    def pct(part: float, whole: float) -> str:
+        return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+    lines = [
+        "# Cleaning report",
+        "",
+        f"- documents: {docs_in:,} in, {kept:,} kept ({pct(kept, docs_in)}), "
+        f"{stats.get('docs_rejected', 0):,} rejected",
+        f"- bytes: {b_in:,} in, {b_out:,} out ({pct(b_out, b_in)})",
+        f"- dedup rate: {100 * float(stats.get('dedup_rate', 0.0)):.2f}% of documents that "
+        "passed the filters",
+        "",
+        "| reason | documents | share of input |",
+        "|---|---:|---:|",
+    ]
+    by_reason = stats.get("rejected_by_reason", {}) or {}
+    for reason, count in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"| {reason} | {count:,} | {pct(count, docs_in)} |")
+    if not by_reason:
+        lines.append("| (none) | 0 | 0.0% |")
+    pii = stats.get("pii_replacements", {}) or {}
+    lines += ["", "| PII placeholder | replacements |", "|---|---:|"]
+    for kind, count in sorted(pii.items()):
+        lines.append(f"| {kind} | {count:,} |")
+    if not pii:
+        lines.append("| (none) | 0 |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,114 @@
+"""The DVC data stages: ingest → clean → tokenize.
+
+Each stage reads its inputs from the workspace folder, writes its outputs atomically (into a temp
+folder renamed into place), and is what ``dvc.yaml``'s ``cmd`` runs (``gptops data <stage>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gpt.config import Params
+from gpt.data.clean import clean_documents, render_report
+from gpt.data.loader import write_token_shards
+from gpt.data.sources import DOC_COLUMNS, read_source
+from gpt.data.tokenizer import save_tokenizer, train_tokenizer
+from gpt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+RAW = Path("data/raw")
+CLEAN = Path("data/clean")
+CLEAN_STATS = Path("data/clean_stats.json")
+TOKENS = Path("data/tokens")
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temp folder that replaces ``final`` only if the block succeeds."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _read_docs(path: Path, stage: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path} not found; run the '{stage}' stage first (`gptops data {stage}`)")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path} is corrupt ({exc}); re-run `gptops data {stage}`") from exc
+
+
+def ingest(params: Params, workdir: Path) -> dict[str, Any]:
+    """Read the configured source into ``data/raw/docs.parquet``."""
+    t0 = time.perf_counter()
+    df = read_source(params.data.source, params.data.text_field, params.data.max_docs)
+    if df.empty:
+        raise DataError(f"data.source '{params.data.source}' yielded no documents")
+    with atomic_dir(Path(workdir) / RAW) as out:
+        df[DOC_COLUMNS].to_parquet(out / "docs.parquet", index=False)
+    info = {"docs": len(df), "bytes": int(df.text.str.len().sum()),
+            "seconds": round(time.perf_counter() - t0, 2)}
+    log.info("ingest: %d documents, %.1f MB from %s", info["docs"], info["bytes"] / 1e6,
+             params.data.source)
+    return info
+
+
+def clean(params: Params, workdir: Path) -> dict[str, Any]:
+    """Clean ``data/raw`` into ``data/clean`` (kept + rejected with reasons) and stats."""
+    workdir = Path(workdir)
+    docs = _read_docs(workdir / RAW / "docs.parquet", "ingest")
+    result = clean_documents(docs, params.clean)
+    if len(result.kept) + len(result.rejected) != len(docs):
+        raise DataError(f"cleaning lost documents ({len(docs)} in, {len(result.kept)} kept, "
+                        f"{len(result.rejected)} rejected); this is a bug, please report it")
+    if result.kept.empty:
+        reasons = result.stats.get("rejected_by_reason", {})
+        raise DataError(f"no usable documents: all {len(docs)} were rejected ({reasons}); "
+                        "check data.source or relax the clean.* thresholds in params.yaml")
+    with atomic_dir(workdir / CLEAN) as out:
+        result.kept.to_parquet(out / "docs.parquet", index=False)
+        result.rejected.to_parquet(out / "rejected.parquet", index=False)
+        (out / "report.md").write_text(render_report(result.stats), encoding="utf-8")
+    tmp = (workdir / CLEAN_STATS).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.stats, indent=2, sort_keys=True))
+    os.replace(tmp, workdir / CLEAN_STATS)
+    log.info("clean: kept %d, rejected %d %s", len(result.kept), len(result.rejected),
+             result.stats.get("rejected_by_reason", {}))
+    return result.stats
+
+
+def tokenize(params: Params, workdir: Path) -> dict[str, Any]:
+    """Train the BPE tokenizer on clean documents and write train/val token shards."""
+    workdir = Path(workdir)
+    docs = _read_docs(workdir / CLEAN / "docs.parquet", "clean")
+    texts = docs.text.tolist()
+    tok = train_tokenizer(texts, params.tokenizer.vocab_size, params.tokenizer.min_frequency)
+    with atomic_dir(workdir / TOKENS) as out:
+        save_tokenizer(tok, out / "tokenizer.json")
+        meta = write_token_shards(texts, docs.doc_id.tolist(), tok, out,
+                                  params.tokenizer.val_fraction, params.tokenizer.seed)
+    log.info("tokenize: vocab %d, %d train / %d val tokens", meta["vocab_size"],
+             meta["train_tokens"], meta["val_tokens"])
+    return meta

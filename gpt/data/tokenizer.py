@@ -1,0 +1,56 @@
+"""Byte-level BPE tokenizer trained with HF ``tokenizers``.
+
+The saved ``tokenizer.json`` loads with ``transformers.PreTrainedTokenizerFast`` (see
+``load_hf_tokenizer``), so the exported model and the registry share one tokenizer file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from gpt.errors import DataError
+
+EOT = "<|endoftext|>"
+PAD = "<|pad|>"
+SPECIAL_TOKENS = [EOT, PAD]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """Train a byte-level BPE (GPT-2 style: no unknown tokens, any byte sequence encodes)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    if tok.get_vocab_size() <= len(SPECIAL_TOKENS) + 256:
+        raise DataError("the tokenizer learned no merges: the corpus is too small; add documents "
+                        "or lower tokenizer.min_frequency")
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"tokenizer not found: {path}; run `gptops data tokenize` first")
+    return Tokenizer.from_file(str(path))
+
+
+def load_hf_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerFast
+    """The same tokenizer as a ``transformers.PreTrainedTokenizerFast`` (EOT as bos/eos/pad)."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"tokenizer not found: {path}; run `gptops data tokenize` first")
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token=EOT, eos_token=EOT,
+                                   unk_token=EOT, pad_token=PAD)

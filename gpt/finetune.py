@@ -1,0 +1,161 @@
+"""Task fine-tuning over the pretrained base: sequence classification.
+
+``GPTClassifier`` pools the hidden state of each sequence's last real token and applies a linear
+head without bias — the same design as ``transformers.GPT2ForSequenceClassification``, so the
+fine-tuned model exports to it exactly (see ``gpt.hf``).
+
+The built-in task ``package``: classify a stdlib docstring by its top-level package among a
+configured set (asyncio, email, xml, ...). The package name is masked in the text, so the label
+cannot be read off the document directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from tokenizers import Tokenizer
+from torch.nn import functional as F
+
+from gpt import checkpoint as ckpt
+from gpt.config import FinetuneConfig
+from gpt.data.tokenizer import PAD
+from gpt.errors import DataError
+from gpt.model import GPT
+from gpt.train import LoopResult, LoopSettings, make_optimizer, resolve_device, run_loop
+
+log = logging.getLogger(__name__)
+
+MASK = "<pkg>"
+MIN_PER_CLASS = 4
+
+
+class GPTClassifier(nn.Module):
+    """A GPT body with a last-token pooled linear classification head."""
+
+    def __init__(self, body: GPT, num_labels: int, pad_id: int) -> None:
+        super().__init__()
+        self.body = body
+        self.score = nn.Linear(body.config.n_embd, num_labels, bias=False)
+        nn.init.normal_(self.score.weight, std=0.02)
+        self.pad_id = pad_id
+
+    def forward(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_labels) from the hidden state at position ``lengths - 1``."""
+        h, _ = self.body.hidden_states(idx)
+        last = h[torch.arange(idx.size(0), device=idx.device), lengths - 1]
+        return self.score(last)
+
+
+@dataclass
+class TaskData:
+    """A labelled classification task split into train/test, with its label names."""
+
+    train: pd.DataFrame  # columns: doc_id, text, label (int)
+    test: pd.DataFrame
+    labels: list[str]
+
+    def eval_hash(self) -> str:
+        """Hash of the evaluation set (ids + labels): versions compare only on equal hashes."""
+        blob = "\n".join(f"{d}\t{y}" for d, y in zip(self.test.doc_id, self.test.label,
+                                                    strict=True))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: float,
+                       seed: int) -> TaskData:
+    """Derive the package-classification task from cleaned built-in documents."""
+    builtin = docs[(docs.source == "builtin") & ~docs.name.str.startswith("topic:")]
+    top = builtin.name.str.split(".").str[0]
+    rows = builtin[top.isin(packages)].copy()
+    rows["label"] = top[top.isin(packages)].map({p: i for i, p in enumerate(packages)})
+    counts = rows.label.value_counts()
+    thin = [packages[i] for i in range(len(packages)) if counts.get(i, 0) < MIN_PER_CLASS]
+    if thin:
+        raise DataError(f"finetune task 'package': too few documents for {', '.join(thin)} "
+                        f"(need {MIN_PER_CLASS} each); use data.source=builtin with more "
+                        "documents (data.max_docs) or change finetune.packages")
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, packages)) + r")\b", re.IGNORECASE)
+    rows["text"] = rows.text.map(lambda t: pattern.sub(MASK, t))
+    h = rows.doc_id.map(lambda d: int(hashlib.sha256(f"{seed}:{d}".encode()).hexdigest()[:8], 16))
+    is_test = (h / 16**8) < test_fraction
+    cols = ["doc_id", "text", "label"]
+    train = rows[~is_test][cols].reset_index(drop=True)
+    test = rows[is_test][cols].reset_index(drop=True)
+    if train.empty or test.empty:
+        raise DataError("finetune task 'package': the train/test split is empty; add documents")
+    return TaskData(train=train, test=test, labels=list(packages))
+
+
+def encode_texts(tok: Tokenizer, texts: list[str], block_size: int,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (N, block_size) right-padded with PAD, and each sequence's length (>= 1)."""
+    pad_id = tok.token_to_id(PAD)
+    encs = tok.encode_batch(texts)
+    ids = torch.full((len(texts), block_size), pad_id, dtype=torch.long)
+    lengths = torch.ones(len(texts), dtype=torch.long)
+    for i, enc in enumerate(encs):
+        seq = enc.ids[:block_size] or [pad_id]
+        ids[i, :len(seq)] = torch.tensor(seq)
+        lengths[i] = len(seq)
+    return ids, lengths
+
+
+@torch.no_grad()
+def predict(model: GPTClassifier, ids: torch.Tensor, lengths: torch.Tensor,
+            batch_size: int = 64) -> torch.Tensor:
+    """Predicted label ids for encoded sequences."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(ids), batch_size):
+        logits = model(ids[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
+        out.append(logits.argmax(-1).cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class FinetuneResult:
+    model: GPTClassifier
+    loop: LoopResult
+    class_weights: list[float]
+
+
+def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: FinetuneConfig,
+                        out_dir: Path, device_name: str = "auto", resume: bool = True,
+                        callback=None) -> FinetuneResult:
+    """Fine-tune ``base`` with a classification head on ``task.train``.
+
+    The head trains at ``cfg.lr``, the body at ``cfg.lr * cfg.base_lr_factor`` (0 freezes it).
+    The loss uses inverse-frequency class weights so rare packages count.
+    """
+    device = resolve_device(device_name)
+    torch.manual_seed(cfg.seed)
+    model = GPTClassifier(base, len(task.labels), tok.token_to_id(PAD)).to(device)
+    ids, lengths = encode_texts(tok, task.train.text.tolist(), base.config.block_size)
+    labels = torch.tensor(task.train.label.tolist(), dtype=torch.long)
+    counts = torch.bincount(labels, minlength=len(task.labels)).float().clamp(min=1)
+    weights = (counts.sum() / (len(task.labels) * counts)).to(device)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (0.9, 0.95), device,
+                               lr_scale={"body.": cfg.base_lr_factor})
+
+    def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        ix = torch.randint(len(ids), (cfg.batch_size,), generator=g)
+        logits = m(ids[ix].to(device), lengths[ix].to(device))
+        return F.cross_entropy(logits, labels[ix].to(device), weight=weights)
+
+    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.lr * 0.1,
+                            warmup_steps=cfg.warmup_steps, eval_interval=cfg.max_steps,
+                            checkpoint_interval=max(1, cfg.max_steps // 2), seed=cfg.seed,
+                            log_interval=25)
+    loop = run_loop(model, loss_fn, optimizer, settings, device, Path(out_dir) / "checkpoints",
+                    resume=resume, callback=callback, meta={"kind": "finetune"})
+    ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
+    return FinetuneResult(model=model.cpu(), loop=loop, class_weights=weights.cpu().tolist())

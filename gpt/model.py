@@ -1,0 +1,225 @@
+"""A GPT decoder that reads top to bottom (nanoGPT-style).
+
+Token + learned position embeddings, pre-LN blocks with causal self-attention through
+``scaled_dot_product_attention`` (flash/memory-efficient kernels where available), a GELU MLP,
+weight tying and GPT-2's scaled residual init. ``generate`` samples with a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# A KV cache: per layer, (keys, values) of shape (B, n_head, T_cached, head_dim).
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class GPTConfig:
+    """Architecture hyper-parameters (filled from ``gpt.config.ModelConfig``)."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = True
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head = cfg.n_head
+        # One matmul for q, k, v: fewer kernel launches than three.
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)
+            v = torch.cat([cache[1], v], dim=2)
+        # With a cache, the T new queries sit at the end of the key sequence; a plain causal mask
+        # would align them to the start, so build the offset mask explicitly when T > 1.
+        if cache is None or T == 1:
+            mask, causal = None, cache is None
+        else:
+            S = k.size(2)
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU, so HF export matches exactly
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        a, new_cache = self.attn(self.ln_1(x), cache)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, new_cache
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+            ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # Weight tying: input and output embeddings share one matrix (fewer parameters, and the
+        # output layer benefits from the embedding's gradient signal).
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # Scaled init of residual projections (GPT-2): keeps the residual stream's variance from
+        # growing with depth, since each block adds two projections into it.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; position embeddings excluded by default (as in the GPT-2 paper)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      ) -> tuple[torch.Tensor, KVCache]:
+        """Final-layer-norm hidden states (B, T, C) and the updated KV cache."""
+        B, T = idx.shape
+        past = cache[0][0].size(2) if cache else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size "
+                             f"{self.config.block_size}")
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        new_cache: KVCache = []
+        for i, block in enumerate(self.transformer.h):
+            x, layer_cache = block(x, cache[i] if cache else None)
+            new_cache.append(layer_cache)
+        return self.transformer.ln_f(x), new_cache
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, given targets, the mean cross-entropy (-1 = ignored)."""
+        x, _ = self.hidden_states(idx)
+        if targets is None:
+            # Inference: only the last position's logits are needed.
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
+                               ignore_index=-1)
+        return logits, loss
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
+                top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
+        if temperature <= 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            # Drop tokens once the mass before them already exceeds top_p (keeps at least one).
+            drop = (cum - sorted_logits.softmax(dim=-1)) > top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+    @torch.no_grad()
+    def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None,
+                        stop_token: int | None = None, use_cache: bool = True,
+                        generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Yield the next token (B, 1) of each prompt in the batch, one step at a time.
+
+        With ``use_cache`` the prompt is encoded once and each step feeds one token; when the
+        context would exceed ``block_size`` the window slides and the cache is rebuilt.
+        Rows that produced ``stop_token`` keep yielding it; iteration ends when all have.
+        """
+        was_training = self.training
+        self.eval()
+        cache: KVCache | None = None
+        done = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+        try:
+            for _ in range(max_new_tokens):
+                if use_cache and cache is not None and idx.size(1) <= self.config.block_size:
+                    x, cache = self.hidden_states(idx[:, -1:], cache)
+                else:
+                    window = idx[:, -self.config.block_size:]
+                    x, cache = self.hidden_states(window)
+                    if idx.size(1) >= self.config.block_size:
+                        cache = None  # full window: the next step must slide, not append
+                    if not use_cache:
+                        cache = None
+                logits = self.lm_head(x[:, -1, :])
+                nxt = self._sample(logits, temperature, top_k, top_p, generator)
+                if stop_token is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
+                    done = done | (nxt == stop_token)
+                idx = torch.cat([idx, nxt], dim=1)
+                yield nxt
+                if stop_token is not None and bool(done.all()):
+                    break
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 stop_token: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return the prompts (B, T) followed by up to ``max_new_tokens`` sampled tokens."""
+        steps = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p,
+                                          stop_token, use_cache, generator))
+        return torch.cat([idx, *steps], dim=1) if steps else idx

@@ -1,0 +1,42 @@
+"""Human-readable summaries of a pipeline run (markdown for Prefect/MLflow, rows for the CLI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """(item, value) rows describing a finished pipeline run."""
+    rows: list[tuple[str, str]] = [("data version", result["data_version"])]
+    for s in result["stages"]:
+        rows.append((f"data: {s['stage']}", "ran" if s["ran"] else "reused (DVC cache)"))
+    pre = result["pretrain"]
+    rows.append(("pretrain", f"{pre['steps']} steps on {pre['device']}"
+                 + (f" (resumed at step {pre['resumed_from']})" if pre["resumed_from"] else "")
+                 + f", {pre['seconds']:.0f}s"))
+    base = result["evaluation"]["base"]
+    rows.append(("base: val loss / perplexity", f"{base['val_loss']:.3f} / {base['val_ppl']:.1f}"))
+    task = result["evaluation"]["task"]
+    rows.append(("task: accuracy (majority baseline)",
+                 f"{task['accuracy']:.3f} ({task['baseline_accuracy']:.3f})"))
+    rows.append(("task: macro-F1 (majority baseline)",
+                 f"{task['macro_f1']:.3f} ({task['baseline_macro_f1']:.3f})"))
+    for kind, reg in result["registered"].items():
+        state = "champion" if reg["champion"] else "challenger"
+        rows.append((f"registry: {reg['name']}", f"v{reg['version']} {state}: {reg['reason']}"))
+    rows.append(("wall time", f"{result['seconds']:.0f}s"))
+    return rows
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The run summary as a markdown table (a Prefect artifact and an MLflow artifact)."""
+    lines = ["# gptops pipeline run", "", "| item | value |", "|---|---|"]
+    lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in summary_rows(result)]
+    if result.get("mlflow_ui"):
+        lines += ["", f"MLflow: {result['mlflow_ui']}"]
+    samples = result["evaluation"].get("samples") or []
+    if samples:
+        lines += ["", "## Sample generations (base model)", ""]
+        lines += [f"- **{s['prompt']}**{s['completion'].replace(chr(10), ' ')[:200]}"
+                  for s in samples]
+    return "\n".join(lines) + "\n"

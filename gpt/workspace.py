@@ -1,0 +1,177 @@
+"""The DVC workspace: initialisation, stage reproduction, remote push, data version, lineage.
+
+A workspace is a folder holding ``params.yaml`` and ``dvc.yaml`` (the project root by default).
+``ensure_workspace`` makes any folder one: it copies the project's templates when absent,
+runs ``dvc init`` and configures a local default remote under ``.gptops/dvc-remote``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpt.config import DATA_SECTIONS, parse_overrides, read_params_file
+from gpt.errors import ERROR_FILE_ENV, ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("ingest", "clean", "tokenize")
+
+
+def _env() -> dict[str, str]:
+    """Environment for DVC stage commands: this interpreter's scripts first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def _dvc(workdir: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, env=_env(),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DataError(f"`dvc {' '.join(args)}` failed in {workdir}: "
+                        f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc.stdout
+
+
+def _in_git(workdir: Path) -> bool:
+    return subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=workdir,
+                          capture_output=True).returncode == 0
+
+
+def ensure_workspace(workdir: Path) -> Path:
+    """Make ``workdir`` a DVC workspace with a local default remote; return its absolute path."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("params.yaml", "dvc.yaml"):
+        if not (workdir / name).exists():
+            src = PROJECT_ROOT / name
+            if not src.is_file():
+                raise ConfigError(f"{workdir / name} is missing and no template was found at "
+                                  f"{src}; copy params.yaml and dvc.yaml into {workdir}")
+            shutil.copyfile(src, workdir / name)
+    if not (workdir / ".dvc").is_dir():
+        _dvc(workdir, "init", "-q", *([] if _in_git(workdir) else ["--no-scm"]))
+        _dvc(workdir, "config", "core.analytics", "false")
+    if not _dvc(workdir, "remote", "list").strip():
+        remote = workdir / ".gptops" / "dvc-remote"
+        remote.mkdir(parents=True, exist_ok=True)
+        _dvc(workdir, "remote", "add", "-d", "local", os.path.relpath(remote, workdir))
+    return workdir
+
+
+def apply_data_overrides(workdir: Path, overrides: list[str] | None) -> list[str]:
+    """Write overrides of data sections into the workspace's params.yaml (DVC must see them).
+
+    Returns the remaining (non-data) overrides. Like ``dvc exp run --set-param``.
+    """
+    rest: list[str] = []
+    data: dict[str, Any] = {}
+    for key, value in parse_overrides(overrides).items():
+        if key.split(".")[0] in DATA_SECTIONS:
+            data[key] = value
+        else:
+            rest.append(f"{key}={json.dumps(value)}")
+    if data:
+        path = Path(workdir) / "params.yaml"
+        raw = read_params_file(path)
+        for key, value in data.items():
+            node = raw
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.get(p) if isinstance(node.get(p), dict) else None
+                if node is None:
+                    raise ConfigError(f"unknown parameter '{key}'")
+            if leaf not in node:
+                raise ConfigError(f"unknown parameter '{key}' (known: {', '.join(node)})")
+            node[leaf] = value
+        path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        log.info("wrote data overrides to %s: %s", path, data)
+    return rest
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    ran: bool
+
+
+def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
+    """``dvc repro --single-item <stage>``: runs it only if its deps/params/outs changed
+    (always with ``force``)."""
+    from dvc.repo import Repo
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown data stage '{stage}' (known: {', '.join(STAGES)})")
+    workdir = Path(workdir).resolve()
+    err_file = workdir / ".gptops" / f"{stage}.error"
+    err_file.parent.mkdir(parents=True, exist_ok=True)
+    err_file.unlink(missing_ok=True)
+    saved = {k: os.environ.get(k) for k in ("PATH", ERROR_FILE_ENV)}
+    os.environ["PATH"] = _env()["PATH"]
+    os.environ[ERROR_FILE_ENV] = str(err_file)
+    try:
+        # DVC resolves targets and runs commands relative to the working directory.
+        with contextlib.chdir(workdir), Repo(str(workdir)) as repo:
+            ran = repo.reproduce(stage, single_item=True, force=force)
+    except Exception as exc:
+        # DVC wraps the stage command's failure; the command wrote its one-line error to a file.
+        detail = err_file.read_text(encoding="utf-8") if err_file.is_file() else str(exc)
+        raise DataError(f"data stage '{stage}' failed: {detail}") from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outcome = StageOutcome(stage=stage, ran=bool(ran))
+    log.info("stage %s: %s", stage, "ran" if outcome.ran else "unchanged, reused (DVC cache)")
+    return outcome
+
+
+def push(workdir: Path) -> None:
+    """Push the data outputs to the default DVC remote."""
+    _dvc(workdir, "push", "-q")
+
+
+def data_version(workdir: Path) -> str:
+    """Short hash over the output hashes recorded in ``dvc.lock`` (the data version)."""
+    lock = Path(workdir) / "dvc.lock"
+    if not lock.is_file():
+        raise DataError(f"{lock} not found; run the data stages first (`gptops run`)")
+    doc: dict[str, Any] = yaml.safe_load(lock.read_text())
+    outs = {f"{stage}:{o['path']}": o.get("md5") for stage, body in sorted(
+        doc.get("stages", {}).items()) for o in body.get("outs", [])}
+    return hashlib.sha256(json.dumps(outs, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def lock_outs(workdir: Path) -> dict[str, str]:
+    """``{path: md5}`` of every stage output in ``dvc.lock``."""
+    doc = yaml.safe_load((Path(workdir) / "dvc.lock").read_text())
+    return {o["path"]: o.get("md5") for body in doc.get("stages", {}).values()
+            for o in body.get("outs", [])}
+
+
+def git_commit(path: Path = PROJECT_ROOT) -> str:
+    """The code's git commit (``-dirty`` when the tree has changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=path, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
