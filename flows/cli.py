@@ -61,3 +61,7 @@ def serve(workdir: Workdir = Path("."),
 
 def main() -> None:
     run_app(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,8 +22,13 @@ from gpt import registry
 from gpt.config import Params
 from gpt.data.stages import CLEAN, CLEAN_STATS, TOKENS
 from gpt.data.tokenizer import EOT, PAD, load_hf_tokenizer, load_tokenizer
-from gpt.finetune import (GPTClassifier, build_package_task, encode_texts, finetune_classifier,
-                          predict)
+from gpt.finetune import (
+    GPTClassifier,
+    build_package_task,
+    encode_texts,
+    finetune_classifier,
+    predict,
+)
 from gpt.train import build_model, pretrain
 
 log = logging.getLogger(__name__)

@@ -86,17 +86,18 @@ def normalize_text(text: str) -> str:
 
 # --- Quality features ---------------------------------------------------------------------------
 
-_LETTER_RUNS = re.compile(r"[^\W\d_]+")
-_ASCII_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+# bytes.translate table: ASCII letters -> "a", every other byte -> " ".
+_LETTER_TABLE = bytes(0x61 if chr(i).isascii() and chr(i).isalpha() else 0x20 for i in range(256))
 _PUNCT_END = tuple(".!?:;\"')]}>…”’»")
 
 
 def _letters(text: str) -> int:
-    """Number of letters (Unicode category L*) in ``text``."""
-    if text.isascii():
-        raw = text.encode("ascii")
-        return len(raw) - len(raw.translate(None, _ASCII_LETTERS))
-    return sum(map(len, _LETTER_RUNS.findall(text)))
+    """Number of letters (``str.isalpha``) in ``text``."""
+    n = text.encode("utf-8", "surrogatepass").translate(_LETTER_TABLE).count(b"a")
+    if not text.isascii():
+        n += sum(sum(map(str.isalpha, run)) for run in _NON_ASCII.findall(text))
+    return n
 
 
 def _quality_reason(text: str, cfg: CleanConfig) -> str | None:
@@ -166,10 +167,11 @@ _SECRET_TOKENS = re.compile(
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
     re.DOTALL)
 _GITHUB_HINT = re.compile("gh[pousr]_")
-# A long random-looking value after key=, token: "secret" = ... (the name is kept).
-_SECRET_ASSIGN = re.compile(
-    r"(?i)((?:api[_-]?key|apikey|secret|token|passw(?:or)?d|access[_-]?key|auth)[\w-]*"
-    r"[\"']?\s*[=:]\s*[\"']?)([A-Za-z0-9+/_-]{16,}={0,2})")
+# A long random-looking value after key=, token: "secret" = ... (the name is kept). The scan
+# starts at "=" or ":" (fast); the key name before it is checked by _assign_sub.
+_SECRET_VALUE = re.compile(r"[=:][ \t]*[\"']?([A-Za-z0-9+/_-]{16,}={0,2})")
+_SECRET_NAME = re.compile(r"(?i)(?:api[_-]?key|apikey|secret|token|passw(?:or)?d|access[_-]?key|"
+                          r"auth)[\w-]*[\"']?[ \t]*$")
 _ASSIGN_MARKERS = ("key", "secret", "token", "passw", "auth")
 
 
@@ -234,7 +236,10 @@ def _looks_random(value: str) -> bool:
 
 
 def _assign_sub(match: re.Match[str]) -> str:
-    return match.group(1) + "<SECRET>" if _looks_random(match.group(2)) else match.group(0)
+    before = match.string[max(0, match.start() - 40):match.start()]
+    if _looks_random(match.group(1)) and _SECRET_NAME.search(before):
+        return match.group(0)[:match.start(1) - match.start()] + "<SECRET>"
+    return match.group(0)
 
 
 def scrub_pii(text: str, kinds: list[str] | tuple[str, ...]) -> tuple[str, dict[str, int]]:
@@ -252,33 +257,31 @@ def scrub_pii(text: str, kinds: list[str] | tuple[str, ...]) -> tuple[str, dict[
         left out).
     """
     counts: dict[str, int] = {}
-
-    def run(kind: str, pattern: re.Pattern[str], repl: Any) -> None:
-        nonlocal text
+    jobs: list[tuple[str, re.Pattern[str], Any]] = []
+    if "secret" in kinds:
+        if "sk-" in text or "AKIA" in text or "ASIA" in text or "AIza" in text or \
+                "xox" in text or "PRIVATE KEY" in text or \
+                ("gh" in text and _GITHUB_HINT.search(text)):
+            jobs.append(("secret", _SECRET_TOKENS, "<SECRET>"))
+        if "=" in text or ":" in text:
+            lower = text.lower()
+            if any(m in lower for m in _ASSIGN_MARKERS):
+                jobs.append(("secret", _SECRET_VALUE, _assign_sub))
+    if "email" in kinds and "@" in text:
+        jobs.append(("email", _EMAIL, _email_sub))
+    if "ip" in kinds:
+        if "::" in text or text.count(":") >= 7:
+            jobs.append(("ip", _IPV6, _ipv6_sub))
+        if text.count(".") >= 3 and _IPV4_HINT.search(text):
+            jobs.append(("ip", _IPV4, _ipv4_sub))
+    if "phone" in kinds and sum(map(text.count, "0123456789")) >= 10:
+        jobs.append(("phone", _PHONE, _phone_sub))
+    for kind, pattern, repl in jobs:
         new = pattern.sub(repl, text)
         if new != text:
             tag = PLACEHOLDERS[kind]
             counts[kind] = counts.get(kind, 0) + new.count(tag) - text.count(tag)
             text = new
-
-    if "secret" in kinds:
-        if "sk-" in text or "AKIA" in text or "ASIA" in text or "AIza" in text or \
-                "xox" in text or "PRIVATE KEY" in text or \
-                ("gh" in text and _GITHUB_HINT.search(text)):
-            run("secret", _SECRET_TOKENS, "<SECRET>")
-        if "=" in text or ":" in text:
-            lower = text.lower()
-            if any(m in lower for m in _ASSIGN_MARKERS):
-                run("secret", _SECRET_ASSIGN, _assign_sub)
-    if "email" in kinds and "@" in text:
-        run("email", _EMAIL, _email_sub)
-    if "ip" in kinds:
-        if "::" in text or text.count(":") >= 7:
-            run("ip", _IPV6, _ipv6_sub)
-        if text.count(".") >= 3 and _IPV4_HINT.search(text):
-            run("ip", _IPV4, _ipv4_sub)
-    if "phone" in kinds and sum(map(text.count, "0123456789")) >= 10:
-        run("phone", _PHONE, _phone_sub)
     return text, counts
 
 
@@ -372,6 +375,12 @@ def _chunk_signatures(words: list[str], counts: np.ndarray, ngram: int, a: np.nd
     return (sig >> np.uint64(32)).astype(np.uint32).T
 
 
+#: Weight of false candidates against missed pairs when choosing LSH bands. Low, because
+#: candidates are verified on the full signature: with 128 permutations at threshold 0.8 this
+#: gives 16 bands of 8 rows (a pair at similarity 0.85 becomes a candidate 99.4% of the time).
+_LSH_FP_WEIGHT = 0.05
+
+
 @lru_cache(maxsize=32)
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     """Bands and rows per band for LSH at ``threshold``.
@@ -394,20 +403,29 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
-_LSH_FP_WEIGHT = 0.2
+def _shingle_set(text: str, ngram: int) -> set[int]:
+    """Hashes of the lower-cased word ``ngram`` shingles (as ``minhash_signatures`` sees them)."""
+    words = text.lower().split()
+    if len(words) <= ngram:
+        return {hash(tuple(words))}
+    return {hash(tuple(words[i:i + ngram])) for i in range(len(words) - ngram + 1)}
 
 
-def near_duplicates(sigs: np.ndarray, threshold: float) -> np.ndarray:
+def near_duplicates(sigs: np.ndarray, threshold: float, texts: list[str] | None = None,
+                    ngram: int = 5) -> np.ndarray:
     """For each row, the index of the first earlier kept row it near-duplicates, else -1.
 
     Rows are processed in order; a row is compared only with earlier rows that are themselves
     kept, so the first of a group survives. Candidates come from LSH banding; a candidate pair
     counts when the estimated Jaccard similarity (equal signature entries) reaches
-    ``threshold``.
+    ``threshold``; with ``texts``, pairs whose estimate is too close to the threshold to call
+    get the exact similarity of their shingle sets instead.
 
     Args:
         sigs: ``(n, num_perm)`` signatures from ``minhash_signatures``.
         threshold: Jaccard similarity from which a row is a near duplicate.
+        texts: the rows' texts, for the exact check (None: estimates only).
+        ngram: words per shingle (as for the signatures).
 
     Returns:
         ``int64`` array of length ``n``.
@@ -440,7 +458,21 @@ def near_duplicates(sigs: np.ndarray, threshold: float) -> np.ndarray:
     pairs = np.unique(np.stack([np.concatenate(firsts), np.concatenate(seconds)], axis=1), axis=0)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     sim = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
-    pairs = pairs[sim >= threshold]
+    if texts is None:
+        pairs = pairs[sim >= threshold]
+    else:
+        # The estimate has a standard deviation of sqrt(t(1-t)/num_perm) (0.035 at t=0.8 with
+        # 128 permutations): pairs within 3 of those of the threshold get the exact similarity.
+        margin = 3.0 * (threshold * (1.0 - threshold) / num_perm) ** 0.5
+        sure = sim >= threshold + margin
+        unsure = np.flatnonzero((sim >= threshold - margin) & ~sure)
+        shingles: dict[int, set[int]] = {}
+        for k in unsure.tolist():
+            a, b = pairs[k].tolist()
+            sa = shingles.get(a) or shingles.setdefault(a, _shingle_set(texts[a], ngram))
+            sb = shingles.get(b) or shingles.setdefault(b, _shingle_set(texts[b], ngram))
+            sure[k] = len(sa & sb) >= threshold * len(sa | sb)
+        pairs = pairs[sure]
     pairs = pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
     for i, j in pairs.tolist():
         if of[j] == -1 and of[i] == -1:
@@ -478,10 +510,14 @@ def _validated(docs: pd.DataFrame) -> pd.DataFrame:
                         " read them with gpt.data.sources")
     out = {}
     for col in DOC_COLUMNS:
-        values = docs[col].tolist()
-        out[col] = [v if isinstance(v, str) else ("" if _is_missing(v) else str(v))
-                    for v in values]
-    return pd.DataFrame(out, columns=DOC_COLUMNS)
+        values = [v if isinstance(v, str) else ("" if _is_missing(v) else str(v))
+                  for v in docs[col].tolist()]
+        # Lone surrogates (possible in object columns) cannot be stored as UTF-8 (Arrow, parquet):
+        # they become U+FFFD here, so the invalid_utf8 check sees them.
+        out[col] = [v if v.isascii() or not _SURROGATES.search(v)
+                    else _SURROGATES.sub(REPLACEMENT_CHAR, v) for v in values]
+    return pd.DataFrame({c: pd.Series(v, dtype="str") for c, v in out.items()},
+                        columns=DOC_COLUMNS)
 
 
 def _is_missing(value: object) -> bool:
@@ -556,7 +592,7 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int) -> 
     """
     frames = [_validated(s) for s in shards]
     frame = (pd.concat(frames, ignore_index=True) if frames
-             else pd.DataFrame(columns=DOC_COLUMNS))
+             else _validated(pd.DataFrame(columns=DOC_COLUMNS)))
     n = len(frame)
     ids = frame["doc_id"].tolist()
     originals = frame["text"].tolist()
@@ -590,21 +626,29 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int) -> 
     passing = [i for i in range(n) if reasons[i] is None]
     reached_dedup = len(passing)
     duplicates = 0
+    copies: dict[int, list[int]] = {}  # first kept -> its exact duplicates
     if cfg.exact_dedup:
         first_of: dict[str, int] = {}
         for i in passing:
             first = first_of.setdefault(cleaned[i], i)
             if first != i:
                 reasons[i] = f"duplicate_of={ids[first]}"
+                copies.setdefault(first, []).append(i)
                 duplicates += 1
     if cfg.near_dedup and passing:
         sigs = np.concatenate(sig_rows) if sig_rows else np.empty((0, cfg.near_dedup_num_perm))
         alive = np.array([reasons[i] is None for i in passing], dtype=bool)
         rows = np.asarray(passing, dtype=np.int64)[alive]
-        of = near_duplicates(sigs[alive], cfg.near_dedup_threshold)
+        of = near_duplicates(sigs[alive], cfg.near_dedup_threshold,
+                             [cleaned[i] for i in rows.tolist()], cfg.near_dedup_ngram)
         for j in np.flatnonzero(of >= 0).tolist():
-            reasons[rows[j]] = f"near_duplicate_of={ids[rows[of[j]]]}"
+            reason = f"near_duplicate_of={ids[rows[of[j]]]}"
+            reasons[rows[j]] = reason
             duplicates += 1
+            # Exact copies of a document that turned out a near duplicate point past it, at
+            # the kept one.
+            for copy in copies.get(int(rows[j]), ()):
+                reasons[copy] = reason
     pii: dict[str, int] = {}
     for i, counts in pii_at.items():
         if reasons[i] is None:
@@ -638,16 +682,13 @@ def _assemble(frame: pd.DataFrame, cleaned: list[str], reasons: list[str | None]
               pii: dict[str, int]) -> CleanResult:
     keep = np.array([r is None for r in reasons], dtype=bool)
     kept = frame.loc[keep, DOC_COLUMNS].copy()
-    kept["text"] = [t for t, k in zip(cleaned, keep, strict=True) if k]
+    kept["text"] = pd.Series([t for t, k in zip(cleaned, keep, strict=True) if k],
+                             index=kept.index, dtype="str")
     kept = kept.reset_index(drop=True)
     rej_idx = np.flatnonzero(~keep)
-    rejected = pd.DataFrame({
-        "doc_id": frame["doc_id"].to_numpy()[rej_idx].tolist(),
-        "source": frame["source"].to_numpy()[rej_idx].tolist(),
-        "name": frame["name"].to_numpy()[rej_idx].tolist(),
-        "reason": [reasons[i] for i in rej_idx],
-        "excerpt": [originals[i][:EXCERPT_CHARS] for i in rej_idx],
-    }, columns=REJECTED_COLUMNS)
+    rejected = frame.loc[~keep, ["doc_id", "source", "name"]].reset_index(drop=True)
+    rejected["reason"] = pd.Series([reasons[i] for i in rej_idx], dtype="str")
+    rejected["excerpt"] = pd.Series([originals[i][:EXCERPT_CHARS] for i in rej_idx], dtype="str")
     by_reason: dict[str, int] = {}
     for r in rejected["reason"]:
         key = r.split("=", 1)[0]

@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from gpt.config import CleanConfig, load_params
-from gpt.data.clean import REJECTED_COLUMNS, clean_documents, normalize_text, render_report
+from gpt.data.clean import (
+    REJECTED_COLUMNS,
+    clean_documents,
+    clean_shards,
+    normalize_text,
+    render_report,
+)
 from gpt.data.sources import DOC_COLUMNS
 from gpt.errors import DataError
 
@@ -178,3 +184,71 @@ def test_stats_are_json_and_report_renders(cfg: CleanConfig) -> None:
     report = render_report(stats)
     assert "| duplicate_of | 1 |" in report and "| too_short | 1 |" in report
     assert "4 in, 2 kept" in report
+
+
+LONG = ("The configuration loader reads the parameters file once, validates every section "
+        "against its schema, applies the selected profile and then the command line "
+        "overrides, and returns a frozen object that the pipeline passes to each stage. "
+        "Missing keys are errors rather than silent defaults, so a typo in a parameter name "
+        "fails fast with a message that lists the known keys of that section.")
+
+
+def test_near_duplicates_point_at_the_first_kept(cfg: CleanConfig) -> None:
+    near = LONG.replace("returns a frozen", "returns an immutable")  # Jaccard 0.82
+    other = LONG.replace("lists the known", "lists all known")
+    # d5 is similar to d2 (rejected) but not to d0: it is compared with kept documents only.
+    docs = frame(LONG, variant(1), near, variant(2), other, near + " Extra words here.", near)
+    res = clean_documents(docs, cfg)
+    assert res.kept["doc_id"].tolist() == ["d0", "d1", "d3", "d5"]
+    # d6 is an exact copy of d2, which is a near duplicate of d0: it points at d0 too.
+    assert res.rejected["reason"].tolist() == ["near_duplicate_of=d0"] * 3
+    assert res.stats["rejected_by_reason"] == {"near_duplicate_of": 3}
+    assert res.stats["dedup_rate"] == round(3 / 7, 6)
+    off = clean_documents(docs, make_cfg(near_dedup=False))
+    assert len(off.kept) == 6
+
+
+def test_distinct_documents_are_not_near_duplicates(cfg: CleanConfig) -> None:
+    res = clean_documents(frame(*(variant(i) for i in range(40))), cfg)
+    assert len(res.kept) == 40
+
+
+def test_pii_is_replaced_and_counted(cfg: CleanConfig) -> None:
+    text = ("Contact jane.doe@example.org or call +1 415 555 0134 from host 192.168.10.20 "
+            "or 2001:db8::8a2e:370:7334. Use api_key=9f86d081884c7d659a2feaa0c55ad015 and "
+            "AKIAIOSFODNN7EXAMPLE to log in. Python 3.11.7 ships with version 1.2.3 of it.")
+    res = clean_documents(frame(text), cfg)
+    out = res.kept["text"].iloc[0]
+    assert out == ("Contact <EMAIL> or call <PHONE> from host <IP> or <IP>. Use "
+                   "api_key=<SECRET> and <SECRET> to log in. Python 3.11.7 ships with version "
+                   "1.2.3 of it.")
+    assert res.stats["pii_replacements"] == {"email": 1, "ip": 2, "phone": 1, "secret": 2}
+    kept = clean_documents(frame(text), make_cfg(pii=[]))
+    assert kept.kept["text"].iloc[0] == text
+    assert kept.stats["pii_replacements"] == {}
+
+
+@pytest.mark.parametrize("text", [
+    "Use dict.get(key, default) to read a key: it returns None when missing.",
+    "Slices like x[::2] and x[1:3] and times like 12:30:45 stay as they are.",
+    "The OID 1.3.6.1.5.5.7.3.1 and version 10.0.19041 are not addresses.",
+    "Please call the function f(1234567890) and compare the date 2024-01-15 with the "
+    "numbers 3.14159 and 1e+10 in the examples.",
+    "The token: a string to parse; password = None; secret_key = os.environ['X'].",
+])
+def test_pii_leaves_ordinary_text_alone(text: str, cfg: CleanConfig) -> None:
+    res = clean_documents(frame(text), make_cfg(min_punct_line_fraction=0))
+    assert res.kept["text"].tolist() == [text]
+
+
+def test_clean_shards_matches_single_process() -> None:
+    cfg = make_cfg()
+    texts = [variant(i % 9) for i in range(30)] + [LONG, LONG + " More.", "tiny"]
+    docs = frame(*texts, ids=[f"d{i % 31}" for i in range(len(texts))])
+    whole = clean_documents(docs, cfg)
+    shards = [docs.iloc[:7], docs.iloc[7:20], docs.iloc[20:]]
+    sharded = clean_shards(shards, cfg, workers=2)
+    pd.testing.assert_frame_equal(whole.kept, sharded.kept)
+    pd.testing.assert_frame_equal(whole.rejected, sharded.rejected)
+    assert whole.stats == sharded.stats
+    assert "duplicate_id" in set(sharded.rejected["reason"])

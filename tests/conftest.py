@@ -1,0 +1,77 @@
+"""Shared fixtures: one real Prefect server per test session, small real workspaces."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: Small but real: a slice of the built-in corpus spread over all packages, short training.
+SMALL = [
+    "data.max_docs=1800", "tokenizer.vocab_size=1024", "model.n_layer=2", "model.n_embd=64",
+    "model.n_head=2", "model.block_size=64", "train.max_steps=30", "train.eval_interval=15",
+    "train.eval_batches=4", "train.checkpoint_interval=15", "finetune.max_steps=20",
+    "evaluate.ppl_batches=4",
+]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server (SQLite, temp home) for the whole session."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def make_workspace(path: Path, overrides: list[str] | None = None) -> Path:
+    """A git repo + DVC workspace at ``path`` with params.yaml's data sections overridden."""
+    from gpt.workspace import apply_data_overrides, ensure_workspace
+
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    ws = ensure_workspace(path)
+    apply_data_overrides(ws, overrides or [])
+    return ws
+
+
+DATA_OVERRIDES = [o for o in SMALL if o.split(".")[0] in ("data", "clean", "tokenizer")]
+RUN_OVERRIDES = [o for o in SMALL if o not in DATA_OVERRIDES]
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory, prefect_server):
+    """The real flow run twice on one small workspace (the second run must reuse everything)."""
+    from flows.pipeline import training_pipeline
+
+    ws = make_workspace(tmp_path_factory.mktemp("ws"), DATA_OVERRIDES)
+    first = training_pipeline(overrides=RUN_OVERRIDES, workdir=str(ws))
+    second = training_pipeline(overrides=RUN_OVERRIDES, workdir=str(ws))
+    return ws, first, second
+
+
+@pytest.fixture()
+def postgres_uri():
+    """A fresh PostgreSQL database on 127.0.0.1:5432 (dropped afterwards). Missing = failure."""
+    import uuid
+
+    import psycopg
+
+    name = f"gptops_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+                         autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

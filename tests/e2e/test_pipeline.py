@@ -1,0 +1,138 @@
+"""The real pipeline end to end: Prefect server, DVC repo, torch training, MLflow registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import DATA_OVERRIDES, PROJECT_ROOT, make_workspace
+
+pytestmark = pytest.mark.slow
+
+
+
+def gptops(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})})
+
+
+def test_versions_registered_with_lineage_tags_and_champion(pipeline_run):
+    from gpt.registry import list_versions
+
+    ws, first, _ = pipeline_run
+    uri = first["tracking_uri"]
+    assert uri == f"sqlite:///{ws / '.gptops' / 'mlflow.db'}"
+    versions = {v["name"]: v for v in list_versions(uri)}
+    assert set(versions) == {"gptops-base", "gptops-package-clf"}
+    for v in versions.values():
+        assert v["version"] == "1" and v["aliases"] == ["champion"]
+        tags = v["tags"]
+        assert tags["data_version"] == first["data_version"]
+        assert tags["config_hash"] and tags["git_commit"] and tags["eval_hash"]
+        assert tags["prefect_flow_run_id"] not in ("", "none")
+    assert versions["gptops-package-clf"]["tags"]["parent_model_version"] == "gptops-base/1"
+    assert float(versions["gptops-base"]["tags"]["metric.val_ppl"]) > 1
+
+
+def test_flow_run_is_recorded_on_the_prefect_server(pipeline_run):
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    _, first, _ = pipeline_run
+    run_id = first["registered"]["base"]["run_id"]
+    from gpt.registry import _client
+
+    flow_run_id = _client(first["tracking_uri"]).get_run(run_id).data.tags["prefect_flow_run_id"]
+
+    async def fetch():
+        async with get_client() as client:
+            return await client.read_flow_run(UUID(flow_run_id))
+
+    fr = asyncio.run(fetch())
+    assert fr.state.is_completed()
+
+
+def test_dvc_outputs_exist_match_lock_and_are_pushed(pipeline_run):
+    from gpt.workspace import lock_outs
+
+    ws, first, _ = pipeline_run
+    outs = lock_outs(ws)
+    assert set(outs) == {"data/raw", "data/clean", "data/tokens", "data/clean_stats.json"}
+    for path in outs:
+        assert (ws / path).exists()
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=ws,
+                            capture_output=True, text=True, check=True)
+    assert status.stdout.strip() in ("{}", "")  # workspace matches dvc.lock
+    cloud = subprocess.run([sys.executable, "-m", "dvc", "status", "-c", "--json"], cwd=ws,
+                           capture_output=True, text=True, check=True)
+    assert "new" not in cloud.stdout  # everything pushed to the local remote
+    assert any((ws / ".gptops" / "dvc-remote").rglob("*"))
+    stats = yaml.safe_load((ws / "data" / "clean_stats.json").read_text())
+    assert stats["docs_kept"] + stats["docs_rejected"] == stats["docs_in"] == 1800
+
+
+def test_metrics_are_meaningful_against_the_baseline(pipeline_run):
+    _, first, _ = pipeline_run
+    task = first["evaluation"]["task"]
+    assert 0 <= task["baseline_accuracy"] <= 1 and 0 <= task["macro_f1"] <= 1
+    assert first["evaluation"]["base"]["val_ppl"] < 1024  # better than uniform over the vocab
+
+
+def test_second_run_reuses_data_and_training(pipeline_run):
+    _, first, second = pipeline_run
+    assert all(s["ran"] for s in first["stages"])
+    assert not any(s["ran"] for s in second["stages"])
+    assert second["data_version"] == first["data_version"]
+    assert second["pretrain"]["resumed_from"] == second["pretrain"]["steps"]
+    assert second["evaluation"]["base"] == first["evaluation"]["base"]
+
+
+def test_generate_samples_from_the_champion(pipeline_run):
+    ws, *_ = pipeline_run
+    out = gptops("generate", "Return the", "-n", "12", "--workdir", str(ws), cwd=ws)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Return the") and len(out.stdout.strip()) > len("Return the")
+
+
+def test_changing_a_training_param_does_not_rerun_data(pipeline_run):
+    from gpt.workspace import run_stage
+
+    ws, *_ = pipeline_run
+    assert [run_stage(ws, s).ran for s in ("ingest", "clean", "tokenize")] == [False] * 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "data.source=/nonexistent/corpus/*.txt"], "matches no files"),
+    (["--profile", "huge"], "unknown profile 'huge'"),
+    (["--set", "train.nosuch=1"], "unknown parameter 'train.nosuch'"),
+])
+def test_bad_input_is_one_clear_error_and_registers_nothing(tmp_path, args, message,
+                                                            prefect_server):
+    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    out = gptops("run", "--workdir", str(ws), *args, cwd=tmp_path,
+                 env={"PREFECT_API_URL": prefect_server})
+    assert out.returncode == 2
+    assert message in out.stdout + out.stderr
+    assert not (ws / ".gptops" / "mlflow.db").exists()
+
+
+def test_corpus_without_usable_documents_is_rejected(tmp_path, prefect_server):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("too short")
+    (corpus / "b.txt").write_text("")
+    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    out = gptops("run", "--workdir", str(ws), "--set", f"data.source={corpus}/*.txt",
+                 cwd=tmp_path, env={"PREFECT_API_URL": prefect_server})
+    assert out.returncode == 2
+    assert "no usable documents" in out.stdout + out.stderr
+    assert not (ws / ".gptops" / "mlflow.db").exists()
+    assert not (ws / "data" / "clean").exists()  # nothing half-written that looks complete

@@ -1,0 +1,25 @@
+"""The registration path with PostgreSQL as MLflow's backend store (127.0.0.1:5432)."""
+
+import pytest
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def test_register_on_postgres(pipeline_run, postgres_uri, tmp_path, monkeypatch):
+    from gpt import steps
+    from gpt.config import load_params
+    from gpt.registry import list_versions, load_champion_components
+    from tests.conftest import RUN_OVERRIDES
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to cwd
+    ws, first, _ = pipeline_run
+    params = load_params(ws / "params.yaml", overrides=RUN_OVERRIDES)
+    reg = steps.register_step(ws, params, first["data_version"], postgres_uri,
+                              first["evaluation"], flow_run_id="pg-test")
+    assert reg["base"]["champion"] and reg["task"]["champion"]
+    versions = list_versions(postgres_uri)
+    assert {(v["name"], v["version"], tuple(v["aliases"])) for v in versions} == {
+        ("gptops-base", "1", ("champion",)), ("gptops-package-clf", "1", ("champion",))}
+    assert all(v["tags"]["data_version"] == first["data_version"] for v in versions)
+    comps = load_champion_components(postgres_uri, "gptops-base")
+    assert comps["model"].config.n_layer == params.model.n_layer
