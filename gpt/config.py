@@ -30,7 +30,8 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: str = Field(description='"builtin" or a glob of local .txt/.md/.jsonl/.parquet/.csv')
+    source: str = Field(description='"builtin", a glob of local .txt/.md/.jsonl/.parquet/.csv '
+                        '(optionally .gz/.zst), or "hf:<dataset folder or name>"')
     text_field: str = Field(description="field holding the text in structured sources")
     max_docs: int = Field(ge=0, description="0 = all documents, else the first N (stable order)")
     seed: int

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,7 +61,11 @@ def ensure_workspace(workdir: Path) -> Path:
             if not src.is_file():
                 raise ConfigError(f"{workdir / name} is missing and no template was found at "
                                   f"{src}; copy params.yaml and dvc.yaml into {workdir}")
-            shutil.copyfile(src, workdir / name)
+            text = src.read_text(encoding="utf-8")
+            if name == "dvc.yaml" and workdir != PROJECT_ROOT:
+                # Stages depend on the code that runs them; outside the project, by absolute path.
+                text = text.replace("- gpt/", f"- {PROJECT_ROOT}/gpt/")
+            (workdir / name).write_text(text, encoding="utf-8")
     if not (workdir / ".dvc").is_dir():
         _dvc(workdir, "init", "-q", *([] if _in_git(workdir) else ["--no-scm"]))
         _dvc(workdir, "config", "core.analytics", "false")
@@ -86,8 +89,12 @@ def apply_data_overrides(workdir: Path, overrides: list[str] | None) -> list[str
         else:
             rest.append(f"{key}={json.dumps(value)}")
     if data:
+        from ruamel.yaml import YAML  # round-trip: keeps the file's comments and layout
+
         path = Path(workdir) / "params.yaml"
-        raw = read_params_file(path)
+        read_params_file(path)  # clear error if missing or invalid
+        rt = YAML()
+        raw = rt.load(path.read_text(encoding="utf-8"))
         for key, value in data.items():
             node = raw
             *parents, leaf = key.split(".")
@@ -98,7 +105,8 @@ def apply_data_overrides(workdir: Path, overrides: list[str] | None) -> list[str
             if leaf not in node:
                 raise ConfigError(f"unknown parameter '{key}' (known: {', '.join(node)})")
             node[leaf] = value
-        path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        with path.open("w", encoding="utf-8") as fh:
+            rt.dump(raw, fh)
         log.info("wrote data overrides to %s: %s", path, data)
     return rest
 

@@ -46,7 +46,7 @@ _ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 # Written to start with a literal space so the regex engine can skip ahead quickly.
 _SPACE_RUNS = re.compile(r" (?<=\S.) +")
 _TRAILING_WS = re.compile(r"[ \t]+\n")
-_BLANK_RUNS = re.compile(r"\n{3,}")
+_BLANK_RUNS = re.compile("\n\n\n+")
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -55,9 +55,14 @@ def normalize_text(text: str) -> str:
     """Repair and normalise one document's text.
 
     Strips the BOM and zero-width spaces, turns every newline variant into ``\\n``, removes
-    control characters other than ``\\n`` and ``\\t``, applies NFC, turns Unicode spaces into
-    ASCII spaces, collapses runs of spaces inside lines (not indentation), drops trailing
-    whitespace and more than one blank line in a row, and strips the ends.
+    control characters other than ``\\n`` and ``\\t``, turns lone surrogates into U+FFFD and
+    Unicode spaces into ASCII spaces, applies NFC, collapses runs of spaces inside lines (not
+    indentation), drops trailing whitespace and more than one blank line in a row, and strips
+    the ends.
+
+    One document at a time on purpose: cheap substring tests skip most steps for most
+    documents (joining a shard and running each regex once was measured slower: one non-ASCII
+    document makes every step run over the whole batch).
 
     Args:
         text: the raw text.
@@ -65,16 +70,22 @@ def normalize_text(text: str) -> str:
     Returns:
         The cleaned text.
     """
-    if not text.isascii():
-        text = _SURROGATES.sub(REPLACEMENT_CHAR, text)
-        text = _ODD_SPACES.sub(" ", text)
-        if not unicodedata.is_normalized("NFC", text):
-            text = unicodedata.normalize("NFC", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if "\x0b" in text or "\x0c" in text or not text.isascii():
+    ascii_only = text.isascii()
+    if not ascii_only:
+        text = _SURROGATES.sub(REPLACEMENT_CHAR, text)
+        text = _ODD_SPACES.sub(" ", text)
+    if not ascii_only or "\x0b" in text or "\x0c" in text:
         text = _NEWLINES.sub("\n", text)
     text = _CONTROLS.sub("", text)
+    # After control removal, so a removed control cannot leave a decomposed pair behind.
+    if not ascii_only and not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    return _normalize_spaces(text)
+
+
+def _normalize_spaces(text: str) -> str:
     if "  " in text:
         text = _SPACE_RUNS.sub(" ", text)
     if " \n" in text or "\t\n" in text:
@@ -87,17 +98,29 @@ def normalize_text(text: str) -> str:
 # --- Quality features ---------------------------------------------------------------------------
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
-# bytes.translate table: ASCII letters -> "a", every other byte -> " ".
-_LETTER_TABLE = bytes(0x61 if chr(i).isascii() and chr(i).isalpha() else 0x20 for i in range(256))
+# bytes.translate table classing UTF-8 bytes: ASCII letter -> "a", whitespace -> " ", other -> "x".
+_CLASS_TABLE = bytes(0x61 if chr(i).isascii() and chr(i).isalpha() else
+                     0x20 if chr(i) in " \t\n\r\x0b\x0c" else 0x78 for i in range(256))
 _PUNCT_END = tuple(".!?:;\"')]}>…”’»")
+
+
+def _words_and_letters(text: str) -> tuple[int, int]:
+    """Number of whitespace-separated words and of letters (``str.isalpha``) in ``text``.
+
+    Counted on the UTF-8 bytes mapped to three classes, with ``bytes.count``: no word objects
+    are built (``str.split`` was the slowest step of the filters).
+    """
+    classes = text.encode("utf-8", "surrogatepass").translate(_CLASS_TABLE)
+    words = classes.count(b" a") + classes.count(b" x") + (classes[:1] not in (b"", b" "))
+    letters = classes.count(b"a")
+    if not text.isascii():
+        letters += sum(sum(map(str.isalpha, run)) for run in _NON_ASCII.findall(text))
+    return words, letters
 
 
 def _letters(text: str) -> int:
     """Number of letters (``str.isalpha``) in ``text``."""
-    n = text.encode("utf-8", "surrogatepass").translate(_LETTER_TABLE).count(b"a")
-    if not text.isascii():
-        n += sum(sum(map(str.isalpha, run)) for run in _NON_ASCII.findall(text))
-    return n
+    return _words_and_letters(text)[1]
 
 
 def _quality_reason(text: str, cfg: CleanConfig) -> str | None:
@@ -107,7 +130,7 @@ def _quality_reason(text: str, cfg: CleanConfig) -> str | None:
         return "too_short"
     if n_chars > cfg.max_chars:
         return "too_long"
-    n_words = len(text.split())
+    n_words, letters = _words_and_letters(text)
     if n_words < cfg.min_words or n_words == 0:
         return "too_few_words"
     if n_words > cfg.max_words:
@@ -120,8 +143,12 @@ def _quality_reason(text: str, cfg: CleanConfig) -> str | None:
     symbols = text.count("#") + text.count("...") + text.count("…")
     if symbols / n_words > cfg.max_symbol_ratio:
         return "symbol_ratio"
-    if _letters(text) / word_chars < cfg.min_alpha_ratio:
+    if letters / word_chars < cfg.min_alpha_ratio:
         return "low_alpha"
+    if "\n" not in text:  # one line: nothing can repeat
+        if cfg.min_punct_line_fraction > 0 and not text.endswith(_PUNCT_END):
+            return "line_punctuation"
+        return None
     # No trailing whitespace either: a blank line is "", and lines compare as they are.
     lines = text.split("\n")
     n_lines = len(lines) - lines.count("")
@@ -508,16 +535,20 @@ def _validated(docs: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise DataError(f"documents lack column(s) {missing} (have {list(map(str, docs.columns))});"
                         " read them with gpt.data.sources")
-    out = {}
+    out: dict[str, pd.Series] = {}
     for col in DOC_COLUMNS:
+        column = docs[col]
+        if isinstance(column.dtype, pd.StringDtype):  # already strings (Arrow: valid UTF-8)
+            out[col] = column.fillna("").astype("str").reset_index(drop=True)
+            continue
         values = [v if isinstance(v, str) else ("" if _is_missing(v) else str(v))
-                  for v in docs[col].tolist()]
+                  for v in column.tolist()]
         # Lone surrogates (possible in object columns) cannot be stored as UTF-8 (Arrow, parquet):
         # they become U+FFFD here, so the invalid_utf8 check sees them.
-        out[col] = [v if v.isascii() or not _SURROGATES.search(v)
-                    else _SURROGATES.sub(REPLACEMENT_CHAR, v) for v in values]
-    return pd.DataFrame({c: pd.Series(v, dtype="str") for c, v in out.items()},
-                        columns=DOC_COLUMNS)
+        out[col] = pd.Series([v if v.isascii() or not _SURROGATES.search(v)
+                              else _SURROGATES.sub(REPLACEMENT_CHAR, v) for v in values],
+                             dtype="str")
+    return pd.DataFrame(out, columns=DOC_COLUMNS)
 
 
 def _is_missing(value: object) -> bool:
@@ -527,6 +558,17 @@ def _is_missing(value: object) -> bool:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
+
+
+def _utf8_bytes(texts: pd.Series) -> int:
+    """Total UTF-8 size of a string column (Arrow computes it without Python objects)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        return int(pc.sum(pc.binary_length(pa.array(texts))).as_py() or 0)
+    except (ImportError, TypeError, ValueError, pa.ArrowException):
+        return sum(map(_utf8_len, texts.tolist()))
 
 
 def _utf8_len(text: str) -> int:
@@ -551,7 +593,8 @@ def _filter_part(texts: list[str], cfg: CleanConfig) -> _Part:
     kinds = tuple(cfg.pii)
     for i, raw in enumerate(texts):
         text = normalize_text(raw)
-        if text and text.count(REPLACEMENT_CHAR) / len(text) > cfg.max_invalid_ratio:
+        if not text.isascii() and text.count(REPLACEMENT_CHAR) / len(text) > \
+                cfg.max_invalid_ratio:
             reason: str | None = "invalid_utf8"
         else:
             reason = _quality_reason(text, cfg)
@@ -611,6 +654,8 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int) -> 
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(min(workers, len(jobs))) as pool:
             parts = pool.map(_filter_part_star, jobs, chunksize=1)
+            pool.close()
+            pool.join()
     else:
         parts = [_filter_part(*job) for job in jobs]
 
@@ -698,8 +743,8 @@ def _assemble(frame: pd.DataFrame, cleaned: list[str], reasons: list[str | None]
         "docs_kept": len(kept),
         "docs_rejected": len(rejected),
         "rejected_by_reason": dict(sorted(by_reason.items())),
-        "bytes_in": sum(map(_utf8_len, originals)),
-        "bytes_out": sum(map(_utf8_len, kept["text"].tolist())),
+        "bytes_in": _utf8_bytes(frame["text"]),
+        "bytes_out": _utf8_bytes(kept["text"]),
         "dedup_rate": round(duplicates / reached_dedup, 6) if reached_dedup else 0.0,
         "pii_replacements": dict(sorted(pii.items())),
     }

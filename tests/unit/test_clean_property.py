@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt.config import load_params
-from gpt.data.clean import clean_documents, clean_shards
+from gpt.data.clean import _words_and_letters, clean_documents, clean_shards, normalize_text
 from gpt.data.sources import DOC_COLUMNS
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -96,3 +96,13 @@ def test_sharding_does_not_change_the_result(docs: pd.DataFrame, cuts: list[int]
     pd.testing.assert_frame_equal(whole.kept, sharded.kept)
     pd.testing.assert_frame_equal(whole.rejected, sharded.rejected)
     assert whole.stats == sharded.stats
+
+
+@SETTINGS
+@given(st.one_of(garbage, soup, prose))
+def test_normalisation_is_idempotent_and_fast_counts_are_exact(text: str) -> None:
+    once = normalize_text(text)
+    assert normalize_text(once) == once
+    words, letters = _words_and_letters(once)
+    assert words == len(once.split())
+    assert letters == sum(c.isalpha() for c in once)
