@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from gpt import registry, steps, workspace
 from gpt.config import Params, load_params
+from gpt.data.stages import CLEAN
 
 
 @task(name="prepare-workspace", cache_policy=NO_CACHE)
@@ -29,6 +31,10 @@ def prepare_workspace(workdir: str, profile: str, overrides: list[str]) -> Param
 def data_stage(workdir: str, stage: str, force: bool = False) -> dict[str, Any]:
     """Reproduce one DVC stage (ingest, clean or tokenize) if its inputs changed."""
     outcome = workspace.run_stage(Path(workdir), stage, force=force)
+    report = Path(workdir) / CLEAN / "report.md"
+    if stage == "clean" and report.is_file():
+        create_markdown_artifact(report.read_text(encoding="utf-8"), key="cleaning-report",
+                                 description="documents kept/rejected per reason, PII, dedup")
     return {"stage": outcome.stage, "ran": outcome.ran}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import repeat
@@ -615,7 +616,12 @@ def _filter_part_star(args: tuple[list[str], CleanConfig]) -> _Part:
     return _filter_part(*args)
 
 
-def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int) -> CleanResult:
+#: mapper(fn, jobs) -> [fn(job) for job in jobs], possibly on other processes or machines.
+Mapper = Callable[[Callable[[tuple[list[str], CleanConfig]], Any], list], list]
+
+
+def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
+                 mapper: Mapper | None = None) -> CleanResult:
     """Clean several shards as one corpus: filters in parallel, dedup across all shards.
 
     The result is the same as ``clean_documents`` on the concatenated shards (kept and rejected
@@ -626,6 +632,8 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int) -> 
         shards: frames with ``DOC_COLUMNS``.
         cfg: the ``clean`` section of the params.
         workers: processes for the per-shard work; 1 (or one shard) runs in this process.
+        mapper: runs the per-shard work instead of the local pool, e.g. as Prefect tasks on a
+            Dask cluster (``flows.clean_flow``); it must return results in job order.
 
     Returns:
         The kept and rejected documents with ``stats`` (see ``clean_documents``).
@@ -650,7 +658,9 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int) -> 
                                                                     strict=True)]
     units = [u for u in units if len(u)]
     jobs = [([originals[i] for i in u], cfg) for u in units]
-    if workers > 1 and len(jobs) > 1:
+    if mapper is not None:
+        parts = list(mapper(_filter_part_star, jobs))
+    elif workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(min(workers, len(jobs))) as pool:
             parts = pool.map(_filter_part_star, jobs, chunksize=1)

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from gpt.config import Params
-from gpt.data.clean import clean_documents, render_report
+from gpt.data.clean import Mapper, clean_shards, render_report
 from gpt.data.loader import write_token_shards
 from gpt.data.sources import DOC_COLUMNS, read_source
 from gpt.data.tokenizer import save_tokenizer, train_tokenizer
@@ -31,6 +31,9 @@ RAW = Path("data/raw")
 CLEAN = Path("data/clean")
 CLEAN_STATS = Path("data/clean_stats.json")
 TOKENS = Path("data/tokens")
+#: Above this many input bytes, cleaning splits the corpus into shards over all cores.
+PARALLEL_BYTES = 64 * 2**20
+SHARD_DOCS = 20_000
 
 
 @contextmanager
@@ -75,11 +78,46 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     return info
 
 
-def clean(params: Params, workdir: Path) -> dict[str, Any]:
-    """Clean ``data/raw`` into ``data/clean`` (kept + rejected with reasons) and stats."""
+def split_shards(docs: pd.DataFrame, shard_docs: int = SHARD_DOCS) -> list[pd.DataFrame]:
+    """Consecutive slices of ``docs`` (order kept, so results equal the unsharded run)."""
+    return [docs.iloc[i:i + shard_docs] for i in range(0, max(len(docs), 1), shard_docs)]
+
+
+def length_plot(before: pd.Series, after: pd.Series, path: Path) -> None:
+    """Histogram of document lengths (characters, log scale) before and after cleaning."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    hi = max(int(before.max() if len(before) else 1), 10)
+    bins = np.logspace(0, np.log10(hi), 40)
+    ax.hist(before.clip(lower=1), bins=bins, alpha=0.5, label=f"raw ({len(before)})")
+    ax.hist(after.clip(lower=1), bins=bins, alpha=0.6, label=f"kept ({len(after)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("document length (characters)")
+    ax.set_ylabel("documents")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
+          workers: int | None = None, shard_docs: int = SHARD_DOCS) -> dict[str, Any]:
+    """Clean ``data/raw`` into ``data/clean`` (kept + rejected with reasons) and stats.
+
+    Large corpora (over ``PARALLEL_BYTES``) are cleaned in shards on all cores; ``mapper`` runs
+    the shards elsewhere (e.g. Prefect tasks on Dask). The result is the same either way.
+    """
     workdir = Path(workdir)
     docs = _read_docs(workdir / RAW / "docs.parquet", "ingest")
-    result = clean_documents(docs, params.clean)
+    if workers is None:
+        big = int(docs.text.str.len().sum()) > PARALLEL_BYTES
+        workers = (os.cpu_count() or 1) if big else 1
+    result = clean_shards(split_shards(docs, shard_docs), params.clean, workers, mapper)
     if len(result.kept) + len(result.rejected) != len(docs):
         raise DataError(f"cleaning lost documents ({len(docs)} in, {len(result.kept)} kept, "
                         f"{len(result.rejected)} rejected); this is a bug, please report it")
@@ -91,6 +129,7 @@ def clean(params: Params, workdir: Path) -> dict[str, Any]:
         result.kept.to_parquet(out / "docs.parquet", index=False)
         result.rejected.to_parquet(out / "rejected.parquet", index=False)
         (out / "report.md").write_text(render_report(result.stats), encoding="utf-8")
+        length_plot(docs.text.str.len(), result.kept.text.str.len(), out / "lengths.png")
     tmp = (workdir / CLEAN_STATS).with_suffix(".tmp")
     tmp.write_text(json.dumps(result.stats, indent=2, sort_keys=True))
     os.replace(tmp, workdir / CLEAN_STATS)
