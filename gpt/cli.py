@@ -36,7 +36,8 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", "-s", help="overri
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -159,11 +160,15 @@ def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
 @app.command()
 def models(workdir: Workdir = Path("."),
            name: Annotated[str, typer.Option(help="only this registered model")] = "",
+           history: Annotated[bool, typer.Option("--history", help="also show each model's "
+                                                 "champion history")] = False,
            tracking_uri: Annotated[str, typer.Option()] = "") -> None:
     """List registered models, versions, aliases, lineage and metrics."""
-    from gpt.registry import list_versions
+    from gpt.registry import champion_history, list_versions
 
     uri = tracking_uri or _tracking_uri(workdir, _params(workdir))
+    if name:
+        champion_history(uri, name)  # unknown model: one-line error listing the known ones
     rows = list_versions(uri, name or None)
     table = Table(title=f"registered models at {uri}")
     for col in ("model", "version", "aliases", "data", "commit", "primary metric"):
@@ -175,6 +180,52 @@ def models(workdir: Workdir = Path("."),
                       t.get("git_commit", "")[:12],
                       f"{metric}={t.get('metric.' + metric, '')}" if metric else "")
     console.print(table)
+    if history:
+        for model_name in sorted({r["name"] for r in rows}):
+            _print_history(model_name, champion_history(uri, model_name))
+
+
+def _print_history(name: str, history: list[dict]) -> None:
+    table = Table(title=f"{name}: champion history (oldest first)")
+    for col in ("at", "action", "champion", "previous", "reason"):
+        table.add_column(col)
+    for h in history:
+        table.add_row(h.get("at", ""), h.get("action", "gate"), f"v{h['version']}",
+                      f"v{h['previous']}" if h.get("previous") else "", h.get("reason", ""))
+    console.print(table)
+
+
+Reason = Annotated[str, typer.Option("--reason", "-r", help="why (kept in the champion "
+                                     "history)")]
+
+
+@app.command()
+def promote(model: Annotated[str, typer.Argument(help="registered model name")],
+            version: Annotated[str, typer.Argument(help="version to make champion")],
+            reason: Reason,
+            workdir: Workdir = Path("."),
+            tracking_uri: Annotated[str, typer.Option()] = "") -> None:
+    """Make VERSION the champion of MODEL by hand (recorded with its reason)."""
+    from gpt import registry
+
+    uri = tracking_uri or _tracking_uri(workdir, _params(workdir))
+    out = registry.promote(uri, model, version, reason)
+    console.print(f"{model}: champion v{out['previous'] or '-'} -> v{out['version']} "
+                  f"({out['reason']})", highlight=False)
+
+
+@app.command()
+def rollback(model: Annotated[str, typer.Argument(help="registered model name")],
+             reason: Reason,
+             workdir: Workdir = Path("."),
+             tracking_uri: Annotated[str, typer.Option()] = "") -> None:
+    """Move MODEL's champion back to the previous champion (recorded with its reason)."""
+    from gpt import registry
+
+    uri = tracking_uri or _tracking_uri(workdir, _params(workdir))
+    out = registry.rollback(uri, model, reason)
+    console.print(f"{model}: champion v{out['previous']} -> v{out['version']} (rollback: "
+                  f"{out['reason']})", highlight=False)
 
 
 @app.command()

@@ -82,3 +82,92 @@ def sample_generations(model: GPT, tok: Tokenizer, prompts: Sequence[str] = DEFA
                            stop_token=tok.token_to_id(EOT), generator=g)
         out.append({"prompt": prompt, "completion": tok.decode(y[0, len(ids):].tolist())})
     return out
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_labels: int,
+                     ) -> list[list[int]]:
+    """``cm[t][p]``: how many examples of true label ``t`` were predicted as ``p``."""
+    cm = [[0] * n_labels for _ in range(n_labels)]
+    for t, p in zip(y_true, y_pred, strict=True):
+        cm[t][p] += 1
+    return cm
+
+
+def per_class_table(metrics: dict[str, float], labels: Sequence[str],
+                    cm: Sequence[Sequence[int]]) -> list[dict[str, float | int | str]]:
+    """One row per label: support (from the confusion matrix), precision, recall, F1."""
+    return [{"label": name, "support": int(sum(cm[i])),
+             "precision": round(metrics[f"precision_{name}"], 4),
+             "recall": round(metrics[f"recall_{name}"], 4),
+             "f1": round(metrics[f"f1_{name}"], 4)} for i, name in enumerate(labels)]
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Path,
+                          title: str = "confusion matrix (test split)") -> Path:
+    """Write the confusion matrix as a PNG (Agg canvas: no display, no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(labels)
+    size = max(4.0, 0.6 * n + 2.0)
+    fig = Figure(figsize=(size, size * 0.9))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    top = max((max(row) for row in cm), default=0)
+    for t in range(n):
+        for p in range(n):
+            ax.text(p, t, str(cm[t][p]), ha="center", va="center",
+                    color="white" if cm[t][p] > top / 2 else "black", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def compare_to_champion(metrics: dict[str, float], eval_hash: str,
+                        champion: dict | None) -> dict:
+    """The new metrics next to the current champion's, when both used the same evaluation set.
+
+    ``champion`` is ``registry.champion_metrics(...)``: ``{"version", "eval_hash", "metrics"}``
+    or None. Different ``eval_hash``: the numbers are not comparable and are not put side by side.
+    """
+    if champion is None:
+        return {"champion_version": None, "comparable": False,
+                "note": "no champion yet: nothing to compare with", "rows": []}
+    if champion.get("eval_hash") != eval_hash:
+        return {"champion_version": champion["version"], "comparable": False,
+                "note": (f"not comparable: champion v{champion['version']} was evaluated on "
+                         f"{champion.get('eval_hash')}, this version on {eval_hash}"),
+                "rows": []}
+    rows = []
+    for k, v in sorted(metrics.items()):
+        old = champion["metrics"].get(k)
+        # The champion's metrics come from tags holding 6 significant digits: compare at that.
+        rows.append({"metric": k, "new": v, "champion": old,
+                     "delta": None if old is None else float(f"{v:.6g}") - old})
+    return {"champion_version": champion["version"], "comparable": True,
+            "note": f"same evaluation set ({eval_hash}) as champion v{champion['version']}",
+            "rows": rows}
+
+
+def comparison_markdown(comparison: dict) -> str:
+    """A markdown section for the model card."""
+    head = f"## Versus the champion\n\n{comparison['note']}\n"
+    if not comparison["comparable"]:
+        return head
+    v = comparison["champion_version"]
+
+    def fmt(x: float | None, spec: str = ".4g") -> str:
+        return "–" if x is None else format(x, spec)
+
+    rows = "\n".join(f"| {r['metric']} | {fmt(r['new'])} | {fmt(r['champion'])} | "
+                     f"{fmt(r['delta'], '+.4g')} |" for r in comparison["rows"])
+    return f"{head}\n| metric | this version | champion v{v} | Δ |\n|---|---|---|---|\n{rows}\n"

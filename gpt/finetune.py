@@ -159,3 +159,83 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
                     resume=resume, callback=callback, meta={"kind": "finetune"})
     ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
     return FinetuneResult(model=model.cpu(), loop=loop, class_weights=weights.cpu().tolist())
+
+
+# --- supervised fine-tuning (SFT) on prompt/completion pairs ---------------------------------
+
+IGNORE_INDEX = -1  # GPT.forward's cross-entropy skips these target positions
+
+
+def encode_sft_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], block_size: int,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets (N, block_size) for prompt/completion pairs.
+
+    Each sequence is ``prompt + completion + EOT`` (cut to ``block_size + 1`` tokens). Targets
+    that would predict a prompt token, and padding, are ``IGNORE_INDEX``: the loss is on the
+    completion (and its end-of-text) only, so the model learns to answer, not to echo prompts.
+
+    Raises:
+        DataError: no pair keeps a completion token within ``block_size``.
+    """
+    from gpt.data.tokenizer import EOT
+
+    pad_id, eot_id = tok.token_to_id(PAD), tok.token_to_id(EOT)
+    rows_x, rows_y = [], []
+    for prompt, completion in pairs:
+        p, c = tok.encode(prompt).ids, tok.encode(completion).ids
+        seq = (p + c + [eot_id])[:block_size + 1]
+        if len(seq) <= max(len(p), 1):
+            continue  # the prompt alone fills the context: nothing to learn from
+        x = torch.full((block_size,), pad_id, dtype=torch.long)
+        y = torch.full((block_size,), IGNORE_INDEX, dtype=torch.long)
+        x[:len(seq) - 1] = torch.tensor(seq[:-1])
+        y[:len(seq) - 1] = torch.tensor(seq[1:])
+        y[:max(len(p) - 1, 0)] = IGNORE_INDEX  # position i predicts token i + 1
+        rows_x.append(x)
+        rows_y.append(y)
+    if not rows_x:
+        raise DataError(f"SFT: none of {len(pairs)} prompt/completion pairs has a completion "
+                        f"token within block_size={block_size}; shorten the prompts")
+    return torch.stack(rows_x), torch.stack(rows_y)
+
+
+def sft_loss(model: GPT, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over completion positions only."""
+    return model(ids, targets)[1]
+
+
+@dataclass
+class SFTResult:
+    model: GPT
+    loop: LoopResult
+    examples: int
+
+
+def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]], cfg: FinetuneConfig,
+                 out_dir: Path, device_name: str = "auto", resume: bool = True,
+                 callback=None) -> SFTResult:
+    """Supervised fine-tuning of the language model on prompt/completion pairs.
+
+    Uses ``cfg``'s optimisation fields (``max_steps``, ``batch_size``, ``lr``, ``weight_decay``,
+    ``warmup_steps``, ``seed``); checkpoints under ``out_dir/checkpoints`` (resumable) and the
+    weights at ``out_dir/model.safetensors``.
+    """
+    device = resolve_device(device_name)
+    torch.manual_seed(cfg.seed)
+    model = base.to(device)
+    ids, targets = encode_sft_pairs(tok, pairs, base.config.block_size)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (0.9, 0.95), device)
+
+    def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        ix = torch.randint(len(ids), (cfg.batch_size,), generator=g)
+        return sft_loss(m, ids[ix].to(device), targets[ix].to(device))
+
+    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.lr * 0.1,
+                            warmup_steps=cfg.warmup_steps, eval_interval=cfg.max_steps,
+                            checkpoint_interval=max(1, cfg.max_steps // 2), seed=cfg.seed,
+                            log_interval=25)
+    loop = run_loop(model, loss_fn, optimizer, settings, device, Path(out_dir) / "checkpoints",
+                    resume=resume, callback=callback, meta={"kind": "sft"})
+    ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
+    return SFTResult(model=model.cpu(), loop=loop, examples=len(ids))

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,6 +146,14 @@ def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> N
     _client(tracking_uri).log_text(run_id, text, artifact_file)
 
 
+def log_table(tracking_uri: str, run_id: str, rows: list[dict[str, Any]],
+              artifact_file: str) -> None:
+    """Rows as an MLflow table artifact (rendered as a table in the run's artifact view)."""
+    import pandas as pd
+
+    _client(tracking_uri).log_table(run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
+
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(tracking_uri).set_terminated(run_id, status=status)
 
@@ -165,8 +174,13 @@ def _pip_requirements() -> list[str]:
     import torch
     import transformers
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
-            f"tokenizers=={tokenizers.__version__}", f"safetensors=={safetensors.__version__}"]
+    return [f"torch=={torch.__version__.split('+')[0]}",
+            f"transformers=={transformers.__version__}", f"tokenizers=={tokenizers.__version__}",
+            f"safetensors=={safetensors.__version__}"]
+
+
+def _metric_tag(value: float) -> str:
+    return f"{value:.6g}"
 
 
 def _version_metric(mv, metric: str) -> float | None:
@@ -204,7 +218,8 @@ def register_model(tracking_uri: str, run_id: str, name: str, hf_model, hf_token
     Raises:
         RegistryError: a non-finite metric (nothing is logged or registered).
     """
-    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    bad = {k: v for k, v in metrics.items()
+           if not isinstance(v, (int, float)) or not math.isfinite(v)}
     if bad:
         raise RegistryError(f"model '{name}': non-finite metrics {bad}; nothing registered")
     if primary_metric not in metrics:
@@ -214,7 +229,7 @@ def register_model(tracking_uri: str, run_id: str, name: str, hf_model, hf_token
 
     client = _client(tracking_uri)
     all_tags = {k: str(v) for k, v in tags.items() if v is not None}
-    all_tags.update({f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()})
+    all_tags.update({f"metric.{k}": _metric_tag(v) for k, v in metrics.items()})
     all_tags["primary_metric"] = primary_metric
     # The registry resolves `models:/m-<id>` through the global tracking URI, so the whole
     # log-and-register sequence runs with it pointed at ours.
@@ -222,15 +237,22 @@ def register_model(tracking_uri: str, run_id: str, name: str, hf_model, hf_token
         info = mlflow.transformers.log_model(
             transformers_model={"model": hf_model, "tokenizer": hf_tokenizer}, name="model",
             task=task, pip_requirements=_pip_requirements())
-        try:
-            client.create_registered_model(name, description=f"gptops model ({task})")
-        except Exception:  # noqa: BLE001 - exists already (perhaps created concurrently)
-            client.get_registered_model(name)
-        mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=all_tags,
-                                         description=description, model_id=info.model_id)
-    mv = _await_ready(client, name, mv.version)
-    return _promote_if_better(client, name, mv, metrics[primary_metric], tags.get("eval_hash", ""),
-                              primary_metric, higher_is_better, min_improvement, run_id)
+        # One writer at a time per model: version numbers and the read-champion-then-move-alias
+        # gate are not atomic in MLflow, so concurrent pipelines would race without the lock.
+        with registry_lock(tracking_uri, name):
+            try:
+                client.create_registered_model(name, description=f"gptops model ({task})")
+            except Exception:  # noqa: BLE001 - exists already (perhaps created concurrently)
+                client.get_registered_model(name)
+            mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=all_tags,
+                                             description=description, model_id=info.model_id)
+            mv = _await_ready(client, name, mv.version)
+            # Gate on the value as stored in the tag, the precision the champion is read back
+            # at: otherwise re-registering identical metrics "beats" the champion by rounding.
+            return _promote_if_better(client, name, mv,
+                                      float(_metric_tag(metrics[primary_metric])),
+                                      tags.get("eval_hash", ""), primary_metric,
+                                      higher_is_better, min_improvement, run_id)
 
 
 def _await_ready(client, name: str, version: str, timeout: float = 60.0):
@@ -245,6 +267,8 @@ def _await_ready(client, name: str, version: str, timeout: float = 60.0):
 def _promote_if_better(client, name: str, mv, value: float, eval_hash: str, metric: str,
                        higher_is_better: bool, min_improvement: float,
                        run_id: str) -> Registration:
+    """Gate ``mv`` against the current champion. Callers hold :func:`registry_lock`, so the
+    champion read here is still the champion when the alias moves."""
     try:
         champ = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # noqa: BLE001 - no champion alias yet
@@ -255,7 +279,7 @@ def _promote_if_better(client, name: str, mv, value: float, eval_hash: str, metr
                                        higher_is_better, min_improvement, metric)
     client.set_model_version_tag(name, mv.version, "promotion_decision", reason[:5000])
     if promote:
-        set_champion(client, name, mv.version, reason)
+        set_champion(client, name, mv.version, reason, action="gate")
     else:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
     log.info("%s v%s: %s (%s)", name, mv.version, "champion" if promote else "challenger", reason)
@@ -263,15 +287,230 @@ def _promote_if_better(client, name: str, mv, value: float, eval_hash: str, metr
                         reason=reason, previous_champion=str(champ.version) if champ else None)
 
 
-def set_champion(client, name: str, version: str, reason: str) -> None:
-    """Move the champion alias and append the move to the registered model's history tag."""
+def _current_champion(client, name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except Exception:  # noqa: BLE001 - no champion alias
+        return None
+
+
+def set_champion(client, name: str, version: str, reason: str, action: str = "gate") -> None:
+    """Move the champion alias and append the move to the registered model's history tag.
+
+    ``action`` is ``gate`` (the promotion gate), ``promote`` (explicit) or ``rollback``.
+    """
     rm = client.get_registered_model(name)
-    history = json.loads(rm.tags.get(HISTORY_TAG, "[]"))
-    history.append({"version": str(version), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                 time.gmtime()),
+    history = _parse_history(rm.tags.get(HISTORY_TAG))
+    history.append({"version": str(version), "action": action,
+                    "previous": _current_champion(client, name),
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "reason": reason[:200]})
     client.set_registered_model_alias(name, CHAMPION, str(version))
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-20:]))
+    # MLflow caps tag values (5000 chars on SQL stores): keep the newest entries that fit.
+    keep = history[-50:]
+    while len(keep) > 1 and len(json.dumps(keep)) > 4900:
+        keep = keep[1:]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(keep))
+
+
+def _parse_history(raw: str | None) -> list[dict[str, Any]]:
+    try:
+        history = json.loads(raw or "[]")
+    except ValueError:
+        log.warning("unreadable %s tag; starting a new history", HISTORY_TAG)
+        return []
+    return [h for h in history if isinstance(h, dict) and "version" in h]
+
+
+# --- governance: explicit promotion, rollback, history -------------------------------------
+
+
+@contextmanager
+def registry_lock(tracking_uri: str, name: str, timeout_s: float = 120.0) -> Iterator[None]:
+    """Serialise champion changes of one registered model across processes.
+
+    PostgreSQL: a session advisory lock on a connection derived from the tracking URI. SQLite: an
+    exclusive ``flock`` on a file beside the database. Other backends (an MLflow server): no lock
+    (the server would have to provide it); concurrent gates there may race.
+    """
+    if tracking_uri.startswith(("postgresql", "postgres:")):
+        import psycopg
+
+        conninfo = re.sub(r"^postgres(?:ql)?(?:\+\w+)?://", "postgresql://", tracking_uri)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'")
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"gptops:{name}",))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"gptops:{name}",))
+    elif tracking_uri.startswith("sqlite:///"):
+        import fcntl
+
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        lock_path = db.parent / f".{db.name}.registry.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+") as fh:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(f"registry lock {lock_path} held for over "
+                                            f"{timeout_s:.0f}s; is another gptops stuck?"
+                                            ) from None
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    else:
+        yield
+
+
+def _require_model(client, tracking_uri: str, name: str):
+    try:
+        return client.get_registered_model(name)
+    except Exception as exc:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST
+        known = sorted(m.name for m in client.search_registered_models()) or ["(none)"]
+        raise RegistryError(f"no registered model '{name}' at {tracking_uri}; registered models: "
+                            f"{', '.join(known)}") from exc
+
+
+def _version_numbers(client, name: str) -> list[str]:
+    return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")),
+                  key=int)
+
+
+def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
+    """The champion moves of ``name``, oldest first: version, action, previous, at, reason.
+
+    Raises:
+        RegistryError: ``name`` is not a registered model.
+    """
+    client = _client(tracking_uri)
+    rm = _require_model(client, tracking_uri, name)
+    return _parse_history(rm.tags.get(HISTORY_TAG))
+
+
+def promote(tracking_uri: str, name: str, version: str, reason: str) -> dict[str, Any]:
+    """Make ``version`` the champion of ``name`` by hand, recording ``reason`` in the history.
+
+    Raises:
+        RegistryError: unknown model or version, or an empty reason.
+    """
+    if not reason.strip():
+        raise RegistryError("promote needs --reason: say why this version becomes champion")
+    client = _client(tracking_uri)
+    _require_model(client, tracking_uri, name)
+    version = str(version).strip().removeprefix("v")
+    with registry_lock(tracking_uri, name):
+        versions = _version_numbers(client, name)
+        if version not in versions:
+            raise RegistryError(f"model '{name}' has no version '{version}'; versions: "
+                                f"{', '.join(versions) or '(none)'}")
+        previous = _current_champion(client, name)
+        if previous == version:
+            raise RegistryError(f"model '{name}' version {version} is already the champion")
+        set_champion(client, name, version, reason.strip(), action="promote")
+        client.set_model_version_tag(name, version, "promotion_decision",
+                                     f"promoted by hand: {reason.strip()}"[:5000])
+    log.info("%s: champion v%s -> v%s (promote: %s)", name, previous, version, reason)
+    return {"name": name, "version": version, "previous": previous, "action": "promote",
+            "reason": reason.strip()}
+
+
+def _rollback_target(history: list[dict[str, Any]], current: str | None,
+                     existing: set[str]) -> str | None:
+    """The champion before ``current``: replay the history as a stack (a rollback pops it)."""
+    stack: list[str] = []
+    for h in history:
+        if h.get("action") == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != str(h["version"]):
+                stack.append(str(h["version"]))
+        else:
+            stack.append(str(h["version"]))
+    while stack and stack[-1] == current:
+        stack.pop()
+    while stack and stack[-1] not in existing:  # deleted versions cannot come back
+        stack.pop()
+    return stack[-1] if stack else None
+
+
+def rollback(tracking_uri: str, name: str, reason: str) -> dict[str, Any]:
+    """Move the champion of ``name`` back to the previous champion in its history.
+
+    Successive rollbacks walk further back (each undoes one promotion), never re-promoting
+    the version just rolled back from.
+
+    Raises:
+        RegistryError: unknown model, no champion, no earlier champion, or an empty reason.
+    """
+    if not reason.strip():
+        raise RegistryError("rollback needs --reason: say why the champion is rolled back")
+    client = _client(tracking_uri)
+    _require_model(client, tracking_uri, name)
+    with registry_lock(tracking_uri, name):
+        rm = client.get_registered_model(name)
+        history = _parse_history(rm.tags.get(HISTORY_TAG))
+        current = _current_champion(client, name)
+        if current is None:
+            raise RegistryError(f"model '{name}' has no champion to roll back; versions: "
+                                f"{', '.join(_version_numbers(client, name)) or '(none)'}")
+        target = _rollback_target(history, current, set(_version_numbers(client, name)))
+        if target is None:
+            raise RegistryError(f"model '{name}': no earlier champion than v{current} in the "
+                                f"history; use `gptops promote {name} VERSION` instead")
+        set_champion(client, name, target, reason.strip(), action="rollback")
+        client.set_model_version_tag(name, target, "promotion_decision",
+                                     f"rolled back to (from v{current}): {reason.strip()}"[:5000])
+    log.info("%s: champion v%s -> v%s (rollback: %s)", name, current, target, reason)
+    return {"name": name, "version": target, "previous": current, "action": "rollback",
+            "reason": reason.strip()}
+
+
+def champion_metrics(tracking_uri: str, name: str) -> dict[str, Any] | None:
+    """The current champion's version, eval_hash and ``metric.*`` tags (None: no champion)."""
+    client = _client(tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - no such model or no champion yet
+        return None
+    metrics = {}
+    for k in mv.tags:
+        if k.startswith("metric."):
+            value = _version_metric(mv, k.removeprefix("metric."))
+            if value is not None:
+                metrics[k.removeprefix("metric.")] = value
+    return {"version": str(mv.version), "eval_hash": mv.tags.get("eval_hash"),
+            "metrics": metrics}
+
+
+def resolve_alias(tracking_uri: str, name: str, alias: str = CHAMPION, client=None):
+    """The model version behind ``<name>@<alias>``.
+
+    Raises:
+        RegistryError: unknown model (listing the registered ones) or unknown alias (listing
+            the model's aliases).
+    """
+    client = client or _client(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception as exc:  # noqa: BLE001
+        try:
+            rm = client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - the model itself is unknown
+            known = sorted(m.name for m in client.search_registered_models()) or ["(none)"]
+            raise RegistryError(f"no registered model '{name}' at {tracking_uri}; registered "
+                                f"models: {', '.join(known)}; run `gptops run` first"
+                                ) from exc
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted((rm.aliases or {}).items()))
+        raise RegistryError(f"model '{name}' has no alias '{alias}' at {tracking_uri}; its "
+                            f"aliases: {aliases or '(none)'}") from exc
 
 
 def load_champion_components(tracking_uri: str, name: str, alias: str = CHAMPION) -> dict:
@@ -280,12 +519,7 @@ def load_champion_components(tracking_uri: str, name: str, alias: str = CHAMPION
     import mlflow
 
     client = _client(tracking_uri)
-    try:
-        client.get_model_version_by_alias(name, alias)
-    except Exception as exc:  # noqa: BLE001
-        raise RegistryError(f"no version of model '{name}' has alias '{alias}' at "
-                            f"{tracking_uri}; run `gptops run` first or pick another alias"
-                            ) from exc
+    resolve_alias(tracking_uri, name, alias, client)
     prev = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

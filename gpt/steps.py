@@ -130,7 +130,8 @@ def evaluate_step(workdir: Path, params: Params, data_version: str) -> dict[str,
     task_metrics = ev.classification_metrics(y_true, y_pred, task.labels)
     task_metrics.update(ev.majority_baseline(task.train.label.tolist(), y_true, task.labels))
     out.update({"task": task_metrics, "task_eval_hash": task.eval_hash(), "labels": task.labels,
-                "task_test_examples": len(y_true)})
+                "task_test_examples": len(y_true),
+                "confusion_matrix": ev.confusion_matrix(y_true, y_pred, len(task.labels))})
     ev.check_finite(base_metrics, "base model evaluation")
     ev.check_finite(task_metrics, "task model evaluation")
     (rd / "evaluation.json").write_text(json.dumps(out, indent=2))
@@ -205,8 +206,14 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
                       "parent_model_version": f"{reg.base_model}/{parent}"}
             primary, higher, task_name = "macro_f1", True, "text-classification"
             registry.log_dict(tracking_uri, run_id, evaluation["task"], "eval/task_metrics.json")
+            _log_task_report(tracking_uri, run_id, evaluation, rd / "eval")
         registry.log_metrics(tracking_uri, run_id, metrics)
-        description = _model_card(kind, name, v_tags, metrics, params)
+        # Read before registering: registering may move the champion alias to this version.
+        comparison = ev.compare_to_champion(metrics, v_tags["eval_hash"],
+                                            registry.champion_metrics(tracking_uri, name))
+        registry.log_dict(tracking_uri, run_id, comparison, "eval/champion_comparison.json")
+        log.info("%s vs champion: %s", name, comparison["note"])
+        description = _model_card(kind, name, v_tags, metrics, params, comparison)
         r = registry.register_model(tracking_uri, run_id, name, model, hf_tok, task_name,
                                     metrics, v_tags, primary, higher, reg.min_improvement,
                                     description)
@@ -215,13 +222,30 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
     return results
 
 
+def _log_task_report(tracking_uri: str, run_id: str, evaluation: dict[str, Any],
+                     out_dir: Path) -> None:
+    """Confusion-matrix image and per-class table as artifacts of the task model's run."""
+    cm = evaluation.get("confusion_matrix")
+    if cm is None:  # an evaluation from before confusion matrices were recorded
+        return
+    labels = evaluation["labels"]
+    png = ev.plot_confusion_matrix(cm, labels, out_dir / "confusion_matrix.png")
+    registry.log_artifacts(tracking_uri, run_id, {"eval": png})
+    registry.log_dict(tracking_uri, run_id, {"labels": labels, "matrix": cm},
+                      "eval/confusion_matrix.json")
+    registry.log_table(tracking_uri, run_id,
+                       ev.per_class_table(evaluation["task"], labels, cm), "eval/per_class.json")
+
+
 def _model_card(kind: str, name: str, tags: dict[str, str], metrics: dict[str, float],
-                params: Params) -> str:
+                params: Params, comparison: dict | None = None) -> str:
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()))
+    versus = f"{ev.comparison_markdown(comparison)}\n" if comparison else ""
     lineage = "\n".join(f"- **{k}**: `{v}`" for k, v in sorted(tags.items()))
     m = params.model
     return (f"# {name} ({kind})\n\nGPT decoder, {m.n_layer} layers, {m.n_head} heads, "
             f"{m.n_embd} dims, context {m.block_size}; profile `{params.profile}`.\n\n"
-            f"## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n## Lineage\n\n{lineage}\n\n"
+            f"## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n{versus}"
+            f"## Lineage\n\n{lineage}\n\n"
             "Reproduce: check out `git_commit`, `dvc pull`, then `gptops run` with the same "
             "profile.\n")

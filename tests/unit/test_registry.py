@@ -1,0 +1,157 @@
+"""Registry governance on a real MLflow SQLite store: NaN refusal, promote, rollback, history."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpt import registry
+from gpt.errors import RegistryError
+
+TEXTS = ["def add(a, b): return a + b", "Return a new list of items.", "The module provides"] * 40
+
+
+def tiny_hf(tmp_path):
+    """A 1-layer ``GPT2LMHeadModel`` and a matching fast tokenizer, built locally."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt.data.tokenizer import load_hf_tokenizer, save_tokenizer, train_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    save_tokenizer(train_tokenizer(TEXTS, 300), path)
+    tok = load_hf_tokenizer(path)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=300,
+                                       n_positions=32))
+    return model, tok
+
+
+def register(uri: str, name: str, model, tok, value: float, eval_hash: str = "e1"):
+    run_id = registry.start_run(uri, "test", f"run-{value}", {"data_version": "d"}, {})
+    return registry.register_model(uri, run_id, name, model, tok, "text-generation",
+                                   {"val_ppl": value}, {"eval_hash": eval_hash}, "val_ppl",
+                                   higher_is_better=False, min_improvement=0.0)
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    """One store per module (creating MLflow's tables takes seconds); each test its own model."""
+    return registry.default_tracking_uri(tmp_path_factory.mktemp("mlflow"))
+
+
+@pytest.fixture()
+def m(request):
+    return "m-" + "".join(c for c in request.node.name if c.isalnum())[-40:]
+
+
+def _fake_versions(uri: str, name: str, n: int) -> None:
+    """``n`` versions without logged artifacts (governance needs only versions and tags)."""
+    client = registry._client(uri)
+    client.create_registered_model(name)
+    for i in range(n):
+        client.create_model_version(name, f"file:///nowhere/{i}", tags={"eval_hash": "e1"})
+
+
+def test_nan_metric_registers_nothing_and_real_version_loads(tmp_path, uri, m):
+    model, tok = tiny_hf(tmp_path)
+    first = register(uri, m, model, tok, 10 / 3)
+    assert first.champion and first.version == "1"
+    with pytest.raises(RegistryError, match="non-finite"):
+        register(uri, m, model, tok, float("nan"))
+    assert [v["version"] for v in registry.list_versions(uri, m)] == ["1"]
+    assert registry.champion_metrics(uri, m) == {"version": "1", "eval_hash": "e1",
+                                                   "metrics": {"val_ppl": 3.33333}}
+    # Identical metrics do not "beat" the champion through the tag's rounding.
+    second = register(uri, m, model, tok, 10 / 3)
+    assert not second.champion and second.previous_champion == "1"
+    with pytest.raises(RegistryError,
+                       match="has no alias 'nope'.*its aliases: challenger=v2, champion=v1"):
+        registry.load_champion_components(uri, m, "nope")
+    with pytest.raises(RegistryError, match=f"no registered model 'zz'.*registered models: .*{m}"):
+        registry.load_champion_components(uri, "zz")
+
+
+def test_promote_rollback_and_history(uri, m):
+    _fake_versions(uri, m, 3)
+    client = registry._client(uri)
+    registry.set_champion(client, m, "1", "first version", action="gate")
+    registry.set_champion(client, m, "2", "beats v1", action="gate")
+
+    out = registry.promote(uri, m, "3", "hand-checked samples")
+    assert out == {"name": m, "version": "3", "previous": "2", "action": "promote",
+                   "reason": "hand-checked samples"}
+    assert registry.rollback(uri, m, "v3 hallucinates")["version"] == "2"
+    assert registry.rollback(uri, m, "v2 too")["version"] == "1"  # walks back, not to v3
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        registry.rollback(uri, m, "again")
+    assert str(client.get_model_version_by_alias(m, "champion").version) == "1"
+
+    history = registry.champion_history(uri, m)
+    assert [(h["version"], h["action"], h["previous"]) for h in history] == [
+        ("1", "gate", None), ("2", "gate", "1"), ("3", "promote", "2"),
+        ("2", "rollback", "3"), ("1", "rollback", "2")]
+    assert history[3]["reason"] == "v3 hallucinates"
+    assert json.loads(client.get_registered_model(m).tags[registry.HISTORY_TAG]) == history
+    assert "rolled back" in client.get_model_version(m, "1").tags["promotion_decision"]
+
+
+def test_rollback_skips_deleted_versions(uri, m):
+    _fake_versions(uri, m, 3)
+    for v in ("1", "2", "3"):
+        registry.promote(uri, m, v, f"to {v}")
+    registry._client(uri).delete_model_version(m, "2")
+    assert registry.rollback(uri, m, "bad")["version"] == "1"
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda u, m: registry.promote(u, "nope", "1", "r"),
+     r"no registered model 'nope'.*registered models: .*m-"),
+    (lambda u, m: registry.promote(u, m, "9", "r"), r"no version '9'; versions: 1, 2"),
+    (lambda u, m: registry.promote(u, m, "1", " "), "needs --reason"),
+    (lambda u, m: registry.rollback(u, m, "r"), "no champion to roll back"),
+    (lambda u, m: registry.rollback(u, "nope", "r"), "no registered model 'nope'"),
+    (lambda u, m: registry.champion_history(u, "nope"), "no registered model 'nope'"),
+])
+def test_governance_errors_name_what_exists(uri, m, call, match):
+    _fake_versions(uri, m, 2)
+    with pytest.raises(RegistryError, match=match):
+        call(uri, m)
+
+
+def test_promote_same_champion_refused(uri, m):
+    _fake_versions(uri, m, 1)
+    registry.promote(uri, m, "v1", "first")
+    with pytest.raises(RegistryError, match="already the champion"):
+        registry.promote(uri, m, "1", "again")
+
+
+def test_cli_promote_rollback_models_history(uri, m):
+    from typer.testing import CliRunner
+
+    from gpt.cli import app
+
+    _fake_versions(uri, m, 2)
+    runner = CliRunner()
+    r = runner.invoke(app, ["promote", m, "1", "--reason", "baseline", "--tracking-uri", uri])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["promote", m, "2", "-r", "better", "--tracking-uri", uri])
+    assert "v1 -> v2" in r.output
+    r = runner.invoke(app, ["rollback", m, "-r", "regression", "--tracking-uri", uri])
+    assert r.exit_code == 0 and "v2 -> v1" in r.output, r.output
+    r = runner.invoke(app, ["models", "--history", "--tracking-uri", uri], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "champion history" in r.output and "regression" in r.output
+    r = runner.invoke(app, ["rollback", m, "--tracking-uri", uri])
+    assert r.exit_code != 0  # --reason is required
+
+
+def test_cli_error_is_one_line_exit_2(uri, m, monkeypatch, capsys):
+    from gpt.cli import app, run_app
+
+    _fake_versions(uri, m, 1)
+    monkeypatch.setattr("sys.argv", ["gptops", "promote", m, "7", "-r", "x",
+                                     "--tracking-uri", uri])
+    with pytest.raises(SystemExit) as exc:
+        run_app(app)
+    assert exc.value.code == 2
+    assert "no version '7'; versions: 1" in capsys.readouterr().out

@@ -1,0 +1,71 @@
+"""Supervised fine-tuning: prompt tokens never count in the loss; the loss falls on a toy set."""
+
+import pytest
+import torch
+
+from gpt.config import FinetuneConfig
+from gpt.data.tokenizer import EOT, PAD, train_tokenizer
+from gpt.errors import DataError
+from gpt.finetune import IGNORE_INDEX, encode_sft_pairs, finetune_sft, sft_loss
+from gpt.model import GPT, GPTConfig
+
+PAIRS = [(f"Q: what is {a} plus {b}? A:", f" {a + b}") for a in range(6) for b in range(6)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = [p + c for p, c in PAIRS] * 5
+    return train_tokenizer(texts, 300)
+
+
+def test_prompt_and_padding_positions_are_ignored(tok):
+    block = 32
+    ids, targets = encode_sft_pairs(tok, PAIRS[:3], block)
+    assert ids.shape == targets.shape == (3, block)
+    for row, (prompt, completion) in enumerate(PAIRS[:3]):
+        p, c = tok.encode(prompt).ids, tok.encode(completion).ids
+        seq = p + c + [tok.token_to_id(EOT)]
+        assert ids[row, :len(seq) - 1].tolist() == seq[:-1]
+        # positions 0 .. len(p)-2 predict prompt tokens: ignored
+        assert (targets[row, :len(p) - 1] == IGNORE_INDEX).all()
+        # from the last prompt token on, the targets are the completion and EOT
+        assert targets[row, len(p) - 1:len(seq) - 1].tolist() == c + [tok.token_to_id(EOT)]
+        assert (targets[row, len(seq) - 1:] == IGNORE_INDEX).all()
+        assert (ids[row, len(seq) - 1:] == tok.token_to_id(PAD)).all()
+
+
+def test_truncation_keeps_only_pairs_with_completion_tokens(tok):
+    prompt_len = len(tok.encode(PAIRS[0][0]).ids)
+    with pytest.raises(DataError, match="shorten the prompts"):
+        encode_sft_pairs(tok, PAIRS[:2], prompt_len - 1)
+    ids, targets = encode_sft_pairs(tok, PAIRS[:2], prompt_len)  # one completion token fits
+    assert (targets != IGNORE_INDEX).sum(dim=1).tolist() == [1, 1]
+
+
+def test_sft_loss_ignores_prompt_logits(tok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2,
+                          n_embd=16, dropout=0.0, bias=True)).eval()
+    ids, targets = encode_sft_pairs(tok, PAIRS[:4], 32)
+    logits, _ = model(ids, targets)
+    keep = targets != IGNORE_INDEX
+    expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    assert torch.allclose(sft_loss(model, ids, targets), expected, atol=1e-5)
+
+
+def test_loss_decreases_on_toy_set(tok, tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=2, n_head=2,
+                          n_embd=32, dropout=0.0, bias=True))
+    ids, targets = encode_sft_pairs(tok, PAIRS, 32)
+    with torch.no_grad():
+        before = sft_loss(model.eval(), ids, targets).item()
+    cfg = FinetuneConfig(task="package", packages=["a", "b"], max_steps=60, batch_size=16,
+                         lr=3e-3, base_lr_factor=1.0, weight_decay=0.0, warmup_steps=5,
+                         test_fraction=0.2, seed=0)
+    result = finetune_sft(model, tok, PAIRS, cfg, tmp_path / "sft", device_name="cpu")
+    with torch.no_grad():
+        after = sft_loss(result.model.eval(), ids, targets).item()
+    assert result.examples == len(PAIRS) and result.loop.steps == 60
+    assert after < 0.6 * before, (before, after)
+    assert (tmp_path / "sft" / "model.safetensors").is_file()
