@@ -2,7 +2,8 @@
 
 Token + learned position embeddings, pre-LN blocks with causal self-attention through
 ``scaled_dot_product_attention`` (flash/memory-efficient kernels where available), a GELU MLP,
-weight tying and GPT-2's scaled residual init. ``generate`` samples with a KV cache.
+weight tying and GPT-2's scaled residual init. ``generate`` samples with a preallocated KV
+cache; the training loss has a lean fused backward.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-# A KV cache: per layer, (keys, values) of shape (B, n_head, T_cached, head_dim).
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -32,6 +30,66 @@ class GPTConfig:
     bias: bool = True
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """Mean next-token cross-entropy (targets of -1 ignored) with a lean backward.
+
+    ``F.cross_entropy``'s backward allocates and zero-fills a (N, vocab) gradient, scatters into
+    it, then runs log-softmax's backward over it: three passes and two allocations over the
+    largest tensor of the step. The gradient is simply ``softmax - one_hot``, so the backward
+    here turns the saved log-probabilities into it in place (~10-15% of a CPU training step).
+    Being in place, a second backward through a retained graph raises autograd's error for a
+    modified saved tensor instead of returning a wrong gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        low = logits.dtype in (torch.float16, torch.bfloat16)  # e.g. under autocast
+        logp = torch.log_softmax(logits.float() if low else logits, dim=-1)
+        valid = targets != -1
+        safe = targets.clamp(min=0).unsqueeze(1)
+        count = valid.sum()
+        loss = -(logp.gather(1, safe).squeeze(1) * valid).sum() / count
+        ctx.save_for_backward(logp, safe, valid, count)
+        ctx.in_dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logp, safe, valid, count = ctx.saved_tensors
+        grad = logp.exp_()  # softmax, in place: logp is not needed again
+        grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
+        grad.mul_((valid * (grad_loss / count)).unsqueeze(1).to(grad.dtype))
+        return grad.to(ctx.in_dtype), None
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for up to ``block_size`` positions.
+
+    Decoding writes each step's keys/values in place instead of concatenating (which would copy
+    the whole cache every step). Buffers are (n_layer, B, n_head, capacity, head_dim); the first
+    ``length`` positions are filled.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32, capacity: int | None = None) -> None:
+        """Empty buffers for ``capacity`` positions (default and maximum: ``block_size``)."""
+        size = min(capacity or cfg.block_size, cfg.block_size)
+        shape = (cfg.n_layer, batch, cfg.n_head, size, cfg.n_embd // cfg.n_head)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.capacity = size
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, n_head, T, head_dim) keys/values after ``length``; return all."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -43,27 +101,28 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        past = 0
         if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)
-            v = torch.cat([cache[1], v], dim=2)
+            past = cache.length
+            k, v = cache.update(layer, k, v)
         # With a cache, the T new queries sit at the end of the key sequence; a plain causal mask
         # would align them to the start, so build the offset mask explicitly when T > 1.
-        if cache is None or T == 1:
-            mask, causal = None, cache is None
+        if past == 0 or T == 1:
+            mask, causal = None, T > 1
         else:
-            S = k.size(2)
+            S = past + T
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             causal = False
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -86,12 +145,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        a, new_cache = self.attn(self.ln_1(x), cache)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, new_cache
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -131,20 +188,26 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
-                      ) -> tuple[torch.Tensor, KVCache]:
-        """Final-layer-norm hidden states (B, T, C) and the updated KV cache."""
+                      ) -> tuple[torch.Tensor, KVCache | None]:
+        """Final-layer-norm hidden states (B, T, C) and the cache, updated in place.
+
+        With a ``cache``, ``idx`` continues the ``cache.length`` positions it already holds.
+        """
         B, T = idx.shape
-        past = cache[0][0].size(2) if cache else 0
+        past = cache.length if cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size "
                              f"{self.config.block_size}")
+        if cache is not None and past + T > cache.capacity:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the cache's capacity "
+                             f"{cache.capacity}")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        new_cache: KVCache = []
         for i, block in enumerate(self.transformer.h):
-            x, layer_cache = block(x, cache[i] if cache else None)
-            new_cache.append(layer_cache)
-        return self.transformer.ln_f(x), new_cache
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.transformer.ln_f(x), cache
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -154,8 +217,7 @@ class GPT(nn.Module):
             # Inference: only the last position's logits are needed.
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
-                               ignore_index=-1)
+        loss = _CrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
     @staticmethod
@@ -189,25 +251,32 @@ class GPT(nn.Module):
         """
         was_training = self.training
         self.eval()
-        cache: KVCache | None = None
-        done = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+        block = self.config.block_size
+        B, T0 = idx.shape
+        # Prompt and generated tokens live in one preallocated buffer: no per-step concatenation.
+        tokens = torch.empty(B, T0 + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        tokens[:, :T0] = idx
+        n = T0
+        cache = (KVCache(self.config, B, idx.device, self.lm_head.weight.dtype,
+                         capacity=T0 + max_new_tokens) if use_cache else None)
+        done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
         try:
             for _ in range(max_new_tokens):
-                if use_cache and cache is not None and idx.size(1) <= self.config.block_size:
-                    x, cache = self.hidden_states(idx[:, -1:], cache)
+                if cache is not None and 0 < cache.length < cache.capacity:
+                    x, _ = self.hidden_states(tokens[:, n - 1:n], cache)
                 else:
-                    window = idx[:, -self.config.block_size:]
-                    x, cache = self.hidden_states(window)
-                    if idx.size(1) >= self.config.block_size:
-                        cache = None  # full window: the next step must slide, not append
-                    if not use_cache:
-                        cache = None
+                    # First step, no cache, or a full window: (re)encode the last block_size
+                    # tokens. Once the window is full it slides, so each step re-encodes.
+                    if cache is not None:
+                        cache.length = 0
+                    x, _ = self.hidden_states(tokens[:, max(0, n - block):n], cache)
                 logits = self.lm_head(x[:, -1, :])
                 nxt = self._sample(logits, temperature, top_k, top_p, generator)
                 if stop_token is not None:
                     nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
                     done = done | (nxt == stop_token)
-                idx = torch.cat([idx, nxt], dim=1)
+                tokens[:, n:n + 1] = nxt
+                n += 1
                 yield nxt
                 if stop_token is not None and bool(done.all()):
                     break

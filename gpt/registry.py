@@ -193,10 +193,18 @@ def _version_metric(mv, metric: str) -> float | None:
 
 def decide_promotion(new: float, champion: float | None, new_eval_hash: str,
                      champion_eval_hash: str | None, higher_is_better: bool,
-                     min_improvement: float, metric: str) -> tuple[bool, str]:
-    """The promotion gate as a pure function: (promote?, reason)."""
+                     min_improvement: float, metric: str,
+                     baseline: float | None = None) -> tuple[bool, str]:
+    """The promotion gate as a pure function: (promote?, reason).
+
+    ``baseline`` is the trivial model's value of the metric (majority class; uniform over the
+    vocabulary for perplexity): a version that does not beat it never becomes champion.
+    """
     if not math.isfinite(new):
         return False, f"{metric}={new} is not finite"
+    if baseline is not None and not (new > baseline if higher_is_better else new < baseline):
+        return False, (f"{metric} {new:.4g} does not beat the trivial baseline {baseline:.4g}; "
+                       "train longer or check the data")
     if champion is None:
         return True, "first version: no champion yet"
     if champion_eval_hash != new_eval_hash:
@@ -212,7 +220,7 @@ def decide_promotion(new: float, champion: float | None, new_eval_hash: str,
 def register_model(tracking_uri: str, run_id: str, name: str, hf_model, hf_tokenizer, task: str,
                    metrics: dict[str, float], tags: dict[str, str], primary_metric: str,
                    higher_is_better: bool, min_improvement: float,
-                   description: str = "") -> Registration:
+                   description: str = "", baseline: float | None = None) -> Registration:
     """Log the HF model to ``run_id`` with the transformers flavor, register it, gate promotion.
 
     Raises:
@@ -252,7 +260,8 @@ def register_model(tracking_uri: str, run_id: str, name: str, hf_model, hf_token
             return _promote_if_better(client, name, mv,
                                       float(_metric_tag(metrics[primary_metric])),
                                       tags.get("eval_hash", ""), primary_metric,
-                                      higher_is_better, min_improvement, run_id)
+                                      higher_is_better, min_improvement, run_id,
+                                      baseline)
 
 
 def _await_ready(client, name: str, version: str, timeout: float = 60.0):
@@ -266,7 +275,7 @@ def _await_ready(client, name: str, version: str, timeout: float = 60.0):
 
 def _promote_if_better(client, name: str, mv, value: float, eval_hash: str, metric: str,
                        higher_is_better: bool, min_improvement: float,
-                       run_id: str) -> Registration:
+                       run_id: str, baseline: float | None = None) -> Registration:
     """Gate ``mv`` against the current champion. Callers hold :func:`registry_lock`, so the
     champion read here is still the champion when the alias moves."""
     try:
@@ -276,7 +285,7 @@ def _promote_if_better(client, name: str, mv, value: float, eval_hash: str, metr
     champ_value = _version_metric(champ, metric) if champ else None
     champ_hash = champ.tags.get("eval_hash") if champ else None
     promote, reason = decide_promotion(value, champ_value, eval_hash, champ_hash,
-                                       higher_is_better, min_improvement, metric)
+                                       higher_is_better, min_improvement, metric, baseline)
     client.set_model_version_tag(name, mv.version, "promotion_decision", reason[:5000])
     if promote:
         set_champion(client, name, mv.version, reason, action="gate")

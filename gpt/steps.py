@@ -190,6 +190,7 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
             model = to_hf_lm(_load_base(rd / "pretrain", params, vocab), eot, pad)
             v_tags = {**tags, "eval_hash": evaluation["base_eval_hash"]}
             primary, higher, task_name = "val_ppl", False, "text-generation"
+            baseline = float(vocab)  # a uniform guess over the vocabulary
             registry.log_dict(tracking_uri, run_id, evaluation["samples"],
                               "samples/generations.json")
             registry.log_artifacts(tracking_uri, run_id, {
@@ -205,6 +206,7 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
             v_tags = {**tags, "eval_hash": evaluation["task_eval_hash"],
                       "parent_model_version": f"{reg.base_model}/{parent}"}
             primary, higher, task_name = "macro_f1", True, "text-classification"
+            baseline = metrics["baseline_macro_f1"]  # always predicting the majority class
             registry.log_dict(tracking_uri, run_id, evaluation["task"], "eval/task_metrics.json")
             _log_task_report(tracking_uri, run_id, evaluation, rd / "eval")
         registry.log_metrics(tracking_uri, run_id, metrics)
@@ -216,7 +218,7 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
         description = _model_card(kind, name, v_tags, metrics, params, comparison)
         r = registry.register_model(tracking_uri, run_id, name, model, hf_tok, task_name,
                                     metrics, v_tags, primary, higher, reg.min_improvement,
-                                    description)
+                                    description, baseline=baseline)
         registry.finish_run(tracking_uri, run_id)
         results[kind] = {**asdict(r), "reused": False}
     return results

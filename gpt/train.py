@@ -308,4 +308,8 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
                     float("nan"))
     if _rank() == 0:
         ckpt.save_weights(model, out_dir / "model.safetensors")
+    if ddp:
+        # Every rank returns only once the final weights exist; leave the group we joined.
+        dist.barrier()
+        dist.destroy_process_group()
     return PretrainResult(model=model.cpu(), loop=result, val_loss=val_loss, device=str(device))

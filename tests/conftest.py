@@ -19,7 +19,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "data.max_docs=1800", "tokenizer.vocab_size=1024", "model.n_layer=2", "model.n_embd=64",
     "model.n_head=2", "model.block_size=64", "train.max_steps=30", "train.eval_interval=15",
-    "train.eval_batches=4", "train.checkpoint_interval=15", "finetune.max_steps=20",
+    "train.eval_batches=4", "train.checkpoint_interval=15", "finetune.max_steps=60",
+    "finetune.warmup_steps=5",
     "evaluate.ppl_batches=4",
 ]
 

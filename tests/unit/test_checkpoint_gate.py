@@ -66,6 +66,13 @@ def test_promotion_gate(new, champ, same, higher, promote):
     assert ok is promote and reason
 
 
+def test_gate_refuses_a_version_that_does_not_beat_the_trivial_baseline():
+    ok, reason = decide_promotion(0.03, None, "h", None, True, 0.0, "macro_f1", baseline=0.04)
+    assert not ok and "baseline" in reason
+    assert decide_promotion(0.30, None, "h", None, True, 0.0, "macro_f1", baseline=0.04)[0]
+    assert not decide_promotion(5000.0, None, "h", None, False, 0.0, "val_ppl", baseline=4096)[0]
+
+
 def test_gate_margin():
     assert not decide_promotion(0.705, 0.70, "h", "h", True, 0.01, "f1")[0]
     assert decide_promotion(0.72, 0.70, "h", "h", True, 0.01, "f1")[0]

@@ -102,3 +102,20 @@ def test_too_long_sequence_is_a_clear_error():
     m = tiny(block=8)
     with pytest.raises(ValueError, match="exceeds block_size"):
         m(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_lean_cross_entropy_matches_torch_in_value_and_gradient():
+    from torch.nn import functional as F
+
+    from gpt.model import _CrossEntropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(12, 50, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (12,))
+    targets[[2, 7]] = -1  # ignored positions (e.g. masked prompt tokens)
+    ours = _CrossEntropy.apply(logits, targets)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    ref = F.cross_entropy(logits, targets, ignore_index=-1)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    assert torch.allclose(ours, ref) and torch.allclose(g_ours, g_ref, atol=1e-12)
+    assert g_ours[[2, 7]].abs().max() == 0

@@ -1,0 +1,145 @@
+"""Training throughput: our ``gpt.model.GPT`` vs transformers' ``GPT2LMHeadModel``.
+
+Both models get the same config (HF built with ``gpt.hf.hf_config``, ``attn_implementation=
+"sdpa"``) and the same weights, batch, context, dtype and optimizer (AdamW, same settings). Each
+repeat times ``--steps`` full optimizer steps (forward, backward, step) of ours and of HF,
+alternating step by step, after warmup; the table reports the median tokens/s and the ratio.
+On CUDA it also prints the model FLOPs utilisation (nanoGPT's estimate: 6N + 12*L*H*Q*T FLOPs
+per token).
+
+Run: ``.venv/bin/python bench/bench_train.py`` (CPU defaults), or on a GPU:
+``bench/bench_train.py --device cuda --dtype bf16 --compile --n-layer 12 --n-embd 768
+--n-head 12 --block-size 1024 --batch 16 --vocab-size 50304``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from gpt.hf import to_hf_lm
+from gpt.model import GPT, GPTConfig
+
+
+def build_models(cfg: GPTConfig, device: torch.device) -> tuple[GPT, nn.Module]:
+    """Ours and an HF ``GPT2LMHeadModel`` (SDPA attention) with the same weights."""
+    torch.manual_seed(0)
+    ours = GPT(cfg)
+    hf = to_hf_lm(ours, eot_id=0, pad_id=1)
+    hf.config._attn_implementation = "sdpa"
+    assert hf.config._attn_implementation == "sdpa"
+    return ours.to(device), hf.to(device)
+
+
+def flops_per_token(model: GPT) -> float:
+    """nanoGPT's estimate of training FLOPs per token: 6N + 12*L*H*Q*T."""
+    c = model.config
+    n = model.num_params()
+    return 6 * n + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(model: nn.Module, is_hf: bool, device: torch.device, dtype: str,
+              compile_model: bool) -> Callable[[torch.Tensor], float]:
+    """One optimizer step (zero_grad, forward, backward, AdamW step) on a batch."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=device.type == "cuda")
+    net = torch.compile(model) if compile_model else model
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
+                else contextlib.nullcontext())
+
+    def step(x: torch.Tensor) -> float:
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = net(input_ids=x, labels=x).loss if is_hf else net(x, x)[1]
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10, help="optimizer steps per timed repeat")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="accelerator peak for MFU (H100 SXM bf16 dense: 989)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size,
+                    n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    ours, hf = build_models(cfg, device)
+    steps = {"ours (gpt.model.GPT)": make_step(ours, False, device, args.dtype, args.compile),
+             "HF GPT2LMHeadModel": make_step(hf, True, device, args.dtype, args.compile)}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, args.vocab_size, (args.batch, args.block_size), generator=g).to(device)
+    tokens = args.batch * args.block_size * args.steps
+    for fn in steps.values():
+        for _ in range(args.warmup):
+            fn(x)
+    # Steps alternate (ours, HF, ours, ...) so that bursts of load on a shared machine hit both
+    # alike; a repeat's rate is its tokens over the summed step times of that model.
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(args.repeats):
+        order = list(steps) if r % 2 == 0 else list(reversed(steps))
+        seconds = dict.fromkeys(steps, 0.0)
+        for _ in range(args.steps):
+            for name in order:
+                _sync(device)
+                t0 = time.perf_counter()
+                steps[name](x)
+                _sync(device)
+                seconds[name] += time.perf_counter() - t0
+        for name in steps:
+            rates[name].append(tokens / seconds[name])
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    ours_name, hf_name = list(steps)
+    print(f"torch {torch.__version__}, device {device}, dtype {args.dtype}, "
+          f"compile {args.compile}, threads {torch.get_num_threads()}")
+    print(f"config: n_layer={args.n_layer} n_embd={args.n_embd} n_head={args.n_head} "
+          f"block_size={args.block_size} vocab={args.vocab_size} batch={args.batch}, "
+          f"{ours.num_params() / 1e6:.2f}M params; {args.repeats} repeats x {args.steps} steps")
+    print(f"{'model':<22} {'median tok/s':>13} {'min':>10} {'max':>10}")
+    for name, v in rates.items():
+        print(f"{name:<22} {med[name]:>13,.0f} {min(v):>10,.0f} {max(v):>10,.0f}")
+    ratios = sorted(a / b for a, b in zip(rates[ours_name], rates[hf_name], strict=True))
+    # Each repeat times both back to back, so the per-repeat ratio cancels most machine noise.
+    print(f"ratio ours/HF: {statistics.median(ratios):.2f}x median of per-repeat ratios "
+          f"({', '.join(f'{q:.2f}' for q in ratios)}); ratio of medians "
+          f"{med[ours_name] / med[hf_name]:.2f}x")
+    if device.type == "cuda":
+        fpt = flops_per_token(ours)
+        for name in steps:
+            mfu = fpt * med[name] / (args.peak_tflops * 1e12)
+            print(f"MFU {name}: {100 * mfu:.1f}% of {args.peak_tflops:g} TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
