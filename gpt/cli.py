@@ -81,42 +81,40 @@ def data_tokenize(workdir: Workdir = Path(".")) -> None:
     stages.tokenize(_params(workdir), workdir)
 
 
-@app.command()
-def pretrain(workdir: Workdir = Path("."), profile: Profile = "tiny",
-             overrides: Overrides = None) -> None:
-    """Pretrain the base model on data/tokens (resumes from the newest valid checkpoint)."""
+def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None) -> None:
+    """Run one training step of ``gpt.steps`` on the workspace's current data version."""
     from gpt import steps, workspace
 
     setup_logging()
     params = _params(workdir, profile, overrides)
-    out = steps.pretrain_step(workdir, params, workspace.data_version(workdir),
-                              _tracking_uri(workdir, params))
-    console.print_json(json.dumps(out))
+    version = workspace.data_version(workdir)
+    if name == "evaluate":
+        out = steps.evaluate_step(workdir, params, version)
+    else:
+        fn = steps.pretrain_step if name == "pretrain" else steps.finetune_step
+        out = fn(workdir, params, version, _tracking_uri(workdir, params))
+    console.print_json(json.dumps(out, default=str))
+
+
+@app.command()
+def pretrain(workdir: Workdir = Path("."), profile: Profile = "tiny",
+             overrides: Overrides = None) -> None:
+    """Pretrain the base model on data/tokens (resumes from the newest valid checkpoint)."""
+    _step("pretrain", workdir, profile, overrides)
 
 
 @app.command()
 def finetune(workdir: Workdir = Path("."), profile: Profile = "tiny",
              overrides: Overrides = None) -> None:
     """Fine-tune the pretrained base on the package-classification task."""
-    from gpt import steps, workspace
-
-    setup_logging()
-    params = _params(workdir, profile, overrides)
-    out = steps.finetune_step(workdir, params, workspace.data_version(workdir),
-                              _tracking_uri(workdir, params))
-    console.print_json(json.dumps(out))
+    _step("finetune", workdir, profile, overrides)
 
 
 @app.command()
 def evaluate(workdir: Workdir = Path("."), profile: Profile = "tiny",
              overrides: Overrides = None) -> None:
     """Evaluate base perplexity and task metrics (vs the majority baseline)."""
-    from gpt import steps, workspace
-
-    setup_logging()
-    params = _params(workdir, profile, overrides)
-    out = steps.evaluate_step(workdir, params, workspace.data_version(workdir))
-    console.print_json(json.dumps(out))
+    _step("evaluate", workdir, profile, overrides)
 
 
 @app.command()

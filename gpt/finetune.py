@@ -120,6 +120,19 @@ def predict(model: GPTClassifier, ids: torch.Tensor, lengths: torch.Tensor,
     return torch.cat(out)
 
 
+def _fit(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig,
+         device: torch.device, out_dir: Path, resume: bool, callback, kind: str) -> LoopResult:
+    """The shared fine-tuning loop: checkpoints under ``out_dir``, final weights saved."""
+    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.lr * 0.1,
+                            warmup_steps=cfg.warmup_steps, eval_interval=cfg.max_steps,
+                            checkpoint_interval=max(1, cfg.max_steps // 2), seed=cfg.seed,
+                            log_interval=25)
+    loop = run_loop(model, loss_fn, optimizer, settings, device, Path(out_dir) / "checkpoints",
+                    resume=resume, callback=callback, meta={"kind": kind})
+    ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
+    return loop
+
+
 @dataclass
 class FinetuneResult:
     model: GPTClassifier
@@ -151,13 +164,7 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
         logits = m(ids[ix].to(device), lengths[ix].to(device))
         return F.cross_entropy(logits, labels[ix].to(device), weight=weights)
 
-    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.lr * 0.1,
-                            warmup_steps=cfg.warmup_steps, eval_interval=cfg.max_steps,
-                            checkpoint_interval=max(1, cfg.max_steps // 2), seed=cfg.seed,
-                            log_interval=25)
-    loop = run_loop(model, loss_fn, optimizer, settings, device, Path(out_dir) / "checkpoints",
-                    resume=resume, callback=callback, meta={"kind": "finetune"})
-    ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
+    loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "finetune")
     return FinetuneResult(model=model.cpu(), loop=loop, class_weights=weights.cpu().tolist())
 
 
@@ -231,11 +238,5 @@ def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]], cfg: F
         ix = torch.randint(len(ids), (cfg.batch_size,), generator=g)
         return sft_loss(m, ids[ix].to(device), targets[ix].to(device))
 
-    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.lr * 0.1,
-                            warmup_steps=cfg.warmup_steps, eval_interval=cfg.max_steps,
-                            checkpoint_interval=max(1, cfg.max_steps // 2), seed=cfg.seed,
-                            log_interval=25)
-    loop = run_loop(model, loss_fn, optimizer, settings, device, Path(out_dir) / "checkpoints",
-                    resume=resume, callback=callback, meta={"kind": "sft"})
-    ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
+    loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "sft")
     return SFTResult(model=model.cpu(), loop=loop, examples=len(ids))
