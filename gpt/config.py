@@ -97,8 +97,10 @@ class TrainConfig(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    task: Literal["package"] = Field(description="built-in task")
-    packages: list[str] = Field(min_length=2, description="label set (top-level packages)")
+    task: Literal["package", "file"] = Field(
+        description='"package" (built-in: docstring -> stdlib package) or "file" (task_path)')
+    task_path: str = Field(description="CSV/JSONL/parquet with text,label columns (task=file)")
+    packages: list[str] = Field(min_length=2, description="label set of the package task")
     max_steps: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0, description="learning rate of the classification head")

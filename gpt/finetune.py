@@ -80,7 +80,8 @@ def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: f
     if thin:
         raise DataError(f"finetune task 'package': too few documents for {', '.join(thin)} "
                         f"(need {MIN_PER_CLASS} each); use data.source=builtin with more "
-                        "documents (data.max_docs) or change finetune.packages")
+                        "documents (data.max_docs), change finetune.packages, or bring your "
+                        "own data with finetune.task=file and finetune.task_path")
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, packages)) + r")\b", re.IGNORECASE)
     rows["text"] = rows.text.map(lambda t: pattern.sub(MASK, t))
     h = rows.doc_id.map(lambda d: int(hashlib.sha256(f"{seed}:{d}".encode()).hexdigest()[:8], 16))
@@ -91,6 +92,72 @@ def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: f
     if train.empty or test.empty:
         raise DataError("finetune task 'package': the train/test split is empty; add documents")
     return TaskData(train=train, test=test, labels=list(packages))
+
+
+def read_task_file(path: str | Path) -> pd.DataFrame:
+    """Read a user's labelled data (``text,label``) from .csv, .jsonl or .parquet."""
+    path = Path(path)
+    if not str(path) or not path.is_file():
+        raise DataError(f"finetune.task_path '{path}' is not a file; point it at a .csv, .jsonl "
+                        "or .parquet with columns text,label")
+    try:
+        if path.suffix == ".csv":
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif path.suffix == ".jsonl":
+            df = pd.read_json(path, lines=True, dtype=False)
+        elif path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            raise DataError(f"finetune.task_path '{path}': unsupported type (use .csv, .jsonl "
+                            "or .parquet)")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types
+        raise DataError(f"cannot read finetune.task_path '{path}': {exc}") from exc
+    missing = {"text", "label"} - set(df.columns)
+    if missing:
+        raise DataError(f"finetune.task_path '{path}' lacks column(s) {sorted(missing)} "
+                        f"(has {list(df.columns)}); it needs text,label")
+    return df
+
+
+def build_file_task(df: pd.DataFrame, source: str, test_fraction: float, seed: int) -> TaskData:
+    """A classification task from user rows; labels validated, split stable by row hash."""
+    labels_raw = df["label"].astype(str).str.strip()
+    empty = int((labels_raw == "").sum() + df["label"].isna().sum())
+    if empty:
+        raise DataError(f"{source}: {empty} row(s) have an empty label; fill or drop them")
+    texts = df["text"].fillna("").astype(str)
+    if (texts.str.strip() == "").any():
+        raise DataError(f"{source}: {(texts.str.strip() == '').sum()} row(s) have empty text")
+    labels = sorted(labels_raw.unique())
+    if len(labels) < 2:
+        raise DataError(f"{source}: all rows have the label '{labels[0]}'; a classifier needs "
+                        "at least two classes")
+    counts = labels_raw.value_counts()
+    thin = sorted(counts[counts < MIN_PER_CLASS].index)
+    if thin:
+        raise DataError(f"{source}: labels {thin} have fewer than {MIN_PER_CLASS} examples; "
+                        "add examples or drop those labels")
+    rows = pd.DataFrame({"doc_id": [f"{source}:{i}" for i in range(len(df))],
+                         "text": texts.tolist(),
+                         "label": labels_raw.map({lab: i for i, lab in enumerate(labels)})})
+    h = rows.text.map(lambda t: int(hashlib.sha256(f"{seed}:{t}".encode()).hexdigest()[:8], 16))
+    is_test = (h / 16**8) < test_fraction
+    train = rows[~is_test].reset_index(drop=True)
+    test = rows[is_test].reset_index(drop=True)
+    if train.empty or test.empty:
+        raise DataError(f"{source}: too few rows to split into train and test with "
+                        f"finetune.test_fraction={test_fraction}")
+    return TaskData(train=train, test=test, labels=labels)
+
+
+def build_task(cfg: FinetuneConfig, clean_docs: pd.DataFrame) -> TaskData:
+    """The configured task: the built-in package task, or the user's labelled file."""
+    if cfg.task == "file":
+        return build_file_task(read_task_file(cfg.task_path), cfg.task_path, cfg.test_fraction,
+                               cfg.seed)
+    return build_package_task(clean_docs, cfg.packages, cfg.test_fraction, cfg.seed)
 
 
 def encode_texts(tok: Tokenizer, texts: list[str], block_size: int,

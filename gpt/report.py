@@ -21,7 +21,7 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                  f"{task['accuracy']:.3f} ({task['baseline_accuracy']:.3f})"))
     rows.append(("task: macro-F1 (majority baseline)",
                  f"{task['macro_f1']:.3f} ({task['baseline_macro_f1']:.3f})"))
-    for kind, reg in result["registered"].items():
+    for reg in result["registered"].values():
         state = "champion" if reg["champion"] else "challenger"
         rows.append((f"registry: {reg['name']}", f"v{reg['version']} {state}: {reg['reason']}"))
     rows.append(("wall time", f"{result['seconds']:.0f}s"))

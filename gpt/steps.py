@@ -24,7 +24,7 @@ from gpt.data.stages import CLEAN, CLEAN_STATS, TOKENS
 from gpt.data.tokenizer import EOT, PAD, load_hf_tokenizer, load_tokenizer
 from gpt.finetune import (
     GPTClassifier,
-    build_package_task,
+    build_task,
     encode_texts,
     finetune_classifier,
     predict,
@@ -81,9 +81,7 @@ def finetune_step(workdir: Path, params: Params, data_version: str, tracking_uri
     base_dir = run_dir(workdir, data_version, params) / "pretrain"
     out = run_dir(workdir, data_version, params) / "finetune"
     tok = load_tokenizer(workdir / TOKENS / "tokenizer.json")
-    task = build_package_task(pd.read_parquet(workdir / CLEAN / "docs.parquet"),
-                              params.finetune.packages, params.finetune.test_fraction,
-                              params.finetune.seed)
+    task = build_task(params.finetune, pd.read_parquet(workdir / CLEAN / "docs.parquet"))
     base = _load_base(base_dir, params, tok.get_vocab_size())
     callback = (registry.MetricsLogger(tracking_uri, mlflow_run_id, prefix="finetune/")
                 if mlflow_run_id else None)
@@ -120,9 +118,7 @@ def evaluate_step(workdir: Path, params: Params, data_version: str) -> dict[str,
     base_eval_hash = f"val-{data_version}-{meta['val_tokens']}-{e.ppl_batches}x{e.batch_size}"
     out: dict[str, Any] = {"base": base_metrics, "base_eval_hash": base_eval_hash,
                            "samples": samples}
-    task = build_package_task(pd.read_parquet(workdir / CLEAN / "docs.parquet"),
-                              params.finetune.packages, params.finetune.test_fraction,
-                              params.finetune.seed)
+    task = build_task(params.finetune, pd.read_parquet(workdir / CLEAN / "docs.parquet"))
     clf = _load_classifier(workdir, params, data_version, len(task.labels))
     ids, lengths = encode_texts(tok, task.test.text.tolist(), params.model.block_size)
     y_pred = predict(clf, ids, lengths).tolist()

@@ -35,7 +35,8 @@ def test_resume_gives_identical_weights(tmp_path):
             import shutil
             shutil.rmtree(p)
     resumed = _train(8, tmp_path / "b")
-    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(),
+                                 strict=True):
         assert torch.equal(a, b), k
 
 

@@ -32,7 +32,7 @@ def test_shards_split_by_document(tmp_path):
     val = np.memmap(tmp_path / "val.bin", dtype=np.uint16, mode="r")
     eot = tok.token_to_id(EOT)
     assert int((val == eot).sum()) == n_val  # each val document ends with one EOT
-    expected = sum(len(tok.encode(t).ids) + 1 for t, d in zip(TEXTS, ids)
+    expected = sum(len(tok.encode(t).ids) + 1 for t, d in zip(TEXTS, ids, strict=True)
                    if is_val_doc(d, 0.2, 1))
     assert len(val) == expected == meta["val_tokens"]
     assert json.loads((tmp_path / "meta.json").read_text())["vocab_size"] == tok.get_vocab_size()
