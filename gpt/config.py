@@ -105,6 +105,8 @@ class FinetuneConfig(_Strict):
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0, description="learning rate of the classification head")
     base_lr_factor: float = Field(ge=0, description="body lr = lr * factor; 0 freezes the body")
+    lora_rank: int = Field(ge=0, description="0 = full fine-tuning; >0 = LoRA adapters, merged")
+    lora_alpha: float = Field(gt=0, description="LoRA scale numerator (update * alpha / rank)")
     weight_decay: float = Field(ge=0)
     warmup_steps: int = Field(ge=0)
     test_fraction: float = Field(gt=0, lt=1)

@@ -188,14 +188,20 @@ def predict(model: GPTClassifier, ids: torch.Tensor, lengths: torch.Tensor,
 
 
 def _fit(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig,
-         device: torch.device, out_dir: Path, resume: bool, callback, kind: str) -> LoopResult:
-    """The shared fine-tuning loop: checkpoints under ``out_dir``, final weights saved."""
+         device: torch.device, out_dir: Path, resume: bool, callback, kind: str,
+         finalize=None) -> LoopResult:
+    """The shared fine-tuning loop: checkpoints under ``out_dir``, final weights saved.
+
+    ``finalize(model)`` runs before the final save (e.g. merging LoRA adapters).
+    """
     settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.lr * 0.1,
                             warmup_steps=cfg.warmup_steps, eval_interval=cfg.max_steps,
                             checkpoint_interval=max(1, cfg.max_steps // 2), seed=cfg.seed,
                             log_interval=25)
     loop = run_loop(model, loss_fn, optimizer, settings, device, Path(out_dir) / "checkpoints",
                     resume=resume, callback=callback, meta={"kind": kind})
+    if finalize is not None:
+        finalize(model)
     ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
     return loop
 
@@ -213,17 +219,25 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
     """Fine-tune ``base`` with a classification head on ``task.train``.
 
     The head trains at ``cfg.lr``, the body at ``cfg.lr * cfg.base_lr_factor`` (0 freezes it).
-    The loss uses inverse-frequency class weights so rare packages count.
+    With ``cfg.lora_rank > 0`` the body is frozen and only LoRA adapters on its attention
+    projections (and the head) train at ``cfg.lr``; the adapters are merged into the weights at
+    the end, so the saved model is a plain classifier. The loss uses inverse-frequency class
+    weights so rare classes count.
     """
+    from gpt.lora import apply_lora, merge_lora
+
     device = resolve_device(device_name)
     torch.manual_seed(cfg.seed)
+    if cfg.lora_rank > 0:
+        trainable = apply_lora(base, cfg.lora_rank, cfg.lora_alpha)
+        log.info("LoRA rank %d: %d trainable body parameters", cfg.lora_rank, trainable)
     model = GPTClassifier(base, len(task.labels), tok.token_to_id(PAD)).to(device)
     ids, lengths = encode_texts(tok, task.train.text.tolist(), base.config.block_size)
     labels = torch.tensor(task.train.label.tolist(), dtype=torch.long)
     counts = torch.bincount(labels, minlength=len(task.labels)).float().clamp(min=1)
     weights = (counts.sum() / (len(task.labels) * counts)).to(device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (0.9, 0.95), device,
-                               lr_scale={"body.": cfg.base_lr_factor})
+                               lr_scale={} if cfg.lora_rank else {"body.": cfg.base_lr_factor})
 
     def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -231,7 +245,8 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
         logits = m(ids[ix].to(device), lengths[ix].to(device))
         return F.cross_entropy(logits, labels[ix].to(device), weight=weights)
 
-    loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "finetune")
+    loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "finetune",
+                finalize=(lambda m: merge_lora(m)) if cfg.lora_rank else None)
     return FinetuneResult(model=model.cpu(), loop=loop, class_weights=weights.cpu().tolist())
 
 

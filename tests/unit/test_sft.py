@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from gpt.config import FinetuneConfig
+from gpt.config import load_params
 from gpt.data.tokenizer import EOT, PAD, train_tokenizer
 from gpt.errors import DataError
 from gpt.finetune import IGNORE_INDEX, encode_sft_pairs, finetune_sft, sft_loss
 from gpt.model import GPT, GPTConfig
+from tests.conftest import PROJECT_ROOT
 
 PAIRS = [(f"Q: what is {a} plus {b}? A:", f" {a + b}") for a in range(6) for b in range(6)]
 
@@ -60,9 +61,9 @@ def test_loss_decreases_on_toy_set(tok, tmp_path):
     ids, targets = encode_sft_pairs(tok, PAIRS, 32)
     with torch.no_grad():
         before = sft_loss(model.eval(), ids, targets).item()
-    cfg = FinetuneConfig(task="package", packages=["a", "b"], max_steps=60, batch_size=16,
-                         lr=3e-3, base_lr_factor=1.0, weight_decay=0.0, warmup_steps=5,
-                         test_fraction=0.2, seed=0)
+    cfg = load_params(PROJECT_ROOT / "params.yaml").finetune.model_copy(update=dict(
+        max_steps=60, batch_size=16, lr=3e-3, base_lr_factor=1.0, weight_decay=0.0,
+        warmup_steps=5, seed=0))
     result = finetune_sft(model, tok, PAIRS, cfg, tmp_path / "sft", device_name="cpu")
     with torch.no_grad():
         after = sft_loss(result.model.eval(), ids, targets).item()
