@@ -14,7 +14,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from gpt import registry, steps, workspace
+from gpt import steps, workspace
 from gpt.config import Params, load_params
 from gpt.data.stages import CLEAN
 
@@ -48,12 +48,8 @@ def version_data(workdir: str) -> str:
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def start_mlflow_run(tracking_uri: str, params: Params, kind: str, data_version: str,
                      flow_run_id: str | None) -> str:
-    """Open the MLflow run that training metrics stream into."""
-    sections = ("model", "train") if kind == "base" else ("model", "finetune")
-    return registry.start_run(tracking_uri, params.registry.experiment,
-                              f"{kind}-{data_version}",
-                              steps.lineage_tags(params, data_version, flow_run_id),
-                              steps._flat_params(params, sections))
+    """Open the MLflow run that a model's training metrics stream into."""
+    return steps.open_run(tracking_uri, params, kind, data_version, flow_run_id)
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
@@ -70,6 +66,13 @@ def finetune(workdir: str, params: Params, data_version: str, tracking_uri: str,
     return steps.finetune_step(Path(workdir), params, data_version, tracking_uri, run_id)
 
 
+@task(name="sft", cache_policy=NO_CACHE)
+def sft(workdir: str, params: Params, data_version: str, tracking_uri: str,
+        run_id: str) -> dict[str, Any]:
+    """Supervised fine-tuning of the base LM on prompt/completion pairs."""
+    return steps.sft_step(Path(workdir), params, data_version, tracking_uri, run_id)
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(workdir: str, params: Params, data_version: str) -> dict[str, Any]:
     """Perplexity of the base; accuracy/macro-F1 of the task model vs the majority baseline."""
@@ -79,7 +82,7 @@ def evaluate(workdir: str, params: Params, data_version: str) -> dict[str, Any]:
 @task(name="register", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register(workdir: str, params: Params, data_version: str, tracking_uri: str,
              evaluation: dict[str, Any], flow_run_id: str | None, base_run_id: str,
-             task_run_id: str) -> dict[str, Any]:
-    """Register both models in MLflow and apply the promotion gate."""
+             task_run_id: str, sft_run_id: str | None = None) -> dict[str, Any]:
+    """Register the models in MLflow and apply the promotion gate."""
     return steps.register_step(Path(workdir), params, data_version, tracking_uri, evaluation,
-                               flow_run_id, base_run_id, task_run_id)
+                               flow_run_id, base_run_id, task_run_id, sft_run_id)

@@ -20,7 +20,7 @@ from gpt.errors import ConfigError
 
 #: Sections a profile may change. Data sections are excluded on purpose: DVC reads them from
 #: params.yaml, so a profile changing them would make the data version lie.
-PROFILE_SECTIONS = ("model", "train", "finetune", "evaluate")
+PROFILE_SECTIONS = ("model", "train", "finetune", "sft", "evaluate")
 #: Sections read by the DVC data stages (dvc.yaml lists the same keys).
 DATA_SECTIONS = ("data", "clean", "tokenizer")
 
@@ -113,6 +113,23 @@ class FinetuneConfig(_Strict):
     seed: int
 
 
+class SFTConfig(_Strict):
+    enabled: bool = Field(description="train, evaluate and register the SFT model")
+    task: Literal["docsummary", "file"] = Field(
+        description='"docsummary" (built-in: object name -> first sentence of its docstring) '
+                    'or "file" (task_path: JSONL/CSV/parquet with prompt,completion)')
+    task_path: str = Field(description="prompt,completion data (task=file)")
+    max_steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    test_fraction: float = Field(gt=0, lt=1)
+    eval_examples: int = Field(gt=0, description="held-out pairs generated for the metrics")
+    max_new_tokens: int = Field(gt=0, description="generation length at evaluation")
+    seed: int
+
+
 class EvaluateConfig(_Strict):
     ppl_batches: int = Field(gt=0, description="validation batches for perplexity")
     batch_size: int = Field(gt=0)
@@ -124,6 +141,7 @@ class RegistryConfig(_Strict):
     experiment: str
     base_model: str
     task_model: str
+    sft_model: str
     min_improvement: float = Field(ge=0, description="margin a challenger must beat champion by")
 
 
@@ -136,6 +154,7 @@ class Params(_Strict):
     model: ModelConfig
     train: TrainConfig
     finetune: FinetuneConfig
+    sft: SFTConfig
     evaluate: EvaluateConfig
     registry: RegistryConfig
     profile: str = "tiny"

@@ -171,3 +171,67 @@ def comparison_markdown(comparison: dict) -> str:
     rows = "\n".join(f"| {r['metric']} | {fmt(r['new'])} | {fmt(r['champion'])} | "
                      f"{fmt(r['delta'], '+.4g')} |" for r in comparison["rows"])
     return f"{head}\n| metric | this version | champion v{v} | Δ |\n|---|---|---|---|\n{rows}\n"
+
+
+# --- generative (SFT) evaluation ---------------------------------------------------------------
+
+def _tokens(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style bag-of-words F1 between two strings."""
+    p, r = _tokens(prediction), _tokens(reference)
+    if not p or not r:
+        return float(p == r)
+    common = Counter(p) & Counter(r)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    prec, rec = same / len(p), same / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure: longest common subsequence of words."""
+    p, r = _tokens(prediction), _tokens(reference)
+    if not p or not r:
+        return float(p == r)
+    prev = [0] * (len(r) + 1)
+    for a in p:
+        cur = [0]
+        for j, b in enumerate(r):
+            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    prec, rec = lcs / len(p), lcs / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Exact match, token F1 and ROUGE-L averaged over held-out pairs."""
+    n = len(references)
+    if n == 0 or len(predictions) != n:
+        raise ValueError("need one prediction per reference")
+    pairs = list(zip(predictions, references, strict=True))
+    return {"exact_match": sum(_tokens(p) == _tokens(r) for p, r in pairs) / n,
+            "token_f1": sum(token_f1(p, r) for p, r in pairs) / n,
+            "rouge_l": sum(rouge_l(p, r) for p, r in pairs) / n}
+
+
+@torch.no_grad()
+def complete(model: GPT, tok: Tokenizer, prompts: Sequence[str], max_new_tokens: int,
+             ) -> list[str]:
+    """Greedy completions (stopping at end-of-text), one prompt at a time with the KV cache."""
+    device = next(model.parameters()).device
+    eot = tok.token_to_id(EOT)
+    out = []
+    for prompt in prompts:
+        ids = tok.encode(prompt).ids[-(model.config.block_size - 1):] or [eot]
+        y = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=0,
+                           stop_token=eot)
+        new = [t for t in y[0, len(ids):].tolist() if t != eot]
+        out.append(tok.decode(new).strip())
+    return out

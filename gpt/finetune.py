@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt.config import FinetuneConfig
+from gpt.config import FinetuneConfig, SFTConfig
 from gpt.data.tokenizer import PAD
 from gpt.errors import DataError
 from gpt.model import GPT
@@ -96,10 +96,16 @@ def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: f
 
 def read_task_file(path: str | Path) -> pd.DataFrame:
     """Read a user's labelled data (``text,label``) from .csv, .jsonl or .parquet."""
+    return read_table(path, ("text", "label"), "finetune.task_path")
+
+
+def read_table(path: str | Path, columns: tuple[str, ...], param: str) -> pd.DataFrame:
+    """Read .csv/.jsonl/.parquet task data and check it has ``columns``."""
     path = Path(path)
+    cols = ",".join(columns)
     if not str(path) or not path.is_file():
-        raise DataError(f"finetune.task_path '{path}' is not a file; point it at a .csv, .jsonl "
-                        "or .parquet with columns text,label")
+        raise DataError(f"{param} '{path}' is not a file; point it at a .csv, .jsonl "
+                        f"or .parquet with columns {cols}")
     try:
         if path.suffix == ".csv":
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -108,16 +114,16 @@ def read_task_file(path: str | Path) -> pd.DataFrame:
         elif path.suffix == ".parquet":
             df = pd.read_parquet(path)
         else:
-            raise DataError(f"finetune.task_path '{path}': unsupported type (use .csv, .jsonl "
+            raise DataError(f"{param} '{path}': unsupported type (use .csv, .jsonl "
                             "or .parquet)")
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types
-        raise DataError(f"cannot read finetune.task_path '{path}': {exc}") from exc
-    missing = {"text", "label"} - set(df.columns)
+        raise DataError(f"cannot read {param} '{path}': {exc}") from exc
+    missing = set(columns) - set(df.columns)
     if missing:
-        raise DataError(f"finetune.task_path '{path}' lacks column(s) {sorted(missing)} "
-                        f"(has {list(df.columns)}); it needs text,label")
+        raise DataError(f"{param} '{path}' lacks column(s) {sorted(missing)} "
+                        f"(has {list(df.columns)}); it needs {cols}")
     return df
 
 
@@ -187,7 +193,8 @@ def predict(model: GPTClassifier, ids: torch.Tensor, lengths: torch.Tensor,
     return torch.cat(out)
 
 
-def _fit(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig,
+def _fit(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
+         cfg: FinetuneConfig | SFTConfig,
          device: torch.device, out_dir: Path, resume: bool, callback, kind: str,
          finalize=None) -> LoopResult:
     """The shared fine-tuning loop: checkpoints under ``out_dir``, final weights saved.
@@ -300,9 +307,68 @@ class SFTResult:
     examples: int
 
 
-def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]], cfg: FinetuneConfig,
-                 out_dir: Path, device_name: str = "auto", resume: bool = True,
-                 callback=None) -> SFTResult:
+@dataclass
+class SFTTask:
+    """Prompt/completion pairs split into train/test."""
+
+    train: list[tuple[str, str]]
+    test: list[tuple[str, str]]
+
+    def eval_hash(self) -> str:
+        blob = "\n".join(f"{p}\t{c}" for p, c in self.test)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_FIRST_SENTENCE = re.compile(r"^(.+?[.!?])(?:\s|$)", re.DOTALL)
+
+
+def first_sentence(text: str, max_chars: int = 160) -> str:
+    """The first sentence of a docstring's first paragraph, whitespace collapsed."""
+    para = " ".join(text.strip().split("\n\n")[0].split())
+    m = _FIRST_SENTENCE.match(para)
+    return (m.group(1) if m else para)[:max_chars]
+
+
+def _split_pairs(pairs: list[tuple[str, str]], test_fraction: float, seed: int, source: str,
+                 ) -> SFTTask:
+    def is_test(p: str) -> bool:
+        return int(hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()[:8], 16) / 16**8 \
+            < test_fraction
+    train = [pc for pc in pairs if not is_test(pc[0])]
+    test = [pc for pc in pairs if is_test(pc[0])]
+    if not train or not test:
+        raise DataError(f"SFT task {source}: {len(pairs)} pairs are too few to split with "
+                        f"test_fraction={test_fraction}; add pairs")
+    return SFTTask(train=train, test=test)
+
+
+def build_docsummary_task(docs: pd.DataFrame, test_fraction: float, seed: int) -> SFTTask:
+    """Built-in SFT task: ``"<qualified name>:"`` -> the first sentence of its docstring."""
+    rows = docs[(docs.source == "builtin") & ~docs.name.str.startswith("topic:")
+                & docs.name.str.contains(".", regex=False)]
+    pairs = []
+    for name, text in zip(rows.name, rows.text, strict=True):
+        target = first_sentence(text)
+        if len(target.split()) >= 3:
+            pairs.append((f"{name}:\n", target))
+    return _split_pairs(pairs, test_fraction, seed, "'docsummary' (built-in corpus)")
+
+
+def build_sft_file_task(path: str, test_fraction: float, seed: int) -> SFTTask:
+    """SFT pairs from a user's file with prompt,completion columns (.jsonl/.csv/.parquet)."""
+    df = read_table(path, ("prompt", "completion"), "sft.task_path")
+    bad = (df.prompt.fillna("").astype(str).str.strip() == "") | \
+        (df.completion.fillna("").astype(str).str.strip() == "")
+    if bad.any():
+        raise DataError(f"sft.task_path '{path}': {int(bad.sum())} row(s) have an empty prompt "
+                        "or completion; fill or drop them")
+    pairs = list(zip(df.prompt.astype(str), df.completion.astype(str), strict=True))
+    return _split_pairs(pairs, test_fraction, seed, f"'{path}'")
+
+
+def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]],
+                 cfg: FinetuneConfig | SFTConfig, out_dir: Path, device_name: str = "auto",
+                 resume: bool = True, callback=None) -> SFTResult:
     """Supervised fine-tuning of the language model on prompt/completion pairs.
 
     Uses ``cfg``'s optimisation fields (``max_steps``, ``batch_size``, ``lr``, ``weight_decay``,

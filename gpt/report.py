@@ -21,6 +21,11 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                  f"{task['accuracy']:.3f} ({task['baseline_accuracy']:.3f})"))
     rows.append(("task: macro-F1 (majority baseline)",
                  f"{task['macro_f1']:.3f} ({task['baseline_macro_f1']:.3f})"))
+    sft = result["evaluation"].get("sft")
+    if sft:
+        rows.append(("sft: ROUGE-L / token F1 (base model)",
+                     f"{sft['rouge_l']:.3f} / {sft['token_f1']:.3f} "
+                     f"({sft['baseline_rouge_l']:.3f} / {sft['baseline_token_f1']:.3f})"))
     for reg in result["registered"].values():
         state = "champion" if reg["champion"] else "challenger"
         rows.append((f"registry: {reg['name']}", f"v{reg['version']} {state}: {reg['reason']}"))

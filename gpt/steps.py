@@ -24,14 +24,22 @@ from gpt.data.stages import CLEAN, CLEAN_STATS, TOKENS
 from gpt.data.tokenizer import EOT, PAD, load_hf_tokenizer, load_tokenizer
 from gpt.finetune import (
     GPTClassifier,
+    SFTTask,
+    build_docsummary_task,
+    build_sft_file_task,
     build_task,
     encode_texts,
     finetune_classifier,
+    finetune_sft,
     predict,
 )
 from gpt.train import build_model, pretrain
 
 log = logging.getLogger(__name__)
+
+
+#: The params sections logged with each model's MLflow run.
+RUN_SECTIONS = {"base": "train", "task": "finetune", "sft": "sft"}
 
 
 def run_dir(workdir: Path, data_version: str, params: Params) -> Path:
@@ -49,6 +57,14 @@ def lineage_tags(params: Params, data_version: str, flow_run_id: str | None) -> 
 def _flat_params(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:
     dump = params.model_dump(mode="json")
     return {f"{s}.{k}": v for s in sections for k, v in dump[s].items()}
+
+
+def open_run(tracking_uri: str, params: Params, kind: str, data_version: str,
+             flow_run_id: str | None) -> str:
+    """Open the MLflow run of one model (``base``, ``task`` or ``sft``) before it trains."""
+    return registry.start_run(tracking_uri, params.registry.experiment, f"{kind}-{data_version}",
+                              lineage_tags(params, data_version, flow_run_id),
+                              _flat_params(params, ("model", RUN_SECTIONS[kind])))
 
 
 def _load_base(out_dir: Path, params: Params, vocab_size: int):
@@ -95,6 +111,51 @@ def finetune_step(workdir: Path, params: Params, data_version: str, tracking_uri
             "seconds": round(result.loop.seconds, 2), "labels": task.labels}
 
 
+def sft_task(workdir: Path, params: Params) -> SFTTask:
+    """The configured SFT pairs: built-in docsummary or the user's prompt,completion file."""
+    c = params.sft
+    if c.task == "file":
+        return build_sft_file_task(c.task_path, c.test_fraction, c.seed)
+    return build_docsummary_task(pd.read_parquet(Path(workdir) / CLEAN / "docs.parquet"),
+                                 c.test_fraction, c.seed)
+
+
+def sft_step(workdir: Path, params: Params, data_version: str, tracking_uri: str,
+             mlflow_run_id: str | None = None) -> dict[str, Any]:
+    """Supervised fine-tuning of the base LM on prompt/completion pairs (prompt masked)."""
+    workdir = Path(workdir)
+    rd = run_dir(workdir, data_version, params)
+    tok = load_tokenizer(workdir / TOKENS / "tokenizer.json")
+    task = sft_task(workdir, params)
+    base = _load_base(rd / "pretrain", params, tok.get_vocab_size())
+    callback = (registry.MetricsLogger(tracking_uri, mlflow_run_id, prefix="sft/")
+                if mlflow_run_id else None)
+    result = finetune_sft(base, tok, task.train, params.sft, rd / "sft",
+                          device_name=params.train.device, callback=callback)
+    if callback:
+        callback.flush()
+    return {"out_dir": str(rd / "sft"), "steps": result.loop.steps,
+            "resumed_from": result.loop.resumed_from, "train_pairs": len(task.train),
+            "test_pairs": len(task.test), "seconds": round(result.loop.seconds, 2)}
+
+
+def _evaluate_sft(workdir: Path, params: Params, rd: Path, tok, base) -> dict[str, Any]:
+    """SFT metrics on held-out pairs, next to the base model prompted the same way."""
+    task = sft_task(workdir, params)
+    test = task.test[:params.sft.eval_examples]
+    prompts, refs = [p for p, _ in test], [c for _, c in test]
+    sft_model = _load_base(rd / "sft", params, tok.get_vocab_size())
+    n = params.sft.max_new_tokens
+    tuned = ev.generation_metrics(ev.complete(sft_model, tok, prompts, n), refs)
+    before = ev.generation_metrics(ev.complete(base, tok, prompts, n), refs)
+    metrics = {**tuned, **{f"baseline_{k}": v for k, v in before.items()}}
+    examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
+                zip(prompts[:10], refs[:10], ev.complete(sft_model, tok, prompts[:10], n),
+                    strict=True)]
+    return {"sft": metrics, "sft_eval_hash": f"{task.eval_hash()}-{len(test)}",
+            "sft_examples": examples, "sft_test_pairs": len(test)}
+
+
 def _load_classifier(workdir: Path, params: Params, data_version: str, num_labels: int,
                      ) -> GPTClassifier:
     tok = load_tokenizer(Path(workdir) / TOKENS / "tokenizer.json")
@@ -128,6 +189,9 @@ def evaluate_step(workdir: Path, params: Params, data_version: str) -> dict[str,
     out.update({"task": task_metrics, "task_eval_hash": task.eval_hash(), "labels": task.labels,
                 "task_test_examples": len(y_true),
                 "confusion_matrix": ev.confusion_matrix(y_true, y_pred, len(task.labels))})
+    if params.sft.enabled:
+        out.update(_evaluate_sft(workdir, params, rd, tok, base))
+        ev.check_finite(out["sft"], "SFT model evaluation")
     ev.check_finite(base_metrics, "base model evaluation")
     ev.check_finite(task_metrics, "task model evaluation")
     (rd / "evaluation.json").write_text(json.dumps(out, indent=2))
@@ -152,8 +216,8 @@ def _existing_version(tracking_uri: str, name: str, tags: dict[str, str]) -> dic
 def register_step(workdir: Path, params: Params, data_version: str, tracking_uri: str,
                   evaluation: dict[str, Any], flow_run_id: str | None = None,
                   base_run_id: str | None = None, task_run_id: str | None = None,
-                  ) -> dict[str, Any]:
-    """Register base and task models in MLflow with lineage tags; apply the promotion gate."""
+                  sft_run_id: str | None = None) -> dict[str, Any]:
+    """Register base, task (and SFT) models in MLflow with lineage; apply the promotion gate."""
     from gpt.hf import to_hf_classifier, to_hf_lm
 
     workdir = Path(workdir)
@@ -165,10 +229,13 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
     reg = params.registry
     results: dict[str, Any] = {}
 
-    for kind in ("base", "task"):
-        name = reg.base_model if kind == "base" else reg.task_model
+    kinds = ("base", "task", "sft") if "sft" in evaluation else ("base", "task")
+    names = {"base": reg.base_model, "task": reg.task_model, "sft": reg.sft_model}
+    run_ids = {"base": base_run_id, "task": task_run_id, "sft": sft_run_id}
+    for kind in kinds:
+        name = names[kind]
         existing = _existing_version(tracking_uri, name, tags)
-        run_id = base_run_id if kind == "base" else task_run_id
+        run_id = run_ids[kind]
         if existing:
             if run_id is not None:
                 registry.finish_run(tracking_uri, run_id)
@@ -178,8 +245,8 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
                                        "reused, nothing registered"}
             continue
         if run_id is None:
-            run_id = registry.start_run(tracking_uri, reg.experiment, f"{kind}-{data_version}",
-                                        tags, _flat_params(params, ("model", "train")))
+            run_id = open_run(tracking_uri, params, kind, data_version, flow_run_id)
+        parent = results.get("base", {}).get("version")
         if kind == "base":
             metrics = dict(evaluation["base"])
             vocab = load_tokenizer(tok_path).get_vocab_size()
@@ -192,13 +259,22 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
             registry.log_artifacts(tracking_uri, run_id, {
                 "data": workdir / CLEAN_STATS, "data_report": workdir / CLEAN / "report.md",
                 "tokenizer": tok_path})
+        elif kind == "sft":
+            metrics = dict(evaluation["sft"])
+            vocab = load_tokenizer(tok_path).get_vocab_size()
+            model = to_hf_lm(_load_base(rd / "sft", params, vocab), eot, pad)
+            v_tags = {**tags, "eval_hash": evaluation["sft_eval_hash"],
+                      "parent_model_version": f"{reg.base_model}/{parent}"}
+            primary, higher, task_name = "rouge_l", True, "text-generation"
+            baseline = metrics["baseline_rouge_l"]  # the base model prompted the same way
+            registry.log_dict(tracking_uri, run_id, evaluation["sft_examples"],
+                              "eval/sft_examples.json")
         else:
             metrics = {k: v for k, v in evaluation["task"].items()
                        if k in ("accuracy", "macro_f1", "baseline_accuracy",
                                 "baseline_macro_f1")}
             clf = _load_classifier(workdir, params, data_version, len(evaluation["labels"]))
             model = to_hf_classifier(clf.body, clf.score, evaluation["labels"], eot, pad)
-            parent = results.get("base", {}).get("version")
             v_tags = {**tags, "eval_hash": evaluation["task_eval_hash"],
                       "parent_model_version": f"{reg.base_model}/{parent}"}
             primary, higher, task_name = "macro_f1", True, "text-classification"

@@ -29,13 +29,19 @@ def test_versions_registered_with_lineage_tags_and_champion(pipeline_run):
     uri = first["tracking_uri"]
     assert uri == f"sqlite:///{ws / '.gptops' / 'mlflow.db'}"
     versions = {v["name"]: v for v in list_versions(uri)}
-    assert set(versions) == {"gptops-base", "gptops-package-clf"}
+    assert set(versions) == {"gptops-base", "gptops-package-clf", "gptops-sft"}
     for v in versions.values():
-        assert v["version"] == "1" and v["aliases"] == ["champion"]
+        assert v["version"] == "1"
         tags = v["tags"]
         assert tags["data_version"] == first["data_version"]
         assert tags["config_hash"] and tags["git_commit"] and tags["eval_hash"]
         assert tags["prefect_flow_run_id"] not in ("", "none")
+        assert tags["promotion_decision"]
+        # champion exactly when the gate said so (it must beat the trivial baseline)
+        reg = next(r for r in first["registered"].values() if r["name"] == v["name"])
+        assert v["aliases"] == (["champion"] if reg["champion"] else ["challenger"])
+    assert versions["gptops-base"]["aliases"] == ["champion"]
+    assert versions["gptops-sft"]["tags"]["parent_model_version"] == "gptops-base/1"
     assert versions["gptops-package-clf"]["tags"]["parent_model_version"] == "gptops-base/1"
     assert float(versions["gptops-base"]["tags"]["metric.val_ppl"]) > 1
 

@@ -64,3 +64,30 @@ def test_compare_without_champion():
 def test_check_finite_refuses_nan():
     with pytest.raises(RegistryError, match="non-finite"):
         ev.check_finite({"accuracy": float("nan")}, "task")
+
+
+def test_generation_metrics_exact_f1_rouge():
+    from gpt.evaluate import generation_metrics, rouge_l, token_f1
+
+    assert token_f1("Return the value", "return the value") == 1.0
+    assert token_f1("a b", "c d") == 0.0
+    assert rouge_l("the cat sat on the mat", "the cat on the mat") == pytest.approx(
+        2 * (5 / 6) * 1.0 / (5 / 6 + 1.0))
+    m = generation_metrics(["Return the value.", "nothing"], ["Return the value.", "x y"])
+    assert m["exact_match"] == 0.5 and m["token_f1"] == 0.5 and m["rouge_l"] == 0.5
+
+
+def test_docsummary_task_pairs_names_with_first_sentences():
+    import pandas as pd
+
+    from gpt.finetune import build_docsummary_task, first_sentence
+
+    assert first_sentence("Return the sum.  More text.\n\nDetails.") == "Return the sum."
+    docs = pd.DataFrame({
+        "doc_id": [f"d{i}" for i in range(30)], "source": "builtin",
+        "name": [f"mod.func{i}" for i in range(29)] + ["topic:x"],
+        "text": [f"Compute thing number {i} quickly. Then more.\n\nArgs: x" for i in range(30)]})
+    task = build_docsummary_task(docs, 0.3, seed=1)
+    pairs = task.train + task.test
+    assert len(pairs) == 29 and ("mod.func3:\n", "Compute thing number 3 quickly.") in pairs
+    assert {p for p, _ in task.train}.isdisjoint({p for p, _ in task.test})
