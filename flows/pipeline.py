@@ -32,6 +32,19 @@ def _overrides(max_steps: int | None, learning_rate: float | None, data_source: 
     return out
 
 
+def _link_model_versions(mlflow_ui: str, registered: dict[str, Any]) -> None:
+    """A link artifact per registered model version, to its page in the MLflow UI."""
+    for kind, reg in registered.items():
+        name, version = reg.get("name"), reg.get("version")
+        if not name or not version:
+            continue
+        create_link_artifact(f"{mlflow_ui.rstrip('/')}/#/models/{name}/versions/{version}",
+                             link_text=f"MLflow: {name} version {version}",
+                             key=f"mlflow-{kind}-model",
+                             description=f"the {kind} model version this run registered "
+                                         "(or reused) in the MLflow registry")
+
+
 @flow(name="training_pipeline", log_prints=True)
 def training_pipeline(profile: str = "tiny", max_steps: int | None = None,
                       learning_rate: float | None = None, data_source: str | None = None,
@@ -62,10 +75,15 @@ def training_pipeline(profile: str = "tiny", max_steps: int | None = None,
     pre = tasks.pretrain(ws, params, data_version, uri, base_run)
     task_run = tasks.start_mlflow_run(uri, params, "task", data_version, fr_id)
     fin = tasks.finetune(ws, params, data_version, uri, task_run)
+    sft_run = sft = None
+    if params.sft.enabled:
+        sft_run = tasks.start_mlflow_run(uri, params, "sft", data_version, fr_id)
+        sft = tasks.sft(ws, params, data_version, uri, sft_run)
     evaluation = tasks.evaluate(ws, params, data_version)
     registered = tasks.register(ws, params, data_version, uri, evaluation, fr_id, base_run,
-                                task_run)
+                                task_run, sft_run)
     result = {"data_version": data_version, "stages": stages, "pretrain": pre, "finetune": fin,
+              "sft": sft,
               "evaluation": evaluation, "registered": registered, "tracking_uri": uri,
               "mlflow_ui": os.environ.get("GPTOPS_MLFLOW_UI", ""),
               "seconds": time.perf_counter() - t0}
@@ -76,6 +94,5 @@ def training_pipeline(profile: str = "tiny", max_steps: int | None = None,
     create_markdown_artifact(summary_markdown(result), key="pipeline-summary",
                              description="metrics, data version and promotion decisions")
     if result["mlflow_ui"]:
-        create_link_artifact(f"{result['mlflow_ui']}/#/models/{params.registry.base_model}",
-                             link_text="MLflow registered model", key="mlflow-model")
+        _link_model_versions(result["mlflow_ui"], registered)
     return result

@@ -6,6 +6,8 @@ stop together on Ctrl-C/SIGTERM or when any of them dies. A port in use is refus
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,6 +19,8 @@ from pathlib import Path
 
 from gpt.errors import GptopsError
 from gpt.registry import resolve_tracking_uri
+
+DEPLOYMENTS = ("nightly", "retrain")
 
 
 def port_free(host: str, port: int) -> bool:
@@ -42,6 +46,48 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120.
         except OSError:
             time.sleep(0.5)
     raise GptopsError(f"{what} did not answer at {url} within {timeout:.0f}s")
+
+
+def wait_deployments(api: str, proc: subprocess.Popen, names: tuple[str, ...],
+                     timeout: float = 120.0) -> None:
+    """Wait until the runner ``proc`` has registered (and un-paused) the deployments ``names``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise GptopsError(f"the deployment runner exited with status {proc.returncode} "
+                              "while starting; see the log above")
+        req = urllib.request.Request(f"{api}/deployments/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - local URL
+                live = {d["name"] for d in json.load(r) if not d.get("paused")}
+            if set(names) <= live:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise GptopsError(f"deployments {', '.join(names)} were not served within {timeout:.0f}s")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM ``proc``'s process group; SIGKILL whatever is left of it after ``timeout``."""
+    pgid = proc.pid  # started with start_new_session: the leader's pid is the group id
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while time.time() < deadline and (proc.poll() is None or _group_alive(pgid)):
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
 
 
 def prefect_env(host: str, port: int, db_url: str, home: Path) -> dict[str, str]:
@@ -74,33 +120,35 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     env = prefect_env(host, prefect_port, db, state / "prefect-home")
     mlflow_ui = f"http://{host}:{mlflow_port}"
     env.update({"MLFLOW_TRACKING_URI": backend, "GPTOPS_MLFLOW_UI": mlflow_ui})
+    # The job runner (online scoring, trace archival) is several worker processes we don't use.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     procs: list[tuple[str, subprocess.Popen]] = []
 
+    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+        # Own process group: Ctrl-C reaches only us, and stopping a child stops its own children
+        # (MLflow's uvicorn, the runner's flow-run processes) too.
+        proc = subprocess.Popen(cmd, env=env, cwd=ws, start_new_session=True)
+        procs.append((name, proc))
+        return proc
+
     def stop(*_: object) -> None:
+        # Runner first (it pauses its deployments through the API), the Prefect server last.
         for _name, p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for _name, p in reversed(procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            _stop_group(p)
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     bin_dir = Path(sys.executable).parent
     try:
-        procs.append(("prefect", subprocess.Popen(
-            [str(bin_dir / "prefect"), "server", "start", "--host", host, "--port",
-             str(prefect_port), "--analytics-off"],
-            env=env, cwd=ws)))
-        wait_http(f"http://{host}:{prefect_port}/api/health", procs[-1][1], "Prefect server")
-        procs.append(("mlflow", subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port),
-             "--backend-store-uri", backend, "--workers", "1"], env=env, cwd=ws)))
-        wait_http(f"{mlflow_ui}/health", procs[-1][1], "MLflow server")
-        procs.append(("runner", subprocess.Popen(
-            [sys.executable, "-m", "flows.deploy", "--workdir", str(ws), "--cron", cron,
-             "--timezone", timezone], env=env, cwd=ws)))
+        proc = start("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", host,
+                                 "--port", str(prefect_port), "--analytics-off"])
+        wait_http(f"http://{host}:{prefect_port}/api/health", proc, "Prefect server")
+        proc = start("mlflow", [sys.executable, "-m", "mlflow", "server", "--host", host,
+                                "--port", str(mlflow_port), "--backend-store-uri", backend,
+                                "--workers", "1"])
+        wait_http(f"{mlflow_ui}/health", proc, "MLflow server")
+        proc = start("runner", [sys.executable, "-m", "flows.deploy", "--workdir", str(ws),
+                                "--cron", cron, "--timezone", timezone])
+        wait_deployments(f"http://{host}:{prefect_port}/api", proc, DEPLOYMENTS)
         print(f"\nPrefect UI:  http://{host}:{prefect_port}   (deployments: "
               f"training_pipeline/nightly [{cron} {timezone}], training_pipeline/retrain)")
         print(f"MLflow UI:   {mlflow_ui}   (backend {backend})")
@@ -112,4 +160,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     except KeyboardInterrupt:
         print("stopping…", flush=True)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the shutdown
+            signal.signal(sig, signal.SIG_IGN)
         stop()
+        print("stopped.", flush=True)

@@ -1,0 +1,3 @@
+-- One database per service, both owned by the compose user.
+CREATE DATABASE mlflow OWNER gptops;
+CREATE DATABASE prefect OWNER gptops;
