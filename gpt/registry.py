@@ -51,19 +51,42 @@ def _client(tracking_uri: str):  # -> mlflow.MlflowClient
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def _global_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-global URIs at ``tracking_uri``, then restore them exactly.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``; without
+    the restore, a later call (or a child process) would silently use this store.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in _URI_ENV}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextmanager
 def _fluent(tracking_uri: str, run_id: str) -> Iterator[None]:
     """Temporarily point MLflow's fluent API at ``tracking_uri`` inside ``run_id``."""
     import mlflow
 
-    prev = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        with mlflow.start_run(run_id=run_id):
-            yield
-    finally:
-        mlflow.set_tracking_uri(prev)
+    with _global_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        yield
 
 
 def _create_experiment(client, tracking_uri: str, experiment: str) -> str:
@@ -529,14 +552,9 @@ def load_champion_components(tracking_uri: str, name: str, alias: str = CHAMPION
 
     client = _client(tracking_uri)
     resolve_alias(tracking_uri, name, alias, client)
-    prev = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
+    with _global_uri(tracking_uri):
         return mlflow.transformers.load_model(f"models:/{name}@{alias}",
                                               return_type="components")
-    finally:
-        mlflow.set_tracking_uri(prev)
 
 
 def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, Any]]:

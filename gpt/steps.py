@@ -254,8 +254,8 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
             v_tags = {**tags, "eval_hash": evaluation["base_eval_hash"]}
             primary, higher, task_name = "val_ppl", False, "text-generation"
             baseline = float(vocab)  # a uniform guess over the vocabulary
-            registry.log_dict(tracking_uri, run_id, evaluation["samples"],
-                              "samples/generations.json")
+            registry.log_table(tracking_uri, run_id, evaluation["samples"],
+                               "samples/generations.json")
             registry.log_artifacts(tracking_uri, run_id, {
                 "data": workdir / CLEAN_STATS, "data_report": workdir / CLEAN / "report.md",
                 "tokenizer": tok_path})
@@ -267,8 +267,8 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
                       "parent_model_version": f"{reg.base_model}/{parent}"}
             primary, higher, task_name = "rouge_l", True, "text-generation"
             baseline = metrics["baseline_rouge_l"]  # the base model prompted the same way
-            registry.log_dict(tracking_uri, run_id, evaluation["sft_examples"],
-                              "eval/sft_examples.json")
+            registry.log_table(tracking_uri, run_id, evaluation["sft_examples"],
+                               "eval/sft_examples.json")
         else:
             metrics = {k: v for k, v in evaluation["task"].items()
                        if k in ("accuracy", "macro_f1", "baseline_accuracy",

@@ -18,8 +18,12 @@ def test_register_on_postgres(pipeline_run, postgres_uri, tmp_path, monkeypatch)
                               first["evaluation"], flow_run_id="pg-test")
     assert reg["base"]["champion"] and reg["task"]["champion"]
     versions = list_versions(postgres_uri)
-    assert {(v["name"], v["version"], tuple(v["aliases"])) for v in versions} == {
-        ("gptops-base", "1", ("champion",)), ("gptops-package-clf", "1", ("champion",))}
+    assert {(v["name"], v["version"]) for v in versions} == {
+        ("gptops-base", "1"), ("gptops-package-clf", "1"), ("gptops-sft", "1")}
+    for v in versions:
+        gate = reg[{"gptops-base": "base", "gptops-package-clf": "task",
+                    "gptops-sft": "sft"}[v["name"]]]
+        assert v["aliases"] == (["champion"] if gate["champion"] else ["challenger"])
     assert all(v["tags"]["data_version"] == first["data_version"] for v in versions)
     comps = load_champion_components(postgres_uri, "gptops-base")
     assert comps["model"].config.n_layer == params.model.n_layer

@@ -155,3 +155,18 @@ def test_cli_error_is_one_line_exit_2(uri, m, monkeypatch, capsys):
         run_app(app)
     assert exc.value.code == 2
     assert "no version '7'; versions: 1" in capsys.readouterr().out
+
+
+def test_pointing_mlflow_at_a_store_leaves_no_global_trace(tmp_path, monkeypatch):
+    import os
+
+    import mlflow
+
+    from gpt.registry import _global_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    with _global_uri(f"sqlite:///{tmp_path / 'x.db'}"):
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("x.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # children would otherwise inherit it
+    assert mlflow.get_tracking_uri() == before
