@@ -31,47 +31,50 @@ def is_val_doc(doc_id: str, val_fraction: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < val_fraction
 
 
-def _write_bin(path: Path, ids: Sequence[list[int]], dtype: np.dtype, eot: int) -> int:
-    n = sum(len(x) + 1 for x in ids)
-    tmp = path.with_name(path.name + ".tmp")
-    arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(max(n, 1),))
-    pos = 0
-    for seq in ids:
-        arr[pos:pos + len(seq)] = seq
-        arr[pos + len(seq)] = eot
-        pos += len(seq) + 1
-    arr.flush()
-    del arr
-    os.replace(tmp, path)
-    return n
-
-
 def write_token_shards(texts: Sequence[str], doc_ids: Sequence[str], tok: Tokenizer,
                        out_dir: Path, val_fraction: float, seed: int,
                        batch_size: int = 1024) -> dict[str, Any]:
-    """Encode documents (batched, multi-threaded in Rust) into train/val memmaps + meta.json."""
+    """Encode documents (batched, multi-threaded in Rust) into train/val memmaps + meta.json.
+
+    Streams: each batch is appended to the split's file as one array, so memory stays at one
+    batch whatever the corpus size. Files are written under temp names and renamed at the end.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = tok.get_vocab_size()
     dtype = np.dtype(np.uint16 if vocab < 2**16 else np.uint32)
     eot = tok.token_to_id(EOT)
-    splits: dict[str, list[list[int]]] = {"train": [], "val": []}
-    counts = {"train": 0, "val": 0}
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start:start + batch_size])
-        for doc_id, enc in zip(doc_ids[start:start + batch_size],
-                               tok.encode_batch(chunk), strict=True):
-            split = "val" if is_val_doc(doc_id, val_fraction, seed) else "train"
-            splits[split].append(enc.ids)
-            counts[split] += 1
-    if not splits["train"] or not splits["val"]:
+    tmp = {s: out_dir / f"{s}.bin.tmp" for s in ("train", "val")}
+    docs = {"train": 0, "val": 0}
+    tokens = {"train": 0, "val": 0}
+    handles = {s: p.open("wb") for s, p in tmp.items()}
+    try:
+        for start in range(0, len(texts), batch_size):
+            flat: dict[str, list[int]] = {"train": [], "val": []}
+            for doc_id, enc in zip(doc_ids[start:start + batch_size],
+                                   tok.encode_batch(list(texts[start:start + batch_size])),
+                                   strict=True):
+                split = "val" if is_val_doc(doc_id, val_fraction, seed) else "train"
+                flat[split].extend(enc.ids)
+                flat[split].append(eot)
+                docs[split] += 1
+            for split, ids in flat.items():
+                if ids:
+                    np.asarray(ids, dtype=dtype).tofile(handles[split])
+                    tokens[split] += len(ids)
+    finally:
+        for fh in handles.values():
+            fh.close()
+    if not docs["train"] or not docs["val"]:
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
         raise DataError(f"{len(texts)} documents are too few to split into train and val with "
                         f"tokenizer.val_fraction={val_fraction}; add documents")
-    n_train = _write_bin(out_dir / "train.bin", splits["train"], dtype, eot)
-    n_val = _write_bin(out_dir / "val.bin", splits["val"], dtype, eot)
+    for split, p in tmp.items():
+        os.replace(p, out_dir / f"{split}.bin")
     meta = {"vocab_size": vocab, "dtype": dtype.name, "eot_id": eot,
-            "train_tokens": n_train, "val_tokens": n_val,
-            "train_docs": counts["train"], "val_docs": counts["val"],
+            "train_tokens": tokens["train"], "val_tokens": tokens["val"],
+            "train_docs": docs["train"], "val_docs": docs["val"],
             "val_fraction": val_fraction, "seed": seed}
     (out_dir / META).write_text(json.dumps(meta, indent=2))
     return meta
