@@ -174,11 +174,14 @@ def lock_outs(workdir: Path) -> dict[str, str]:
 
 
 def git_commit(path: Path = PROJECT_ROOT) -> str:
-    """The code's git commit (``-dirty`` when the tree has changes), or ``unknown``."""
+    """The code's git commit (``-dirty`` when code has uncommitted changes), or ``unknown``."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # dvc.lock and params.yaml are recorded as data_version and config_hash: a run that
+        # updates them does not make the *code* dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!dvc.lock", ":!params.yaml"],
                                cwd=path, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
