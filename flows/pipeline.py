@@ -71,17 +71,26 @@ def training_pipeline(profile: str = "tiny", max_steps: int | None = None,
     data_version = tasks.version_data(ws)
     uri = resolve_tracking_uri(params.registry.tracking_uri, ws)
     fr_id = str(flow_run.id) if flow_run.id else None
-    base_run = tasks.start_mlflow_run(uri, params, "base", data_version, fr_id)
-    pre = tasks.pretrain(ws, params, data_version, uri, base_run)
-    task_run = tasks.start_mlflow_run(uri, params, "task", data_version, fr_id)
-    fin = tasks.finetune(ws, params, data_version, uri, task_run)
-    sft_run = sft = None
-    if params.sft.enabled:
-        sft_run = tasks.start_mlflow_run(uri, params, "sft", data_version, fr_id)
-        sft = tasks.sft(ws, params, data_version, uri, sft_run)
-    evaluation = tasks.evaluate(ws, params, data_version)
-    registered = tasks.register(ws, params, data_version, uri, evaluation, fr_id, base_run,
-                                task_run, sft_run)
+    opened: list[str] = []
+    try:
+        base_run = tasks.start_mlflow_run(uri, params, "base", data_version, fr_id)
+        opened.append(base_run)
+        pre = tasks.pretrain(ws, params, data_version, uri, base_run)
+        task_run = tasks.start_mlflow_run(uri, params, "task", data_version, fr_id)
+        opened.append(task_run)
+        fin = tasks.finetune(ws, params, data_version, uri, task_run)
+        sft_run = sft = None
+        if params.sft.enabled:
+            sft_run = tasks.start_mlflow_run(uri, params, "sft", data_version, fr_id)
+            opened.append(sft_run)
+            sft = tasks.sft(ws, params, data_version, uri, sft_run)
+        evaluation = tasks.evaluate(ws, params, data_version)
+        registered = tasks.register(ws, params, data_version, uri, evaluation, fr_id, base_run,
+                                    task_run, sft_run)
+    except BaseException:
+        # The registry is untouched by a failed run; its MLflow runs say so instead of RUNNING.
+        tasks.close_mlflow_runs(uri, opened)
+        raise
     result = {"data_version": data_version, "stages": stages, "pretrain": pre, "finetune": fin,
               "sft": sft,
               "evaluation": evaluation, "registered": registered, "tracking_uri": uri,

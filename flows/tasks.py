@@ -1,8 +1,9 @@
 """One Prefect task per pipeline step, each a single call into ``gpt``.
 
-Retries only where I/O can fail transiently (DVC remote, MLflow). Data steps are cached by DVC
-(an unchanged stage is reused, and the task says so); training steps resume from their own
-checkpoints, so a retried or re-run task continues instead of starting over.
+Retries where I/O can fail transiently (DVC remote, MLflow), and once on training steps: they
+resume from their own checkpoints, so a retry after a crash continues instead of starting over
+(input errors are not retried). Data steps are cached by DVC (an unchanged stage is reused, and
+the task says so).
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from gpt import steps, workspace
+from gpt import registry, steps, workspace
 from gpt.config import Params, load_params
 from gpt.data.stages import CLEAN
+from gpt.errors import GptopsError
+
+
+def not_input_error(task, task_run, state) -> bool:
+    """Retry crashes (killed worker, I/O) but not input errors, which would fail again."""
+    return not isinstance(state.data, GptopsError)
 
 
 @task(name="prepare-workspace", cache_policy=NO_CACHE)
@@ -52,21 +59,24 @@ def start_mlflow_run(tracking_uri: str, params: Params, kind: str, data_version:
     return steps.open_run(tracking_uri, params, kind, data_version, flow_run_id)
 
 
-@task(name="pretrain", cache_policy=NO_CACHE)
+@task(name="pretrain", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=not_input_error)
 def pretrain(workdir: str, params: Params, data_version: str, tracking_uri: str,
              run_id: str) -> dict[str, Any]:
     """Pretrain the base GPT by next-token prediction."""
     return steps.pretrain_step(Path(workdir), params, data_version, tracking_uri, run_id)
 
 
-@task(name="finetune", cache_policy=NO_CACHE)
+@task(name="finetune", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=not_input_error)
 def finetune(workdir: str, params: Params, data_version: str, tracking_uri: str,
              run_id: str) -> dict[str, Any]:
     """Fine-tune the base on the package-classification task."""
     return steps.finetune_step(Path(workdir), params, data_version, tracking_uri, run_id)
 
 
-@task(name="sft", cache_policy=NO_CACHE)
+@task(name="sft", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=not_input_error)
 def sft(workdir: str, params: Params, data_version: str, tracking_uri: str,
         run_id: str) -> dict[str, Any]:
     """Supervised fine-tuning of the base LM on prompt/completion pairs."""
@@ -77,6 +87,13 @@ def sft(workdir: str, params: Params, data_version: str, tracking_uri: str,
 def evaluate(workdir: str, params: Params, data_version: str) -> dict[str, Any]:
     """Perplexity of the base; accuracy/macro-F1 of the task model vs the majority baseline."""
     return steps.evaluate_step(Path(workdir), params, data_version)
+
+
+@task(name="close-mlflow-runs", cache_policy=NO_CACHE)
+def close_mlflow_runs(tracking_uri: str, run_ids: list[str], status: str = "FAILED") -> None:
+    """Mark the runs a failed pipeline opened as FAILED (no model version was registered)."""
+    for run_id in run_ids:
+        registry.finish_run(tracking_uri, run_id, status)
 
 
 @task(name="register", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -142,3 +142,22 @@ def test_corpus_without_usable_documents_is_rejected(tmp_path, prefect_server):
     assert "no usable documents" in out.stdout + out.stderr
     assert not (ws / ".gptops" / "mlflow.db").exists()
     assert not (ws / "data" / "clean").exists()  # nothing half-written that looks complete
+
+
+def test_failure_after_training_registers_nothing_and_closes_runs(tmp_path, prefect_server):
+    from mlflow import MlflowClient
+
+    from flows.pipeline import training_pipeline
+    from gpt.errors import DataError
+    from tests.conftest import RUN_OVERRIDES
+
+    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    with pytest.raises(DataError, match="finetune.task_path"):
+        training_pipeline(overrides=RUN_OVERRIDES + ["finetune.task=file",
+                                                     f"finetune.task_path={tmp_path}/no.csv"],
+                          workdir=str(ws))
+    client = MlflowClient(f"sqlite:///{ws / '.gptops' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.run_name.split("-")[0] for r in runs} == {"base", "task"}
+    assert {r.info.status for r in runs} == {"FAILED"}
+    assert client.search_registered_models() == []
