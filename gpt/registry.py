@@ -446,12 +446,8 @@ def promote(tracking_uri: str, name: str, version: str, reason: str) -> dict[str
         previous = _current_champion(client, name)
         if previous == version:
             raise RegistryError(f"model '{name}' version {version} is already the champion")
-        set_champion(client, name, version, reason.strip(), action="promote")
-        client.set_model_version_tag(name, version, "promotion_decision",
-                                     f"promoted by hand: {reason.strip()}"[:5000])
-    log.info("%s: champion v%s -> v%s (promote: %s)", name, previous, version, reason)
-    return {"name": name, "version": version, "previous": previous, "action": "promote",
-            "reason": reason.strip()}
+        return _move_champion(client, name, version, previous, reason, "promote",
+                              f"promoted by hand: {reason.strip()}")
 
 
 def _rollback_target(history: list[dict[str, Any]], current: str | None,
@@ -497,11 +493,17 @@ def rollback(tracking_uri: str, name: str, reason: str) -> dict[str, Any]:
         if target is None:
             raise RegistryError(f"model '{name}': no earlier champion than v{current} in the "
                                 f"history; use `gptops promote {name} VERSION` instead")
-        set_champion(client, name, target, reason.strip(), action="rollback")
-        client.set_model_version_tag(name, target, "promotion_decision",
-                                     f"rolled back to (from v{current}): {reason.strip()}"[:5000])
-    log.info("%s: champion v%s -> v%s (rollback: %s)", name, current, target, reason)
-    return {"name": name, "version": target, "previous": current, "action": "rollback",
+        return _move_champion(client, name, target, current, reason, "rollback",
+                              f"rolled back to (from v{current}): {reason.strip()}")
+
+
+def _move_champion(client, name: str, version: str, previous: str | None, reason: str,
+                   action: str, decision: str) -> dict[str, Any]:
+    """Move the alias by hand (caller holds the lock), tag why, and describe the move."""
+    set_champion(client, name, version, reason.strip(), action=action)
+    client.set_model_version_tag(name, version, "promotion_decision", decision[:5000])
+    log.info("%s: champion v%s -> v%s (%s: %s)", name, previous, version, action, reason)
+    return {"name": name, "version": version, "previous": previous, "action": action,
             "reason": reason.strip()}
 
 
