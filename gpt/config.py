@@ -100,6 +100,8 @@ class FinetuneConfig(_Strict):
     task: Literal["package", "file"] = Field(
         description='"package" (built-in: docstring -> stdlib package) or "file" (task_path)')
     task_path: str = Field(description="CSV/JSONL/parquet with text,label columns (task=file)")
+    test_path: str = Field(description='optional held-out text,label file (task=file); "" = '
+                                       "split task_path by test_fraction")
     packages: list[str] = Field(min_length=2, description="label set of the package task")
     max_steps: int = Field(gt=0)
     batch_size: int = Field(gt=0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +60,8 @@ class TaskData:
     train: pd.DataFrame  # columns: doc_id, text, label (int)
     test: pd.DataFrame
     labels: list[str]
+    #: test rows whose label never occurs in training: label -> rows (left out of the metrics)
+    unseen: dict[str, int] = field(default_factory=dict)
 
     def eval_hash(self) -> str:
         """Hash of the evaluation set (ids + labels): versions compare only on equal hashes."""
@@ -158,11 +160,39 @@ def build_file_task(df: pd.DataFrame, source: str, test_fraction: float, seed: i
     return TaskData(train=train, test=test, labels=labels)
 
 
+def with_test_file(task: TaskData, df: pd.DataFrame, source: str) -> TaskData:
+    """Use every row of ``task`` for training and ``df`` (text,label) as the evaluation set.
+
+    Test rows whose label never occurs in training cannot be predicted: they are counted per
+    label in ``unseen`` (and reported) instead of silently lowering the metrics.
+    """
+    train = pd.concat([task.train, task.test], ignore_index=True)
+    labels_raw = df["label"].astype(str).str.strip()
+    index = {lab: i for i, lab in enumerate(task.labels)}
+    known = labels_raw.isin(index)
+    unseen = labels_raw[~known].value_counts().to_dict()
+    if unseen:
+        log.warning("%s: %d test row(s) have labels never seen in training: %s", source,
+                    int((~known).sum()), unseen)
+    if not known.any():
+        raise DataError(f"{source}: no test row has a label seen in training "
+                        f"(training labels: {', '.join(task.labels)})")
+    test = pd.DataFrame({"doc_id": [f"{source}:{i}" for i in df.index[known]],
+                         "text": df["text"][known].fillna("").astype(str).tolist(),
+                         "label": labels_raw[known].map(index).tolist()})
+    return TaskData(train=train, test=test, labels=task.labels,
+                    unseen={str(k): int(v) for k, v in unseen.items()})
+
+
 def build_task(cfg: FinetuneConfig, clean_docs: pd.DataFrame) -> TaskData:
-    """The configured task: the built-in package task, or the user's labelled file."""
+    """The configured task: the built-in package task, or the user's labelled file(s)."""
     if cfg.task == "file":
-        return build_file_task(read_task_file(cfg.task_path), cfg.task_path, cfg.test_fraction,
+        task = build_file_task(read_task_file(cfg.task_path), cfg.task_path, cfg.test_fraction,
                                cfg.seed)
+        if cfg.test_path:
+            task = with_test_file(task, read_table(cfg.test_path, ("text", "label"),
+                                                   "finetune.test_path"), cfg.test_path)
+        return task
     return build_package_task(clean_docs, cfg.packages, cfg.test_fraction, cfg.seed)
 
 

@@ -21,6 +21,10 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                  f"{task['accuracy']:.3f} ({task['baseline_accuracy']:.3f})"))
     rows.append(("task: macro-F1 (majority baseline)",
                  f"{task['macro_f1']:.3f} ({task['baseline_macro_f1']:.3f})"))
+    unseen = result["evaluation"].get("task_unseen_labels")
+    if unseen:
+        rows.append(("task: test labels unseen in training (rows left out)",
+                     ", ".join(f"{k}: {v}" for k, v in unseen.items())))
     sft = result["evaluation"].get("sft")
     if sft:
         rows.append(("sft: ROUGE-L / token F1 (base model)",

@@ -187,7 +187,7 @@ def evaluate_step(workdir: Path, params: Params, data_version: str) -> dict[str,
     task_metrics = ev.classification_metrics(y_true, y_pred, task.labels)
     task_metrics.update(ev.majority_baseline(task.train.label.tolist(), y_true, task.labels))
     out.update({"task": task_metrics, "task_eval_hash": task.eval_hash(), "labels": task.labels,
-                "task_test_examples": len(y_true),
+                "task_test_examples": len(y_true), "task_unseen_labels": task.unseen,
                 "confusion_matrix": ev.confusion_matrix(y_true, y_pred, len(task.labels))})
     if params.sft.enabled:
         out.update(_evaluate_sft(workdir, params, rd, tok, base))
@@ -280,6 +280,9 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
             primary, higher, task_name = "macro_f1", True, "text-classification"
             baseline = metrics["baseline_macro_f1"]  # always predicting the majority class
             registry.log_dict(tracking_uri, run_id, evaluation["task"], "eval/task_metrics.json")
+            if evaluation.get("task_unseen_labels"):
+                registry.log_dict(tracking_uri, run_id, evaluation["task_unseen_labels"],
+                                  "eval/unseen_test_labels.json")
             _log_task_report(tracking_uri, run_id, evaluation, rd / "eval")
         registry.log_metrics(tracking_uri, run_id, metrics)
         # Read before registering: registering may move the champion alias to this version.

@@ -161,3 +161,33 @@ def test_failure_after_training_registers_nothing_and_closes_runs(tmp_path, pref
     assert {r.info.run_name.split("-")[0] for r in runs} == {"base", "task"}
     assert {r.info.status for r in runs} == {"FAILED"}
     assert client.search_registered_models() == []
+
+
+def test_users_own_classification_data_trains_and_registers(tmp_path, prefect_server):
+    import pandas as pd
+
+    from flows.pipeline import training_pipeline
+    from gpt.registry import list_versions, load_champion_components
+    from tests.conftest import RUN_OVERRIDES
+
+    words = {"billing": "invoice refund charge payment", "login": "password account sign reset",
+             "shipping": "parcel delivery courier tracking"}
+    rows = [{"text": f"ticket {i}: problem with my {w.split()[i % 4]} today", "label": lab}
+            for lab, w in words.items() for i in range(24)]
+    pd.DataFrame(rows).to_csv(tmp_path / "tickets.csv", index=False)
+    pd.DataFrame([{"text": "my parcel is late", "label": "shipping"},
+                  {"text": "what is the weather", "label": "smalltalk"}]).to_csv(
+        tmp_path / "held_out.csv", index=False)
+    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    result = training_pipeline(overrides=RUN_OVERRIDES + [
+        "finetune.task=file", f"finetune.task_path={tmp_path}/tickets.csv",
+        f"finetune.test_path={tmp_path}/held_out.csv", "sft.enabled=false",
+        "registry.task_model=tickets-clf"], workdir=str(ws))
+    assert result["evaluation"]["labels"] == ["billing", "login", "shipping"]
+    assert result["evaluation"]["task_unseen_labels"] == {"smalltalk": 1}
+    names = {v["name"] for v in list_versions(result["tracking_uri"])}
+    assert names == {"gptops-base", "tickets-clf"}
+    reg = result["registered"]["task"]
+    comps = load_champion_components(result["tracking_uri"], "tickets-clf",
+                                     "champion" if reg["champion"] else "challenger")
+    assert comps["model"].config.id2label == {0: "billing", 1: "login", 2: "shipping"}

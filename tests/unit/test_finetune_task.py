@@ -80,3 +80,17 @@ def test_padding_does_not_change_predictions():
     with torch.no_grad():
         assert torch.allclose(clf(ids_a, len_a), clf(ids_b, len_b), atol=1e-5)
     assert predict(clf, ids_a, len_a).shape == (1,)
+
+
+def test_separate_test_file_reports_unseen_labels():
+    from gpt.finetune import with_test_file
+
+    task = build_file_task(rows(), "train.csv", 0.3, seed=1)
+    test = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["pos", "sarcastic", "neg",
+                                                                  "sarcastic"]})
+    full = with_test_file(task, test, "test.csv")
+    assert full.unseen == {"sarcastic": 2}
+    assert len(full.train) == len(rows()) and len(full.test) == 2
+    assert [full.labels[i] for i in full.test.label] == ["pos", "neg"]
+    with pytest.raises(DataError, match="no test row has a label seen in training"):
+        with_test_file(task, test[test.label == "sarcastic"], "test.csv")
