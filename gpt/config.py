@@ -167,7 +167,8 @@ class Params(_Strict):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``"a.b"``; unknown sections or keys are errors."""
     keys = dotted.split(".")
     node = tree
     for i, key in enumerate(keys[:-1]):
@@ -219,10 +220,10 @@ def resolve_params(raw: dict[str, Any], profile: str = "tiny",
             raise ConfigError(f"profile '{profile}' may not change section '{section}' "
                               f"(allowed: {', '.join(PROFILE_SECTIONS)})")
         for key, value in values.items():
-            _set_dotted(tree, f"{section}.{key}", value)
+            set_dotted(tree, f"{section}.{key}", value)
     pairs = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     for key, value in pairs.items():
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     tree["profile"] = profile
     try:
         params = Params.model_validate(tree)

@@ -70,6 +70,11 @@ class TaskData:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def held_out(key: str, fraction: float, seed: int) -> bool:
+    """Stable test-split membership: hash(seed, key) in [0, 1) below ``fraction``."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 16**8 < fraction
+
+
 def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: float,
                        seed: int) -> TaskData:
     """Derive the package-classification task from cleaned built-in documents."""
@@ -86,8 +91,7 @@ def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: f
                         "own data with finetune.task=file and finetune.task_path")
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, packages)) + r")\b", re.IGNORECASE)
     rows["text"] = rows.text.map(lambda t: pattern.sub(MASK, t))
-    h = rows.doc_id.map(lambda d: int(hashlib.sha256(f"{seed}:{d}".encode()).hexdigest()[:8], 16))
-    is_test = (h / 16**8) < test_fraction
+    is_test = rows.doc_id.map(lambda d: held_out(d, test_fraction, seed)).astype(bool)
     cols = ["doc_id", "text", "label"]
     train = rows[~is_test][cols].reset_index(drop=True)
     test = rows[is_test][cols].reset_index(drop=True)
@@ -150,8 +154,7 @@ def build_file_task(df: pd.DataFrame, source: str, test_fraction: float, seed: i
     rows = pd.DataFrame({"doc_id": [f"{source}:{i}" for i in range(len(df))],
                          "text": texts.tolist(),
                          "label": labels_raw.map({lab: i for i, lab in enumerate(labels)})})
-    h = rows.text.map(lambda t: int(hashlib.sha256(f"{seed}:{t}".encode()).hexdigest()[:8], 16))
-    is_test = (h / 16**8) < test_fraction
+    is_test = rows.text.map(lambda t: held_out(t, test_fraction, seed)).astype(bool)
     train = rows[~is_test].reset_index(drop=True)
     test = rows[is_test].reset_index(drop=True)
     if train.empty or test.empty:
@@ -361,11 +364,8 @@ def first_sentence(text: str, max_chars: int = 160) -> str:
 
 def _split_pairs(pairs: list[tuple[str, str]], test_fraction: float, seed: int, source: str,
                  ) -> SFTTask:
-    def is_test(p: str) -> bool:
-        return int(hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()[:8], 16) / 16**8 \
-            < test_fraction
-    train = [pc for pc in pairs if not is_test(pc[0])]
-    test = [pc for pc in pairs if is_test(pc[0])]
+    train = [pc for pc in pairs if not held_out(pc[0], test_fraction, seed)]
+    test = [pc for pc in pairs if held_out(pc[0], test_fraction, seed)]
     if not train or not test:
         raise DataError(f"SFT task {source}: {len(pairs)} pairs are too few to split with "
                         f"test_fraction={test_fraction}; add pairs")

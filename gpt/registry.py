@@ -301,10 +301,7 @@ def _promote_if_better(client, name: str, mv, value: float, eval_hash: str, metr
                        run_id: str, baseline: float | None = None) -> Registration:
     """Gate ``mv`` against the current champion. Callers hold :func:`registry_lock`, so the
     champion read here is still the champion when the alias moves."""
-    try:
-        champ = client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # noqa: BLE001 - no champion alias yet
-        champ = None
+    champ = _champion(client, name)
     champ_value = _version_metric(champ, metric) if champ else None
     champ_hash = champ.tags.get("eval_hash") if champ else None
     promote, reason = decide_promotion(value, champ_value, eval_hash, champ_hash,
@@ -319,11 +316,17 @@ def _promote_if_better(client, name: str, mv, value: float, eval_hash: str, metr
                         reason=reason, previous_champion=str(champ.version) if champ else None)
 
 
-def _current_champion(client, name: str) -> str | None:
+def _champion(client, name: str):  # -> ModelVersion | None
+    """The version holding the champion alias, or None (no such model or no champion yet)."""
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except Exception:  # noqa: BLE001 - no champion alias
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - MLflow raises RestException/MlflowException
         return None
+
+
+def _current_champion(client, name: str) -> str | None:
+    champ = _champion(client, name)
+    return str(champ.version) if champ else None
 
 
 def set_champion(client, name: str, version: str, reason: str, action: str = "gate") -> None:
@@ -509,10 +512,8 @@ def _move_champion(client, name: str, version: str, previous: str | None, reason
 
 def champion_metrics(tracking_uri: str, name: str) -> dict[str, Any] | None:
     """The current champion's version, eval_hash and ``metric.*`` tags (None: no champion)."""
-    client = _client(tracking_uri)
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # noqa: BLE001 - no such model or no champion yet
+    mv = _champion(_client(tracking_uri), name)
+    if mv is None:
         return None
     metrics = {}
     for k in mv.tags:

@@ -146,12 +146,12 @@ def _evaluate_sft(workdir: Path, params: Params, rd: Path, tok, base) -> dict[st
     prompts, refs = [p for p, _ in test], [c for _, c in test]
     sft_model = _load_base(rd / "sft", params, tok.get_vocab_size())
     n = params.sft.max_new_tokens
-    tuned = ev.generation_metrics(ev.complete(sft_model, tok, prompts, n), refs)
+    completions = ev.complete(sft_model, tok, prompts, n)
+    tuned = ev.generation_metrics(completions, refs)
     before = ev.generation_metrics(ev.complete(base, tok, prompts, n), refs)
     metrics = {**tuned, **{f"baseline_{k}": v for k, v in before.items()}}
     examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
-                zip(prompts[:10], refs[:10], ev.complete(sft_model, tok, prompts[:10], n),
-                    strict=True)]
+                zip(prompts[:10], refs[:10], completions[:10], strict=True)]
     return {"sft": metrics, "sft_eval_hash": f"{task.eval_hash()}-{len(test)}",
             "sft_examples": examples, "sft_test_pairs": len(test)}
 

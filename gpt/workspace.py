@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from gpt.config import DATA_SECTIONS, parse_overrides, read_params_file
+from gpt.config import DATA_SECTIONS, parse_overrides, read_params_file, set_dotted
 from gpt.errors import ERROR_FILE_ENV, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,7 @@ def apply_data_overrides(workdir: Path, overrides: list[str] | None) -> list[str
         rt = YAML()
         raw = rt.load(path.read_text(encoding="utf-8"))
         for key, value in data.items():
-            node = raw
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.get(p) if isinstance(node.get(p), dict) else None
-                if node is None:
-                    raise ConfigError(f"unknown parameter '{key}'")
-            if leaf not in node:
-                raise ConfigError(f"unknown parameter '{key}' (known: {', '.join(node)})")
-            node[leaf] = value
+            set_dotted(raw, key, value)
         with path.open("w", encoding="utf-8") as fh:
             rt.dump(raw, fh)
         log.info("wrote data overrides to %s: %s", path, data)

@@ -120,11 +120,6 @@ def _words_and_letters(text: str) -> tuple[int, int]:
     return words, letters
 
 
-def _letters(text: str) -> int:
-    """Number of letters (``str.isalpha``) in ``text``."""
-    return _words_and_letters(text)[1]
-
-
 def _quality_reason(text: str, cfg: CleanConfig) -> str | None:
     """The first quality filter ``text`` (already normalised) fails, or None."""
     n_chars = len(text)

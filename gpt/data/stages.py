@@ -85,13 +85,13 @@ def split_shards(docs: pd.DataFrame, shard_docs: int = SHARD_DOCS) -> list[pd.Da
 
 def length_plot(before: pd.Series, after: pd.Series, path: Path) -> None:
     """Histogram of document lengths (characters, log scale) before and after cleaning."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    FigureCanvasAgg(fig)  # private Agg canvas: no display, no global backend switch
+    ax = fig.add_subplot()
     hi = max(int(before.max() if len(before) else 1), 10)
     bins = np.logspace(0, np.log10(hi), 40)
     ax.hist(before.clip(lower=1), bins=bins, alpha=0.5, label=f"raw ({len(before)})")
@@ -102,7 +102,6 @@ def length_plot(before: pd.Series, after: pd.Series, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
