@@ -46,6 +46,22 @@ _SECRET_NAME = re.compile(r"(?i)(?:api[_-]?key|apikey|secret|token|passw(?:or)?d
                           r"auth)[\w-]*[\"']?[ \t]*$")
 _ASSIGN_MARKERS = ("key", "secret", "token", "passw", "auth")
 
+#: Per kind, an RE2 pattern (for Arrow's vectorised ``match_substring_regex``) that matches
+#: wherever a pattern above could (a superset: no context checks, shortest forms): a document
+#: it does not match is left alone by that kind, so batch cleaning sends only the others to
+#: ``scrub_pii``, with only the kinds that matched. Phone numbers also need 10 digits.
+PII_PREFILTERS: dict[str, str] = {
+    "email": r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2}",
+    # IPv4: four dotted numbers; IPv6: three non-empty groups in a row (what _ipv6_sub needs).
+    "ip": r"\.\d{1,3}\.\d{1,3}\.\d|[0-9A-Fa-f]::?[0-9A-Fa-f]{1,4}::?[0-9A-Fa-f]",
+    "phone": r"\+\d|\(\d{3}\)|\d{3}[ .-]\d{3}[ .-]\d{4}",
+    "secret": r"sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+              r"|gh[pousr]_[A-Za-z0-9]{36}|xox[abprs]-[A-Za-z0-9-]{10}|AIza[0-9A-Za-z_-]{35}"
+              r"|PRIVATE KEY-----"
+              r"|(?i:key|secret|token|passw|auth)[\w-]*[\"']?[ \t]*[=:][ \t]*[\"']?"
+              r"[A-Za-z0-9+/_-]{16}",
+}
+
 
 def _glued_before(text: str, start: int, chars: str = ".") -> bool:
     """True when the character before ``start`` is a letter, digit, ``_`` or one of ``chars``."""

@@ -1,0 +1,92 @@
+"""The straightforward, one-document-at-a-time statement of cleaning, as a test oracle.
+
+``gpt.data.clean`` does the same work columnar (Arrow kernels and numpy over whole batches);
+the property tests check that it agrees with this plain Python, document by document.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from gpt.config import CleanConfig
+from gpt.data.pii import scrub_pii
+
+_NEWLINES = re.compile("[\x0b\x0c\x85\u2028\u2029]")
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u200b\ufeff]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_SPACE_RUNS = re.compile(r" (?<=\S.) +")
+_TRAILING_WS = re.compile(r"[ \t]+\n")
+_BLANK_RUNS = re.compile("\n\n\n+")
+_PUNCT_END = tuple(".!?:;\"')]}>…”’»")
+
+
+def normalize(text: str) -> str:
+    """Unicode repair and whitespace normalisation of one text, step by step."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _SURROGATES.sub("\ufffd", text)
+    text = _ODD_SPACES.sub(" ", text)
+    text = _NEWLINES.sub("\n", text)
+    text = _CONTROLS.sub("", text)
+    text = unicodedata.normalize("NFC", text)
+    text = _SPACE_RUNS.sub(" ", text)
+    text = _TRAILING_WS.sub("\n", text)
+    text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()
+
+
+def features(text: str) -> dict[str, int]:
+    """The counts the filters use, for one normalised text."""
+    lines = [line for line in text.split("\n") if line]
+    return {
+        "chars": len(text),
+        "words": len(text.split()),
+        "word_chars": len(text) - text.count(" ") - text.count("\n") - text.count("\t"),
+        "letters": sum(c.isalpha() for c in text),
+        "symbols": text.count("#") + text.count("...") + text.count("…"),
+        "lines": len(lines),
+        "punct_lines": sum(line.endswith(_PUNCT_END) for line in lines),
+    }
+
+
+def quality_reason(text: str, cfg: CleanConfig) -> str | None:
+    """The first filter a normalised text fails, or None."""
+    if not text.isascii() and text.count("\ufffd") / len(text) > cfg.max_invalid_ratio:
+        return "invalid_utf8"
+    f = features(text)
+    if f["chars"] < cfg.min_chars:
+        return "too_short"
+    if f["chars"] > cfg.max_chars:
+        return "too_long"
+    if f["words"] < cfg.min_words or f["words"] == 0:
+        return "too_few_words"
+    if f["words"] > cfg.max_words:
+        return "too_many_words"
+    if not cfg.min_mean_word_length <= f["word_chars"] / f["words"] <= cfg.max_mean_word_length:
+        return "word_length"
+    if f["symbols"] / f["words"] > cfg.max_symbol_ratio:
+        return "symbol_ratio"
+    if f["letters"] / f["word_chars"] < cfg.min_alpha_ratio:
+        return "low_alpha"
+    if f["punct_lines"] / f["lines"] < cfg.min_punct_line_fraction:
+        return "line_punctuation"
+    lines = [line for line in text.split("\n") if line]
+    if (len(lines) - len(set(lines))) / len(lines) > cfg.max_dup_line_fraction:
+        return "repeated_lines"
+    return None
+
+
+def filter_documents(texts: list[str], cfg: CleanConfig) -> list[tuple[str, str | None]]:
+    """(cleaned text, reason or None) per text: normalise, filter, scrub PII, exact dedup."""
+    out: list[tuple[str, str | None]] = []
+    first: dict[str, int] = {}
+    for i, raw in enumerate(texts):
+        text = normalize(raw)
+        reason = quality_reason(text, cfg)
+        if reason is None:
+            text = scrub_pii(text, tuple(cfg.pii))[0]
+            if cfg.exact_dedup and first.setdefault(text, i) != i:
+                reason = f"duplicate_of={first[text]}"
+        out.append((text, reason))
+    return out
