@@ -80,9 +80,8 @@ def _re2_class(chars: str) -> str:
 _NEWLINES = _re2_class(_NEWLINE_CHARS)
 _CONTROLS = _re2_class(_CONTROL_CHARS)
 _ODD_SPACES = _re2_class(_ODD_SPACE_CHARS)
+_ANY_ODD = _re2_class(_ODD_SPACE_CHARS + _NEWLINE_CHARS + _CONTROL_CHARS)
 _ASCII_CONTROL_BYTES = bytes(ord(c) for c in _CONTROL_CHARS if c.isascii())
-# Runs of spaces after a non-space (leading indentation is kept: code blocks depend on it).
-_SPACE_RUNS = (r"(\S)  +", r"\1 ")
 _TRAILING_WS = "[ \t]+\n"
 _BLANK_RUNS = "\n\n\n+"
 
@@ -133,7 +132,7 @@ def normalize_batch(texts: pa.Array) -> pa.Array:
         if new is not arr:  # later presence tests must see the new bytes
             arr, raw = new, _raw(new)
 
-    if b"\r" in raw:
+    if b"\r" in raw:  # memchr: much faster than the two-byte searches below
         step(_containing(arr, raw, b"\r"), lambda a: pc.replace_substring(
             pc.replace_substring(a, "\r\n", "\n"), "\r", "\n"))
     if not raw.isascii():
@@ -143,13 +142,67 @@ def normalize_batch(texts: pa.Array) -> pa.Array:
         step(_containing(arr, raw, b"\x0b", b"\x0c"), _sub(_NEWLINES, "\n"))
     if len(raw.translate(None, _ASCII_CONTROL_BYTES)) != len(raw):
         step(pc.match_substring_regex(arr, _CONTROLS), _sub(_CONTROLS, ""))
-    if b"  " in raw:
-        step(pc.match_substring_regex(arr, _SPACE_RUNS[0]), _sub(*_SPACE_RUNS))
-    if b" \n" in raw or b"\t\n" in raw:
-        step(_containing(arr, raw, b" \n", b"\t\n"), _sub(_TRAILING_WS, "\n"))
-    if b"\n\n\n" in raw:  # "\n \n\n" may have just become "\n\n\n"
-        step(_containing(arr, raw, b"\n\n\n"), _sub(_BLANK_RUNS, "\n\n"))
+    new = _collapse_space_runs(arr, raw)
+    if new is not arr:
+        arr, raw = new, _raw(new)
+    nl, text = _newlines(arr, raw)
+    data = np.frombuffer(raw, dtype=np.uint8)
+    offsets = _offsets(arr) - _offsets(arr)[0]
+    before = data[np.maximum(nl - 1, 0)]
+    trailing = (nl > offsets[text]) & ((before == ord(" ")) | (before == ord("\t")))
+    step(_mask(len(arr), text[trailing]), _sub(_TRAILING_WS, "\n"))
+    if trailing.any():  # "\n \n\n" may have just become "\n\n\n"
+        nl, text = _newlines(arr, raw)
+    third = (nl[2:] == nl[:-2] + 2) & (text[2:] == text[:-2])
+    step(_mask(len(arr), text[2:][third]), _sub(_BLANK_RUNS, "\n\n"))
     return pc.utf8_trim_whitespace(arr)
+
+
+def _collapse_space_runs(arr: pa.Array, raw: bytes) -> pa.Array:
+    """Runs of spaces after a non-space become one space; indentation is left alone.
+
+    ``(\\S)  +`` -> ``\\1 ``, done on the batch's bytes: find the double spaces, keep the first
+    space of each run that follows a non-space byte, delete the rest, and rebuild the array.
+    (Whitespace is only " ", "\\t" and "\\n" by now.)
+    """
+    data = np.frombuffer(raw, dtype=np.uint8)
+    offsets = _offsets(arr)
+    offsets = offsets - offsets[0]
+    space = data == ord(" ")
+    pairs = np.flatnonzero(space[:-1] & space[1:])  # i: bytes i and i + 1 are spaces
+    text = np.searchsorted(offsets, pairs, "right") - 1
+    pairs, text = pairs[pairs + 1 < offsets[1:][text]], text[pairs + 1 < offsets[1:][text]]
+    if not len(pairs):
+        return arr
+    # A run's first pair starts at the run's first space; it counts when a non-space byte of
+    # the same text comes before it.
+    first = np.r_[True, pairs[1:] != pairs[:-1] + 1]
+    before = data[np.maximum(pairs - 1, 0)]
+    counts = first & (pairs > offsets[text]) & (before != ord(" ")) & (before != ord("\t")) \
+        & (before != ord("\n"))
+    run = np.cumsum(first) - 1
+    drop = pairs[counts[np.flatnonzero(first)][run]] + 1
+    if not len(drop):
+        return arr
+    keep = np.ones(len(data), dtype=bool)
+    keep[drop] = False
+    removed = np.bincount(np.searchsorted(offsets, drop, "right") - 1, minlength=len(arr))
+    new_offsets = offsets - np.r_[0, np.cumsum(removed)]
+    return pa.LargeStringArray.from_buffers(len(arr), pa.py_buffer(new_offsets),
+                                            pa.py_buffer(data[keep].tobytes()))
+
+
+def _newlines(arr: pa.Array, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of "\\n" in ``raw`` (= ``_raw(arr)``) and the texts they are in."""
+    offsets = _offsets(arr)
+    nl = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == ord("\n"))
+    return nl, np.searchsorted(offsets - offsets[0], nl, "right") - 1
+
+
+def _mask(n: int, rows: np.ndarray) -> pa.Array:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return pa.array(mask)
 
 
 def _containing(arr: pa.Array, raw: bytes, *needles: bytes) -> pa.Array:
@@ -176,8 +229,10 @@ def _containing(arr: pa.Array, raw: bytes, *needles: bytes) -> pa.Array:
 
 def _normalize_unicode(arr: pa.Array) -> pa.Array:
     """The steps only non-ASCII texts need: spaces, newlines, controls, then NFC."""
-    for pattern, repl in ((_ODD_SPACES, " "), (_NEWLINES, "\n"), (_CONTROLS, "")):
-        arr = _rows(arr, pc.match_substring_regex(arr, pattern), _sub(pattern, repl))
+    odd = pc.match_substring_regex(arr, _ANY_ODD)
+    if pc.any(odd).as_py():
+        for pattern, repl in ((_ODD_SPACES, " "), (_NEWLINES, "\n"), (_CONTROLS, "")):
+            arr = _rows(arr, odd, _sub(pattern, repl))
     # After control removal, so a removed control cannot leave a decomposed pair behind. In
     # Python: Arrow's utf8_normalize(form="NFC") returns NFD in pyarrow 25 (checked here).
     return pa.array([t if unicodedata.is_normalized("NFC", t) else unicodedata.normalize("NFC", t)
@@ -206,10 +261,10 @@ def normalize_text(text: str) -> str:
 
 # --- Quality features ---------------------------------------------------------------------------
 
-# Byte classes (one bytes.translate over the batch): 0 other, 1 ASCII letter, 2 digit, 3 "#",
-# 4 ASCII line-ending punctuation other than ".", 5 ".", 8 " ", 9 "\n", 10 "\t", 11 other
-# ASCII whitespace. Whitespace classes are >= 8.
-_LETTER, _DIGIT, _HASH, _PUNCT, _DOT = 1, 2, 3, 4, 5
+# Byte classes (one bytes.translate over the batch): 0 other, 1 ASCII letter, 3 "#", 4 ASCII
+# line-ending punctuation other than ".", 5 ".", 8 " ", 9 "\n", 10 "\t", 11 other ASCII
+# whitespace. Whitespace classes are >= 8.
+_LETTER, _HASH, _PUNCT, _DOT = 1, 3, 4, 5
 _SPACE, _NEWLINE, _TAB, _OTHER_WS = 8, 9, 10, 11
 
 
@@ -219,8 +274,6 @@ def _byte_class(i: int) -> int:
         return 0
     if c.isalpha():
         return _LETTER
-    if c.isdigit():
-        return _DIGIT
     return {"#": _HASH, ".": _DOT, " ": _SPACE, "\n": _NEWLINE, "\t": _TAB,
             "\r": _OTHER_WS, "\x0b": _OTHER_WS, "\x0c": _OTHER_WS}.get(
         c, _PUNCT if c in "!?:;\"')]}>" else 0)
@@ -229,6 +282,8 @@ def _byte_class(i: int) -> int:
 _CLASS_TABLE = bytes(_byte_class(i) for i in range(256))
 #: Line-ending punctuation of more than one byte: "…", "”", "’", "»" (UTF-8).
 _PUNCT_MULTI = ("…", "”", "’", "»")
+_MULTI_LAST_TABLE = bytes(int(any(m.encode()[-1] == i for m in (*_PUNCT_MULTI, "\ufffd")))
+                          for i in range(256))
 _ASCII_BYTES = bytes(range(0x80))
 
 
@@ -243,7 +298,7 @@ class _Features:
     symbols: np.ndarray
     lines: np.ndarray  # non-empty lines
     punct_lines: np.ndarray  # non-empty lines ending in punctuation
-    digits: np.ndarray
+    invalid: np.ndarray  # U+FFFD characters
     non_ascii: np.ndarray  # bool
 
 
@@ -267,6 +322,10 @@ def _features(arr: pa.Array) -> _Features:
             out[nonempty] = np.add.reduceat(indicator.view(np.uint8), starts, dtype=acc)
         return out
 
+    def per_doc_at(positions: np.ndarray) -> np.ndarray:  # for sparse indicators
+        return np.bincount(np.searchsorted(offsets, positions, "right") - 1,
+                           minlength=n)[:n].astype(np.int64)
+
     ws = cls >= _SPACE
     newline = cls == _NEWLINE
     # A word starts at a non-space byte after a space byte, or at a document's first byte
@@ -280,68 +339,59 @@ def _features(arr: pa.Array) -> _Features:
     line_end[offsets[1:][nonempty] - 1] = True
     punct_end = (cls >= _PUNCT) & (cls <= _DOT)
     non_ascii = ~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
+    ellipsis_chars = invalid = np.zeros(n, dtype=np.int64)
     if non_ascii.any():
         data = np.frombuffer(raw, dtype=np.uint8)
-        for mark in _PUNCT_MULTI:
-            enc = np.frombuffer(mark.encode(), dtype=np.uint8)
-            hit = data[len(enc) - 1:] == enc[-1]
+        # Where a multi-byte character of interest could end (its last byte), then its other
+        # bytes there.
+        last = np.flatnonzero(np.frombuffer(raw.translate(_MULTI_LAST_TABLE), dtype=np.bool_))
+        found = {}
+        for mark in (*_PUNCT_MULTI, REPLACEMENT_CHAR):
+            enc = mark.encode()
+            at = last[(last >= len(enc) - 1) & (data[last] == enc[-1])]
             for k in range(1, len(enc)):
-                hit &= data[len(enc) - 1 - k:len(data) - k] == enc[-1 - k]
-            punct_end[len(enc) - 1:] |= hit
+                at = at[data[at - k] == enc[-1 - k]]
+            found[mark] = at
+            if mark in _PUNCT_MULTI:
+                punct_end[at] = True
+        ellipsis_chars = per_doc_at(found["…"])
+        invalid = per_doc_at(found[REPLACEMENT_CHAR])
     n_newlines = per_doc(newline)
-    blank = np.zeros(len(cls), dtype=bool)
-    np.logical_and(newline[:-1], newline[1:], out=blank[:-1])
-    spaces = per_doc(cls == _SPACE)
-    tabs = per_doc(cls == _TAB)
+    blanks = per_doc_at(np.flatnonzero(newline[:-1] & newline[1:]))
     chars = pc.utf8_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
     letters = per_doc(cls == _LETTER)
     for i in np.flatnonzero(non_ascii).tolist():
         start, stop = int(offsets[i]), int(offsets[i + 1])
         others = raw[start:stop].translate(None, _ASCII_BYTES).decode("utf-8")  # non-ASCII only
         letters[i] += sum(map(str.isalpha, others))
-    symbols = per_doc(cls == _HASH)
+    symbols = per_doc_at(np.flatnonzero(cls == _HASH)) + ellipsis_chars
     if b"..." in raw:
-        symbols += _ellipses(cls, offsets, nonempty, per_doc, arr)
-    if "…".encode() in raw:
-        symbols += _count_in_rows(arr, non_ascii, "…")
+        symbols += _ellipses(cls, offsets, nonempty, per_doc_at, arr)
     return _Features(
         chars=chars,
         words=words,
-        word_chars=chars - spaces - n_newlines - tabs,
+        word_chars=chars - per_doc(ws),  # normalised: " ", "\t" and "\n" are all the whitespace
         letters=letters,
         symbols=symbols,
-        lines=(n_newlines + 1 - per_doc(blank)) * (nbytes > 0),
+        lines=(n_newlines + 1 - blanks) * (nbytes > 0),
         punct_lines=per_doc(punct_end & line_end),
-        digits=per_doc(cls == _DIGIT),
+        invalid=invalid,
         non_ascii=non_ascii,
     )
 
 
-def _count_in_rows(arr: pa.Array, rows: np.ndarray, needle: str) -> np.ndarray:
-    """``str.count(needle)`` per text, looked for only in the texts where ``rows`` is true."""
-    out = np.zeros(len(arr), dtype=np.int64)
-    if rows.any():
-        out[rows] = pc.count_substring(arr.filter(pa.array(rows)), needle).to_numpy(
-            zero_copy_only=False)
-    return out
-
-
 def _ellipses(cls: np.ndarray, offsets: np.ndarray, nonempty: np.ndarray,
-              per_doc: Callable[[np.ndarray], np.ndarray], arr: pa.Array) -> np.ndarray:
+              per_doc_at: Callable[[np.ndarray], np.ndarray], arr: pa.Array) -> np.ndarray:
     """``str.count("...")`` per text: runs of three dots, from the byte classes."""
-    dot = cls == _DOT
-    triple = np.zeros(len(cls), dtype=bool)
-    np.logical_and(dot[:-2], dot[1:-1], out=triple[:-2])
-    triple[:-2] &= dot[2:]
-    ends = offsets[1:][nonempty]
-    triple[np.maximum(ends - 2, 0)] = False  # a run may not reach into the next text
-    triple[np.maximum(ends - 1, 0)] = False
-    counts = per_doc(triple)
+    dots = np.flatnonzero(cls == _DOT)
+    triple = dots[:-2][(dots[1:-1] == dots[:-2] + 1) & (dots[2:] == dots[:-2] + 2)]
+    text = np.searchsorted(offsets, triple, "right") - 1
+    triple = triple[triple + 2 < offsets[1:][text]]  # a run may not reach into the next text
+    counts = per_doc_at(triple)
     # Overlapping triples overcount runs of four or more dots: count those texts exactly.
-    quads = np.flatnonzero(triple[:-1] & triple[1:])
-    if len(quads):
-        for i in np.unique(np.searchsorted(offsets, quads, "right") - 1).tolist():
-            counts[i] = arr[i].as_py().count("...")
+    quads = triple[1:][triple[1:] == triple[:-1] + 1]
+    for i in np.unique(np.searchsorted(offsets, quads, "right") - 1).tolist():
+        counts[i] = arr[i].as_py().count("...")
     return counts
 
 
@@ -350,9 +400,8 @@ def _quality_codes(arr: pa.Array, f: _Features, cfg: CleanConfig) -> np.ndarray:
     n = len(arr)
     invalid = np.zeros(n, dtype=bool)
     if f.non_ascii.any():
-        bad = _count_in_rows(arr, f.non_ascii, REPLACEMENT_CHAR)
         with np.errstate(divide="ignore", invalid="ignore"):
-            invalid = f.non_ascii & (bad / np.maximum(f.chars, 1) > cfg.max_invalid_ratio)
+            invalid = f.non_ascii & (f.invalid / np.maximum(f.chars, 1) > cfg.max_invalid_ratio)
     with np.errstate(divide="ignore", invalid="ignore"):
         words = np.maximum(f.words, 1)
         mean_len = f.word_chars / words
@@ -398,7 +447,7 @@ def _repeated_line_fraction(arr: pa.Array, lines: np.ndarray) -> np.ndarray:
     return (lines - distinct) / lines
 
 
-def _pii_kinds(arr: pa.Array, f: _Features, kinds: tuple[str, ...],
+def _pii_kinds(arr: pa.Array, kinds: tuple[str, ...],
                rows: np.ndarray) -> dict[int, tuple[str, ...]]:
     """For each of ``rows`` where a PII pattern could match, the kinds that could.
 
@@ -417,8 +466,6 @@ def _pii_kinds(arr: pa.Array, f: _Features, kinds: tuple[str, ...],
     found: dict[int, list[str]] = {}
     for kind in kinds:
         match = pc.match_substring_regex(sub, PII_PREFILTERS[kind]).to_numpy(zero_copy_only=False)
-        if kind == "phone":  # scrub_pii looks for phone numbers only with 10+ digits
-            match &= f.digits[rows] >= 10
         for i in rows[match].tolist():
             found.setdefault(i, []).append(kind)
     return {i: tuple(ks) for i, ks in found.items()}
@@ -568,7 +615,7 @@ def _filter_part_batches(texts: pa.ChunkedArray, cfg: CleanConfig) -> _Part:
             arr = normalize_batch(chunk.slice(lo, hi - lo))
             f = _features(arr)
             codes = _quality_codes(arr, f, cfg)
-            candidates = _pii_kinds(arr, f, kinds, np.flatnonzero(codes == 0))
+            candidates = _pii_kinds(arr, kinds, np.flatnonzero(codes == 0))
             if candidates:
                 rows = sorted(candidates)
                 scrubbed = []

@@ -109,9 +109,19 @@ def test_normalisation_is_idempotent(text: str) -> None:
 
 # Texts that exercise every normalisation step and filter feature, including the ones a batch
 # must not miss because a neighbouring text in the same batch has (or lacks) them.
-TRICKY = WORDS + ["\n \n\n", " \t\n", "a  b", "....", ".....", "\u2026", "\u201d", "\u00bb",
+TRICKY = WORDS + ["\n \n\n", " \t\n", "a  b", "a\t  b", "a  \t  b", "\n    b", "a   \n",
+                  "....", ".....", "\u2026", "\u201d", "\u00bb",
                   "\u00a0", "\u2028", "\x0b", "\x0c", "\x85", "\u200b", "\ufeff", "\x00",
-                  "A\u030a", "\u212b", "x.\n", "#", "line\nline", "\n\n\n\n"]
+                  "A\u030a", "\u212b", "x.\n", "#", "line\nline", "\n\n\n\n",
+                  # PII of every kind, and near misses.
+                  " api_key = 'abcd1234efgh5678ijkl' ", " token: Zm9vYmFyYmF6cXV4MTIz ",
+                  " sk-proj-abcdefghijklmnopqrstuvwx ", " AKIAABCDEFGHIJKLMNOP ",
+                  " (555) 123-4567 ", " +44 20 7946 0958 ", " 555-123-4567 ", " 3.11.7 ",
+                  " 2001:db8::1:2 ", " fe80::1 ", " a[::2] ", " 192.168.0.1 ", " 999.1.1.1 ",
+                  " x@y.io ", " @decorator ",
+                  # Long lines that repeat, and long lines that only share length and ends.
+                  "\nthe same line, long enough to need a check.\n", "\nabcdefgh-XXXX-12345678\n",
+                  "\nabcdefgh-YYYY-12345678\n"]
 tricky = st.lists(st.sampled_from(TRICKY), min_size=0, max_size=60).map("".join)
 batches = st.lists(st.one_of(garbage, soup, prose, tricky), min_size=1, max_size=30)
 
