@@ -24,7 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -739,7 +739,7 @@ def _clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
         alive = reasons[passing] == ""
         rows = passing[alive]
         of = near_duplicates(sigs[alive], cfg.near_dedup_threshold,
-                             _pick(cleaned, at[rows]).to_pylist(), cfg.near_dedup_ngram)
+                             _ArrowTexts(_pick(cleaned, at[rows])), cfg.near_dedup_ngram)
         for j in np.flatnonzero(of >= 0).tolist():
             reason = f"near_duplicate_of={ids[rows[of[j]]]}"
             reasons[rows[j]] = reason
@@ -756,6 +756,19 @@ def _clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
                 pii[kind] = pii.get(kind, 0) + c
     kept_texts = cleaned.filter(pa.array(keep[order])) if len(order) else cleaned
     return _assemble(frame, kept_texts, reasons, originals, reached_dedup, duplicates, pii)
+
+
+class _ArrowTexts(Sequence[str]):
+    """Texts of an Arrow array as a sequence, converted to ``str`` only when read."""
+
+    def __init__(self, arr: pa.Array | pa.ChunkedArray) -> None:
+        self._arr = arr
+
+    def __len__(self) -> int:
+        return len(self._arr)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        return self._arr[i].as_py()
 
 
 def clean_documents(docs: pd.DataFrame, cfg: CleanConfig) -> CleanResult:

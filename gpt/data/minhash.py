@@ -6,6 +6,7 @@ threshold are confirmed on exact shingle-set Jaccard. The first document of a gr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -135,7 +136,7 @@ def _shingle_set(text: str, ngram: int) -> set[int]:
     return {hash(tuple(words[i:i + ngram])) for i in range(len(words) - ngram + 1)}
 
 
-def near_duplicates(sigs: np.ndarray, threshold: float, texts: list[str] | None = None,
+def near_duplicates(sigs: np.ndarray, threshold: float, texts: Sequence[str] | None = None,
                     ngram: int = 5) -> np.ndarray:
     """For each row, the index of the first earlier kept row it near-duplicates, else -1.
 
@@ -148,7 +149,8 @@ def near_duplicates(sigs: np.ndarray, threshold: float, texts: list[str] | None 
     Args:
         sigs: ``(n, num_perm)`` signatures from ``minhash_signatures``.
         threshold: Jaccard similarity from which a row is a near duplicate.
-        texts: the rows' texts, for the exact check (None: estimates only).
+        texts: the rows' texts, for the exact check (None: estimates only); only the texts of
+            pairs near the threshold are read.
         ngram: words per shingle (as for the signatures).
 
     Returns:
