@@ -99,6 +99,10 @@ def prefect_env(host: str, port: int, db_url: str, home: Path) -> dict[str, str]
                 "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(port),
                 "PREFECT_API_DATABASE_CONNECTION_URL": db_url,
                 "PREFECT_LOGGING_EXTRA_LOGGERS": "gpt"})
+    # SQLite on a busy small machine: give queries and connections more time than Prefect's
+    # 10 s / 5 s before a UI action (Run -> Submit) fails with a server error.
+    env.setdefault("PREFECT_API_DATABASE_TIMEOUT", "30")
+    env.setdefault("PREFECT_API_DATABASE_CONNECTION_TIMEOUT", "15")
     return env
 
 
