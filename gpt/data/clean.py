@@ -86,6 +86,13 @@ _TRAILING_WS = "[ \t]+\n"
 _BLANK_RUNS = "\n\n\n+"
 
 
+def _mask(n: int, rows: np.ndarray) -> pa.Array:
+    """A boolean Arrow mask of length ``n``, true at ``rows``."""
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return pa.array(mask)
+
+
 def _rows(arr: pa.Array, mask: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
     """``arr`` with ``fn`` applied to the rows where ``mask`` is true (the others untouched)."""
     if not pc.any(mask).as_py():
@@ -98,20 +105,30 @@ def _sub(pattern: str, repl: str) -> Callable[[pa.Array], pa.Array]:
 
 
 def _raw(arr: pa.Array) -> bytes:
-    """The UTF-8 bytes of all of ``arr``'s texts, back to back."""
-    offsets = _offsets(arr)
+    """The UTF-8 bytes of all of ``arr``'s texts, back to back (``_offsets`` index into it)."""
+    offsets = _buffer_offsets(arr)
+    start, stop = int(offsets[0]), int(offsets[-1])
     data = arr.buffers()[2]
-    if data is None or offsets[-1] == offsets[0]:
-        return b""
-    return memoryview(data)[int(offsets[0]):int(offsets[-1])].tobytes()
+    return b"" if data is None or start == stop else memoryview(data)[start:stop].tobytes()
 
 
-def _offsets(arr: pa.Array) -> np.ndarray:
+def _buffer_offsets(arr: pa.Array) -> np.ndarray:
     """``len(arr) + 1`` byte offsets of a (large) string array's values in its data buffer."""
     dtype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
     width = np.dtype(dtype).itemsize
     return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr) + 1,
                          offset=arr.offset * width).astype(np.int64)
+
+
+def _offsets(arr: pa.Array) -> np.ndarray:
+    """Where each text starts in ``_raw(arr)``, and (last entry) where the last one ends."""
+    offsets = _buffer_offsets(arr)
+    return offsets - offsets[0]
+
+
+def _text_at(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The text each byte position (in ``_raw``) falls in, given ``_offsets``."""
+    return np.searchsorted(offsets, positions, "right") - 1
 
 
 def normalize_batch(texts: pa.Array) -> pa.Array:
@@ -126,11 +143,13 @@ def normalize_batch(texts: pa.Array) -> pa.Array:
     arr = texts.cast(pa.large_string())
     raw = _raw(arr)
 
-    def step(mask: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> None:
+    def adopt(new: pa.Array) -> None:
         nonlocal arr, raw
-        new = _rows(arr, mask, fn)
         if new is not arr:  # later presence tests must see the new bytes
             arr, raw = new, _raw(new)
+
+    def step(mask: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> None:
+        adopt(_rows(arr, mask, fn))
 
     if b"\r" in raw:  # memchr: much faster than the two-byte searches below
         step(_containing(arr, raw, b"\r"), lambda a: pc.replace_substring(
@@ -142,12 +161,10 @@ def normalize_batch(texts: pa.Array) -> pa.Array:
         step(_containing(arr, raw, b"\x0b", b"\x0c"), _sub(_NEWLINES, "\n"))
     if len(raw.translate(None, _ASCII_CONTROL_BYTES)) != len(raw):
         step(pc.match_substring_regex(arr, _CONTROLS), _sub(_CONTROLS, ""))
-    new = _collapse_space_runs(arr, raw)
-    if new is not arr:
-        arr, raw = new, _raw(new)
+    adopt(_collapse_space_runs(arr, raw))
     nl, text = _newlines(arr, raw)
     data = np.frombuffer(raw, dtype=np.uint8)
-    offsets = _offsets(arr) - _offsets(arr)[0]
+    offsets = _offsets(arr)
     before = data[np.maximum(nl - 1, 0)]
     trailing = (nl > offsets[text]) & ((before == ord(" ")) | (before == ord("\t")))
     step(_mask(len(arr), text[trailing]), _sub(_TRAILING_WS, "\n"))
@@ -167,10 +184,9 @@ def _collapse_space_runs(arr: pa.Array, raw: bytes) -> pa.Array:
     """
     data = np.frombuffer(raw, dtype=np.uint8)
     offsets = _offsets(arr)
-    offsets = offsets - offsets[0]
     space = data == ord(" ")
     pairs = np.flatnonzero(space[:-1] & space[1:])  # i: bytes i and i + 1 are spaces
-    text = np.searchsorted(offsets, pairs, "right") - 1
+    text = _text_at(offsets, pairs)
     pairs, text = pairs[pairs + 1 < offsets[1:][text]], text[pairs + 1 < offsets[1:][text]]
     if not len(pairs):
         return arr
@@ -186,7 +202,7 @@ def _collapse_space_runs(arr: pa.Array, raw: bytes) -> pa.Array:
         return arr
     keep = np.ones(len(data), dtype=bool)
     keep[drop] = False
-    removed = np.bincount(np.searchsorted(offsets, drop, "right") - 1, minlength=len(arr))
+    removed = np.bincount(_text_at(offsets, drop), minlength=len(arr))
     new_offsets = offsets - np.r_[0, np.cumsum(removed)]
     return pa.LargeStringArray.from_buffers(len(arr), pa.py_buffer(new_offsets),
                                             pa.py_buffer(data[keep].tobytes()))
@@ -194,15 +210,8 @@ def _collapse_space_runs(arr: pa.Array, raw: bytes) -> pa.Array:
 
 def _newlines(arr: pa.Array, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Positions of "\\n" in ``raw`` (= ``_raw(arr)``) and the texts they are in."""
-    offsets = _offsets(arr)
     nl = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == ord("\n"))
-    return nl, np.searchsorted(offsets - offsets[0], nl, "right") - 1
-
-
-def _mask(n: int, rows: np.ndarray) -> pa.Array:
-    mask = np.zeros(n, dtype=bool)
-    mask[rows] = True
-    return pa.array(mask)
+    return nl, _text_at(_offsets(arr), nl)
 
 
 def _containing(arr: pa.Array, raw: bytes, *needles: bytes) -> pa.Array:
@@ -212,12 +221,11 @@ def _containing(arr: pa.Array, raw: bytes, *needles: bytes) -> pa.Array:
     texts contain, much faster than a kernel that looks at every text.
     """
     offsets = _offsets(arr)
-    offsets = offsets - offsets[0]
     mask = np.zeros(len(arr), dtype=bool)
     for needle in needles:
         pos = raw.find(needle)
         while pos >= 0:
-            row = int(np.searchsorted(offsets, pos, "right")) - 1
+            row = int(_text_at(offsets, pos))
             end = int(offsets[row + 1])
             if pos + len(needle) <= end:  # not straddling two texts
                 mask[row] = True
@@ -299,14 +307,12 @@ class _Features:
     lines: np.ndarray  # non-empty lines
     punct_lines: np.ndarray  # non-empty lines ending in punctuation
     invalid: np.ndarray  # U+FFFD characters
-    non_ascii: np.ndarray  # bool
 
 
 def _features(arr: pa.Array) -> _Features:
     """Counts for the filters, over the bytes of the whole batch at once."""
     n = len(arr)
     offsets = _offsets(arr)
-    offsets = offsets - offsets[0]
     raw = _raw(arr)
     cls = np.frombuffer(raw.translate(_CLASS_TABLE), dtype=np.uint8)
     nbytes = offsets[1:] - offsets[:-1]
@@ -323,8 +329,7 @@ def _features(arr: pa.Array) -> _Features:
         return out
 
     def per_doc_at(positions: np.ndarray) -> np.ndarray:  # for sparse indicators
-        return np.bincount(np.searchsorted(offsets, positions, "right") - 1,
-                           minlength=n)[:n].astype(np.int64)
+        return np.bincount(_text_at(offsets, positions), minlength=n)[:n].astype(np.int64)
 
     ws = cls >= _SPACE
     newline = cls == _NEWLINE
@@ -376,7 +381,6 @@ def _features(arr: pa.Array) -> _Features:
         lines=(n_newlines + 1 - blanks) * (nbytes > 0),
         punct_lines=per_doc(punct_end & line_end),
         invalid=invalid,
-        non_ascii=non_ascii,
     )
 
 
@@ -385,28 +389,23 @@ def _ellipses(cls: np.ndarray, offsets: np.ndarray, nonempty: np.ndarray,
     """``str.count("...")`` per text: runs of three dots, from the byte classes."""
     dots = np.flatnonzero(cls == _DOT)
     triple = dots[:-2][(dots[1:-1] == dots[:-2] + 1) & (dots[2:] == dots[:-2] + 2)]
-    text = np.searchsorted(offsets, triple, "right") - 1
+    text = _text_at(offsets, triple)
     triple = triple[triple + 2 < offsets[1:][text]]  # a run may not reach into the next text
     counts = per_doc_at(triple)
     # Overlapping triples overcount runs of four or more dots: count those texts exactly.
     quads = triple[1:][triple[1:] == triple[:-1] + 1]
-    for i in np.unique(np.searchsorted(offsets, quads, "right") - 1).tolist():
+    for i in np.unique(_text_at(offsets, quads)).tolist():
         counts[i] = arr[i].as_py().count("...")
     return counts
 
 
 def _quality_codes(arr: pa.Array, f: _Features, cfg: CleanConfig) -> np.ndarray:
     """The first quality filter each (normalised) text fails, as a ``QUALITY_REASONS`` code."""
-    n = len(arr)
-    invalid = np.zeros(n, dtype=bool)
-    if f.non_ascii.any():
-        with np.errstate(divide="ignore", invalid="ignore"):
-            invalid = f.non_ascii & (f.invalid / np.maximum(f.chars, 1) > cfg.max_invalid_ratio)
     with np.errstate(divide="ignore", invalid="ignore"):
         words = np.maximum(f.words, 1)
         mean_len = f.word_chars / words
         conditions = [
-            invalid,
+            f.invalid / np.maximum(f.chars, 1) > cfg.max_invalid_ratio,  # 0 in ASCII texts
             f.chars < cfg.min_chars,
             f.chars > cfg.max_chars,
             (f.words < cfg.min_words) | (f.words == 0),
@@ -427,11 +426,7 @@ def _quality_codes(arr: pa.Array, f: _Features, cfg: CleanConfig) -> np.ndarray:
 
 def _pick(arr: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array | pa.ChunkedArray:
     """``arr[rows]`` for increasing ``rows`` (a filter: Arrow's take is slow on strings)."""
-    if len(rows) == len(arr):
-        return arr
-    mask = np.zeros(len(arr), dtype=bool)
-    mask[rows] = True
-    return arr.filter(pa.array(mask))
+    return arr if len(rows) == len(arr) else arr.filter(_mask(len(arr), rows))
 
 
 def _repeated_line_fraction(arr: pa.Array, lines: np.ndarray) -> np.ndarray:
@@ -557,7 +552,6 @@ def _text_keys(arr: pa.Array) -> np.ndarray:
     exact dedup compares the texts themselves for those few.
     """
     offsets = _offsets(arr)
-    offsets = offsets - offsets[0]
     data = np.frombuffer(_raw(arr) + bytes(8), dtype=np.uint8)
     nbytes = offsets[1:] - offsets[:-1]
     k = np.arange(8)
@@ -573,7 +567,7 @@ def _text_keys(arr: pa.Array) -> np.ndarray:
 def _batches(arr: pa.Array) -> list[tuple[int, int]]:
     """``(start, stop)`` row ranges of about ``_BATCH_BYTES`` each."""
     offsets = _offsets(arr)
-    cuts = np.searchsorted(offsets, np.arange(offsets[0], offsets[-1], _BATCH_BYTES), "right")
+    cuts = np.searchsorted(offsets, np.arange(0, offsets[-1], _BATCH_BYTES), "right")
     bounds = sorted({0, len(arr), *(int(c) - 1 for c in cuts if 0 < c - 1 < len(arr))})
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
@@ -624,9 +618,7 @@ def _filter_part_batches(texts: pa.ChunkedArray, cfg: CleanConfig) -> _Part:
                     scrubbed.append(text)
                     if counts:
                         pii[base + lo + i] = counts
-                mask = np.zeros(len(arr), dtype=bool)
-                mask[rows] = True
-                arr = pc.replace_with_mask(arr, pa.array(mask),
+                arr = pc.replace_with_mask(arr, _mask(len(arr), np.array(rows)),
                                            pa.array(scrubbed, type=pa.large_string()))
             pieces.append(arr)
             code_parts.append(codes)
