@@ -7,6 +7,9 @@ alternating step by step, after warmup; the table reports the median tokens/s an
 On CUDA it also prints the model FLOPs utilisation (nanoGPT's estimate: 6N + 12*L*H*Q*T FLOPs
 per token).
 
+The defaults are the project's demo training run: model, vocabulary and batch size of
+``params.yaml``'s ``tiny`` profile (``--profile`` picks another).
+
 Run: ``.venv/bin/python bench/bench_train.py`` (CPU defaults), or on a GPU:
 ``bench/bench_train.py --device cuda --dtype bf16 --compile --n-layer 12 --n-embd 768
 --n-head 12 --block-size 1024 --batch 16 --vocab-size 50304``.
@@ -19,12 +22,15 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from gpt.config import load_params
 from gpt.hf import to_hf_lm
 from gpt.model import GPT, GPTConfig
+from gpt.train import FUSED_ADAMW_DEVICES
 
 
 def build_models(cfg: GPTConfig, device: torch.device) -> tuple[GPT, nn.Module]:
@@ -53,8 +59,10 @@ def make_step(model: nn.Module, is_hf: bool, device: torch.device, dtype: str,
               compile_model: bool) -> Callable[[torch.Tensor], float]:
     """One optimizer step (zero_grad, forward, backward, AdamW step) on a batch."""
     model.train()
+    # Fused AdamW for both: what gpt.train uses and what transformers' Trainer defaults to
+    # (optim="adamw_torch_fused" with torch >= 2.8).
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            fused=device.type == "cuda")
+                            fused=device.type in FUSED_ADAMW_DEVICES)
     net = torch.compile(model) if compile_model else model
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                 else contextlib.nullcontext())
@@ -62,7 +70,8 @@ def make_step(model: nn.Module, is_hf: bool, device: torch.device, dtype: str,
     def step(x: torch.Tensor) -> float:
         opt.zero_grad(set_to_none=True)
         with autocast:
-            loss = net(input_ids=x, labels=x).loss if is_hf else net(x, x)[1]
+            loss = (net(input_ids=x, labels=x).loss if is_hf
+                        else net(x, x, return_logits=False)[1])
         loss.backward()
         opt.step()
         return float(loss.detach())
@@ -70,14 +79,27 @@ def make_step(model: nn.Module, is_hf: bool, device: torch.device, dtype: str,
     return step
 
 
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def profile_defaults(profile: str) -> dict[str, int]:
+    """Model shape, vocabulary and batch size of a ``params.yaml`` profile."""
+    p = load_params(PARAMS, profile)
+    return dict(n_layer=p.model.n_layer, n_embd=p.model.n_embd, n_head=p.model.n_head,
+                block_size=p.model.block_size, vocab_size=p.tokenizer.vocab_size,
+                batch=p.train.batch_size)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--n-embd", type=int, default=128)
-    ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--block-size", type=int, default=128)
-    ap.add_argument("--vocab-size", type=int, default=4096)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--profile", default="tiny",
+                    help="params.yaml profile giving the defaults of the options below")
+    ap.add_argument("--n-layer", type=int)
+    ap.add_argument("--n-embd", type=int)
+    ap.add_argument("--n-head", type=int)
+    ap.add_argument("--block-size", type=int)
+    ap.add_argument("--vocab-size", type=int)
+    ap.add_argument("--batch", type=int)
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per timed repeat")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
@@ -88,6 +110,9 @@ def main() -> None:
                     help="accelerator peak for MFU (H100 SXM bf16 dense: 989)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args()
+    for key, value in profile_defaults(args.profile).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -330,7 +330,7 @@ def encode_sft_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], block_size: i
 
 def sft_loss(model: GPT, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over completion positions only."""
-    return model(ids, targets)[1]
+    return model(ids, targets, return_logits=False)[1]
 
 
 @dataclass

@@ -3,13 +3,14 @@
 Token + learned position embeddings, pre-LN blocks with causal self-attention through
 ``scaled_dot_product_attention`` (flash/memory-efficient kernels where available), a GELU MLP,
 weight tying and GPT-2's scaled residual init. ``generate`` samples with a preallocated KV
-cache; the training loss has a lean fused backward.
+cache. For training, the output layer and the loss are fused: one (N, vocab) buffer and a lean
+backward.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -30,37 +31,121 @@ class GPTConfig:
     bias: bool = True
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """Mean next-token cross-entropy (targets of -1 ignored) with a lean backward.
+_TINY_PROB = 1e-30  # below this, -log(p) of a float32 probability loses precision
 
-    ``F.cross_entropy``'s backward allocates and zero-fills a (N, vocab) gradient, scatters into
-    it, then runs log-softmax's backward over it: three passes and two allocations over the
-    largest tensor of the step. The gradient is simply ``softmax - one_hot``, so the backward
-    here turns the saved log-probabilities into it in place (~10-15% of a CPU training step).
-    Being in place, a second backward through a retained graph raises autograd's error for a
-    modified saved tensor instead of returning a wrong gradient.
+
+def _targets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather-safe target columns (N, 1), the mask of counted targets (-1 = ignored), and
+    their number."""
+    valid = targets != -1
+    return targets.clamp(min=0).unsqueeze(1), valid, valid.sum()
+
+
+@torch.compiler.disable  # the data-dependent fallback below would break a compiled graph anyway
+def _nll_from_probs(probs: torch.Tensor, safe: torch.Tensor,
+                    row_logits: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Per-row -log p(target) from softmax probabilities (N, vocab).
+
+    Taking the log of the target's probability avoids a log-softmax pass over the whole
+    (N, vocab) tensor. Where that probability underflows (target logit ~70+ below the row's
+    log-sum-exp, e.g. a diverging run) the rows are recomputed exactly by log-softmax over
+    ``row_logits(rows)``, so the loss stays finite and exact, as ``F.cross_entropy``'s would.
+    """
+    target_p = probs.gather(1, safe).squeeze(1)
+    nll = -target_p.log()
+    tiny = target_p < _TINY_PROB
+    if bool(tiny.any()):
+        rows = tiny.nonzero().squeeze(1)
+        logp = torch.log_softmax(row_logits(rows).float(), dim=-1)
+        nll[rows] = -logp.gather(1, safe[rows]).squeeze(1)
+    return nll
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the vocabulary in a new buffer; float32 for half-precision logits."""
+    low = logits.dtype in (torch.float16, torch.bfloat16)  # e.g. under autocast
+    return torch.softmax(logits, dim=-1, dtype=torch.float32 if low else None)
+
+
+def _minus_one_hot(probs: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+    """softmax - one_hot(target), in place over ``probs``: the unscaled gradient."""
+    return probs.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=probs.dtype))
+
+
+def _row_scale(valid: torch.Tensor, count: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """(N, 1) factors of the mean loss's gradient: grad / count, 0 for ignored targets."""
+    return (valid * (grad_loss / count)).unsqueeze(1)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean next-token cross-entropy of given logits (targets of -1 ignored), lean backward.
+
+    ``F.cross_entropy`` runs log-softmax forward and, backward, allocates and zero-fills a
+    (N, vocab) gradient, scatters into it and runs log-softmax's backward over it. Here the
+    forward keeps the softmax (one pass) and the backward turns it into ``softmax - one_hot``
+    in place. Being in place, a second backward through a retained graph raises autograd's
+    error for a modified saved tensor instead of returning a wrong gradient.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        low = logits.dtype in (torch.float16, torch.bfloat16)  # e.g. under autocast
-        logp = torch.log_softmax(logits.float() if low else logits, dim=-1)
-        valid = targets != -1
-        safe = targets.clamp(min=0).unsqueeze(1)
-        count = valid.sum()
-        loss = -(logp.gather(1, safe).squeeze(1) * valid).sum() / count
-        ctx.save_for_backward(logp, safe, valid, count)
+        safe, valid, count = _targets(targets)
+        probs = _softmax(logits)
+        loss = (_nll_from_probs(probs, safe, logits.__getitem__) * valid).sum() / count
+        ctx.save_for_backward(probs, safe, valid, count)
         ctx.in_dtype = logits.dtype
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:
-        logp, safe, valid, count = ctx.saved_tensors
-        grad = logp.exp_()  # softmax, in place: logp is not needed again
-        grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
-        grad.mul_((valid * (grad_loss / count)).unsqueeze(1).to(grad.dtype))
+        probs, safe, valid, count = ctx.saved_tensors
+        grad = _minus_one_hot(probs, safe).mul_(_row_scale(valid, count, grad_loss))
         return grad.to(ctx.in_dtype), None
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``x @ weight.T`` for training, where the logits are not wanted.
+
+    The (N, vocab) logits are the largest tensor of a step. Here they are computed into one
+    buffer that the softmax overwrites in place (on CPU) and the backward turns into the
+    gradient in place: one (N, vocab) allocation instead of three (logits, probabilities,
+    gradient), and the loss's per-row factors are applied to the (N, C) operands of the
+    backward matmuls instead of to the gradient. The matmuls run in the logits' dtype (bf16
+    under autocast), as autograd's would.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                ) -> torch.Tensor:
+        safe, valid, count = _targets(targets)
+        logits = x @ weight.t()
+        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+            probs = torch.softmax(logits, dim=-1, out=logits)  # row-wise: safe to alias on CPU
+        else:
+            probs = _softmax(logits)
+        loss = (_nll_from_probs(probs, safe, lambda rows: x[rows] @ weight.t()) * valid
+                ).sum() / count
+        ctx.save_for_backward(x, weight, probs, safe, valid, count)
+        ctx.mm_dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor,
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight, probs, safe, valid, count = ctx.saved_tensors
+        dt = ctx.mm_dtype
+        # The per-row factor is applied to the (N, C) operands, not to the (N, vocab) gradient:
+        # one pass over the largest tensor fewer.
+        grad = _minus_one_hot(probs, safe).to(dt)
+        scale = _row_scale(valid, count, grad_loss)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad @ weight.to(dt)).mul_(scale).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad.t() @ (x * scale).to(dt)).to(weight.dtype)
+        return grad_x, grad_w, None
 
 
 class KVCache:
@@ -210,12 +295,23 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x), cache
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) and, given targets, the mean cross-entropy (-1 = ignored)."""
+                return_logits: bool = True,
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, given targets, the mean cross-entropy (-1 = ignored).
+
+        Without targets only the last position's logits are computed (inference). With targets
+        and ``return_logits=False`` (what training uses) the logits are not kept: the loss is
+        computed by a fused head that needs one (N, vocab) buffer instead of three, and the
+        first element of the result is None.
+        """
         x, _ = self.hidden_states(idx)
         if targets is None:
             # Inference: only the last position's logits are needed.
             return self.lm_head(x[:, [-1], :]), None
+        if not return_logits and type(self.lm_head) is nn.Linear:  # not when wrapped (LoRA)
+            loss = _LinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight,
+                                             targets.reshape(-1))
+            return None, loss
         logits = self.lm_head(x)
         loss = _CrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

@@ -1,9 +1,9 @@
 """The training loop shared by pretraining and fine-tuning.
 
-AdamW (fused on CUDA; weight decay on matrices only), linear warmup + cosine decay, gradient
-accumulation, clipping, bf16 autocast on CUDA, optional ``torch.compile``, a non-finite loss
-guard, atomic checkpoints with exact resume, and DDP under ``torchrun``. Metrics leave through a
-callback, so tracking (MLflow) is injected rather than imported here.
+AdamW (fused kernel on CPU and CUDA; weight decay on matrices only), linear warmup + cosine
+decay, gradient accumulation, clipping, bf16 autocast on CUDA, optional ``torch.compile``, a
+non-finite loss guard, atomic checkpoints with exact resume, and DDP under ``torchrun``. Metrics
+leave through a callback, so tracking (MLflow) is injected rather than imported here.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ def lr_at(step: int, peak: float, floor: float, warmup: int, total: int) -> floa
     return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak - floor)
 
 
+#: Devices with a fused AdamW kernel in torch >= 2.4.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                    device: torch.device, lr_scale: dict[str, float] | None = None,
                    ) -> torch.optim.AdamW:
@@ -77,7 +81,10 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
         groups.setdefault((p.dim() >= 2, scale), []).append(p)
     param_groups = [{"params": ps, "weight_decay": weight_decay if decay else 0.0,
                      "lr_scale": scale} for (decay, scale), ps in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=device.type == "cuda")
+    # The fused kernel: one pass per parameter instead of a chain of foreach ops (on CPU 4x
+    # faster for the demo model, ~8% of a training step).
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas,
+                             fused=device.type in FUSED_ADAMW_DEVICES)
 
 
 @dataclass
@@ -235,7 +242,7 @@ def estimate_loss(model: nn.Module, data: TokenData, split: str, batches: int, b
     losses = []
     for i in range(batches):
         x, y = data.batch(split, batch_size, block_size, step_generator(seed, i, stream=1))
-        _, loss = model(x.to(device), y.to(device))
+        _, loss = model(x.to(device), y.to(device), return_logits=False)
         losses.append(float(loss))
     return sum(losses) / len(losses)
 
@@ -291,7 +298,7 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
     def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
         g = step_generator(train_cfg.seed, step, stream=2 + micro * world + rank)
         x, y = data.batch("train", bs, T, g)
-        _, loss = m(x.to(device), y.to(device))
+        _, loss = m(x.to(device), y.to(device), return_logits=False)
         return loss
 
     n_eval = eval_batches or train_cfg.eval_batches

@@ -119,3 +119,90 @@ def test_lean_cross_entropy_matches_torch_in_value_and_gradient():
     (g_ref,) = torch.autograd.grad(ref, logits)
     assert torch.allclose(ours, ref) and torch.allclose(g_ours, g_ref, atol=1e-12)
     assert g_ours[[2, 7]].abs().max() == 0
+
+
+def _model_grads(m: GPT, x: torch.Tensor, y: torch.Tensor, **kw) -> tuple[torch.Tensor, dict]:
+    m.zero_grad(set_to_none=True)
+    logits, loss = m(x, y, **kw)
+    loss.backward()
+    return logits, loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+def test_training_head_without_logits_matches_cross_entropy_through_the_model():
+    """``return_logits=False`` (what training uses) gives F.cross_entropy's loss and the same
+    gradients for every parameter, tied embedding included, with ignored targets."""
+    from torch.nn import functional as F
+
+    m = tiny().double().train()
+    x = torch.randint(0, 97, (3, 20))
+    y = torch.randint(0, 97, (3, 20))
+    y[0, :5] = -1
+    logits, loss, grads = _model_grads(m, x, y)
+    none, fused_loss, fused_grads = _model_grads(m, x, y, return_logits=False)
+    assert none is None and logits.shape == (3, 20, 97)
+    m.zero_grad(set_to_none=True)
+    ref = F.cross_entropy(full_logits(m, x).view(-1, 97), y.view(-1), ignore_index=-1)
+    ref.backward()
+    assert torch.allclose(loss, ref.detach()) and torch.allclose(fused_loss, ref.detach())
+    for name, p in m.named_parameters():
+        assert torch.allclose(grads[name], p.grad, atol=1e-12), name
+        assert torch.allclose(fused_grads[name], p.grad, atol=1e-12), name
+
+
+def test_training_head_overwrites_logits_in_place_and_stays_exact_in_float32():
+    """On CPU in float32 the fused head's softmax overwrites its logits buffer; the loss and
+    gradients still equal the plain path's to float32 rounding, and eval mode works too."""
+    m = tiny().train()
+    x = torch.randint(0, 97, (4, 32))
+    _, loss, grads = _model_grads(m, x, x)
+    _, fused_loss, fused_grads = _model_grads(m, x, x, return_logits=False)
+    assert abs(float(loss) - float(fused_loss)) < 1e-6
+    for name in grads:
+        assert torch.allclose(grads[name], fused_grads[name], atol=1e-6), name
+    with torch.no_grad():
+        assert torch.allclose(m(x, x, return_logits=False)[1], loss, atol=1e-6)
+
+
+def test_loss_stays_exact_when_the_target_probability_underflows():
+    """Rows whose target is ~100 logits below the rest (a diverging run) would give -log(0) =
+    inf from the softmax; they are recomputed by log-softmax, as F.cross_entropy would."""
+    from torch.nn import functional as F
+
+    from gpt.model import _CrossEntropy, _LinearCrossEntropy
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 8) * 30
+    w = torch.randn(11, 8)
+    logits = x @ w.t()
+    targets = logits.argmin(dim=1)
+    targets[1] = logits[1].argmax()  # one ordinary row
+    ref = F.cross_entropy(logits, targets)
+    assert float(torch.softmax(logits, -1).gather(1, targets[:, None]).min()) == 0.0
+    for loss in (_CrossEntropy.apply(logits, targets), _LinearCrossEntropy.apply(x, w, targets)):
+        assert torch.isfinite(loss) and torch.allclose(loss, ref, rtol=1e-5)
+
+
+def test_training_head_under_bf16_autocast_returns_float32_gradients():
+    m = tiny().train()
+    x = torch.randint(0, 97, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss, grads = _model_grads(m, x, x)
+        _, fused_loss, fused_grads = _model_grads(m, x, x, return_logits=False)
+    assert fused_loss.dtype == torch.float32
+    assert abs(float(loss) - float(fused_loss)) < 1e-3
+    w = "transformer.wte.weight"
+    assert fused_grads[w].dtype == torch.float32
+    assert torch.allclose(fused_grads[w], grads[w], atol=1e-4, rtol=1e-2)
+
+
+def test_training_head_falls_back_to_logits_when_the_output_layer_is_wrapped():
+    """LoRA on ``lm_head`` replaces the Linear; the fused head must not bypass the adapter."""
+    from gpt.lora import apply_lora
+
+    m = tiny().train()
+    apply_lora(m, r=2, alpha=4, targets=("lm_head",))
+    torch.nn.init.normal_(m.lm_head.lora_b)
+    x = torch.randint(0, 97, (2, 16))
+    logits, loss = m(x, x)
+    _, fused_loss = m(x, x, return_logits=False)
+    assert torch.allclose(loss, fused_loss)
