@@ -147,6 +147,12 @@ def test_training_head_without_logits_matches_cross_entropy_through_the_model():
     for name, p in m.named_parameters():
         assert torch.allclose(grads[name], p.grad, atol=1e-12), name
         assert torch.allclose(fused_grads[name], p.grad, atol=1e-12), name
+    # A scaled loss (gradient accumulation divides by the number of micro-batches) scales the
+    # gradients: the upstream gradient reaches both backward matmuls.
+    m.zero_grad(set_to_none=True)
+    (0.25 * m(x, y, return_logits=False)[1]).backward()
+    for name, p in m.named_parameters():
+        assert torch.allclose(p.grad, 0.25 * fused_grads[name], atol=1e-12), name
 
 
 def test_training_head_overwrites_logits_in_place_and_stays_exact_in_float32():
