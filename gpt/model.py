@@ -42,23 +42,25 @@ def _targets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 @torch.compiler.disable  # the data-dependent fallback below would break a compiled graph anyway
-def _nll_from_probs(probs: torch.Tensor, safe: torch.Tensor,
-                    row_logits: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Per-row -log p(target) from softmax probabilities (N, vocab).
+def _nll_sum(probs: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor,
+             row_logits: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Sum over counted rows of -log p(target), from softmax probabilities (N, vocab).
 
     Taking the log of the target's probability avoids a log-softmax pass over the whole
     (N, vocab) tensor. Where that probability underflows (target logit ~70+ below the row's
     log-sum-exp, e.g. a diverging run) the rows are recomputed exactly by log-softmax over
     ``row_logits(rows)``, so the loss stays finite and exact, as ``F.cross_entropy``'s would.
+    Ignored rows are neither recomputed nor counted (their placeholder target may well have
+    probability 0).
     """
     target_p = probs.gather(1, safe).squeeze(1)
     nll = -target_p.log()
-    tiny = target_p < _TINY_PROB
+    tiny = (target_p < _TINY_PROB) & valid
     if bool(tiny.any()):
         rows = tiny.nonzero().squeeze(1)
         logp = torch.log_softmax(row_logits(rows).float(), dim=-1)
         nll[rows] = -logp.gather(1, safe[rows]).squeeze(1)
-    return nll
+    return torch.where(valid, nll, 0.0).sum()
 
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -91,7 +93,7 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         safe, valid, count = _targets(targets)
         probs = _softmax(logits)
-        loss = (_nll_from_probs(probs, safe, logits.__getitem__) * valid).sum() / count
+        loss = _nll_sum(probs, safe, valid, logits.__getitem__) / count
         ctx.save_for_backward(probs, safe, valid, count)
         ctx.in_dtype = logits.dtype
         return loss
@@ -124,8 +126,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs = torch.softmax(logits, dim=-1, out=logits)  # row-wise: safe to alias on CPU
         else:
             probs = _softmax(logits)
-        loss = (_nll_from_probs(probs, safe, lambda rows: x[rows] @ weight.t()) * valid
-                ).sum() / count
+        loss = _nll_sum(probs, safe, valid, lambda rows: x[rows] @ weight.t()) / count
         ctx.save_for_backward(x, weight, probs, safe, valid, count)
         ctx.mm_dtype = logits.dtype
         return loss

@@ -212,3 +212,24 @@ def test_training_head_falls_back_to_logits_when_the_output_layer_is_wrapped():
     logits, loss = m(x, x)
     _, fused_loss = m(x, x, return_logits=False)
     assert torch.allclose(loss, fused_loss)
+
+
+def test_ignored_rows_are_neither_recomputed_nor_counted():
+    """Ignored positions (SFT prompts) gather a placeholder target whose probability may be 0:
+    they must not cost a recomputation each step nor turn the loss into NaN (0 * inf)."""
+    from gpt.model import _nll_sum
+
+    logits = torch.randn(5, 7)
+    logits[:, 0] = -1e4  # placeholder column: probability exactly 0
+    targets = torch.tensor([-1, -1, 3, -1, 0])  # row 4 is counted and does underflow
+    probs = torch.softmax(logits, -1)
+    recomputed = []
+
+    def row_logits(rows: torch.Tensor) -> torch.Tensor:
+        recomputed.extend(rows.tolist())
+        return logits[rows]
+
+    valid = targets != -1
+    total = _nll_sum(probs, targets.clamp(min=0).unsqueeze(1), valid, row_logits)
+    ref = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
+    assert recomputed == [4] and torch.allclose(total, ref)
