@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -13,29 +14,62 @@ from gpt.cli import Overrides, Profile, Workdir, app, console, run_app, setup_lo
 
 @app.command()
 def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Overrides = None,
-        max_steps: Annotated[int | None, typer.Option(help="pretraining steps")] = None,
+        max_steps: Annotated[int | None, typer.Option(help="pretraining steps (default: the "
+                                                      "profile's train.max_steps)")] = None,
         reclean: Annotated[bool, typer.Option(help="re-run cleaning even if unchanged")] = False,
+        save: Annotated[bool, typer.Option("--save", help="keep --set data overrides in "
+                                           "params.yaml (default: this run only)")] = False,
         ) -> None:
-    """Run the whole pipeline as the Prefect flow `training_pipeline`."""
-    setup_logging()
-    from flows.pipeline import training_pipeline
-    from gpt.report import summary_rows
+    """Run the whole pipeline as the Prefect flow `training_pipeline`.
 
-    result = training_pipeline(profile=profile, max_steps=max_steps, reclean=reclean,
-                               overrides=list(overrides or []), workdir=str(workdir))
+    Flow runs are recorded in the workspace's Prefect database (.gptops/prefect.db, the one
+    `gptops serve` shows), or on the server PREFECT_API_URL names.
+    """
+    setup_logging()
+    from flows.server import workspace_api
+    from gpt.config import PROJECT_PARAMS, load_params
+    from gpt.preflight import check_run
+    from gpt.registry import resolve_tracking_uri
+
+    ws = Path(workdir).resolve()
+    extra = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
+    # Every input is checked before the Prefect server, DVC or torch start.
+    params_file = ws / "params.yaml" if (ws / "params.yaml").is_file() else PROJECT_PARAMS
+    params = load_params(params_file, profile, extra)
+    check_run(params, resolve_tracking_uri(params.registry.tracking_uri, ws))
+    team = os.environ.get("PREFECT_API_URL", "")
+    with workspace_api(ws):
+        from flows.pipeline import training_pipeline
+        from flows.report import summary_rows
+
+        result = training_pipeline(profile=profile, reclean=reclean, save_overrides=save,
+                                   overrides=extra, workdir=str(ws))
     table = Table(title="gptops run summary", show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     for k, v in summary_rows(result):
         table.add_row(k, v)
     console.print(table)
-    uri = result["tracking_uri"]
-    console.print("\n[bold]Where to look[/bold]")
-    console.print(f"  MLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
-                  "--port 5000   (then http://127.0.0.1:5000)")
-    console.print("  Prefect UI: prefect server start --host 127.0.0.1   (then "
-                  "http://127.0.0.1:4200)  — or `gptops serve` for both plus schedules")
-    console.print("  Generate:   gptops generate \"Return the\"")
+    _where_to_look(result["tracking_uri"], team, ws)
+
+
+def _where_to_look(uri: str, team_api: str, ws: Path) -> None:
+    """Commands to copy: each on its own line, never wrapped by us."""
+    here = Path.cwd().resolve() == ws
+    wflag = "" if here else f" -w {ws}"
+    lines = ["", "[bold]Where to look[/bold]",
+             "  Both UIs, the schedule and the Run button:",
+             f"    gptops serve{wflag}",
+             "    (Prefect UI http://127.0.0.1:4200, MLflow UI http://127.0.0.1:5000)",
+             "  Registered models:",
+             f"    gptops models{wflag}",
+             "  Generate from the base model's champion:",
+             f"    gptops generate{wflag} \"Return the\""]
+    if team_api:
+        lines[2:5] = ["  Prefect UI (PREFECT_API_URL):", f"    {team_api.removesuffix('/api')}"]
+    lines += ["  The MLflow UI alone:", f"    mlflow ui --backend-store-uri {uri}"]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 @app.command()

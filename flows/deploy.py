@@ -14,6 +14,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.schedules import Cron
 
 from flows.pipeline import training_pipeline
+from gpt.config import form_defaults
 
 
 def build_deployments(workdir: str, cron: str = "0 2 * * *", timezone: str = "UTC",
@@ -21,7 +22,9 @@ def build_deployments(workdir: str, cron: str = "0 2 * * *", timezone: str = "UT
     """The two deployments; one run at a time each (a second trigger waits in the queue)."""
     limit = ConcurrencyLimitConfig(limit=1,
                                    collision_strategy=ConcurrencyLimitStrategy(collision))
-    params = {"workdir": os.path.abspath(workdir)}
+    ws = os.path.abspath(workdir)
+    # The form shows this workspace's own values (its params.yaml under the default profile).
+    params = {**form_defaults(os.path.join(ws, "params.yaml")), "workdir": ws}
     nightly = training_pipeline.to_deployment(
         name="nightly", schedules=[Cron(cron, timezone=timezone)], parameters=params,
         concurrency_limit=limit, tags=["gptops", "scheduled"],

@@ -6,30 +6,66 @@ button.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows import tasks
+from flows.report import summary_markdown
+from gpt.config import form_defaults, profile_names
 from gpt.registry import resolve_tracking_uri
-from gpt.report import summary_markdown
 from gpt.workspace import STAGES
 
+#: The values the Run form shows when no deployment sets its own: the project's params.yaml.
+_DEFAULTS = form_defaults()
+ProfileName = Literal[tuple(profile_names())]  # type: ignore[valid-type]
 
-def _overrides(max_steps: int | None, learning_rate: float | None, data_source: str | None,
-               extra: list[str] | None) -> list[str]:
-    out = list(extra or [])
-    if max_steps is not None:
-        out.append(f"train.max_steps={max_steps}")
-    if learning_rate is not None:
-        out.append(f"train.lr={learning_rate}")
-    if data_source:
-        out.append(f"data.source={data_source}")
-    return out
+#: Form field -> (params key, and the key that selects a file task when the field is set).
+FORM_FIELDS = {
+    "max_steps": ("train.max_steps", None), "learning_rate": ("train.lr", None),
+    "finetune_steps": ("finetune.max_steps", None), "sft_steps": ("sft.max_steps", None),
+    "lora_rank": ("finetune.lora_rank", None),
+    "task_file": ("finetune.task_path", "finetune.task=file"),
+    "sft_file": ("sft.task_path", "sft.task=file"), "data_source": ("data.source", None),
+    "base_model": ("registry.base_model", None), "task_model": ("registry.task_model", None),
+    "sft_model": ("registry.sft_model", None),
+}
+
+
+def form_overrides(workdir: str, fields: dict[str, Any], extra: list[str] | None) -> list[str]:
+    """The overrides a Run form (or a call) asks for.
+
+    A field left at its default means "the profile's own value": the default shown is the
+    workspace's value under the default profile, so it is not an override. ``extra`` overrides
+    come last and always apply.
+    """
+    shown = form_defaults(os.path.join(workdir, "params.yaml"))
+    out: list[str] = []
+    for name, value in fields.items():
+        key, selects = FORM_FIELDS[name]
+        if value in (_DEFAULTS.get(name), shown.get(name)):
+            continue
+        out.append(f"{key}={json.dumps(value)}")
+        if selects and value:
+            out.append(selects)
+    return out + list(extra or [])
+
+
+def _gpt_logs_to_prefect() -> None:
+    """Send the library's ``gpt.*`` log lines to this run's Prefect log (and keep INFO)."""
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("gpt")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        logger.addHandler(APILogHandler())
 
 
 def _link_model_versions(mlflow_ui: str, registered: dict[str, Any]) -> None:
@@ -46,25 +82,63 @@ def _link_model_versions(mlflow_ui: str, registered: dict[str, Any]) -> None:
 
 
 @flow(name="training_pipeline", log_prints=True)
-def training_pipeline(profile: str = "tiny", max_steps: int | None = None,
-                      learning_rate: float | None = None, data_source: str | None = None,
-                      reclean: bool = False, overrides: list[str] | None = None,
-                      workdir: str = ".") -> dict[str, Any]:
+def training_pipeline(
+    profile: ProfileName = _DEFAULTS["profile"],
+    max_steps: int = _DEFAULTS["max_steps"],
+    learning_rate: float = _DEFAULTS["learning_rate"],
+    finetune_steps: int = _DEFAULTS["finetune_steps"],
+    sft_steps: int = _DEFAULTS["sft_steps"],
+    lora_rank: int = _DEFAULTS["lora_rank"],
+    task_file: str = _DEFAULTS["task_file"],
+    sft_file: str = _DEFAULTS["sft_file"],
+    data_source: str = _DEFAULTS["data_source"],
+    base_model: str = _DEFAULTS["base_model"],
+    task_model: str = _DEFAULTS["task_model"],
+    sft_model: str = _DEFAULTS["sft_model"],
+    reclean: bool = False,
+    save_overrides: bool = False,
+    overrides: list[str] | None = None,
+    workdir: str = ".",
+) -> dict[str, Any]:
     """Train, evaluate and register GPT models end to end.
 
+    A field left at its default takes the profile's own value.
+
     Args:
-        profile: params.yaml profile: `tiny` (CPU demo) or `gpt2-124m` (GPU).
-        max_steps: pretraining steps (default: the profile's train.max_steps).
-        learning_rate: peak pretraining learning rate (default: the profile's train.lr).
-        data_source: `builtin` or a glob of local files (default: params.yaml's data.source).
+        profile: params.yaml profile (tiny: CPU demo; gpt2-124m: GPU).
+        max_steps: pretraining optimizer steps.
+        learning_rate: peak pretraining learning rate.
+        finetune_steps: classification fine-tuning steps.
+        sft_steps: supervised fine-tuning (SFT) steps.
+        lora_rank: 0 = full fine-tuning; >0 = LoRA adapters of this rank.
+        task_file: your own text,label file (.csv/.jsonl/.parquet) to fine-tune on; empty = the
+            built-in package task.
+        sft_file: your own prompt,completion file for SFT; empty = the built-in docsummary task.
+        data_source: `builtin`, a glob of local files, or `hf:<dataset>`.
+        base_model: registered model name of the pretrained base.
+        task_model: registered model name of the classifier.
+        sft_model: registered model name of the SFT model.
         reclean: re-run the cleaning stage even if DVC finds it unchanged.
-        overrides: more `section.key=value` overrides, e.g. `finetune.max_steps=100`.
+        save_overrides: keep this run's data overrides in params.yaml (default: this run only).
+        overrides: more `section.key=value` overrides, e.g. `finetune.lr=0.0005`.
         workdir: the gptops workspace folder (params.yaml, dvc.yaml, data/).
     """
+    _gpt_logs_to_prefect()
     logger = get_run_logger()
     t0 = time.perf_counter()
-    params = tasks.prepare_workspace(workdir, profile,
-                                     _overrides(max_steps, learning_rate, data_source, overrides))
+    fields = {"max_steps": max_steps, "learning_rate": learning_rate,
+              "finetune_steps": finetune_steps, "sft_steps": sft_steps, "lora_rank": lora_rank,
+              "task_file": task_file, "sft_file": sft_file, "data_source": data_source,
+              "base_model": base_model, "task_model": task_model, "sft_model": sft_model}
+    all_overrides = form_overrides(workdir, fields, overrides)
+    params = tasks.prepare_workspace(workdir, profile, all_overrides, save_overrides)
+    try:
+        return _run(params, workdir, reclean, logger, t0)
+    finally:
+        tasks.restore_params(os.path.abspath(workdir))
+
+
+def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float) -> dict[str, Any]:
     ws = os.path.abspath(workdir)
     stages = [tasks.data_stage(ws, stage, force=reclean and stage == "clean")
               for stage in STAGES]
@@ -95,7 +169,7 @@ def training_pipeline(profile: str = "tiny", max_steps: int | None = None,
               "sft": sft,
               "evaluation": evaluation, "registered": registered, "tracking_uri": uri,
               "mlflow_ui": os.environ.get("GPTOPS_MLFLOW_UI", ""),
-              "seconds": time.perf_counter() - t0}
+              "seconds": time.perf_counter() - t0, "flow_run_id": fr_id}
     reused = [s["stage"] for s in stages if not s["ran"]]
     if reused:
         logger.info("data stages reused from the DVC cache (inputs unchanged): %s",

@@ -6,46 +6,27 @@ stop together on Ctrl-C/SIGTERM or when any of them dies. A port in use is refus
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from flows.server import (
+    SERVE_FILE,
+    database_url,
+    port_free,
+    prefect_env,
+    stop_group,
+    wait_http,
+    write_serve_file,
+)
 from gpt.errors import GptopsError
 from gpt.registry import resolve_tracking_uri
 
 DEPLOYMENTS = ("nightly", "retrain")
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise GptopsError(f"{what} exited with status {proc.returncode} while starting; "
-                              "see the log above")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - local URL
-                if r.status < 500:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise GptopsError(f"{what} did not answer at {url} within {timeout:.0f}s")
 
 
 def wait_deployments(api: str, proc: subprocess.Popen, names: tuple[str, ...],
@@ -69,43 +50,6 @@ def wait_deployments(api: str, proc: subprocess.Popen, names: tuple[str, ...],
     raise GptopsError(f"deployments {', '.join(names)} were not served within {timeout:.0f}s")
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """SIGTERM ``proc``'s process group; SIGKILL whatever is left of it after ``timeout``."""
-    pgid = proc.pid  # started with start_new_session: the leader's pid is the group id
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.time() + timeout
-    while time.time() < deadline and (proc.poll() is None or _group_alive(pgid)):
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    proc.wait()
-
-
-def prefect_env(host: str, port: int, db_url: str, home: Path) -> dict[str, str]:
-    """Environment for a Prefect server and its clients on ``host:port``."""
-    env = dict(os.environ)
-    api = f"http://{host}:{port}/api"
-    env.update({"PREFECT_API_URL": api, "PREFECT_UI_API_URL": api,
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home),
-                "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(port),
-                "PREFECT_API_DATABASE_CONNECTION_URL": db_url,
-                "PREFECT_LOGGING_EXTRA_LOGGERS": "gpt"})
-    # SQLite on a busy small machine: give queries and connections more time than Prefect's
-    # 10 s / 5 s before a UI action (Run -> Submit) fails with a server error.
-    env.setdefault("PREFECT_API_DATABASE_TIMEOUT", "30")
-    env.setdefault("PREFECT_API_DATABASE_CONNECTION_TIMEOUT", "15")
-    return env
-
-
 def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, prefect_db: str,
               mlflow_backend: str, cron: str, timezone: str) -> None:
     from gpt.config import load_params
@@ -118,7 +62,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
                               f"pass --{name.lower()}-port")
     state = ws / ".gptops"
     state.mkdir(exist_ok=True)
-    db = prefect_db or f"sqlite+aiosqlite:///{state / 'prefect.db'}"
+    db = prefect_db or database_url(ws)
     params = load_params(ws / "params.yaml")
     backend = mlflow_backend or resolve_tracking_uri(params.registry.tracking_uri, ws)
     env = prefect_env(host, prefect_port, db, state / "prefect-home")
@@ -138,7 +82,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     def stop(*_: object) -> None:
         # Runner first (it pauses its deployments through the API), the Prefect server last.
         for _name, p in reversed(procs):
-            _stop_group(p)
+            stop_group(p)
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     bin_dir = Path(sys.executable).parent
@@ -153,6 +97,8 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
         proc = start("runner", [sys.executable, "-m", "flows.deploy", "--workdir", str(ws),
                                 "--cron", cron, "--timezone", timezone])
         wait_deployments(f"http://{host}:{prefect_port}/api", proc, DEPLOYMENTS)
+        if not prefect_db:  # `gptops run` on this workspace records its runs here too
+            write_serve_file(ws, env["PREFECT_API_URL"])
         print(f"\nPrefect UI:  http://{host}:{prefect_port}   (deployments: "
               f"training_pipeline/nightly [{cron} {timezone}], training_pipeline/retrain)")
         print(f"MLflow UI:   {mlflow_ui}   (backend {backend})")
@@ -166,5 +112,6 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the shutdown
             signal.signal(sig, signal.SIG_IGN)
+        (state / SERVE_FILE).unlink(missing_ok=True)
         stop()
         print("stopped.", flush=True)

@@ -19,6 +19,7 @@ from gpt import registry, steps, workspace
 from gpt.config import Params, load_params
 from gpt.data.stages import CLEAN
 from gpt.errors import GptopsError
+from gpt.preflight import check_run
 
 
 def not_input_error(task, task_run, state) -> bool:
@@ -27,11 +28,20 @@ def not_input_error(task, task_run, state) -> bool:
 
 
 @task(name="prepare-workspace", cache_policy=NO_CACHE)
-def prepare_workspace(workdir: str, profile: str, overrides: list[str]) -> Params:
-    """Make the folder a DVC workspace, write data overrides, resolve the run's params."""
+def prepare_workspace(workdir: str, profile: str, overrides: list[str],
+                      save: bool = False) -> Params:
+    """Make the folder a DVC workspace, check every input, write this run's data overrides."""
     ws = workspace.ensure_workspace(Path(workdir))
-    rest = workspace.apply_data_overrides(ws, overrides)
+    params = load_params(ws / "params.yaml", profile, overrides)  # bad input: fail before work
+    check_run(params, registry.resolve_tracking_uri(params.registry.tracking_uri, ws))
+    rest = workspace.apply_run_overrides(ws, overrides, save=save)
     return load_params(ws / "params.yaml", profile, rest)
+
+
+@task(name="restore-params", cache_policy=NO_CACHE)
+def restore_params(workdir: str) -> bool:
+    """Put the workspace's params.yaml back as it was before this run's one-off overrides."""
+    return workspace.restore_params(Path(workdir))
 
 
 @task(name="data-stage", task_run_name="{stage}", cache_policy=NO_CACHE)

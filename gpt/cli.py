@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,20 +27,96 @@ data_app = typer.Typer(help="DVC data stages (what `dvc repro` runs).", no_args_
 app.add_typer(data_app, name="data")
 console = Console()
 
+#: Set before anything is imported: no telemetry from any component, no download bars.
+QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+             "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TOKENIZERS_PARALLELISM": "false"}
+#: Third-party loggers whose INFO lines repeat ours or say nothing to a user.
+NOISY_LOGGERS = ("httpx", "httpcore", "alembic", "urllib3", "matplotlib", "asyncio",
+                 "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client",
+                 "sqlalchemy", "filelock", "prefect.server", "uvicorn", "docket")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gptops")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"gptops {_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback,
+                                                is_eager=True, help="print the version and "
+                                                "exit")] = False) -> None:
+    """Train GPT models end to end: data → pretrain → fine-tune → evaluate → register (MLflow),
+    orchestrated by Prefect."""
+
+
+class TerminalHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time, so a live progress bar (which swaps
+    it) prints log lines above itself instead of through itself."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
+class _Formatter(logging.Formatter):
+    """``12:00:01 INFO pretrain: message``: the Prefect task (or flow) a line belongs to,
+    else the logger's name. A user error's traceback is left out: its message says it all."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        where = (getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+                 or record.name)
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, GptopsError):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None,
+                                            "exc_text": None})
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{stamp} {record.levelname} {where}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _not_drawn_as_bar(record: logging.LogRecord) -> bool:
+    return not getattr(record, "gptops_bar", False)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One terminal handler for every logger (ours, Prefect's, DVC's), once."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, TerminalHandler) for h in root.handlers):
+        handler = TerminalHandler()
+        handler.setFormatter(_Formatter())
+        handler.addFilter(_not_drawn_as_bar)
+        root.addHandler(handler)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
 Workdir = Annotated[Path, typer.Option("--workdir", "-w", help="gptops workspace (holds "
                                        "params.yaml and dvc.yaml)")]
 Profile = Annotated[str, typer.Option("--profile", "-p", help="profile in params.yaml: tiny "
                                       "(CPU demo) or gpt2-124m (GPU)")]
 Overrides = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a "
                                                      "parameter, e.g. --set train.max_steps=50")]
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _params(workdir: Path, profile: str = "tiny", overrides: list[str] | None = None):
@@ -81,64 +158,134 @@ def data_tokenize(workdir: Workdir = Path(".")) -> None:
     stages.tokenize(_params(workdir), workdir)
 
 
-def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None) -> None:
+JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
+def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
+          as_json: bool) -> None:
     """Run one training step of ``gpt.steps`` on the workspace's current data version."""
     from gpt import steps, workspace
+    from gpt.preflight import check_tasks
 
     setup_logging()
     params = _params(workdir, profile, overrides)
+    if name != "pretrain":
+        check_tasks(params)
     version = workspace.data_version(workdir)
     if name == "evaluate":
         out = steps.evaluate_step(workdir, params, version)
     else:
-        fn = steps.pretrain_step if name == "pretrain" else steps.finetune_step
+        fn = {"pretrain": steps.pretrain_step, "finetune": steps.finetune_step,
+              "sft": steps.sft_step}[name]
         out = fn(workdir, params, version, _tracking_uri(workdir, params))
-    console.print_json(json.dumps(out, default=str))
+    if as_json:
+        console.print_json(json.dumps(out, default=str))
+    elif name == "evaluate":
+        _print_evaluation(out)
+    else:
+        _print_rows(f"{name} done", [(k, _fmt(v)) for k, v in out.items()])
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+def _print_evaluation(out: dict) -> None:
+    """Each model's metrics next to its baseline, one table."""
+    table = Table(title="evaluation", title_justify="left")
+    for col in ("model", "metric", "value", "baseline"):
+        table.add_column(col, no_wrap=True)
+    for kind, key in (("base", "base"), ("task", "task"), ("sft", "sft")):
+        metrics = out.get(key) or {}
+        for metric, value in metrics.items():
+            if metric.startswith("baseline_") or not isinstance(value, (int, float)):
+                continue
+            base = metrics.get(f"baseline_{metric}")
+            table.add_row(kind, metric, f"{value:.4g}", "" if base is None else f"{base:.4g}")
+    console.print(table)
+    console.print("[dim]full result: gptops evaluate --json[/dim]")
 
 
 @app.command()
 def pretrain(workdir: Workdir = Path("."), profile: Profile = "tiny",
-             overrides: Overrides = None) -> None:
+             overrides: Overrides = None, as_json: JsonFlag = False) -> None:
     """Pretrain the base model on data/tokens (resumes from the newest valid checkpoint)."""
-    _step("pretrain", workdir, profile, overrides)
+    _step("pretrain", workdir, profile, overrides, as_json)
 
 
 @app.command()
 def finetune(workdir: Workdir = Path("."), profile: Profile = "tiny",
-             overrides: Overrides = None) -> None:
-    """Fine-tune the pretrained base on the package-classification task."""
-    _step("finetune", workdir, profile, overrides)
+             overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Fine-tune the pretrained base as a classifier (finetune.task: package or file)."""
+    _step("finetune", workdir, profile, overrides, as_json)
+
+
+@app.command()
+def sft(workdir: Workdir = Path("."), profile: Profile = "tiny",
+        overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Supervised fine-tuning of the base LM on prompt/completion pairs (sft.task)."""
+    _step("sft", workdir, profile, overrides, as_json)
 
 
 @app.command()
 def evaluate(workdir: Workdir = Path("."), profile: Profile = "tiny",
-             overrides: Overrides = None) -> None:
-    """Evaluate base perplexity and task metrics (vs the majority baseline)."""
-    _step("evaluate", workdir, profile, overrides)
+             overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Evaluate base perplexity and task metrics next to their baselines."""
+    _step("evaluate", workdir, profile, overrides, as_json)
+
+
+ModelName = Annotated[str, typer.Option("--model", "-m", help="registered model name "
+                                        "(default: from params.yaml's registry section)")]
+Alias = Annotated[str, typer.Option(help="registry alias")]
+Version = Annotated[str, typer.Option("--version", "-v", help="a version number instead of "
+                                      "the alias")]
+TrackingUri = Annotated[str, typer.Option(help="MLflow URI (default: the workspace's)")]
+
+
+def _ref(workdir: Path, tracking_uri: str, model: str, default_kind: str, alias: str,
+         version: str):  # -> gpt.registry.ModelRef
+    from gpt.registry import ModelRef
+
+    params = _params(workdir)
+    names = {"base": params.registry.base_model, "task": params.registry.task_model}
+    return ModelRef(uri=tracking_uri or _tracking_uri(workdir, params),
+                    name=model or names[default_kind], alias=alias, version=version)
 
 
 @app.command()
 def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
-             workdir: Workdir = Path("."),
-             model: Annotated[str, typer.Option(help="registered model name")] = "",
-             alias: Annotated[str, typer.Option(help="registry alias")] = "champion",
+             workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
+             version: Version = "",
              max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 80,
              temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.8,
              top_k: Annotated[int, typer.Option("--top-k")] = 50,
              top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
              seed: Annotated[int, typer.Option()] = 0,
-             tracking_uri: Annotated[str, typer.Option(help="MLflow URI (default: the "
-                                                       "workspace's)")] = "") -> None:
-    """Sample text from a registered model (default: the base model's champion), streaming."""
+             tracking_uri: TrackingUri = "") -> None:
+    """Sample text from a registered language model (default: the base champion), streaming.
+
+    The context slides: only the last block_size tokens are fed to the model.
+    """
     import torch
 
     from gpt.hf import from_hf_lm
-    from gpt.registry import load_champion_components
+    from gpt.registry import load_components
 
-    params = _params(workdir)
-    uri = tracking_uri or _tracking_uri(workdir, params)
-    name = model or params.registry.base_model
-    comps = load_champion_components(uri, name, alias)
+    ref = _ref(workdir, tracking_uri, model, "base", alias, version)
+    comps = load_components(ref, expect_task="text-generation")
     gpt_model, tok = from_hf_lm(comps["model"]), comps["tokenizer"]
     ids = tok(prompt)["input_ids"] or [tok.eos_token_id]
     x = torch.tensor([ids], dtype=torch.long)
@@ -156,11 +303,54 @@ def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
 
 
 @app.command()
+def predict(texts: Annotated[list[str] | None, typer.Argument(help="texts to classify "
+                                                               "(default: one per stdin line)")]
+            = None,
+            workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
+            version: Version = "", tracking_uri: TrackingUri = "",
+            as_json: JsonFlag = False) -> None:
+    """Classify texts with a registered classifier (default: the task model's champion)."""
+    from gpt.registry import classify, load_components
+
+    items = list(texts or []) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not items:
+        raise GptopsError("predict: no text given; pass texts as arguments or one per line on "
+                          "stdin")
+    ref = _ref(workdir, tracking_uri, model, "task", alias, version)
+    comps = load_components(ref, expect_task="text-classification")
+    results = classify(comps, items)
+    if as_json:
+        console.print_json(json.dumps(results))
+        return
+    table = Table(title=f"{ref.describe()}", title_justify="left")
+    for col in ("text", "label", "score"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        table.add_row(r["text"][:200], r["label"], f"{r['score']:.3f}")
+    console.print(table)
+
+
+@app.command()
+def export(out: Annotated[Path, typer.Argument(help="folder to write (must not exist or be "
+                                               "empty)")],
+           workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
+           version: Version = "", tracking_uri: TrackingUri = "") -> None:
+    """Write a registered version as a Hugging Face folder (for ``transformers.pipeline``)."""
+    from gpt.registry import export_hf
+
+    ref = _ref(workdir, tracking_uri, model, "base", alias, version)
+    task = export_hf(ref, out)
+    console.print(f"{ref.describe()} -> {out} ({task}); load it with "
+                  f"transformers.pipeline({task!r}, model={str(out)!r})", highlight=False,
+                  soft_wrap=True)
+
+
+@app.command()
 def models(workdir: Workdir = Path("."),
            name: Annotated[str, typer.Option(help="only this registered model")] = "",
            history: Annotated[bool, typer.Option("--history", help="also show each model's "
                                                  "champion history")] = False,
-           tracking_uri: Annotated[str, typer.Option()] = "") -> None:
+           tracking_uri: TrackingUri = "") -> None:
     """List registered models, versions, aliases, lineage and metrics."""
     from gpt.registry import champion_history, list_versions
 
@@ -168,25 +358,37 @@ def models(workdir: Workdir = Path("."),
     if name:
         champion_history(uri, name)  # unknown model: one-line error listing the known ones
     rows = list_versions(uri, name or None)
-    table = Table(title=f"registered models at {uri}")
-    for col in ("model", "version", "aliases", "data", "commit", "primary metric"):
-        table.add_column(col)
+    table = Table(title=f"registered models at {uri}", title_justify="left")
+    cells = []
     for r in rows:
         t = r["tags"]
         metric = t.get("primary_metric", "")
-        table.add_row(r["name"], r["version"], ",".join(r["aliases"]), t.get("data_version", ""),
-                      t.get("git_commit", "")[:12],
-                      f"{metric}={t.get('metric.' + metric, '')}" if metric else "")
-    console.print(table)
+        cells.append((r["name"], r["version"], ",".join(r["aliases"]),
+                      t.get("data_version", ""), t.get("git_commit", "")[:12],
+                      f"{metric}={t.get('metric.' + metric, '')}" if metric else ""))
+    for i, col in enumerate(("model", "version", "aliases", "data", "commit", "primary metric")):
+        # Names and ids are never cut: a cut name cannot be copied into the next command.
+        width = max([len(col)] + [len(c[i]) for c in cells])
+        table.add_column(col, no_wrap=True, min_width=width)
+    for c in cells:
+        table.add_row(*c)
+    Console(width=max(console.width, _table_width(cells))).print(table)
     if history:
         for model_name in sorted({r["name"] for r in rows}):
             _print_history(model_name, champion_history(uri, model_name))
 
 
+def _table_width(cells: list[tuple[str, ...]]) -> int:
+    if not cells:
+        return 0
+    return sum(max(len(c[i]) for c in cells) + 3 for i in range(len(cells[0]))) + 1
+
+
 def _print_history(name: str, history: list[dict]) -> None:
-    table = Table(title=f"{name}: champion history (oldest first)")
-    for col in ("at", "action", "champion", "previous", "reason"):
-        table.add_column(col)
+    table = Table(title=f"{name}: champion history (oldest first)", title_justify="left")
+    for col in ("at", "action", "champion", "previous"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("reason", overflow="fold")
     for h in history:
         table.add_row(h.get("at", ""), h.get("action", "gate"), f"v{h['version']}",
                       f"v{h['previous']}" if h.get("previous") else "", h.get("reason", ""))
@@ -202,7 +404,7 @@ def promote(model: Annotated[str, typer.Argument(help="registered model name")],
             version: Annotated[str, typer.Argument(help="version to make champion")],
             reason: Reason,
             workdir: Workdir = Path("."),
-            tracking_uri: Annotated[str, typer.Option()] = "") -> None:
+            tracking_uri: TrackingUri = "") -> None:
     """Make VERSION the champion of MODEL by hand (recorded with its reason)."""
     from gpt import registry
 
@@ -216,7 +418,7 @@ def promote(model: Annotated[str, typer.Argument(help="registered model name")],
 def rollback(model: Annotated[str, typer.Argument(help="registered model name")],
              reason: Reason,
              workdir: Workdir = Path("."),
-             tracking_uri: Annotated[str, typer.Option()] = "") -> None:
+             tracking_uri: TrackingUri = "") -> None:
     """Move MODEL's champion back to the previous champion (recorded with its reason)."""
     from gpt import registry
 
@@ -229,21 +431,45 @@ def rollback(model: Annotated[str, typer.Argument(help="registered model name")]
 @app.command()
 def doctor(workdir: Workdir = Path(".")) -> None:
     """Check the environment: versions, CUDA, workspace files, tracking URI."""
-    import mlflow
-    import torch
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    console.print(f"python {sys.version.split()[0]}  torch {torch.__version__}  "
-                  f"transformers {transformers.__version__}  mlflow {mlflow.__version__}")
-    console.print(f"CUDA available: {torch.cuda.is_available()}  threads: "
-                  f"{torch.get_num_threads()}  cpus: {os.cpu_count()}")
+    def v(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "missing"
+
+    console.print("  ".join(f"{p} {v(p)}" for p in ("gptops", "torch", "transformers",
+                                                     "mlflow", "prefect", "dvc")),
+                  highlight=False)
+    console.print(f"python {sys.version.split()[0]}  cpus: {os.cpu_count()}  NVIDIA driver: "
+                  f"{'yes' if Path('/proc/driver/nvidia/version').exists() else 'no'} "
+                  "(torch decides at training time)", highlight=False)
     for f in ("params.yaml", "dvc.yaml", ".dvc", "dvc.lock"):
         console.print(f"{f}: {'ok' if (Path(workdir) / f).exists() else 'missing'}")
-    console.print(f"tracking URI: {_tracking_uri(workdir, _params(workdir))}")
+    console.print(f"tracking URI: {_tracking_uri(workdir, _params(workdir))}", soft_wrap=True)
+    api = os.environ.get("PREFECT_API_URL")
+    console.print(f"Prefect: {api or 'the workspace database .gptops/prefect.db'}",
+                  soft_wrap=True)
+
+
+def _click():  # typer bundles its own click (typer._click) since 0.2x
+    try:
+        import typer._click as bundled  # type: ignore[import-not-found]
+
+        return bundled
+    except ImportError:  # pragma: no cover - older typer
+        import click
+
+        return click
 
 
 def run_app(application: typer.Typer) -> None:
-    """Run a typer app, printing input errors as one line with exit status 2."""
+    """Run a typer app: usage errors print the usage and one line (exit 2), input errors one
+    line (exit 2), Ctrl-C exits with 130."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    click = _click()
     try:
         application(standalone_mode=False)
     except GptopsError as exc:
@@ -251,18 +477,15 @@ def run_app(application: typer.Typer) -> None:
             Path(os.environ[ERROR_FILE_ENV]).write_text(str(exc), encoding="utf-8")
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("interrupted", highlight=False)
+        sys.exit(130)
+    except (typer.Exit, click.exceptions.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 def main() -> None:

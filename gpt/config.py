@@ -23,6 +23,10 @@ from gpt.errors import ConfigError
 PROFILE_SECTIONS = ("model", "train", "finetune", "sft", "evaluate")
 #: Sections read by the DVC data stages (dvc.yaml lists the same keys).
 DATA_SECTIONS = ("data", "clean", "tokenizer")
+#: The profile a run uses unless told otherwise.
+DEFAULT_PROFILE = "tiny"
+#: The project's own params.yaml (the template new workspaces start from).
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 class _Strict(BaseModel):
@@ -145,6 +149,7 @@ class RegistryConfig(_Strict):
     task_model: str
     sft_model: str
     min_improvement: float = Field(ge=0, description="margin a challenger must beat champion by")
+    license: str = Field(min_length=1, description="licence id declared in the model cards")
 
 
 class Params(_Strict):
@@ -208,7 +213,7 @@ def read_params_file(path: Path) -> dict[str, Any]:
     return raw
 
 
-def resolve_params(raw: dict[str, Any], profile: str = "tiny",
+def resolve_params(raw: dict[str, Any], profile: str = DEFAULT_PROFILE,
                    overrides: list[str] | dict[str, Any] | None = None) -> Params:
     """Apply ``profile`` and ``overrides`` to a raw params dict and validate it."""
     tree = copy.deepcopy(raw)
@@ -238,7 +243,27 @@ def resolve_params(raw: dict[str, Any], profile: str = "tiny",
     return params
 
 
-def load_params(path: str | Path = "params.yaml", profile: str = "tiny",
+def profile_names(path: str | Path = PROJECT_PARAMS) -> list[str]:
+    """The profiles a params file defines (the default profile first)."""
+    names = sorted(read_params_file(Path(path)).get("profiles") or {})
+    return sorted(names, key=lambda n: n != DEFAULT_PROFILE)
+
+
+def form_defaults(path: str | Path = PROJECT_PARAMS) -> dict[str, Any]:
+    """The values a run form shows by default: the file's values under the default profile."""
+    try:
+        p = load_params(path, DEFAULT_PROFILE)
+    except ConfigError:
+        return {}
+    return {"profile": DEFAULT_PROFILE, "max_steps": p.train.max_steps,
+            "learning_rate": p.train.lr, "finetune_steps": p.finetune.max_steps,
+            "sft_steps": p.sft.max_steps, "lora_rank": p.finetune.lora_rank,
+            "task_file": p.finetune.task_path, "sft_file": p.sft.task_path,
+            "data_source": p.data.source, "base_model": p.registry.base_model,
+            "task_model": p.registry.task_model, "sft_model": p.registry.sft_model}
+
+
+def load_params(path: str | Path = "params.yaml", profile: str = DEFAULT_PROFILE,
                 overrides: list[str] | dict[str, Any] | None = None) -> Params:
     """Load, overlay and validate ``params.yaml``.
 

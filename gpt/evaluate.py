@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from gpt import progress
 from gpt.data.loader import TokenData
 from gpt.data.tokenizer import EOT
 from gpt.errors import RegistryError
@@ -25,7 +26,7 @@ def perplexity(model: GPT, tokens_dir: Path, batches: int, batch_size: int, seed
     data = TokenData(tokens_dir)
     device = next(model.parameters()).device
     loss = estimate_loss(model, data, split, batches, batch_size, model.config.block_size, seed,
-                         device)
+                         device, label="evaluate: perplexity")
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
 
@@ -75,7 +76,7 @@ def sample_generations(model: GPT, tok: Tokenizer, prompts: Sequence[str] = DEFA
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     out = []
-    for prompt in prompts:
+    for prompt in progress.track(prompts, "evaluate: samples", unit="prompt"):
         ids = tok.encode(prompt).ids or [tok.token_to_id(EOT)]
         x = torch.tensor([ids], dtype=torch.long, device=device)
         y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
@@ -223,12 +224,15 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str]) ->
 
 @torch.no_grad()
 def complete(model: GPT, tok: Tokenizer, prompts: Sequence[str], max_new_tokens: int,
-             ) -> list[str]:
-    """Greedy completions (stopping at end-of-text), one prompt at a time with the KV cache."""
+             label: str = "evaluate: completions") -> list[str]:
+    """Greedy completions (stopping at end-of-text), one prompt at a time with the KV cache.
+
+    ``label`` names the progress phase (one unit per prompt).
+    """
     device = next(model.parameters()).device
     eot = tok.token_to_id(EOT)
     out = []
-    for prompt in prompts:
+    for prompt in progress.track(prompts, label, unit="prompt"):
         ids = tok.encode(prompt).ids[-(model.config.block_size - 1):] or [eot]
         y = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=0,
                            stop_token=eot)

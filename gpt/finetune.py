@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
+from gpt import progress
 from gpt.config import FinetuneConfig, SFTConfig
 from gpt.data.tokenizer import PAD
 from gpt.errors import DataError
@@ -220,7 +221,7 @@ def predict(model: GPTClassifier, ids: torch.Tensor, lengths: torch.Tensor,
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(ids), batch_size):
+    for i in progress.track(range(0, len(ids), batch_size), "evaluate: classify", unit="batch"):
         logits = model(ids[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
         out.append(logits.argmax(-1).cpu())
     return torch.cat(out)

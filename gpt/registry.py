@@ -9,11 +9,13 @@ the same evaluation set (same ``eval_hash``) by ``min_improvement`` with all met
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -243,7 +245,8 @@ def decide_promotion(new: float, champion: float | None, new_eval_hash: str,
 def register_model(tracking_uri: str, run_id: str, name: str, hf_model, hf_tokenizer, task: str,
                    metrics: dict[str, float], tags: dict[str, str], primary_metric: str,
                    higher_is_better: bool, min_improvement: float,
-                   description: str = "", baseline: float | None = None) -> Registration:
+                   description: str = "", baseline: float | None = None,
+                   license_id: str = "other") -> Registration:
     """Log the HF model to ``run_id`` with the transformers flavor, register it, gate promotion.
 
     Raises:
@@ -267,7 +270,8 @@ def register_model(tracking_uri: str, run_id: str, name: str, hf_model, hf_token
     with _fluent(tracking_uri, run_id):
         info = mlflow.transformers.log_model(
             transformers_model={"model": hf_model, "tokenizer": hf_tokenizer}, name="model",
-            task=task, pip_requirements=_pip_requirements())
+            task=task, pip_requirements=_pip_requirements(),
+            model_card=_model_card(description, license_id, task))
         # One writer at a time per model: version numbers and the read-champion-then-move-alias
         # gate are not atomic in MLflow, so concurrent pipelines would race without the lock.
         with registry_lock(tracking_uri, name):
@@ -285,6 +289,15 @@ def register_model(tracking_uri: str, run_id: str, name: str, hf_model, hf_token
                                       tags.get("eval_hash", ""), primary_metric,
                                       higher_is_better, min_improvement, run_id,
                                       baseline)
+
+
+def _model_card(text: str, license_id: str, task: str):  # -> huggingface_hub.ModelCard
+    """The card MLflow stores with the model (without one it asks the hub, offline or not)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(license=license_id, pipeline_tag=task, library_name="transformers",
+                         tags=["gptops"])
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
 
 
 def _await_ready(client, name: str, version: str, timeout: float = 60.0):
@@ -505,6 +518,9 @@ def _move_champion(client, name: str, version: str, previous: str | None, reason
     """Move the alias by hand (caller holds the lock), tag why, and describe the move."""
     set_champion(client, name, version, reason.strip(), action=action)
     client.set_model_version_tag(name, version, "promotion_decision", decision[:5000])
+    with contextlib.suppress(Exception):  # a champion is no longer a challenger
+        if str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(version):
+            client.delete_registered_model_alias(name, CHALLENGER)
     log.info("%s: champion v%s -> v%s (%s: %s)", name, previous, version, action, reason)
     return {"name": name, "version": version, "previous": previous, "action": action,
             "reason": reason.strip()}
@@ -548,16 +564,108 @@ def resolve_alias(tracking_uri: str, name: str, alias: str = CHAMPION, client=No
                             f"aliases: {aliases or '(none)'}") from exc
 
 
-def load_champion_components(tracking_uri: str, name: str, alias: str = CHAMPION) -> dict:
-    """``{"model": ..., "tokenizer": ...}`` of ``models:/<name>@<alias>`` via the MLflow flavor."""
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered version: ``models:/<name>@<alias>`` or, with ``version``, ``/<version>``."""
+
+    uri: str
+    name: str
+    alias: str = CHAMPION
+    version: str = ""
+
+    @property
+    def model_uri(self) -> str:
+        v = self.version.strip().removeprefix("v")
+        return f"models:/{self.name}/{v}" if v else f"models:/{self.name}@{self.alias}"
+
+    def describe(self) -> str:
+        return self.model_uri.removeprefix("models:/")
+
+
+def _check_ref(ref: ModelRef, client) -> None:
+    """Unknown model, alias or version: one line listing what exists."""
+    if not ref.version:
+        resolve_alias(ref.uri, ref.name, ref.alias, client)
+        return
+    _require_model(client, ref.uri, ref.name)
+    versions = _version_numbers(client, ref.name)
+    if ref.version.strip().removeprefix("v") not in versions:
+        raise RegistryError(f"model '{ref.name}' has no version '{ref.version}'; versions: "
+                            f"{', '.join(versions) or '(none)'}")
+
+
+def model_task(ref: ModelRef) -> str:
+    """The transformers task a version was registered for (``text-generation``, ...)."""
+    import mlflow
+
+    client = _client(ref.uri)
+    _check_ref(ref, client)
+    with _global_uri(ref.uri):
+        info = mlflow.models.get_model_info(ref.model_uri)
+    return str(info.flavors.get("transformers", {}).get("task", ""))
+
+
+def load_components(ref: ModelRef, expect_task: str | None = None) -> dict:
+    """``{"model": ..., "tokenizer": ...}`` of a registered version via the MLflow flavor.
+
+    Raises:
+        RegistryError: unknown model/alias/version, or a model for another task than
+            ``expect_task`` (a classifier cannot generate text).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import mlflow
 
-    client = _client(tracking_uri)
-    resolve_alias(tracking_uri, name, alias, client)
-    with _global_uri(tracking_uri):
-        return mlflow.transformers.load_model(f"models:/{name}@{alias}",
-                                              return_type="components")
+    task = model_task(ref)
+    if expect_task and task != expect_task:
+        raise RegistryError(f"{ref.describe()} is a {task or 'non-transformers'} model, not "
+                            f"{expect_task}; pick another with --model (e.g. "
+                            f"`gptops models` lists them)")
+    with _global_uri(ref.uri):
+        return mlflow.transformers.load_model(ref.model_uri, return_type="components")
+
+
+def load_champion_components(tracking_uri: str, name: str, alias: str = CHAMPION) -> dict:
+    """``{"model": ..., "tokenizer": ...}`` of ``models:/<name>@<alias>``."""
+    return load_components(ModelRef(tracking_uri, name, alias))
+
+
+def classify(components: dict, texts: list[str]) -> list[dict[str, Any]]:
+    """Label and probability per text; inputs longer than the context are truncated."""
+    import torch
+
+    model, tok = components["model"], components["tokenizer"]
+    limit = getattr(model.config, "n_positions", None) or tok.model_max_length
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for text in texts:
+            enc = tok(text, truncation=True, max_length=limit, return_tensors="pt")
+            probs = model(**enc).logits.softmax(-1)[0]
+            i = int(probs.argmax())
+            out.append({"text": text, "label": model.config.id2label[i],
+                        "score": float(probs[i])})
+    return out
+
+
+def export_hf(ref: ModelRef, out_dir: Path) -> str:
+    """Write a registered version as a Hugging Face folder; return its transformers task.
+
+    Raises:
+        RegistryError: ``out_dir`` exists and is not empty (nothing is overwritten).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RegistryError(f"export folder {out_dir} is not empty; pass a new folder")
+    comps = load_components(ref)
+    task = model_task(ref)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    comps["model"].save_pretrained(tmp)
+    comps["tokenizer"].save_pretrained(tmp)
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.replace(tmp, out_dir)
+    return task
 
 
 def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from gpt import checkpoint as ckpt
 from gpt import evaluate as ev
-from gpt import registry
+from gpt import progress, registry
 from gpt.config import Params
 from gpt.data.stages import CLEAN, CLEAN_STATS, TOKENS
 from gpt.data.tokenizer import EOT, PAD, load_hf_tokenizer, load_tokenizer
@@ -146,9 +146,10 @@ def _evaluate_sft(workdir: Path, params: Params, rd: Path, tok, base) -> dict[st
     prompts, refs = [p for p, _ in test], [c for _, c in test]
     sft_model = _load_base(rd / "sft", params, tok.get_vocab_size())
     n = params.sft.max_new_tokens
-    completions = ev.complete(sft_model, tok, prompts, n)
+    completions = ev.complete(sft_model, tok, prompts, n, label="evaluate: SFT completions")
     tuned = ev.generation_metrics(completions, refs)
-    before = ev.generation_metrics(ev.complete(base, tok, prompts, n), refs)
+    before = ev.generation_metrics(
+        ev.complete(base, tok, prompts, n, label="evaluate: base-model completions"), refs)
     metrics = {**tuned, **{f"baseline_{k}": v for k, v in before.items()}}
     examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
                 zip(prompts[:10], refs[:10], completions[:10], strict=True)]
@@ -224,6 +225,8 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
     rd = run_dir(workdir, data_version, params)
     tok_path = workdir / TOKENS / "tokenizer.json"
     hf_tok = load_hf_tokenizer(tok_path)
+    # Consumers (pipelines, `mlflow models serve`) truncate to what the model can see.
+    hf_tok.model_max_length = params.model.block_size
     eot, pad = hf_tok.convert_tokens_to_ids(EOT), hf_tok.convert_tokens_to_ids(PAD)
     tags = lineage_tags(params, data_version, flow_run_id)
     reg = params.registry
@@ -284,19 +287,30 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking_uri
                 registry.log_dict(tracking_uri, run_id, evaluation["task_unseen_labels"],
                                   "eval/unseen_test_labels.json")
             _log_task_report(tracking_uri, run_id, evaluation, rd / "eval")
-        registry.log_metrics(tracking_uri, run_id, metrics)
-        # Read before registering: registering may move the champion alias to this version.
-        comparison = ev.compare_to_champion(metrics, v_tags["eval_hash"],
-                                            registry.champion_metrics(tracking_uri, name))
-        registry.log_dict(tracking_uri, run_id, comparison, "eval/champion_comparison.json")
-        log.info("%s vs champion: %s", name, comparison["note"])
-        description = _model_card(kind, name, v_tags, metrics, params, comparison)
-        r = registry.register_model(tracking_uri, run_id, name, model, hf_tok, task_name,
-                                    metrics, v_tags, primary, higher, reg.min_improvement,
-                                    description, baseline=baseline)
-        registry.finish_run(tracking_uri, run_id)
-        results[kind] = {**asdict(r), "reused": False}
+        with progress.phase(f"register {name}"):
+            results[kind] = _register_one(tracking_uri, run_id, name, kind, model, hf_tok,
+                                          task_name, metrics, v_tags, primary, higher, baseline,
+                                          params)
     return results
+
+
+def _register_one(tracking_uri: str, run_id: str, name: str, kind: str, model, hf_tok,
+                  task_name: str, metrics: dict[str, float], v_tags: dict[str, str],
+                  primary: str, higher: bool, baseline: float, params: Params) -> dict[str, Any]:
+    """Log metrics, compare with the champion, register and gate one model."""
+    reg = params.registry
+    registry.log_metrics(tracking_uri, run_id, metrics)
+    # Read before registering: registering may move the champion alias to this version.
+    comparison = ev.compare_to_champion(metrics, v_tags["eval_hash"],
+                                        registry.champion_metrics(tracking_uri, name))
+    registry.log_dict(tracking_uri, run_id, comparison, "eval/champion_comparison.json")
+    log.info("%s vs champion: %s", name, comparison["note"])
+    description = _model_card(kind, name, v_tags, metrics, params, comparison)
+    r = registry.register_model(tracking_uri, run_id, name, model, hf_tok, task_name,
+                                metrics, v_tags, primary, higher, reg.min_improvement,
+                                description, baseline=baseline, license_id=reg.license)
+    registry.finish_run(tracking_uri, run_id)
+    return {**asdict(r), "reused": False}
 
 
 def _log_task_report(tracking_uri: str, run_id: str, evaluation: dict[str, Any],

@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gpt import checkpoint as ckpt
+from gpt import progress
 from gpt.config import ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
 from gpt.errors import TrainingError
@@ -130,6 +131,10 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+#: Per-step metrics the progress line leaves to MLflow (loss has its own place on the line).
+_STEP_METRICS = frozenset({"loss", "lr", "grad_norm", "tokens_per_sec"})
+
+
 def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
              settings: LoopSettings, device: torch.device, ckpt_dir: Path | None = None,
              resume: bool = True, eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -162,64 +167,69 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
     t0 = time.perf_counter()
     t_window, tokens_window = t0, 0
     model.train()
-    for step in range(start, settings.max_steps):
-        lr = lr_at(step, settings.lr, settings.min_lr, settings.warmup_steps, settings.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=device)
-        for micro in range(settings.grad_accum):
-            sync = (micro == settings.grad_accum - 1) or not hasattr(model, "no_sync")
-            ctx = contextlib.nullcontext() if sync else model.no_sync()
-            with ctx, autocast:
-                loss = loss_fn(model, step, micro) / settings.grad_accum
-            with ctx:
-                loss.backward()
-            total += loss.detach()
-        if _world() > 1:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        grad_norm = (nn.utils.clip_grad_norm_(raw.parameters(), settings.grad_clip)
-                     if settings.grad_clip > 0 else torch.zeros(()))
-        loss_val = float(total)
-        if not math.isfinite(loss_val) or not math.isfinite(float(grad_norm)):
-            # Skip the update entirely: one bad batch must not poison the weights.
+    # Progress (bar on a TTY, plain lines otherwise) for every kind of run: fine-tuning and SFT
+    # have no tokens/s, yet log their step, loss and ETA all the same. Only rank 0 shows it.
+    with progress.phase(str((meta or {}).get("kind", "train")), total=settings.max_steps,
+                        start=start, unit="step", enabled=rank0) as bar:
+        for step in range(start, settings.max_steps):
+            lr = lr_at(step, settings.lr, settings.min_lr, settings.warmup_steps,
+                       settings.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             optimizer.zero_grad(set_to_none=True)
-            bad_in_row += 1
-            skipped += 1
-            log.warning("step %d: non-finite loss/grad (%s), update skipped (%d in a row)",
-                        step, loss_val, bad_in_row)
-            if bad_in_row >= settings.max_nonfinite_steps:
-                raise TrainingError(f"{bad_in_row} non-finite steps in a row at step {step}; "
-                                    "lower train.lr or check the data")
-            continue
-        bad_in_row = 0
-        optimizer.step()
-        tokens_window += tokens_per_step
-        done = step + 1
-        metrics = {"loss": loss_val, "lr": lr, "grad_norm": float(grad_norm)}
-        if settings.log_interval and (done % settings.log_interval == 0
-                                      or done == settings.max_steps):
-            now = time.perf_counter()
-            if tokens_per_step:
-                metrics["tokens_per_sec"] = tokens_window / max(now - t_window, 1e-9)
-            t_window, tokens_window = now, 0
-        if eval_fn is not None and (done % settings.eval_interval == 0
-                                    or done == settings.max_steps):
-            metrics.update(eval_fn(raw))
-            model.train()
-        if rank0:
-            if "tokens_per_sec" in metrics or len(metrics) > 4:
-                extra = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "loss")
-                log.info("step %d/%d loss %.4f %s", done, settings.max_steps, loss_val, extra)
-            if callback is not None:
-                callback(done, metrics)
-            history.append({"step": done, **metrics})
-            if ckpt_dir is not None and (done % settings.checkpoint_interval == 0
-                                         or done == settings.max_steps):
-                state = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
-                if device.type == "cuda":
-                    state["rng_cuda"] = torch.cuda.get_rng_state(device)
-                ckpt.save_checkpoint(ckpt_dir, done, raw, state, meta)
+            total = torch.zeros((), device=device)
+            for micro in range(settings.grad_accum):
+                sync = (micro == settings.grad_accum - 1) or not hasattr(model, "no_sync")
+                ctx = contextlib.nullcontext() if sync else model.no_sync()
+                with ctx, autocast:
+                    loss = loss_fn(model, step, micro) / settings.grad_accum
+                with ctx:
+                    loss.backward()
+                total += loss.detach()
+            if _world() > 1:
+                dist.all_reduce(total, op=dist.ReduceOp.AVG)
+            grad_norm = (nn.utils.clip_grad_norm_(raw.parameters(), settings.grad_clip)
+                         if settings.grad_clip > 0 else torch.zeros(()))
+            loss_val = float(total)
+            if not math.isfinite(loss_val) or not math.isfinite(float(grad_norm)):
+                # Skip the update entirely: one bad batch must not poison the weights.
+                optimizer.zero_grad(set_to_none=True)
+                bad_in_row += 1
+                skipped += 1
+                log.warning("step %d: non-finite loss/grad (%s), update skipped (%d in a row)",
+                            step, loss_val, bad_in_row)
+                if bad_in_row >= settings.max_nonfinite_steps:
+                    raise TrainingError(f"{bad_in_row} non-finite steps in a row at step {step}; "
+                                        "lower train.lr or check the data")
+                bar.update(step + 1)
+                continue
+            bad_in_row = 0
+            optimizer.step()
+            tokens_window += tokens_per_step
+            done = step + 1
+            metrics = {"loss": loss_val, "lr": lr, "grad_norm": float(grad_norm)}
+            if settings.log_interval and (done % settings.log_interval == 0
+                                          or done == settings.max_steps):
+                now = time.perf_counter()
+                if tokens_per_step:
+                    metrics["tokens_per_sec"] = tokens_window / max(now - t_window, 1e-9)
+                t_window, tokens_window = now, 0
+            if eval_fn is not None and (done % settings.eval_interval == 0
+                                        or done == settings.max_steps):
+                metrics.update(eval_fn(raw))
+                model.train()
+            if rank0:
+                bar.update(done, loss=loss_val, tokens=tokens_per_step,
+                           **{k: v for k, v in metrics.items() if k not in _STEP_METRICS})
+                if callback is not None:
+                    callback(done, metrics)
+                history.append({"step": done, **metrics})
+                if ckpt_dir is not None and (done % settings.checkpoint_interval == 0
+                                             or done == settings.max_steps):
+                    state = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+                    if device.type == "cuda":
+                        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+                    ckpt.save_checkpoint(ckpt_dir, done, raw, state, meta)
     seconds = time.perf_counter() - t0
     steps_run = settings.max_steps - start
     return LoopResult(steps=settings.max_steps, resumed_from=start, skipped_steps=skipped,
@@ -236,11 +246,15 @@ def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
 
 @torch.no_grad()
 def estimate_loss(model: nn.Module, data: TokenData, split: str, batches: int, batch_size: int,
-                  block_size: int, seed: int, device: torch.device) -> float:
-    """Mean next-token loss over fixed (seeded) batches of a split."""
+                  block_size: int, seed: int, device: torch.device,
+                  label: str | None = None) -> float:
+    """Mean next-token loss over fixed (seeded) batches of a split.
+
+    ``label`` names a progress phase over the batches (none during training's periodic eval).
+    """
     model.eval()
     losses = []
-    for i in range(batches):
+    for i in (progress.track(range(batches), label, unit="batch") if label else range(batches)):
         x, y = data.batch(split, batch_size, block_size, step_generator(seed, i, stream=1))
         _, loss = model(x.to(device), y.to(device), return_logits=False)
         losses.append(float(loss))

@@ -76,6 +76,47 @@ def ensure_workspace(workdir: Path) -> Path:
     return workdir
 
 
+#: Where a run keeps the workspace's own params.yaml while its one-off overrides are in place.
+PARAMS_BACKUP = ".gptops/params.before-run.yaml"
+
+
+def restore_params(workdir: Path) -> bool:
+    """Put back the params.yaml a run saved before writing one-off data overrides.
+
+    Also called when a run starts, so a run that was killed cannot leave its overrides behind.
+    Returns whether anything was restored.
+    """
+    backup = Path(workdir) / PARAMS_BACKUP
+    if not backup.is_file():
+        return False
+    os.replace(backup, Path(workdir) / "params.yaml")
+    log.info("params.yaml restored: the run's one-off overrides no longer apply (keep them "
+             "with --save)")
+    return True
+
+
+def apply_run_overrides(workdir: Path, overrides: list[str] | None,
+                        save: bool = False) -> list[str]:
+    """Write a run's data overrides into params.yaml (DVC reads them there), for this run only.
+
+    Unless ``save``, the file's previous content is kept aside and :func:`restore_params` puts
+    it back when the run ends (``dvc exp run --set-param`` semantics). Returns the non-data
+    overrides, which never touch the file.
+    """
+    workdir = Path(workdir)
+    restore_params(workdir)
+    params = workdir / "params.yaml"
+    before = params.read_bytes() if params.is_file() else None
+    rest = apply_data_overrides(workdir, overrides)
+    if not save and before is not None and params.read_bytes() != before:
+        backup = workdir / PARAMS_BACKUP
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        tmp = backup.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(before)
+        os.replace(tmp, backup)
+    return rest
+
+
 def apply_data_overrides(workdir: Path, overrides: list[str] | None) -> list[str]:
     """Write overrides of data sections into the workspace's params.yaml (DVC must see them).
 
@@ -103,6 +144,18 @@ def apply_data_overrides(workdir: Path, overrides: list[str] | None) -> list[str
     return rest
 
 
+@contextlib.contextmanager
+def _quiet_dvc():
+    """DVC's own INFO lines ("Running stage", "Updating lock file") repeat ours: keep warnings."""
+    lg = logging.getLogger("dvc")
+    level = lg.level
+    lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+
+
 @dataclass
 class StageOutcome:
     stage: str
@@ -125,7 +178,8 @@ def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
     os.environ[ERROR_FILE_ENV] = str(err_file)
     try:
         # DVC resolves targets and runs commands relative to the working directory.
-        with contextlib.chdir(workdir), Repo(str(workdir)) as repo:
+        with contextlib.chdir(workdir), Repo(str(workdir)) as repo, _quiet_dvc():
+            repo.scm_context.quiet = True  # no "git add dvc.lock" hints: we track dvc.lock
             ran = repo.reproduce(stage, single_item=True, force=force)
     except Exception as exc:
         # DVC wraps the stage command's failure; the command wrote its one-line error to a file.

@@ -66,6 +66,36 @@ def test_flow_run_is_recorded_on_the_prefect_server(pipeline_run):
     assert fr.state.is_completed()
 
 
+def test_library_log_lines_reach_the_prefect_run_log(pipeline_run):
+    """What a user opening the run in the Prefect UI sees: progress and decisions, per task."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    _, first, _ = pipeline_run
+
+    async def fetch():
+        async with get_client() as client:
+            flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(first["flow_run_id"])]))
+            return await client.read_logs(log_filter=flt, limit=200)
+
+    logs = asyncio.run(fetch())
+    by_task = {}
+    for entry in logs:
+        by_task.setdefault(entry.task_run_id is not None, []).append(entry.message)
+    messages = "\n".join(e.message for e in logs)
+    assert "pretrain: step 30/30 (100%)" in messages and "tok/s" in messages
+    assert "finetune: step 60/60 (100%)" in messages
+    assert "sft: step 30/30 (100%)" in messages
+    assert "evaluate: perplexity" in messages
+    assert "stage ingest: ran" in messages
+    assert "gptops-base v1: champion" in messages
+    # the lines belong to their task runs, not just to the flow run
+    assert any("pretrain: step" in m for m in by_task[True])
+
+
 def test_dvc_outputs_exist_match_lock_and_are_pushed(pipeline_run):
     from gpt.workspace import lock_outs
 
@@ -144,21 +174,39 @@ def test_corpus_without_usable_documents_is_rejected(tmp_path, prefect_server):
     assert not (ws / "data" / "clean").exists()  # nothing half-written that looks complete
 
 
+def test_bad_task_file_is_rejected_before_any_work(tmp_path, prefect_server):
+    (tmp_path / "wrong.csv").write_text("sentence,category\nhello there,greeting\n")
+    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    out = gptops("run", "--workdir", str(ws), "--set", "finetune.task=file", "--set",
+                 f"finetune.task_path={tmp_path}/wrong.csv", cwd=tmp_path,
+                 env={"PREFECT_API_URL": prefect_server})
+    assert out.returncode == 2
+    assert "wrong.csv' lacks column(s) ['label', 'text']" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not (ws / "data").exists()  # not even ingest ran
+    assert not (ws / ".gptops" / "mlflow.db").exists()
+
+
 def test_failure_after_training_registers_nothing_and_closes_runs(tmp_path, prefect_server):
+    import pandas as pd
     from mlflow import MlflowClient
 
     from flows.pipeline import training_pipeline
     from gpt.errors import DataError
     from tests.conftest import RUN_OVERRIDES
 
+    # Valid pairs whose prompts fill the whole context: SFT finds out only when it encodes
+    # them, after pretraining and fine-tuning have run.
+    pd.DataFrame([{"prompt": "word " * 200 + str(i), "completion": "an answer"}
+                  for i in range(40)]).to_csv(tmp_path / "long.csv", index=False)
     ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
-    with pytest.raises(DataError, match="finetune.task_path"):
-        training_pipeline(overrides=RUN_OVERRIDES + ["finetune.task=file",
-                                                     f"finetune.task_path={tmp_path}/no.csv"],
+    with pytest.raises(DataError, match="shorten the prompts"):
+        training_pipeline(overrides=RUN_OVERRIDES + ["sft.task=file",
+                                                     f"sft.task_path={tmp_path}/long.csv"],
                           workdir=str(ws))
     client = MlflowClient(f"sqlite:///{ws / '.gptops' / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert {r.info.run_name.split("-")[0] for r in runs} == {"base", "task"}
+    assert {r.info.run_name.split("-")[0] for r in runs} == {"base", "task", "sft"}
     assert {r.info.status for r in runs} == {"FAILED"}
     assert client.search_registered_models() == []
 

@@ -1,0 +1,100 @@
+"""Checks of a run's inputs before any long work starts.
+
+Everything that can be known to be wrong without training is checked here, in seconds: the
+profile and overrides (by loading the params), the data source, the fine-tuning task file and the
+SFT file (read and validated the same way the steps read them), and the tracking URI. Each
+problem raises one ``GptopsError`` naming the input and the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from gpt.config import Params
+from gpt.errors import ConfigError, DataError
+
+#: MLflow tracking URI schemes gptops knows how to use.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql",
+                    "mysql+pymysql", "mssql", "http", "https", "file", "databricks")
+
+
+def check_source(source: str) -> None:
+    """``data.source``: the built-in corpus, an existing ``hf:`` folder or name, or a glob."""
+    if not source.strip():
+        raise DataError("data.source is empty; set it to 'builtin', 'hf:<dataset>' or a glob of "
+                        "local files")
+    if source == "builtin":
+        return
+    if source.startswith("hf:"):
+        spec = source.removeprefix("hf:").split(":", 1)[0]
+        if not spec:
+            raise DataError("data.source 'hf:' names no dataset; write hf:<folder> or hf:<name>")
+        looks_local = spec.startswith((".", "/", "~"))  # else a hub name such as user/data
+        if looks_local and not Path(os.path.expanduser(spec)).exists():
+            raise DataError(f"data.source '{source}': dataset folder '{spec}' does not exist; "
+                            "check the path")
+        return
+    if not glob.glob(os.path.expanduser(source), recursive=True):
+        raise DataError(f"data.source '{source}' matches no files; check the path or set "
+                        "data.source=builtin")
+
+
+def check_tasks(params: Params) -> None:
+    """The fine-tuning and SFT files, read and validated as the steps will read them."""
+    from gpt.finetune import build_sft_file_task, build_task
+
+    ft = params.finetune
+    if ft.task == "file":
+        if not ft.task_path:
+            raise ConfigError("finetune.task=file needs finetune.task_path (a .csv/.jsonl/"
+                              ".parquet with columns text,label)")
+        build_task(ft, None)  # type: ignore[arg-type] - file tasks do not read the corpus
+    if params.sft.enabled and params.sft.task == "file":
+        if not params.sft.task_path:
+            raise ConfigError("sft.task=file needs sft.task_path (a .csv/.jsonl/.parquet with "
+                              "columns prompt,completion)")
+        build_sft_file_task(params.sft.task_path, params.sft.test_fraction, params.sft.seed)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A known scheme, and for a server: something listening at its address."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if not scheme or (len(scheme) == 1 and os.name == "nt"):  # a plain path: MLflow's file store
+        return
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(f"registry.tracking_uri '{uri}': unknown scheme '{scheme}' (known: "
+                          f"{', '.join(TRACKING_SCHEMES)}); e.g. sqlite:///path/mlflow.db or "
+                          "http://host:5000")
+    if scheme == "sqlite":
+        path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        if path is not None and not path.is_absolute():
+            path = Path.cwd() / path
+        if path is not None and not path.parent.is_dir():
+            raise ConfigError(f"registry.tracking_uri '{uri}': folder {path.parent} does not "
+                              "exist; create it or fix the URI")
+        return
+    if scheme in ("file", "databricks"):
+        return
+    host = parsed.hostname or "localhost"
+    default_port = {"http": 80, "https": 443, "mysql": 3306, "mssql": 1433}.get(
+        scheme.split("+")[0], 5432)
+    port = parsed.port or default_port
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"registry.tracking_uri '{uri}': nothing answers at {host}:{port} "
+                          f"({exc.strerror or exc}); start the tracking server or fix the URI"
+                          ) from exc
+
+
+def check_run(params: Params, tracking_uri: str) -> None:
+    """Every input of a pipeline run (the params themselves are already valid)."""
+    check_source(params.data.source)
+    check_tasks(params)
+    check_tracking_uri(tracking_uri)
