@@ -27,7 +27,7 @@ def not_input_error(task, task_run, state) -> bool:
     return not isinstance(state.data, GptopsError)
 
 
-@task(name="prepare-workspace", cache_policy=NO_CACHE)
+@task(name="prepare-workspace", task_run_name="prepare-workspace", cache_policy=NO_CACHE)
 def prepare_workspace(workdir: str, profile: str, overrides: list[str],
                       save: bool = False) -> Params:
     """Make the folder a DVC workspace, check every input, write this run's data overrides."""
@@ -38,7 +38,7 @@ def prepare_workspace(workdir: str, profile: str, overrides: list[str],
     return load_params(ws / "params.yaml", profile, rest)
 
 
-@task(name="restore-params", cache_policy=NO_CACHE)
+@task(name="restore-params", task_run_name="restore-params", cache_policy=NO_CACHE)
 def restore_params(workdir: str) -> bool:
     """Put the workspace's params.yaml back as it was before this run's one-off overrides."""
     return workspace.restore_params(Path(workdir))
@@ -55,21 +55,24 @@ def data_stage(workdir: str, stage: str, force: bool = False) -> dict[str, Any]:
     return {"stage": outcome.stage, "ran": outcome.ran}
 
 
-@task(name="version-data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="version-data", task_run_name="version-data", retries=2, retry_delay_seconds=5,
+      cache_policy=NO_CACHE)
 def version_data(workdir: str) -> str:
     """Push the data outputs to the DVC remote and return the data version."""
     workspace.push(Path(workdir))
     return workspace.data_version(Path(workdir))
 
 
-@task(name="start-mlflow-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="start-mlflow-run", task_run_name="start-mlflow-run-{kind}", retries=2,
+      retry_delay_seconds=5, cache_policy=NO_CACHE)
 def start_mlflow_run(tracking_uri: str, params: Params, kind: str, data_version: str,
                      flow_run_id: str | None) -> str:
     """Open the MLflow run that a model's training metrics stream into."""
     return steps.open_run(tracking_uri, params, kind, data_version, flow_run_id)
 
 
-@task(name="pretrain", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+@task(name="pretrain", task_run_name="pretrain", cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=5,
       retry_condition_fn=not_input_error)
 def pretrain(workdir: str, params: Params, data_version: str, tracking_uri: str,
              run_id: str) -> dict[str, Any]:
@@ -77,7 +80,8 @@ def pretrain(workdir: str, params: Params, data_version: str, tracking_uri: str,
     return steps.pretrain_step(Path(workdir), params, data_version, tracking_uri, run_id)
 
 
-@task(name="finetune", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+@task(name="finetune", task_run_name="finetune", cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=5,
       retry_condition_fn=not_input_error)
 def finetune(workdir: str, params: Params, data_version: str, tracking_uri: str,
              run_id: str) -> dict[str, Any]:
@@ -85,7 +89,8 @@ def finetune(workdir: str, params: Params, data_version: str, tracking_uri: str,
     return steps.finetune_step(Path(workdir), params, data_version, tracking_uri, run_id)
 
 
-@task(name="sft", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+@task(name="sft", task_run_name="sft", cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=5,
       retry_condition_fn=not_input_error)
 def sft(workdir: str, params: Params, data_version: str, tracking_uri: str,
         run_id: str) -> dict[str, Any]:
@@ -93,20 +98,21 @@ def sft(workdir: str, params: Params, data_version: str, tracking_uri: str,
     return steps.sft_step(Path(workdir), params, data_version, tracking_uri, run_id)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
 def evaluate(workdir: str, params: Params, data_version: str) -> dict[str, Any]:
     """Perplexity of the base; accuracy/macro-F1 of the task model vs the majority baseline."""
     return steps.evaluate_step(Path(workdir), params, data_version)
 
 
-@task(name="close-mlflow-runs", cache_policy=NO_CACHE)
+@task(name="close-mlflow-runs", task_run_name="close-mlflow-runs", cache_policy=NO_CACHE)
 def close_mlflow_runs(tracking_uri: str, run_ids: list[str], status: str = "FAILED") -> None:
     """Mark the runs a failed pipeline opened as FAILED (no model version was registered)."""
     for run_id in run_ids:
         registry.finish_run(tracking_uri, run_id, status)
 
 
-@task(name="register", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="register", task_run_name="register", retries=1, retry_delay_seconds=5,
+      cache_policy=NO_CACHE)
 def register(workdir: str, params: Params, data_version: str, tracking_uri: str,
              evaluation: dict[str, Any], flow_run_id: str | None, base_run_id: str,
              task_run_id: str, sft_run_id: str | None = None) -> dict[str, Any]:

@@ -89,7 +89,11 @@ class _Formatter(logging.Formatter):
             record = logging.makeLogRecord({**record.__dict__, "exc_info": None,
                                             "exc_text": None})
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        line = f"{stamp} {record.levelname} {where}: {record.getMessage()}"
+        message = record.getMessage()
+        if message.startswith(f"{where}:"):  # progress lines name their phase already
+            line = f"{stamp} {record.levelname} {message}"
+        else:
+            line = f"{stamp} {record.levelname} {where}: {message}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -64,7 +64,7 @@ def first_runs(tmp_path_factory):
 
 
 def test_first_command_succeeds_every_time(first_runs):
-    for clone, out, rc in first_runs:
+    for _clone, out, rc in first_runs:
         assert rc == 0, out[-3000:]
         assert "Traceback" not in out, out[-3000:]
         assert " ERROR " not in out and "Timed out" not in out

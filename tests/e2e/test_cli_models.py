@@ -1,0 +1,131 @@
+"""Using registered models from the CLI and from Python, as a user would after `gptops run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+GPTOPS = str(Path(sys.executable).parent / "gptops")
+LONG = "the connection pool of a server " * 700  # ~5,000 words, far past block_size
+
+
+def gptops(*args: str, cwd: Path, stdin: str | None = None, **env: str):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return subprocess.run([GPTOPS, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, input=stdin, env={**environ, **env})
+
+
+def test_evaluate_prints_a_table_and_json_on_request(pipeline_run):
+    ws, first, _ = pipeline_run
+    out = gptops("evaluate", "-w", str(ws), "--set", "evaluate.ppl_batches=2", cwd=ws)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "val_ppl" in out.stdout and "macro_f1" in out.stdout and "rouge_l" in out.stdout
+    assert len(out.stdout.splitlines()) < 40
+    out = gptops("evaluate", "-w", str(ws), "--set", "evaluate.ppl_batches=2", "--json", cwd=ws)
+    data = json.loads(out.stdout)
+    assert data["labels"] == first["evaluation"]["labels"]
+
+
+def test_predict_with_the_registered_classifier_handles_long_inputs(pipeline_run):
+    ws, first, _ = pipeline_run
+    out = gptops("predict", "-w", str(ws), "--json", "Run an asyncio event loop", LONG,
+                 cwd=ws)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    assert [r["label"] in first["evaluation"]["labels"] for r in rows] == [True, True]
+    assert all(0 < r["score"] <= 1 for r in rows)
+
+
+def test_generate_refuses_a_classifier_and_takes_a_version(pipeline_run):
+    ws, *_ = pipeline_run
+    out = gptops("generate", "hi", "-w", str(ws), "--model", "gptops-package-clf", cwd=ws)
+    assert out.returncode == 2
+    assert "is a text-classification model, not text-generation" in out.stdout
+    out = gptops("generate", "Return the", "-n", "8", "--version", "1", "-w", str(ws), cwd=ws)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("Return the")
+    out = gptops("generate", "x", "--version", "9", "-w", str(ws), cwd=ws)
+    assert out.returncode == 2 and "has no version '9'" in out.stdout
+
+
+def test_export_gives_a_folder_transformers_pipelines_load(pipeline_run, tmp_path):
+    from transformers import pipeline
+
+    ws, first, _ = pipeline_run
+    clf_dir, lm_dir = tmp_path / "clf", tmp_path / "lm"
+    out = gptops("export", str(clf_dir), "--model", "gptops-package-clf", "-w", str(ws), cwd=ws)
+    assert out.returncode == 0, out.stderr[-2000:]
+    label = pipeline("text-classification", model=str(clf_dir), truncation=True)(LONG)[0]
+    assert label["label"] in first["evaluation"]["labels"]
+    assert gptops("export", str(lm_dir), "-w", str(ws), cwd=ws).returncode == 0
+    text = pipeline("text-generation", model=str(lm_dir))("Return the", max_new_tokens=8,
+                                                           do_sample=False)
+    assert text[0]["generated_text"].startswith("Return the")
+    again = gptops("export", str(lm_dir), "-w", str(ws), cwd=ws)  # never overwrites
+    assert again.returncode == 2 and "is not empty" in again.stdout
+
+
+def test_models_shows_whole_names_at_80_columns(pipeline_run):
+    ws, *_ = pipeline_run
+    out = gptops("models", "-w", str(ws), cwd=ws, COLUMNS="80")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "gptops-package-clf" in out.stdout and "…" not in out.stdout
+
+
+def test_readme_python_snippet_loads_the_champion(pipeline_run):
+    """The README's "Use a model from Python" snippet, run as written (from another folder)."""
+    ws, *_ = pipeline_run
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = readme.split("<!-- python-snippet -->")[1].split("```python")[1].split("```")[0]
+    code = snippet.replace("/path/to/workspace", str(ws))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=ws.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip()
+    assert not (ws.parent / "mlflow.db").exists()  # no stray empty store next to the user
+
+
+def test_readme_mlflow_models_serve_example_answers(pipeline_run):
+    """`mlflow models serve` as the README shows it, queried over HTTP, then stopped."""
+    import signal
+    import time
+    import urllib.request
+
+    from tests.serving import free_port
+
+    ws, first, _ = pipeline_run
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"MLFLOW_TRACKING_URI": first["tracking_uri"],
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+    proc = subprocess.Popen(["mlflow", "models", "serve", "-m",
+                             "models:/gptops-package-clf@champion", "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)], cwd=ws, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        body = json.dumps({"inputs": ["Run an asyncio event loop", "Parse an e-mail header"]})
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.load(r)
+        labels = [row["label"] for row in answer["predictions"]]
+        assert len(labels) == 2 and set(labels) <= set(first["evaluation"]["labels"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
