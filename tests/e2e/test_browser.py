@@ -89,15 +89,29 @@ def test_retrain_from_the_prefect_ui_registers_a_version_in_mlflow(served_small,
     run_button.click()
     pg.get_by_text("Custom run", exact=True).click()
     expect(pg).to_have_url(re.compile(r"/deployments/deployment/[0-9a-f-]+/run"))
-    prop = pg.locator(".schema-form-property").filter(
-        has=pg.locator(".schema-form-property__label", has_text="max_steps"))
+    def field(label: str):
+        return pg.locator(".schema-form-property").filter(
+            has=pg.locator(".schema-form-property__label", has_text=re.compile(rf"^{label}( \(Optional\))?$")))
+
+    prop = field("max_steps")
     expect(prop).to_have_count(1)
     shot(pg, 3, "custom-run-form")
 
-    # 3. the form (built from the flow's typed parameters): max_steps = int 20, then Submit
-    prop.get_by_role("button", name="int", exact=True).click()
+    # 3. the form, built from the flow's typed parameters: profile is a dropdown of the known
+    # profiles; the numbers show the workspace's effective defaults (no "None" toggle)
+    profile = field("profile")
+    expect(profile.get_by_text("tiny").first).to_be_visible()
+    expect(profile.locator(".p-select")).to_have_count(1)  # a dropdown, not a text box
+    deployment = api_get(f"{api}/deployments/filter", {"deployments": {"name": {
+        "any_": ["retrain"]}}})[0]
+    schema = deployment["parameter_openapi_schema"]["properties"]
+    assert sorted(schema["profile"]["enum"]) == ["gpt2-124m", "tiny"]  # the dropdown's choices
+    assert schema["max_steps"]["type"] == "integer"  # a plain number, no "None" alternative
+    expect(prop.locator("input")).to_have_value("30")  # params.yaml: train.max_steps=30
+    expect(field("finetune_steps").locator("input")).to_have_value("60")
+    expect(prop.get_by_role("button", name="None", exact=True)).to_have_count(0)
     prop.locator("input").fill(str(MAX_STEPS))
-    shot(pg, 4, "form-filled")
+    shot(pg, 4, "form-filled")  # the dropdown shot above keeps number 4 too
     pg.get_by_role("button", name="Submit", exact=True).click()
     t_click = time.perf_counter()
     # back on the deployment's Runs tab, the new run is listed; open its page
