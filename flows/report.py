@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpt.progress import fmt_rate
+
 
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(item, value) rows describing a finished pipeline run."""
@@ -13,7 +15,8 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     pre = result["pretrain"]
     rows.append(("pretrain", f"{pre['steps']} steps on {pre['device']}"
                  + (f" (resumed at step {pre['resumed_from']})" if pre["resumed_from"] else "")
-                 + f", {pre['seconds']:.0f}s"))
+                 + f", {pre['seconds']:.0f}s"
+                 + (f", {fmt_rate(pre['tokens_per_sec'])}" if pre.get("tokens_per_sec") else "")))
     base = result["evaluation"]["base"]
     rows.append(("base: val loss / perplexity", f"{base['val_loss']:.3f} / {base['val_ppl']:.1f}"))
     task = result["evaluation"]["task"]

@@ -83,7 +83,7 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         where = (getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
-                 or record.name)
+                 or _current_task_run() or record.name)
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, GptopsError):
             record = logging.makeLogRecord({**record.__dict__, "exc_info": None,
@@ -97,6 +97,13 @@ class _Formatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def _current_task_run() -> str | None:
+    """The Prefect task run this thread is in, if Prefect is loaded at all (never imported)."""
+    context = sys.modules.get("prefect.context")
+    ctx = context.TaskRunContext.get() if context is not None else None
+    return ctx.task_run.name if ctx is not None else None
 
 
 def _not_drawn_as_bar(record: logging.LogRecord) -> bool:

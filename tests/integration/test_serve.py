@@ -79,6 +79,26 @@ def test_deployments_are_served(served):
             "properties"])
 
 
+def test_gptops_run_on_the_served_workspace_records_into_the_same_server(served):
+    """One workspace, one run history: `gptops run` finds the live `serve` and uses its API."""
+    import os
+
+    from flows.server import served_api, workspace_api
+
+    assert served_api(served["ws"]) == served["api"]
+    saved = dict(os.environ)
+    try:
+        for key in [k for k in os.environ if k.startswith("PREFECT_")]:
+            del os.environ[key]
+        with workspace_api(served["ws"]) as api:
+            assert api == served["api"] and os.environ["PREFECT_API_URL"] == served["api"]
+            # no second server was started on the workspace's database
+            assert not (served["ws"] / ".gptops" / "prefect-server.log").exists()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def test_mlflow_ui_answers(served):
     with urllib.request.urlopen(served["ui"], timeout=10) as r:
         assert r.status == 200 and b"<html" in r.read().lower()
