@@ -222,12 +222,13 @@ def _print_evaluation(out: dict) -> None:
     for kind, key in (("base", "base"), ("task", "task"), ("sft", "sft")):
         metrics = out.get(key) or {}
         for metric, value in metrics.items():
-            if metric.startswith("baseline_") or not isinstance(value, (int, float)):
+            per_class = metric.startswith(("precision_", "recall_", "f1_"))
+            if per_class or metric.startswith("baseline_") or not isinstance(value, (int, float)):
                 continue
             base = metrics.get(f"baseline_{metric}")
             table.add_row(kind, metric, f"{value:.4g}", "" if base is None else f"{base:.4g}")
     console.print(table)
-    console.print("[dim]full result: gptops evaluate --json[/dim]")
+    console.print("[dim]per-class metrics, samples and more: gptops evaluate --json[/dim]")
 
 
 @app.command()

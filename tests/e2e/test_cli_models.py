@@ -23,12 +23,16 @@ def gptops(*args: str, cwd: Path, stdin: str | None = None, **env: str):
 
 
 def test_evaluate_prints_a_table_and_json_on_request(pipeline_run):
+    from tests.conftest import RUN_OVERRIDES
+
     ws, first, _ = pipeline_run
-    out = gptops("evaluate", "-w", str(ws), "--set", "evaluate.ppl_batches=2", cwd=ws)
+    # the same run values as the flow's (run folders are still keyed by every parameter)
+    sets = [a for o in RUN_OVERRIDES for a in ("--set", o)]
+    out = gptops("evaluate", "-w", str(ws), *sets, cwd=ws)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "val_ppl" in out.stdout and "macro_f1" in out.stdout and "rouge_l" in out.stdout
     assert len(out.stdout.splitlines()) < 40
-    out = gptops("evaluate", "-w", str(ws), "--set", "evaluate.ppl_batches=2", "--json", cwd=ws)
+    out = gptops("evaluate", "-w", str(ws), *sets, "--json", cwd=ws)
     data = json.loads(out.stdout)
     assert data["labels"] == first["evaluation"]["labels"]
 
