@@ -90,8 +90,9 @@ def test_retrain_from_the_prefect_ui_registers_a_version_in_mlflow(served_small,
     pg.get_by_text("Custom run", exact=True).click()
     expect(pg).to_have_url(re.compile(r"/deployments/deployment/[0-9a-f-]+/run"))
     def field(label: str):
+        title = re.compile(rf"^{label}( \(Optional\))?$")
         return pg.locator(".schema-form-property").filter(
-            has=pg.locator(".schema-form-property__label", has_text=re.compile(rf"^{label}( \(Optional\))?$")))
+            has=pg.locator(".schema-form-property__label", has_text=title))
 
     prop = field("max_steps")
     expect(prop).to_have_count(1)

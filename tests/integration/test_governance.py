@@ -54,10 +54,13 @@ def test_compare_promote_rollback_on_real_versions(pipeline_run, tmp_path, monke
     assert comparison["comparable"] and comparison["champion_version"] == "1"
     assert all(r["delta"] == 0 for r in comparison["rows"])
 
-    assert client.get_registered_model(name).aliases == {"champion": "1", "challenger": "2"}
+    def aliases() -> dict[str, str]:
+        return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+
+    assert aliases() == {"champion": "1", "challenger": "2"}
     assert registry.promote(uri, name, "2", "prefer newer code")["previous"] == "1"
     # the promoted version is the champion only, not champion and challenger at once
-    assert client.get_registered_model(name).aliases == {"champion": "2"}
+    assert aliases() == {"champion": "2"}
     assert registry.rollback(uri, name, "regression in review")["version"] == "1"
     actions = [(h["version"], h["action"]) for h in registry.champion_history(uri, name)]
     assert actions == [("1", "gate"), ("2", "promote"), ("1", "rollback")]
