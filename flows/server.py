@@ -201,4 +201,20 @@ def workspace_api(workdir: Path) -> Iterator[str]:
         os.environ.update(env)
         yield api
     finally:
+        _drain_prefect_workers()  # the run's last log lines and events reach the server first
         stop_group(proc)
+
+
+def _drain_prefect_workers() -> None:
+    """Send what Prefect's background workers still hold (logs, events) while the server is up;
+    otherwise they retry against a stopped server at exit."""
+    if "prefect" not in sys.modules:
+        return
+    with contextlib.suppress(Exception):
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=30)
+    with contextlib.suppress(Exception):
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=30)

@@ -100,6 +100,7 @@ def test_output_is_short_and_says_where_each_line_belongs(first_runs):
     # "Finished in state Completed()" names its task, not the logger "prefect.task_runs"
     assert "INFO pretrain" in out and "prefect.task_runs" not in out
     noise = ("git add", "core.autostage", "telemetry", "Writing model shards", "license",
+             "Error logging to API",
              "model card")
     assert not [line for line in lines if any(n in line for n in noise)], out
     for line in lines:  # commands to copy are never wrapped: each fits on its line
