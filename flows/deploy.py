@@ -13,8 +13,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
-from flows.pipeline import training_pipeline
-from gpt.config import form_defaults
+from flows.pipeline import form_defaults, training_pipeline
 
 
 def build_deployments(workdir: str, cron: str = "0 2 * * *", timezone: str = "UTC",

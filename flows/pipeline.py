@@ -18,13 +18,10 @@ from prefect.runtime import flow_run
 
 from flows import tasks
 from flows.report import summary_markdown
-from gpt.config import form_defaults, profile_names
+from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, get_dotted, load_params, profile_names
+from gpt.errors import ConfigError
 from gpt.registry import resolve_tracking_uri
 from gpt.workspace import STAGES
-
-#: The values the Run form shows when no deployment sets its own: the project's params.yaml.
-_DEFAULTS = form_defaults()
-ProfileName = Literal[tuple(profile_names())]  # type: ignore[valid-type]
 
 #: Form field -> (params key, and the key that selects a file task when the field is set).
 FORM_FIELDS = {
@@ -36,6 +33,21 @@ FORM_FIELDS = {
     "base_model": ("registry.base_model", None), "task_model": ("registry.task_model", None),
     "sft_model": ("registry.sft_model", None),
 }
+
+
+def form_defaults(path: str | os.PathLike = PROJECT_PARAMS) -> dict[str, Any]:
+    """The values the Run form shows: the file's values under the default profile."""
+    try:
+        p = load_params(path, DEFAULT_PROFILE)
+    except ConfigError:
+        return {}
+    return {"profile": DEFAULT_PROFILE,
+            **{name: get_dotted(p, key) for name, (key, _) in FORM_FIELDS.items()}}
+
+
+#: The values the Run form shows when no deployment sets its own: the project's params.yaml.
+_DEFAULTS = form_defaults()
+ProfileName = Literal[tuple(profile_names())]  # type: ignore[valid-type]
 
 
 def form_overrides(workdir: str, fields: dict[str, Any], extra: list[str] | None) -> list[str]:

@@ -249,18 +249,12 @@ def profile_names(path: str | Path = PROJECT_PARAMS) -> list[str]:
     return sorted(names, key=lambda n: n != DEFAULT_PROFILE)
 
 
-def form_defaults(path: str | Path = PROJECT_PARAMS) -> dict[str, Any]:
-    """The values a run form shows by default: the file's values under the default profile."""
-    try:
-        p = load_params(path, DEFAULT_PROFILE)
-    except ConfigError:
-        return {}
-    return {"profile": DEFAULT_PROFILE, "max_steps": p.train.max_steps,
-            "learning_rate": p.train.lr, "finetune_steps": p.finetune.max_steps,
-            "sft_steps": p.sft.max_steps, "lora_rank": p.finetune.lora_rank,
-            "task_file": p.finetune.task_path, "sft_file": p.sft.task_path,
-            "data_source": p.data.source, "base_model": p.registry.base_model,
-            "task_model": p.registry.task_model, "sft_model": p.registry.sft_model}
+def get_dotted(params: Params, dotted: str) -> Any:
+    """``params.a.b`` for ``"a.b"``."""
+    value: Any = params
+    for key in dotted.split("."):
+        value = getattr(value, key)
+    return value
 
 
 def load_params(path: str | Path = "params.yaml", profile: str = DEFAULT_PROFILE,
