@@ -1,4 +1,4 @@
-"""The Prefect orchestration layer: thin tasks over ``gpt.steps``, flows that wire them."""
+"""The Prefect orchestration layer: thin tasks over ``gpt.pipeline.steps``, flows that wire them."""
 
 import os
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from flows.deploy import NIGHTLY_CRON, NIGHTLY_TIMEZONE
 from gpt.cli import Overrides, Profile, Workdir, app, console, run_app, setup_logging
 
 
@@ -81,8 +82,8 @@ def serve(workdir: Workdir = Path("."),
                                                   "SQLite under .gptops/)")] = "",
           mlflow_backend: Annotated[str, typer.Option(help="MLflow backend store URI "
                                                       "(default: the workspace's)")] = "",
-          cron: Annotated[str, typer.Option(help="nightly schedule (cron)")] = "0 2 * * *",
-          timezone: Annotated[str, typer.Option(help="schedule timezone")] = "UTC",
+          cron: Annotated[str, typer.Option(help="nightly schedule (cron)")] = NIGHTLY_CRON,
+          timezone: Annotated[str, typer.Option(help="schedule timezone")] = NIGHTLY_TIMEZONE,
           ) -> None:
     """Start the Prefect server + deployments (nightly, retrain) and the MLflow UI."""
     setup_logging()

@@ -9,16 +9,24 @@ from __future__ import annotations
 import argparse
 import os
 
-from prefect import serve
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.schedules import Cron
+#: The nightly schedule's one home: ``gptops serve`` and ``python -m flows.deploy`` default to
+#: these; prefect.yaml (static, for ``prefect deploy``) must state the same, which
+#: tests/integration/test_infra.py checks against ``build_deployments``.
+NIGHTLY_CRON = "0 2 * * *"
+NIGHTLY_TIMEZONE = "UTC"
+#: What a second trigger does while a run is in progress (ENQUEUE: it waits; CANCEL_NEW).
+DEFAULT_COLLISION = "ENQUEUE"
 
-from flows.pipeline import form_defaults, training_pipeline
 
-
-def build_deployments(workdir: str, cron: str = "0 2 * * *", timezone: str = "UTC",
-                      collision: str = "ENQUEUE") -> list:
+def build_deployments(workdir: str, cron: str = NIGHTLY_CRON, timezone: str = NIGHTLY_TIMEZONE,
+                      collision: str = DEFAULT_COLLISION) -> list:
     """The two deployments; one run at a time each (a second trigger waits in the queue)."""
+    # Imported here so that the constants above load without Prefect (e.g. for CLI defaults).
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
+
+    from flows.pipeline import form_defaults, training_pipeline
+
     limit = ConcurrencyLimitConfig(limit=1,
                                    collision_strategy=ConcurrencyLimitStrategy(collision))
     ws = os.path.abspath(workdir)
@@ -39,10 +47,13 @@ def build_deployments(workdir: str, cron: str = "0 2 * * *", timezone: str = "UT
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the gptops deployments")
     parser.add_argument("--workdir", default=".")
-    parser.add_argument("--cron", default="0 2 * * *")
-    parser.add_argument("--timezone", default="UTC")
-    parser.add_argument("--collision", default="ENQUEUE", choices=["ENQUEUE", "CANCEL_NEW"])
+    parser.add_argument("--cron", default=NIGHTLY_CRON)
+    parser.add_argument("--timezone", default=NIGHTLY_TIMEZONE)
+    parser.add_argument("--collision", default=DEFAULT_COLLISION,
+                        choices=["ENQUEUE", "CANCEL_NEW"])
     args = parser.parse_args()
+    from prefect import serve
+
     serve(*build_deployments(args.workdir, args.cron, args.timezone, args.collision),
           print_starting_message=True)
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -20,7 +21,8 @@ from flows import tasks
 from flows.report import summary_markdown
 from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, get_dotted, load_params, profile_names
 from gpt.errors import ConfigError
-from gpt.registry import resolve_tracking_uri
+from gpt.pipeline.steps import lineage
+from gpt.registry import Tracking, cli_run_name, pipeline_run, resolve_tracking_uri
 from gpt.workspace import STAGES
 
 #: Form field -> (params key, and the key that selects a file task when the field is set).
@@ -155,39 +157,30 @@ def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float) -> di
     stages = [tasks.data_stage(ws, stage, force=reclean and stage == "clean")
               for stage in STAGES]
     data_version = tasks.version_data(ws)
-    uri = resolve_tracking_uri(params.registry.tracking_uri, ws)
-    fr_id = str(flow_run.id) if flow_run.id else None
-    opened: list[str] = []
-    try:
-        base_run = tasks.start_mlflow_run(uri, params, "base", data_version, fr_id)
-        opened.append(base_run)
-        pre = tasks.pretrain(ws, params, data_version, uri, base_run)
-        task_run = tasks.start_mlflow_run(uri, params, "task", data_version, fr_id)
-        opened.append(task_run)
-        fin = tasks.finetune(ws, params, data_version, uri, task_run)
-        sft_run = sft = None
-        if params.sft.enabled:
-            sft_run = tasks.start_mlflow_run(uri, params, "sft", data_version, fr_id)
-            opened.append(sft_run)
-            sft = tasks.sft(ws, params, data_version, uri, sft_run)
-        evaluation = tasks.evaluate(ws, params, data_version)
-        registered = tasks.register(ws, params, data_version, uri, evaluation, fr_id, base_run,
-                                    task_run, sft_run)
-    except BaseException:
-        # The registry is untouched by a failed run; its MLflow runs say so instead of RUNNING.
-        tasks.close_mlflow_runs(uri, opened)
-        raise
-    result = {"data_version": data_version, "stages": stages, "pretrain": pre, "finetune": fin,
-              "sft": sft,
-              "evaluation": evaluation, "registered": registered, "tracking_uri": uri,
-              "mlflow_ui": os.environ.get("GPTOPS_MLFLOW_UI", ""),
-              "seconds": time.perf_counter() - t0, "flow_run_id": fr_id}
     reused = [s["stage"] for s in stages if not s["ran"]]
     if reused:
         logger.info("data stages reused from the DVC cache (inputs unchanged): %s",
                     ", ".join(reused))
+    fr_id = str(flow_run.id) if flow_run.id else None
+    tracking = Tracking(resolve_tracking_uri(params.registry.tracking_uri, ws),
+                        params.registry.experiment, tags=lineage(params, data_version, fr_id))
+    # One MLflow parent run per flow run; each training step nests its own run under it.
+    with pipeline_run(tracking, flow_run.name or cli_run_name("run")) as tracking:
+        trained = {"pretrain": tasks.pretrain(ws, params, data_version, tracking),
+                   "finetune": tasks.finetune(ws, params, data_version, tracking)}
+        if params.sft.enabled:
+            trained["sft"] = tasks.sft(ws, params, data_version, tracking)
+        evaluation = tasks.evaluate(ws, params, data_version)
+        registered = tasks.register(ws, params, data_version, tracking, evaluation)
+    result = {"data_version": data_version, "stages": stages,
+              **{step: asdict(r) for step, r in trained.items()},
+              "evaluation": {k: asdict(e) for k, e in evaluation.items()},
+              "registered": {k: asdict(r) for k, r in registered.items()},
+              "tracking_uri": tracking.uri, "mlflow_run_id": tracking.parent_run_id,
+              "mlflow_ui": os.environ.get("GPTOPS_MLFLOW_UI", ""),
+              "seconds": time.perf_counter() - t0, "flow_run_id": fr_id}
     create_markdown_artifact(summary_markdown(result), key="pipeline-summary",
                              description="metrics, data version and promotion decisions")
     if result["mlflow_ui"]:
-        _link_model_versions(result["mlflow_ui"], registered)
+        _link_model_versions(result["mlflow_ui"], result["registered"])
     return result

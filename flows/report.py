@@ -7,29 +7,41 @@ from typing import Any
 from gpt.progress import fmt_rate
 
 
+def _trained(r: dict[str, Any]) -> str:
+    """One training step in a few words: reused, or what it ran."""
+    if r["reused"]:
+        return f"reused (key {r['key'][:8]}): unchanged since it was trained"
+    text = f"{r['steps']} steps on {r['device']}"
+    if r["resumed_from"]:
+        text += f" (resumed at step {r['resumed_from']})"
+    text += f", {r['seconds']:.0f}s"
+    if r.get("tokens_per_sec"):
+        text += f", {fmt_rate(r['tokens_per_sec'])}"
+    return f"{text} (key {r['key'][:8]})"
+
+
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(item, value) rows describing a finished pipeline run."""
     rows: list[tuple[str, str]] = [("data version", result["data_version"])]
     for s in result["stages"]:
         rows.append((f"data: {s['stage']}", "ran" if s["ran"] else "reused (DVC cache)"))
-    pre = result["pretrain"]
-    rows.append(("pretrain", f"{pre['steps']} steps on {pre['device']}"
-                 + (f" (resumed at step {pre['resumed_from']})" if pre["resumed_from"] else "")
-                 + f", {pre['seconds']:.0f}s"
-                 + (f", {fmt_rate(pre['tokens_per_sec'])}" if pre.get("tokens_per_sec") else "")))
-    base = result["evaluation"]["base"]
+    for step in ("pretrain", "finetune", "sft"):
+        if result.get(step):
+            rows.append((step, _trained(result[step])))
+    evaluation = result["evaluation"]
+    base = evaluation["base"]["metrics"]
     rows.append(("base: val loss / perplexity", f"{base['val_loss']:.3f} / {base['val_ppl']:.1f}"))
-    task = result["evaluation"]["task"]
+    task = evaluation["task"]["metrics"]
     rows.append(("task: accuracy (majority baseline)",
                  f"{task['accuracy']:.3f} ({task['baseline_accuracy']:.3f})"))
     rows.append(("task: macro-F1 (majority baseline)",
                  f"{task['macro_f1']:.3f} ({task['baseline_macro_f1']:.3f})"))
-    unseen = result["evaluation"].get("task_unseen_labels")
+    unseen = evaluation["task"].get("unseen_labels")
     if unseen:
         rows.append(("task: test labels unseen in training (rows left out)",
                      ", ".join(f"{k}: {v}" for k, v in unseen.items())))
-    sft = result["evaluation"].get("sft")
-    if sft:
+    if "sft" in evaluation:
+        sft = evaluation["sft"]["metrics"]
         rows.append(("sft: ROUGE-L / token F1 (base model)",
                      f"{sft['rouge_l']:.3f} / {sft['token_f1']:.3f} "
                      f"({sft['baseline_rouge_l']:.3f} / {sft['baseline_token_f1']:.3f})"))
@@ -46,7 +58,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
     lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in summary_rows(result)]
     if result.get("mlflow_ui"):
         lines += ["", f"MLflow: {result['mlflow_ui']}"]
-    samples = result["evaluation"].get("samples") or []
+    samples = result["evaluation"]["base"].get("examples") or []
     if samples:
         lines += ["", "## Sample generations (base model)", ""]
         lines += [f"- **{s['prompt']}**{s['completion'].replace(chr(10), ' ')[:200]}"

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flows.deploy import NIGHTLY_CRON, NIGHTLY_TIMEZONE
 from flows.server import (
     SERVE_FILE,
     database_url,
@@ -51,7 +52,8 @@ def wait_deployments(api: str, proc: subprocess.Popen, names: tuple[str, ...],
 
 
 def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, prefect_db: str,
-              mlflow_backend: str, cron: str, timezone: str) -> None:
+              mlflow_backend: str, cron: str = NIGHTLY_CRON,
+              timezone: str = NIGHTLY_TIMEZONE) -> None:
     from gpt.config import load_params
     from gpt.workspace import ensure_workspace
 

@@ -2,8 +2,8 @@
 
 Retries where I/O can fail transiently (DVC remote, MLflow), and once on training steps: they
 resume from their own checkpoints, so a retry after a crash continues instead of starting over
-(input errors are not retried). Data steps are cached by DVC (an unchanged stage is reused, and
-the task says so).
+(input errors are not retried). Data steps are cached by DVC, training and evaluation by their
+step keys (an unchanged step is reused, and the task says so).
 """
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from gpt import registry, steps, workspace
+from gpt import registry, workspace
 from gpt.config import Params, load_params
 from gpt.data.stages import CLEAN
 from gpt.errors import GptopsError
+from gpt.evaluate import ModelEval
+from gpt.pipeline import steps
+from gpt.pipeline.steps import StepResult
 from gpt.preflight import check_run
+from gpt.registry import Registration, Tracking
 
 
 def not_input_error(task, task_run, state) -> bool:
@@ -63,59 +67,38 @@ def version_data(workdir: str) -> str:
     return workspace.data_version(Path(workdir))
 
 
-@task(name="start-mlflow-run", task_run_name="start-mlflow-run-{kind}", retries=2,
-      retry_delay_seconds=5, cache_policy=NO_CACHE)
-def start_mlflow_run(tracking_uri: str, params: Params, kind: str, data_version: str,
-                     flow_run_id: str | None) -> str:
-    """Open the MLflow run that a model's training metrics stream into."""
-    return steps.open_run(tracking_uri, params, kind, data_version, flow_run_id)
-
-
 @task(name="pretrain", task_run_name="pretrain", cache_policy=NO_CACHE, retries=1,
-      retry_delay_seconds=5,
-      retry_condition_fn=not_input_error)
-def pretrain(workdir: str, params: Params, data_version: str, tracking_uri: str,
-             run_id: str) -> dict[str, Any]:
-    """Pretrain the base GPT by next-token prediction."""
-    return steps.pretrain_step(Path(workdir), params, data_version, tracking_uri, run_id)
+      retry_delay_seconds=5, retry_condition_fn=not_input_error)
+def pretrain(workdir: str, params: Params, data_version: str,
+             tracking: Tracking) -> StepResult:
+    """Pretrain the base GPT by next-token prediction (reused when its key is unchanged)."""
+    return steps.pretrain_step(Path(workdir), params, data_version, tracking)
 
 
 @task(name="finetune", task_run_name="finetune", cache_policy=NO_CACHE, retries=1,
-      retry_delay_seconds=5,
-      retry_condition_fn=not_input_error)
-def finetune(workdir: str, params: Params, data_version: str, tracking_uri: str,
-             run_id: str) -> dict[str, Any]:
-    """Fine-tune the base on the package-classification task."""
-    return steps.finetune_step(Path(workdir), params, data_version, tracking_uri, run_id)
+      retry_delay_seconds=5, retry_condition_fn=not_input_error)
+def finetune(workdir: str, params: Params, data_version: str,
+             tracking: Tracking) -> StepResult:
+    """Fine-tune the base as a classifier (reused when its key is unchanged)."""
+    return steps.finetune_step(Path(workdir), params, data_version, tracking)
 
 
 @task(name="sft", task_run_name="sft", cache_policy=NO_CACHE, retries=1,
-      retry_delay_seconds=5,
-      retry_condition_fn=not_input_error)
-def sft(workdir: str, params: Params, data_version: str, tracking_uri: str,
-        run_id: str) -> dict[str, Any]:
+      retry_delay_seconds=5, retry_condition_fn=not_input_error)
+def sft(workdir: str, params: Params, data_version: str, tracking: Tracking) -> StepResult:
     """Supervised fine-tuning of the base LM on prompt/completion pairs."""
-    return steps.sft_step(Path(workdir), params, data_version, tracking_uri, run_id)
+    return steps.sft_step(Path(workdir), params, data_version, tracking)
 
 
 @task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
-def evaluate(workdir: str, params: Params, data_version: str) -> dict[str, Any]:
-    """Perplexity of the base; accuracy/macro-F1 of the task model vs the majority baseline."""
+def evaluate(workdir: str, params: Params, data_version: str) -> dict[str, ModelEval]:
+    """Each model's metrics next to its trivial baseline (reused when its key is unchanged)."""
     return steps.evaluate_step(Path(workdir), params, data_version)
-
-
-@task(name="close-mlflow-runs", task_run_name="close-mlflow-runs", cache_policy=NO_CACHE)
-def close_mlflow_runs(tracking_uri: str, run_ids: list[str], status: str = "FAILED") -> None:
-    """Mark the runs a failed pipeline opened as FAILED (no model version was registered)."""
-    for run_id in run_ids:
-        registry.finish_run(tracking_uri, run_id, status)
 
 
 @task(name="register", task_run_name="register", retries=1, retry_delay_seconds=5,
       cache_policy=NO_CACHE)
-def register(workdir: str, params: Params, data_version: str, tracking_uri: str,
-             evaluation: dict[str, Any], flow_run_id: str | None, base_run_id: str,
-             task_run_id: str, sft_run_id: str | None = None) -> dict[str, Any]:
+def register(workdir: str, params: Params, data_version: str, tracking: Tracking,
+             evaluation: dict[str, ModelEval]) -> dict[str, Registration]:
     """Register the models in MLflow and apply the promotion gate."""
-    return steps.register_step(Path(workdir), params, data_version, tracking_uri, evaluation,
-                               flow_run_id, base_run_id, task_run_id, sft_run_id)
+    return steps.register_step(Path(workdir), params, data_version, tracking, evaluation)

@@ -174,8 +174,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as JSON
 
 def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
           as_json: bool) -> None:
-    """Run one training step of ``gpt.steps`` on the workspace's current data version."""
-    from gpt import steps, workspace
+    """Run one step of ``gpt.pipeline.steps`` on the workspace's current data version."""
+    from dataclasses import asdict
+
+    from gpt import registry, workspace
+    from gpt.pipeline import steps
     from gpt.preflight import check_tasks
 
     setup_logging()
@@ -183,18 +186,25 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
     if name != "pretrain":
         check_tasks(params)
     version = workspace.data_version(workdir)
+    out: dict
     if name == "evaluate":
-        out = steps.evaluate_step(workdir, params, version)
+        out = {k: asdict(e) for k, e in steps.evaluate_step(workdir, params, version).items()}
     else:
         fn = {"pretrain": steps.pretrain_step, "finetune": steps.finetune_step,
               "sft": steps.sft_step}[name]
-        out = fn(workdir, params, version, _tracking_uri(workdir, params))
+        tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
+                                     tags=steps.lineage(params, version, None))
+        with registry.pipeline_run(tracking, registry.cli_run_name(name)) as tracking:
+            out = asdict(fn(workdir, params, version, tracking))
     if as_json:
         console.print_json(json.dumps(out, default=str))
     elif name == "evaluate":
         _print_evaluation(out)
     else:
-        _print_rows(f"{name} done", [(k, _fmt(v)) for k, v in out.items()])
+        state = f"reused (key {out['key'][:8]})" if out["reused"] else "done"
+        rows = {k: v for k, v in out.items() if k not in ("info", "step", "reused")}
+        _print_rows(f"{name} {state}", [(k, _fmt(v)) for k, v in
+                                        {**rows, **out["info"]}.items()])
 
 
 def _fmt(value: object) -> str:
@@ -219,8 +229,8 @@ def _print_evaluation(out: dict) -> None:
     table = Table(title="evaluation", title_justify="left")
     for col in ("model", "metric", "value", "baseline"):
         table.add_column(col, no_wrap=True)
-    for kind, key in (("base", "base"), ("task", "task"), ("sft", "sft")):
-        metrics = out.get(key) or {}
+    for kind, evaluation in out.items():
+        metrics = evaluation["metrics"]
         for metric, value in metrics.items():
             per_class = metric.startswith(("precision_", "recall_", "f1_"))
             if per_class or metric.startswith("baseline_") or not isinstance(value, (int, float)):
@@ -492,10 +502,10 @@ def run_app(application: typer.Typer) -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):  # typer >= 0.29 has no click.exceptions.Abort
         console.print("interrupted", highlight=False)
         sys.exit(130)
-    except (typer.Exit, click.exceptions.Exit, SystemExit) as exc:
+    except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
 

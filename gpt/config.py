@@ -8,8 +8,6 @@ model/train/finetune/evaluate sections; ``overrides`` (``"train.lr=1e-3"``) over
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,7 +75,6 @@ class ModelConfig(_Strict):
     n_embd: int = Field(gt=0, description="width; must be divisible by n_head")
     dropout: float = Field(ge=0, lt=1)
     bias: bool = Field(description="bias in Linear and LayerNorm layers (GPT-2: true)")
-    vocab_size: int = Field(default=0, ge=0, description="set from the trained tokenizer")
 
 
 class TrainConfig(_Strict):
@@ -98,42 +95,50 @@ class TrainConfig(_Strict):
     device: str = Field(description='"auto", "cpu", "cuda" or "cuda:N"')
     seed: int
     max_nonfinite_steps: int = Field(gt=0, description="stop after this many bad steps in a row")
+    log_interval: int = Field(ge=0, description="steps per tokens/s measurement; 0 = none")
 
 
-class FinetuneConfig(_Strict):
+class _TuneConfig(_Strict):
+    """The optimisation fields fine-tuning and SFT share (each section has its own values)."""
+
+    max_steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    min_lr_factor: float = Field(ge=0, le=1, description="floor of the cosine decay, as a "
+                                 "fraction of lr (so it follows an lr override)")
+    beta1: float = Field(gt=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(gt=0, lt=1, description="AdamW beta2")
+    grad_clip: float = Field(ge=0, description="gradient-norm clip; 0 disables clipping")
+    max_nonfinite_steps: int = Field(gt=0, description="stop after this many bad steps in a row")
+    checkpoints: int = Field(gt=0, description="checkpoints per run: every max_steps // "
+                             "checkpoints steps (at least 1) and at the last step")
+    test_fraction: float = Field(gt=0, lt=1)
+    seed: int
+
+
+class FinetuneConfig(_TuneConfig):
     task: Literal["package", "file"] = Field(
         description='"package" (built-in: docstring -> stdlib package) or "file" (task_path)')
     task_path: str = Field(description="CSV/JSONL/parquet with text,label columns (task=file)")
     test_path: str = Field(description='optional held-out text,label file (task=file); "" = '
                                        "split task_path by test_fraction")
     packages: list[str] = Field(min_length=2, description="label set of the package task")
-    max_steps: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
     lr: float = Field(gt=0, description="learning rate of the classification head")
     base_lr_factor: float = Field(ge=0, description="body lr = lr * factor; 0 freezes the body")
     lora_rank: int = Field(ge=0, description="0 = full fine-tuning; >0 = LoRA adapters, merged")
     lora_alpha: float = Field(gt=0, description="LoRA scale numerator (update * alpha / rank)")
-    weight_decay: float = Field(ge=0)
-    warmup_steps: int = Field(ge=0)
-    test_fraction: float = Field(gt=0, lt=1)
-    seed: int
 
 
-class SFTConfig(_Strict):
+class SFTConfig(_TuneConfig):
     enabled: bool = Field(description="train, evaluate and register the SFT model")
     task: Literal["docsummary", "file"] = Field(
         description='"docsummary" (built-in: object name -> first sentence of its docstring) '
                     'or "file" (task_path: JSONL/CSV/parquet with prompt,completion)')
     task_path: str = Field(description="prompt,completion data (task=file)")
-    max_steps: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_steps: int = Field(ge=0)
-    test_fraction: float = Field(gt=0, lt=1)
     eval_examples: int = Field(gt=0, description="held-out pairs generated for the metrics")
     max_new_tokens: int = Field(gt=0, description="generation length at evaluation")
-    seed: int
 
 
 class EvaluateConfig(_Strict):
@@ -164,12 +169,8 @@ class Params(_Strict):
     sft: SFTConfig
     evaluate: EvaluateConfig
     registry: RegistryConfig
-    profile: str = "tiny"
+    profile: str = DEFAULT_PROFILE
 
-    def config_hash(self) -> str:
-        """Short, stable hash of the resolved values (the registry's ``config_hash`` tag)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
@@ -13,9 +15,24 @@ from tokenizers import Tokenizer
 from gpt import progress
 from gpt.data.loader import TokenData
 from gpt.data.tokenizer import EOT
-from gpt.errors import RegistryError
 from gpt.model import GPT
 from gpt.train import estimate_loss
+
+
+@dataclass
+class ModelEval:
+    """One model's evaluation: its metrics (with ``baseline_*`` next to them) and evidence."""
+
+    kind: str  #: "base", "task" or "sft"
+    metrics: dict[str, float]
+    eval_hash: str  #: the evaluation set; versions compare only on equal hashes
+    key: str  #: the evaluation's step key
+    test_examples: int = 0
+    labels: list[str] = field(default_factory=list)  #: classifier label names
+    confusion_matrix: list[list[int]] = field(default_factory=list)
+    unseen_labels: dict[str, int] = field(default_factory=dict)  #: test-only labels -> rows
+    examples: list[dict[str, Any]] = field(default_factory=list)  #: generations shown to users
+
 
 DEFAULT_PROMPTS = ["The", "Return a new", "This module provides", "If the argument is"]
 
@@ -58,14 +75,6 @@ def majority_baseline(train_labels: Sequence[int], test_labels: Sequence[int],
     majority = Counter(train_labels).most_common(1)[0][0]
     m = classification_metrics(test_labels, [majority] * len(test_labels), labels)
     return {"baseline_accuracy": m["accuracy"], "baseline_macro_f1": m["macro_f1"]}
-
-
-def check_finite(metrics: dict[str, float], what: str) -> None:
-    """Refuse to register on NaN/inf metrics."""
-    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
-    if bad:
-        raise RegistryError(f"{what}: non-finite metrics {bad}; nothing was registered — check "
-                            "the training logs (lower the learning rate?)")
 
 
 @torch.no_grad()
@@ -131,47 +140,6 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], pa
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
-
-
-def compare_to_champion(metrics: dict[str, float], eval_hash: str,
-                        champion: dict | None) -> dict:
-    """The new metrics next to the current champion's, when both used the same evaluation set.
-
-    ``champion`` is ``registry.champion_metrics(...)``: ``{"version", "eval_hash", "metrics"}``
-    or None. Different ``eval_hash``: the numbers are not comparable and are not put side by side.
-    """
-    if champion is None:
-        return {"champion_version": None, "comparable": False,
-                "note": "no champion yet: nothing to compare with", "rows": []}
-    if champion.get("eval_hash") != eval_hash:
-        return {"champion_version": champion["version"], "comparable": False,
-                "note": (f"not comparable: champion v{champion['version']} was evaluated on "
-                         f"{champion.get('eval_hash')}, this version on {eval_hash}"),
-                "rows": []}
-    rows = []
-    for k, v in sorted(metrics.items()):
-        old = champion["metrics"].get(k)
-        # The champion's metrics come from tags holding 6 significant digits: compare at that.
-        rows.append({"metric": k, "new": v, "champion": old,
-                     "delta": None if old is None else float(f"{v:.6g}") - old})
-    return {"champion_version": champion["version"], "comparable": True,
-            "note": f"same evaluation set ({eval_hash}) as champion v{champion['version']}",
-            "rows": rows}
-
-
-def comparison_markdown(comparison: dict) -> str:
-    """A markdown section for the model card."""
-    head = f"## Versus the champion\n\n{comparison['note']}\n"
-    if not comparison["comparable"]:
-        return head
-    v = comparison["champion_version"]
-
-    def fmt(x: float | None, spec: str = ".4g") -> str:
-        return "–" if x is None else format(x, spec)
-
-    rows = "\n".join(f"| {r['metric']} | {fmt(r['new'])} | {fmt(r['champion'])} | "
-                     f"{fmt(r['delta'], '+.4g')} |" for r in comparison["rows"])
-    return f"{head}\n| metric | this version | champion v{v} | Δ |\n|---|---|---|---|\n{rows}\n"
 
 
 # --- generative (SFT) evaluation ---------------------------------------------------------------

@@ -7,6 +7,10 @@ fine-tuned model exports to it exactly (see ``gpt.hf``).
 The built-in task ``package``: classify a stdlib docstring by its top-level package among a
 configured set (asyncio, email, xml, ...). The package name is masked in the text, so the label
 cannot be read off the document directly.
+
+Train/test splits use the same stable hash split as the tokenizer's train/val documents
+(``gpt.data.loader.is_val_doc``), and batches the same per-step generators as pretraining
+(``gpt.data.loader.step_generator``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +31,20 @@ from torch.nn import functional as F
 from gpt import checkpoint as ckpt
 from gpt import progress
 from gpt.config import FinetuneConfig, SFTConfig
+from gpt.data.loader import is_val_doc, step_generator
 from gpt.data.tokenizer import PAD
 from gpt.errors import DataError
 from gpt.model import GPT
-from gpt.train import LoopResult, LoopSettings, make_optimizer, resolve_device, run_loop
+from gpt.train import (
+    CheckpointPolicy,
+    LoopResult,
+    LoopSettings,
+    LossFn,
+    MetricsCallback,
+    make_optimizer,
+    resolve_device,
+    run_loop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +86,6 @@ class TaskData:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def held_out(key: str, fraction: float, seed: int) -> bool:
-    """Stable test-split membership: hash(seed, key) in [0, 1) below ``fraction``."""
-    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 16**8 < fraction
-
-
 def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: float,
                        seed: int) -> TaskData:
     """Derive the package-classification task from cleaned built-in documents."""
@@ -92,7 +102,7 @@ def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: f
                         "own data with finetune.task=file and finetune.task_path")
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, packages)) + r")\b", re.IGNORECASE)
     rows["text"] = rows.text.map(lambda t: pattern.sub(MASK, t))
-    is_test = rows.doc_id.map(lambda d: held_out(d, test_fraction, seed)).astype(bool)
+    is_test = rows.doc_id.map(lambda d: is_val_doc(d, test_fraction, seed)).astype(bool)
     cols = ["doc_id", "text", "label"]
     train = rows[~is_test][cols].reset_index(drop=True)
     test = rows[is_test][cols].reset_index(drop=True)
@@ -155,7 +165,7 @@ def build_file_task(df: pd.DataFrame, source: str, test_fraction: float, seed: i
     rows = pd.DataFrame({"doc_id": [f"{source}:{i}" for i in range(len(df))],
                          "text": texts.tolist(),
                          "label": labels_raw.map({lab: i for i, lab in enumerate(labels)})})
-    is_test = rows.text.map(lambda t: held_out(t, test_fraction, seed)).astype(bool)
+    is_test = rows.text.map(lambda t: is_val_doc(t, test_fraction, seed)).astype(bool)
     train = rows[~is_test].reset_index(drop=True)
     test = rows[is_test].reset_index(drop=True)
     if train.empty or test.empty:
@@ -227,20 +237,23 @@ def predict(model: GPTClassifier, ids: torch.Tensor, lengths: torch.Tensor,
     return torch.cat(out)
 
 
-def _fit(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
-         cfg: FinetuneConfig | SFTConfig,
-         device: torch.device, out_dir: Path, resume: bool, callback, kind: str,
-         finalize=None) -> LoopResult:
+def _fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
+         cfg: FinetuneConfig | SFTConfig, device: torch.device, out_dir: Path, resume: bool,
+         callback: MetricsCallback | None, kind: str,
+         finalize: Callable[[nn.Module], object] | None = None) -> LoopResult:
     """The shared fine-tuning loop: checkpoints under ``out_dir``, final weights saved.
 
-    ``finalize(model)`` runs before the final save (e.g. merging LoRA adapters).
+    One batch per step (no accumulation), no periodic evaluation. ``finalize(model)`` runs
+    before the final save (e.g. merging LoRA adapters).
     """
-    settings = LoopSettings(max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.lr * 0.1,
-                            warmup_steps=cfg.warmup_steps, eval_interval=cfg.max_steps,
-                            checkpoint_interval=max(1, cfg.max_steps // 2), seed=cfg.seed,
-                            log_interval=25)
-    loop = run_loop(model, loss_fn, optimizer, settings, device, Path(out_dir) / "checkpoints",
-                    resume=resume, callback=callback, meta={"kind": kind})
+    settings = LoopSettings(kind=kind, max_steps=cfg.max_steps, lr=cfg.lr,
+                            min_lr=cfg.lr * cfg.min_lr_factor, warmup_steps=cfg.warmup_steps,
+                            grad_accum=1, grad_clip=cfg.grad_clip,
+                            max_nonfinite_steps=cfg.max_nonfinite_steps)
+    checkpoints = CheckpointPolicy(Path(out_dir) / "checkpoints",
+                                   max(1, cfg.max_steps // cfg.checkpoints), resume)
+    loop = run_loop(model, loss_fn, optimizer, settings, device, checkpoints=checkpoints,
+                    callback=callback)
     if finalize is not None:
         finalize(model)
     ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
@@ -256,7 +269,7 @@ class FinetuneResult:
 
 def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: FinetuneConfig,
                         out_dir: Path, device_name: str = "auto", resume: bool = True,
-                        callback=None) -> FinetuneResult:
+                        callback: MetricsCallback | None = None) -> FinetuneResult:
     """Fine-tune ``base`` with a classification head on ``task.train``.
 
     The head trains at ``cfg.lr``, the body at ``cfg.lr * cfg.base_lr_factor`` (0 freezes it).
@@ -277,12 +290,11 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
     labels = torch.tensor(task.train.label.tolist(), dtype=torch.long)
     counts = torch.bincount(labels, minlength=len(task.labels)).float().clamp(min=1)
     weights = (counts.sum() / (len(task.labels) * counts)).to(device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (0.9, 0.95), device,
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device,
                                lr_scale={} if cfg.lora_rank else {"body.": cfg.base_lr_factor})
 
     def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        ix = torch.randint(len(ids), (cfg.batch_size,), generator=g)
+        ix = torch.randint(len(ids), (cfg.batch_size,), generator=step_generator(cfg.seed, step))
         logits = m(ids[ix].to(device), lengths[ix].to(device))
         return F.cross_entropy(logits, labels[ix].to(device), weight=weights)
 
@@ -365,8 +377,8 @@ def first_sentence(text: str, max_chars: int = 160) -> str:
 
 def _split_pairs(pairs: list[tuple[str, str]], test_fraction: float, seed: int, source: str,
                  ) -> SFTTask:
-    train = [pc for pc in pairs if not held_out(pc[0], test_fraction, seed)]
-    test = [pc for pc in pairs if held_out(pc[0], test_fraction, seed)]
+    train = [pc for pc in pairs if not is_val_doc(pc[0], test_fraction, seed)]
+    test = [pc for pc in pairs if is_val_doc(pc[0], test_fraction, seed)]
     if not train or not test:
         raise DataError(f"SFT task {source}: {len(pairs)} pairs are too few to split with "
                         f"test_fraction={test_fraction}; add pairs")
@@ -399,22 +411,22 @@ def build_sft_file_task(path: str, test_fraction: float, seed: int) -> SFTTask:
 
 def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]],
                  cfg: FinetuneConfig | SFTConfig, out_dir: Path, device_name: str = "auto",
-                 resume: bool = True, callback=None) -> SFTResult:
+                 resume: bool = True, callback: MetricsCallback | None = None) -> SFTResult:
     """Supervised fine-tuning of the language model on prompt/completion pairs.
 
-    Uses ``cfg``'s optimisation fields (``max_steps``, ``batch_size``, ``lr``, ``weight_decay``,
-    ``warmup_steps``, ``seed``); checkpoints under ``out_dir/checkpoints`` (resumable) and the
-    weights at ``out_dir/model.safetensors``.
+    Uses ``cfg``'s optimisation fields (``max_steps``, ``batch_size``, ``lr``, ``min_lr_factor``,
+    ``weight_decay``, ``beta1``/``beta2``, ``warmup_steps``, ``grad_clip``,
+    ``max_nonfinite_steps``, ``checkpoints``, ``seed``); checkpoints under
+    ``out_dir/checkpoints`` (resumable) and the weights at ``out_dir/model.safetensors``.
     """
     device = resolve_device(device_name)
     torch.manual_seed(cfg.seed)
     model = base.to(device)
     ids, targets = encode_sft_pairs(tok, pairs, base.config.block_size)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (0.9, 0.95), device)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
 
     def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        ix = torch.randint(len(ids), (cfg.batch_size,), generator=g)
+        ix = torch.randint(len(ids), (cfg.batch_size,), generator=step_generator(cfg.seed, step))
         return sft_loss(m, ids[ix].to(device), targets[ix].to(device))
 
     loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "sft")

@@ -6,11 +6,8 @@ Models without bias export zero biases (GPT-2 always has them).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from gpt.data.tokenizer import EOT, PAD, load_hf_tokenizer
 from gpt.model import GPT, GPTConfig
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -91,13 +88,3 @@ def from_hf_lm(hf) -> GPT:
         sd[k] = v.t().contiguous() if k.endswith(_CONV1D) else v
     model.load_state_dict(sd, strict=False)
     return model.eval()
-
-
-def export_lm(model: GPT, tokenizer_path: Path, out_dir: Path) -> Path:
-    """``save_pretrained`` (safetensors) of the model and tokenizer into ``out_dir``."""
-    tok = load_hf_tokenizer(tokenizer_path)
-    hf = to_hf_lm(model, tok.convert_tokens_to_ids(EOT), tok.convert_tokens_to_ids(PAD))
-    out_dir = Path(out_dir)
-    hf.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    return out_dir

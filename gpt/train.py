@@ -90,31 +90,94 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
 
 @dataclass
 class LoopSettings:
-    """What the loop needs, independent of pretraining or fine-tuning."""
+    """How the loop optimises, whatever the run: every value comes from the run's config."""
 
+    kind: str  # "pretrain", "finetune", "sft": the progress label and checkpoints' metadata
     max_steps: int
     lr: float
     min_lr: float
     warmup_steps: int
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    checkpoint_interval: int = 200
-    max_nonfinite_steps: int = 5
-    seed: int = 0
-    log_interval: int = 10
+    grad_accum: int
+    grad_clip: float  # 0 disables clipping
+    max_nonfinite_steps: int
 
     @classmethod
     def from_train(cls, t: TrainConfig) -> LoopSettings:
-        return cls(max_steps=t.max_steps, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps,
-                   grad_accum=t.grad_accum, grad_clip=t.grad_clip, eval_interval=t.eval_interval,
-                   checkpoint_interval=t.checkpoint_interval,
-                   max_nonfinite_steps=t.max_nonfinite_steps, seed=t.seed)
+        return cls(kind="pretrain", max_steps=t.max_steps, lr=t.lr, min_lr=t.min_lr,
+                   warmup_steps=t.warmup_steps, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
+                   max_nonfinite_steps=t.max_nonfinite_steps)
+
+
+def _due(done: int, interval: int, total: int) -> bool:
+    """Every ``interval`` steps and at the last step."""
+    return done % interval == 0 or done == total
+
+
+@dataclass
+class CheckpointPolicy:
+    """Where and how often the loop checkpoints, and whether it resumes from the newest valid
+    checkpoint. A checkpoint holds the weights, the optimizer state and the RNG states."""
+
+    directory: Path
+    interval: int
+    resume: bool
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                device: torch.device) -> int:
+        """Load the newest valid checkpoint into ``model`` and ``optimizer``; its step, else 0."""
+        path = ckpt.latest_valid(self.directory) if self.resume else None
+        if path is None:
+            return 0
+        state, manifest = ckpt.load_checkpoint(path, model)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        step = int(manifest["step"])
+        if _rank() == 0:
+            log.info("resumed from %s (step %d)", path.name, step)
+        return step
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             device: torch.device, meta: dict[str, Any]) -> None:
+        state = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(device)
+        ckpt.save_checkpoint(self.directory, step, model, state, meta)
+
+
+@dataclass
+class Evaluation:
+    """``fn(model)`` every ``interval`` steps and at the last step; its metrics join the step's."""
+
+    fn: Callable[[nn.Module], dict[str, float]]
+    interval: int
+
+
+class Throughput:
+    """Tokens/s over windows of ``interval`` steps (0: never measured)."""
+
+    def __init__(self, tokens_per_step: int, interval: int) -> None:
+        self.tokens_per_step, self.interval = tokens_per_step, interval
+        self.restart()
+
+    def restart(self) -> None:
+        self._t, self._tokens = time.perf_counter(), 0
+
+    def tick(self, done: int, total: int) -> dict[str, float]:
+        """Count one applied step; ``{"tokens_per_sec": ...}`` when a window closes."""
+        self._tokens += self.tokens_per_step
+        if not self.interval or not _due(done, self.interval, total):
+            return {}
+        now = time.perf_counter()
+        rate = self._tokens / max(now - self._t, 1e-9)
+        self._t, self._tokens = now, 0
+        return {"tokens_per_sec": rate} if self.tokens_per_step else {}
 
 
 @dataclass
 class LoopResult:
-    steps: int
+    steps: int  # steps run by this call (skipped ones included): 0 when resumed at the end
     resumed_from: int
     skipped_steps: int
     final_loss: float
@@ -131,109 +194,111 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing elsewhere."""
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+            else contextlib.nullcontext())
+
+
+def _optimizer_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
+                    settings: LoopSettings, step: int, device: torch.device,
+                    ) -> tuple[float, float, float, bool]:
+    """One optimizer step: schedule's lr, ``grad_accum`` micro-batches, clip, update.
+
+    Returns (lr, loss, grad_norm, applied). A non-finite loss or gradient norm skips the update
+    (``applied`` False) and drops the gradients: one bad batch must not poison the weights.
+    """
+    raw = model.module if hasattr(model, "module") else model
+    lr = lr_at(step, settings.lr, settings.min_lr, settings.warmup_steps, settings.max_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=device)
+    for micro in range(settings.grad_accum):
+        # DDP: all-reduce the gradients only on the last micro-batch.
+        sync = (micro == settings.grad_accum - 1) or not hasattr(model, "no_sync")
+        ctx = contextlib.nullcontext() if sync else model.no_sync()
+        with ctx, _autocast(device):
+            micro_loss = loss_fn(model, step, micro) / settings.grad_accum
+        with ctx:
+            micro_loss.backward()
+        total += micro_loss.detach()
+    if _world() > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.AVG)
+    grad_norm = float(nn.utils.clip_grad_norm_(raw.parameters(), settings.grad_clip)
+                      if settings.grad_clip > 0 else torch.zeros(()))
+    loss = float(total)
+    applied = math.isfinite(loss) and math.isfinite(grad_norm)
+    if applied:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return lr, loss, grad_norm, applied
+
+
 #: Per-step metrics the progress line leaves to MLflow (loss has its own place on the line).
 _STEP_METRICS = frozenset({"loss", "lr", "grad_norm", "tokens_per_sec"})
 
 
 def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
-             settings: LoopSettings, device: torch.device, ckpt_dir: Path | None = None,
-             resume: bool = True, eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-             callback: MetricsCallback | None = None, tokens_per_step: int = 0,
-             meta: dict[str, Any] | None = None) -> LoopResult:
-    """Run optimizer steps ``[start, max_steps)`` with resume from the newest valid checkpoint.
+             settings: LoopSettings, device: torch.device,
+             checkpoints: CheckpointPolicy | None = None, evaluation: Evaluation | None = None,
+             throughput: Throughput | None = None, callback: MetricsCallback | None = None,
+             ) -> LoopResult:
+    """Run optimizer steps ``[start, max_steps)``, ``start`` being the resumed checkpoint's step.
 
     ``model`` may be DDP-wrapped; checkpoints store the unwrapped module. Only rank 0 logs,
     reports metrics and writes checkpoints.
     """
     raw = model.module if hasattr(model, "module") else model
     rank0 = _rank() == 0
-    start = 0
-    if resume and ckpt_dir is not None:
-        path = ckpt.latest_valid(ckpt_dir)
-        if path is not None:
-            state, manifest = ckpt.load_checkpoint(path, raw)
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng_cpu"])
-            if device.type == "cuda" and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"], device)
-            start = int(manifest["step"])
-            if rank0:
-                log.info("resumed from %s (step %d)", path.name, start)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    start = checkpoints.restore(raw, optimizer, device) if checkpoints is not None else 0
+    total_steps = settings.max_steps
+    tokens_per_step = throughput.tokens_per_step if throughput is not None else 0
     bad_in_row = skipped = 0
-    loss_val = float("nan")
+    loss = float("nan")
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    t_window, tokens_window = t0, 0
+    if throughput is not None:
+        throughput.restart()
     model.train()
     # Progress (bar on a TTY, plain lines otherwise) for every kind of run: fine-tuning and SFT
     # have no tokens/s, yet log their step, loss and ETA all the same. Only rank 0 shows it.
-    with progress.phase(str((meta or {}).get("kind", "train")), total=settings.max_steps,
-                        start=start, unit="step", enabled=rank0) as bar:
-        for step in range(start, settings.max_steps):
-            lr = lr_at(step, settings.lr, settings.min_lr, settings.warmup_steps,
-                       settings.max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            for micro in range(settings.grad_accum):
-                sync = (micro == settings.grad_accum - 1) or not hasattr(model, "no_sync")
-                ctx = contextlib.nullcontext() if sync else model.no_sync()
-                with ctx, autocast:
-                    loss = loss_fn(model, step, micro) / settings.grad_accum
-                with ctx:
-                    loss.backward()
-                total += loss.detach()
-            if _world() > 1:
-                dist.all_reduce(total, op=dist.ReduceOp.AVG)
-            grad_norm = (nn.utils.clip_grad_norm_(raw.parameters(), settings.grad_clip)
-                         if settings.grad_clip > 0 else torch.zeros(()))
-            loss_val = float(total)
-            if not math.isfinite(loss_val) or not math.isfinite(float(grad_norm)):
-                # Skip the update entirely: one bad batch must not poison the weights.
-                optimizer.zero_grad(set_to_none=True)
+    with progress.phase(settings.kind, total=total_steps, start=start, unit="step",
+                        enabled=rank0) as bar:
+        for step in range(start, total_steps):
+            lr, loss, grad_norm, applied = _optimizer_step(model, loss_fn, optimizer, settings,
+                                                           step, device)
+            if not applied:
                 bad_in_row += 1
                 skipped += 1
                 log.warning("step %d: non-finite loss/grad (%s), update skipped (%d in a row)",
-                            step, loss_val, bad_in_row)
+                            step, loss, bad_in_row)
                 if bad_in_row >= settings.max_nonfinite_steps:
                     raise TrainingError(f"{bad_in_row} non-finite steps in a row at step {step}; "
                                         "lower train.lr or check the data")
                 bar.update(step + 1)
                 continue
             bad_in_row = 0
-            optimizer.step()
-            tokens_window += tokens_per_step
             done = step + 1
-            metrics = {"loss": loss_val, "lr": lr, "grad_norm": float(grad_norm)}
-            if settings.log_interval and (done % settings.log_interval == 0
-                                          or done == settings.max_steps):
-                now = time.perf_counter()
-                if tokens_per_step:
-                    metrics["tokens_per_sec"] = tokens_window / max(now - t_window, 1e-9)
-                t_window, tokens_window = now, 0
-            if eval_fn is not None and (done % settings.eval_interval == 0
-                                        or done == settings.max_steps):
-                metrics.update(eval_fn(raw))
+            metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
+            if throughput is not None:
+                metrics.update(throughput.tick(done, total_steps))
+            if evaluation is not None and _due(done, evaluation.interval, total_steps):
+                metrics.update(evaluation.fn(raw))
                 model.train()
             if rank0:
-                bar.update(done, loss=loss_val, tokens=tokens_per_step,
+                bar.update(done, loss=loss, tokens=tokens_per_step,
                            **{k: v for k, v in metrics.items() if k not in _STEP_METRICS})
                 if callback is not None:
                     callback(done, metrics)
                 history.append({"step": done, **metrics})
-                if ckpt_dir is not None and (done % settings.checkpoint_interval == 0
-                                             or done == settings.max_steps):
-                    state = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
-                    if device.type == "cuda":
-                        state["rng_cuda"] = torch.cuda.get_rng_state(device)
-                    ckpt.save_checkpoint(ckpt_dir, done, raw, state, meta)
+                if checkpoints is not None and _due(done, checkpoints.interval, total_steps):
+                    checkpoints.save(done, raw, optimizer, device, {"kind": settings.kind})
     seconds = time.perf_counter() - t0
-    steps_run = settings.max_steps - start
-    return LoopResult(steps=settings.max_steps, resumed_from=start, skipped_steps=skipped,
-                      final_loss=loss_val, history=history, seconds=seconds,
+    steps_run = total_steps - start
+    return LoopResult(steps=steps_run, resumed_from=start, skipped_steps=skipped,
+                      final_loss=loss, history=history, seconds=seconds,
                       tokens_per_sec=tokens_per_step * steps_run / max(seconds, 1e-9))
 
 
@@ -282,8 +347,7 @@ class PretrainResult:
 
 
 def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, out_dir: Path,
-             resume: bool = True, callback: MetricsCallback | None = None,
-             eval_batches: int | None = None) -> PretrainResult:
+             resume: bool = True, callback: MetricsCallback | None = None) -> PretrainResult:
     """Pretrain a GPT by next-token prediction on ``tokens_dir`` shards.
 
     Writes checkpoints to ``out_dir/checkpoints`` and the final weights to
@@ -315,16 +379,17 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
         _, loss = m(x.to(device), y.to(device), return_logits=False)
         return loss
 
-    n_eval = eval_batches or train_cfg.eval_batches
-
     def eval_fn(m: nn.Module) -> dict[str, float]:
-        return {"val_loss": estimate_loss(m, data, "val", n_eval, bs, T, train_cfg.seed, device)}
+        return {"val_loss": estimate_loss(m, data, "val", train_cfg.eval_batches, bs, T,
+                                          train_cfg.seed, device)}
 
-    settings = LoopSettings.from_train(train_cfg)
-    result = run_loop(net, loss_fn, optimizer, settings, device, out_dir / "checkpoints",
-                      resume=resume, eval_fn=eval_fn, callback=callback,
-                      tokens_per_step=bs * T * train_cfg.grad_accum * world,
-                      meta={"kind": "pretrain"})
+    result = run_loop(
+        net, loss_fn, optimizer, LoopSettings.from_train(train_cfg), device,
+        checkpoints=CheckpointPolicy(out_dir / "checkpoints", train_cfg.checkpoint_interval,
+                                     resume),
+        evaluation=Evaluation(eval_fn, train_cfg.eval_interval),
+        throughput=Throughput(bs * T * train_cfg.grad_accum * world, train_cfg.log_interval),
+        callback=callback)
     val_loss = next((h["val_loss"] for h in reversed(result.history) if "val_loss" in h),
                     float("nan"))
     if _rank() == 0:

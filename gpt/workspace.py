@@ -224,7 +224,7 @@ def git_commit(path: Path = PROJECT_ROOT) -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
                              text=True, check=True).stdout.strip()
-        # dvc.lock and params.yaml are recorded as data_version and config_hash: a run that
+        # dvc.lock and params.yaml are recorded as data_version and the step keys: a run that
         # updates them does not make the *code* dirty.
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
                                 ".", ":!dvc.lock", ":!params.yaml"],

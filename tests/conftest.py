@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,18 +63,43 @@ def pipeline_run(tmp_path_factory, prefect_server):
     return ws, first, second
 
 
+@dataclass(frozen=True)
+class PostgresDB:
+    """A database on the test PostgreSQL server (127.0.0.1:5432, trust auth, user postgres)."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+
+    @property
+    def conninfo(self) -> str:
+        """libpq conninfo, for ``psycopg.connect``."""
+        return f"host={self.host} port={self.port} user={self.user} dbname={self.name}"
+
+    def url(self, driver: str = "psycopg") -> str:
+        """SQLAlchemy URL: ``psycopg`` (MLflow) or ``asyncpg`` (Prefect)."""
+        return f"postgresql+{driver}://{self.user}@{self.host}:{self.port}/{self.name}"
+
+
 @pytest.fixture()
-def postgres_uri():
-    """A fresh PostgreSQL database on 127.0.0.1:5432 (dropped afterwards). Missing = failure."""
+def postgres_db():
+    """A fresh PostgreSQL database (dropped afterwards). Missing PostgreSQL = failure, not skip."""
     import uuid
 
     import psycopg
 
-    name = f"gptops_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-                         autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    db = PostgresDB(f"gptops_test_{uuid.uuid4().hex[:8]}")
+    admin_info = PostgresDB("postgres").conninfo
+    with psycopg.connect(admin_info, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db.name}"')
         try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+            yield db
         finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def postgres_uri(postgres_db):
+    """``postgres_db`` as the SQLAlchemy/MLflow URI (postgresql+psycopg://...)."""
+    return postgres_db.url("psycopg")

@@ -148,9 +148,9 @@ def _limit(df: pd.DataFrame, max_docs: int) -> pd.DataFrame:
     return df
 
 
-#: Formats read from local files; each but .parquet may also be .gz or .zst compressed.
+#: Local formats read as one document per file (.jsonl, .csv, .parquet: see ``_read_one``).
 TEXT_SUFFIXES = (".txt", ".md")
-STRUCTURED_SUFFIXES = (".jsonl", ".csv", ".parquet")
+#: Compressions of local files (any format but .parquet).
 COMPRESSED_SUFFIXES = (".gz", ".zst")
 
 

@@ -158,9 +158,37 @@ def test_retrain_from_the_prefect_ui_registers_a_version_in_mlflow(served_small,
     shot(pg, 9, "mlflow-registered-model")
     pg.goto(f"{ui}/#/models/gptops-base/versions/{version}")
     expect(pg.get_by_text(run_id).first).to_be_visible()
-    for tag in ("data_version", "git_commit", "config_hash", "prefect_flow_run_id"):
+    for tag in ("data_version", "git_commit", "model_key", "prefect_flow_run_id"):
         expect(pg.get_by_text(tag, exact=True).first).to_be_visible()
     shot(pg, 10, "mlflow-model-version-tags")
+
+    # 6. the MLflow run structure: one parent run per flow run, named after it, with one nested
+    # child per training step that ended with its step (no overlaps) and logged its input data
+    exp = api_get(f"{ui}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=gptops")
+    exp_id = exp["experiment"]["experiment_id"]
+    found = api_get(f"{ui}/ajax-api/2.0/mlflow/runs/search", {
+        "experiment_ids": [exp_id], "max_results": 100,
+        "filter": f"tags.prefect_flow_run_id = '{run_id}'"})["runs"]
+
+    def tag(r: dict, key: str) -> str | None:
+        return next((t["value"] for t in r["data"].get("tags", []) if t["key"] == key), None)
+
+    parents = [r for r in found if tag(r, "mlflow.parentRunId") is None]
+    assert [r["info"]["run_name"] for r in parents] == [run["name"]]
+    parent = parents[0]
+    children = sorted((r for r in found if tag(r, "mlflow.parentRunId")
+                       == parent["info"]["run_id"]), key=lambda r: int(r["info"]["start_time"]))
+    assert [r["info"]["run_name"].split()[0] for r in children] == ["pretrain", "finetune", "sft"]
+    for a, b in zip(children, children[1:], strict=False):
+        assert int(a["info"]["end_time"]) <= int(b["info"]["start_time"])
+    assert int(children[-1]["info"]["end_time"]) <= int(parent["info"]["end_time"])
+    pretrain_run = children[0]
+    datasets = pretrain_run["inputs"]["dataset_inputs"]
+    assert [d["dataset"]["digest"] for d in datasets] == [tag(parent, "data_version")]
+    pg.goto(f"{ui}/#/experiments/{exp_id}/runs/{pretrain_run['info']['run_id']}")
+    expect(pg.get_by_text(datasets[0]["dataset"]["name"]).first).to_be_visible()
+    expect(pg.get_by_text(run["name"]).first).to_be_visible()  # its parent, by name
+    shot(pg, 11, "mlflow-child-run-with-dataset")
 
     timings = {"click_to_completed_s": round(t_done, 1),
                "click_to_registered_version_s": round(t_registered, 1),

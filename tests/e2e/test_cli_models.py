@@ -26,7 +26,7 @@ def test_evaluate_prints_a_table_and_json_on_request(pipeline_run):
     from tests.conftest import RUN_OVERRIDES
 
     ws, first, _ = pipeline_run
-    # the same run values as the flow's (run folders are still keyed by every parameter)
+    # the same run values as the flow's (its overrides were one-off, not kept in params.yaml)
     sets = [a for o in RUN_OVERRIDES for a in ("--set", o)]
     out = gptops("evaluate", "-w", str(ws), *sets, cwd=ws)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -34,7 +34,7 @@ def test_evaluate_prints_a_table_and_json_on_request(pipeline_run):
     assert len(out.stdout.splitlines()) < 40
     out = gptops("evaluate", "-w", str(ws), *sets, "--json", cwd=ws)
     data = json.loads(out.stdout)
-    assert data["labels"] == first["evaluation"]["labels"]
+    assert data["task"]["labels"] == first["evaluation"]["task"]["labels"]
 
 
 def test_predict_with_the_registered_classifier_handles_long_inputs(pipeline_run):
@@ -43,7 +43,7 @@ def test_predict_with_the_registered_classifier_handles_long_inputs(pipeline_run
                  cwd=ws)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout)
-    assert [r["label"] in first["evaluation"]["labels"] for r in rows] == [True, True]
+    assert [r["label"] in first["evaluation"]["task"]["labels"] for r in rows] == [True, True]
     assert all(0 < r["score"] <= 1 for r in rows)
 
 
@@ -67,7 +67,7 @@ def test_export_gives_a_folder_transformers_pipelines_load(pipeline_run, tmp_pat
     out = gptops("export", str(clf_dir), "--model", "gptops-package-clf", "-w", str(ws), cwd=ws)
     assert out.returncode == 0, out.stderr[-2000:]
     label = pipeline("text-classification", model=str(clf_dir), truncation=True)(LONG)[0]
-    assert label["label"] in first["evaluation"]["labels"]
+    assert label["label"] in first["evaluation"]["task"]["labels"]
     assert gptops("export", str(lm_dir), "-w", str(ws), cwd=ws).returncode == 0
     text = pipeline("text-generation", model=str(lm_dir))("Return the", max_new_tokens=8,
                                                            do_sample=False)
@@ -129,7 +129,7 @@ def test_readme_mlflow_models_serve_example_answers(pipeline_run):
         with urllib.request.urlopen(req, timeout=60) as r:
             answer = json.load(r)
         labels = [row["label"] for row in answer["predictions"]]
-        assert len(labels) == 2 and set(labels) <= set(first["evaluation"]["labels"])
+        assert len(labels) == 2 and set(labels) <= set(first["evaluation"]["task"]["labels"])
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

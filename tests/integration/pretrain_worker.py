@@ -82,7 +82,7 @@ def main() -> None:
         max_steps=args.max_steps, batch_size=8, grad_accum=1, lr=3e-3, min_lr=3e-4,
         warmup_steps=5, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
         eval_interval=1000, eval_batches=2, checkpoint_interval=args.checkpoint_interval,
-        compile=False, device="cpu", seed=1337, max_nonfinite_steps=5)
+        compile=False, device="cpu", seed=1337, max_nonfinite_steps=5, log_interval=10)
 
     def callback(step: int, metrics: dict[str, float]) -> None:
         if args.step_delay:

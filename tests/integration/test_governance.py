@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow]
 
 
 def test_task_run_has_evaluation_artifacts_and_card(pipeline_run):
-    from gpt.registry import _client
+    from gpt.registry import client as _client
 
     _, first, _ = pipeline_run
     uri, task = first["tracking_uri"], first["registered"]["task"]
@@ -22,29 +22,38 @@ def test_task_run_has_evaluation_artifacts_and_card(pipeline_run):
     files = {a.path for a in client.list_artifacts(mv.run_id, "eval")}
     assert {"eval/confusion_matrix.png", "eval/confusion_matrix.json", "eval/per_class.json",
             "eval/champion_comparison.json", "eval/task_metrics.json"} <= files
-    cm = first["evaluation"]["confusion_matrix"]
-    assert len(cm) == len(first["evaluation"]["labels"])
-    assert sum(map(sum, cm)) == first["evaluation"]["task_test_examples"]
+    task_eval = first["evaluation"]["task"]
+    cm = task_eval["confusion_matrix"]
+    assert len(cm) == len(task_eval["labels"])
+    assert sum(map(sum, cm)) == task_eval["test_examples"]
     assert "## Versus the champion" in mv.description
 
 
 def test_compare_promote_rollback_on_real_versions(pipeline_run, tmp_path, monkeypatch,
                                                    capsys):
-    from gpt import registry, steps
+    from gpt import registry
     from gpt.cli import app, run_app
     from gpt.config import load_params
+    from gpt.evaluate import ModelEval
+    from gpt.pipeline import steps
     from tests.conftest import RUN_OVERRIDES
 
     ws, first, _ = pipeline_run
     params = load_params(ws / "params.yaml", overrides=RUN_OVERRIDES)
     uri = registry.default_tracking_uri(tmp_path)
-    monkeypatch.setattr(steps, "_existing_version", lambda *a: None)  # register again
-    one = steps.register_step(ws, params, first["data_version"], uri, first["evaluation"])
-    two = steps.register_step(ws, params, first["data_version"], uri, first["evaluation"])
-    name = two["task"]["name"]
-    assert one["task"]["champion"] and not two["task"]["champion"]  # equal metrics: no gain
+    tracking = registry.Tracking(uri, "governance")
+    evaluation = {k: ModelEval(**v) for k, v in first["evaluation"].items()}
+    one = steps.register_step(ws, params, first["data_version"], tracking, evaluation)
+    # The same weights are one version: a second registration reuses it ...
+    assert all(r.reused for r in steps.register_step(ws, params, first["data_version"],
+                                                     tracking, evaluation).values())
+    # ... unless forced, and then equal metrics do not beat the champion.
+    monkeypatch.setattr("gpt.registry.register.existing_version", lambda *a: None)
+    two = steps.register_step(ws, params, first["data_version"], tracking, evaluation)
+    name = two["task"].name
+    assert one["task"].champion and not two["task"].champion
 
-    client = registry._client(uri)
+    client = registry.client(uri)
     mv2 = client.get_model_version(name, "2")
     assert "champion v1" in mv2.description and "| macro_f1 |" in mv2.description
     path = mlflow.artifacts.download_artifacts(run_id=mv2.run_id, tracking_uri=uri,

@@ -28,8 +28,8 @@ def test_prefect_yaml_declares_both_deployments(prefect_yaml):
         assert d["concurrency_limit"]["limit"] == 1
         assert d["concurrency_limit"]["collision_strategy"] in ("ENQUEUE", "CANCEL_NEW")
         assert "workdir" in d["parameters"]
+    # The schedule itself is compared with the code in test_prefect_yaml_matches_serve.
     (nightly,) = deps["nightly"]["schedules"]
-    assert nightly["cron"] == "0 2 * * *" and nightly["timezone"] == "UTC"
     assert nightly.get("active", True)
     assert not deps["retrain"].get("schedules")
 
@@ -56,14 +56,77 @@ def test_prefect_yaml_entrypoint_loads_the_flow(prefect_yaml):
     assert {"profile", "max_steps", "overrides", "workdir"} <= set(flow.parameters.properties)
 
 
-def test_pool_setup_matches_serve():
-    """The deployments `gptops serve` serves carry the same schedule and limit as prefect.yaml."""
-    from flows.deploy import build_deployments
+def _yaml_spec(d: dict) -> dict:
+    """What a prefect.yaml deployment states, in the shape of ``_built_spec``."""
+    limit = d.get("concurrency_limit")
+    if isinstance(limit, int):
+        limit = {"limit": limit}
+    return {
+        "entrypoint": d["entrypoint"],
+        "description": d.get("description"),
+        "tags": sorted(d.get("tags") or []),
+        "schedules": [(s["cron"], s.get("timezone"), s.get("day_or", True), s.get("active", True))
+                      for s in d.get("schedules") or []],
+        "concurrency": ((limit["limit"], limit.get("collision_strategy", "ENQUEUE"))
+                        if limit else None),
+    }
 
-    nightly, retrain = build_deployments(".", "0 2 * * *", "UTC")
-    assert nightly.concurrency_limit == retrain.concurrency_limit == 1
-    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
-    assert not retrain.schedules
+
+def _built_spec(dep) -> dict:
+    """The same fields of a RunnerDeployment built by flows.deploy.build_deployments."""
+    opts = dep.concurrency_options
+    return {
+        "entrypoint": dep.entrypoint,
+        "description": dep.description,
+        "tags": sorted(dep.tags),
+        "schedules": [(s.schedule.cron, s.schedule.timezone, s.schedule.day_or, s.active)
+                      for s in dep.schedules],
+        "concurrency": ((dep.concurrency_limit, opts.collision_strategy.value if opts
+                         else "ENQUEUE") if dep.concurrency_limit else None),
+    }
+
+
+def _serve_defaults() -> dict:
+    """The schedule options `gptops serve` passes on when none are given (its CLI defaults)."""
+    import inspect
+
+    from flows.cli import serve
+
+    sig = inspect.signature(serve).parameters
+    return {"cron": sig["cron"].default, "timezone": sig["timezone"].default}
+
+
+def test_prefect_yaml_matches_serve(prefect_yaml, monkeypatch):
+    """prefect.yaml states exactly what `gptops serve` deploys (flows/deploy.py builds it)."""
+    from flows.deploy import build_deployments
+    from flows.serve import DEPLOYMENTS
+
+    monkeypatch.chdir(PROJECT_ROOT)  # entrypoints are relative to the project root in both
+    built = {d.name: d for d in build_deployments(str(PROJECT_ROOT), **_serve_defaults())}
+    declared = {d["name"]: d for d in prefect_yaml["deployments"]}
+    assert list(declared) == [d["name"] for d in prefect_yaml["deployments"]]  # no duplicates
+    assert set(declared) == set(built) == set(DEPLOYMENTS)
+    for name, dep in built.items():
+        assert _yaml_spec(declared[name]) == _built_spec(dep), name
+        # prefect.yaml fills workdir from the environment; serve adds the workspace's form values.
+        assert set(declared[name].get("parameters") or {}) <= set(dep.parameters), name
+        assert dep.flow_name == "training_pipeline"
+
+
+def test_deploy_defaults_are_serve_defaults():
+    """`python -m flows.deploy` alone and `gptops serve` schedule the same (one constant)."""
+    import inspect
+
+    from flows.deploy import NIGHTLY_CRON, NIGHTLY_TIMEZONE, build_deployments
+    from flows.serve import serve_all
+
+    assert _serve_defaults() == {"cron": NIGHTLY_CRON, "timezone": NIGHTLY_TIMEZONE}
+    for fn in (build_deployments, serve_all):
+        sig = inspect.signature(fn).parameters
+        assert (sig["cron"].default, sig["timezone"].default) == (NIGHTLY_CRON,
+                                                                  NIGHTLY_TIMEZONE), fn
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    assert f'[--cron "{NIGHTLY_CRON}"] [--timezone {NIGHTLY_TIMEZONE}]' in readme
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The team setup on PostgreSQL (127.0.0.1:5432): a Prefect server and an MLflow server with
-proxied artifacts, each on a fresh database. Missing PostgreSQL is a failure, not a skip."""
+proxied artifacts, each on a fresh database (``postgres_db`` in tests/conftest.py).
+Missing PostgreSQL is a failure, not a skip."""
 
 from __future__ import annotations
 
@@ -18,21 +19,6 @@ from tests.serving import free_port
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
-ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-
-
-@pytest.fixture()
-def fresh_db():
-    """A fresh database name (created, dropped afterwards); yields (name, psycopg conninfo)."""
-    import psycopg
-
-    name = f"gptops_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield name, f"host=127.0.0.1 port=5432 user=postgres dbname={name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def clean_env(tmp_path: Path) -> dict[str, str]:
@@ -68,14 +54,12 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def test_prefect_server_on_postgres_records_a_flow_run(fresh_db, tmp_path):
+def test_prefect_server_on_postgres_records_a_flow_run(postgres_db, tmp_path):
     import psycopg
 
-    name, conninfo = fresh_db
     port = free_port()
     env = clean_env(tmp_path)
-    env["PREFECT_API_DATABASE_CONNECTION_URL"] = \
-        f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres_db.url("asyncpg")
     log = tmp_path / "prefect.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
@@ -95,7 +79,7 @@ def test_prefect_server_on_postgres_records_a_flow_run(fresh_db, tmp_path):
         r = subprocess.run([sys.executable, "-c", flow_src], env=client_env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
-        with psycopg.connect(conninfo) as conn:
+        with psycopg.connect(postgres_db.conninfo) as conn:
             rows = conn.execute(
                 "SELECT fr.name, fr.state_type, f.name FROM flow_run fr "
                 "JOIN flow f ON f.id = fr.flow_id WHERE fr.name = %s", (run_name,)).fetchall()
@@ -105,11 +89,10 @@ def test_prefect_server_on_postgres_records_a_flow_run(fresh_db, tmp_path):
         stop(proc)
 
 
-def test_mlflow_server_on_postgres_with_proxied_artifacts(fresh_db, tmp_path):
+def test_mlflow_server_on_postgres_with_proxied_artifacts(postgres_db, tmp_path):
     import psycopg
     from mlflow import MlflowClient
 
-    name, conninfo = fresh_db
     port = free_port()
     dest = tmp_path / "artifacts"
     dest.mkdir()
@@ -118,7 +101,7 @@ def test_mlflow_server_on_postgres_with_proxied_artifacts(fresh_db, tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
              "--workers", "1",
-             "--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+             "--backend-store-uri", postgres_db.url("psycopg"),
              "--serve-artifacts", "--artifacts-destination", str(dest)],
             env=clean_env(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
@@ -139,7 +122,7 @@ def test_mlflow_server_on_postgres_with_proxied_artifacts(fresh_db, tmp_path):
         assert run.info.run_id in landed[0].as_posix()
         assert [f.path for f in client.list_artifacts(run.info.run_id, "reports")] == [
             "reports/report.md"]
-        with psycopg.connect(conninfo) as conn:
+        with psycopg.connect(postgres_db.conninfo) as conn:
             (status,) = conn.execute("SELECT status FROM runs WHERE run_uuid = %s",
                                      (run.info.run_id,)).fetchone()
             (value,) = conn.execute("SELECT value FROM latest_metrics WHERE run_uuid = %s AND "

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 NAME = "gptops-race"
 
 
-def _register(uri: str, tok_path: str, experiment_id: str, value: float, barrier,
+def _register(uri: str, tok_path: str, experiment: str, value: float, barrier,
               out: str) -> None:
     """Child process: build a tiny model, wait for the sibling, register with ``val_ppl=value``."""
     import os
@@ -31,12 +31,11 @@ def _register(uri: str, tok_path: str, experiment_id: str, value: float, barrier
         tok = load_hf_tokenizer(Path(tok_path))
         model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=300,
                                            n_positions=32))
-        client = registry._client(uri)
-        run_id = client.create_run(experiment_id, run_name=f"ppl-{value}").info.run_id
+        from tests.integration.test_registry import candidate
+
+        c = candidate(NAME, model, tok, value, "same-split")
         barrier.wait(timeout=120)
-        r = registry.register_model(uri, run_id, NAME, model, tok, "text-generation",
-                                    {"val_ppl": value}, {"eval_hash": "same-split"}, "val_ppl",
-                                    higher_is_better=False, min_improvement=0.0)
+        r = registry.register(c, registry.Tracking(uri, experiment))
         Path(out).write_text(json.dumps(asdict(r)))
     except BaseException:  # noqa: BLE001 - report to the parent
         Path(out).write_text(json.dumps({"error": traceback.format_exc()}))
@@ -46,17 +45,17 @@ def _register(uri: str, tok_path: str, experiment_id: str, value: float, barrier
 def test_concurrent_registration_on_postgres(postgres_uri, tmp_path):
     from gpt import registry
     from gpt.data.tokenizer import save_tokenizer, train_tokenizer
-    from tests.unit.test_registry import TEXTS
+    from tests.integration.test_registry import TEXTS
 
     tok_path = tmp_path / "tokenizer.json"
     save_tokenizer(train_tokenizer(TEXTS, 300), tok_path)
-    client = registry._client(postgres_uri)  # creates the schema once, before the race
-    exp_id = client.create_experiment("race", artifact_location=(tmp_path / "art").as_uri())
+    client = registry.client(postgres_uri)  # creates the schema once, before the race
+    client.create_experiment("race", artifact_location=(tmp_path / "art").as_uri())
 
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
     values = {"worse": 12.0, "better": 7.0}
-    procs = {k: ctx.Process(target=_register, args=(postgres_uri, str(tok_path), exp_id, v,
+    procs = {k: ctx.Process(target=_register, args=(postgres_uri, str(tok_path), "race", v,
                                                     barrier, str(tmp_path / f"{k}.json")))
              for k, v in values.items()}
     for p in procs.values():

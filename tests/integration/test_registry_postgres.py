@@ -1,21 +1,27 @@
 """The registration path with PostgreSQL as MLflow's backend store (127.0.0.1:5432)."""
 
+from dataclasses import asdict
+
 import pytest
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 def test_register_on_postgres(pipeline_run, postgres_uri, tmp_path, monkeypatch):
-    from gpt import steps
     from gpt.config import load_params
-    from gpt.registry import list_versions, load_champion_components
+    from gpt.evaluate import ModelEval
+    from gpt.pipeline import steps
+    from gpt.registry import Tracking, list_versions, load_champion_components
     from tests.conftest import RUN_OVERRIDES
 
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to cwd
     ws, first, _ = pipeline_run
     params = load_params(ws / "params.yaml", overrides=RUN_OVERRIDES)
-    reg = steps.register_step(ws, params, first["data_version"], postgres_uri,
-                              first["evaluation"], flow_run_id="pg-test")
+    evaluation = {k: ModelEval(**v) for k, v in first["evaluation"].items()}
+    tracking = Tracking(postgres_uri, "pg", tags={"prefect_flow_run_id": "pg-test",
+                                                  "data_version": first["data_version"]})
+    reg = {k: asdict(r) for k, r in steps.register_step(
+        ws, params, first["data_version"], tracking, evaluation).items()}
     assert reg["base"]["champion"] and reg["task"]["champion"]
     versions = list_versions(postgres_uri)
     assert {(v["name"], v["version"]) for v in versions} == {

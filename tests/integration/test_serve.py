@@ -146,7 +146,7 @@ def test_retrain_twice_runs_one_at_a_time_and_registers(served):
     by_run = {v.tags.get("prefect_flow_run_id"): v for v in versions}
     assert str(first.id) in by_run  # the first run registers; the second may reuse it
     tags = by_run[str(first.id)].tags
-    assert {"data_version", "git_commit", "config_hash"} <= set(tags)
+    assert {"data_version", "git_commit", "model_key", "eval_key"} <= set(tags)
     assert client.search_model_versions("name='gptops-package-clf'")
 
     kinds = {a.key: a for a in arts}

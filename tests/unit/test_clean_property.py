@@ -13,16 +13,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt.config import load_params
-from gpt.data.clean import _features, clean_documents, clean_shards, normalize_batch, normalize_text
+from gpt.data.clean import (
+    REASONS,
+    _features,
+    clean_documents,
+    clean_shards,
+    normalize_batch,
+    normalize_text,
+)
 from gpt.data.sources import DOC_COLUMNS
 from tests.unit import reference_clean as ref
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 CFG = load_params(PARAMS).clean
 
-REASON = re.compile(r"(duplicate_id|invalid_utf8|too_short|too_long|too_few_words|too_many_words|"
-                    r"word_length|symbol_ratio|low_alpha|line_punctuation|repeated_lines|"
-                    r"(near_)?duplicate_of=.+)")
+REASON = re.compile("(" + "|".join(re.escape(r.name) + ("=.+" if r.points_at else "")
+                                    for r in REASONS) + ")")
 BAD_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufeff]")
 
 WORDS = ["the", "parser", "returns", "a", "list", "of", "tokens", "when", "called", "with",

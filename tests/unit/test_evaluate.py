@@ -1,11 +1,9 @@
 """Evaluation reports: confusion matrix, per-class table, image, comparison with the champion."""
 
-import math
 
 import pytest
 
 from gpt import evaluate as ev
-from gpt.errors import RegistryError
 
 LABELS = ["asyncio", "email", "xml"]
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2]
@@ -33,37 +31,6 @@ def test_plot_confusion_matrix_writes_png(tmp_path):
                                     tmp_path / "sub" / "cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 2000
-
-
-def test_compare_same_eval_hash_puts_metrics_side_by_side():
-    champ = {"version": "3", "eval_hash": "h1", "metrics": {"macro_f1": 0.5, "accuracy": 0.6}}
-    c = ev.compare_to_champion({"macro_f1": 0.55, "accuracy": 0.6, "new_metric": 1.0}, "h1",
-                               champ)
-    assert c["comparable"] and c["champion_version"] == "3"
-    rows = {r["metric"]: r for r in c["rows"]}
-    assert math.isclose(rows["macro_f1"]["delta"], 0.05)
-    assert rows["new_metric"]["champion"] is None and rows["new_metric"]["delta"] is None
-    md = ev.comparison_markdown(c)
-    assert "| macro_f1 | 0.55 | 0.5 | +0.05 |" in md and "champion v3" in md
-    assert "| new_metric | 1 | – | – |" in md
-
-
-def test_compare_different_eval_hash_is_not_comparable():
-    champ = {"version": "3", "eval_hash": "h1", "metrics": {"macro_f1": 0.5}}
-    c = ev.compare_to_champion({"macro_f1": 0.9}, "h2", champ)
-    assert not c["comparable"] and c["rows"] == []
-    assert c["note"].startswith("not comparable")
-    assert "not comparable" in ev.comparison_markdown(c) and "|" not in ev.comparison_markdown(c)
-
-
-def test_compare_without_champion():
-    c = ev.compare_to_champion({"macro_f1": 0.9}, "h2", None)
-    assert not c["comparable"] and c["champion_version"] is None and "no champion" in c["note"]
-
-
-def test_check_finite_refuses_nan():
-    with pytest.raises(RegistryError, match="non-finite"):
-        ev.check_finite({"accuracy": float("nan")}, "task")
 
 
 def test_generation_metrics_exact_f1_rouge():

@@ -1,4 +1,5 @@
-"""Behavioural tests of the GPT model: causality, init loss, KV cache, sampling, HF parity."""
+"""Behavioural tests of the GPT model: causality, init loss, KV cache, sampling, HF parity, and
+the fused training head through the model (the loss itself: tests/unit/test_loss.py)."""
 
 import math
 
@@ -104,23 +105,6 @@ def test_too_long_sequence_is_a_clear_error():
         m(torch.zeros(1, 9, dtype=torch.long))
 
 
-def test_lean_cross_entropy_matches_torch_in_value_and_gradient():
-    from torch.nn import functional as F
-
-    from gpt.model import _CrossEntropy
-
-    torch.manual_seed(0)
-    logits = torch.randn(12, 50, dtype=torch.float64, requires_grad=True)
-    targets = torch.randint(0, 50, (12,))
-    targets[[2, 7]] = -1  # ignored positions (e.g. masked prompt tokens)
-    ours = _CrossEntropy.apply(logits, targets)
-    (g_ours,) = torch.autograd.grad(ours, logits)
-    ref = F.cross_entropy(logits, targets, ignore_index=-1)
-    (g_ref,) = torch.autograd.grad(ref, logits)
-    assert torch.allclose(ours, ref) and torch.allclose(g_ours, g_ref, atol=1e-12)
-    assert g_ours[[2, 7]].abs().max() == 0
-
-
 def _model_grads(m: GPT, x: torch.Tensor, y: torch.Tensor, **kw) -> tuple[torch.Tensor, dict]:
     m.zero_grad(set_to_none=True)
     logits, loss = m(x, y, **kw)
@@ -169,25 +153,6 @@ def test_training_head_overwrites_logits_in_place_and_stays_exact_in_float32():
         assert torch.allclose(m(x, x, return_logits=False)[1], loss, atol=1e-6)
 
 
-def test_loss_stays_exact_when_the_target_probability_underflows():
-    """Rows whose target is ~100 logits below the rest (a diverging run) would give -log(0) =
-    inf from the softmax; they are recomputed by log-softmax, as F.cross_entropy would."""
-    from torch.nn import functional as F
-
-    from gpt.model import _CrossEntropy, _LinearCrossEntropy
-
-    torch.manual_seed(0)
-    x = torch.randn(6, 8) * 30
-    w = torch.randn(11, 8)
-    logits = x @ w.t()
-    targets = logits.argmin(dim=1)
-    targets[1] = logits[1].argmax()  # one ordinary row
-    ref = F.cross_entropy(logits, targets)
-    assert float(torch.softmax(logits, -1).gather(1, targets[:, None]).min()) == 0.0
-    for loss in (_CrossEntropy.apply(logits, targets), _LinearCrossEntropy.apply(x, w, targets)):
-        assert torch.isfinite(loss) and torch.allclose(loss, ref, rtol=1e-5)
-
-
 def test_training_head_under_bf16_autocast_returns_float32_gradients():
     m = tiny().train()
     x = torch.randint(0, 97, (2, 16))
@@ -212,24 +177,3 @@ def test_training_head_falls_back_to_logits_when_the_output_layer_is_wrapped():
     logits, loss = m(x, x)
     _, fused_loss = m(x, x, return_logits=False)
     assert torch.allclose(loss, fused_loss)
-
-
-def test_ignored_rows_are_neither_recomputed_nor_counted():
-    """Ignored positions (SFT prompts) gather a placeholder target whose probability may be 0:
-    they must not cost a recomputation each step nor turn the loss into NaN (0 * inf)."""
-    from gpt.model import _nll_sum
-
-    logits = torch.randn(5, 7)
-    logits[:, 0] = -1e4  # placeholder column: probability exactly 0
-    targets = torch.tensor([-1, -1, 3, -1, 0])  # row 4 is counted and does underflow
-    probs = torch.softmax(logits, -1)
-    recomputed = []
-
-    def row_logits(rows: torch.Tensor) -> torch.Tensor:
-        recomputed.extend(rows.tolist())
-        return logits[rows]
-
-    valid = targets != -1
-    total = _nll_sum(probs, targets.clamp(min=0).unsqueeze(1), valid, row_logits)
-    ref = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
-    assert recomputed == [4] and torch.allclose(total, ref)

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from gpt import progress
 from gpt.finetune import predict
-from gpt.train import LoopSettings, run_loop
+from gpt.train import Evaluation, LoopSettings, Throughput, run_loop
 
 
 @pytest.fixture(autouse=True)
@@ -169,9 +169,9 @@ class _TwoParams(nn.Module):
         self.w = nn.Parameter(torch.tensor([1.0, -1.0]))
 
 
-def _settings(steps: int = 5) -> LoopSettings:
-    return LoopSettings(max_steps=steps, lr=0.1, min_lr=0.01, warmup_steps=1, log_interval=25,
-                        eval_interval=steps)
+def _settings(steps: int = 5, kind: str = "finetune") -> LoopSettings:
+    return LoopSettings(kind=kind, max_steps=steps, lr=0.1, min_lr=0.01, warmup_steps=1,
+                        grad_accum=1, grad_clip=1.0, max_nonfinite_steps=5)
 
 
 def test_fine_tuning_logs_progress_without_tokens_per_sec(caplog):
@@ -179,7 +179,7 @@ def test_fine_tuning_logs_progress_without_tokens_per_sec(caplog):
     model = _TwoParams()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     result = run_loop(model, lambda m, step, micro: (m.w ** 2).sum(), opt, _settings(),
-                      torch.device("cpu"), meta={"kind": "finetune"}, tokens_per_step=0)
+                      torch.device("cpu"))
     assert result.steps == 5
     lines = _lines(caplog)
     assert [line.split(" loss")[0] for line in lines] == [
@@ -192,10 +192,10 @@ def test_pretraining_progress_shows_tokens_per_sec_and_val_loss(caplog):
     model = _TwoParams()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     seen = []
-    run_loop(model, lambda m, step, micro: (m.w ** 2).sum(), opt, _settings(4),
-             torch.device("cpu"), eval_fn=lambda m: {"val_loss": 0.25},
-             callback=lambda step, metrics: seen.append(metrics),
-             tokens_per_step=4096, meta={"kind": "pretrain"})
+    run_loop(model, lambda m, step, micro: (m.w ** 2).sum(), opt, _settings(4, "pretrain"),
+             torch.device("cpu"), evaluation=Evaluation(lambda m: {"val_loss": 0.25}, 4),
+             throughput=Throughput(4096, 25),
+             callback=lambda step, metrics: seen.append(metrics))
     final = _lines(caplog)[-1]
     assert final.startswith("pretrain: step 4/4 (100%) loss ")
     assert re.search(r"\| [\d,]+ tok/s \| val_loss 0\.25 \|", final)

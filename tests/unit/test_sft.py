@@ -1,4 +1,7 @@
-"""Supervised fine-tuning: prompt tokens never count in the loss; the loss falls on a toy set."""
+"""Supervised fine-tuning: prompt tokens never count in the loss; the loss falls on a toy set;
+a resumed run runs only the steps left."""
+
+import shutil
 
 import pytest
 import torch
@@ -54,19 +57,38 @@ def test_sft_loss_ignores_prompt_logits(tok):
     assert torch.allclose(sft_loss(model, ids, targets), expected, atol=1e-5)
 
 
-def test_loss_decreases_on_toy_set(tok, tmp_path):
+def _toy_model(tok) -> GPT:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=2, n_head=2,
-                          n_embd=32, dropout=0.0, bias=True))
+    return GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=2, n_head=2,
+                         n_embd=32, dropout=0.0, bias=True))
+
+
+def test_loss_decreases_on_toy_set_and_a_resumed_run_only_runs_the_remaining_steps(tok, tmp_path):
+    model = _toy_model(tok)
     ids, targets = encode_sft_pairs(tok, PAIRS, 32)
     with torch.no_grad():
         before = sft_loss(model.eval(), ids, targets).item()
     cfg = load_params(PROJECT_ROOT / "params.yaml").finetune.model_copy(update=dict(
         max_steps=60, batch_size=16, lr=3e-3, base_lr_factor=1.0, weight_decay=0.0,
-        warmup_steps=5, seed=0))
+        warmup_steps=5, seed=0, checkpoints=2))
     result = finetune_sft(model, tok, PAIRS, cfg, tmp_path / "sft", device_name="cpu")
     with torch.no_grad():
         after = sft_loss(result.model.eval(), ids, targets).item()
-    assert result.examples == len(PAIRS) and result.loop.steps == 60
+    assert result.examples == len(PAIRS)
+    assert (result.loop.steps, result.loop.resumed_from) == (60, 0)
     assert after < 0.6 * before, (before, after)
     assert (tmp_path / "sft" / "model.safetensors").is_file()
+    ckpts = tmp_path / "sft" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt-00000030", "ckpt-00000060"]
+
+    # Interrupted after the mid-run checkpoint: the rerun resumes there, runs only the 30 steps
+    # left and ends where the uninterrupted run did.
+    shutil.rmtree(ckpts / "ckpt-00000060")
+    resumed = finetune_sft(_toy_model(tok), tok, PAIRS, cfg, tmp_path / "sft", device_name="cpu")
+    assert (resumed.loop.steps, resumed.loop.resumed_from) == (30, 30)
+    for (name, a), (_, b) in zip(result.model.state_dict().items(),
+                                 resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    # Finished: nothing left to run.
+    again = finetune_sft(_toy_model(tok), tok, PAIRS, cfg, tmp_path / "sft", device_name="cpu")
+    assert (again.loop.steps, again.loop.resumed_from) == (0, 60)

@@ -1,4 +1,5 @@
-"""Registry governance on a real MLflow SQLite store: NaN refusal, promote, rollback, history."""
+"""The registry on a real MLflow SQLite store: registering, reuse by key, NaN refusal, promote,
+rollback, history."""
 
 from __future__ import annotations
 
@@ -26,11 +27,20 @@ def tiny_hf(tmp_path):
     return model, tok
 
 
-def register(uri: str, name: str, model, tok, value: float, eval_hash: str = "e1"):
-    run_id = registry.start_run(uri, "test", f"run-{value}", {"data_version": "d"}, {})
-    return registry.register_model(uri, run_id, name, model, tok, "text-generation",
-                                   {"val_ppl": value}, {"eval_hash": eval_hash}, "val_ppl",
-                                   higher_is_better=False, min_improvement=0.0)
+def candidate(name: str, model, tok, value: float, eval_hash: str = "e1",
+              key: str = "") -> registry.Candidate:
+    """A text-generation candidate judged on ``val_ppl`` (lower is better), no baseline."""
+    return registry.Candidate(
+        kind="base", name=name, task="text-generation", metrics={"val_ppl": value},
+        eval_hash=eval_hash, spec=registry.GateSpec("val_ppl", False, None),
+        keys={"model_key": key or f"m-{value}", "eval_key": key or f"e-{value}"},
+        tags={"data_version": "d"}, export=lambda: (model, tok), card=f"# {name}\n")
+
+
+def register(uri: str, name: str, model, tok, value: float, eval_hash: str = "e1",
+             key: str = "") -> registry.Registration:
+    return registry.register(candidate(name, model, tok, value, eval_hash, key),
+                             registry.Tracking(uri, "test"))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +56,7 @@ def m(request):
 
 def _fake_versions(uri: str, name: str, n: int) -> None:
     """``n`` versions without logged artifacts (governance needs only versions and tags)."""
-    client = registry._client(uri)
+    client = registry.client(uri)
     client.create_registered_model(name)
     for i in range(n):
         client.create_model_version(name, f"file:///nowhere/{i}", tags={"eval_hash": "e1"})
@@ -59,10 +69,11 @@ def test_nan_metric_registers_nothing_and_real_version_loads(tmp_path, uri, m):
     with pytest.raises(RegistryError, match="non-finite"):
         register(uri, m, model, tok, float("nan"))
     assert [v["version"] for v in registry.list_versions(uri, m)] == ["1"]
-    assert registry.champion_metrics(uri, m) == {"version": "1", "eval_hash": "e1",
-                                                   "metrics": {"val_ppl": 3.33333}}
-    # Identical metrics do not "beat" the champion through the tag's rounding.
-    second = register(uri, m, model, tok, 10 / 3)
+    assert registry.read_champion(registry.client(uri), m) == registry.gate.Champion(
+        "1", "e1", {"val_ppl": 3.33333})
+    # Identical metrics (from other steps: other keys) do not "beat" the champion through the
+    # tag's rounding.
+    second = register(uri, m, model, tok, 10 / 3, key="retrained")
     assert not second.champion and second.previous_champion == "1"
     with pytest.raises(RegistryError,
                        match="has no alias 'nope'.*its aliases: challenger=v2, champion=v1"):
@@ -73,7 +84,7 @@ def test_nan_metric_registers_nothing_and_real_version_loads(tmp_path, uri, m):
 
 def test_promote_rollback_and_history(uri, m):
     _fake_versions(uri, m, 3)
-    client = registry._client(uri)
+    client = registry.client(uri)
     registry.set_champion(client, m, "1", "first version", action="gate")
     registry.set_champion(client, m, "2", "beats v1", action="gate")
 
@@ -95,11 +106,26 @@ def test_promote_rollback_and_history(uri, m):
     assert "rolled back" in client.get_model_version(m, "1").tags["promotion_decision"]
 
 
+def test_a_version_is_reused_only_when_its_model_key_matches(tmp_path, uri, m):
+    model, tok = tiny_hf(tmp_path)
+    first = register(uri, m, model, tok, 5.0, key="k1")
+    again = register(uri, m, model, tok, 5.0, key="k1")
+    assert again.reused and again.version == first.version and again.champion
+    c = candidate(m, model, tok, 5.0, key="k1")
+    c.keys["eval_key"] = "re-evaluated"  # same weights, evaluated otherwise: still that version
+    assert registry.register(c, registry.Tracking(uri, "test")).reused
+    other = register(uri, m, model, tok, 5.0, key="k2")
+    assert not other.reused and other.version == "2"
+    assert [v["version"] for v in registry.list_versions(uri, m)] == ["1", "2"]
+    tags = registry.list_versions(uri, m)[1]["tags"]
+    assert (tags["model_key"], tags["eval_key"]) == ("k2", "k2")
+
+
 def test_rollback_skips_deleted_versions(uri, m):
     _fake_versions(uri, m, 3)
     for v in ("1", "2", "3"):
         registry.promote(uri, m, v, f"to {v}")
-    registry._client(uri).delete_model_version(m, "2")
+    registry.client(uri).delete_model_version(m, "2")
     assert registry.rollback(uri, m, "bad")["version"] == "1"
 
 
@@ -162,11 +188,50 @@ def test_pointing_mlflow_at_a_store_leaves_no_global_trace(tmp_path, monkeypatch
 
     import mlflow
 
-    from gpt.registry import _global_uri
+    from gpt.registry.tracking import global_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     before = mlflow.get_tracking_uri()
-    with _global_uri(f"sqlite:///{tmp_path / 'x.db'}"):
+    with global_uri(f"sqlite:///{tmp_path / 'x.db'}"):
         assert os.environ["MLFLOW_TRACKING_URI"].endswith("x.db")
     assert "MLFLOW_TRACKING_URI" not in os.environ  # children would otherwise inherit it
     assert mlflow.get_tracking_uri() == before
+
+
+def test_runs_nest_under_the_pipeline_run_and_keep_their_true_duration(uri):
+    """A step's child run ends with the step; logging its model later does not stretch it."""
+    import time
+
+    import mlflow
+
+    from gpt.registry.tracking import Dataset, child_run, pipeline_run, reopened
+
+    c = registry.client(uri)
+    tracking = registry.Tracking(uri, "nesting", tags={"data_version": "dv1"})
+    with pipeline_run(tracking, "flow-run-name") as t:
+        with child_run(t, "pretrain k1", {"step_key": "k1"}, {"train.lr": 0.1},
+                       Dataset("tokens-dv1", "dv1", "/tmp/ws/data/tokens")) as run_id:
+            pass
+        ended = c.get_run(run_id).info
+        time.sleep(0.05)
+        with reopened(uri, run_id):
+            mlflow.log_text("later", "model/README.txt")
+    child, parent = c.get_run(run_id), c.get_run(t.parent_run_id)
+    assert (child.info.status, child.info.end_time) == ("FINISHED", ended.end_time)
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.run_name == "flow-run-name" and parent.info.status == "FINISHED"
+    assert child.data.tags["data_version"] == "dv1" and child.data.params["train.lr"] == "0.1"
+    (dataset,) = child.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("tokens-dv1", "dv1")
+
+
+def test_a_failing_step_marks_its_run_and_the_pipeline_run_failed(uri):
+    from gpt.registry.tracking import child_run, pipeline_run
+
+    c = registry.client(uri)
+    tracking = registry.Tracking(uri, "nesting")
+    with pytest.raises(RuntimeError), pipeline_run(tracking, "failing") as t, \
+            child_run(t, "finetune k2", {}, {}) as run_id:
+        raise RuntimeError("boom")
+    assert c.get_run(run_id).info.status == "FAILED"
+    assert c.get_run(t.parent_run_id).info.status == "FAILED"

@@ -1,0 +1,120 @@
+"""What cleaning produced: the kept and rejected frames, their stats, and the markdown report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpt.data.clean.arrow import str_series, utf8_bytes
+from gpt.data.sources import DOC_COLUMNS
+
+REJECTED_COLUMNS = ["doc_id", "source", "name", "reason", "excerpt"]
+EXCERPT_CHARS = 200
+
+
+@dataclass
+class CleanResult:
+    """What cleaning produced.
+
+    Attributes:
+        kept: ``DOC_COLUMNS`` frame of kept documents, ``text`` cleaned, in input order.
+        rejected: ``REJECTED_COLUMNS`` frame (``excerpt`` = the first 200 characters of the
+            original text), in input order.
+        stats: JSON-serialisable counts (see ``clean_documents``).
+    """
+
+    kept: pd.DataFrame
+    rejected: pd.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarray,
+             originals: pa.ChunkedArray, reached_dedup: int, duplicates: int,
+             pii: dict[str, int]) -> CleanResult:
+    """The result frames and stats from the per-document reasons.
+
+    Args:
+        frame: the validated input documents (all shards, in order).
+        kept_texts: the cleaned texts of the kept documents, in order.
+        reasons: per document, its reason (``""``: kept).
+        originals: the input texts.
+        reached_dedup: documents that passed the filters.
+        duplicates: exact and near duplicates found among them.
+        pii: kind -> placeholders written into kept texts.
+
+    Returns:
+        The kept and rejected documents with ``stats`` (see ``clean_documents``).
+    """
+    keep = reasons == ""
+    ids = ["doc_id", "source", "name"]
+    kept = frame.loc[keep, ids].reset_index(drop=True)
+    kept["text"] = str_series(kept_texts)
+    kept = kept[DOC_COLUMNS]
+    rejected = frame.loc[~keep, ids].reset_index(drop=True)
+    rejected["reason"] = pd.Series(reasons[~keep].tolist(), dtype="str")
+    rejected["excerpt"] = str_series(pc.utf8_slice_codeunits(
+        originals.filter(pa.array(~keep)), 0, EXCERPT_CHARS))
+    by_reason: dict[str, int] = {}
+    for r in rejected["reason"].tolist():
+        key = r.split("=", 1)[0]
+        by_reason[key] = by_reason.get(key, 0) + 1
+    stats = {
+        "docs_in": len(frame),
+        "docs_kept": len(kept),
+        "docs_rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "bytes_in": utf8_bytes(originals),
+        "bytes_out": utf8_bytes(kept_texts),
+        "dedup_rate": round(duplicates / reached_dedup, 6) if reached_dedup else 0.0,
+        "pii_replacements": dict(sorted(pii.items())),
+    }
+    return CleanResult(kept=kept, rejected=rejected, stats=stats)
+
+
+def render_report(stats: dict[str, Any]) -> str:
+    """Render cleaning stats as a short markdown report.
+
+    Args:
+        stats: ``CleanResult.stats``.
+
+    Returns:
+        Markdown with document and byte counts, the dedup rate, a table of rejections per reason
+        and a table of PII replacements.
+    """
+    docs_in = stats.get("docs_in", 0) or 0
+    kept = stats.get("docs_kept", 0) or 0
+    b_in = stats.get("bytes_in", 0) or 0
+    b_out = stats.get("bytes_out", 0) or 0
+
+    def pct(part: float, whole: float) -> str:
+        return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+    lines = [
+        "# Cleaning report",
+        "",
+        f"- documents: {docs_in:,} in, {kept:,} kept ({pct(kept, docs_in)}), "
+        f"{stats.get('docs_rejected', 0):,} rejected",
+        f"- bytes: {b_in:,} in, {b_out:,} out ({pct(b_out, b_in)})",
+        f"- dedup rate: {100 * float(stats.get('dedup_rate', 0.0)):.2f}% of documents that "
+        "passed the filters",
+        "",
+        "| reason | documents | share of input |",
+        "|---|---:|---:|",
+    ]
+    by_reason = stats.get("rejected_by_reason", {}) or {}
+    for reason, count in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"| {reason} | {count:,} | {pct(count, docs_in)} |")
+    if not by_reason:
+        lines.append("| (none) | 0 | 0.0% |")
+    pii = stats.get("pii_replacements", {}) or {}
+    lines += ["", "| PII placeholder | replacements |", "|---|---:|"]
+    for kind, count in sorted(pii.items()):
+        lines.append(f"| {kind} | {count:,} |")
+    if not pii:
+        lines.append("| (none) | 0 |")
+    return "\n".join(lines) + "\n"

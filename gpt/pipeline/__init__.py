@@ -1,0 +1,1 @@
+"""The pipeline's steps over the library: keys, paths, steps, registry candidates."""

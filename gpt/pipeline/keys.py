@@ -1,0 +1,100 @@
+"""The cache key of each training step: a hash of exactly what the step reads.
+
+DVC keys the data stages by the params and code each one lists; training follows the same rule:
+
+- pretrain = data version + the ``model`` and ``train`` sections;
+- fine-tune = the pretrain key + the ``finetune`` section + the content of its task files;
+- SFT = the pretrain key + the training fields of ``sft`` + the content of its pairs file;
+- evaluation = the model's key + what that evaluation reads (``evaluate`` for perplexity, the
+  generation fields of ``sft`` for SFT; the classifier's test split is in its own key).
+
+So changing ``finetune.lr`` fine-tunes again on the same base, and changing
+``evaluate.ppl_batches`` only re-evaluates. Paths are not hashed, contents are: moving a task
+file changes nothing, editing it changes its key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt.config import Params
+
+#: SFT fields only the evaluation reads (the rest of the section shapes training).
+SFT_EVAL_FIELDS = ("eval_examples", "max_new_tokens")
+#: Fields that name a file: the key holds the file's content hash instead of its path.
+_FILE_FIELDS = ("task_path", "test_path")
+
+
+@dataclass(frozen=True)
+class StepKey:
+    """One step's key: which step, the hash, and what went into it (for logs and key.json)."""
+
+    step: str
+    digest: str
+    reads: dict[str, Any]
+
+    @property
+    def short(self) -> str:
+        return self.digest[:8]
+
+
+def _key(step: str, reads: dict[str, Any]) -> StepKey:
+    blob = json.dumps(reads, sort_keys=True, default=str).encode()
+    return StepKey(step, hashlib.sha256(blob).hexdigest()[:16], reads)
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes (``""`` for no file); a missing file is left to preflight."""
+    if not path:
+        return ""
+    p = Path(path)
+    if not p.is_file():
+        return f"missing:{path}"
+    h = hashlib.sha256()
+    with p.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _section(params: Params, name: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    values = params.model_dump(mode="json")[name]
+    out = {k: v for k, v in values.items() if k not in drop and k not in _FILE_FIELDS}
+    for k in _FILE_FIELDS:
+        if k in values and k not in drop:
+            out[k] = file_digest(values[k])
+    return out
+
+
+def pretrain(params: Params, data_version: str) -> StepKey:
+    return _key("pretrain", {"data_version": data_version, "model": _section(params, "model"),
+                             "train": _section(params, "train")})
+
+
+def finetune(params: Params, data_version: str) -> StepKey:
+    return _key("finetune", {"pretrain": pretrain(params, data_version).digest,
+                             "finetune": _section(params, "finetune")})
+
+
+def sft(params: Params, data_version: str) -> StepKey:
+    return _key("sft", {"pretrain": pretrain(params, data_version).digest,
+                        "sft": _section(params, "sft", ("enabled", *SFT_EVAL_FIELDS))})
+
+
+def evaluation(kind: str, params: Params, data_version: str) -> StepKey:
+    """The key of one model's evaluation (``kind``: base, task or sft)."""
+    if kind == "base":
+        return _key("evaluate-base", {"model": pretrain(params, data_version).digest,
+                                      "evaluate": _section(params, "evaluate")})
+    if kind == "task":
+        return _key("evaluate-task", {"model": finetune(params, data_version).digest})
+    sft_reads = {k: getattr(params.sft, k) for k in SFT_EVAL_FIELDS}
+    return _key("evaluate-sft", {"model": sft(params, data_version).digest, "sft": sft_reads})
+
+
+#: The training step behind each model kind.
+TRAINING = {"base": pretrain, "task": finetune, "sft": sft}

@@ -1,0 +1,184 @@
+"""The promotion gate, on one page.
+
+A newly registered version takes the alias ``challenger``. It takes ``champion`` only when:
+
+1. every metric is finite (otherwise nothing is registered at all);
+2. its primary metric beats the trivial baseline (the majority class for a classifier, a uniform
+   guess over the vocabulary for perplexity, the base model prompted the same way for SFT);
+3. there is no champion yet, or the champion was evaluated on the same set (equal ``eval_hash``)
+   and the new value beats it by more than ``min_improvement`` (by anything when that is 0).
+
+Values are compared at the precision the registry stores them (:data:`SIGNIFICANT`), so that
+re-registering identical metrics never "beats" the champion by rounding. The champion is read once,
+under the model's registry lock, and the alias moves under that same lock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from gpt.errors import RegistryError
+from gpt.registry.governance import CHALLENGER, _champion, set_champion
+
+#: Significant digits of the metrics stored as model-version tags (``metric.<name>``).
+SIGNIFICANT = 6
+
+
+def metric_tag(value: float) -> str:
+    """A metric as the registry stores it."""
+    return f"{value:.{SIGNIFICANT}g}"
+
+
+def stored(value: float) -> float:
+    """A metric at the precision the registry stores it (what the gate compares)."""
+    return float(metric_tag(value))
+
+
+def nonfinite(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics that are not finite numbers."""
+    return {k: v for k, v in metrics.items()
+            if not isinstance(v, (int, float)) or not math.isfinite(v)}
+
+
+def require_finite(metrics: dict[str, Any], what: str) -> None:
+    """Refuse NaN/inf metrics before anything is registered.
+
+    Raises:
+        RegistryError: naming the model and the bad metrics.
+    """
+    bad = nonfinite(metrics)
+    if bad:
+        raise RegistryError(f"{what}: non-finite metrics {bad}; nothing was registered — check "
+                            "the training logs (lower the learning rate?)")
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """How one kind of model is judged: its primary metric, direction and trivial baseline."""
+
+    metric: str
+    higher_is_better: bool
+    baseline: float | None
+    min_improvement: float = 0.0
+
+    def beats(self, new: float, old: float) -> bool:
+        return new > old if self.higher_is_better else new < old
+
+    def gain(self, new: float, old: float) -> float:
+        return new - old if self.higher_is_better else old - new
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The current champion as the registry holds it."""
+
+    version: str
+    eval_hash: str | None
+    metrics: dict[str, float]
+
+
+def read_champion(client, name: str) -> Champion | None:
+    """The version holding the champion alias and its stored metrics (None: no champion)."""
+    mv = _champion(client, name)
+    if mv is None:
+        return None
+    metrics = {}
+    for key, raw in mv.tags.items():
+        if key.startswith("metric."):
+            try:
+                metrics[key.removeprefix("metric.")] = float(raw)
+            except ValueError:
+                continue
+    return Champion(str(mv.version), mv.tags.get("eval_hash"), metrics)
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide(spec: GateSpec, value: float, eval_hash: str, champion: Champion | None) -> Decision:
+    """The rule itself, as a pure function of the new value and the champion."""
+    m = spec.metric
+    if not math.isfinite(value):
+        return Decision(False, f"{m}={value} is not finite")
+    value = stored(value)
+    if spec.baseline is not None and not spec.beats(value, stored(spec.baseline)):
+        return Decision(False, f"{m} {value:.4g} does not beat the trivial baseline "
+                               f"{spec.baseline:.4g}; train longer or check the data")
+    if champion is None:
+        return Decision(True, "first version: no champion yet")
+    if champion.eval_hash != eval_hash:
+        return Decision(False, f"evaluation sets differ (champion {champion.eval_hash}, new "
+                               f"{eval_hash}): not comparable; promote explicitly if intended")
+    old = champion.metrics.get(m)
+    if old is None:
+        return Decision(True, f"champion v{champion.version} has no {m}: replaced")
+    gain = spec.gain(value, old)
+    if gain > spec.min_improvement or (spec.min_improvement == 0 and gain > 0):
+        return Decision(True, f"{m} {value:.4g} beats champion {old:.4g} (gain {gain:.4g})")
+    return Decision(False, f"{m} {value:.4g} does not beat champion {old:.4g} by more than "
+                           f"{spec.min_improvement}")
+
+
+def compare(metrics: dict[str, float], eval_hash: str, champion: Champion | None) -> dict:
+    """The new metrics next to the champion's, when both used the same evaluation set."""
+    if champion is None:
+        return {"champion_version": None, "comparable": False,
+                "note": "no champion yet: nothing to compare with", "rows": []}
+    if champion.eval_hash != eval_hash:
+        return {"champion_version": champion.version, "comparable": False,
+                "note": (f"not comparable: champion v{champion.version} was evaluated on "
+                         f"{champion.eval_hash}, this version on {eval_hash}"), "rows": []}
+    rows = []
+    for k, v in sorted(metrics.items()):
+        old = champion.metrics.get(k)
+        rows.append({"metric": k, "new": v, "champion": old,
+                     "delta": None if old is None else stored(v) - old})
+    return {"champion_version": champion.version, "comparable": True,
+            "note": f"same evaluation set ({eval_hash}) as champion v{champion.version}",
+            "rows": rows}
+
+
+def comparison_markdown(comparison: dict) -> str:
+    """The "versus the champion" section of a model card."""
+    head = f"## Versus the champion\n\n{comparison['note']}\n"
+    if not comparison["comparable"]:
+        return head
+
+    def fmt(x: float | None, spec: str = ".4g") -> str:
+        return "–" if x is None else format(x, spec)
+
+    rows = "\n".join(f"| {r['metric']} | {fmt(r['new'])} | {fmt(r['champion'])} | "
+                     f"{fmt(r['delta'], '+.4g')} |" for r in comparison["rows"])
+    return (f"{head}\n| metric | this version | champion v{comparison['champion_version']} | Δ |"
+            f"\n|---|---|---|---|\n{rows}\n")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate did with one version."""
+
+    decision: Decision
+    previous: Champion | None
+    comparison: dict
+
+
+def apply(client, name: str, version: str, spec: GateSpec, metrics: dict[str, float],
+          eval_hash: str) -> Verdict:
+    """Gate ``version`` of ``name``: read the champion once, decide, move an alias.
+
+    The caller holds :func:`gpt.registry.governance.registry_lock` for ``name``, so the champion
+    read here is still the champion when the alias moves.
+    """
+    champion = read_champion(client, name)
+    decision = decide(spec, metrics[spec.metric], eval_hash, champion)
+    client.set_model_version_tag(name, version, "promotion_decision", decision.reason[:5000])
+    if decision.promote:
+        set_champion(client, name, version, decision.reason, action="gate")
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    return Verdict(decision, champion, compare(metrics, eval_hash, champion))

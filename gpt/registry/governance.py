@@ -1,0 +1,244 @@
+"""Registry governance: the champion alias, its history, explicit promotion and rollback.
+
+Every champion move (the gate's, a promotion by hand, a rollback) goes through
+:func:`set_champion` under :func:`registry_lock`, and is appended to the registered model's
+history tag, so ``gptops models --history`` can say who moved it and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gpt.errors import RegistryError
+from gpt.registry.tracking import client as _client
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "gptops.champion_history"
+
+
+@contextmanager
+def registry_lock(tracking_uri: str, name: str, timeout_s: float = 120.0) -> Iterator[None]:
+    """Serialise champion changes of one registered model across processes.
+
+    PostgreSQL: a session advisory lock on a connection derived from the tracking URI. SQLite: an
+    exclusive ``flock`` on a file beside the database. Other backends (an MLflow server): no lock
+    (the server would have to provide it); concurrent gates there may race.
+    """
+    if tracking_uri.startswith(("postgresql", "postgres:")):
+        import psycopg
+
+        conninfo = re.sub(r"^postgres(?:ql)?(?:\+\w+)?://", "postgresql://", tracking_uri)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'")
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"gptops:{name}",))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"gptops:{name}",))
+    elif tracking_uri.startswith("sqlite:///"):
+        import fcntl
+
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        lock_path = db.parent / f".{db.name}.registry.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+") as fh:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(f"registry lock {lock_path} held for over "
+                                            f"{timeout_s:.0f}s; is another gptops stuck?"
+                                            ) from None
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    else:
+        yield
+
+
+def _champion(client, name: str):  # -> ModelVersion | None
+    """The version holding the champion alias, or None (no such model or no champion yet)."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - MLflow raises RestException/MlflowException
+        return None
+
+
+def _current_champion(client, name: str) -> str | None:
+    champ = _champion(client, name)
+    return str(champ.version) if champ else None
+
+
+def set_champion(client, name: str, version: str, reason: str, action: str = "gate") -> None:
+    """Move the champion alias and append the move to the registered model's history tag.
+
+    ``action`` is ``gate`` (the promotion gate), ``promote`` (explicit) or ``rollback``.
+    """
+    rm = client.get_registered_model(name)
+    history = _parse_history(rm.tags.get(HISTORY_TAG))
+    history.append({"version": str(version), "action": action,
+                    "previous": _current_champion(client, name),
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "reason": reason[:200]})
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    # MLflow caps tag values (5000 chars on SQL stores): keep the newest entries that fit.
+    keep = history[-50:]
+    while len(keep) > 1 and len(json.dumps(keep)) > 4900:
+        keep = keep[1:]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(keep))
+
+
+def _parse_history(raw: str | None) -> list[dict[str, Any]]:
+    try:
+        history = json.loads(raw or "[]")
+    except ValueError:
+        log.warning("unreadable %s tag; starting a new history", HISTORY_TAG)
+        return []
+    return [h for h in history if isinstance(h, dict) and "version" in h]
+
+
+def _require_model(client, tracking_uri: str, name: str):
+    try:
+        return client.get_registered_model(name)
+    except Exception as exc:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST
+        known = sorted(m.name for m in client.search_registered_models()) or ["(none)"]
+        raise RegistryError(f"no registered model '{name}' at {tracking_uri}; registered models: "
+                            f"{', '.join(known)}") from exc
+
+
+def _version_numbers(client, name: str) -> list[str]:
+    return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")),
+                  key=int)
+
+
+def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
+    """The champion moves of ``name``, oldest first: version, action, previous, at, reason.
+
+    Raises:
+        RegistryError: ``name`` is not a registered model.
+    """
+    client = _client(tracking_uri)
+    rm = _require_model(client, tracking_uri, name)
+    return _parse_history(rm.tags.get(HISTORY_TAG))
+
+
+def promote(tracking_uri: str, name: str, version: str, reason: str) -> dict[str, Any]:
+    """Make ``version`` the champion of ``name`` by hand, recording ``reason`` in the history.
+
+    Raises:
+        RegistryError: unknown model or version, or an empty reason.
+    """
+    if not reason.strip():
+        raise RegistryError("promote needs --reason: say why this version becomes champion")
+    client = _client(tracking_uri)
+    _require_model(client, tracking_uri, name)
+    version = str(version).strip().removeprefix("v")
+    with registry_lock(tracking_uri, name):
+        versions = _version_numbers(client, name)
+        if version not in versions:
+            raise RegistryError(f"model '{name}' has no version '{version}'; versions: "
+                                f"{', '.join(versions) or '(none)'}")
+        previous = _current_champion(client, name)
+        if previous == version:
+            raise RegistryError(f"model '{name}' version {version} is already the champion")
+        return _move_champion(client, name, version, previous, reason, "promote",
+                              f"promoted by hand: {reason.strip()}")
+
+
+def _rollback_target(history: list[dict[str, Any]], current: str | None,
+                     existing: set[str]) -> str | None:
+    """The champion before ``current``: replay the history as a stack (a rollback pops it)."""
+    stack: list[str] = []
+    for h in history:
+        if h.get("action") == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != str(h["version"]):
+                stack.append(str(h["version"]))
+        else:
+            stack.append(str(h["version"]))
+    while stack and stack[-1] == current:
+        stack.pop()
+    while stack and stack[-1] not in existing:  # deleted versions cannot come back
+        stack.pop()
+    return stack[-1] if stack else None
+
+
+def rollback(tracking_uri: str, name: str, reason: str) -> dict[str, Any]:
+    """Move the champion of ``name`` back to the previous champion in its history.
+
+    Successive rollbacks walk further back (each undoes one promotion), never re-promoting
+    the version just rolled back from.
+
+    Raises:
+        RegistryError: unknown model, no champion, no earlier champion, or an empty reason.
+    """
+    if not reason.strip():
+        raise RegistryError("rollback needs --reason: say why the champion is rolled back")
+    client = _client(tracking_uri)
+    _require_model(client, tracking_uri, name)
+    with registry_lock(tracking_uri, name):
+        rm = client.get_registered_model(name)
+        history = _parse_history(rm.tags.get(HISTORY_TAG))
+        current = _current_champion(client, name)
+        if current is None:
+            raise RegistryError(f"model '{name}' has no champion to roll back; versions: "
+                                f"{', '.join(_version_numbers(client, name)) or '(none)'}")
+        target = _rollback_target(history, current, set(_version_numbers(client, name)))
+        if target is None:
+            raise RegistryError(f"model '{name}': no earlier champion than v{current} in the "
+                                f"history; use `gptops promote {name} VERSION` instead")
+        return _move_champion(client, name, target, current, reason, "rollback",
+                              f"rolled back to (from v{current}): {reason.strip()}")
+
+
+def _move_champion(client, name: str, version: str, previous: str | None, reason: str,
+                   action: str, decision: str) -> dict[str, Any]:
+    """Move the alias by hand (caller holds the lock), tag why, and describe the move."""
+    set_champion(client, name, version, reason.strip(), action=action)
+    client.set_model_version_tag(name, version, "promotion_decision", decision[:5000])
+    with contextlib.suppress(Exception):  # a champion is no longer a challenger
+        if str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(version):
+            client.delete_registered_model_alias(name, CHALLENGER)
+    log.info("%s: champion v%s -> v%s (%s: %s)", name, previous, version, action, reason)
+    return {"name": name, "version": version, "previous": previous, "action": action,
+            "reason": reason.strip()}
+
+
+def resolve_alias(tracking_uri: str, name: str, alias: str = CHAMPION, client=None):
+    """The model version behind ``<name>@<alias>``.
+
+    Raises:
+        RegistryError: unknown model (listing the registered ones) or unknown alias (listing
+            the model's aliases).
+    """
+    client = client or _client(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception as exc:  # noqa: BLE001
+        try:
+            rm = client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - the model itself is unknown
+            known = sorted(m.name for m in client.search_registered_models()) or ["(none)"]
+            raise RegistryError(f"no registered model '{name}' at {tracking_uri}; registered "
+                                f"models: {', '.join(known)}; run `gptops run` first"
+                                ) from exc
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted((rm.aliases or {}).items()))
+        raise RegistryError(f"model '{name}' has no alias '{alias}' at {tracking_uri}; its "
+                            f"aliases: {aliases or '(none)'}") from exc

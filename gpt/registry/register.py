@@ -1,0 +1,194 @@
+"""Registering one trained model: a :class:`Candidate` in, a gated model version out.
+
+Each model kind (base LM, classifier, SFT LM) builds one ``Candidate``; :func:`register` treats
+them all alike: reuse a version with the same keys, else log metrics and artifacts to the run
+that trained the model, log the model with MLflow's transformers flavor, create the version and
+pass it through the gate (:mod:`gpt.registry.gate`) under the model's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpt.errors import RegistryError
+from gpt.registry import gate
+from gpt.registry.governance import CHAMPION, registry_lock
+from gpt.registry.tracking import (
+    Tracking,
+    child_run,
+    client,
+    global_uri,
+    log_artifacts,
+    log_dict,
+    log_metrics,
+    log_table,
+    reopened,
+)
+
+log = logging.getLogger(__name__)
+
+#: The version tag that says which trained weights a version holds: one version per model key.
+MODEL_KEY = "model_key"
+
+
+@dataclass
+class Candidate:
+    """One trained, evaluated model, ready for the registry."""
+
+    kind: str  #: "base", "task" or "sft"
+    name: str  #: the registered model's name
+    task: str  #: the transformers task ("text-generation", "text-classification")
+    metrics: dict[str, float]  #: headline metrics: stored as tags, the gate reads one
+    eval_hash: str  #: the evaluation set: versions compare only on equal hashes
+    spec: gate.GateSpec
+    keys: dict[str, str]  #: ``model_key`` (the weights) and ``eval_key`` (the evaluation)
+    tags: dict[str, str]  #: lineage (data version, git commit, flow run, parent version, ...)
+    export: Callable[[], tuple[Any, Any]]  #: -> (HF model, HF tokenizer), built when needed
+    card: str  #: model card markdown (the gate appends the champion comparison)
+    run_id: str | None = None  #: the MLflow run that trained it, if it is in this store
+    license: str = "other"
+    artifacts: dict[str, Path] = field(default_factory=dict)  #: artifact dir -> file/folder
+    documents: dict[str, Any] = field(default_factory=dict)  #: artifact file -> JSON value
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    run_id: str
+    champion: bool
+    reason: str
+    previous_champion: str | None
+    reused: bool = False
+
+
+def _pip_requirements() -> list[str]:
+    import safetensors
+    import tokenizers
+    import torch
+    import transformers
+
+    return [f"torch=={torch.__version__.split('+')[0]}",
+            f"transformers=={transformers.__version__}", f"tokenizers=={tokenizers.__version__}",
+            f"safetensors=={safetensors.__version__}"]
+
+
+def existing_version(tracking_uri: str, c: Candidate):  # -> ModelVersion | None
+    """A version of ``c.name`` holding the same trained weights (equal model key) that went
+    through the gate. A changed evaluation alone registers nothing new: the weights are the same.
+    """
+    cl = client(tracking_uri)
+    query = f"name='{c.name}' and tags.{MODEL_KEY}='{c.keys[MODEL_KEY]}'"
+    try:
+        versions = cl.search_model_versions(query)
+    except Exception:  # noqa: BLE001 - the model is not registered yet
+        return None
+    gated = [v for v in versions if v.tags.get("promotion_decision")]
+    return max(gated, key=lambda v: int(v.version)) if gated else None
+
+
+def _run_exists(tracking_uri: str, run_id: str | None) -> bool:
+    if not run_id:
+        return False
+    try:
+        return client(tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
+    except Exception:  # noqa: BLE001 - a run of another store (the tracking URI changed)
+        return False
+
+
+def register(c: Candidate, tracking: Tracking) -> Registration:
+    """Register ``c`` (or reuse its existing version) and gate it.
+
+    Raises:
+        RegistryError: a non-finite or missing primary metric (nothing is logged or registered).
+    """
+    gate.require_finite(c.metrics, f"model '{c.name}'")
+    if c.spec.metric not in c.metrics:
+        raise RegistryError(f"model '{c.name}': primary metric '{c.spec.metric}' missing")
+    found = existing_version(tracking.uri, c)
+    if found is not None:
+        # search results carry no aliases; the version itself does
+        aliases = set(client(tracking.uri).get_model_version(c.name, found.version).aliases)
+        log.info("%s: reused v%s (model key %s unchanged)", c.name, found.version,
+                 c.keys[MODEL_KEY][:8])
+        return Registration(c.name, str(found.version), found.run_id, CHAMPION in aliases,
+                            f"same model key ({c.keys[MODEL_KEY][:8]}): existing version "
+                            "reused, nothing registered", None, reused=True)
+    if _run_exists(tracking.uri, c.run_id):
+        return _register(c, tracking.uri, c.run_id)  # type: ignore[arg-type]
+    # Trained earlier against another store: a run of its own under this pipeline run.
+    with child_run(tracking, c.kind, {"gptops.kind": c.kind, **c.keys}, {}) as run_id:
+        return _register(c, tracking.uri, run_id)
+
+
+def _register(c: Candidate, uri: str, run_id: str) -> Registration:
+    log_metrics(uri, run_id, c.metrics)
+    log_artifacts(uri, run_id, c.artifacts)
+    for path, obj in c.documents.items():
+        log_dict(uri, run_id, obj, path)
+    for path, rows in c.tables.items():
+        log_table(uri, run_id, rows, path)
+    model_uri, model_id = _log_model(c, uri, run_id)
+    tags = {**c.tags, **c.keys, "eval_hash": c.eval_hash, "primary_metric": c.spec.metric,
+            **{f"metric.{k}": gate.metric_tag(v) for k, v in c.metrics.items()}}
+    cl = client(uri)
+    # One writer at a time per model: version numbers and read-champion-then-move-alias are not
+    # atomic in MLflow, so concurrent pipelines would race without the lock. The registry
+    # resolves `models:/m-<id>` through the global tracking URI, hence global_uri.
+    with global_uri(uri), registry_lock(uri, c.name):
+        try:
+            cl.create_registered_model(c.name, description=f"gptops model ({c.task})")
+        except Exception:  # noqa: BLE001 - exists already (perhaps created concurrently)
+            cl.get_registered_model(c.name)
+        mv = cl.create_model_version(c.name, model_uri, run_id=run_id,
+                                     tags={k: str(v) for k, v in tags.items() if v is not None},
+                                     description=c.card, model_id=model_id)
+        version = str(_await_ready(cl, c.name, mv.version).version)
+        verdict = gate.apply(cl, c.name, version, c.spec, c.metrics, c.eval_hash)
+        cl.update_model_version(c.name, version, description=(
+            f"{c.card}\n{gate.comparison_markdown(verdict.comparison)}"))
+    log_dict(uri, run_id, verdict.comparison, "eval/champion_comparison.json")
+    d = verdict.decision
+    log.info("%s v%s: %s (%s)", c.name, version, "champion" if d.promote else "challenger",
+             d.reason)
+    return Registration(c.name, version, run_id, d.promote, d.reason,
+                        verdict.previous.version if verdict.previous else None)
+
+
+def _log_model(c: Candidate, uri: str, run_id: str) -> tuple[str, str]:
+    """Log the HF export with the transformers flavor into ``run_id``: (model URI, model id)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import mlflow
+
+    model, tokenizer = c.export()
+    with reopened(uri, run_id):
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
+            task=c.task, pip_requirements=_pip_requirements(),
+            model_card=_hf_card(c.card, c.license, c.task))
+    return info.model_uri, info.model_id
+
+
+def _hf_card(text: str, license_id: str, task: str):  # -> huggingface_hub.ModelCard
+    """The card MLflow stores with the model (without one it asks the hub, offline or not)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(license=license_id, pipeline_tag=task, library_name="transformers",
+                         tags=["gptops"])
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
+
+
+def _await_ready(cl, name: str, version: str, timeout: float = 60.0):
+    deadline = time.time() + timeout
+    while True:
+        mv = cl.get_model_version(name, version)
+        if mv.status == "READY" or time.time() > deadline:
+            return mv
+        time.sleep(0.2)

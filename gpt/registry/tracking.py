@@ -1,0 +1,247 @@
+"""MLflow tracking: where runs go, and the run structure of a pipeline.
+
+One pipeline run is one MLflow *parent* run (named after the Prefect flow run, or a timestamp on
+the CLI). Each training step opens a nested *child* run that ends when the step ends (FAILED on
+error), so durations in the MLflow UI are true, and logs its input data with ``log_inputs`` (a
+dataset whose digest is the data version and whose source is the DVC output), so the UI's Dataset
+column shows the lineage.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+#: The tag MLflow's UI nests child runs by.
+PARENT_TAG = "mlflow.parentRunId"
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    """SQLite under ``<workdir>/.gptops/mlflow.db`` (created on first use)."""
+    path = Path(workdir).resolve() / ".gptops" / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def resolve_tracking_uri(configured: str, workdir: Path) -> str:
+    """``registry.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the project-local SQLite."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
+
+
+def client(tracking_uri: str):  # -> mlflow.MlflowClient
+    """An MLflow client on ``tracking_uri`` for both tracking and the model registry."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def global_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-global URIs at ``tracking_uri``, then restore them exactly.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``; without
+    the restore, a later call (or a child process) would silently use this store.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in _URI_ENV}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def reopened(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """MLflow's fluent API inside the (perhaps finished) run ``run_id``, for logging a model.
+
+    The run's status and end time are put back afterwards: logging a model at registration must
+    not stretch the duration of the training run it belongs to.
+    """
+    import mlflow
+
+    c = client(tracking_uri)
+    before = c.get_run(run_id).info
+    with global_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        yield
+    if before.end_time:
+        c.set_terminated(run_id, status=before.status, end_time=before.end_time)
+
+
+def experiment_id(tracking_uri: str, experiment: str) -> str:
+    """The experiment's id, creating it (with SQLite: artifacts beside the database, not cwd)."""
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        location = (db.parent / "mlartifacts").resolve().as_uri()
+    try:
+        return c.create_experiment(experiment, artifact_location=location)
+    except Exception:  # noqa: BLE001 - created concurrently by another pipeline
+        return c.get_experiment_by_name(experiment).experiment_id
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a pipeline run's MLflow runs go: the store, the experiment, the parent run.
+
+    Plain data, so it crosses process and Prefect task boundaries.
+    """
+
+    uri: str
+    experiment: str
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _create_run(t: Tracking, name: str, tags: dict[str, str]) -> str:
+    all_tags = {**t.tags, **tags}
+    if t.parent_run_id:
+        all_tags[PARENT_TAG] = t.parent_run_id
+    run = client(t.uri).create_run(experiment_id(t.uri, t.experiment), run_name=name,
+                                   tags={k: str(v) for k, v in all_tags.items() if v is not None})
+    return run.info.run_id
+
+
+@contextmanager
+def pipeline_run(tracking: Tracking, name: str) -> Iterator[Tracking]:
+    """The parent run of one pipeline run: FINISHED at the end, FAILED if anything raised."""
+    run_id = _create_run(replace(tracking, parent_run_id=None), name, {"gptops.run": "pipeline"})
+    try:
+        yield replace(tracking, parent_run_id=run_id)
+    except BaseException:
+        finish_run(tracking.uri, run_id, "FAILED")
+        raise
+    finish_run(tracking.uri, run_id)
+
+
+def cli_run_name(command: str) -> str:
+    """The parent run's name for a library command (no Prefect flow run to name it after)."""
+    return f"cli-{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The data a run read: name, digest (the data version) and source (the DVC output)."""
+
+    name: str
+    digest: str
+    source: str
+
+
+@contextmanager
+def child_run(tracking: Tracking, name: str, tags: dict[str, str], params: dict[str, Any],
+              dataset: Dataset | None = None) -> Iterator[str]:
+    """A nested run for one step: params and input dataset logged up front; FAILED on error."""
+    run_id = _create_run(tracking, name, tags)
+    from mlflow.entities import Param
+
+    flat = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    c = client(tracking.uri)
+    for i in range(0, len(flat), 100):
+        c.log_batch(run_id, params=flat[i:i + 100])
+    if dataset is not None:
+        log_dataset(tracking.uri, run_id, dataset)
+    try:
+        yield run_id
+    except BaseException:
+        finish_run(tracking.uri, run_id, "FAILED")
+        raise
+    finish_run(tracking.uri, run_id)
+
+
+def log_dataset(tracking_uri: str, run_id: str, dataset: Dataset,
+                context: str = "training") -> None:
+    """Record ``dataset`` as the run's input (the Dataset column of the MLflow UI)."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    # MLflow generates its local-artifact source class at import time; find it by name.
+    local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    source = local(Path(dataset.source).resolve().as_uri())
+    meta = MetaDataset(source=source, name=dataset.name, digest=dataset.digest)
+    entity = meta._to_mlflow_entity()
+    client(tracking_uri).log_inputs(run_id, [DatasetInput(
+        dataset=entity, tags=[InputTag(key="mlflow.data.context", value=context)])])
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(tracking_uri).set_terminated(run_id, status=status)
+
+
+class MetricsLogger:
+    """A training callback that sends metrics to MLflow in batches (not one call per scalar)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, prefix: str = "",
+                 flush_every: int = 200) -> None:
+        self.client = client(tracking_uri)
+        self.run_id = run_id
+        self.prefix = prefix
+        self.flush_every = flush_every
+        self._pending: list = []
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self._pending.append(Metric(f"{self.prefix}{k}", float(v), now, step))
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self._pending), 1000):
+            self.client.log_batch(self.run_id, metrics=self._pending[i:i + 1000])
+        self._pending = []
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    logger = MetricsLogger(tracking_uri, run_id)
+    logger(step, metrics)
+    logger.flush()
+
+
+def log_artifacts(tracking_uri: str, run_id: str, paths: dict[str, Path]) -> None:
+    """Log files/folders under the given artifact sub-paths."""
+    c = client(tracking_uri)
+    for sub, path in paths.items():
+        path = Path(path)
+        if path.is_dir():
+            c.log_artifacts(run_id, str(path), sub)
+        elif path.is_file():
+            c.log_artifact(run_id, str(path), sub)
+
+
+def log_dict(tracking_uri: str, run_id: str, obj: Any, artifact_file: str) -> None:
+    client(tracking_uri).log_dict(run_id, obj, artifact_file)
+
+
+def log_table(tracking_uri: str, run_id: str, rows: list[dict[str, Any]],
+              artifact_file: str) -> None:
+    """Rows as an MLflow table artifact (rendered as a table in the run's artifact view)."""
+    import pandas as pd
+
+    client(tracking_uri).log_table(run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)

@@ -1,0 +1,83 @@
+"""The promotion gate as pure functions: the rule, its rounding, comparisons, finiteness."""
+
+import math
+
+import pytest
+
+from gpt.errors import RegistryError
+from gpt.registry.gate import (
+    Champion,
+    GateSpec,
+    compare,
+    comparison_markdown,
+    decide,
+    require_finite,
+)
+
+
+def champ(value: float | None, eval_hash: str = "h1", metric: str = "m") -> Champion | None:
+    return None if value is None else Champion("3", eval_hash, {metric: value})
+
+
+@pytest.mark.parametrize("new, old, same, higher, promote", [
+    (0.8, None, True, True, True),          # first version
+    (0.8, 0.7, True, True, True),           # better
+    (0.7, 0.8, True, True, False),          # worse
+    (0.8, 0.7, False, True, False),         # different eval set: not comparable
+    (10.0, 12.0, True, False, True),        # lower perplexity is better
+    (math.nan, 0.7, True, True, False),     # NaN never promotes
+])
+def test_rule(new, old, same, higher, promote):
+    d = decide(GateSpec("m", higher, None), new, "h1", champ(old, "h1" if same else "h2"))
+    assert d.promote is promote and d.reason
+
+
+def test_a_version_that_does_not_beat_the_trivial_baseline_is_refused():
+    d = decide(GateSpec("macro_f1", True, 0.04), 0.03, "h", None)
+    assert not d.promote and "baseline" in d.reason
+    assert decide(GateSpec("macro_f1", True, 0.04), 0.30, "h", None).promote
+    assert not decide(GateSpec("val_ppl", False, 4096.0), 5000.0, "h", None).promote
+
+
+def test_margin():
+    spec = GateSpec("f1", True, None, min_improvement=0.01)
+    assert not decide(spec, 0.705, "h", champ(0.70, "h", "f1")).promote
+    assert decide(spec, 0.72, "h", champ(0.70, "h", "f1")).promote
+
+
+def test_the_same_metric_re_registered_does_not_beat_its_stored_self():
+    """The champion's value comes back from a 6-digit tag; the new one is compared at that."""
+    value = 0.123456789
+    stored = Champion("1", "h", {"m": float(f"{value:.6g}")})
+    assert not decide(GateSpec("m", True, None), value, "h", stored).promote
+    assert decide(GateSpec("m", True, None), value + 1e-5, "h", stored).promote
+
+
+def test_compare_same_eval_hash_puts_metrics_side_by_side():
+    c = compare({"macro_f1": 0.55, "accuracy": 0.6, "new_metric": 1.0}, "h1",
+                Champion("3", "h1", {"macro_f1": 0.5, "accuracy": 0.6}))
+    assert c["comparable"] and c["champion_version"] == "3"
+    rows = {r["metric"]: r for r in c["rows"]}
+    assert math.isclose(rows["macro_f1"]["delta"], 0.05)
+    assert rows["new_metric"]["champion"] is None and rows["new_metric"]["delta"] is None
+    md = comparison_markdown(c)
+    assert "| macro_f1 | 0.55 | 0.5 | +0.05 |" in md and "champion v3" in md
+    assert "| new_metric | 1 | – | – |" in md
+
+
+def test_compare_different_eval_hash_is_not_comparable():
+    c = compare({"macro_f1": 0.9}, "h2", Champion("3", "h1", {"macro_f1": 0.5}))
+    assert not c["comparable"] and c["rows"] == []
+    assert c["note"].startswith("not comparable")
+    assert "not comparable" in comparison_markdown(c) and "|" not in comparison_markdown(c)
+
+
+def test_compare_without_champion():
+    c = compare({"macro_f1": 0.9}, "h2", None)
+    assert not c["comparable"] and c["champion_version"] is None and "no champion" in c["note"]
+
+
+def test_non_finite_metrics_are_refused():
+    with pytest.raises(RegistryError, match="non-finite"):
+        require_finite({"accuracy": float("nan")}, "task")
+    require_finite({"accuracy": 0.5}, "task")
