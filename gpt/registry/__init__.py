@@ -21,7 +21,7 @@ from gpt.registry.models import (
     load_components,
     model_task,
 )
-from gpt.registry.register import Candidate, Registration, register
+from gpt.registry.registration import Candidate, Registration, register
 from gpt.registry.tracking import (
     Dataset,
     MetricsLogger,
