@@ -116,14 +116,18 @@ def test_dvc_outputs_exist_match_lock_and_are_pushed(pipeline_run):
 
 
 def test_metrics_beat_their_trivial_baselines(pipeline_run):
-    """Even the test-sized run learns: each model beats its baseline by a stated margin."""
+    """Even the test-sized run learns: its models beat their baselines by a stated margin.
+
+    (Measured: val_ppl 451 of 1024; accuracy 0.35 vs 0.20, macro-F1 0.27 vs 0.04. The
+    test-sized SFT model generates nothing useful in 30 steps, so it has no margin here.)
+    """
     _, first, _ = pipeline_run
     ev = {k: e["metrics"] for k, e in first["evaluation"].items()}
     # perplexity: uniform over the 1024-token vocabulary would be 1024
-    assert ev["base"]["val_ppl"] < 1024 / 2
-    # classifier: macro-F1 of always predicting the majority class, plus 0.1
+    assert ev["base"]["val_ppl"] < 0.6 * 1024
+    # classifier: always predicting the majority class, plus 0.1 macro-F1 / 0.05 accuracy
     assert ev["task"]["macro_f1"] > ev["task"]["baseline_macro_f1"] + 0.1
-    assert ev["task"]["accuracy"] > ev["task"]["baseline_accuracy"]
+    assert ev["task"]["accuracy"] > ev["task"]["baseline_accuracy"] + 0.05
 
 
 def test_second_run_reuses_data_training_evaluation_and_versions(pipeline_run):
