@@ -21,7 +21,8 @@ SMALL = [
     "data.max_docs=1800", "tokenizer.vocab_size=1024", "model.n_layer=2", "model.n_embd=64",
     "model.n_head=2", "model.block_size=64", "train.max_steps=30", "train.eval_interval=15",
     "train.eval_batches=4", "train.checkpoint_interval=15", "finetune.max_steps=60",
-    "finetune.warmup_steps=5", "finetune.lr=0.003", "finetune.base_lr_factor=1.0", "sft.max_steps=30", "sft.warmup_steps=5", "sft.eval_examples=10",
+    "finetune.warmup_steps=5", "finetune.lr=0.003", "finetune.base_lr_factor=1.0",
+    "sft.max_steps=30", "sft.warmup_steps=5", "sft.eval_examples=10",
     "sft.max_new_tokens=8",
     "evaluate.ppl_batches=4",
 ]
