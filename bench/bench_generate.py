@@ -6,20 +6,30 @@ each batch size. Each repeat runs the three side by side in rotating order; the 
 median new tokens/s (batch x new tokens / seconds) and the ratios. It also checks that our cached
 and uncached greedy outputs agree, and how many of HF's tokens match ours.
 
+``--init-from hf:<folder or hub id>`` benchmarks a GPT-2 checkpoint instead (ours loaded by
+``gpt.hf.load_checkpoint``, HF by ``from_pretrained``); ``--init-from`` alone saves a random
+GPT-2 with its 50257-token vocabulary (``--n-layer``/``--n-embd``/``--n-head``, ``--block-size``
+positions) and uses that.
+
 Run: ``.venv/bin/python bench/bench_generate.py`` (CPU defaults: 4 layers, 128 wide, 256 new
-tokens, batch 1 and 8).
+tokens, batch 1 and 8), or ``bench/bench_generate.py --init-from`` (GPT-2's architecture and
+vocabulary).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from gpt.hf import to_hf_lm
+from gpt.hf import load_checkpoint, resolve, save_random_gpt2, to_hf_lm
 from gpt.model import GPT, GPTConfig
 
 
@@ -46,6 +56,23 @@ def runners(ours: GPT, hf: torch.nn.Module, new_tokens: int,
     return {"ours, KV cache": cached, "ours, no cache": uncached, "HF generate()": hf_generate}
 
 
+def load_models(spec: str, block_size: int, n_layer: int, n_head: int, n_embd: int,
+                ) -> tuple[GPT, torch.nn.Module, str]:
+    """Ours and HF's ``from_pretrained`` (SDPA) of one GPT-2 checkpoint, and its spec; without
+    a spec, of a random GPT-2 (50257-token vocabulary) saved in a temp folder."""
+    from transformers import GPT2LMHeadModel
+
+    if not spec:
+        folder = tempfile.mkdtemp(prefix="bench-gpt2-")
+        atexit.register(shutil.rmtree, folder, True)
+        save_random_gpt2(Path(folder), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                         n_positions=block_size, vocab_size=50257)
+        spec = f"hf:{folder}"
+    ours = load_checkpoint(spec, block_size=block_size)
+    hf = GPT2LMHeadModel.from_pretrained(resolve(spec).path, attn_implementation="sdpa")
+    return ours, hf, spec
+
+
 @torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -60,6 +87,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--init-from", nargs="?", const="", default=None, metavar="hf:DIR",
+                    help="a GPT-2 checkpoint (hf:<folder or hub id>); alone: a random GPT-2 "
+                         "with its 50257-token vocabulary")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,10 +97,19 @@ def main() -> None:
         ap.error("prompt-len + new-tokens must fit in block-size (no window sliding here)")
     device = torch.device(args.device)
     torch.manual_seed(0)
-    ours = GPT(GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size,
-                         n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)).eval()
-    hf = to_hf_lm(ours, eot_id=0, pad_id=1)
-    hf.config._attn_implementation = "sdpa"
+    if args.init_from is None:
+        ours = GPT(GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size,
+                             n_layer=args.n_layer, n_head=args.n_head,
+                             n_embd=args.n_embd)).eval()
+        hf = to_hf_lm(ours, eot_id=0, pad_id=1)
+        hf.config._attn_implementation = "sdpa"
+    else:
+        ours, hf, spec = load_models(args.init_from, args.block_size, args.n_layer,
+                                     args.n_head, args.n_embd)
+        c = ours.config
+        args.n_layer, args.n_embd, args.n_head, args.vocab_size = (c.n_layer, c.n_embd,
+                                                                   c.n_head, c.vocab_size)
+        print(f"checkpoint {spec}")
     ours, hf = ours.to(device), hf.to(device).eval()
     fns = runners(ours, hf, args.new_tokens)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}; "

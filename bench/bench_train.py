@@ -10,7 +10,14 @@ per token).
 The defaults are the project's demo training run: model, vocabulary and batch size of
 ``params.yaml``'s ``tiny`` profile (``--profile`` picks another).
 
-Run: ``.venv/bin/python bench/bench_train.py`` (CPU defaults), or on a GPU:
+``--init-from hf:<folder or hub id>`` benchmarks a GPT-2 checkpoint instead: ours loaded by
+``gpt.hf.load_checkpoint`` (what ``model.init_from`` trains), HF by ``from_pretrained``, dropout
+off in both, logits checked equal first. ``--init-from`` alone saves a random GPT-2 (its 50257
+vocabulary, ``--n-layer``/``--n-embd``/``--n-head``, ``--block-size`` positions) and uses that;
+``--vocab-multiple 64`` pads our vocabulary as ``model.vocab_multiple`` does.
+
+Run: ``.venv/bin/python bench/bench_train.py`` (CPU defaults), ``bench/bench_train.py --init-from
+--n-layer 2 --batch 8`` (GPT-2's architecture and vocabulary), or on a GPU:
 ``bench/bench_train.py --device cuda --dtype bf16 --compile --n-layer 12 --n-embd 768
 --n-head 12 --block-size 1024 --batch 16 --vocab-size 50304``.
 """
@@ -18,8 +25,11 @@ Run: ``.venv/bin/python bench/bench_train.py`` (CPU defaults), or on a GPU:
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from gpt.config import load_params
-from gpt.hf import to_hf_lm
+from gpt.hf import load_checkpoint, resolve, save_random_gpt2, to_hf_lm
 from gpt.model import GPT, GPTConfig
 from gpt.train import FUSED_ADAMW_DEVICES
 
@@ -41,6 +51,34 @@ def build_models(cfg: GPTConfig, device: torch.device) -> tuple[GPT, nn.Module]:
     hf.config._attn_implementation = "sdpa"
     assert hf.config._attn_implementation == "sdpa"
     return ours.to(device), hf.to(device)
+
+
+GPT2_VOCAB = 50257
+
+
+def random_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int) -> str:
+    """A random GPT-2 (GPT-2's init and 50257-token vocabulary) saved in a temp folder."""
+    folder = tempfile.mkdtemp(prefix="bench-gpt2-")
+    atexit.register(shutil.rmtree, folder, True)
+    save_random_gpt2(Path(folder), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                     n_positions=n_positions, vocab_size=GPT2_VOCAB)
+    return f"hf:{folder}"
+
+
+def load_models(spec: str, block_size: int, vocab_multiple: int, device: torch.device,
+                ) -> tuple[GPT, nn.Module, float]:
+    """Ours (``gpt.hf.load_checkpoint``) and HF's ``from_pretrained`` (SDPA) of one GPT-2
+    checkpoint, dropout off in both, and the largest logit difference between them."""
+    from transformers import GPT2LMHeadModel
+
+    ours = load_checkpoint(spec, block_size=block_size, vocab_multiple=vocab_multiple)
+    hf = GPT2LMHeadModel.from_pretrained(resolve(spec).path, attn_implementation="sdpa",
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    x = torch.randint(0, ours.config.vocab_size, (1, block_size),
+                      generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = float((ours.logits(ours.hidden_states(x)[0]) - hf.eval()(x).logits).abs().max())
+    return ours.to(device), hf.to(device), diff
 
 
 def flops_per_token(model: GPT) -> float:
@@ -109,6 +147,11 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="accelerator peak for MFU (H100 SXM bf16 dense: 989)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--init-from", nargs="?", const="", default=None, metavar="hf:DIR",
+                    help="a GPT-2 checkpoint (hf:<folder or hub id>); alone: a random GPT-2 "
+                         "with its 50257-token vocabulary")
+    ap.add_argument("--vocab-multiple", type=int, default=1,
+                    help="pad our vocabulary to a multiple of this (model.vocab_multiple)")
     args = ap.parse_args()
     for key, value in profile_defaults(args.profile).items():
         if getattr(args, key) is None:
@@ -118,9 +161,19 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size,
-                    n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    ours, hf = build_models(cfg, device)
+    if args.init_from is None:
+        cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size,
+                        n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                        vocab_multiple=args.vocab_multiple)
+        ours, hf = build_models(cfg, device)
+    else:
+        spec = args.init_from or random_gpt2(args.n_layer, args.n_head, args.n_embd,
+                                             args.block_size)
+        ours, hf, diff = load_models(spec, args.block_size, args.vocab_multiple, device)
+        c = ours.config
+        args.n_layer, args.n_embd, args.n_head = c.n_layer, c.n_embd, c.n_head
+        args.vocab_size = c.vocab_size
+        print(f"checkpoint {spec}: max |logits ours - HF| = {diff:.2e} (fp32, at load)")
     steps = {"ours (gpt.model.GPT)": make_step(ours, False, device, args.dtype, args.compile),
              "HF GPT2LMHeadModel": make_step(hf, True, device, args.dtype, args.compile)}
     g = torch.Generator().manual_seed(0)
@@ -149,7 +202,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, dtype {args.dtype}, "
           f"compile {args.compile}, threads {torch.get_num_threads()}")
     print(f"config: n_layer={args.n_layer} n_embd={args.n_embd} n_head={args.n_head} "
-          f"block_size={args.block_size} vocab={args.vocab_size} batch={args.batch}, "
+          f"block_size={args.block_size} vocab={args.vocab_size} (embedding rows "
+          f"{ours.config.padded_vocab_size}) batch={args.batch}, "
           f"{ours.num_params() / 1e6:.2f}M params; {args.repeats} repeats x {args.steps} steps")
     print(f"{'model':<22} {'median tok/s':>13} {'min':>10} {'max':>10}")
     for name, v in rates.items():

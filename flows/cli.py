@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from flows.deploy import NIGHTLY_CRON, NIGHTLY_TIMEZONE
-from gpt.cli import Overrides, Profile, Workdir, app, console, run_app, setup_logging
+from gpt.cli import BaseOpt, Overrides, Profile, Workdir, app, console, run_app, setup_logging
 
 
 @app.command()
@@ -20,6 +20,7 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
         reclean: Annotated[bool, typer.Option(help="re-run cleaning even if unchanged")] = False,
         save: Annotated[bool, typer.Option("--save", help="keep --set data overrides in "
                                            "params.yaml (default: this run only)")] = False,
+        base: BaseOpt = "",
         ) -> None:
     """Run the whole pipeline as the Prefect flow `training_pipeline`.
 
@@ -29,6 +30,7 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
     setup_logging()
     from flows.server import workspace_api
     from gpt.config import PROJECT_PARAMS, load_params
+    from gpt.pipeline.base import parse as parse_base
     from gpt.preflight import check_run
     from gpt.registry import resolve_tracking_uri
 
@@ -38,13 +40,14 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
     params_file = ws / "params.yaml" if (ws / "params.yaml").is_file() else PROJECT_PARAMS
     params = load_params(params_file, profile, extra)
     check_run(params, resolve_tracking_uri(params.registry.tracking_uri, ws))
+    parse_base(base)
     team = os.environ.get("PREFECT_API_URL", "")
     with workspace_api(ws):
         from flows.pipeline import training_pipeline
         from flows.report import summary_rows
 
         result = training_pipeline(profile=profile, reclean=reclean, save_overrides=save,
-                                   overrides=extra, workdir=str(ws))
+                                   overrides=extra, base=base, workdir=str(ws))
     table = Table(title="gptops run summary", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")

@@ -21,6 +21,7 @@ from flows import tasks
 from flows.report import summary_markdown
 from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, get_dotted, load_params, profile_names
 from gpt.errors import ConfigError
+from gpt.pipeline.base import parse as parse_base
 from gpt.pipeline.steps import lineage
 from gpt.registry import Tracking, cli_run_name, pipeline_run, resolve_tracking_uri
 from gpt.workspace import STAGES
@@ -109,6 +110,7 @@ def training_pipeline(
     base_model: str = _DEFAULTS["base_model"],
     task_model: str = _DEFAULTS["task_model"],
     sft_model: str = _DEFAULTS["sft_model"],
+    base: str = "",
     reclean: bool = False,
     save_overrides: bool = False,
     overrides: list[str] | None = None,
@@ -132,6 +134,8 @@ def training_pipeline(
         base_model: registered model name of the pretrained base.
         task_model: registered model name of the classifier.
         sft_model: registered model name of the SFT model.
+        base: fine-tune a registered base instead of pretraining, e.g.
+            `models:/gptops-base@champion` or `models:/gptops-base/3`; empty = pretrain.
         reclean: re-run the cleaning stage even if DVC finds it unchanged.
         save_overrides: keep this run's data overrides in params.yaml (default: this run only).
         overrides: more `section.key=value` overrides, e.g. `finetune.lr=0.0005`.
@@ -144,15 +148,17 @@ def training_pipeline(
               "finetune_steps": finetune_steps, "sft_steps": sft_steps, "lora_rank": lora_rank,
               "task_file": task_file, "sft_file": sft_file, "data_source": data_source,
               "base_model": base_model, "task_model": task_model, "sft_model": sft_model}
+    parse_base(base)  # a malformed --base fails before any work
     all_overrides = form_overrides(workdir, fields, overrides)
     params = tasks.prepare_workspace(workdir, profile, all_overrides, save_overrides)
     try:
-        return _run(params, workdir, reclean, logger, t0)
+        return _run(params, workdir, reclean, logger, t0, base)
     finally:
         tasks.restore_params(os.path.abspath(workdir))
 
 
-def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float) -> dict[str, Any]:
+def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float,
+         base: str = "") -> dict[str, Any]:
     ws = os.path.abspath(workdir)
     stages = [tasks.data_stage(ws, stage, force=reclean and stage == "clean")
               for stage in STAGES]
@@ -166,12 +172,13 @@ def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float) -> di
                         params.registry.experiment, tags=lineage(params, data_version, fr_id))
     # One MLflow parent run per flow run; each training step nests its own run under it.
     with pipeline_run(tracking, flow_run.name or cli_run_name("run")) as tracking:
-        trained = {"pretrain": tasks.pretrain(ws, params, data_version, tracking),
-                   "finetune": tasks.finetune(ws, params, data_version, tracking)}
+        trained = {} if base else {"pretrain": tasks.pretrain(ws, params, data_version,
+                                                              tracking)}
+        trained["finetune"] = tasks.finetune(ws, params, data_version, tracking, base)
         if params.sft.enabled:
-            trained["sft"] = tasks.sft(ws, params, data_version, tracking)
-        evaluation = tasks.evaluate(ws, params, data_version)
-        registered = tasks.register(ws, params, data_version, tracking, evaluation)
+            trained["sft"] = tasks.sft(ws, params, data_version, tracking, base)
+        evaluation = tasks.evaluate(ws, params, data_version, base)
+        registered = tasks.register(ws, params, data_version, tracking, evaluation, base)
     result = {"data_version": data_version, "stages": stages,
               **{step: asdict(r) for step, r in trained.items()},
               "evaluation": {k: asdict(e) for k, e in evaluation.items()},

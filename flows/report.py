@@ -25,12 +25,18 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = [("data version", result["data_version"])]
     for s in result["stages"]:
         rows.append((f"data: {s['stage']}", "ran" if s["ran"] else "reused (DVC cache)"))
+    tuned = result.get("finetune") or {}
+    if tuned.get("info", {}).get("base_version"):
+        rows.append(("base", f"{tuned['info']['base']} = {tuned['info']['base_version']} "
+                             "(registered; no pretraining)"))
     for step in ("pretrain", "finetune", "sft"):
         if result.get(step):
             rows.append((step, _trained(result[step])))
     evaluation = result["evaluation"]
-    base = evaluation["base"]["metrics"]
-    rows.append(("base: val loss / perplexity", f"{base['val_loss']:.3f} / {base['val_ppl']:.1f}"))
+    if "base" in evaluation:
+        base = evaluation["base"]["metrics"]
+        rows.append(("base: val loss / perplexity",
+                     f"{base['val_loss']:.3f} / {base['val_ppl']:.1f}"))
     task = evaluation["task"]["metrics"]
     rows.append(("task: accuracy (majority baseline)",
                  f"{task['accuracy']:.3f} ({task['baseline_accuracy']:.3f})"))
@@ -58,7 +64,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
     lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in summary_rows(result)]
     if result.get("mlflow_ui"):
         lines += ["", f"MLflow: {result['mlflow_ui']}"]
-    samples = result["evaluation"]["base"].get("examples") or []
+    samples = result["evaluation"].get("base", {}).get("examples") or []
     if samples:
         lines += ["", "## Sample generations (base model)", ""]
         lines += [f"- **{s['prompt']}**{s['completion'].replace(chr(10), ' ')[:200]}"

@@ -77,28 +77,31 @@ def pretrain(workdir: str, params: Params, data_version: str,
 
 @task(name="finetune", task_run_name="finetune", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
-def finetune(workdir: str, params: Params, data_version: str,
-             tracking: Tracking) -> StepResult:
+def finetune(workdir: str, params: Params, data_version: str, tracking: Tracking,
+             base: str = "") -> StepResult:
     """Fine-tune the base as a classifier (reused when its key is unchanged)."""
-    return steps.finetune_step(Path(workdir), params, data_version, tracking)
+    return steps.finetune_step(Path(workdir), params, data_version, tracking, base)
 
 
 @task(name="sft", task_run_name="sft", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
-def sft(workdir: str, params: Params, data_version: str, tracking: Tracking) -> StepResult:
+def sft(workdir: str, params: Params, data_version: str, tracking: Tracking,
+        base: str = "") -> StepResult:
     """Supervised fine-tuning of the base LM on prompt/completion pairs."""
-    return steps.sft_step(Path(workdir), params, data_version, tracking)
+    return steps.sft_step(Path(workdir), params, data_version, tracking, base)
 
 
 @task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
-def evaluate(workdir: str, params: Params, data_version: str) -> dict[str, ModelEval]:
+def evaluate(workdir: str, params: Params, data_version: str,
+             base: str = "") -> dict[str, ModelEval]:
     """Each model's metrics next to its trivial baseline (reused when its key is unchanged)."""
-    return steps.evaluate_step(Path(workdir), params, data_version)
+    return steps.evaluate_step(Path(workdir), params, data_version, base)
 
 
 @task(name="register", task_run_name="register", retries=1, retry_delay_seconds=5,
       cache_policy=NO_CACHE)
 def register(workdir: str, params: Params, data_version: str, tracking: Tracking,
-             evaluation: dict[str, ModelEval]) -> dict[str, Registration]:
+             evaluation: dict[str, ModelEval], base: str = "") -> dict[str, Registration]:
     """Register the models in MLflow and apply the promotion gate."""
-    return steps.register_step(Path(workdir), params, data_version, tracking, evaluation)
+    return steps.register_step(Path(workdir), params, data_version, tracking, evaluation,
+                               base)

@@ -173,7 +173,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as JSON
 
 
 def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
-          as_json: bool) -> None:
+          as_json: bool, base: str = "") -> None:
     """Run one step of ``gpt.pipeline.steps`` on the workspace's current data version."""
     from dataclasses import asdict
 
@@ -188,14 +188,18 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
     version = workspace.data_version(workdir)
     out: dict
     if name == "evaluate":
-        out = {k: asdict(e) for k, e in steps.evaluate_step(workdir, params, version).items()}
+        out = {k: asdict(e) for k, e in
+               steps.evaluate_step(workdir, params, version, base).items()}
     else:
-        fn = {"pretrain": steps.pretrain_step, "finetune": steps.finetune_step,
-              "sft": steps.sft_step}[name]
         tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
                                      tags=steps.lineage(params, version, None))
         with registry.pipeline_run(tracking, registry.cli_run_name(name)) as tracking:
-            out = asdict(fn(workdir, params, version, tracking))
+            if name == "pretrain":
+                result = steps.pretrain_step(workdir, params, version, tracking)
+            else:
+                fn = steps.finetune_step if name == "finetune" else steps.sft_step
+                result = fn(workdir, params, version, tracking, base)
+            out = asdict(result)
     if as_json:
         console.print_json(json.dumps(out, default=str))
     elif name == "evaluate":
@@ -248,25 +252,59 @@ def pretrain(workdir: Workdir = Path("."), profile: Profile = "tiny",
     _step("pretrain", workdir, profile, overrides, as_json)
 
 
+BaseOpt = Annotated[str, typer.Option(
+    "--base", help="start from a registered base instead of this workspace's pretraining: "
+    "models:/<name>@<alias> or models:/<name>/<version>")]
+
+
 @app.command()
 def finetune(workdir: Workdir = Path("."), profile: Profile = "tiny",
-             overrides: Overrides = None, as_json: JsonFlag = False) -> None:
-    """Fine-tune the pretrained base as a classifier (finetune.task: package or file)."""
-    _step("finetune", workdir, profile, overrides, as_json)
+             overrides: Overrides = None, base: BaseOpt = "",
+             as_json: JsonFlag = False) -> None:
+    """Fine-tune a base as a classifier (finetune.task: package or file)."""
+    _step("finetune", workdir, profile, overrides, as_json, base)
 
 
 @app.command()
 def sft(workdir: Workdir = Path("."), profile: Profile = "tiny",
-        overrides: Overrides = None, as_json: JsonFlag = False) -> None:
-    """Supervised fine-tuning of the base LM on prompt/completion pairs (sft.task)."""
-    _step("sft", workdir, profile, overrides, as_json)
+        overrides: Overrides = None, base: BaseOpt = "", as_json: JsonFlag = False) -> None:
+    """Supervised fine-tuning of a base LM on prompt/completion pairs (sft.task)."""
+    _step("sft", workdir, profile, overrides, as_json, base)
 
 
 @app.command()
 def evaluate(workdir: Workdir = Path("."), profile: Profile = "tiny",
-             overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+             overrides: Overrides = None, base: BaseOpt = "",
+             as_json: JsonFlag = False) -> None:
     """Evaluate base perplexity and task metrics next to their baselines."""
-    _step("evaluate", workdir, profile, overrides, as_json)
+    _step("evaluate", workdir, profile, overrides, as_json, base)
+
+
+@app.command("import")
+def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder or hub id>")],
+            workdir: Workdir = Path("."), profile: Profile = "tiny",
+            overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Register a pretrained GPT-2 checkpoint as a version of the base model.
+
+    It is evaluated on this workspace's validation split (encode the data with its tokenizer
+    first: --set tokenizer.pretrained=SPEC), so continued pretraining from it must beat it.
+    """
+    from dataclasses import asdict
+
+    from gpt import registry, workspace
+    from gpt.pipeline import steps
+
+    setup_logging()
+    params = _params(workdir, profile, [*(overrides or []), f"model.init_from={spec}"])
+    version = workspace.data_version(workdir)
+    tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
+                                 tags=steps.lineage(params, version, None))
+    with registry.pipeline_run(tracking, registry.cli_run_name("import")) as tracking:
+        out = asdict(steps.import_step(workdir, params, version, tracking, spec))
+    if as_json:
+        console.print_json(json.dumps(out, default=str))
+    else:
+        _print_rows(f"imported {spec}", [(k, _fmt(v)) for k, v in out.items()])
 
 
 ModelName = Annotated[str, typer.Option("--model", "-m", help="registered model name "
@@ -279,12 +317,13 @@ TrackingUri = Annotated[str, typer.Option(help="MLflow URI (default: the workspa
 
 def _ref(workdir: Path, tracking_uri: str, model: str, default_kind: str, alias: str,
          version: str):  # -> gpt.registry.ModelRef
+    from gpt.pipeline.candidates import model_name
     from gpt.registry import ModelRef
 
     params = _params(workdir)
-    names = {"base": params.registry.base_model, "task": params.registry.task_model}
+    # The pipeline's own naming rule: a task file's classifier is found under its own name.
     return ModelRef(uri=tracking_uri or _tracking_uri(workdir, params),
-                    name=model or names[default_kind], alias=alias, version=version)
+                    name=model or model_name(default_kind, params), alias=alias, version=version)
 
 
 @app.command()

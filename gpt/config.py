@@ -1,7 +1,9 @@
 """Typed configuration for every stage, built once from ``params.yaml``.
 
 Defaults live in ``params.yaml`` only: these models declare types and meaning, not values, so a
-missing key is an error rather than a silently different default. A profile overlays the
+missing key is an error rather than a silently different default. (The exceptions are the keys
+that switch a newer feature off, ``model.init_from``, ``model.vocab_multiple`` and
+``tokenizer.pretrained``, so a workspace's older params.yaml still loads.) A profile overlays the
 model/train/finetune/evaluate sections; ``overrides`` (``"train.lr=1e-3"``) overlay last.
 """
 
@@ -61,11 +63,20 @@ class CleanConfig(_Strict):
         description="PII kinds replaced by placeholders (<EMAIL>, <IP>, <PHONE>, <SECRET>)")
 
 
+#: How ``model.init_from`` and ``tokenizer.pretrained`` name a checkpoint.
+PRETRAINED_PREFIX = "hf:"
+
+
 class TokenizerConfig(_Strict):
     vocab_size: int = Field(ge=260, le=2**32 - 1, description="BPE vocabulary size")
     min_frequency: int = Field(ge=1, description="minimum pair frequency for a BPE merge")
     val_fraction: float = Field(gt=0, lt=1, description="fraction of documents held out")
     seed: int
+    # Defaults in code for this key and model.init_from / model.vocab_multiple only: "off",
+    # so a workspace's params.yaml from before these keys still loads.
+    pretrained: str = Field("", description='"" = train a byte-level BPE (vocab_size, '
+                            'min_frequency); "hf:<folder or hub id>" = encode with that '
+                            "checkpoint's tokenizer as is (required by model.init_from)")
 
 
 class ModelConfig(_Strict):
@@ -75,6 +86,12 @@ class ModelConfig(_Strict):
     n_embd: int = Field(gt=0, description="width; must be divisible by n_head")
     dropout: float = Field(ge=0, lt=1)
     bias: bool = Field(description="bias in Linear and LayerNorm layers (GPT-2: true)")
+    # Defaults in code: "off" (see TokenizerConfig.pretrained).
+    init_from: str = Field("", description='"" = random init; "hf:<save_pretrained folder or '
+                           'hub id>" = start from that GPT-2 checkpoint (block_size <= its '
+                           "n_positions; n_layer, n_head, n_embd, bias must match it)")
+    vocab_multiple: int = Field(1, ge=1, description="embedding rows rounded up to a multiple "
+                                "of this; padded logits are dropped (1 = no padding)")
 
 
 class TrainConfig(_Strict):
@@ -241,7 +258,26 @@ def resolve_params(raw: dict[str, Any], profile: str = DEFAULT_PROFILE,
     if params.model.n_embd % params.model.n_head:
         raise ConfigError(f"invalid parameter 'model.n_embd': {params.model.n_embd} is not "
                           f"divisible by model.n_head={params.model.n_head}")
+    check_pretrained_specs(params.model.init_from, params.tokenizer.pretrained)
     return params
+
+
+def check_pretrained_specs(init_from: str, pretrained: str) -> None:
+    """``model.init_from`` and ``tokenizer.pretrained``: "" or ``hf:<...>``, and the model reads
+    its own tokenizer's ids (so when ``init_from`` is set, both name the same checkpoint)."""
+    for key, spec in (("model.init_from", init_from), ("tokenizer.pretrained", pretrained)):
+        if spec and (not spec.startswith(PRETRAINED_PREFIX)
+                     or not spec.removeprefix(PRETRAINED_PREFIX).strip()):
+            raise ConfigError(f"invalid parameter '{key}': {spec!r} is not hf:<save_pretrained "
+                              'folder or hub id> (e.g. hf:gpt2); "" = off')
+    if init_from and pretrained != init_from:
+        fix = (f"add --set tokenizer.pretrained={init_from} (a profile cannot set it: the "
+               "data stages read the tokenizer section from params.yaml)")
+        if pretrained:
+            raise ConfigError(f"tokenizer.pretrained={pretrained!r} differs from model.init_from"
+                              f"={init_from!r}: the model reads its own tokenizer's ids; {fix}")
+        raise ConfigError(f"model.init_from={init_from!r} needs its own tokenizer for the data: "
+                          f"{fix}")
 
 
 def profile_names(path: str | Path = PROJECT_PARAMS) -> list[str]:

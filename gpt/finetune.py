@@ -32,7 +32,7 @@ from gpt import checkpoint as ckpt
 from gpt import progress
 from gpt.config import FinetuneConfig, SFTConfig
 from gpt.data.loader import is_val_doc, step_generator
-from gpt.data.tokenizer import PAD
+from gpt.data.tokenizer import pad_id as tokenizer_pad_id
 from gpt.errors import DataError
 from gpt.model import GPT
 from gpt.train import (
@@ -213,7 +213,7 @@ def build_task(cfg: FinetuneConfig, clean_docs: pd.DataFrame) -> TaskData:
 def encode_texts(tok: Tokenizer, texts: list[str], block_size: int,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (N, block_size) right-padded with PAD, and each sequence's length (>= 1)."""
-    pad_id = tok.token_to_id(PAD)
+    pad_id = tokenizer_pad_id(tok)
     encs = tok.encode_batch(texts)
     ids = torch.full((len(texts), block_size), pad_id, dtype=torch.long)
     lengths = torch.ones(len(texts), dtype=torch.long)
@@ -285,7 +285,7 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
     if cfg.lora_rank > 0:
         trainable = apply_lora(base, cfg.lora_rank, cfg.lora_alpha)
         log.info("LoRA rank %d: %d trainable body parameters", cfg.lora_rank, trainable)
-    model = GPTClassifier(base, len(task.labels), tok.token_to_id(PAD)).to(device)
+    model = GPTClassifier(base, len(task.labels), tokenizer_pad_id(tok)).to(device)
     ids, lengths = encode_texts(tok, task.train.text.tolist(), base.config.block_size)
     labels = torch.tensor(task.train.label.tolist(), dtype=torch.long)
     counts = torch.bincount(labels, minlength=len(task.labels)).float().clamp(min=1)
@@ -321,7 +321,7 @@ def encode_sft_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], block_size: i
     """
     from gpt.data.tokenizer import EOT
 
-    pad_id, eot_id = tok.token_to_id(PAD), tok.token_to_id(EOT)
+    pad_id, eot_id = tokenizer_pad_id(tok), tok.token_to_id(EOT)
     rows_x, rows_y = [], []
     for prompt, completion in pairs:
         p, c = tok.encode(prompt).ids, tok.encode(completion).ids

@@ -5,6 +5,11 @@ Token + learned position embeddings, pre-LN blocks with causal self-attention th
 weight tying and GPT-2's scaled residual init. ``generate`` samples with a preallocated KV
 cache. For training, the output layer and the loss are fused (``gpt.loss``): one (N, vocab)
 buffer and a lean backward.
+
+The embedding may hold more rows than the vocabulary (``vocab_multiple``, e.g. GPT-2's 50257
+rounded up to 50304 for GPU-friendly shapes). Padded rows are never looked up, and their logits
+are cut off before anything reads them: outputs, losses and samples are over the real
+vocabulary only, exactly as without padding.
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = True
+    #: embedding rows = vocab_size rounded up to a multiple of this (1 = no padding)
+    vocab_multiple: int = 1
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the (tied) embedding and output layer: ``vocab_size`` rounded up."""
+        m = max(1, self.vocab_multiple)
+        return -(-self.vocab_size // m) * m
 
 
 class CausalSelfAttention(nn.Module):
@@ -126,13 +139,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
             ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
         ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         # Weight tying: input and output embeddings share one matrix (fewer parameters, and the
         # output layer benefits from the embedding's gradient signal).
         self.transformer.wte.weight = self.lm_head.weight
@@ -142,6 +155,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.padded_vocab_size > cfg.vocab_size:
+            with torch.no_grad():  # padding rows: never used, kept at zero
+                self.lm_head.weight[cfg.vocab_size:].zero_()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -179,6 +195,12 @@ class GPT(nn.Module):
             cache.length += T
         return self.transformer.ln_f(x), cache
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Output-layer logits of hidden states ``x`` (..., C) over the real vocabulary."""
+        out = self.lm_head(x)
+        V = self.config.vocab_size
+        return out[..., :V] if out.size(-1) != V else out
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 return_logits: bool = True,
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -192,13 +214,15 @@ class GPT(nn.Module):
         x, _ = self.hidden_states(idx)
         if targets is None:
             # Inference: only the last position's logits are needed.
-            return self.lm_head(x[:, [-1], :]), None
+            return self.logits(x[:, [-1], :]), None
         if not return_logits and type(self.lm_head) is nn.Linear:  # not when wrapped (LoRA)
-            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight,
-                                        targets.reshape(-1))
+            weight = self.lm_head.weight
+            if weight.size(0) != self.config.vocab_size:  # padding rows take no part
+                weight = weight[:self.config.vocab_size]
+            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1))
             return None, loss
-        logits = self.lm_head(x)
-        loss = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        logits = self.logits(x)
+        loss = cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
     @staticmethod
@@ -251,7 +275,7 @@ class GPT(nn.Module):
                     if cache is not None:
                         cache.length = 0
                     x, _ = self.hidden_states(tokens[:, max(0, n - block):n], cache)
-                logits = self.lm_head(x[:, -1, :])
+                logits = self.logits(x[:, -1, :])
                 nxt = self._sample(logits, temperature, top_k, top_p, generator)
                 if stop_token is not None:
                     nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)

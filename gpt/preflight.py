@@ -1,9 +1,13 @@
 """Checks of a run's inputs before any long work starts.
 
 Everything that can be known to be wrong without training is checked here, in seconds: the
-profile and overrides (by loading the params), the data source, the fine-tuning task file and the
-SFT file (read and validated the same way the steps read them), and the tracking URI. Each
-problem raises one ``GptopsError`` naming the input and the fix.
+profile and overrides (by loading the params), the data source, the pretrained checkpoint and
+tokenizer (found on this machine, GPT-2's architecture, ``model.*`` matching it), the fine-tuning
+task file and the SFT file (read and validated the same way the steps read them), and the
+tracking URI. Each problem raises one ``GptopsError`` naming the input and the fix.
+
+:func:`capacity_warning` is the one check that needs the data and the model: pretraining calls
+it once both exist.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from urllib.parse import urlparse
 
 from gpt.config import Params
 from gpt.errors import ConfigError, DataError
+
+#: Below this many training tokens per parameter, training from scratch warns: the model can
+#: memorise the corpus. The demo (tiny on the built-in corpus) has about 0.3; GPT-2 124M on it,
+#: about 0.003.
+MIN_TOKENS_PER_PARAM = 0.1
 
 #: MLflow tracking URI schemes gptops knows how to use.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql",
@@ -93,8 +102,40 @@ def check_tracking_uri(uri: str) -> None:
                           ) from exc
 
 
+def check_pretrained(params: Params) -> None:
+    """``model.init_from`` and ``tokenizer.pretrained``: on this machine (a folder, or a hub id
+    in the Hugging Face cache or downloadable now), GPT-2's architecture, ``model.*`` matching
+    the checkpoint's config, and a tokenizer next to it."""
+    from gpt import hf
+
+    if params.model.init_from:
+        ck = hf.resolve(params.model.init_from, "model.init_from")
+        hf.check_model_config(params.model, ck)
+        hf.weight_files(ck)
+    if params.tokenizer.pretrained:
+        hf.tokenizer_files(hf.resolve(params.tokenizer.pretrained, "tokenizer.pretrained",
+                                      need="tokenizer"))
+
+
+def capacity_warning(train_tokens: int, n_params: int,
+                     minimum: float = MIN_TOKENS_PER_PARAM) -> str | None:
+    """A warning when there are far too few training tokens per parameter, else None."""
+    ratio = train_tokens / max(n_params, 1)
+    if ratio >= minimum:
+        return None
+    return (f"{train_tokens:,} training tokens for {n_params / 1e6:.2f}M parameters: "
+            f"{ratio:.3g} tokens per parameter (under {minimum:g}); the model can memorise "
+            "the corpus: add documents (data.source, data.max_docs) or use a smaller model "
+            "(e.g. --profile tiny), or start from a pretrained one (model.init_from)")
+
+
 def check_run(params: Params, tracking_uri: str) -> None:
     """Every input of a pipeline run (the params themselves are already valid)."""
+    from gpt.pipeline.candidates import NAMED, model_name
+
     check_source(params.data.source)
+    check_pretrained(params)
     check_tasks(params)
+    for kind in NAMED:  # a name MLflow cannot register fails now, not after training
+        model_name(kind, params)
     check_tracking_uri(tracking_uri)

@@ -28,6 +28,7 @@ from gpt.config import ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
 from gpt.errors import TrainingError
 from gpt.model import GPT, GPTConfig
+from gpt.preflight import capacity_warning
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +304,25 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
 
 
 def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
+    """The architecture of ``model.*`` (random init), over a ``vocab_size``-token vocabulary."""
     return GPT(GPTConfig(vocab_size=vocab_size, block_size=model_cfg.block_size,
                          n_layer=model_cfg.n_layer, n_head=model_cfg.n_head,
                          n_embd=model_cfg.n_embd, dropout=model_cfg.dropout,
-                         bias=model_cfg.bias))
+                         bias=model_cfg.bias, vocab_multiple=model_cfg.vocab_multiple))
+
+
+def initial_model(model_cfg: ModelConfig, data: TokenData) -> GPT:
+    """What pretraining starts from: GPT-2's random init, or ``model.init_from``'s weights
+    (after checking that ``data`` was encoded with its tokenizer). Same shape either way, so
+    checkpoints and the final weights load into :func:`build_model`'s model."""
+    if not model_cfg.init_from:
+        return build_model(model_cfg, data.vocab_size)
+    from gpt.hf import check_tokens, load_pretrained
+
+    check_tokens(model_cfg, data.meta, data.dir)
+    model = load_pretrained(model_cfg)
+    log.info("model: starting from %s", model_cfg.init_from)
+    return model
 
 
 @torch.no_grad()
@@ -360,8 +376,13 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(train_cfg.seed)
-    model = build_model(model_cfg, data.vocab_size).to(device)
-    log.info("model: %.2fM parameters, device %s", model.num_params() / 1e6, device)
+    model = initial_model(model_cfg, data).to(device)  # a checkpoint to resume wins, below
+    log.info("model: %.2fM parameters, vocab %d, device %s", model.num_params() / 1e6,
+             model.config.vocab_size, device)
+    warning = None if model_cfg.init_from else capacity_warning(
+        int(data.meta["train_tokens"]), model.num_params())
+    if warning and _rank() == 0:
+        log.warning("%s", warning)
     net: nn.Module = model
     if train_cfg.compile:
         net = torch.compile(model)  # type: ignore[assignment]

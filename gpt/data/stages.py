@@ -20,7 +20,7 @@ import pandas as pd
 
 from gpt.config import Params
 from gpt.data.clean import Mapper, clean_shards, render_report
-from gpt.data.loader import write_token_shards
+from gpt.data.loader import META, write_token_shards
 from gpt.data.sources import DOC_COLUMNS, read_source
 from gpt.data.tokenizer import save_tokenizer, train_tokenizer
 from gpt.errors import DataError
@@ -138,15 +138,37 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
 
 
 def tokenize(params: Params, workdir: Path) -> dict[str, Any]:
-    """Train the BPE tokenizer on clean documents and write train/val token shards."""
+    """Write train/val token shards of the clean documents, and the tokenizer that made them.
+
+    The tokenizer is a byte-level BPE trained here, or with ``tokenizer.pretrained`` that
+    checkpoint's own, used as is. Its files' hash goes into ``meta.json`` (so into the data
+    version): another pretrained tokenizer is another data version.
+    """
     workdir = Path(workdir)
     docs = _read_docs(workdir / CLEAN / "docs.parquet", "clean")
     texts = docs.text.tolist()
-    tok = train_tokenizer(texts, params.tokenizer.vocab_size, params.tokenizer.min_frequency)
+    t = params.tokenizer
+    extra: dict[str, Any] = {}
+    if t.pretrained:
+        from gpt.hf import load_tokenizer, tokenizer_digest
+
+        tok = load_tokenizer(t.pretrained)
+        extra["pretrained_tokenizer"] = tokenizer_digest(t.pretrained)
+        log.info("tokenize: encoding with %s's tokenizer (tokenizer.vocab_size and "
+                 "min_frequency do not apply)", t.pretrained)
+    else:
+        tok = train_tokenizer(texts, t.vocab_size, t.min_frequency)
+        if tok.get_vocab_size() < t.vocab_size:
+            log.warning("tokenize: the BPE learned %d of tokenizer.vocab_size=%d tokens (no "
+                        "more pairs occur min_frequency=%d times); add documents for more, or "
+                        "use tokenizer.pretrained (e.g. hf:gpt2: GPT-2's 50257)",
+                        tok.get_vocab_size(), t.vocab_size, t.min_frequency)
     with atomic_dir(workdir / TOKENS) as out:
         save_tokenizer(tok, out / "tokenizer.json")
-        meta = write_token_shards(texts, docs.doc_id.tolist(), tok, out,
-                                  params.tokenizer.val_fraction, params.tokenizer.seed)
+        meta = write_token_shards(texts, docs.doc_id.tolist(), tok, out, t.val_fraction, t.seed)
+        if extra:
+            meta.update(extra)
+            (out / META).write_text(json.dumps(meta, indent=2))
     log.info("tokenize: vocab %d, %d train / %d val tokens", meta["vocab_size"],
              meta["train_tokens"], meta["val_tokens"])
     return meta

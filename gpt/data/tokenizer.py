@@ -1,7 +1,10 @@
-"""Byte-level BPE tokenizer trained with HF ``tokenizers``.
+"""Byte-level BPE tokenizer trained with HF ``tokenizers``, or a pretrained one saved alike.
 
 The saved ``tokenizer.json`` loads with ``transformers.PreTrainedTokenizerFast`` (see
 ``load_hf_tokenizer``), so the exported model and the registry share one tokenizer file.
+A pretrained GPT-2 tokenizer (``tokenizer.pretrained``) has no ``<|pad|>``: padding then uses
+``<|endoftext|>`` (:func:`pad_id`), as transformers does for GPT-2, so its vocabulary stays the
+checkpoint's.
 """
 
 from __future__ import annotations
@@ -45,12 +48,21 @@ def load_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
+def pad_id(tok: Tokenizer) -> int:
+    """The padding token's id: ``<|pad|>``, or ``<|endoftext|>`` where there is none (GPT-2's
+    own tokenizer). Padding is never attended to nor predicted, so either works."""
+    pid = tok.token_to_id(PAD)
+    return tok.token_to_id(EOT) if pid is None else pid
+
+
 def load_hf_tokenizer(path: Path):  # -> transformers.PreTrainedTokenizerFast
-    """The same tokenizer as a ``transformers.PreTrainedTokenizerFast`` (EOT as bos/eos/pad)."""
+    """The same tokenizer as a ``transformers.PreTrainedTokenizerFast`` (EOT as bos/eos, PAD
+    as pad, or EOT where the tokenizer has no PAD: no token is ever added)."""
     from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tokenizer not found: {path}; run `gptops data tokenize` first")
+    has_pad = Tokenizer.from_file(str(path)).token_to_id(PAD) is not None
     return PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token=EOT, eos_token=EOT,
-                                   unk_token=EOT, pad_token=PAD)
+                                   unk_token=EOT, pad_token=PAD if has_pad else EOT)

@@ -4,21 +4,30 @@ Each builder says, for its kind, what the registry needs: the name, the transfor
 headline metrics, the gate (primary metric, direction, trivial baseline), the lineage, the HF
 export and the evidence logged next to the version. :func:`gpt.registry.register` then treats
 all kinds alike.
+
+:func:`model_name` is the one place a kind's registered name is decided (the CLI's default
+model lookup uses it too).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from gpt import evaluate as ev
-from gpt.config import Params
-from gpt.data.tokenizer import EOT, PAD
-from gpt.evaluate import ModelEval
+from gpt.config import PROJECT_PARAMS, Params, read_params_file
+from gpt.data.tokenizer import EOT
+from gpt.errors import ConfigError
 from gpt.pipeline import keys
-from gpt.pipeline.paths import Inputs, RunPaths
 from gpt.registry import Candidate, GateSpec, Tracking
+
+if TYPE_CHECKING:  # heavy (torch, matplotlib): imported where used, so `gptops predict` and
+    # `generate` can ask model_name() without them
+    from gpt.evaluate import ModelEval
+    from gpt.pipeline.paths import Inputs, RunPaths
 
 #: The classifier metrics stored on its version (per-class metrics go to an artifact).
 TASK_HEADLINE = ("accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1")
@@ -32,13 +41,16 @@ class Context:
     params: Params
     data_version: str
     tracking: Tracking
+    base: str | None = None  #: digest of a registered base the tuned models start from
 
     def __post_init__(self) -> None:
-        self.inputs = Inputs(self.paths, self.params)
+        from gpt.pipeline.paths import Inputs
+
+        self.inputs: Inputs = Inputs(self.paths, self.params)
 
     def ids(self) -> tuple[int, int]:
         tok = self.inputs.hf_tokenizer
-        return tok.convert_tokens_to_ids(EOT), tok.convert_tokens_to_ids(PAD)
+        return tok.convert_tokens_to_ids(EOT), tok.pad_token_id
 
 
 def _base(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
@@ -48,16 +60,19 @@ def _base(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
         return to_hf_lm(ctx.inputs.language_model(key), *ctx.ids()), ctx.inputs.hf_tokenizer
 
     p = ctx.paths
-    # The trivial baseline of perplexity: a uniform guess over the vocabulary.
-    return {"name": ctx.params.registry.base_model, "task": "text-generation",
+    # The baseline of perplexity: the checkpoint continued pretraining started from (measured on
+    # the same batches), else a uniform guess over the vocabulary.
+    baseline = e.metrics.get("baseline_val_ppl", float(ctx.inputs.vocab_size))
+    return {"name": model_name("base", ctx.params), "task": "text-generation",
             "metrics": dict(e.metrics),
-            "spec": GateSpec("val_ppl", False, float(ctx.inputs.vocab_size)), "export": export,
+            "spec": GateSpec("val_ppl", False, baseline), "export": export,
             "artifacts": {"data": p.clean_stats, "data_report": p.clean_report,
                           "tokenizer": p.tokenizer},
             "tables": {"samples/generations.json": e.examples}}
 
 
 def _task(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
+    from gpt import evaluate as ev
     from gpt.hf import to_hf_classifier
 
     def export() -> tuple[Any, Any]:
@@ -74,7 +89,7 @@ def _task(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
         documents["eval/unseen_test_labels.json"] = e.unseen_labels
     metrics = {k: e.metrics[k] for k in TASK_HEADLINE}
     # The trivial baseline: always predicting the majority class.
-    return {"name": ctx.params.registry.task_model, "task": "text-classification",
+    return {"name": model_name("task", ctx.params), "task": "text-classification",
             "metrics": metrics, "spec": GateSpec("macro_f1", True, metrics["baseline_macro_f1"]),
             "export": export, "artifacts": {"eval": png}, "documents": documents,
             "tables": {"eval/per_class.json": ev.per_class_table(e.metrics, e.labels,
@@ -88,25 +103,71 @@ def _sft(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
         return to_hf_lm(ctx.inputs.language_model(key), *ctx.ids()), ctx.inputs.hf_tokenizer
 
     # The trivial baseline: the base model prompted the same way.
-    return {"name": ctx.params.registry.sft_model, "task": "text-generation",
+    return {"name": model_name("sft", ctx.params), "task": "text-generation",
             "metrics": dict(e.metrics),
             "spec": GateSpec("rouge_l", True, e.metrics["baseline_rouge_l"]), "export": export,
             "tables": {"eval/sft_examples.json": e.examples}}
+
+
+#: Model kind -> (its ``registry`` key, the suffix of a name derived from a task file).
+NAMED = {"base": ("base_model", ""), "task": ("task_model", "clf"), "sft": ("sft_model", "sft")}
+#: Characters that break MLflow names, ``models:/<name>@<alias>`` URIs or registry searches.
+_BAD_NAME = re.compile(r"[/:@%'\"\\]")
+
+
+@lru_cache(maxsize=1)
+def _template_names() -> dict[str, str]:
+    """The model names of the project's params.yaml (the template every workspace starts from)."""
+    try:
+        section = read_params_file(PROJECT_PARAMS).get("registry") or {}
+    except ConfigError:  # not shipped with this install: every configured name is explicit
+        return {}
+    return {k: str(v) for k, v in section.items() if k.endswith("_model")}
+
+
+def _slug(stem: str) -> str:
+    """``stem`` as a name part: lower case, runs of other characters as one ``-``."""
+    return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:60].strip("-") or "task"
+
+
+def model_name(kind: str, params: Params) -> str:
+    """The registered name of the ``kind`` ("base", "task" or "sft") model.
+
+    ``registry.<kind>_model`` names it. Left at the project default while the kind trains on a
+    file (``finetune.task=file`` / ``sft.task=file``), the name follows the file instead, so your
+    own task gets its own model: ``tickets.csv`` registers ``gptops-tickets-clf`` (SFT:
+    ``gptops-<stem>-sft``) and the built-in task's champion is left alone. Any other value is
+    used as written.
+
+    Raises:
+        ConfigError: a configured name MLflow cannot register or address.
+    """
+    key, suffix = NAMED[kind]
+    name = str(getattr(params.registry, key))
+    source = {"task": params.finetune, "sft": params.sft}.get(kind)
+    if (source is not None and source.task == "file" and source.task_path
+            and name == _template_names().get(key)):
+        return f"gptops-{_slug(Path(source.task_path).stem)}-{suffix}"
+    if not name.strip() or _BAD_NAME.search(name):
+        raise ConfigError(f"registry.{key} = {name!r} is not a usable model name; use letters, "
+                          f"digits, '-', '_' or '.' (e.g. --set registry.{key}=my-model)")
+    return name
 
 
 BUILDERS: dict[str, Callable[[Context, ModelEval, keys.StepKey], dict[str, Any]]] = {
     "base": _base, "task": _task, "sft": _sft}
 
 
-def build(ctx: Context, e: ModelEval, base_version: str | None) -> Candidate:
-    """The candidate of ``e.kind``; ``base_version`` is the base it was fine-tuned from."""
+def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
+    """The candidate of ``e.kind``; ``parent`` (``<name>/<version>``) is the base it was tuned
+    from."""
     params, reg = ctx.params, ctx.params.registry
-    key = keys.TRAINING[e.kind](params, ctx.data_version)
+    key = keys.model(e.kind, params, ctx.data_version, ctx.base)
     fields = BUILDERS[e.kind](ctx, e, key)
     fields["spec"] = replace(fields["spec"], min_improvement=reg.min_improvement)
     tags = dict(ctx.tracking.tags)
-    if e.kind != "base" and base_version:
-        tags["parent_model_version"] = f"{reg.base_model}/{base_version}"
+    if e.kind != "base" and parent:
+        tags["parent_model_version"] = parent
     done = ctx.paths.read_result(key) or {}
     same_store = done.get("tracking_uri") == ctx.tracking.uri
     c_keys = {"model_key": key.digest, "eval_key": e.key}

@@ -2,7 +2,8 @@
 
 DVC keys the data stages by the params and code each one lists; training follows the same rule:
 
-- pretrain = data version + the ``model`` and ``train`` sections;
+- pretrain = data version + the ``model`` and ``train`` sections (a ``model.init_from``
+  checkpoint by the hash of its weights);
 - fine-tune = the pretrain key + the ``finetune`` section + the content of its task files;
 - SFT = the pretrain key + the training fields of ``sft`` + the content of its pairs file;
 - evaluation = the model's key + what that evaluation reads (``evaluate`` for perplexity, the
@@ -70,31 +71,56 @@ def _section(params: Params, name: str, drop: tuple[str, ...] = ()) -> dict[str,
     return out
 
 
+#: ``model`` fields at these values are left out of the pretrain key: they mean "feature off",
+#: so a run keeps the key it had before the field existed.
+_MODEL_NEUTRAL = {"init_from": "", "vocab_multiple": 1}
+
+
 def pretrain(params: Params, data_version: str) -> StepKey:
-    return _key("pretrain", {"data_version": data_version, "model": _section(params, "model"),
-                             "train": _section(params, "train")})
+    """Data version + ``model`` + ``train``; with ``model.init_from``, the checkpoint's content
+    hash (:func:`gpt.hf.checkpoint_digest`) instead of its name or path."""
+    model = {k: v for k, v in _section(params, "model").items()
+             if not (k in _MODEL_NEUTRAL and v == _MODEL_NEUTRAL[k])}
+    reads: dict[str, Any] = {"data_version": data_version, "model": model,
+                             "train": _section(params, "train")}
+    if params.model.init_from:
+        from gpt.hf import checkpoint_digest
+
+        model["init_from"] = checkpoint_digest(params.model.init_from)
+    return _key("pretrain", reads)
 
 
-def finetune(params: Params, data_version: str) -> StepKey:
-    return _key("finetune", {"pretrain": pretrain(params, data_version).digest,
+def _base(params: Params, data_version: str, base: str | None) -> str:
+    """The digest of the base a tuned model starts from (default: this run's pretraining)."""
+    return base or pretrain(params, data_version).digest
+
+
+def finetune(params: Params, data_version: str, base: str | None = None) -> StepKey:
+    """``base``: the digest of a registered base (:mod:`gpt.pipeline.base`), else pretraining."""
+    return _key("finetune", {"pretrain": _base(params, data_version, base),
                              "finetune": _section(params, "finetune")})
 
 
-def sft(params: Params, data_version: str) -> StepKey:
-    return _key("sft", {"pretrain": pretrain(params, data_version).digest,
+def sft(params: Params, data_version: str, base: str | None = None) -> StepKey:
+    return _key("sft", {"pretrain": _base(params, data_version, base),
                         "sft": _section(params, "sft", ("enabled", *SFT_EVAL_FIELDS))})
 
 
-def evaluation(kind: str, params: Params, data_version: str) -> StepKey:
+def evaluation(kind: str, params: Params, data_version: str,
+               base: str | None = None) -> StepKey:
     """The key of one model's evaluation (``kind``: base, task or sft)."""
     if kind == "base":
         return _key("evaluate-base", {"model": pretrain(params, data_version).digest,
                                       "evaluate": _section(params, "evaluate")})
     if kind == "task":
-        return _key("evaluate-task", {"model": finetune(params, data_version).digest})
+        return _key("evaluate-task", {"model": finetune(params, data_version, base).digest})
     sft_reads = {k: getattr(params.sft, k) for k in SFT_EVAL_FIELDS}
-    return _key("evaluate-sft", {"model": sft(params, data_version).digest, "sft": sft_reads})
+    return _key("evaluate-sft", {"model": sft(params, data_version, base).digest,
+                                 "sft": sft_reads})
 
 
-#: The training step behind each model kind.
-TRAINING = {"base": pretrain, "task": finetune, "sft": sft}
+def model(kind: str, params: Params, data_version: str, base: str | None = None) -> StepKey:
+    """The key of the training step behind a model kind (base, task or sft)."""
+    if kind == "base":
+        return pretrain(params, data_version)
+    return (finetune if kind == "task" else sft)(params, data_version, base)

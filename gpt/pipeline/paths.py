@@ -21,7 +21,7 @@ import pandas as pd
 from gpt import checkpoint as ckpt
 from gpt.config import Params
 from gpt.data.stages import CLEAN, CLEAN_STATS, TOKENS
-from gpt.data.tokenizer import PAD, load_hf_tokenizer, load_tokenizer
+from gpt.data.tokenizer import load_hf_tokenizer, load_tokenizer, pad_id
 from gpt.errors import TrainingError
 from gpt.pipeline.keys import StepKey
 
@@ -157,6 +157,6 @@ class Inputs:
         from gpt.train import build_model
 
         body = build_model(self.params.model, self.vocab_size)
-        clf = GPTClassifier(body, len(self.task.labels), self.tokenizer.token_to_id(PAD))
+        clf = GPTClassifier(body, len(self.task.labels), pad_id(self.tokenizer))
         ckpt.load_weights(clf, self.weights(key))
         return clf.eval()

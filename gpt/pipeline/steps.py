@@ -22,17 +22,22 @@ from gpt import evaluate as ev
 from gpt import progress
 from gpt.config import Params
 from gpt.evaluate import ModelEval
+from gpt.pipeline import base as base_mod
 from gpt.pipeline import candidates, keys
+from gpt.pipeline.base import Base
 from gpt.pipeline.keys import StepKey
 from gpt.pipeline.paths import Inputs, RunPaths
 from gpt.registry import (
+    Candidate,
     Dataset,
+    GateSpec,
     MetricsLogger,
     Registration,
     Tracking,
     child_run,
     register,
     require_finite,
+    resolve_tracking_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -64,8 +69,14 @@ def lineage(params: Params, data_version: str, flow_run_id: str | None) -> dict[
     """Tags every run and model version of a pipeline run carries."""
     from gpt.workspace import git_commit
 
-    return {"data_version": data_version, "git_commit": git_commit(),
-            "prefect_flow_run_id": flow_run_id or "none", "profile": params.profile}
+    tags = {"data_version": data_version, "git_commit": git_commit(),
+            "prefect_flow_run_id": flow_run_id or "none", "profile": params.profile,
+            "init_from": params.model.init_from or "scratch"}
+    if params.model.init_from:
+        from gpt.hf import checkpoint_digest
+
+        tags["init_from_sha"] = checkpoint_digest(params.model.init_from)
+    return tags
 
 
 def _flat(reads: dict[str, Any]) -> dict[str, Any]:
@@ -136,76 +147,115 @@ def pretrain_step(workdir: Path, params: Params, data_version: str,
 Tune = Callable[[Inputs, Any, Path, Any], dict[str, Any]]
 
 
+def resolve_base(workdir: Path, params: Params, data_version: str, spec: str) -> Base:
+    """``spec`` ("" = this run's pretraining, or ``models:/...``) pinned to one model."""
+    uri = resolve_tracking_uri(params.registry.tracking_uri, Path(workdir))
+    return base_mod.resolve(spec, params, data_version, uri)
+
+
+def _base_model(inputs: Inputs, params: Params, data_version: str, base: Base):
+    """The base LM a tuned model starts from (a fresh copy: tuning changes it in place)."""
+    if base.pretrained_here:
+        return inputs.language_model(keys.pretrain(params, data_version))
+    uri = resolve_tracking_uri(params.registry.tracking_uri, inputs.paths.workdir)
+    return base_mod.load(base, uri, params, inputs.vocab_size)
+
+
 def _on_base(workdir: Path, params: Params, data_version: str, tracking: Tracking | None,
-             key: StepKey, tune: Tune) -> StepResult:
-    """A step that tunes the pretrained base; without a finished base it fails before any run."""
+             step: Callable[..., StepKey], tune: Tune, spec: str) -> StepResult:
+    """A step that tunes a base; without a finished or registered base it fails before a run."""
     from gpt.train import resolve_device
 
     paths = RunPaths(Path(workdir))
     inputs = Inputs(paths, params)
-    base = keys.pretrain(params, data_version)
+    base = resolve_base(workdir, params, data_version, spec)
+    key = step(params, data_version, base.digest)
     if paths.read_result(key) is None:
-        inputs.weights(base)
+        if base.pretrained_here:
+            inputs.weights(keys.pretrain(params, data_version))
+        else:
+            log.info("%s: starting from %s (v%s)", key.step, base.name, base.version)
 
     def fit(out: Path, callback: Any) -> dict[str, Any]:
-        fields = tune(inputs, inputs.language_model(base), out, callback)
-        return {**fields, "device": str(resolve_device(params.train.device))}
+        fields = tune(inputs, _base_model(inputs, params, data_version, base), out, callback)
+        return {**fields, "device": str(resolve_device(params.train.device)),
+                "info": {**fields.get("info", {}), "base": base.spec or "pretrain",
+                         "base_version": base.lineage}}
 
     return _train(key, paths, data_version, tracking, fit)
 
 
 def finetune_step(workdir: Path, params: Params, data_version: str,
-                  tracking: Tracking | None = None) -> StepResult:
-    """Fine-tune the pretrained base as a classifier (finetune.task: package or file)."""
+                  tracking: Tracking | None = None, base: str = "") -> StepResult:
+    """Fine-tune a base as a classifier (finetune.task: package or file).
+
+    ``base``: "" = this run's pretrained base; ``models:/<name>@<alias>`` or ``/<version>`` = a
+    registered one (no pretraining needed).
+    """
     from gpt.finetune import finetune_classifier
 
-    def tune(inputs: Inputs, base: Any, out: Path, callback: Any) -> dict[str, Any]:
+    def tune(inputs: Inputs, model: Any, out: Path, callback: Any) -> dict[str, Any]:
         task = inputs.task
-        r = finetune_classifier(base, inputs.tokenizer, task, params.finetune, out,
+        r = finetune_classifier(model, inputs.tokenizer, task, params.finetune, out,
                                 device_name=params.train.device, callback=callback)
         return _loop_fields(r.loop, info={"train_examples": len(task.train),
                                           "test_examples": len(task.test),
                                           "labels": task.labels})
 
-    return _on_base(workdir, params, data_version, tracking,
-                    keys.finetune(params, data_version), tune)
+    return _on_base(workdir, params, data_version, tracking, keys.finetune, tune, base)
 
 
 def sft_step(workdir: Path, params: Params, data_version: str,
-             tracking: Tracking | None = None) -> StepResult:
-    """Supervised fine-tuning of the base LM on prompt/completion pairs (prompt masked)."""
+             tracking: Tracking | None = None, base: str = "") -> StepResult:
+    """Supervised fine-tuning of a base LM on prompt/completion pairs (prompt masked)."""
     from gpt.finetune import finetune_sft
 
-    def tune(inputs: Inputs, base: Any, out: Path, callback: Any) -> dict[str, Any]:
+    def tune(inputs: Inputs, model: Any, out: Path, callback: Any) -> dict[str, Any]:
         task = inputs.sft_task
-        r = finetune_sft(base, inputs.tokenizer, task.train, params.sft, out,
+        r = finetune_sft(model, inputs.tokenizer, task.train, params.sft, out,
                          device_name=params.train.device, callback=callback)
         return _loop_fields(r.loop, info={"train_pairs": len(task.train),
                                           "test_pairs": len(task.test)})
 
-    return _on_base(workdir, params, data_version, tracking, keys.sft(params, data_version),
-                    tune)
+    return _on_base(workdir, params, data_version, tracking, keys.sft, tune, base)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
 
 
-def _evaluate_base(inputs: Inputs, params: Params, data_version: str, key: StepKey) -> ModelEval:
-    base = inputs.language_model(keys.pretrain(params, data_version))
+def _perplexity_eval(inputs: Inputs, params: Params, data_version: str, model: Any,
+                     key: str) -> ModelEval:
+    """A language model's perplexity on this workspace's validation split, and samples."""
     e = params.evaluate
-    metrics = ev.perplexity(base, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed)
+    metrics = ev.perplexity(model, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed)
     meta = json.loads(inputs.paths.token_meta.read_text())
     return ModelEval("base", metrics,
                      f"val-{data_version}-{meta['val_tokens']}-{e.ppl_batches}x{e.batch_size}",
-                     key.digest, examples=ev.sample_generations(base, inputs.tokenizer,
-                                                                 seed=e.seed))
+                     key, examples=ev.sample_generations(model, inputs.tokenizer, seed=e.seed))
 
 
-def _evaluate_task(inputs: Inputs, params: Params, data_version: str, key: StepKey) -> ModelEval:
+def _evaluate_base(inputs: Inputs, params: Params, data_version: str, key: StepKey,
+                   _from: Base) -> ModelEval:
+    base = inputs.language_model(keys.pretrain(params, data_version))
+    out = _perplexity_eval(inputs, params, data_version, base, key.digest)
+    e = params.evaluate
+    if params.model.init_from:
+        # Continued pretraining must beat where it started, on the same batches.
+        from gpt.data.loader import TokenData
+        from gpt.train import initial_model
+
+        start = initial_model(params.model, TokenData(inputs.paths.tokens)).eval()
+        before = ev.perplexity(start, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed)
+        out.metrics.update({f"baseline_{k}": v for k, v in before.items()})
+    return out
+
+
+def _evaluate_task(inputs: Inputs, params: Params, data_version: str, key: StepKey,
+                   base: Base) -> ModelEval:
     from gpt.finetune import encode_texts, predict
 
     task = inputs.task
-    clf = inputs.classifier(keys.finetune(params, data_version))
+    clf = inputs.classifier(keys.finetune(params, data_version, base.digest))
     ids, lengths = encode_texts(inputs.tokenizer, task.test.text.tolist(),
                                 params.model.block_size)
     y_pred = predict(clf, ids, lengths).tolist()
@@ -217,17 +267,18 @@ def _evaluate_task(inputs: Inputs, params: Params, data_version: str, key: StepK
                      confusion_matrix=ev.confusion_matrix(y_true, y_pred, len(task.labels)))
 
 
-def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKey) -> ModelEval:
+def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKey,
+                  base: Base) -> ModelEval:
     """SFT metrics on held-out pairs, next to the base model prompted the same way."""
     task = inputs.sft_task
     test = task.test[:params.sft.eval_examples]
     prompts, refs = [p for p, _ in test], [c for _, c in test]
     n = params.sft.max_new_tokens
-    tuned_model = inputs.language_model(keys.sft(params, data_version))
+    tuned_model = inputs.language_model(keys.sft(params, data_version, base.digest))
     completions = ev.complete(tuned_model, inputs.tokenizer, prompts, n,
                               label="evaluate: SFT completions")
-    base = inputs.language_model(keys.pretrain(params, data_version))
-    before = ev.generation_metrics(ev.complete(base, inputs.tokenizer, prompts, n,
+    before_model = _base_model(inputs, params, data_version, base)
+    before = ev.generation_metrics(ev.complete(before_model, inputs.tokenizer, prompts, n,
                                                label="evaluate: base-model completions"), refs)
     metrics = {**ev.generation_metrics(completions, refs),
                **{f"baseline_{k}": v for k, v in before.items()}}
@@ -240,41 +291,89 @@ def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKe
 EVALUATORS = {"base": _evaluate_base, "task": _evaluate_task, "sft": _evaluate_sft}
 
 
-def model_kinds(params: Params) -> tuple[str, ...]:
-    """The models a pipeline run trains, evaluates and registers."""
-    return ("base", "task", "sft") if params.sft.enabled else ("base", "task")
+def model_kinds(params: Params, base: str = "") -> tuple[str, ...]:
+    """The models a pipeline run trains, evaluates and registers (no base when one is given)."""
+    kinds = ("base",) if not base else ()
+    return (*kinds, "task", "sft") if params.sft.enabled else (*kinds, "task")
 
 
-def evaluate_step(workdir: Path, params: Params, data_version: str) -> dict[str, ModelEval]:
+def evaluate_step(workdir: Path, params: Params, data_version: str,
+                  base: str = "") -> dict[str, ModelEval]:
     """Evaluate each model (reusing evaluations whose key is unchanged).
+
+    ``base``: as for :func:`finetune_step`; a registered base is not evaluated again.
 
     Raises:
         RegistryError: a non-finite metric (nothing downstream may register it).
     """
     paths = RunPaths(Path(workdir))
     inputs = Inputs(paths, params)
+    start = resolve_base(workdir, params, data_version, base)
     out: dict[str, ModelEval] = {}
-    for kind in model_kinds(params):
-        key = keys.evaluation(kind, params, data_version)
+    for kind in model_kinds(params, base):
+        key = keys.evaluation(kind, params, data_version, start.digest)
         done = paths.read_result(key)
         if done is not None:
             log.info("evaluate %s: reused (key %s)", kind, key.short)
             out[kind] = ModelEval(**done)
         else:
-            out[kind] = EVALUATORS[kind](inputs, params, data_version, key)
+            out[kind] = EVALUATORS[kind](inputs, params, data_version, key, start)
             require_finite(out[kind].metrics, f"{kind} model evaluation")
             paths.write_result(key, asdict(out[kind]))
     return out
 
 
+def import_step(workdir: Path, params: Params, data_version: str, tracking: Tracking,
+                spec: str) -> Registration:
+    """Register the pretrained checkpoint ``spec`` (``hf:<dir or id>``) as a base version.
+
+    It is evaluated on this workspace's validation split like a trained base, so a later
+    continued pretraining from it is compared with it (same evaluation set) and must beat it.
+
+    Raises:
+        ConfigError: the checkpoint's shape or tokenizer does not match the workspace.
+    """
+    from gpt.data.loader import TokenData
+    from gpt.hf import checkpoint_digest, to_hf_lm
+    from gpt.train import initial_model
+
+    params = params.model_copy(update={"model": params.model.model_copy(
+        update={"init_from": spec})})
+    inputs = Inputs(RunPaths(Path(workdir)), params)
+    model = initial_model(params.model, TokenData(inputs.paths.tokens)).eval()
+    digest = checkpoint_digest(spec)
+    e = _perplexity_eval(inputs, params, data_version, model, f"import-{digest[:16]}")
+    name = candidates.model_name("base", params)
+    tags = {**tracking.tags, **lineage(params, data_version,
+                                       tracking.tags.get("prefect_flow_run_id"))}
+    ids = candidates.Context(inputs.paths, params, data_version, tracking).ids()
+    c_keys = {"model_key": e.key, "eval_key": e.key}
+    c = Candidate(kind="base", name=name, task="text-generation", metrics=e.metrics,
+                  eval_hash=e.eval_hash,
+                  spec=GateSpec("val_ppl", False, float(inputs.vocab_size),
+                                params.registry.min_improvement),
+                  keys=c_keys, tags=tags,
+                  export=lambda: (to_hf_lm(model, *ids), inputs.hf_tokenizer),
+                  card=candidates.model_card("base (imported)", name, {**tags, **c_keys},
+                                             e.metrics, params),
+                  license=params.registry.license,
+                  tables={"samples/generations.json": e.examples})
+    with progress.phase(f"register {name}"):
+        return register(c, tracking)
+
+
 def register_step(workdir: Path, params: Params, data_version: str, tracking: Tracking,
-                  evaluation: dict[str, ModelEval]) -> dict[str, Registration]:
+                  evaluation: dict[str, ModelEval], base: str = "") -> dict[str, Registration]:
     """Register every evaluated model (base first: the others name it as their parent)."""
-    ctx = candidates.Context(RunPaths(Path(workdir)), params, data_version, tracking)
+    start = resolve_base(workdir, params, data_version, base)
+    ctx = candidates.Context(RunPaths(Path(workdir)), params, data_version, tracking,
+                             None if start.pretrained_here else start.digest)
     results: dict[str, Registration] = {}
     for kind, e in evaluation.items():
-        parent = results.get("base")
-        c = candidates.build(ctx, e, parent.version if parent else None)
+        here = results.get("base")
+        parent = f"{candidates.model_name('base', params)}/{here.version}" if here \
+            else start.lineage
+        c = candidates.build(ctx, e, parent or None)
         with progress.phase(f"register {c.name}"):
             results[kind] = register(c, tracking)
     return results

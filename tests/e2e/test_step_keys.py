@@ -121,3 +121,30 @@ def test_cli_finetune_without_a_pretrained_base_says_what_to_run(copied):
     assert out.returncode == 2
     assert "no finished pretrain for these data and params" in out.stdout
     assert "run `gptops pretrain`" in out.stdout and "Traceback" not in out.stdout + out.stderr
+
+
+def test_fine_tune_and_sft_from_a_registered_base_without_pretraining(copied):
+    from flows.pipeline import training_pipeline
+    from gpt.registry import list_versions
+
+    ws, first = copied
+    before = versions({"tracking_uri": f"sqlite:///{ws / '.gptops' / 'mlflow.db'}"})
+    result = training_pipeline(overrides=RUN_OVERRIDES, base="models:/gptops-base/1",
+                               workdir=str(ws))
+    assert "pretrain" not in result and "base" not in result["evaluation"]
+    for step in ("finetune", "sft"):  # a base of its own: new keys, trained again
+        assert not result[step]["reused"] and result[step]["key"] != first[step]["key"]
+        assert result[step]["info"]["base_version"] == "gptops-base/1"
+    after = versions(result)
+    assert after["gptops-base"] == before["gptops-base"]  # nothing pretrained or registered
+    for name in ("gptops-package-clf", "gptops-sft"):
+        assert len(after[name]) == len(before[name]) + 1
+        newest = list_versions(result["tracking_uri"], name)[-1]
+        assert newest["tags"]["parent_model_version"] == "gptops-base/1"
+
+
+def test_a_malformed_base_is_one_clear_error(copied):
+    ws, _ = copied
+    out = gptops("finetune", "-w", str(ws), "--base", "gptops-base", cwd=ws)
+    assert out.returncode == 2
+    assert "bad --base 'gptops-base': write models:/<name>@<alias>" in out.stdout

@@ -121,6 +121,29 @@ def test_a_version_is_reused_only_when_its_model_key_matches(tmp_path, uri, m):
     assert (tags["model_key"], tags["eval_key"]) == ("k2", "k2")
 
 
+def test_a_version_is_logged_ready_to_serve_and_an_unservable_task_registers_nothing(
+        tmp_path, uri, m):
+    import mlflow
+
+    from gpt.registry.tracking import global_uri
+
+    model, tok = tiny_hf(tmp_path)
+    register(uri, m, model, tok, 4.0)
+    with global_uri(uri):
+        info = mlflow.models.get_model_info(f"models:/{m}@champion")
+    assert info.flavors["python_function"]["config"] == {
+        "handle_long_generation": "hole", "max_new_tokens": 16, "do_sample": False,
+        "temperature": 1.0, "top_k": 50, "top_p": 1.0, "return_full_text": False}
+    assert {p.name: p.default for p in info.signature.params}["max_new_tokens"] == 16
+    assert tok.model_max_length > 10**9  # the caller's tokenizer is left as it was
+    c = candidate(m + "x", model, tok, 3.0)
+    c.task = "fill-mask"
+    with pytest.raises(RegistryError, match=f"model '{m}x': task 'fill-mask' cannot be served; "
+                                            "use text-generation or text-classification"):
+        registry.register(c, registry.Tracking(uri, "test"))
+    assert not registry.client(uri).search_registered_models(f"name='{m}x'")
+
+
 def test_rollback_skips_deleted_versions(uri, m):
     _fake_versions(uri, m, 3)
     for v in ("1", "2", "3"):

@@ -63,3 +63,26 @@ def test_a_key_records_what_it_was_made_of():
     assert k.reads["pretrain"] == keys.pretrain(p, DV).digest
     assert k.reads["finetune"]["lr"] == 0.002
     assert len(k.short) == 8 and k.digest.startswith(k.short)
+
+
+def test_a_registered_base_rekeys_the_tuned_models_only():
+    p = load_params(PARAMS)
+    assert keys.finetune(p, DV, base="abc").digest != keys.finetune(p, DV).digest
+    assert keys.sft(p, DV, base="abc").digest != keys.sft(p, DV).digest
+    assert keys.finetune(p, DV, base="abc").reads["pretrain"] == "abc"
+    assert keys.model("base", p, DV, base="abc") == keys.pretrain(p, DV)
+
+
+@pytest.mark.parametrize("spec, ok", [
+    ("", True), ("models:/gptops-base@champion", True), ("models:/gptops-base/3", True),
+    ("gptops-base", False), ("models:/gptops-base", False), ("hf:./gpt2", False),
+])
+def test_base_specs(spec, ok):
+    from gpt.errors import ConfigError
+    from gpt.pipeline.base import parse
+
+    if ok:
+        parse(spec)
+    else:
+        with pytest.raises(ConfigError, match="bad --base"):
+            parse(spec)
