@@ -121,7 +121,8 @@ def training_pipeline(
     A field left at its default takes the profile's own value.
 
     Args:
-        profile: params.yaml profile (tiny: CPU demo; gpt2-124m: GPU).
+        profile: params.yaml profile (tiny: CPU demo; gpt2-124m: GPT-2 from scratch, GPU;
+            gpt2-continue: continue pretraining hf:gpt2).
         max_steps: pretraining optimizer steps.
         learning_rate: peak pretraining learning rate.
         finetune_steps: classification fine-tuning steps.

@@ -106,7 +106,11 @@ def test_retrain_from_the_prefect_ui_registers_a_version_in_mlflow(served_small,
     deployment = api_get(f"{api}/deployments/filter", {"deployments": {"name": {
         "any_": ["retrain"]}}})[0]
     schema = deployment["parameter_openapi_schema"]["properties"]
-    assert sorted(schema["profile"]["enum"]) == ["gpt2-124m", "tiny"]  # the dropdown's choices
+    from gpt.config import profile_names
+
+    # the dropdown's choices: every profile of params.yaml
+    assert sorted(schema["profile"]["enum"]) == sorted(profile_names()) == [
+        "gpt2-124m", "gpt2-continue", "tiny"]
     assert schema["max_steps"]["type"] == "integer"  # a plain number, no "None" alternative
     expect(prop.locator("input")).to_have_value("30")  # params.yaml: train.max_steps=30
     expect(field("finetune_steps").locator("input")).to_have_value("60")

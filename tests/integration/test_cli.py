@@ -46,7 +46,7 @@ def test_unknown_profile_fails_before_anything_starts(tmp_path):
     out = gptops("run", "-w", str(tmp_path), "--profile", "nope", cwd=tmp_path)
     assert out.returncode == 2
     text = (out.stdout + out.stderr).strip()
-    assert text == "error: unknown profile 'nope' (known: gpt2-124m, tiny)"
+    assert text == "error: unknown profile 'nope' (known: gpt2-124m, gpt2-continue, tiny)"
     assert not (tmp_path / ".gptops").exists()  # no Prefect server, no DVC repo, nothing
 
 
