@@ -27,7 +27,7 @@ from gpt import registry
 from gpt.config import PROJECT_PARAMS, load_params
 from gpt.errors import ConfigError
 from gpt.pipeline.candidates import model_name
-from gpt.registry.registration import default_new_tokens
+from gpt.registry.serving import default_new_tokens
 from gpt.registry.tracking import global_uri
 from tests.integration.test_registry import candidate, tiny_hf
 from tests.serving import free_port
