@@ -5,9 +5,8 @@ profile and overrides (by loading the params), the data source, the pretrained c
 tokenizer (found on this machine, GPT-2's architecture, ``model.*`` matching it), the fine-tuning
 task file and the SFT file (read and validated the same way the steps read them), and the
 tracking URI. Each problem raises one ``GptopsError`` naming the input and the fix.
-
-:func:`capacity_warning` is the one check that needs the data and the model: pretraining calls
-it once both exist.
+(The one check that needs the data and the model, ``gpt.train.capacity_warning``, runs when
+pretraining starts.)
 """
 
 from __future__ import annotations
@@ -20,11 +19,6 @@ from urllib.parse import urlparse
 
 from gpt.config import Params
 from gpt.errors import ConfigError, DataError
-
-#: Below this many training tokens per parameter, training from scratch warns: the model can
-#: memorise the corpus. The demo (tiny on the built-in corpus) has about 0.3; GPT-2 124M on it,
-#: about 0.003.
-MIN_TOKENS_PER_PARAM = 0.1
 
 #: MLflow tracking URI schemes gptops knows how to use.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql",
@@ -115,18 +109,6 @@ def check_pretrained(params: Params) -> None:
     if params.tokenizer.pretrained:
         hf.tokenizer_files(hf.resolve(params.tokenizer.pretrained, "tokenizer.pretrained",
                                       need="tokenizer"))
-
-
-def capacity_warning(train_tokens: int, n_params: int,
-                     minimum: float = MIN_TOKENS_PER_PARAM) -> str | None:
-    """A warning when there are far too few training tokens per parameter, else None."""
-    ratio = train_tokens / max(n_params, 1)
-    if ratio >= minimum:
-        return None
-    return (f"{train_tokens:,} training tokens for {n_params / 1e6:.2f}M parameters: "
-            f"{ratio:.3g} tokens per parameter (under {minimum:g}); the model can memorise "
-            "the corpus: add documents (data.source, data.max_docs) or use a smaller model "
-            "(e.g. --profile tiny), or start from a pretrained one (model.init_from)")
 
 
 def check_run(params: Params, tracking_uri: str) -> None:

@@ -28,7 +28,6 @@ from gpt.config import ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
 from gpt.errors import TrainingError
 from gpt.model import GPT, GPTConfig
-from gpt.preflight import capacity_warning
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +359,24 @@ class PretrainResult:
     loop: LoopResult
     val_loss: float
     device: str
+
+
+#: Below this many training tokens per parameter, training from scratch warns: the model can
+#: memorise the corpus. The demo (tiny on the built-in corpus) has about 0.3; GPT-2 124M on it,
+#: about 0.003.
+MIN_TOKENS_PER_PARAM = 0.1
+
+
+def capacity_warning(train_tokens: int, n_params: int,
+                     minimum: float = MIN_TOKENS_PER_PARAM) -> str | None:
+    """A warning when there are far too few training tokens per parameter, else None."""
+    ratio = train_tokens / max(n_params, 1)
+    if ratio >= minimum:
+        return None
+    return (f"{train_tokens:,} training tokens for {n_params / 1e6:.2f}M parameters: "
+            f"{ratio:.3g} tokens per parameter (under {minimum:g}); the model can memorise "
+            "the corpus: add documents (data.source, data.max_docs) or use a smaller model "
+            "(e.g. --profile tiny), or start from a pretrained one (model.init_from)")
 
 
 def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, out_dir: Path,

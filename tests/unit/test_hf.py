@@ -375,7 +375,7 @@ def test_gpt2_124m_profile_builds_124m_parameters_with_gpt2s_vocabulary():
 
 
 def test_tokens_per_parameter_warning_gives_the_figures():
-    from gpt.preflight import capacity_warning
+    from gpt.train import capacity_warning
 
     assert capacity_warning(412_648, 1_317_000) is None  # the tiny demo: 0.31
     text = capacity_warning(450_000, 124_475_904)
