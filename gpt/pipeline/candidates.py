@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,22 +53,32 @@ class Context:
         return tok.convert_tokens_to_ids(EOT), tok.pad_token_id
 
 
-def _base(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
-    from gpt.hf import to_hf_lm
-
+def _lm_export(ctx: Context, load: Callable[[], Any]) -> Callable[[], tuple[Any, Any]]:
+    """The HF export of a language model ``load()`` returns (built when registering)."""
     def export() -> tuple[Any, Any]:
-        return to_hf_lm(ctx.inputs.language_model(key), *ctx.ids()), ctx.inputs.hf_tokenizer
+        from gpt.hf import to_hf_lm
 
+        return to_hf_lm(load(), *ctx.ids()), ctx.inputs.hf_tokenizer
+
+    return export
+
+
+def _base_fields(ctx: Context, e: ModelEval, load: Callable[[], Any]) -> dict[str, Any]:
     p = ctx.paths
     # The baseline of perplexity: the checkpoint continued pretraining started from (measured on
     # the same batches), else a uniform guess over the vocabulary.
     baseline = e.metrics.get("baseline_val_ppl", float(ctx.inputs.vocab_size))
     return {"name": model_name("base", ctx.params), "task": "text-generation",
             "metrics": dict(e.metrics),
-            "spec": GateSpec("val_ppl", False, baseline), "export": export,
+            "spec": GateSpec("val_ppl", False, baseline, ctx.params.registry.min_improvement),
+            "export": _lm_export(ctx, load),
             "artifacts": {"data": p.clean_stats, "data_report": p.clean_report,
                           "tokenizer": p.tokenizer},
             "tables": {"samples/generations.json": e.examples}}
+
+
+def _base(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
+    return _base_fields(ctx, e, lambda: ctx.inputs.language_model(key))
 
 
 def _task(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
@@ -90,22 +100,20 @@ def _task(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
     metrics = {k: e.metrics[k] for k in TASK_HEADLINE}
     # The trivial baseline: always predicting the majority class.
     return {"name": model_name("task", ctx.params), "task": "text-classification",
-            "metrics": metrics, "spec": GateSpec("macro_f1", True, metrics["baseline_macro_f1"]),
+            "metrics": metrics, "spec": GateSpec("macro_f1", True, metrics["baseline_macro_f1"],
+                                                 ctx.params.registry.min_improvement),
             "export": export, "artifacts": {"eval": png}, "documents": documents,
             "tables": {"eval/per_class.json": ev.per_class_table(e.metrics, e.labels,
                                                                  e.confusion_matrix)}}
 
 
 def _sft(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
-    from gpt.hf import to_hf_lm
-
-    def export() -> tuple[Any, Any]:
-        return to_hf_lm(ctx.inputs.language_model(key), *ctx.ids()), ctx.inputs.hf_tokenizer
-
     # The trivial baseline: the base model prompted the same way.
     return {"name": model_name("sft", ctx.params), "task": "text-generation",
             "metrics": dict(e.metrics),
-            "spec": GateSpec("rouge_l", True, e.metrics["baseline_rouge_l"]), "export": export,
+            "spec": GateSpec("rouge_l", True, e.metrics["baseline_rouge_l"],
+                             ctx.params.registry.min_improvement),
+            "export": _lm_export(ctx, lambda: ctx.inputs.language_model(key)),
             "tables": {"eval/sft_examples.json": e.examples}}
 
 
@@ -164,7 +172,6 @@ def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
     params, reg = ctx.params, ctx.params.registry
     key = keys.model(e.kind, params, ctx.data_version, ctx.base)
     fields = BUILDERS[e.kind](ctx, e, key)
-    fields["spec"] = replace(fields["spec"], min_improvement=reg.min_improvement)
     tags = dict(ctx.tracking.tags)
     if e.kind != "base" and parent:
         tags["parent_model_version"] = parent
@@ -176,6 +183,19 @@ def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
     return Candidate(kind=e.kind, eval_hash=e.eval_hash, keys=c_keys, tags=tags, card=card,
                      run_id=done.get("run_id") if same_store else None, license=reg.license,
                      **fields)
+
+
+def imported(ctx: Context, e: ModelEval, model: Any, tags: dict[str, str]) -> Candidate:
+    """The candidate ``gptops import`` registers: a base whose weights are ``model`` as loaded.
+
+    Its model and eval keys are both the evaluation's key (``import-<checkpoint digest>``).
+    """
+    fields = _base_fields(ctx, e, lambda: model)
+    c_keys = {"model_key": e.key, "eval_key": e.key}
+    card = model_card("base (imported)", fields["name"], {**tags, **c_keys}, fields["metrics"],
+                      ctx.params)
+    return Candidate(kind="base", eval_hash=e.eval_hash, keys=c_keys, tags=tags, card=card,
+                     license=ctx.params.registry.license, **fields)
 
 
 def model_card(kind: str, name: str, tags: dict[str, str], metrics: dict[str, float],

@@ -28,9 +28,7 @@ from gpt.pipeline.base import Base
 from gpt.pipeline.keys import StepKey
 from gpt.pipeline.paths import Inputs, RunPaths
 from gpt.registry import (
-    Candidate,
     Dataset,
-    GateSpec,
     MetricsLogger,
     Registration,
     Tracking,
@@ -334,31 +332,19 @@ def import_step(workdir: Path, params: Params, data_version: str, tracking: Trac
         ConfigError: the checkpoint's shape or tokenizer does not match the workspace.
     """
     from gpt.data.loader import TokenData
-    from gpt.hf import checkpoint_digest, to_hf_lm
+    from gpt.hf import checkpoint_digest
     from gpt.train import initial_model
 
     params = params.model_copy(update={"model": params.model.model_copy(
         update={"init_from": spec})})
-    inputs = Inputs(RunPaths(Path(workdir)), params)
-    model = initial_model(params.model, TokenData(inputs.paths.tokens)).eval()
-    digest = checkpoint_digest(spec)
-    e = _perplexity_eval(inputs, params, data_version, model, f"import-{digest[:16]}")
-    name = candidates.model_name("base", params)
+    ctx = candidates.Context(RunPaths(Path(workdir)), params, data_version, tracking)
+    model = initial_model(params.model, TokenData(ctx.paths.tokens)).eval()
+    e = _perplexity_eval(ctx.inputs, params, data_version, model,
+                         f"import-{checkpoint_digest(spec)[:16]}")
     tags = {**tracking.tags, **lineage(params, data_version,
                                        tracking.tags.get("prefect_flow_run_id"))}
-    ids = candidates.Context(inputs.paths, params, data_version, tracking).ids()
-    c_keys = {"model_key": e.key, "eval_key": e.key}
-    c = Candidate(kind="base", name=name, task="text-generation", metrics=e.metrics,
-                  eval_hash=e.eval_hash,
-                  spec=GateSpec("val_ppl", False, float(inputs.vocab_size),
-                                params.registry.min_improvement),
-                  keys=c_keys, tags=tags,
-                  export=lambda: (to_hf_lm(model, *ids), inputs.hf_tokenizer),
-                  card=candidates.model_card("base (imported)", name, {**tags, **c_keys},
-                                             e.metrics, params),
-                  license=params.registry.license,
-                  tables={"samples/generations.json": e.examples})
-    with progress.phase(f"register {name}"):
+    c = candidates.imported(ctx, e, model, tags)
+    with progress.phase(f"register {c.name}"):
         return register(c, tracking)
 
 
