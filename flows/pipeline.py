@@ -173,6 +173,8 @@ def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float,
                         params.registry.experiment, tags=lineage(params, data_version, fr_id))
     # One MLflow parent run per flow run; each training step nests its own run under it.
     with pipeline_run(tracking, flow_run.name or cli_run_name("run")) as tracking:
+        if base:  # an alias read once: a promotion mid-run cannot change the base
+            base = tasks.pin_base(ws, params, data_version, base)
         trained = {} if base else {"pretrain": tasks.pretrain(ws, params, data_version,
                                                               tracking)}
         trained["finetune"] = tasks.finetune(ws, params, data_version, tracking, base)

@@ -67,6 +67,13 @@ def version_data(workdir: str) -> str:
     return workspace.data_version(Path(workdir))
 
 
+@task(name="pin-base", task_run_name="pin-base", retries=2, retry_delay_seconds=5,
+      cache_policy=NO_CACHE)
+def pin_base(workdir: str, params: Params, data_version: str, base: str) -> str:
+    """Resolve a registered base's alias once, so every step of the run tunes that version."""
+    return steps.resolve_base(Path(workdir), params, data_version, base).pinned
+
+
 @task(name="pretrain", task_run_name="pretrain", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
 def pretrain(workdir: str, params: Params, data_version: str,

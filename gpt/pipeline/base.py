@@ -33,6 +33,11 @@ class Base:
         return not self.spec
 
     @property
+    def pinned(self) -> str:
+        """This base as a spec that cannot move: ``models:/<name>/<version>`` ("" = pretrain)."""
+        return f"models:/{self.name}/{self.version}" if self.version else ""
+
+    @property
     def lineage(self) -> str:
         """The ``parent_model_version`` tag of models tuned from this base ("" = this run's)."""
         return f"{self.name}/{self.version}" if self.version else ""

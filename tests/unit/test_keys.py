@@ -86,3 +86,10 @@ def test_base_specs(spec, ok):
     else:
         with pytest.raises(ConfigError, match="bad --base"):
             parse(spec)
+
+
+def test_a_resolved_base_pins_its_version():
+    from gpt.pipeline.base import Base
+
+    assert Base("models:/m@champion", "d", "m", "3").pinned == "models:/m/3"
+    assert Base("", "d").pinned == ""
