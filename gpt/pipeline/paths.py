@@ -106,10 +106,9 @@ class Inputs:
 
     @cached_property
     def hf_tokenizer(self):  # -> transformers.PreTrainedTokenizerFast
-        tok = load_hf_tokenizer(self.paths.tokenizer)
-        # Consumers (pipelines, `mlflow models serve`) truncate to what the model can see.
-        tok.model_max_length = self.params.model.block_size
-        return tok
+        # Its model_max_length is set where every registered model gets it:
+        # gpt.registry.serving.servable (the exported model's n_positions = model.block_size).
+        return load_hf_tokenizer(self.paths.tokenizer)
 
     @cached_property
     def docs(self) -> pd.DataFrame:
