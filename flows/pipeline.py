@@ -35,6 +35,7 @@ FORM_FIELDS = {
     "sft_file": ("sft.task_path", "sft.task=file"), "data_source": ("data.source", None),
     "base_model": ("registry.base_model", None), "task_model": ("registry.task_model", None),
     "sft_model": ("registry.sft_model", None),
+    "processes": ("train.nproc_per_node", None), "strategy": ("train.strategy", None),
 }
 
 
@@ -110,6 +111,8 @@ def training_pipeline(
     base_model: str = _DEFAULTS["base_model"],
     task_model: str = _DEFAULTS["task_model"],
     sft_model: str = _DEFAULTS["sft_model"],
+    processes: str = str(_DEFAULTS["processes"]),
+    strategy: Literal["ddp", "fsdp"] = _DEFAULTS["strategy"],
     base: str = "",
     reclean: bool = False,
     save_overrides: bool = False,
@@ -135,6 +138,9 @@ def training_pipeline(
         base_model: registered model name of the pretrained base.
         task_model: registered model name of the classifier.
         sft_model: registered model name of the SFT model.
+        processes: training processes on the worker (pretrain, fine-tune, SFT): `auto` = one
+            per GPU (1 without), or a count; more than 1 are started by torch's launcher.
+        strategy: `ddp` (a model per process) or `fsdp` (FSDP2 sharding, for large models).
         base: fine-tune a registered base instead of pretraining, e.g.
             `models:/gptops-base@champion` or `models:/gptops-base/3`; empty = pretrain.
         reclean: re-run the cleaning stage even if DVC finds it unchanged.
@@ -148,7 +154,9 @@ def training_pipeline(
     fields = {"max_steps": max_steps, "learning_rate": learning_rate,
               "finetune_steps": finetune_steps, "sft_steps": sft_steps, "lora_rank": lora_rank,
               "task_file": task_file, "sft_file": sft_file, "data_source": data_source,
-              "base_model": base_model, "task_model": task_model, "sft_model": sft_model}
+              "base_model": base_model, "task_model": task_model, "sft_model": sft_model,
+              "processes": int(processes) if processes.strip().isdigit() else processes,
+              "strategy": strategy}
     parse_base(base)  # a malformed --base fails before any work
     all_overrides = form_overrides(workdir, fields, overrides)
     params = tasks.prepare_workspace(workdir, profile, all_overrides, save_overrides)

@@ -6,6 +6,7 @@ line naming the input and the fix, and exit with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gpt.errors import ERROR_FILE_ENV, GptopsError
+from gpt.errors import ERROR_FILE_ENV, GptopsError, RankFailed
 
 app = typer.Typer(help="Train GPT models end to end: data → pretrain → fine-tune → evaluate → "
                        "register (MLflow), orchestrated by Prefect.",
@@ -193,7 +194,9 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
     else:
         tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
                                      tags=steps.lineage(params, version, None))
-        with registry.pipeline_run(tracking, registry.cli_run_name(name)) as tracking:
+        # On the other nodes of a multi-node world, node 0 records the step: no MLflow run here.
+        with (contextlib.nullcontext(None) if params.train.node_rank else
+              registry.pipeline_run(tracking, registry.cli_run_name(name))) as tracking:
             if name == "pretrain":
                 result = steps.pretrain_step(workdir, params, version, tracking)
             else:
@@ -527,7 +530,7 @@ def _click():  # typer bundles its own click (typer._click) since 0.2x
 
 def run_app(application: typer.Typer) -> None:
     """Run a typer app: usage errors print the usage and one line (exit 2), input errors one
-    line (exit 2), Ctrl-C exits with 130."""
+    line (exit 2), a dead training process one line (exit 1), Ctrl-C exits with 130."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     click = _click()
@@ -538,6 +541,9 @@ def run_app(application: typer.Typer) -> None:
             Path(os.environ[ERROR_FILE_ENV]).write_text(str(exc), encoding="utf-8")
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except RankFailed as exc:  # a training process died: one line, and it is not an input error
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -2,8 +2,9 @@
 
 Defaults live in ``params.yaml`` only: these models declare types and meaning, not values, so a
 missing key is an error rather than a silently different default. (The exceptions are the keys
-that switch a newer feature off, ``model.init_from``, ``model.vocab_multiple`` and
-``tokenizer.pretrained``, so a workspace's older params.yaml still loads.) A profile overlays the
+that switch a newer feature off, ``model.init_from``, ``model.vocab_multiple``,
+``tokenizer.pretrained`` and the ``train`` launch keys (one process), so a workspace's older
+params.yaml still loads.) A profile overlays the
 model/train/finetune/evaluate sections; ``overrides`` (``"train.lr=1e-3"``) overlay last.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpt.errors import ConfigError
 
@@ -113,6 +114,34 @@ class TrainConfig(_Strict):
     seed: int
     max_nonfinite_steps: int = Field(gt=0, description="stop after this many bad steps in a row")
     log_interval: int = Field(ge=0, description="steps per tokens/s measurement; 0 = none")
+    # How training is spread over processes (pretrain, finetune and SFT alike). Not in any step
+    # key: the global batch is the same whatever the number of processes (gpt.distributed).
+    # Defaults in code: one process (see TokenizerConfig.pretrained).
+    nproc_per_node: int | Literal["auto"] = Field(
+        1, description='training processes on this machine: "auto" = one per visible GPU '
+        "(1 without a GPU); >1 launches them with torch's elastic launcher")
+    nnodes: int = Field(1, ge=1, description="machines in the training world (each runs "
+                        "nproc_per_node processes); >1 needs rdzv_endpoint and node_rank")
+    node_rank: int = Field(0, ge=0, description="this machine's index, 0..nnodes-1 (0 trains "
+                           "and records the step; the others only lend their processes)")
+    rdzv_endpoint: str = Field("", description="host:port of node 0's rendezvous, reachable "
+                               'from every node (only when nnodes > 1), e.g. "trainer-0:29500"')
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp = a full model per process; fsdp = FSDP2 parameter sharding "
+        "(for models that do not fit one GPU); checkpoints are whole-model either way")
+
+    @model_validator(mode="after")
+    def _launch(self) -> TrainConfig:
+        if isinstance(self.nproc_per_node, int) and self.nproc_per_node < 1:
+            raise ValueError(f"nproc_per_node={self.nproc_per_node}: use 'auto' or a count >= 1")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank={self.node_rank} must be below nnodes={self.nnodes}")
+        if self.nnodes > 1:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint as host:port of "
+                                 f"node 0 (got {self.rdzv_endpoint!r}), e.g. trainer-0:29500")
+        return self
 
 
 class _TuneConfig(_Strict):

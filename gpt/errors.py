@@ -31,3 +31,8 @@ class RegistryError(GptopsError):
 
 class TrainingError(GptopsError):
     """Training cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+class RankFailed(RuntimeError):
+    """A training process died (signal, crash). Not an input error: a retry resumes from the
+    last checkpoint, so the pipeline's training tasks retry it."""

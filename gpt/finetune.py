@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 from torch.nn import functional as F
 
 from gpt import checkpoint as ckpt
-from gpt import progress
+from gpt import distributed, progress
 from gpt.config import FinetuneConfig, SFTConfig
 from gpt.data.loader import is_val_doc, step_generator
 from gpt.data.tokenizer import pad_id as tokenizer_pad_id
@@ -244,7 +244,8 @@ def _fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
     """The shared fine-tuning loop: checkpoints under ``out_dir``, final weights saved.
 
     One batch per step (no accumulation), no periodic evaluation. ``finalize(model)`` runs
-    before the final save (e.g. merging LoRA adapters).
+    before the final save (e.g. merging LoRA adapters). In a world of several processes the
+    model trains under DDP (``loss_fn`` takes this process's rows); rank 0 saves.
     """
     settings = LoopSettings(kind=kind, max_steps=cfg.max_steps, lr=cfg.lr,
                             min_lr=cfg.lr * cfg.min_lr_factor, warmup_steps=cfg.warmup_steps,
@@ -252,11 +253,12 @@ def _fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
                             max_nonfinite_steps=cfg.max_nonfinite_steps)
     checkpoints = CheckpointPolicy(Path(out_dir) / "checkpoints",
                                    max(1, cfg.max_steps // cfg.checkpoints), resume)
-    loop = run_loop(model, loss_fn, optimizer, settings, device, checkpoints=checkpoints,
-                    callback=callback)
+    loop = run_loop(distributed.wrap(model, device), loss_fn, optimizer, settings, device,
+                    checkpoints=checkpoints, callback=callback)
     if finalize is not None:
         finalize(model)
-    ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
+    if distributed.rank() == 0:
+        ckpt.save_weights(model, Path(out_dir) / "model.safetensors")
     return loop
 
 
@@ -280,7 +282,9 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
     """
     from gpt.lora import apply_lora, merge_lora
 
-    device = resolve_device(device_name)
+    group = distributed.join(resolve_device(device_name))
+    device = group.device
+    mine = distributed.rows(cfg.batch_size, "finetune.batch_size")
     torch.manual_seed(cfg.seed)
     if cfg.lora_rank > 0:
         trainable = apply_lora(base, cfg.lora_rank, cfg.lora_alpha)
@@ -294,12 +298,14 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
                                lr_scale={} if cfg.lora_rank else {"body.": cfg.base_lr_factor})
 
     def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
-        ix = torch.randint(len(ids), (cfg.batch_size,), generator=step_generator(cfg.seed, step))
+        ix = torch.randint(len(ids), (cfg.batch_size,),
+                           generator=step_generator(cfg.seed, step))[mine]
         logits = m(ids[ix].to(device), lengths[ix].to(device))
         return F.cross_entropy(logits, labels[ix].to(device), weight=weights)
 
     loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "finetune",
                 finalize=(lambda m: merge_lora(m)) if cfg.lora_rank else None)
+    group.leave()
     return FinetuneResult(model=model.cpu(), loop=loop, class_weights=weights.cpu().tolist())
 
 
@@ -419,15 +425,19 @@ def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]],
     ``max_nonfinite_steps``, ``checkpoints``, ``seed``); checkpoints under
     ``out_dir/checkpoints`` (resumable) and the weights at ``out_dir/model.safetensors``.
     """
-    device = resolve_device(device_name)
+    group = distributed.join(resolve_device(device_name))
+    device = group.device
+    mine = distributed.rows(cfg.batch_size, "sft.batch_size")
     torch.manual_seed(cfg.seed)
     model = base.to(device)
     ids, targets = encode_sft_pairs(tok, pairs, base.config.block_size)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
 
     def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
-        ix = torch.randint(len(ids), (cfg.batch_size,), generator=step_generator(cfg.seed, step))
+        ix = torch.randint(len(ids), (cfg.batch_size,),
+                           generator=step_generator(cfg.seed, step))[mine]
         return sft_loss(m, ids[ix].to(device), targets[ix].to(device))
 
     loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "sft")
+    group.leave()
     return SFTResult(model=model.cpu(), loop=loop, examples=len(ids))

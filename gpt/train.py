@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from gpt import checkpoint as ckpt
-from gpt import progress
+from gpt import distributed, progress
 from gpt.config import ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
 from gpt.errors import TrainingError
@@ -134,8 +132,13 @@ class CheckpointPolicy:
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         step = int(manifest["step"])
-        if _rank() == 0:
-            log.info("resumed from %s (step %d)", path.name, step)
+        if distributed.rank() == 0:
+            # The global batch does not depend on the world (gpt.distributed), so a checkpoint
+            # from any number of processes resumes on any other.
+            saved = int(manifest.get("meta", {}).get("world", 1))
+            now = distributed.world()
+            log.info("resumed from %s (step %d%s)", path.name, step,
+                     f"; written by {saved} processes, now {now}" if saved != now else "")
         return step
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -184,14 +187,7 @@ class LoopResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     tokens_per_sec: float = 0.0
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank_digests: list[str] = field(default_factory=list)  #: each process's weights (sha256)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -223,8 +219,7 @@ def _optimizer_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
         with ctx:
             micro_loss.backward()
         total += micro_loss.detach()
-    if _world() > 1:
-        dist.all_reduce(total, op=dist.ReduceOp.AVG)
+    distributed.average(total)
     grad_norm = float(nn.utils.clip_grad_norm_(raw.parameters(), settings.grad_clip)
                       if settings.grad_clip > 0 else torch.zeros(()))
     loss = float(total)
@@ -251,7 +246,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
     reports metrics and writes checkpoints.
     """
     raw = model.module if hasattr(model, "module") else model
-    rank0 = _rank() == 0
+    rank0 = distributed.rank() == 0
     start = checkpoints.restore(raw, optimizer, device) if checkpoints is not None else 0
     total_steps = settings.max_steps
     tokens_per_step = throughput.tokens_per_step if throughput is not None else 0
@@ -294,12 +289,18 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                     callback(done, metrics)
                 history.append({"step": done, **metrics})
                 if checkpoints is not None and _due(done, checkpoints.interval, total_steps):
-                    checkpoints.save(done, raw, optimizer, device, {"kind": settings.kind})
+                    checkpoints.save(done, raw, optimizer, device,
+                                     {"kind": settings.kind, "world": distributed.world()})
     seconds = time.perf_counter() - t0
     steps_run = total_steps - start
+    digests = distributed.digests(raw)
+    if len(set(digests)) > 1:
+        raise TrainingError(f"the {len(digests)} training processes ended with different "
+                            "weights; re-run with train.nproc_per_node=1 and report this")
     return LoopResult(steps=steps_run, resumed_from=start, skipped_steps=skipped,
                       final_loss=loss, history=history, seconds=seconds,
-                      tokens_per_sec=tokens_per_step * steps_run / max(seconds, 1e-9))
+                      tokens_per_sec=tokens_per_step * steps_run / max(seconds, 1e-9),
+                      rank_digests=digests)
 
 
 def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
@@ -341,18 +342,6 @@ def estimate_loss(model: nn.Module, data: TokenData, split: str, batches: int, b
     return sum(losses) / len(losses)
 
 
-def _setup_ddp(device: torch.device) -> tuple[torch.device, bool]:
-    """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return device, False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    return device, True
-
-
 @dataclass
 class PretrainResult:
     model: GPT
@@ -388,32 +377,36 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
     """
     out_dir = Path(out_dir)
     data = TokenData(tokens_dir)
-    device, ddp = _setup_ddp(resolve_device(train_cfg.device))
+    group = distributed.join(resolve_device(train_cfg.device))
+    device = group.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(train_cfg.seed)
+    mine = distributed.rows(train_cfg.batch_size)  # before any work: a bad split fails now
     model = initial_model(model_cfg, data).to(device)  # a checkpoint to resume wins, below
     log.info("model: %.2fM parameters, vocab %d, device %s", model.num_params() / 1e6,
              model.config.vocab_size, device)
     warning = None if model_cfg.init_from else capacity_warning(
         int(data.meta["train_tokens"]), model.num_params())
-    if warning and _rank() == 0:
+    if warning and distributed.rank() == 0:
         log.warning("%s", warning)
     net: nn.Module = model
     if train_cfg.compile:
         net = torch.compile(model)  # type: ignore[assignment]
-    if ddp:
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+    net = distributed.wrap(net, device, train_cfg.strategy)
     optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay,
                                (train_cfg.beta1, train_cfg.beta2), device)
-    rank, world = _rank(), _world()
     bs, T = train_cfg.batch_size, model_cfg.block_size
+    tokens_per_step = bs * T * train_cfg.grad_accum
+    if distributed.world() > 1 and distributed.rank() == 0:
+        log.info("%d processes (%s): %d sequences per process per micro-batch, %d tokens per "
+                 "optimizer step in all", distributed.world(), train_cfg.strategy,
+                 mine.stop - mine.start, tokens_per_step)
 
     def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:
-        g = step_generator(train_cfg.seed, step, stream=2 + micro * world + rank)
-        x, y = data.batch("train", bs, T, g)
+        x, y = data.batch("train", bs, T, step_generator(train_cfg.seed, step, stream=2 + micro),
+                          rows=mine)
         _, loss = m(x.to(device), y.to(device), return_logits=False)
         return loss
 
@@ -426,14 +419,11 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
         checkpoints=CheckpointPolicy(out_dir / "checkpoints", train_cfg.checkpoint_interval,
                                      resume),
         evaluation=Evaluation(eval_fn, train_cfg.eval_interval),
-        throughput=Throughput(bs * T * train_cfg.grad_accum * world, train_cfg.log_interval),
+        throughput=Throughput(tokens_per_step, train_cfg.log_interval),
         callback=callback)
     val_loss = next((h["val_loss"] for h in reversed(result.history) if "val_loss" in h),
                     float("nan"))
-    if _rank() == 0:
+    if distributed.rank() == 0:
         ckpt.save_weights(model, out_dir / "model.safetensors")
-    if ddp:
-        # Every rank returns only once the final weights exist; leave the group we joined.
-        dist.barrier()
-        dist.destroy_process_group()
+    group.leave()
     return PretrainResult(model=model.cpu(), loop=result, val_loss=val_loss, device=str(device))

@@ -100,13 +100,20 @@ class TokenData:
         return int(self.meta["vocab_size"])
 
     def batch(self, split: str, batch_size: int, block_size: int,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows (x, y) with y shifted by one token."""
+              generator: torch.Generator, rows: slice | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows (x, y) with y shifted by one token.
+
+        ``rows``: only these rows of the ``batch_size`` drawn (one process's share of a global
+        batch: the draw, hence every row, is the same whatever the share).
+        """
         data = self.splits[split]
         if len(data) <= block_size + 1:
             raise DataError(f"the {split} split has {len(data)} tokens, fewer than "
                             f"model.block_size+2={block_size + 2}; add data or lower block_size")
         ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+        if rows is not None:
+            ix = ix[rows]
         x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
         y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64))
                          for i in ix])

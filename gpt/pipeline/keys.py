@@ -74,6 +74,9 @@ def _section(params: Params, name: str, drop: tuple[str, ...] = ()) -> dict[str,
 #: ``model`` fields at these values are left out of the pretrain key: they mean "feature off",
 #: so a run keeps the key it had before the field existed.
 _MODEL_NEUTRAL = {"init_from": "", "vocab_multiple": 1}
+#: ``train`` fields that say how training is spread over processes, not what it computes (the
+#: global batch is the same whatever the world: :mod:`gpt.distributed`), so in no key.
+_TRAIN_LAUNCH = ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "strategy")
 
 
 def pretrain(params: Params, data_version: str) -> StepKey:
@@ -82,7 +85,8 @@ def pretrain(params: Params, data_version: str) -> StepKey:
     model = {k: v for k, v in _section(params, "model").items()
              if not (k in _MODEL_NEUTRAL and v == _MODEL_NEUTRAL[k])}
     reads: dict[str, Any] = {"data_version": data_version, "model": model,
-                             "train": _section(params, "train")}
+                             "train": {k: v for k, v in _section(params, "train").items()
+                                       if k not in _TRAIN_LAUNCH}}
     if params.model.init_from:
         from gpt.hf import checkpoint_digest
 

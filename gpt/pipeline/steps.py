@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from gpt import evaluate as ev
-from gpt import progress
+from gpt import launch, progress
 from gpt.config import Params
 from gpt.evaluate import ModelEval
+from gpt.launch import World
 from gpt.pipeline import base as base_mod
 from gpt.pipeline import candidates, keys
 from gpt.pipeline.base import Base
@@ -103,46 +104,62 @@ def _tracked(tracking: Tracking | None, key: StepKey, paths: RunPaths,
         callback.flush()
 
 
-def _train(key: StepKey, paths: RunPaths, data_version: str, tracking: Tracking | None,
-           fit: Callable[[Path, Any], dict[str, Any]]) -> StepResult:
+def _train(key: StepKey, paths: RunPaths, params: Params, data_version: str,
+           tracking: Tracking | None, world: World, fit: Callable[..., dict[str, Any]],
+           *args: Any) -> StepResult:
+    """Reuse the finished step ``key``, or run ``fit(*args, out, callback)`` on ``world``'s
+    processes (:mod:`gpt.launch`) inside the step's MLflow run and record its result."""
     done = paths.read_result(key)
     if done is not None:
         log.info("%s: reused (key %s): finished earlier in %s", key.step, key.short,
                  paths.step(key))
         return StepResult(**{**done, "reused": True})
     out = paths.step(key)
+    device = params.train.device
+    if world.node_rank > 0:  # node 0 tracks and records the step; this node lends processes
+        launch.run(key.step, key.digest, world, device, fit, *args, out, None)
+        return StepResult(step=key.step, key=key.digest, reused=False, out_dir=str(out),
+                          info={"node_rank": world.node_rank, "nnodes": world.nnodes})
     with _tracked(tracking, key, paths, data_version) as (run_id, callback):
-        fields = fit(out, callback)
+        fields = launch.run(key.step, key.digest, world, device, fit, *args, out, callback)
+    if world.size > 1:
+        fields["info"] = {**fields.get("info", {}), "processes": world.size,
+                          "strategy": world.strategy}
     result = StepResult(step=key.step, key=key.digest, reused=False, out_dir=str(out),
                         run_id=run_id, tracking_uri=tracking.uri if tracking else "", **fields)
     paths.write_result(key, asdict(result))
     return result
 
 
-def _loop_fields(loop: Any, **extra: Any) -> dict[str, Any]:
+def _loop_fields(loop: Any, info: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    info = {**(info or {}), **({"rank_digests": loop.rank_digests} if loop.rank_digests else {})}
     return {"steps": loop.steps, "resumed_from": loop.resumed_from,
             "seconds": round(loop.seconds, 2), "tokens_per_sec": round(loop.tokens_per_sec, 1),
-            "loss": loop.final_loss, **extra}
+            "loss": loop.final_loss, "info": info, **extra}
+
+
+def _fit_pretrain(paths: RunPaths, params: Params, out: Path, callback: Any) -> dict[str, Any]:
+    """Pretraining in one process of the step's world (module level: ranks are spawned)."""
+    from gpt.train import pretrain
+
+    r = pretrain(params.model, params.train, paths.tokens, out, resume=True, callback=callback)
+    if callback is not None:
+        callback.flush()
+    return {**_loop_fields(r.loop, device=r.device, info={
+        "skipped_steps": r.loop.skipped_steps}), "loss": r.val_loss}
 
 
 def pretrain_step(workdir: Path, params: Params, data_version: str,
                   tracking: Tracking | None = None) -> StepResult:
     """Pretrain the base model (or reuse / resume the one trained with this key)."""
-    from gpt.train import pretrain
-
     paths = RunPaths(Path(workdir))
-
-    def fit(out: Path, callback: Any) -> dict[str, Any]:
-        r = pretrain(params.model, params.train, paths.tokens, out, resume=True,
-                     callback=callback)
-        return {**_loop_fields(r.loop, device=r.device, info={
-            "skipped_steps": r.loop.skipped_steps}), "loss": r.val_loss}
-
-    return _train(keys.pretrain(params, data_version), paths, data_version, tracking, fit)
+    world = World.of(params.train, params.train.batch_size, "train.batch_size")
+    return _train(keys.pretrain(params, data_version), paths, params, data_version, tracking,
+                  world, _fit_pretrain, paths, params)
 
 
-#: tune(inputs, base model, output folder, metrics callback) -> StepResult fields
-Tune = Callable[[Inputs, Any, Path, Any], dict[str, Any]]
+#: tune(inputs, params, base model, output folder, metrics callback) -> StepResult fields
+Tune = Callable[[Inputs, Params, Any, Path, Any], dict[str, Any]]
 
 
 def resolve_base(workdir: Path, params: Params, data_version: str, spec: str) -> Base:
@@ -159,28 +176,60 @@ def _base_model(inputs: Inputs, params: Params, data_version: str, base: Base):
     return base_mod.load(base, uri, params, inputs.vocab_size)
 
 
-def _on_base(workdir: Path, params: Params, data_version: str, tracking: Tracking | None,
-             step: Callable[..., StepKey], tune: Tune, spec: str) -> StepResult:
-    """A step that tunes a base; without a finished or registered base it fails before a run."""
+def _fit_tuned(tune: Tune, paths: RunPaths, params: Params, data_version: str, base: Base,
+               out: Path, callback: Any) -> dict[str, Any]:
+    """Tuning in one process of the step's world (module level: ranks are spawned)."""
     from gpt.train import resolve_device
 
-    paths = RunPaths(Path(workdir))
     inputs = Inputs(paths, params)
+    fields = tune(inputs, params, _base_model(inputs, params, data_version, base), out, callback)
+    if callback is not None:
+        callback.flush()
+    return {**fields, "device": str(resolve_device(params.train.device)),
+            "info": {**fields.get("info", {}), "base": base.spec or "pretrain",
+                     "base_version": base.lineage}}
+
+
+def _on_base(workdir: Path, params: Params, data_version: str, tracking: Tracking | None,
+             step: Callable[..., StepKey], tune: Tune, batch: str, spec: str) -> StepResult:
+    """A step that tunes a base; without a finished or registered base it fails before a run.
+
+    ``batch`` names the step's global batch size (``finetune.batch_size``...).
+    """
+    paths = RunPaths(Path(workdir))
+    section, field_name = batch.split(".")
+    world = World.of(params.train, getattr(getattr(params, section), field_name), batch)
     base = resolve_base(workdir, params, data_version, spec)
     key = step(params, data_version, base.digest)
     if paths.read_result(key) is None:
         if base.pretrained_here:
-            inputs.weights(keys.pretrain(params, data_version))
+            Inputs(paths, params).weights(keys.pretrain(params, data_version))
         else:
             log.info("%s: starting from %s (v%s)", key.step, base.name, base.version)
+    return _train(key, paths, params, data_version, tracking, world, _fit_tuned, tune, paths,
+                  params, data_version, base)
 
-    def fit(out: Path, callback: Any) -> dict[str, Any]:
-        fields = tune(inputs, _base_model(inputs, params, data_version, base), out, callback)
-        return {**fields, "device": str(resolve_device(params.train.device)),
-                "info": {**fields.get("info", {}), "base": base.spec or "pretrain",
-                         "base_version": base.lineage}}
 
-    return _train(key, paths, data_version, tracking, fit)
+def _tune_classifier(inputs: Inputs, params: Params, model: Any, out: Path,
+                     callback: Any) -> dict[str, Any]:
+    from gpt.finetune import finetune_classifier
+
+    task = inputs.task
+    r = finetune_classifier(model, inputs.tokenizer, task, params.finetune, out,
+                            device_name=params.train.device, callback=callback)
+    return _loop_fields(r.loop, info={"train_examples": len(task.train),
+                                      "test_examples": len(task.test), "labels": task.labels})
+
+
+def _tune_sft(inputs: Inputs, params: Params, model: Any, out: Path,
+              callback: Any) -> dict[str, Any]:
+    from gpt.finetune import finetune_sft
+
+    task = inputs.sft_task
+    r = finetune_sft(model, inputs.tokenizer, task.train, params.sft, out,
+                     device_name=params.train.device, callback=callback)
+    return _loop_fields(r.loop, info={"train_pairs": len(task.train),
+                                      "test_pairs": len(task.test)})
 
 
 def finetune_step(workdir: Path, params: Params, data_version: str,
@@ -190,32 +239,15 @@ def finetune_step(workdir: Path, params: Params, data_version: str,
     ``base``: "" = this run's pretrained base; ``models:/<name>@<alias>`` or ``/<version>`` = a
     registered one (no pretraining needed).
     """
-    from gpt.finetune import finetune_classifier
-
-    def tune(inputs: Inputs, model: Any, out: Path, callback: Any) -> dict[str, Any]:
-        task = inputs.task
-        r = finetune_classifier(model, inputs.tokenizer, task, params.finetune, out,
-                                device_name=params.train.device, callback=callback)
-        return _loop_fields(r.loop, info={"train_examples": len(task.train),
-                                          "test_examples": len(task.test),
-                                          "labels": task.labels})
-
-    return _on_base(workdir, params, data_version, tracking, keys.finetune, tune, base)
+    return _on_base(workdir, params, data_version, tracking, keys.finetune, _tune_classifier,
+                    "finetune.batch_size", base)
 
 
 def sft_step(workdir: Path, params: Params, data_version: str,
              tracking: Tracking | None = None, base: str = "") -> StepResult:
     """Supervised fine-tuning of a base LM on prompt/completion pairs (prompt masked)."""
-    from gpt.finetune import finetune_sft
-
-    def tune(inputs: Inputs, model: Any, out: Path, callback: Any) -> dict[str, Any]:
-        task = inputs.sft_task
-        r = finetune_sft(model, inputs.tokenizer, task.train, params.sft, out,
-                         device_name=params.train.device, callback=callback)
-        return _loop_fields(r.loop, info={"train_pairs": len(task.train),
-                                          "test_pairs": len(task.test)})
-
-    return _on_base(workdir, params, data_version, tracking, keys.sft, tune, base)
+    return _on_base(workdir, params, data_version, tracking, keys.sft, _tune_sft,
+                    "sft.batch_size", base)
 
 
 # --- evaluation ---------------------------------------------------------------------------------

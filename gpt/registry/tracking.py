@@ -192,10 +192,14 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
 
 
 class MetricsLogger:
-    """A training callback that sends metrics to MLflow in batches (not one call per scalar)."""
+    """A training callback that sends metrics to MLflow in batches (not one call per scalar).
+
+    Picklable (the client is rebuilt), so a launched rank 0 logs into the step's run itself.
+    """
 
     def __init__(self, tracking_uri: str, run_id: str, prefix: str = "",
                  flush_every: int = 200) -> None:
+        self.uri = tracking_uri
         self.client = client(tracking_uri)
         self.run_id = run_id
         self.prefix = prefix
@@ -211,6 +215,13 @@ class MetricsLogger:
                 self._pending.append(Metric(f"{self.prefix}{k}", float(v), now, step))
         if len(self._pending) >= self.flush_every:
             self.flush()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "client": None, "_pending": []}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client = client(self.uri)
 
     def flush(self) -> None:
         for i in range(0, len(self._pending), 1000):

@@ -1,7 +1,8 @@
 """DDP for real: ``torchrun --nproc_per_node 2`` with gloo on CPU runs ``pretrain``.
 
 Both ranks must end with identical weights, only rank 0 may write checkpoints and final weights,
-and the loss must fall as it does on one rank.
+and, the global batch being the same whatever the number of processes (``gpt.distributed``), the
+loss curve of 2 processes must be the one of 1 process up to floating-point reduction order.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ def test_two_ranks_train_in_lockstep(tmp_path):
                       f"weights {tmp_path / 'ddp' / 'model.safetensors'}"]
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
-    # The loss falls like on one rank (DDP sees twice the batch, so not bit-equal).
+    # Same global batch (each rank takes half the rows): the same curve, step by step. The two
+    # differ only in where the gradient sum is split (two half-batch means averaged by gloo vs one
+    # mean), which changes fp32 rounding (~1e-7 relative per reduction); measured: at most 1e-6
+    # over 60 steps. 1e-3 leaves room for that drift to grow, and is 50x below the loss's own
+    # step-to-step change (median 0.053 here), so a rank drawing other rows would fail it.
     ddp_losses = r0["losses"]
     one_losses = json.loads((one_report / "rank0.json").read_text())["losses"]
     assert len(ddp_losses) == len(one_losses) == STEPS
     assert _tail(ddp_losses) < ddp_losses[0] - 0.5
-    assert _tail(one_losses) < one_losses[0] - 0.5
-    assert abs(_tail(ddp_losses) - _tail(one_losses)) < 0.3
+    assert max(abs(a - b) for a, b in zip(ddp_losses, one_losses, strict=True)) < 1e-3

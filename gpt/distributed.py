@@ -1,0 +1,144 @@
+"""Data-parallel training inside one process of a ``torch.distributed`` world.
+
+A process joins the world when it was started by torch's launcher (``torchrun`` or
+:func:`gpt.launch.launch`, which set ``WORLD_SIZE``/``RANK``): NCCL on CUDA, gloo on CPU. The
+model is wrapped for ``train.strategy`` (``ddp``: one full copy per process; ``fsdp``: parameters
+sharded across processes with FSDP2's ``fully_shard``).
+
+**The global batch does not depend on the number of processes.** Each optimizer step trains on
+``batch_size × grad_accum`` sequences, drawn from (seed, step, micro-batch) exactly as in one
+process; process ``r`` of ``W`` takes rows ``[r·B/W, (r+1)·B/W)`` of every micro-batch, so ``W``
+must divide the batch size. The gradients are averaged across processes, so 1 and W processes
+compute the same step up to the order of floating-point reductions, a step key does not depend
+on the hardware, and a checkpoint written by W processes resumes on any other number.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from gpt.errors import ConfigError
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def launched() -> bool:
+    """True in a process started by torch's launcher as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rows(batch_size: int, param: str = "train.batch_size") -> slice:
+    """This process's rows of a global batch of ``batch_size`` rows."""
+    w, r = world(), rank()
+    if batch_size % w:
+        raise ConfigError(f"{param}={batch_size} is not a multiple of the {w} training "
+                          f"processes: set {param} to a multiple of {w} (it is the global batch)")
+    per = batch_size // w
+    return slice(r * per, (r + 1) * per)
+
+
+@dataclass
+class Group:
+    """This process's place in the world; ``joined`` when :func:`join` created the group."""
+
+    device: torch.device
+    joined: bool
+
+    def leave(self) -> None:
+        """Wait for every process (so the final weights exist for all), then leave."""
+        if self.joined:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def join(device: torch.device) -> Group:
+    """Join the launcher's process group (NCCL on CUDA, gloo on CPU), or stay alone.
+
+    On CUDA each process takes the GPU of its ``LOCAL_RANK``. ``joined`` is False when the group
+    exists already (the launcher's entry joined it and will leave it).
+    """
+    if not launched():
+        return Group(device, False)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if dist.is_initialized():
+        return Group(device, False)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Group(device, True)
+
+
+def wrap(model: nn.Module, device: torch.device, strategy: str = "ddp") -> nn.Module:
+    """``model`` ready for this world: unchanged alone, else DDP or FSDP2-sharded.
+
+    FSDP2 shards each transformer block, then the rest; the returned module is ``model``
+    itself (``fully_shard`` changes it in place), so use :func:`full_state_dict` to save.
+    """
+    if world() == 1:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in getattr(getattr(model, "transformer", model), "h", []):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on CPU, gathered from every process when sharded.
+
+    Every process must call it (a collective when sharded); only rank 0's result is complete.
+    """
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+
+
+def average(value: torch.Tensor) -> torch.Tensor:
+    """The mean of ``value`` over the world (in place)."""
+    if world() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.AVG)
+    return value
+
+
+def digests(model: nn.Module) -> list[str]:
+    """Every process's sha256 of its weights, in rank order ([] alone or when sharded).
+
+    A collective: every process calls it. DDP keeps the copies equal; this checks it.
+    """
+    if world() == 1 or is_sharded(model):
+        return []
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    out: list[str | None] = [None] * world()
+    dist.all_gather_object(out, h.hexdigest())
+    return [str(d) for d in out]
