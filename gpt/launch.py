@@ -116,10 +116,8 @@ def _rank_entry(label: str, device_name: str, fn: Callable[..., Any], args: tupl
     logging.getLogger(__name__).info("%s: rank %d of %d is pid %d on %s", label,
                                      distributed.rank(), distributed.world(), os.getpid(),
                                      group.device)
-    try:
-        result = fn(*args)
-    finally:
-        group.leave()
+    result = fn(*args)  # on an error, no barrier: the launcher stops the other ranks
+    group.leave()
     return result if distributed.rank() == 0 else None
 
 
@@ -174,20 +172,36 @@ class _Relay:
             log.info("[rank%d] %s", rank, line)
 
 
+def _first_line(failure: Any) -> str:
+    message = failure.message  # the error file's {"message": "Type: text", ...} or a string
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    message = str(message or f"exit code {failure.exitcode}").strip()
+    return message.splitlines()[0] if message else ""
+
+
+def _input_error(failure: Any) -> GptopsError | None:
+    """The rank's own input error (``DataError: ...``), rebuilt, if that is what it died of."""
+    kind, _, text = _first_line(failure).partition(": ")
+    cls = getattr(errors, kind, None)
+    return cls(text) if isinstance(cls, type) and issubclass(cls, GptopsError) else None
+
+
 def _error(label: str, world: World, exc: Exception) -> Exception:
-    """One error for a failed launch: the first failing rank and its own message."""
+    """One error for a failed launch: the cause, not the ranks that died of it.
+
+    When one rank fails the others fail after it (a broken connection) or are stopped, so an
+    input error wins, then the earliest failure, then the lowest rank.
+    """
     failures = getattr(exc, "failures", None)
     if not failures:
         return RankFailed(f"{label}: the launch of {world.size} processes failed: {exc}")
-    rank, failure = min(failures.items())
-    message = str(failure.message or f"exit code {failure.exitcode}").strip()
-    first = message.splitlines()[0] if message else ""
-    kind, _, text = first.partition(": ")
-    cls = getattr(errors, kind, None)
-    if isinstance(cls, type) and issubclass(cls, GptopsError):
-        return cls(text)  # the rank's own one-line input error, as if raised here
-    return RankFailed(f"{label}: rank {rank} of {world.size} failed: {first}; a re-run resumes "
-                      "from the last checkpoint")
+    for _, failure in sorted(failures.items()):
+        if (err := _input_error(failure)) is not None:
+            return err  # raised again as itself: an input error is not retried
+    rank, failure = min(failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))
+    return RankFailed(f"{label}: rank {rank} of {world.size} failed: {_first_line(failure)}; "
+                      "a re-run resumes from the last checkpoint")
 
 
 def run(label: str, run_id: str, world: World, device_name: str, fn: Callable[..., Any],

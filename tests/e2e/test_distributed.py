@@ -122,7 +122,12 @@ def test_a_rank_killed_with_sigkill_fails_the_task_and_the_retry_resumes(copied,
     pump = _watch(proc, out, on_line)
     deadline = time.time() + 240
     ckpts = ws / ".gptops" / "runs" / "pretrain"
-    while time.time() < deadline and not (rank1 and list(ckpts.glob("*/checkpoints/ckpt-*"))):
+    fixture_keys = set(ckpts.iterdir())
+
+    def checkpointed() -> bool:
+        return any(list(k.glob("checkpoints/ckpt-*")) for k in set(ckpts.iterdir()) - fixture_keys)
+
+    while time.time() < deadline and not (rank1 and checkpointed()):
         assert proc.poll() is None, "".join(out)
         time.sleep(0.2)
     assert rank1, "no rank 1 pid in the log:\n" + "".join(out)
@@ -134,7 +139,7 @@ def test_a_rank_killed_with_sigkill_fails_the_task_and_the_retry_resumes(copied,
     assert "pretrain: rank 1 of 2 failed: Signal 9 (SIGKILL)" in text, text
     resumed = re.search(r"resumed from ckpt-(\d+) \(step (\d+)", text)
     assert resumed and int(resumed.group(2)) >= 100, text
-    key = next(ckpts.iterdir())
+    (key,) = set(ckpts.iterdir()) - fixture_keys
     result = json.loads((key / "result.json").read_text())
     assert result["steps"] == 600 - int(resumed.group(2))  # the retry ran only the rest
     assert result["info"]["rank_digests"][0] == result["info"]["rank_digests"][1]

@@ -34,6 +34,9 @@ BASE = all_keys([])
     ("registry.tracking_uri=sqlite:////tmp/x.db", set()),
     ("registry.task_model=other", set()),
     ("train.lr=0.001", set(BASE)),  # everything builds on the base
+    # How training is spread over processes changes no result (the global batch is the same).
+    ("train.nproc_per_node=4", set()),
+    ("train.strategy=fsdp", set()),
     ("model.n_layer=2", set(BASE)),
 ])
 def test_a_change_rekeys_exactly_the_steps_that_read_it(override, changed):
