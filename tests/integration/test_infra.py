@@ -19,19 +19,25 @@ def prefect_yaml() -> dict:
     return yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
 
 
-def test_prefect_yaml_declares_both_deployments(prefect_yaml):
+#: The deployments `gptops serve` also serves (process pool); the others run on GPU workers.
+SERVED = {"nightly", "retrain"}
+
+
+def test_prefect_yaml_declares_the_deployments(prefect_yaml):
     deps = {d["name"]: d for d in prefect_yaml["deployments"]}
-    assert set(deps) == {"nightly", "retrain"}
+    assert set(deps) == SERVED | {"retrain-gpu", "retrain-k8s"}
     for d in deps.values():
         assert d["entrypoint"] == "flows/pipeline.py:training_pipeline"
-        assert d["work_pool"]["name"] == "gptops-pool"
         assert d["concurrency_limit"]["limit"] == 1
         assert d["concurrency_limit"]["collision_strategy"] in ("ENQUEUE", "CANCEL_NEW")
         assert "workdir" in d["parameters"]
+    assert {deps[n]["work_pool"]["name"] for n in SERVED} == {"gptops-pool"}
+    assert deps["retrain-gpu"]["work_pool"]["name"] == "gptops-gpu"
+    assert deps["retrain-k8s"]["work_pool"]["name"] == "gptops-k8s"
     # The schedule itself is compared with the code in test_prefect_yaml_matches_serve.
     (nightly,) = deps["nightly"]["schedules"]
     assert nightly.get("active", True)
-    assert not deps["retrain"].get("schedules")
+    assert all(not deps[n].get("schedules") for n in deps if n != "nightly")
 
 
 def test_prefect_yaml_is_valid_for_prefect_deploy(prefect_yaml):
@@ -39,7 +45,8 @@ def test_prefect_yaml_is_valid_for_prefect_deploy(prefect_yaml):
     from prefect.cli.deploy._models import PrefectYamlModel, RawScheduleConfig
 
     model = PrefectYamlModel.model_validate(prefect_yaml)
-    assert [d.name for d in model.deployments] == ["nightly", "retrain"]
+    assert [d.name for d in model.deployments] == ["nightly", "retrain", "retrain-gpu",
+                                                   "retrain-k8s"]
     for d in model.deployments:
         for s in d.schedules or []:
             RawScheduleConfig.model_validate(s if isinstance(s, dict) else s.model_dump())
@@ -103,9 +110,10 @@ def test_prefect_yaml_matches_serve(prefect_yaml, monkeypatch):
 
     monkeypatch.chdir(PROJECT_ROOT)  # entrypoints are relative to the project root in both
     built = {d.name: d for d in build_deployments(str(PROJECT_ROOT), **_serve_defaults())}
-    declared = {d["name"]: d for d in prefect_yaml["deployments"]}
-    assert list(declared) == [d["name"] for d in prefect_yaml["deployments"]]  # no duplicates
-    assert set(declared) == set(built) == set(DEPLOYMENTS)
+    names = [d["name"] for d in prefect_yaml["deployments"]]
+    assert len(names) == len(set(names))  # no duplicates
+    declared = {d["name"]: d for d in prefect_yaml["deployments"] if d["name"] in SERVED}
+    assert set(declared) == set(built) == set(DEPLOYMENTS) == SERVED
     for name, dep in built.items():
         assert _yaml_spec(declared[name]) == _built_spec(dep), name
         # prefect.yaml fills workdir from the environment; serve adds the workspace's form values.
@@ -159,7 +167,7 @@ def test_dockerfile():
     text = (INFRA / "Dockerfile").read_text()
     assert text.startswith("#") and "FROM python:3.11-slim" in text
     assert "download.pytorch.org/whl/cpu" in text
-    assert "pip install -e ." in text or "pip install ." in text
+    assert 'pip install -e ".[k8s]"' in text  # with the Kubernetes worker
     ignore = (INFRA / "Dockerfile.dockerignore").read_text()
     assert "!gpt/**" in ignore and "!flows/**" in ignore
 
@@ -185,3 +193,123 @@ def test_docker_compose_config():
 def test_psycopg_and_asyncpg_drivers_present():
     """The compose URLs name drivers the image installs (psycopg for MLflow, asyncpg: Prefect)."""
     assert importlib.util.find_spec("psycopg") and importlib.util.find_spec("asyncpg")
+
+
+# --- scaling out: the GPU worker, the Kubernetes work pool and the multi-node Job -------------
+
+K8S = INFRA / "k8s"
+K8S_VERSION = "1.33.0"
+
+
+def _k8s_docs() -> dict[str, list[dict]]:
+    return {p.name: [d for d in yaml.safe_load_all(p.read_text(encoding="utf-8")) if d]
+            for p in sorted(K8S.glob("*.yaml"))}
+
+
+def _validate(resource: dict) -> None:
+    """The Kubernetes schema of this API version, strict: unknown fields are errors."""
+    import kubernetes_validate
+
+    kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+
+
+def test_every_kubernetes_manifest_is_valid_against_the_schema():
+    docs = _k8s_docs()
+    assert set(docs) == {"prefect-worker.yaml", "train-multinode.yaml", "workspace-pvc.yaml"}
+    kinds = set()
+    for resources in docs.values():
+        for r in resources:
+            _validate(r)
+            kinds.add(r["kind"])
+    assert kinds == {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "Job",
+                     "PersistentVolumeClaim"}
+
+
+def test_a_schema_violation_is_caught():
+    """The validator is not a no-op: a typo in a Job's field fails it."""
+    import kubernetes_validate
+
+    job = next(r for r in _k8s_docs()["train-multinode.yaml"] if r["kind"] == "Job")
+    bad = {**job, "spec": {**job["spec"], "completionMod": "Indexed"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(bad)
+
+
+def test_the_kubernetes_work_pool_template_renders_a_valid_gpu_job(prefect_yaml,
+                                                                    prefect_server):
+    """The base job template, filled by prefect-kubernetes' own job configuration with the
+    retrain-k8s deployment's job variables, is a valid Job requesting GPUs."""
+    import asyncio
+    import json
+    import uuid
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
+
+    template = json.loads((K8S / "base-job-template.json").read_text(encoding="utf-8"))
+    variables = template["variables"]["properties"]
+    default = KubernetesWorker.get_default_base_job_template()
+    assert set(default["variables"]["properties"]) <= set(variables)  # the worker's own ones
+    (k8s,) = [d for d in prefect_yaml["deployments"] if d["name"] == "retrain-k8s"]
+    job_variables = k8s["work_pool"]["job_variables"]
+    assert set(job_variables) <= set(variables)
+    config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(
+        template, job_variables))
+    config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="nightly-run"))
+    manifest = config.job_manifest
+    _validate(manifest)
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "gptops:gpu"
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 8
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/workspace", "/dev/shm"}
+    assert {"name": "GPTOPS_WORKDIR", "value": "/workspace"} in container["env"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v]
+    pvc = _k8s_docs()["workspace-pvc.yaml"][0]
+    assert claims == [pvc["metadata"]["name"]] and "ReadWriteMany" in pvc["spec"]["accessModes"]
+
+
+def test_the_multinode_job_runs_gptops_pretrain_with_valid_settings():
+    """Indexed pods find pod 0 through the headless Service, and the `gptops pretrain` they run
+    has settings params.yaml accepts (node rank = the pod's index)."""
+    import shlex
+
+    from gpt.config import load_params
+
+    resources = _k8s_docs()["train-multinode.yaml"]
+    (svc,) = [r for r in resources if r["kind"] == "Service"]
+    (job,) = [r for r in resources if r["kind"] == "Job"]
+    spec = job["spec"]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == {"job-name": job["metadata"]["name"]}
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == svc["metadata"]["name"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert int(env["NNODES"]) == spec["completions"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    words = shlex.split(c["args"][0].replace("$JOB_COMPLETION_INDEX", "1").replace(
+        '"$NNODES"', env["NNODES"]).replace('"$PROFILE"', env["PROFILE"]))
+    assert words[:3] == ["exec", "gptops", "pretrain"]
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    params = load_params(PROJECT_ROOT / "params.yaml", env["PROFILE"], sets)
+    t = params.train
+    assert (t.nnodes, t.node_rank, t.nproc_per_node) == (2, 1, "auto")
+    host, port = t.rdzv_endpoint.rsplit(":", 1)
+    assert host == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    assert int(port) == svc["spec"]["ports"][0]["port"]
+
+
+def test_compose_gpu_worker(compose, prefect_yaml):
+    gpu = compose["services"]["gpu-worker"]
+    assert gpu["profiles"] == ["gpu"]  # opt-in: CPU machines bring the stack up without it
+    assert "whl/cu" in gpu["build"]["args"]["TORCH_INDEX"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    command = " ".join(gpu["command"])
+    assert "--name retrain-gpu" in command and "--pool gptops-gpu" in command
+    pools = {d["name"]: d["work_pool"]["name"] for d in prefect_yaml["deployments"]}
+    assert pools["retrain-gpu"] == "gptops-gpu"
+    assert "ARG TORCH_INDEX" in (INFRA / "Dockerfile").read_text()
