@@ -59,11 +59,20 @@ def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Write weights as safetensors atomically (temp file, fsync, rename)."""
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
+
+
+def save_weights(model: torch.nn.Module, path: Path,
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write weights as safetensors atomically (temp file, fsync, rename).
+
+    ``tensors``: the weights already gathered (a sharded model's), instead of ``model``'s own.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state_dict_for_save(model), str(tmp))
+    save_file(_contiguous(tensors) if tensors is not None else state_dict_for_save(model),
+              str(tmp))
     _fsync(tmp)
     os.replace(tmp, path)
 
@@ -89,7 +98,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module,
                     state: dict[str, Any], meta: dict[str, Any] | None = None,
-                    keep: int = 3) -> Path:
+                    keep: int = 3, tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoint ``step`` atomically and keep the newest ``keep`` ones.
 
     Args:
@@ -99,6 +108,7 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module,
         state: tensors/plain values only (optimizer, scheduler, RNG states).
         meta: JSON-serialisable metadata recorded in the manifest.
         keep: how many checkpoints to retain (older ones are deleted after the new one lands).
+        tensors: the weights already gathered (a sharded model's), instead of ``model``'s own.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -107,7 +117,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module,
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(state_dict_for_save(model), str(tmp / WEIGHTS))
+    save_file(_contiguous(tensors) if tensors is not None else state_dict_for_save(model),
+              str(tmp / WEIGHTS))
     torch.save(state, tmp / STATE)
     files = {name: _sha256(tmp / name) for name in (WEIGHTS, STATE)}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files, "meta": meta or {}},
@@ -155,10 +166,18 @@ def latest_valid(directory: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Verify and load a checkpoint into ``model``; return (state, manifest)."""
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A verified checkpoint's weights as tensors (to load into a sharded model)."""
+    return load_file(str(Path(path) / WEIGHTS))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module | None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify and load a checkpoint into ``model`` (None: the caller loads the weights, see
+    :func:`read_weights`); return (state, manifest)."""
     manifest = verify(path)
-    load_weights(model, Path(path) / WEIGHTS)
+    if model is not None:
+        load_weights(model, Path(path) / WEIGHTS)
     # weights_only: a checkpoint is data, never code; refuse pickled objects.
     state = torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
     return state, manifest

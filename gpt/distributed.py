@@ -85,7 +85,8 @@ def wrap(model: nn.Module, device: torch.device, strategy: str = "ddp") -> nn.Mo
     """``model`` ready for this world: unchanged alone, else DDP or FSDP2-sharded.
 
     FSDP2 shards each transformer block, then the rest; the returned module is ``model``
-    itself (``fully_shard`` changes it in place), so use :func:`full_state_dict` to save.
+    itself (``fully_shard`` changes it in place), so use :func:`full_state_dict` to save. Create
+    the optimizer after this call (sharding replaces the parameters).
     """
     if world() == 1:
         return model
@@ -106,17 +107,44 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights on CPU, gathered from every process when sharded.
+    """The whole sharded model's weights on CPU, gathered from every process.
 
-    Every process must call it (a collective when sharded); only rank 0's result is complete.
+    A collective: every process calls it; only rank 0's result is complete.
     """
-    if not is_sharded(model):
-        return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                cpu_offload=True))
+    return get_model_state_dict(model, options=_options())
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The sharded model's optimizer state, whole and keyed by parameter name (collective)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options())
+
+
+def load_full_state(model: nn.Module, weights: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer | None = None,
+                    optimizer_state: dict | None = None) -> None:
+    """Load whole-model weights (and a name-keyed optimizer state) into a sharded or plain
+    model: each process keeps its own shard."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=options)
+    if optimizer is not None and optimizer_state is not None:
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 
 
 def average(value: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from gpt import checkpoint as ckpt
 from gpt import distributed, progress
 from gpt.config import ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
-from gpt.errors import TrainingError
+from gpt.errors import CheckpointError, TrainingError
 from gpt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,29 @@ class CheckpointPolicy:
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                 device: torch.device) -> int:
-        """Load the newest valid checkpoint into ``model`` and ``optimizer``; its step, else 0."""
+        """Load the newest valid checkpoint into ``model`` and ``optimizer``; its step, else 0.
+
+        A sharded (FSDP) model takes the whole-model weights and keeps its shard; its optimizer
+        state is keyed by parameter name, which a plain model can load too.
+        """
         path = ckpt.latest_valid(self.directory) if self.resume else None
         if path is None:
             return 0
-        state, manifest = ckpt.load_checkpoint(path, model)
-        optimizer.load_state_dict(state["optimizer"])
+        sharded = distributed.is_sharded(model)
+        state, manifest = ckpt.load_checkpoint(path, None if sharded else model)
+        meta = manifest.get("meta", {})
+        by_name = meta.get("optimizer") == "by-name"
+        if sharded and not by_name:
+            raise CheckpointError(
+                f"checkpoint {path} was written with train.strategy=ddp (or one process); "
+                "resume it with train.strategy=ddp, or delete its checkpoints folder to start "
+                "over with fsdp")
+        if sharded or by_name:
+            weights = ckpt.read_weights(path) if sharded else None
+            distributed.load_full_state(model, weights if weights is not None
+                                        else model.state_dict(), optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
@@ -135,7 +152,7 @@ class CheckpointPolicy:
         if distributed.rank() == 0:
             # The global batch does not depend on the world (gpt.distributed), so a checkpoint
             # from any number of processes resumes on any other.
-            saved = int(manifest.get("meta", {}).get("world", 1))
+            saved = int(meta.get("world", 1))
             now = distributed.world()
             log.info("resumed from %s (step %d%s)", path.name, step,
                      f"; written by {saved} processes, now {now}" if saved != now else "")
@@ -143,10 +160,19 @@ class CheckpointPolicy:
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
              device: torch.device, meta: dict[str, Any]) -> None:
-        state = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+        """Every process calls it (a sharded model is gathered); rank 0 writes."""
+        sharded = distributed.is_sharded(model)
+        tensors = distributed.full_state_dict(model) if sharded else None
+        optim = (distributed.full_optimizer_state(model, optimizer) if sharded
+                 else optimizer.state_dict())
+        if distributed.rank() != 0:
+            return
+        state = {"optimizer": optim, "rng_cpu": torch.get_rng_state()}
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        ckpt.save_checkpoint(self.directory, step, model, state, meta)
+        ckpt.save_checkpoint(self.directory, step, model, state,
+                             {**meta, "optimizer": "by-name" if sharded else "by-index"},
+                             tensors=tensors)
 
 
 @dataclass
@@ -220,8 +246,9 @@ def _optimizer_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
             micro_loss.backward()
         total += micro_loss.detach()
     distributed.average(total)
-    grad_norm = float(nn.utils.clip_grad_norm_(raw.parameters(), settings.grad_clip)
-                      if settings.grad_clip > 0 else torch.zeros(()))
+    norm = (nn.utils.clip_grad_norm_(raw.parameters(), settings.grad_clip)
+            if settings.grad_clip > 0 else torch.zeros(()))
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP
     loss = float(total)
     applied = math.isfinite(loss) and math.isfinite(grad_norm)
     if applied:
@@ -288,9 +315,9 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 if callback is not None:
                     callback(done, metrics)
                 history.append({"step": done, **metrics})
-                if checkpoints is not None and _due(done, checkpoints.interval, total_steps):
-                    checkpoints.save(done, raw, optimizer, device,
-                                     {"kind": settings.kind, "world": distributed.world()})
+            if checkpoints is not None and _due(done, checkpoints.interval, total_steps):
+                checkpoints.save(done, raw, optimizer, device,
+                                 {"kind": settings.kind, "world": distributed.world()})
     seconds = time.perf_counter() - t0
     steps_run = total_steps - start
     digests = distributed.digests(raw)
@@ -392,9 +419,12 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
     if warning and distributed.rank() == 0:
         log.warning("%s", warning)
     net: nn.Module = model
+    if train_cfg.strategy == "fsdp":
+        net = distributed.wrap(model, device, "fsdp")  # shards ``model`` itself, in place
     if train_cfg.compile:
-        net = torch.compile(model)  # type: ignore[assignment]
-    net = distributed.wrap(net, device, train_cfg.strategy)
+        net = torch.compile(net)  # type: ignore[assignment]
+    if train_cfg.strategy == "ddp":
+        net = distributed.wrap(net, device, "ddp")
     optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay,
                                (train_cfg.beta1, train_cfg.beta2), device)
     bs, T = train_cfg.batch_size, model_cfg.block_size
@@ -423,7 +453,8 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
         callback=callback)
     val_loss = next((h["val_loss"] for h in reversed(result.history) if "val_loss" in h),
                     float("nan"))
+    tensors = distributed.full_state_dict(model) if distributed.is_sharded(model) else None
     if distributed.rank() == 0:
-        ckpt.save_weights(model, out_dir / "model.safetensors")
+        ckpt.save_weights(model, out_dir / "model.safetensors", tensors)
     group.leave()
     return PretrainResult(model=model.cpu(), loop=result, val_loss=val_loss, device=str(device))

@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("report_dir", type=Path)
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--checkpoint-interval", type=int, default=10)
+    ap.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp")
     ap.add_argument("--step-delay", type=float, default=0.0,
                     help="sleep after each step (gives a test time to kill mid-run)")
     args = ap.parse_args()
@@ -69,10 +70,10 @@ def main() -> None:
             fh.write(f"checkpoint {step}\n")
         return real_save_checkpoint(directory, step, *a, **kw)
 
-    def save_weights(model, path):
+    def save_weights(model, path, *a, **kw):
         with writes.open("a") as fh:
             fh.write(f"weights {path}\n")
-        return real_save_weights(model, path)
+        return real_save_weights(model, path, *a, **kw)
 
     ckpt.save_checkpoint, ckpt.save_weights = save_checkpoint, save_weights
 
@@ -82,7 +83,8 @@ def main() -> None:
         max_steps=args.max_steps, batch_size=8, grad_accum=1, lr=3e-3, min_lr=3e-4,
         warmup_steps=5, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
         eval_interval=1000, eval_batches=2, checkpoint_interval=args.checkpoint_interval,
-        compile=False, device="cpu", seed=1337, max_nonfinite_steps=5, log_interval=10)
+        compile=False, device="cpu", seed=1337, max_nonfinite_steps=5, log_interval=10,
+        strategy=args.strategy)
 
     def callback(step: int, metrics: dict[str, float]) -> None:
         if args.step_delay:
@@ -90,7 +92,8 @@ def main() -> None:
 
     result = train.pretrain(model_cfg, train_cfg, args.tokens_dir, args.out_dir, resume=True,
                             callback=callback)
-    report = {"rank": rank, "hash": param_hash(result.model),
+    sharded = args.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    report = {"rank": rank, "hash": None if sharded else param_hash(result.model),
               "resumed_from": result.loop.resumed_from,
               "losses": [h["loss"] for h in result.loop.history],
               "final_loss": result.loop.final_loss}
