@@ -168,7 +168,16 @@ def latest_valid(directory: Path) -> Path | None:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A verified checkpoint's weights as tensors (to load into a sharded model)."""
-    return load_file(str(Path(path) / WEIGHTS))
+    try:
+        return load_file(str(Path(path) / WEIGHTS))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is not valid safetensors "
+                              f"({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module | None
@@ -179,5 +188,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module | None
     if model is not None:
         load_weights(model, Path(path) / WEIGHTS)
     # weights_only: a checkpoint is data, never code; refuse pickled objects.
-    state = torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError...
+        raise CheckpointError(f"checkpoint {path}: {STATE} holds more than tensors and plain "
+                              f"values, refused ({_first_line(exc)})") from exc
     return state, manifest

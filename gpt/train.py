@@ -24,7 +24,7 @@ from gpt import checkpoint as ckpt
 from gpt import distributed, progress
 from gpt.config import ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
-from gpt.errors import CheckpointError, TrainingError
+from gpt.errors import CheckpointError, ConfigError, TrainingError
 from gpt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,24 @@ class CheckpointPolicy:
         A sharded (FSDP) model takes the whole-model weights and keeps its shard; its optimizer
         state is keyed by parameter name, which a plain model can load too.
         """
-        path = ckpt.latest_valid(self.directory) if self.resume else None
-        if path is None:
+        if not self.resume:
             return 0
+        for path in ckpt.list_checkpoints(self.directory):
+            try:
+                return self._load(path, model, optimizer, device)
+            except CheckpointError as exc:  # corrupt, truncated or hostile: the previous one
+                if distributed.rank() == 0:
+                    log.warning("skipping %s", exc)
+        return 0
+
+    def _load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+              device: torch.device) -> int:
         sharded = distributed.is_sharded(model)
         state, manifest = ckpt.load_checkpoint(path, None if sharded else model)
         meta = manifest.get("meta", {})
         by_name = meta.get("optimizer") == "by-name"
-        if sharded and not by_name:
-            raise CheckpointError(
+        if sharded and not by_name:  # an input error, not a bad file: no falling back
+            raise ConfigError(
                 f"checkpoint {path} was written with train.strategy=ddp (or one process); "
                 "resume it with train.strategy=ddp, or delete its checkpoints folder to start "
                 "over with fsdp")

@@ -36,10 +36,36 @@ PARALLEL_BYTES = 64 * 2**20
 SHARD_DOCS = 20_000
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Remove ``final``'s temp folders left by killed processes (their pid is gone)."""
+    removed = []
+    for tmp in Path(final).parent.glob(f".{Path(final).name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+            log.info("removed %s, left by a killed process %s", tmp, pid)
+    return removed
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder that replaces ``final`` only if the block succeeds."""
+    """Yield a temp folder that replaces ``final`` only if the block succeeds.
+
+    Temp folders that killed processes left next to it are removed first.
+    """
     final = Path(final)
+    remove_stale_temps(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
