@@ -231,6 +231,25 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
             else contextlib.nullcontext())
 
 
+#: The section holding each kind of run's batch size.
+_BATCH_KEY = {"pretrain": "train.batch_size", "finetune": "finetune.batch_size",
+              "sft": "sft.batch_size"}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator failing (a RuntimeError)."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text \
+        or "DefaultCPUAllocator" in text or "out of memory" in text.lower()
+
+
+def _oom_message(kind: str, step: int, device: torch.device) -> str:
+    batch = _BATCH_KEY.get(kind, "train.batch_size")
+    return (f"{kind}: out of memory on {device} at step {step}: lower {batch} or "
+            "model.block_size (raise train.grad_accum to keep the global batch), or use a "
+            "smaller model")
+
+
 def _optimizer_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
                     settings: LoopSettings, step: int, device: torch.device,
                     ) -> tuple[float, float, float, bool]:
@@ -298,8 +317,13 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
     with progress.phase(settings.kind, total=total_steps, start=start, unit="step",
                         enabled=rank0) as bar:
         for step in range(start, total_steps):
-            lr, loss, grad_norm, applied = _optimizer_step(model, loss_fn, optimizer, settings,
-                                                           step, device)
+            try:
+                lr, loss, grad_norm, applied = _optimizer_step(model, loss_fn, optimizer,
+                                                               settings, step, device)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _out_of_memory(exc):
+                    raise
+                raise TrainingError(_oom_message(settings.kind, step, device)) from None
             if not applied:
                 bad_in_row += 1
                 skipped += 1
