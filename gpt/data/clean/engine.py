@@ -171,7 +171,7 @@ def _clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
     keep = reasons == ""
     kept_texts = cleaned.filter(pa.array(keep[order])) if len(order) else cleaned
     return assemble(frame, kept_texts, reasons, originals, len(passing), duplicates,
-                    _pii_totals(pii_at, keep))
+                    _pii_totals(pii_at, keep), tuple(cfg.pii))
 
 
 def _signatures(parts: list[_Part], cfg: CleanConfig) -> np.ndarray | None:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpt.data.clean.arrow import str_series, utf8_bytes
+from gpt.data.clean.scrub import scrub_batch
 from gpt.data.sources import DOC_COLUMNS
 
 REJECTED_COLUMNS = ["doc_id", "source", "name", "reason", "excerpt"]
@@ -24,7 +25,7 @@ class CleanResult:
     Attributes:
         kept: ``DOC_COLUMNS`` frame of kept documents, ``text`` cleaned, in input order.
         rejected: ``REJECTED_COLUMNS`` frame (``excerpt`` = the first 200 characters of the
-            original text), in input order.
+            original text, PII replaced), in input order.
         stats: JSON-serialisable counts (see ``clean_documents``).
     """
 
@@ -33,9 +34,28 @@ class CleanResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+#: Characters past the excerpt scrubbed with it, so PII cut by the excerpt's end is whole when
+#: its pattern runs (an e-mail address or key longer than this could still leave a prefix).
+_EXCERPT_MARGIN = 256
+
+
+def scrubbed_excerpts(texts: pa.ChunkedArray, kinds: tuple[str, ...]) -> pd.Series:
+    """The first ``EXCERPT_CHARS`` characters of each text, with PII replaced by placeholders.
+
+    Rejected documents are written to ``rejected.parquet`` (DVC-tracked, pushed), so their
+    excerpts are scrubbed like kept texts.
+    """
+    head = pc.utf8_slice_codeunits(texts, 0, EXCERPT_CHARS + _EXCERPT_MARGIN)
+    arr = head.combine_chunks() if isinstance(head, pa.ChunkedArray) else head
+    arr = arr.cast(pa.large_string())
+    if kinds and len(arr):
+        arr, _ = scrub_batch(arr, kinds, np.arange(len(arr)))
+    return str_series(pc.utf8_slice_codeunits(arr, 0, EXCERPT_CHARS))
+
+
 def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarray,
              originals: pa.ChunkedArray, reached_dedup: int, duplicates: int,
-             pii: dict[str, int]) -> CleanResult:
+             pii: dict[str, int], pii_kinds: tuple[str, ...] = ()) -> CleanResult:
     """The result frames and stats from the per-document reasons.
 
     Args:
@@ -46,6 +66,7 @@ def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarr
         reached_dedup: documents that passed the filters.
         duplicates: exact and near duplicates found among them.
         pii: kind -> placeholders written into kept texts.
+        pii_kinds: the PII kinds scrubbed (``CleanConfig.pii``), also out of the excerpts.
 
     Returns:
         The kept and rejected documents with ``stats`` (see ``clean_documents``).
@@ -57,8 +78,7 @@ def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarr
     kept = kept[DOC_COLUMNS]
     rejected = frame.loc[~keep, ids].reset_index(drop=True)
     rejected["reason"] = pd.Series(reasons[~keep].tolist(), dtype="str")
-    rejected["excerpt"] = str_series(pc.utf8_slice_codeunits(
-        originals.filter(pa.array(~keep)), 0, EXCERPT_CHARS))
+    rejected["excerpt"] = scrubbed_excerpts(originals.filter(pa.array(~keep)), pii_kinds)
     by_reason: dict[str, int] = {}
     for r in rejected["reason"].tolist():
         key = r.split("=", 1)[0]
