@@ -114,6 +114,12 @@ class TrainConfig(_Strict):
     seed: int
     max_nonfinite_steps: int = Field(gt=0, description="stop after this many bad steps in a row")
     log_interval: int = Field(ge=0, description="steps per tokens/s measurement; 0 = none")
+    # Defaults in code: off (see TokenizerConfig.pretrained); params.yaml turns it on.
+    divergence_factor: float = Field(0.0, ge=0, description="stop when the loss stays above "
+                                     "this many times ln(vocab) (a uniform guess) after "
+                                     "warmup: the run diverged; 0 = off")
+    divergence_steps: int = Field(10, gt=0, description="steps in a row above the divergence "
+                                  "ceiling before training stops")
     # How training is spread over processes (pretrain, finetune and SFT alike). Not in any step
     # key: the global batch is the same whatever the number of processes (gpt.distributed).
     # Defaults in code: one process (see TokenizerConfig.pretrained).

@@ -98,12 +98,17 @@ class LoopSettings:
     grad_accum: int
     grad_clip: float  # 0 disables clipping
     max_nonfinite_steps: int
+    #: after warmup, a loss above this for ``max_loss_steps`` steps in a row stops the run
+    max_loss: float = math.inf
+    max_loss_steps: int = 1
 
     @classmethod
-    def from_train(cls, t: TrainConfig) -> LoopSettings:
+    def from_train(cls, t: TrainConfig, vocab_size: int) -> LoopSettings:
+        ceiling = t.divergence_factor * math.log(vocab_size) if t.divergence_factor else math.inf
         return cls(kind="pretrain", max_steps=t.max_steps, lr=t.lr, min_lr=t.min_lr,
                    warmup_steps=t.warmup_steps, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
-                   max_nonfinite_steps=t.max_nonfinite_steps)
+                   max_nonfinite_steps=t.max_nonfinite_steps, max_loss=ceiling,
+                   max_loss_steps=t.divergence_steps)
 
 
 def _due(done: int, interval: int, total: int) -> bool:
@@ -305,7 +310,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
     start = checkpoints.restore(raw, optimizer, device) if checkpoints is not None else 0
     total_steps = settings.max_steps
     tokens_per_step = throughput.tokens_per_step if throughput is not None else 0
-    bad_in_row = skipped = 0
+    bad_in_row = skipped = high_in_row = 0
     loss = float("nan")
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -335,6 +340,14 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 bar.update(step + 1)
                 continue
             bad_in_row = 0
+            high_in_row = high_in_row + 1 if (step >= settings.warmup_steps
+                                              and loss > settings.max_loss) else 0
+            if high_in_row >= settings.max_loss_steps:
+                raise TrainingError(
+                    f"{settings.kind}: the loss diverged: {loss:.4g} at step {step + 1} stayed "
+                    f"above {settings.max_loss:.3g} (train.divergence_factor x ln(vocab), a "
+                    f"uniform guess) for {high_in_row} steps; lower train.lr (now "
+                    f"{settings.lr:g}), e.g. to {settings.lr / 10:g}")
             done = step + 1
             metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
             if throughput is not None:
@@ -478,7 +491,8 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
                                           train_cfg.seed, device)}
 
     result = run_loop(
-        net, loss_fn, optimizer, LoopSettings.from_train(train_cfg), device,
+        net, loss_fn, optimizer, LoopSettings.from_train(train_cfg, model.config.vocab_size),
+        device,
         checkpoints=CheckpointPolicy(out_dir / "checkpoints", train_cfg.checkpoint_interval,
                                      resume),
         evaluation=Evaluation(eval_fn, train_cfg.eval_interval),

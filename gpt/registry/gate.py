@@ -1,6 +1,7 @@
 """The promotion gate, on one page.
 
-A newly registered version takes the alias ``challenger``. It takes ``champion`` only when:
+A newly registered version takes the alias ``challenger``, or no alias and the tag ``rejected``
+when it does not beat its trivial baseline (2.). It takes ``champion`` only when:
 
 1. every metric is finite (otherwise nothing is registered at all);
 2. its primary metric beats the trivial baseline (the majority class for a classifier, a uniform
@@ -22,6 +23,8 @@ from typing import Any
 from gpt.errors import RegistryError
 from gpt.registry.governance import CHALLENGER, _champion, set_champion
 
+#: The tag a version gets when it does not beat its trivial baseline (the value: why).
+REJECTED = "rejected"
 #: Significant digits of the metrics stored as model-version tags (``metric.<name>``).
 SIGNIFICANT = 6
 
@@ -98,17 +101,20 @@ def read_champion(client, name: str) -> Champion | None:
 class Decision:
     promote: bool
     reason: str
+    #: it does not beat its trivial baseline: no alias at all, tagged ``rejected``
+    rejected: bool = False
 
 
 def decide(spec: GateSpec, value: float, eval_hash: str, champion: Champion | None) -> Decision:
     """The rule itself, as a pure function of the new value and the champion."""
     m = spec.metric
     if not math.isfinite(value):
-        return Decision(False, f"{m}={value} is not finite")
+        return Decision(False, f"{m}={value} is not finite", rejected=True)
     value = stored(value)
     if spec.baseline is not None and not spec.beats(value, stored(spec.baseline)):
-        return Decision(False, f"{m} {value:.4g} does not beat the trivial baseline "
-                               f"{spec.baseline:.4g}; train longer or check the data")
+        return Decision(False, f"rejected: {m} {value:.4g} does not beat the trivial baseline "
+                               f"{spec.baseline:.4g}; train longer, lower the learning rate or "
+                               "check the data", rejected=True)
     if champion is None:
         return Decision(True, "first version: no champion yet")
     if champion.eval_hash != eval_hash:
@@ -177,7 +183,9 @@ def apply(client, name: str, version: str, spec: GateSpec, metrics: dict[str, fl
     champion = read_champion(client, name)
     decision = decide(spec, metrics[spec.metric], eval_hash, champion)
     client.set_model_version_tag(name, version, "promotion_decision", decision.reason[:5000])
-    if decision.promote:
+    if decision.rejected:  # worse than a trivial guess: neither alias
+        client.set_model_version_tag(name, version, REJECTED, decision.reason[:5000])
+    elif decision.promote:
         set_champion(client, name, version, decision.reason, action="gate")
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)

@@ -70,6 +70,7 @@ class Registration:
     reason: str
     previous_champion: str | None
     reused: bool = False
+    rejected: bool = False  #: worse than its trivial baseline: no alias, tagged ``rejected``
 
 
 def _pip_requirements() -> list[str]:
@@ -163,10 +164,12 @@ def _register(c: Candidate, uri: str, run_id: str) -> Registration:
             f"{c.card}\n{gate.comparison_markdown(verdict.comparison)}"))
     log_dict(uri, run_id, verdict.comparison, "eval/champion_comparison.json")
     d = verdict.decision
-    log.info("%s v%s: %s (%s)", c.name, version, "champion" if d.promote else "challenger",
-             d.reason)
+    state = "champion" if d.promote else "rejected, no alias" if d.rejected else "challenger"
+    (log.warning if d.rejected else log.info)("%s v%s: %s (%s)", c.name, version, state,
+                                              d.reason)
     return Registration(c.name, version, run_id, d.promote, d.reason,
-                        verdict.previous.version if verdict.previous else None)
+                        verdict.previous.version if verdict.previous else None,
+                        rejected=d.rejected)
 
 
 def _log_model(c: Candidate, uri: str, run_id: str) -> tuple[str, str]:

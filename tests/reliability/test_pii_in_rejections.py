@@ -30,7 +30,8 @@ def _docs() -> list[str]:
         body,                                          # kept
         body,                                          # duplicate_of the first
         f"{PII['email']} {PII['ip']}",                 # too_short
-        f"{PII['phone']} ; {PII['ip']} ; {PII['secret']} ; 42 ; 42 ; 42 ; 42 ; 42 ; 42",  # low_alpha
+        # low_alpha
+        f"{PII['phone']} ; {PII['ip']} ; {PII['secret']} ; 42 ; 42 ; 42 ; 42 ; 42 ; 42",
         "\n".join([f"Contact {PII['email']} now."] * 6),  # repeated_lines
         cut,                                           # the address straddles char 200
     ]

@@ -34,7 +34,8 @@ def test_rule(new, old, same, higher, promote):
 
 def test_a_version_that_does_not_beat_the_trivial_baseline_is_refused():
     d = decide(GateSpec("macro_f1", True, 0.04), 0.03, "h", None)
-    assert not d.promote and "baseline" in d.reason
+    assert not d.promote and d.rejected and "baseline" in d.reason
+    assert not decide(GateSpec("m", True, None), 0.7, "h", champ(0.8)).rejected  # challenger
     assert decide(GateSpec("macro_f1", True, 0.04), 0.30, "h", None).promote
     assert not decide(GateSpec("val_ppl", False, 4096.0), 5000.0, "h", None).promote
 

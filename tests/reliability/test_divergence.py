@@ -1,0 +1,75 @@
+"""Scenario 4: a loss spike or divergence must not register garbage.
+
+- ``train.lr=3.0`` makes the loss jump far above a uniform guess; training stops after warmup
+  with one line suggesting a lower learning rate (before: it ran on and exited 0);
+- a version whose metric does not beat its trivial baseline gets neither alias and is tagged
+  ``rejected`` with the reason (before: it became the challenger).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gpt.errors import TrainingError
+
+pytestmark = pytest.mark.reliability
+
+
+def _cfg(lr: float, factor: float):
+    from gpt.config import ModelConfig, TrainConfig
+
+    model = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    train = TrainConfig(max_steps=200, batch_size=8, grad_accum=1, lr=lr, min_lr=1e-4,
+                        warmup_steps=10, weight_decay=0.1, beta1=0.9, beta2=0.95,
+                        grad_clip=1.0, eval_interval=1000, eval_batches=1,
+                        checkpoint_interval=1000, compile=False, device="cpu", seed=0,
+                        max_nonfinite_steps=5, log_interval=0, divergence_factor=factor,
+                        divergence_steps=10)
+    return model, train
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    from tests.integration.pretrain_worker import build_shards
+
+    return build_shards(tmp_path_factory.mktemp("div") / "tokens")
+
+
+def test_a_diverging_run_stops_with_one_line(tokens, tmp_path):
+    from gpt import train
+
+    with pytest.raises(TrainingError) as err:
+        train.pretrain(*_cfg(3.0, 1.3), tokens, tmp_path / "out")
+    msg = str(err.value)
+    assert msg.startswith("pretrain: the loss diverged: ") and "\n" not in msg
+    assert "for 10 steps; lower train.lr (now 3), e.g. to 0.3" in msg
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # nothing to register
+
+
+def test_a_healthy_run_is_not_stopped(tokens, tmp_path):
+    from gpt import train
+
+    r = train.pretrain(*_cfg(3e-3, 1.3), tokens, tmp_path / "out")
+    assert r.loop.steps == 200 and r.loop.final_loss < 6.0
+
+
+def test_a_version_worse_than_its_baseline_gets_no_alias(tmp_path):
+    from gpt import registry
+    from gpt.registry import gate
+
+    uri = registry.default_tracking_uri(tmp_path)
+    client = registry.client(uri)
+    client.create_registered_model("m")
+    spec = gate.GateSpec("val_ppl", False, 4096.0)
+    good = client.create_model_version("m", "file:///nowhere/1").version
+    gate.apply(client, "m", good, spec, {"val_ppl": 120.0}, "e1")
+    bad = client.create_model_version("m", "file:///nowhere/2").version
+    verdict = gate.apply(client, "m", bad, spec, {"val_ppl": 3.5e4}, "e1")
+    assert verdict.decision.rejected and not verdict.decision.promote
+    v = client.get_model_version("m", bad)
+    assert v.aliases == []
+    assert v.tags[gate.REJECTED].startswith("rejected: val_ppl 3.5e+04 does not beat the "
+                                            "trivial baseline 4096")
+    assert client.get_model_version_by_alias("m", "champion").version == good
+    aliases = client.get_registered_model("m").aliases
+    assert aliases.get("challenger") != bad
