@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gpt.errors import ERROR_FILE_ENV, GptopsError, RankFailed
+from gpt.errors import ERROR_FILE_ENV, GptopsError, Interrupted, RankFailed
 
 app = typer.Typer(help="Train GPT models end to end: data → pretrain → fine-tune → evaluate → "
                        "register (MLflow), orchestrated by Prefect.",
@@ -547,6 +547,9 @@ def run_app(application: typer.Typer) -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except Interrupted as exc:  # training saved a checkpoint on SIGTERM/SIGINT, then stopped
+        console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(128 + exc.signum)
     except (typer.Abort, KeyboardInterrupt):  # typer >= 0.29 has no click.exceptions.Abort
         console.print("interrupted", highlight=False)
         sys.exit(130)

@@ -36,3 +36,13 @@ class TrainingError(GptopsError):
 class RankFailed(RuntimeError):
     """A training process died (signal, crash). Not an input error: a retry resumes from the
     last checkpoint, so the pipeline's training tasks retry it."""
+
+
+class Interrupted(BaseException):
+    """Training was asked to stop (SIGTERM, SIGINT): a checkpoint was saved, then this is
+    raised. A BaseException, like KeyboardInterrupt: nothing should catch it as an error. The
+    CLI exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from gpt import checkpoint as ckpt
 from gpt import distributed, progress
 from gpt.config import ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
-from gpt.errors import CheckpointError, ConfigError, TrainingError
+from gpt.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from gpt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -291,6 +294,42 @@ def _optimizer_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
     return lr, loss, grad_norm, applied
 
 
+class _StopRequest:
+    """SIGTERM/SIGINT during the loop: remembered, acted on at the end of the current step.
+
+    Handlers are installed only in the main thread (Python's rule) and put back afterwards.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:  # a second signal: stop now, without the checkpoint
+            raise Interrupted(signum, f"{signal.Signals(signum).name} again: stopped at once")
+        self.signum = signum
+
+    def requested(self) -> int:
+        """The signal received by any process of the world (0: none)."""
+        if distributed.world() == 1:
+            return self.signum
+        flag = torch.tensor([self.signum])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
+
+
 #: Per-step metrics the progress line leaves to MLflow (loss has its own place on the line).
 _STEP_METRICS = frozenset({"loss", "lr", "grad_norm", "tokens_per_sec"})
 
@@ -320,7 +359,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
     # Progress (bar on a TTY, plain lines otherwise) for every kind of run: fine-tuning and SFT
     # have no tokens/s, yet log their step, loss and ETA all the same. Only rank 0 shows it.
     with progress.phase(settings.kind, total=total_steps, start=start, unit="step",
-                        enabled=rank0) as bar:
+                        enabled=rank0) as bar, _StopRequest() as stop:
         for step in range(start, total_steps):
             try:
                 lr, loss, grad_norm, applied = _optimizer_step(model, loss_fn, optimizer,
@@ -361,9 +400,21 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 if callback is not None:
                     callback(done, metrics)
                 history.append({"step": done, **metrics})
-            if checkpoints is not None and _due(done, checkpoints.interval, total_steps):
+            saved = checkpoints is not None and _due(done, checkpoints.interval, total_steps)
+            if saved:
                 checkpoints.save(done, raw, optimizer, device,
                                  {"kind": settings.kind, "world": distributed.world()})
+            if signum := stop.requested():
+                if checkpoints is not None and not saved:
+                    checkpoints.save(done, raw, optimizer, device,
+                                     {"kind": settings.kind, "world": distributed.world()})
+                name = signal.Signals(signum).name
+                where = "checkpoint saved; a re-run resumes here" if checkpoints is not None \
+                    else "no checkpoints in this run"
+                if rank0:
+                    log.warning("%s: %s at step %d: %s", settings.kind, name, done, where)
+                raise Interrupted(signum, f"{settings.kind}: stopped by {name} at step {done} "
+                                          f"of {total_steps} ({where})")
     seconds = time.perf_counter() - t0
     steps_run = total_steps - start
     digests = distributed.digests(raw)
