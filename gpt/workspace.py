@@ -196,6 +196,37 @@ def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
     return outcome
 
 
+#: The data outputs training and evaluation read, and the stage that writes each.
+READ_BY_STEPS = {"data/clean": "clean", "data/tokens": "tokenize"}
+
+
+def verify_outputs(workdir: Path) -> None:
+    """Refuse data outputs that differ from what ``dvc.lock`` records (flipped bytes, a file
+    replaced or deleted): they are not the data version the step would be keyed and tagged by.
+
+    DVC's own status (its state cache makes unchanged files free to check).
+
+    Raises:
+        DataError: naming the output and the fix.
+    """
+    from dvc.repo import Repo
+
+    workdir = Path(workdir).resolve()
+    if not (workdir / "dvc.lock").is_file():
+        raise DataError(f"{workdir / 'dvc.lock'} not found; run the data stages first "
+                        "(`gptops run`)")
+    with contextlib.chdir(workdir), Repo(str(workdir)) as repo, _quiet_dvc():
+        status = repo.status(targets=sorted(set(READ_BY_STEPS.values())))
+    for entries in status.values():
+        for entry in entries:
+            for path, state in (entry.get("changed outs") or {}).items() \
+                    if isinstance(entry, dict) else ():
+                stage = READ_BY_STEPS.get(path, path)
+                raise DataError(f"{path} does not match dvc.lock ({state}): restore it with "
+                                f"`dvc checkout {path}` in {workdir}, or re-run the stage "
+                                f"(`gptops data {stage}`)")
+
+
 def push(workdir: Path) -> None:
     """Push the data outputs to the default DVC remote."""
     _dvc(workdir, "push", "-q")

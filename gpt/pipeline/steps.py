@@ -38,6 +38,7 @@ from gpt.registry import (
     require_finite,
     resolve_tracking_uri,
 )
+from gpt.workspace import verify_outputs
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ def pretrain_step(workdir: Path, params: Params, data_version: str,
     """Pretrain the base model (or reuse / resume the one trained with this key)."""
     paths = RunPaths(Path(workdir))
     world = World.of(params.train, params.train.batch_size, "train.batch_size")
+    verify_outputs(Path(workdir))
     return _train(keys.pretrain(params, data_version), paths, params, data_version, tracking,
                   world, _fit_pretrain, paths, params)
 
@@ -201,6 +203,7 @@ def _on_base(workdir: Path, params: Params, data_version: str, tracking: Trackin
     world = World.of(params.train, getattr(getattr(params, section), field_name), batch)
     base = resolve_base(workdir, params, data_version, spec)
     key = step(params, data_version, base.digest)
+    verify_outputs(Path(workdir))
     if paths.read_result(key) is None:
         if base.pretrained_here:
             Inputs(paths, params).weights(keys.pretrain(params, data_version))
@@ -339,6 +342,7 @@ def evaluate_step(workdir: Path, params: Params, data_version: str,
     paths = RunPaths(Path(workdir))
     inputs = Inputs(paths, params)
     start = resolve_base(workdir, params, data_version, base)
+    verify_outputs(Path(workdir))
     out: dict[str, ModelEval] = {}
     for kind in model_kinds(params, base):
         key = keys.evaluation(kind, params, data_version, start.digest)
