@@ -21,6 +21,8 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
         save: Annotated[bool, typer.Option("--save", help="keep --set data overrides in "
                                            "params.yaml (default: this run only)")] = False,
         base: BaseOpt = "",
+        init: Annotated[bool, typer.Option("--init", help="make a non-empty folder that is not "
+                                           "a workspace into one")] = False,
         ) -> None:
     """Run the whole pipeline as the Prefect flow `training_pipeline`.
 
@@ -31,10 +33,15 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
     from flows.server import workspace_api
     from gpt.config import PROJECT_PARAMS, load_params
     from gpt.pipeline.base import parse as parse_base
-    from gpt.preflight import check_run
+    from gpt.preflight import check_run, check_workdir
     from gpt.registry import resolve_tracking_uri
 
+    check_workdir(workdir, init)  # before anything is written there (the Prefect database)
     ws = Path(workdir).resolve()
+    if init:
+        from gpt.workspace import ensure_workspace
+
+        ensure_workspace(ws, init=True)
     extra = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
     # Every input is checked before the Prefect server, DVC or torch start.
     params_file = ws / "params.yaml" if (ws / "params.yaml").is_file() else PROJECT_PARAMS
@@ -87,6 +94,8 @@ def serve(workdir: Workdir = Path("."),
                                                       "(default: the workspace's)")] = "",
           cron: Annotated[str, typer.Option(help="nightly schedule (cron)")] = NIGHTLY_CRON,
           timezone: Annotated[str, typer.Option(help="schedule timezone")] = NIGHTLY_TIMEZONE,
+          init: Annotated[bool, typer.Option("--init", help="make a non-empty folder that is "
+                                             "not a workspace into one")] = False,
           ) -> None:
     """Start the Prefect server + deployments (nightly, retrain) and the MLflow UI."""
     setup_logging()
@@ -94,7 +103,7 @@ def serve(workdir: Workdir = Path("."),
 
     serve_all(workdir=workdir, host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
               prefect_db=prefect_db, mlflow_backend=mlflow_backend, cron=cron,
-              timezone=timezone)
+              timezone=timezone, init=init)
 
 
 def main() -> None:

@@ -53,11 +53,11 @@ def wait_deployments(api: str, proc: subprocess.Popen, names: tuple[str, ...],
 
 def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, prefect_db: str,
               mlflow_backend: str, cron: str = NIGHTLY_CRON,
-              timezone: str = NIGHTLY_TIMEZONE) -> None:
+              timezone: str = NIGHTLY_TIMEZONE, init: bool = False) -> None:
     from gpt.config import load_params
     from gpt.workspace import ensure_workspace
 
-    ws = ensure_workspace(Path(workdir))
+    ws = ensure_workspace(Path(workdir), init)
     for name, port in (("Prefect", prefect_port), ("MLflow", mlflow_port)):
         if not port_free(host, port):
             raise GptopsError(f"{host}:{port} ({name}) is already in use; stop what uses it or "

@@ -111,6 +111,36 @@ def check_pretrained(params: Params) -> None:
                                       need="tokenizer"))
 
 
+#: What a folder may hold and still count as empty: a fresh `git init` (DVC versions the data
+#: in git), and gptops' own folder.
+_EMPTY_OK = {".git", ".gptops"}
+#: Files that mark a gptops workspace.
+_WORKSPACE_FILES = ("params.yaml", "dvc.yaml")
+
+
+def check_workdir(workdir: Path, init: bool = False) -> None:
+    """``--workdir``: never the filesystem root or the home folder itself; a non-empty folder
+    that is not a workspace only with ``init`` (it gets params.yaml, dvc.yaml, .dvc/, .gptops/).
+    """
+    path = Path(workdir).expanduser().resolve()
+    if path == Path(path.anchor):
+        raise ConfigError(f"--workdir {path} is the filesystem root: gptops writes params.yaml, "
+                          "dvc.yaml, .dvc/ and .gptops/ into its workspace; use a folder of its "
+                          "own, e.g. -w ~/gptops-ws")
+    if path == Path.home().resolve():
+        raise ConfigError(f"--workdir {path} is your home folder: gptops writes params.yaml, "
+                          "dvc.yaml, .dvc/ and .gptops/ into its workspace; use a folder of its "
+                          "own, e.g. -w ~/gptops-ws")
+    if init or not path.is_dir() or any((path / f).is_file() for f in _WORKSPACE_FILES):
+        return
+    others = sorted(p.name for p in path.iterdir() if p.name not in _EMPTY_OK)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ConfigError(f"--workdir {path} is not empty ({shown}) and not a gptops workspace "
+                          "(no params.yaml or dvc.yaml): pass --init to make it one, or use an "
+                          "empty or new folder")
+
+
 def check_run(params: Params, tracking_uri: str) -> None:
     """Every input of a pipeline run (the params themselves are already valid)."""
     from gpt.pipeline.candidates import NAMED, model_name

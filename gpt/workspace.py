@@ -51,8 +51,15 @@ def _in_git(workdir: Path) -> bool:
                           capture_output=True).returncode == 0
 
 
-def ensure_workspace(workdir: Path) -> Path:
-    """Make ``workdir`` a DVC workspace with a local default remote; return its absolute path."""
+def ensure_workspace(workdir: Path, init: bool = False) -> Path:
+    """Make ``workdir`` a DVC workspace with a local default remote; return its absolute path.
+
+    Refuses the filesystem root, the home folder, and (unless ``init``) a non-empty folder that
+    is not a workspace (:func:`gpt.preflight.check_workdir`), before writing anything.
+    """
+    from gpt.preflight import check_workdir
+
+    check_workdir(workdir, init)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml"):
