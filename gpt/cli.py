@@ -137,10 +137,18 @@ def _params(workdir: Path, profile: str = "tiny", overrides: list[str] | None = 
     return load_params(Path(workdir) / "params.yaml", profile, overrides)
 
 
-def _tracking_uri(workdir: Path, params) -> str:
+def _tracking_uri(workdir: Path, params=None, given: str = "", check: bool = True) -> str:
+    """``--tracking-uri``, else ``registry.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
+    the workspace's SQLite; checked in seconds (one line, exit 2) unless ``check`` is False."""
+    from gpt.preflight import check_tracking_uri
     from gpt.registry import resolve_tracking_uri
 
-    return resolve_tracking_uri(params.registry.tracking_uri, workdir)
+    if not given and params is None:
+        params = _params(workdir)
+    uri = given or resolve_tracking_uri(params.registry.tracking_uri, workdir)
+    if check:
+        check_tracking_uri(uri)
+    return uri
 
 
 @data_app.command("ingest")
@@ -325,7 +333,7 @@ def _ref(workdir: Path, tracking_uri: str, model: str, default_kind: str, alias:
 
     params = _params(workdir)
     # The pipeline's own naming rule: a task file's classifier is found under its own name.
-    return ModelRef(uri=tracking_uri or _tracking_uri(workdir, params),
+    return ModelRef(uri=_tracking_uri(workdir, params, tracking_uri),
                     name=model or model_name(default_kind, params), alias=alias, version=version)
 
 
@@ -418,7 +426,7 @@ def models(workdir: Workdir = Path("."),
     """List registered models, versions, aliases, lineage and metrics."""
     from gpt.registry import champion_history, list_versions
 
-    uri = tracking_uri or _tracking_uri(workdir, _params(workdir))
+    uri = _tracking_uri(workdir, given=tracking_uri)
     if name:
         champion_history(uri, name)  # unknown model: one-line error listing the known ones
     rows = list_versions(uri, name or None)
@@ -472,7 +480,7 @@ def promote(model: Annotated[str, typer.Argument(help="registered model name")],
     """Make VERSION the champion of MODEL by hand (recorded with its reason)."""
     from gpt import registry
 
-    uri = tracking_uri or _tracking_uri(workdir, _params(workdir))
+    uri = _tracking_uri(workdir, given=tracking_uri)
     out = registry.promote(uri, model, version, reason)
     console.print(f"{model}: champion v{out['previous'] or '-'} -> v{out['version']} "
                   f"({out['reason']})", highlight=False)
@@ -486,7 +494,7 @@ def rollback(model: Annotated[str, typer.Argument(help="registered model name")]
     """Move MODEL's champion back to the previous champion (recorded with its reason)."""
     from gpt import registry
 
-    uri = tracking_uri or _tracking_uri(workdir, _params(workdir))
+    uri = _tracking_uri(workdir, given=tracking_uri)
     out = registry.rollback(uri, model, reason)
     console.print(f"{model}: champion v{out['previous']} -> v{out['version']} (rollback: "
                   f"{out['reason']})", highlight=False)
@@ -511,7 +519,8 @@ def doctor(workdir: Workdir = Path(".")) -> None:
                   "(torch decides at training time)", highlight=False)
     for f in ("params.yaml", "dvc.yaml", ".dvc", "dvc.lock"):
         console.print(f"{f}: {'ok' if (Path(workdir) / f).exists() else 'missing'}")
-    console.print(f"tracking URI: {_tracking_uri(workdir, _params(workdir))}", soft_wrap=True)
+    console.print(f"tracking URI: {_tracking_uri(workdir, _params(workdir), check=False)}",
+                  soft_wrap=True)
     api = os.environ.get("PREFECT_API_URL")
     console.print(f"Prefect: {api or 'the workspace database .gptops/prefect.db'}",
                   soft_wrap=True)

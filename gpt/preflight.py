@@ -86,13 +86,35 @@ def check_tracking_uri(uri: str) -> None:
     host = parsed.hostname or "localhost"
     default_port = {"http": 80, "https": 443, "mysql": 3306, "mssql": 1433}.get(
         scheme.split("+")[0], 5432)
-    port = parsed.port or default_port
+    try:
+        port = parsed.port or default_port
+    except ValueError as exc:  # "host:notaport"
+        raise ConfigError(f"registry.tracking_uri '{uri}': {exc}; write host:port with a "
+                          "number, e.g. postgresql+psycopg://user@host:5432/mlflow") from exc
     try:
         with socket.create_connection((host, port), timeout=5):
             pass
     except OSError as exc:
         raise ConfigError(f"registry.tracking_uri '{uri}': nothing answers at {host}:{port} "
                           f"({exc.strerror or exc}); start the tracking server or fix the URI"
+                          ) from exc
+    if scheme.split("+")[0] == "postgresql":
+        _check_postgres(uri)
+
+
+def _check_postgres(uri: str) -> None:
+    """Log in and open the database now (5 s at most), not after minutes of MLflow retries."""
+    try:
+        import psycopg
+    except ImportError:  # another driver: MLflow will say
+        return
+    conninfo = "postgresql" + uri[uri.index("://"):]
+    try:
+        psycopg.connect(conninfo, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise ConfigError(f"registry.tracking_uri '{uri}': PostgreSQL refused it ({first}); "
+                          "create the database (createdb) or fix the user, password or name"
                           ) from exc
 
 
