@@ -88,14 +88,25 @@ def existing_version(tracking_uri: str, c: Candidate):  # -> ModelVersion | None
     """A version of ``c.name`` holding the same trained weights (equal model key) that went
     through the gate. A changed evaluation alone registers nothing new: the weights are the same.
     """
+    gated, _ = _versions_with_key(tracking_uri, c)
+    return gated
+
+
+def _versions_with_key(tracking_uri: str, c: Candidate):  # -> (gated, ungated) versions
+    """The newest gated version holding ``c``'s weights, and the newest never gated (a crash
+    between creating it and gating it)."""
     cl = client(tracking_uri)
     query = f"name='{c.name}' and tags.{MODEL_KEY}='{c.keys[MODEL_KEY]}'"
     try:
         versions = cl.search_model_versions(query)
     except Exception:  # noqa: BLE001 - the model is not registered yet
-        return None
-    gated = [v for v in versions if v.tags.get("promotion_decision")]
-    return max(gated, key=lambda v: int(v.version)) if gated else None
+        return None, None
+
+    def newest(vs):
+        return max(vs, key=lambda v: int(v.version)) if vs else None
+
+    return (newest([v for v in versions if v.tags.get("promotion_decision")]),
+            newest([v for v in versions if not v.tags.get("promotion_decision")]))
 
 
 def _run_exists(tracking_uri: str, run_id: str | None) -> bool:
@@ -121,19 +132,40 @@ def register(c: Candidate, tracking: Tracking) -> Registration:
         raise RegistryError(f"model '{c.name}': task '{c.task}' cannot be served; use "
                             f"{' or '.join(TASKS)}")
     found = existing_version(tracking.uri, c)
-    if found is not None:
-        # search results carry no aliases; the version itself does
-        aliases = set(client(tracking.uri).get_model_version(c.name, found.version).aliases)
-        log.info("%s: reused v%s (model key %s unchanged)", c.name, found.version,
-                 c.keys[MODEL_KEY][:8])
-        return Registration(c.name, str(found.version), found.run_id, CHAMPION in aliases,
-                            f"same model key ({c.keys[MODEL_KEY][:8]}): existing version "
-                            "reused, nothing registered", None, reused=True)
+    if found is not None:  # gated already: final, no lock needed
+        return _reused(c, tracking.uri, found)
+    with global_uri(tracking.uri), registry_lock(tracking.uri, c.name):
+        done = _settle(c, tracking.uri)
+        if done is not None:
+            return done
     if _run_exists(tracking.uri, c.run_id):
         return _register(c, tracking.uri, c.run_id)  # type: ignore[arg-type]
     # Trained earlier against another store: a run of its own under this pipeline run.
     with child_run(tracking, c.kind, {"gptops.kind": c.kind, **c.keys}, {}) as run_id:
         return _register(c, tracking.uri, run_id)
+
+
+def _reused(c: Candidate, uri: str, found) -> Registration:
+    # search results carry no aliases; the version itself does
+    aliases = set(client(uri).get_model_version(c.name, found.version).aliases)
+    log.info("%s: reused v%s (model key %s unchanged)", c.name, found.version,
+             c.keys[MODEL_KEY][:8])
+    return Registration(c.name, str(found.version), found.run_id, CHAMPION in aliases,
+                        f"same model key ({c.keys[MODEL_KEY][:8]}): existing version "
+                        "reused, nothing registered", None, reused=True)
+
+
+def _settle(c: Candidate, uri: str) -> Registration | None:
+    """Under the model's registry lock: a version with ``c``'s weights that another process
+    gated meanwhile (reused), or one a dead process created and never gated (gated now)."""
+    gated, ungated = _versions_with_key(uri, c)
+    if gated is not None:
+        return _reused(c, uri, gated)
+    if ungated is not None:  # under the lock, nobody is between creating and gating it
+        log.warning("%s v%s was registered but never gated (the process that created it died): "
+                    "gating it now", c.name, ungated.version)
+        return _gate(c, uri, str(ungated.version), ungated.run_id)
+    return None
 
 
 def _register(c: Candidate, uri: str, run_id: str) -> Registration:
@@ -151,6 +183,9 @@ def _register(c: Candidate, uri: str, run_id: str) -> Registration:
     # atomic in MLflow, so concurrent pipelines would race without the lock. The registry
     # resolves `models:/m-<id>` through the global tracking URI, hence global_uri.
     with global_uri(uri), registry_lock(uri, c.name):
+        done = _settle(c, uri)  # a concurrent run registered these weights first
+        if done is not None:
+            return done
         try:
             cl.create_registered_model(c.name, description=f"gptops model ({c.task})")
         except Exception:  # noqa: BLE001 - exists already (perhaps created concurrently)
@@ -159,9 +194,15 @@ def _register(c: Candidate, uri: str, run_id: str) -> Registration:
                                      tags={k: str(v) for k, v in tags.items() if v is not None},
                                      description=c.card, model_id=model_id)
         version = str(_await_ready(cl, c.name, mv.version).version)
-        verdict = gate.apply(cl, c.name, version, c.spec, c.metrics, c.eval_hash)
-        cl.update_model_version(c.name, version, description=(
-            f"{c.card}\n{gate.comparison_markdown(verdict.comparison)}"))
+        return _gate(c, uri, version, run_id)
+
+
+def _gate(c: Candidate, uri: str, version: str, run_id: str) -> Registration:
+    """Gate ``version`` (the caller holds the model's registry lock) and describe it."""
+    cl = client(uri)
+    verdict = gate.apply(cl, c.name, version, c.spec, c.metrics, c.eval_hash)
+    cl.update_model_version(c.name, version, description=(
+        f"{c.card}\n{gate.comparison_markdown(verdict.comparison)}"))
     log_dict(uri, run_id, verdict.comparison, "eval/champion_comparison.json")
     d = verdict.decision
     state = "champion" if d.promote else "rejected, no alias" if d.rejected else "challenger"
