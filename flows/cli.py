@@ -23,6 +23,9 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
         base: BaseOpt = "",
         init: Annotated[bool, typer.Option("--init", help="make a non-empty folder that is not "
                                            "a workspace into one")] = False,
+        no_wait: Annotated[bool, typer.Option("--no-wait", help="fail at once when another run "
+                                              "holds the workspace (default: wait for it)")
+                           ] = False,
         ) -> None:
     """Run the whole pipeline as the Prefect flow `training_pipeline`.
 
@@ -54,7 +57,8 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
         from flows.report import summary_rows
 
         result = training_pipeline(profile=profile, reclean=reclean, save_overrides=save,
-                                   overrides=extra, base=base, workdir=str(ws))
+                                   overrides=extra, base=base, workdir=str(ws),
+                                   wait=not no_wait)
     table = Table(title="gptops run summary", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")

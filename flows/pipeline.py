@@ -6,6 +6,8 @@ button.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from flows import tasks
@@ -23,8 +26,9 @@ from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, get_dotted, load_params,
 from gpt.errors import ConfigError
 from gpt.pipeline.base import parse as parse_base
 from gpt.pipeline.steps import lineage
+from gpt.preflight import check_workdir
 from gpt.registry import Tracking, cli_run_name, pipeline_run, resolve_tracking_uri
-from gpt.workspace import STAGES
+from gpt.workspace import STAGES, workspace_lock
 
 #: Form field -> (params key, and the key that selects a file task when the field is set).
 FORM_FIELDS = {
@@ -116,6 +120,7 @@ def training_pipeline(
     base: str = "",
     reclean: bool = False,
     save_overrides: bool = False,
+    wait: bool = True,
     overrides: list[str] | None = None,
     workdir: str = ".",
 ) -> dict[str, Any]:
@@ -145,6 +150,7 @@ def training_pipeline(
             `models:/gptops-base@champion` or `models:/gptops-base/3`; empty = pretrain.
         reclean: re-run the cleaning stage even if DVC finds it unchanged.
         save_overrides: keep this run's data overrides in params.yaml (default: this run only).
+        wait: when another run holds the workspace, wait for it (False: fail at once, naming it).
         overrides: more `section.key=value` overrides, e.g. `finetune.lr=0.0005`.
         workdir: the gptops workspace folder (params.yaml, dvc.yaml, data/).
     """
@@ -158,12 +164,34 @@ def training_pipeline(
               "processes": int(processes) if processes.strip().isdigit() else processes,
               "strategy": strategy}
     parse_base(base)  # a malformed --base fails before any work
-    all_overrides = form_overrides(workdir, fields, overrides)
-    params = tasks.prepare_workspace(workdir, profile, all_overrides, save_overrides)
-    try:
-        return _run(params, workdir, reclean, logger, t0, base)
-    finally:
-        tasks.restore_params(os.path.abspath(workdir))
+    check_workdir(workdir)  # nothing (not even the lock file) is written into a refused folder
+    ws = os.path.abspath(workdir)
+    # One pipeline per workspace at a time: a lock on the workspace (CLI runs, both deployments,
+    # and `gptops pretrain`...), and a Prefect global concurrency limit for runs on other workers.
+    with workspace_lock(ws, f"flow run '{flow_run.name}'", wait=wait), \
+            concurrency(workspace_limit(ws), occupy=1, strict=False):
+        all_overrides = form_overrides(workdir, fields, overrides)
+        params = tasks.prepare_workspace(workdir, profile, all_overrides, save_overrides)
+        try:
+            return _run(params, workdir, reclean, logger, t0, base)
+        finally:
+            tasks.restore_params(ws)
+
+
+def workspace_limit(ws: str) -> str:
+    """The Prefect global concurrency limit (1 slot) of workspace ``ws``, created if missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    name = f"gptops-workspace-{hashlib.sha256(ws.encode()).hexdigest()[:12]}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except Exception:  # noqa: BLE001 - ObjectNotFound: create it (a racing run may too)
+            with contextlib.suppress(Exception):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return name
 
 
 def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float,

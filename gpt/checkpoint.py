@@ -70,7 +70,7 @@ def save_weights(model: torch.nn.Module, path: Path,
     ``tensors``: the weights already gathered (a sharded model's), instead of ``model``'s own.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # unique: never another's half file
     save_file(_contiguous(tensors) if tensors is not None else state_dict_for_save(model),
               str(tmp))
     _fsync(tmp)
@@ -113,7 +113,7 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"ckpt-{step:08d}"
-    tmp = directory / f".ckpt-{step:08d}.tmp"
+    tmp = directory / f".ckpt-{step:08d}.tmp-{os.getpid()}"  # unique per process
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()

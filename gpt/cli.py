@@ -184,16 +184,28 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as JSON
 def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
           as_json: bool, base: str = "") -> None:
     """Run one step of ``gpt.pipeline.steps`` on the workspace's current data version."""
-    from dataclasses import asdict
 
-    from gpt import registry, workspace
-    from gpt.pipeline import steps
+    from gpt import workspace
     from gpt.preflight import check_tasks
 
     setup_logging()
     params = _params(workdir, profile, overrides)
     if name != "pretrain":
         check_tasks(params)
+    # One writer per workspace: a pipeline run or another training step waits (nodes > 0 of a
+    # multi-node world share node 0's workspace, and only lend their processes).
+    lock = (contextlib.nullcontext() if params.train.node_rank else
+            workspace.workspace_lock(workdir, f"gptops {name}"))
+    with lock:
+        _step_locked(name, workdir, params, as_json, base)
+
+
+def _step_locked(name: str, workdir: Path, params, as_json: bool, base: str) -> None:
+    from dataclasses import asdict
+
+    from gpt import registry, workspace
+    from gpt.pipeline import steps
+
     version = workspace.data_version(workdir)
     out: dict
     if name == "evaluate":

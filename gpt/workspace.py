@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from gpt.config import DATA_SECTIONS, parse_overrides, read_params_file, set_dotted
-from gpt.errors import ERROR_FILE_ENV, ConfigError, DataError
+from gpt.errors import ERROR_FILE_ENV, ConfigError, DataError, GptopsError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,59 @@ def ensure_workspace(workdir: Path, init: bool = False) -> Path:
         remote.mkdir(parents=True, exist_ok=True)
         _dvc(workdir, "remote", "add", "-d", "local", os.path.relpath(remote, workdir))
     return workdir
+
+
+#: The file whose lock one pipeline (or training step) holds on a workspace at a time.
+WORKSPACE_LOCK = ".gptops/workspace.lock"
+
+
+@contextlib.contextmanager
+def workspace_lock(workdir: Path, holder: str, wait: bool = True,
+                   poll_s: float = 1.0) -> Any:
+    """Hold the workspace for one pipeline run (or one training step) at a time.
+
+    An exclusive ``flock`` on ``.gptops/workspace.lock``, released by the kernel when the holder
+    dies (a killed run never leaves it locked). The holder writes who it is into the file, so a
+    second run says whom it waits for, or with ``wait=False`` fails at once naming it.
+
+    Raises:
+        GptopsError: ``wait`` is False and another process holds the workspace.
+    """
+    import fcntl
+    import socket
+    import time
+
+    path = Path(workdir).resolve() / WORKSPACE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        told = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fh.seek(0)
+                other = fh.read().strip() or "another process"
+                if not wait:
+                    raise GptopsError(f"workspace {path.parent.parent} is busy: {other}; wait "
+                                      "for it to finish (or run without --no-wait to queue)"
+                                      ) from None
+                if not told:
+                    log.info("waiting for workspace %s: held by %s", path.parent.parent, other)
+                    told = True
+                time.sleep(poll_s)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fh.flush()
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 #: Where a run keeps the workspace's own params.yaml while its one-off overrides are in place.

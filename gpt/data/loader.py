@@ -44,7 +44,7 @@ def write_token_shards(texts: Sequence[str], doc_ids: Sequence[str], tok: Tokeni
     vocab = tok.get_vocab_size()
     dtype = np.dtype(np.uint16 if vocab < 2**16 else np.uint32)
     eot = tok.token_to_id(EOT)
-    tmp = {s: out_dir / f"{s}.bin.tmp" for s in ("train", "val")}
+    tmp = {s: out_dir / f"{s}.bin.tmp-{os.getpid()}" for s in ("train", "val")}
     docs = {"train": 0, "val": 0}
     tokens = {"train": 0, "val": 0}
     handles = {s: p.open("wb") for s, p in tmp.items()}
