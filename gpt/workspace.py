@@ -37,12 +37,26 @@ def _env() -> dict[str, str]:
     return env
 
 
+#: DVC's own banner after any failure: not the cause.
+_DVC_NOISE = ("Having any troubles?",)
+
+
+def dvc_error(output: str) -> str:
+    """The cause in DVC's output: its ERROR lines (its support banner dropped)."""
+    lines = [ln.strip() for ln in output.splitlines()
+             if ln.strip() and not ln.strip().startswith(_DVC_NOISE)]
+    errors = [ln.removeprefix("ERROR:").strip().removeprefix("unexpected error - ").strip()
+              for ln in lines if ln.startswith("ERROR")]
+    return "; ".join(errors) if errors else (lines[-1] if lines else "no output")
+
+
 def _dvc(workdir: Path, *args: str) -> str:
+    # Never -q: DVC's quiet mode keeps its support banner and drops the error itself.
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, env=_env(),
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise DataError(f"`dvc {' '.join(args)}` failed in {workdir}: "
-                        f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+                        f"{dvc_error(proc.stderr + proc.stdout)[:1000]}")
     return proc.stdout
 
 
@@ -287,9 +301,41 @@ def verify_outputs(workdir: Path) -> None:
                                 f"(`gptops data {stage}`)")
 
 
+#: Written after a push succeeds, so that a remote found missing later is known to be lost.
+PUSHED_MARK = ".gptops/dvc-remote.pushed"
+
+
+def _local_remote(workdir: Path) -> Path | None:
+    """The default remote's folder when it is a local path, else None."""
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(workdir)) as repo:
+            name = repo.config["core"].get("remote", "")
+            url = str(repo.config["remote"].get(name, {}).get("url", "")) if name else ""
+    except Exception:  # noqa: BLE001 - not a DVC repo (yet): nothing to say
+        return None
+    if not url or "://" in url:
+        return None
+    path = Path(url)
+    return path if path.is_absolute() else (Path(workdir) / ".dvc" / path).resolve()
+
+
 def push(workdir: Path) -> None:
-    """Push the data outputs to the default DVC remote."""
-    _dvc(workdir, "push", "-q")
+    """Push the data outputs to the default DVC remote.
+
+    A local remote that pushes reached before and that is gone now is recreated by DVC, empty:
+    say that the data versions pushed there before cannot be pulled any more.
+    """
+    workdir = Path(workdir)
+    remote = _local_remote(workdir)
+    if remote is not None and not remote.exists() and (workdir / PUSHED_MARK).is_file():
+        log.warning("the DVC remote %s is gone: the data versions pushed there before can no "
+                    "longer be restored with `dvc pull`; pushing the current one to a new, empty "
+                    "remote (restore the folder from a backup to keep the history)", remote)
+    _dvc(workdir, "push")
+    (workdir / PUSHED_MARK).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / PUSHED_MARK).write_text(f"{remote or 'remote'}\n", encoding="utf-8")
 
 
 def data_version(workdir: Path) -> str:

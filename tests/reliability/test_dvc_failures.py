@@ -1,0 +1,50 @@
+"""Scenario 7 (DVC): its failures are shown, not hidden.
+
+- a remote that is not a folder: ``dvc push -q`` said only "Having any troubles? Hit us up at
+  dvc.org/support"; now the error names the cause (``[Errno 20] Not a directory``);
+- a deleted local remote was silently recreated empty; now a warning says the data versions
+  pushed there before are lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+
+from gpt.errors import DataError
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+
+@pytest.fixture()
+def ws(pipeline_run, tmp_path):
+    dst = tmp_path / "ws"
+    shutil.copytree(pipeline_run[0], dst, symlinks=True)
+    return dst
+
+
+def test_a_broken_remote_shows_dvcs_real_error(ws):
+    from gpt import workspace
+
+    remote = ws / ".gptops" / "dvc-remote"
+    shutil.rmtree(remote)
+    remote.write_text("not a folder")
+    with pytest.raises(DataError) as err:
+        workspace.push(ws)
+    msg = str(err.value)
+    assert "Not a directory" in msg and "Having any troubles" not in msg
+    assert "\n" not in msg
+
+
+def test_a_deleted_remote_is_reported_as_lost_history(ws, caplog):
+    from gpt import workspace
+
+    workspace.push(ws)  # the fixture's run pushed before; this one marks it too
+    shutil.rmtree(ws / ".gptops" / "dvc-remote")
+    with caplog.at_level(logging.WARNING, logger="gpt.workspace"):
+        workspace.push(ws)
+    (warning,) = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
+    assert "can no longer be restored with `dvc pull`" in warning
+    assert (ws / ".gptops" / "dvc-remote").is_dir()  # the current version is pushed again
