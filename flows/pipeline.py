@@ -28,6 +28,7 @@ from gpt.pipeline.base import parse as parse_base
 from gpt.pipeline.steps import lineage
 from gpt.preflight import check_workdir
 from gpt.registry import Tracking, cli_run_name, pipeline_run, resolve_tracking_uri
+from gpt.registry.tracking import workspace_id
 from gpt.workspace import STAGES, workspace_lock
 
 #: Form field -> (params key, and the key that selects a file task when the field is set).
@@ -208,7 +209,8 @@ def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float,
     tracking = Tracking(resolve_tracking_uri(params.registry.tracking_uri, ws),
                         params.registry.experiment, tags=lineage(params, data_version, fr_id))
     # One MLflow parent run per flow run; each training step nests its own run under it.
-    with pipeline_run(tracking, flow_run.name or cli_run_name("run")) as tracking:
+    with pipeline_run(tracking, flow_run.name or cli_run_name("run"),
+                      workspace_id(ws)) as tracking:
         if base:  # an alias read once: a promotion mid-run cannot change the base
             base = tasks.pin_base(ws, params, data_version, base)
         trained = {} if base else {"pretrain": tasks.pretrain(ws, params, data_version,

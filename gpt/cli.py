@@ -216,7 +216,8 @@ def _step_locked(name: str, workdir: Path, params, as_json: bool, base: str) -> 
                                      tags=steps.lineage(params, version, None))
         # On the other nodes of a multi-node world, node 0 records the step: no MLflow run here.
         with (contextlib.nullcontext(None) if params.train.node_rank else
-              registry.pipeline_run(tracking, registry.cli_run_name(name))) as tracking:
+              registry.pipeline_run(tracking, registry.cli_run_name(name),
+                                    registry.tracking.workspace_id(workdir))) as tracking:
             if name == "pretrain":
                 result = steps.pretrain_step(workdir, params, version, tracking)
             else:

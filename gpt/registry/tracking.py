@@ -9,6 +9,7 @@ column shows the lineage.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -21,6 +22,8 @@ from typing import Any
 #: The tag MLflow's UI nests child runs by.
 PARENT_TAG = "mlflow.parentRunId"
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+log = logging.getLogger(__name__)
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -124,9 +127,48 @@ def _create_run(t: Tracking, name: str, tags: dict[str, str]) -> str:
     return run.info.run_id
 
 
+#: The tag naming the workspace (host:path) every run of a pipeline or step carries.
+WORKSPACE_TAG = "gptops.workspace"
+
+
+def workspace_id(workdir: Path | str) -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{Path(workdir).resolve()}"
+
+
+def mark_stale_runs(tracking: Tracking, workspace: str) -> list[str]:
+    """Runs of ``workspace`` still RUNNING: left by a killed process, since the caller holds the
+    workspace (one pipeline at a time). Marked KILLED; their names are returned."""
+    c = client(tracking.uri)
+    try:
+        exp = c.get_experiment_by_name(tracking.experiment)
+    except Exception:  # noqa: BLE001 - no store or experiment yet
+        return []
+    if exp is None:
+        return []
+    value = workspace.replace("'", "\\'")
+    runs = c.search_runs([exp.experiment_id], max_results=1000, filter_string=(
+        f"tags.`{WORKSPACE_TAG}` = '{value}' and attributes.status = 'RUNNING'"))
+    for run in runs:
+        c.set_terminated(run.info.run_id, status="KILLED")
+    names = [r.info.run_name for r in runs]
+    if names:
+        log.warning("marked %d MLflow run(s) left RUNNING by a killed run of this workspace as "
+                    "KILLED: %s", len(names), ", ".join(names))
+    return names
+
+
 @contextmanager
-def pipeline_run(tracking: Tracking, name: str) -> Iterator[Tracking]:
-    """The parent run of one pipeline run: FINISHED at the end, FAILED if anything raised."""
+def pipeline_run(tracking: Tracking, name: str, workspace: str = "") -> Iterator[Tracking]:
+    """The parent run of one pipeline run: FINISHED at the end, FAILED if anything raised.
+
+    ``workspace`` (:func:`workspace_id`, when the caller holds the workspace's lock): first mark
+    the runs a killed run of it left RUNNING as KILLED; every run of this one is tagged with it.
+    """
+    if workspace:
+        mark_stale_runs(tracking, workspace)
+        tracking = replace(tracking, tags={**tracking.tags, WORKSPACE_TAG: workspace})
     run_id = _create_run(replace(tracking, parent_run_id=None), name, {"gptops.run": "pipeline"})
     try:
         yield replace(tracking, parent_run_id=run_id)

@@ -1,0 +1,54 @@
+"""Scenario 3 (stale runs): a killed run left its MLflow runs RUNNING forever. The next run in
+the workspace (which holds the workspace, so nothing else can be running there) marks them
+KILLED and says so."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, RUN_OVERRIDES
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+
+def test_the_next_run_marks_a_killed_runs_mlflow_runs_killed(pipeline_run, tmp_path):
+    from gpt import registry
+
+    ws = tmp_path / "ws"
+    shutil.copytree(pipeline_run[0], ws, symlinks=True)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "GPTOPS_PROGRESS": "plain"}
+    sets = [a for o in RUN_OVERRIDES for a in ("--set", o)]
+    before = set((ws / ".gptops" / "runs" / "pretrain").iterdir())
+    killed = subprocess.Popen([sys.executable, "-m", "flows.cli", "pretrain", "-w", str(ws), *sets,
+                               "--set", "train.max_steps=3000"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        new = set((ws / ".gptops" / "runs" / "pretrain").iterdir()) - before
+        if new and list(next(iter(new)).glob("checkpoints/ckpt-*")):
+            break
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+
+    uri = registry.resolve_tracking_uri("", ws)
+    c = registry.client(uri)
+    exp = c.get_experiment_by_name("gptops")
+    running = c.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+    assert {r.data.tags.get("gptops.step", "parent") for r in running} == {"parent", "pretrain"}
+
+    nxt = subprocess.run([sys.executable, "-m", "flows.cli", "finetune", "-w", str(ws), *sets],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+    assert "marked 2 MLflow run(s) left RUNNING by a killed run of this workspace as KILLED" \
+        in nxt.stdout + nxt.stderr
+    for r in running:
+        assert c.get_run(r.info.run_id).info.status == "KILLED"
+    assert not c.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
