@@ -170,13 +170,50 @@ def training_pipeline(
     # One pipeline per workspace at a time: a lock on the workspace (CLI runs, both deployments,
     # and `gptops pretrain`...), and a Prefect global concurrency limit for runs on other workers.
     with workspace_lock(ws, f"flow run '{flow_run.name}'", wait=wait), \
-            concurrency(workspace_limit(ws), occupy=1, strict=False):
+            concurrency(workspace_limit(ws), occupy=1, strict=False, lease_duration=60):
+        stale = crash_stale_flow_runs(ws, str(flow_run.id) if flow_run.id else None)
+        if stale:
+            logger.warning("marked %d flow run(s) of this workspace left RUNNING by a killed "
+                           "process as Crashed: %s", len(stale), ", ".join(stale))
         all_overrides = form_overrides(workdir, fields, overrides)
         params = tasks.prepare_workspace(workdir, profile, all_overrides, save_overrides)
         try:
             return _run(params, workdir, reclean, logger, t0, base)
         finally:
             tasks.restore_params(ws)
+
+
+def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
+    """Flow runs of this workspace still RUNNING (and their RUNNING task runs): left by a killed
+    process, since the caller holds the workspace. Set to Crashed; their names are returned."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    running = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+    names = []
+    with get_client(sync_client=True) as client:
+        for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(state=running)):
+            here = os.path.abspath(str(fr.parameters.get("workdir", "."))) == ws
+            if str(fr.id) == current or fr.flow_id is None or not here:
+                continue
+            message = "found RUNNING by the next run of this workspace: its process was killed"
+            for tr in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id={"any_": [fr.id]}),
+                    task_run_filter=TaskRunFilter(state=TaskRunFilterState(
+                        type=TaskRunFilterStateType(any_=[StateType.RUNNING])))):
+                client.set_task_run_state(tr.id, Crashed(message=message), force=True)
+            client.set_flow_run_state(fr.id, Crashed(message=message), force=True)
+            names.append(fr.name)
+    return names
 
 
 def workspace_limit(ws: str) -> str:

@@ -52,3 +52,38 @@ def test_the_next_run_marks_a_killed_runs_mlflow_runs_killed(pipeline_run, tmp_p
     for r in running:
         assert c.get_run(r.info.run_id).info.status == "KILLED"
     assert not c.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+
+
+def test_the_next_flow_run_marks_stale_flow_runs_crashed(prefect_server, tmp_path):
+    """The Prefect side: flow runs of this workspace left RUNNING (and their task runs) become
+    Crashed; a running flow run of another workspace is left alone."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows.pipeline import crash_stale_flow_runs
+
+    @flow(name="stale-probe")
+    def probe(workdir: str) -> None:  # never run: only its runs are created
+        pass
+
+    ws, other = str(tmp_path / "ws"), str(tmp_path / "other")
+    with get_client(sync_client=True) as client:
+        mine = client.create_flow_run(probe, parameters={"workdir": ws}, state=Running())
+        theirs = client.create_flow_run(probe, parameters={"workdir": other}, state=Running())
+        task = client.create_task_run(task=_probe_task(), flow_run_id=mine.id,
+                                      dynamic_key="0", state=Running())
+        assert crash_stale_flow_runs(ws, current=None) == [mine.name]
+        assert client.read_flow_run(mine.id).state.type.value == "CRASHED"
+        assert client.read_task_run(task.id).state.type.value == "CRASHED"
+        assert client.read_flow_run(theirs.id).state.type.value == "RUNNING"
+
+
+def _probe_task():
+    from prefect import task
+
+    @task(name="stale-probe-task")
+    def t() -> None:
+        pass
+
+    return t
