@@ -147,12 +147,13 @@ def register(c: Candidate, tracking: Tracking) -> Registration:
 
 def _reused(c: Candidate, uri: str, found) -> Registration:
     # search results carry no aliases; the version itself does
-    aliases = set(client(uri).get_model_version(c.name, found.version).aliases)
+    mv = client(uri).get_model_version(c.name, found.version)
     log.info("%s: reused v%s (model key %s unchanged)", c.name, found.version,
              c.keys[MODEL_KEY][:8])
-    return Registration(c.name, str(found.version), found.run_id, CHAMPION in aliases,
+    return Registration(c.name, str(found.version), found.run_id, CHAMPION in set(mv.aliases),
                         f"same model key ({c.keys[MODEL_KEY][:8]}): existing version "
-                        "reused, nothing registered", None, reused=True)
+                        "reused, nothing registered", None, reused=True,
+                        rejected=gate.REJECTED in (mv.tags or {}))
 
 
 def _settle(c: Candidate, uri: str) -> Registration | None:

@@ -39,7 +39,11 @@ def test_versions_registered_with_lineage_tags_and_champion(pipeline_run):
         assert tags["promotion_decision"]
         # champion exactly when the gate said so (it must beat the trivial baseline)
         reg = next(r for r in first["registered"].values() if r["name"] == v["name"])
-        assert v["aliases"] == (["champion"] if reg["champion"] else ["challenger"])
+        # no alias and a "rejected" tag when it does not beat its trivial baseline
+        expected = (["champion"] if reg["champion"] else [] if reg["rejected"]
+                    else ["challenger"])
+        assert v["aliases"] == expected
+        assert ("rejected" in v["tags"]) is reg["rejected"]
     assert versions["gptops-base"]["aliases"] == ["champion"]
     assert versions["gptops-sft"]["tags"]["parent_model_version"] == "gptops-base/1"
     assert versions["gptops-package-clf"]["tags"]["parent_model_version"] == "gptops-base/1"

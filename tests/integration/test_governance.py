@@ -48,7 +48,8 @@ def test_compare_promote_rollback_on_real_versions(pipeline_run, tmp_path, monke
     assert all(r.reused for r in steps.register_step(ws, params, first["data_version"],
                                                      tracking, evaluation).values())
     # ... unless forced, and then equal metrics do not beat the champion.
-    monkeypatch.setattr("gpt.registry.registration.existing_version", lambda *a: None)
+    monkeypatch.setattr("gpt.registry.registration._versions_with_key",
+                        lambda *a: (None, None))  # no version with these weights, gated or not
     two = steps.register_step(ws, params, first["data_version"], tracking, evaluation)
     name = two["task"].name
     assert one["task"].champion and not two["task"].champion

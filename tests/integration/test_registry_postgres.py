@@ -29,7 +29,11 @@ def test_register_on_postgres(pipeline_run, postgres_uri, tmp_path, monkeypatch)
     for v in versions:
         gate = reg[{"gptops-base": "base", "gptops-package-clf": "task",
                     "gptops-sft": "sft"}[v["name"]]]
-        assert v["aliases"] == (["champion"] if gate["champion"] else ["challenger"])
+        # no alias and a "rejected" tag when it does not beat its trivial baseline
+        expected = (["champion"] if gate["champion"] else [] if gate["rejected"]
+                    else ["challenger"])
+        assert v["aliases"] == expected
+        assert ("rejected" in v["tags"]) is gate["rejected"]
     assert all(v["tags"]["data_version"] == first["data_version"] for v in versions)
     comps = load_champion_components(postgres_uri, "gptops-base")
     assert comps["model"].config.n_layer == params.model.n_layer
