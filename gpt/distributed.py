@@ -24,8 +24,6 @@ import torch.nn as nn
 
 from gpt.errors import ConfigError
 
-STRATEGIES = ("ddp", "fsdp")
-
 
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -130,11 +128,11 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     return get_optimizer_state_dict(model, optimizer, options=_options())
 
 
-def load_full_state(model: nn.Module, weights: dict[str, torch.Tensor],
+def load_full_state(model: nn.Module, weights: dict[str, torch.Tensor] | None,
                     optimizer: torch.optim.Optimizer | None = None,
                     optimizer_state: dict | None = None) -> None:
-    """Load whole-model weights (and a name-keyed optimizer state) into a sharded or plain
-    model: each process keeps its own shard."""
+    """Load whole-model weights (None: the model has them already) and a name-keyed optimizer
+    state into a sharded or plain model: each process keeps its own shard."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
@@ -142,7 +140,8 @@ def load_full_state(model: nn.Module, weights: dict[str, torch.Tensor],
     )
 
     options = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(model, weights, options=options)
+    if weights is not None:
+        set_model_state_dict(model, weights, options=options)
     if optimizer is not None and optimizer_state is not None:
         set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 

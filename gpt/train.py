@@ -156,10 +156,9 @@ class CheckpointPolicy:
                 f"checkpoint {path} was written with train.strategy=ddp (or one process); "
                 "resume it with train.strategy=ddp, or delete its checkpoints folder to start "
                 "over with fsdp")
-        if sharded or by_name:
-            weights = ckpt.read_weights(path) if sharded else None
-            distributed.load_full_state(model, weights if weights is not None
-                                        else model.state_dict(), optimizer, state["optimizer"])
+        if by_name:  # a plain model loaded its weights above
+            distributed.load_full_state(model, ckpt.read_weights(path) if sharded else None,
+                                        optimizer, state["optimizer"])
         else:
             optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
@@ -400,14 +399,12 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 if callback is not None:
                     callback(done, metrics)
                 history.append({"step": done, **metrics})
-            saved = checkpoints is not None and _due(done, checkpoints.interval, total_steps)
-            if saved:
+            signum = stop.requested()  # SIGTERM/SIGINT: checkpoint this step, then stop
+            if checkpoints is not None and (signum or _due(done, checkpoints.interval,
+                                                           total_steps)):
                 checkpoints.save(done, raw, optimizer, device,
                                  {"kind": settings.kind, "world": distributed.world()})
-            if signum := stop.requested():
-                if checkpoints is not None and not saved:
-                    checkpoints.save(done, raw, optimizer, device,
-                                     {"kind": settings.kind, "world": distributed.world()})
+            if signum:
                 name = signal.Signals(signum).name
                 where = "checkpoint saved; a re-run resumes here" if checkpoints is not None \
                     else "no checkpoints in this run"

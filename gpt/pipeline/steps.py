@@ -20,7 +20,7 @@ from typing import Any
 
 from gpt import evaluate as ev
 from gpt import launch, progress
-from gpt.config import Params
+from gpt.config import Params, get_dotted
 from gpt.evaluate import ModelEval
 from gpt.launch import World
 from gpt.pipeline import base as base_mod
@@ -199,8 +199,7 @@ def _on_base(workdir: Path, params: Params, data_version: str, tracking: Trackin
     ``batch`` names the step's global batch size (``finetune.batch_size``...).
     """
     paths = RunPaths(Path(workdir))
-    section, field_name = batch.split(".")
-    world = World.of(params.train, getattr(getattr(params, section), field_name), batch)
+    world = World.of(params.train, get_dotted(params, batch), batch)
     base = resolve_base(workdir, params, data_version, spec)
     key = step(params, data_version, base.digest)
     verify_outputs(Path(workdir))
