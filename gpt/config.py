@@ -38,8 +38,13 @@ class DataConfig(_Strict):
     source: str = Field(description='"builtin", a glob of local .txt/.md/.jsonl/.parquet/.csv '
                         '(optionally .gz/.zst), or "hf:<dataset folder or name>"')
     text_field: str = Field(description="field holding the text in structured sources")
-    max_docs: int = Field(ge=0, description="0 = all documents, else the first N (stable order)")
+    max_docs: int = Field(ge=0, description="0 = all documents, else N spread evenly (stable order)")
     seed: int
+    shard_mb: float = Field(gt=0, description="megabytes of text per data shard (each stage works "
+                            "shard by shard: its memory follows this, not the corpus size)")
+    on_bad_record: Literal["reject", "fail"] = Field(
+        description="a record that is not a document (invalid JSON, missing/empty/non-string "
+                    "text): reject = keep it as a rejected record, fail = stop naming every one")
 
 
 class CleanConfig(_Strict):
@@ -73,6 +78,8 @@ class TokenizerConfig(_Strict):
     min_frequency: int = Field(ge=1, description="minimum pair frequency for a BPE merge")
     val_fraction: float = Field(gt=0, lt=1, description="fraction of documents held out")
     seed: int
+    train_sample_mb: float = Field(gt=0, description="megabytes of text (a seeded sample of the "
+                                   "documents) the BPE is trained on")
     # Defaults in code for this key and model.init_from / model.vocab_multiple only: "off",
     # so a workspace's params.yaml from before these keys still loads.
     pretrained: str = Field("", description='"" = train a byte-level BPE (vocab_size, '

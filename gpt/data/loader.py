@@ -1,4 +1,4 @@
-"""Token shards: ``train.bin``/``val.bin`` memmaps plus ``meta.json``, and random-window batches.
+"""Token shards (``train-NNNNN.bin``/``val-NNNNN.bin`` memmaps, ``meta.json``) and batches.
 
 Documents are split into train/val by a hash of their id (not by token position), so no document
 leaks across splits and the split is stable when documents are added. Each document is followed by
@@ -31,22 +31,33 @@ def is_val_doc(doc_id: str, val_fraction: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < val_fraction
 
 
-def write_token_shards(texts: Sequence[str], doc_ids: Sequence[str], tok: Tokenizer,
-                       out_dir: Path, val_fraction: float, seed: int,
-                       batch_size: int = 1024) -> dict[str, Any]:
-    """Encode documents (batched, multi-threaded in Rust) into train/val memmaps + meta.json.
+#: Token shards: ``train-00000.bin``/``val-00000.bin``, one pair per clean shard.
+TOKEN_SHARD = "{split}-{index:05d}.bin"
+SPLITS = ("train", "val")
 
-    Streams: each batch is appended to the split's file as one array, so memory stays at one
-    batch whatever the corpus size. Files are written under temp names and renamed at the end.
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size < 2**16 else np.uint32)
+
+
+def encode_shard(texts: Sequence[str], doc_ids: Sequence[str], tok: Tokenizer, out_dir: Path,
+                 index: int, val_fraction: float, seed: int,
+                 batch_size: int = 1024) -> dict[str, dict[str, Any]]:
+    """Encode one shard's documents (batched) into ``train-<index>.bin``/``val-<index>.bin``.
+
+    Each document is followed by the end-of-text token. Files are written under temp names and
+    renamed when complete; a split without documents gets no file.
+
+    Returns:
+        Per split: ``{"file", "tokens", "docs", "sha256"}`` (``file`` is None when empty).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = tok.get_vocab_size()
-    dtype = np.dtype(np.uint16 if vocab < 2**16 else np.uint32)
+    dtype = token_dtype(tok.get_vocab_size())
     eot = tok.token_to_id(EOT)
-    tmp = {s: out_dir / f"{s}.bin.tmp-{os.getpid()}" for s in ("train", "val")}
-    docs = {"train": 0, "val": 0}
-    tokens = {"train": 0, "val": 0}
+    names = {s: TOKEN_SHARD.format(split=s, index=index) for s in SPLITS}
+    tmp = {s: out_dir / f".{names[s]}.tmp-{os.getpid()}" for s in SPLITS}
+    info = {s: {"file": names[s], "tokens": 0, "docs": 0} for s in SPLITS}
+    hashes = {s: hashlib.sha256() for s in SPLITS}
     handles = {s: p.open("wb") for s, p in tmp.items()}
     try:
         for start in range(0, len(texts), batch_size):
@@ -57,31 +68,107 @@ def write_token_shards(texts: Sequence[str], doc_ids: Sequence[str], tok: Tokeni
                 split = "val" if is_val_doc(doc_id, val_fraction, seed) else "train"
                 flat[split].extend(enc.ids)
                 flat[split].append(eot)
-                docs[split] += 1
+                info[split]["docs"] += 1
             for split, ids in flat.items():
                 if ids:
-                    np.asarray(ids, dtype=dtype).tofile(handles[split])
-                    tokens[split] += len(ids)
+                    data = np.asarray(ids, dtype=dtype).tobytes()
+                    handles[split].write(data)
+                    hashes[split].update(data)
+                    info[split]["tokens"] += len(ids)
+    except BaseException:
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
+        raise
     finally:
         for fh in handles.values():
             fh.close()
-    if not docs["train"] or not docs["val"]:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
-        raise DataError(f"{len(texts)} documents are too few to split into train and val with "
+    for split in SPLITS:
+        if info[split]["tokens"]:
+            os.replace(tmp[split], out_dir / names[split])
+            info[split]["sha256"] = hashes[split].hexdigest()
+        else:
+            tmp[split].unlink()
+            info[split]["file"] = None
+    return info
+
+
+def write_meta(out_dir: Path, shards: list[dict[str, dict[str, Any]]], tok: Tokenizer,
+               val_fraction: float, seed: int, **extra: Any) -> dict[str, Any]:
+    """``meta.json``: totals and the manifest of token shards (per-shard tokens and SHA-256).
+
+    Raises:
+        DataError: a split has no documents (too few to split).
+    """
+    vocab = tok.get_vocab_size()
+    totals = {f"{s}_{what}": sum(sh[s][what] for sh in shards) for s in SPLITS
+              for what in ("tokens", "docs")}
+    if not totals["train_docs"] or not totals["val_docs"]:
+        n = totals["train_docs"] + totals["val_docs"]
+        raise DataError(f"{n} documents are too few to split into train and val with "
                         f"tokenizer.val_fraction={val_fraction}; add documents")
-    for split, p in tmp.items():
-        os.replace(p, out_dir / f"{split}.bin")
-    meta = {"vocab_size": vocab, "dtype": dtype.name, "eot_id": eot,
-            "train_tokens": tokens["train"], "val_tokens": tokens["val"],
-            "train_docs": docs["train"], "val_docs": docs["val"],
-            "val_fraction": val_fraction, "seed": seed}
-    (out_dir / META).write_text(json.dumps(meta, indent=2))
+    meta = {"vocab_size": vocab, "dtype": token_dtype(vocab).name,
+            "eot_id": tok.token_to_id(EOT), **totals, "val_fraction": val_fraction,
+            "seed": seed, **extra,
+            "shards": {s: [{k: sh[s][k] for k in ("file", "tokens", "sha256")}
+                           for sh in shards if sh[s]["file"]] for s in SPLITS}}
+    tmp = Path(out_dir) / f".{META}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, Path(out_dir) / META)
     return meta
 
 
+def write_token_shards(texts: Sequence[str], doc_ids: Sequence[str], tok: Tokenizer,
+                       out_dir: Path, val_fraction: float, seed: int,
+                       batch_size: int = 1024) -> dict[str, Any]:
+    """Encode documents into one shard pair plus ``meta.json`` (small corpora, tests, benches).
+
+    Streams: each batch is appended to the split's file as one array, so memory stays at one
+    batch whatever the corpus size.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shard = encode_shard(texts, doc_ids, tok, out_dir, 0, val_fraction, seed, batch_size)
+    try:
+        return write_meta(out_dir, [shard], tok, val_fraction, seed)
+    except DataError:
+        for info in shard.values():
+            if info["file"]:
+                (out_dir / info["file"]).unlink()
+        raise
+
+
+class _Split:
+    """One split's token shards as one sequence (windows may span two shards)."""
+
+    def __init__(self, directory: Path, shards: list[dict[str, Any]], dtype: np.dtype) -> None:
+        self.maps = [np.memmap(directory / sh["file"], dtype=dtype, mode="r") for sh in shards]
+        self.starts = np.cumsum([0] + [len(m) for m in self.maps])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def window(self, i: int, n: int) -> np.ndarray:
+        """Tokens ``[i, i + n)`` of the split."""
+        s = int(np.searchsorted(self.starts, i, "right")) - 1
+        lo = i - int(self.starts[s])
+        if lo + n <= len(self.maps[s]):
+            return self.maps[s][lo:lo + n]
+        pieces, need = [], n
+        while need:
+            piece = self.maps[s][lo:lo + need]
+            pieces.append(piece)
+            need -= len(piece)
+            s, lo = s + 1, 0
+        return np.concatenate(pieces)
+
+
 class TokenData:
-    """Memory-mapped token shards with deterministic random-window batches."""
+    """Memory-mapped token shards with deterministic random-window batches.
+
+    The shards of a split are read as one sequence (their order in ``meta.json``), so the
+    windows, hence the batches, depend only on the data and (seed, step): a resumed run sees
+    the batches an uninterrupted run would have.
+    """
 
     def __init__(self, directory: Path) -> None:
         directory = Path(directory)
@@ -92,8 +179,10 @@ class TokenData:
         self.meta = json.loads(meta_path.read_text())
         self.dir = directory
         dtype = np.dtype(self.meta["dtype"])
-        self.splits = {s: np.memmap(directory / f"{s}.bin", dtype=dtype, mode="r")
-                       for s in ("train", "val")}
+        if "shards" not in self.meta:
+            raise DataError(f"{meta_path} lists no token shards (made by an older gptops); "
+                            "re-run `gptops data tokenize`")
+        self.splits = {s: _Split(directory, self.meta["shards"][s], dtype) for s in SPLITS}
 
     @property
     def vocab_size(self) -> int:
@@ -114,9 +203,9 @@ class TokenData:
         ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
         if rows is not None:
             ix = ix[rows]
-        x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64))
-                         for i in ix])
+        windows = [data.window(int(i), block_size + 1).astype(np.int64) for i in ix]
+        x = torch.stack([torch.from_numpy(w[:-1]) for w in windows])
+        y = torch.stack([torch.from_numpy(w[1:]) for w in windows])
         return x, y
 
 

@@ -6,7 +6,7 @@ threshold are confirmed on exact shingle-set Jaccard. The first document of a gr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -136,6 +136,31 @@ def _shingle_set(text: str, ngram: int) -> set[int]:
     return {hash(tuple(words[i:i + ngram])) for i in range(len(words) - ngram + 1)}
 
 
+def _band_mult(rows: int) -> np.ndarray:
+    rng = np.random.default_rng(_MINHASH_SEED + 1)
+    return rng.integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
+
+
+def band_keys(sigs: np.ndarray, threshold: float, num_perm: int) -> np.ndarray:
+    """LSH bucket keys: ``(bands, n)`` ``uint64``, one per band of ``rows`` signature entries.
+
+    Two rows share a band's key when their signatures agree on that band (up to 64-bit hash
+    collisions), so keys computed shard by shard are compared across shards.
+    """
+    bands, rows = lsh_bands(threshold, num_perm)
+    mult = _band_mult(rows)
+    out = np.empty((bands, len(sigs)), dtype=np.uint64)
+    for band in range(bands):
+        cols = sigs[:, band * rows:(band + 1) * rows].astype(np.uint64)
+        out[band] = _mix64((cols * mult).sum(axis=1, dtype=np.uint64))
+    return out
+
+
+#: ``keys(band)``: every row's key in that band; ``take(rows)``: those rows' signatures.
+BandKeys = Callable[[int], np.ndarray]
+TakeSignatures = Callable[[np.ndarray], np.ndarray]
+
+
 def near_duplicates(sigs: np.ndarray, threshold: float, texts: Sequence[str] | None = None,
                     ngram: int = 5) -> np.ndarray:
     """For each row, the index of the first earlier kept row it near-duplicates, else -1.
@@ -157,17 +182,35 @@ def near_duplicates(sigs: np.ndarray, threshold: float, texts: Sequence[str] | N
         ``int64`` array of length ``n``.
     """
     n, num_perm = sigs.shape
+    if n < 2:
+        return np.full(n, -1, dtype=np.int64)
+    keys = band_keys(sigs, threshold, num_perm)
+    return near_duplicates_banded(keys.__getitem__, len(keys), n, sigs.__getitem__, threshold,
+                                  num_perm, texts, ngram)
+
+
+def near_duplicates_banded(keys: BandKeys, bands: int, n: int, take: TakeSignatures,
+                           threshold: float, num_perm: int,
+                           texts: Sequence[str] | None = None, ngram: int = 5) -> np.ndarray:
+    """``near_duplicates`` over band keys and signatures held elsewhere (e.g. shard files).
+
+    Memory: one band's keys (8 bytes a row) at a time, plus the candidate pairs and their
+    signatures; the whole signature matrix is never loaded.
+
+    Args:
+        keys: ``keys(band)`` -> ``(n,)`` ``uint64`` (see ``band_keys``).
+        bands: how many bands.
+        n: rows.
+        take: ``take(rows)`` -> ``(len(rows), num_perm)`` signatures of those rows.
+        threshold, num_perm, texts, ngram: as for ``near_duplicates``.
+    """
     of = np.full(n, -1, dtype=np.int64)
     if n < 2:
         return of
-    bands, rows = lsh_bands(threshold, num_perm)
-    rng = np.random.default_rng(_MINHASH_SEED + 1)
-    mult = rng.integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
     firsts, seconds = [], []
     idx = np.arange(n, dtype=np.int64)
     for band in range(bands):
-        cols = sigs[:, band * rows:(band + 1) * rows].astype(np.uint64)
-        key = _mix64((cols * mult).sum(axis=1, dtype=np.uint64))
+        key = keys(band)
         order = np.argsort(key, kind="stable")
         ks = key[order]
         same = ks[1:] == ks[:-1]
@@ -183,7 +226,10 @@ def near_duplicates(sigs: np.ndarray, threshold: float, texts: Sequence[str] | N
         return of
     pairs = np.unique(np.stack([np.concatenate(firsts), np.concatenate(seconds)], axis=1), axis=0)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    sim = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
+    rows, inverse = np.unique(pairs, return_inverse=True)
+    sig_rows = take(rows)
+    inverse = inverse.reshape(pairs.shape)
+    sim = (sig_rows[inverse[:, 0]] == sig_rows[inverse[:, 1]]).mean(axis=1)
     if texts is None:
         pairs = pairs[sim >= threshold]
     else:

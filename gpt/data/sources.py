@@ -33,8 +33,10 @@ import pkgutil
 import sys
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -162,32 +164,93 @@ def _split_suffix(path: Path) -> tuple[str, str]:
     return (suffixes[-1] if suffixes else ""), ""
 
 
-def _read_bytes(path: Path, compression: str) -> bytes:
-    """The file's bytes, decompressed; a clear DataError when the file cannot be read."""
+class BadRecords:
+    """Records that are not documents (invalid JSON, a missing, empty or non-string text field).
+
+    ``on_bad_record``: ``"reject"`` keeps them as rejected records (file, line and reason; no
+    excerpt, so no PII), ``"fail"`` raises one error per file listing its bad lines (up to
+    ``FAIL_LIMIT``).
+    """
+
+    FAIL_LIMIT = 20
+
+    def __init__(self, on_bad_record: str = "reject") -> None:
+        if on_bad_record not in BAD_RECORD_MODES:
+            raise DataError(f"data.on_bad_record '{on_bad_record}' is not one of "
+                            f"{', '.join(BAD_RECORD_MODES)}")
+        self.mode = on_bad_record
+        self.rows: list[tuple[str, str, str, str, str]] = []
+        self._file: list[str] = []
+
+    def add(self, path: Path, line: int, reason: str) -> None:
+        if self.mode == "fail":
+            self._file.append(f"{path.name}:{line} {reason}")
+        else:
+            self.rows.append((f"{path}:{line}", str(path), f"{path.name}:{line}",
+                              f"{BAD_RECORD}={reason}", ""))
+
+    def end_file(self, path: Path) -> None:
+        if self._file:
+            shown = "; ".join(self._file[:self.FAIL_LIMIT])
+            more = len(self._file) - self.FAIL_LIMIT
+            self._file = []
+            shown += f" (and {more} more)" if more > 0 else ""
+            raise DataError(f"{path} has bad records: {shown}; "
+                            "fix them, or set data.on_bad_record=reject to keep them as rejected "
+                            "records")
+
+    def take(self) -> pd.DataFrame:
+        out = pd.DataFrame(self.rows, columns=BAD_COLUMNS)
+        self.rows = []
+        return out
+
+
+#: ``data.on_bad_record`` values.
+BAD_RECORD_MODES = ("reject", "fail")
+#: The reason prefix of a bad record (``bad_record=invalid_json`` ...).
+BAD_RECORD = "bad_record"
+#: Columns of bad records (those of rejected documents).
+BAD_COLUMNS = ["doc_id", "source", "name", "reason", "excerpt"]
+
+
+def _open_binary(path: Path, compression: str) -> BinaryIO:
+    """The file's bytes as a stream, decompressed on the fly; a clear error when unreadable."""
     try:
-        raw = path.read_bytes()
+        fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - returned open
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}; check the path and its "
                         "permissions") from exc
     if compression == ".gz":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"cannot decompress {path}: {exc}; the gzip file is corrupt or "
-                            "truncated") from exc
+        return gzip.GzipFile(fileobj=fh)  # type: ignore[return-value]
     if compression == ".zst":
         try:
             import zstandard
         except ImportError as exc:
+            fh.close()
             raise DataError(f"{path} is zstd-compressed but the 'zstandard' package is not "
                             "installed; pip install zstandard (or decompress the file)") from exc
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
-                return reader.read()
-        except zstandard.ZstdError as exc:
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(fh, closefd=True))
+    return fh
+
+
+@contextlib.contextmanager
+def _decompress_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"cannot decompress {path}: {exc}; the gzip file is corrupt or "
+                        "truncated") from exc
+    except Exception as exc:
+        if type(exc).__name__ == "ZstdError":
             raise DataError(f"cannot decompress {path}: {exc}; the zstd file is corrupt or "
                             "truncated") from exc
-    return raw
+        raise
+
+
+def _read_bytes(path: Path, compression: str) -> bytes:
+    """The file's bytes, decompressed; a clear DataError when the file cannot be read."""
+    with _decompress_errors(path), _open_binary(path, compression) as fh:
+        return fh.read()
 
 
 def _decode(raw: bytes) -> str:
@@ -197,61 +260,113 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _read_text_file(path: Path, compression: str = "") -> str:
-    return _decode(_read_bytes(path, compression))
+def _iter_lines(path: Path, compression: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line, streamed (one line in memory at a time)."""
+    with _decompress_errors(path), _open_binary(path, compression) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = _decode(raw) if lineno == 1 else raw.decode("utf-8", errors="replace")
+            yield lineno, line.rstrip("\r\n") if line.endswith("\n") else line
 
 
-def _read_one(path: Path, text_field: str) -> pd.DataFrame:
-    suffix, compression = _split_suffix(path)
+Row = tuple[str, str, str, str]
+
+
+def _iter_jsonl(path: Path, text_field: str, bad: BadRecords) -> Iterator[Row]:
     src = str(path)
-    if suffix in TEXT_SUFFIXES:
-        text = _read_text_file(path, compression)
-        return pd.DataFrame([(f"{src}:0", src, path.name, text)], columns=DOC_COLUMNS)
-    if suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(_read_text_file(path, compression).split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno} is not valid JSON ({exc.msg}); fix or remove "
-                                "the line") from exc
-            if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-                raise DataError(f"{path}:{lineno} has no string field '{text_field}'; set "
-                                "data.text_field to the field holding the text")
-            rows.append((f"{src}:{lineno}", src, f"{path.name}:{lineno}", rec[text_field]))
-        return pd.DataFrame(rows, columns=DOC_COLUMNS)
+    for lineno, line in _iter_lines(path, _split_suffix(path)[1]):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad.add(path, lineno, "invalid_json")
+            continue
+        value = rec.get(text_field) if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or text_field not in rec or value is None:
+            bad.add(path, lineno, f"no_field_{text_field}")
+        elif not isinstance(value, str):
+            bad.add(path, lineno, f"{text_field}_not_a_string")
+        elif not value.strip():
+            bad.add(path, lineno, f"empty_{text_field}")
+        else:
+            yield (f"{src}:{lineno}", src, f"{path.name}:{lineno}", value)
+
+
+def _iter_table(path: Path, suffix: str, compression: str, text_field: str,
+                bad: BadRecords) -> Iterator[Row]:
+    """Rows of a parquet file (row group by row group) or a csv file (in chunks)."""
+    import pyarrow.parquet as pq
+
+    src = str(path)
     if suffix == ".parquet" and compression:
         raise DataError(f"{path}: compressed parquet is not supported (parquet compresses "
                         "internally); decompress the file")
-    if suffix in {".parquet", ".csv"}:
-        try:
-            if suffix == ".parquet":
-                table = pd.read_parquet(path)
-            else:
-                raw = _read_bytes(path, compression)
-                table = (pd.read_csv(io.BytesIO(raw), encoding="utf-8-sig",
-                                     encoding_errors="replace") if raw.strip()
-                         else pd.DataFrame(columns=[text_field]))
-        except DataError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - pyarrow/pandas raise many types
-            raise DataError(f"cannot read {path}: {exc}; the file is corrupt or not "
-                            f"{suffix[1:]}") from exc
-        if text_field not in table.columns:
-            raise DataError(f"{path} has no column '{text_field}' (columns: "
-                            f"{', '.join(map(str, table.columns))}); set data.text_field")
-        texts = table[text_field].fillna("").astype(str).tolist()
-        return pd.DataFrame(
-            [(f"{src}:{i}", src, f"{path.name}:{i}", t) for i, t in enumerate(texts)],
-            columns=DOC_COLUMNS)
-    raise DataError(f"unsupported file type {path} (use .txt, .md, .jsonl, .parquet or .csv; "
-                    "all but .parquet may be .gz or .zst compressed)")
+    try:
+        if suffix == ".parquet":
+            pf = pq.ParquetFile(path)
+            if text_field not in pf.schema_arrow.names:
+                _no_column(path, text_field, pf.schema_arrow.names)
+            chunks: Iterator[list] = (b.column(0).to_pylist() for b in
+                                      pf.iter_batches(batch_size=4096, columns=[text_field]))
+        else:
+            chunks = _csv_chunks(path, compression, text_field)
+        i = 0
+        for values in chunks:
+            for value in values:
+                if value is None or (isinstance(value, float) and value != value):
+                    bad.add(path, i, f"no_field_{text_field}")
+                else:
+                    text = value if isinstance(value, str) else str(value)
+                    if text.strip():
+                        yield (f"{src}:{i}", src, f"{path.name}:{i}", text)
+                    else:
+                        bad.add(path, i, f"empty_{text_field}")
+                i += 1
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow/pandas raise many types
+        raise DataError(f"cannot read {path}: {exc}; the file is corrupt or not "
+                        f"{suffix[1:]}") from exc
 
 
-def read_local(pattern: str, text_field: str = "text", max_docs: int = 0) -> pd.DataFrame:
-    """Read local files matching a glob (directories are searched recursively)."""
+def _no_column(path: Path, text_field: str, columns: list[str]) -> None:
+    raise DataError(f"{path} has no column '{text_field}' (columns: "
+                    f"{', '.join(map(str, columns))}); set data.text_field")
+
+
+def _csv_chunks(path: Path, compression: str, text_field: str) -> Iterator[list]:
+    with _decompress_errors(path), _open_binary(path, compression) as fh:
+        head = fh.peek(1) if hasattr(fh, "peek") else b"x"
+        if not head.strip():
+            return
+        reader = pd.read_csv(fh, encoding="utf-8-sig", encoding_errors="replace",
+                             chunksize=4096, dtype=object, keep_default_na=False,
+                             na_values=[])
+        for chunk in reader:
+            if text_field not in chunk.columns:
+                _no_column(path, text_field, list(chunk.columns))
+            yield [None if v is None else v for v in chunk[text_field].tolist()]
+
+
+def _iter_file(path: Path, text_field: str, bad: BadRecords) -> Iterator[Row]:
+    suffix, compression = _split_suffix(path)
+    src = str(path)
+    if suffix in TEXT_SUFFIXES:
+        with _decompress_errors(path):
+            text = _decode(_read_bytes(path, compression))
+        yield (f"{src}:0", src, path.name, text)
+    elif suffix == ".jsonl":
+        yield from _iter_jsonl(path, text_field, bad)
+    elif suffix in {".parquet", ".csv"}:
+        yield from _iter_table(path, suffix, compression, text_field, bad)
+    else:
+        raise DataError(f"unsupported file type {path} (use .txt, .md, .jsonl, .parquet or .csv; "
+                        "all but .parquet may be .gz or .zst compressed)")
+    bad.end_file(path)
+
+
+def local_paths(pattern: str) -> list[Path]:
+    """The files a glob names (directories are searched recursively, hidden files skipped)."""
     expanded = os.path.expanduser(pattern)
     paths: list[Path] = []
     for hit in sorted(glob.glob(expanded, recursive=True)):
@@ -265,27 +380,17 @@ def read_local(pattern: str, text_field: str = "text", max_docs: int = 0) -> pd.
     if not paths:
         raise DataError(f"corpus path '{pattern}' matches no files; check the path or set "
                         "data.source=builtin")
-    frames = [_read_one(p, text_field) for p in paths]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DOC_COLUMNS)
-    if df.empty:
-        raise DataError(f"corpus path '{pattern}' holds no documents (all files are empty)")
-    return _limit(df, max_docs)
+    return paths
 
 
-def read_hf(spec: str, text_field: str = "text", max_docs: int = 0) -> pd.DataFrame:
-    """Read a Hugging Face ``datasets`` dataset: a local ``save_to_disk`` folder or a hub name.
+def _iter_local(pattern: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
+    for p in local_paths(pattern):
+        yield from _iter_file(p, text_field, bad)
 
-    Args:
-        spec: a folder written by ``Dataset.save_to_disk``/``DatasetDict.save_to_disk``, or a hub
-            dataset name, optionally with a split: ``"name:split"`` (default: every split of a
-            local folder, ``train`` from the hub). Hub datasets need the network.
-        text_field: the column holding the text.
-        max_docs: 0 for all documents, else an evenly spread subset of this size.
 
-    Raises:
-        DataError: ``datasets`` is not installed, the dataset cannot be loaded, or it has no
-            string column ``text_field``.
-    """
+def _hf_parts(spec: str, text_field: str) -> list[tuple[str, str, object]]:
+    """``(dataset name, split, dataset)``: local ``save_to_disk`` folders memory-mapped, hub
+    datasets streamed."""
     try:
         import datasets
     except ImportError as exc:
@@ -302,7 +407,7 @@ def read_hf(spec: str, text_field: str = "text", max_docs: int = 0) -> pd.DataFr
         if Path(name).exists():
             loaded = datasets.load_from_disk(name)
         else:
-            loaded = datasets.load_dataset(name, split=split or "train")
+            loaded = datasets.load_dataset(name, split=split or "train", streaming=True)
     except Exception as exc:  # noqa: BLE001 - datasets/fsspec/network raise many types
         raise DataError(f"cannot load dataset '{name}': {exc}; pass a folder written by "
                         "save_to_disk or a dataset name reachable from this machine") from exc
@@ -310,28 +415,97 @@ def read_hf(spec: str, text_field: str = "text", max_docs: int = 0) -> pd.DataFr
              else [(split or "train", loaded)])
     if split and isinstance(loaded, datasets.DatasetDict):
         parts = [(k, v) for k, v in parts if k == split]
-    frames = []
     for split_name, ds in parts:
-        if text_field not in ds.column_names:
+        columns = ds.column_names or []
+        if columns and text_field not in columns:
             raise DataError(f"dataset '{name}' split '{split_name}' has no column '{text_field}' "
-                            f"(columns: {', '.join(ds.column_names)}); set data.text_field")
-        texts = ["" if t is None else str(t) for t in ds[text_field]]
-        frames.append(pd.DataFrame(
-            [(f"hf:{name}:{split_name}:{i}", f"hf:{name}", f"{split_name}:{i}", t)
-             for i, t in enumerate(texts)], columns=DOC_COLUMNS))
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DOC_COLUMNS)
-    if df.empty:
-        raise DataError(f"dataset '{name}' holds no documents")
-    return _limit(df, max_docs)
+                            f"(columns: {', '.join(columns)}); set data.text_field")
+    return [(name, s, ds) for s, ds in parts]
 
 
-def read_source(source: str, text_field: str = "text", max_docs: int = 0) -> pd.DataFrame:
-    """Read the configured source: ``builtin``, ``hf:<folder or name>`` or a local glob."""
+def _iter_hf(spec: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
+    for name, split_name, ds in _hf_parts(spec, text_field):
+        origin = Path(f"hf:{name}:{split_name}")
+        for i, rec in enumerate(ds.select_columns([text_field]) if hasattr(ds, "select_columns")
+                                else ds):
+            t = rec.get(text_field)
+            if t is None:
+                bad.add(origin, i, f"no_field_{text_field}")
+            elif not str(t).strip():
+                bad.add(origin, i, f"empty_{text_field}")
+            else:
+                yield (f"hf:{name}:{split_name}:{i}", f"hf:{name}", f"{split_name}:{i}", str(t))
+
+
+@dataclass
+class Batch:
+    """Documents read (``DOC_COLUMNS``) and the bad records met since the last batch."""
+
+    docs: pd.DataFrame
+    bad: pd.DataFrame
+
+
+def _rows(source: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
     if not source or not source.strip():
         raise DataError("data.source is empty; set it to 'builtin', 'hf:<dataset>' or a glob of "
                         "local files")
     if source == "builtin":
-        return read_builtin(max_docs)
-    if source.startswith("hf:"):
-        return read_hf(source[3:], text_field, max_docs)
-    return read_local(source, text_field, max_docs)
+        yield from read_builtin().itertuples(index=False, name=None)
+    elif source.startswith("hf:"):
+        yield from _iter_hf(source[3:], text_field, bad)
+    else:
+        yield from _iter_local(source, text_field, bad)
+
+
+def iter_source(source: str, text_field: str = "text", max_docs: int = 0,
+                on_bad_record: str = "reject", batch_docs: int = 4096) -> Iterator[Batch]:
+    """Stream the configured source in batches of documents (memory: one batch, one line).
+
+    Args:
+        source: ``builtin``, ``hf:<folder or name>`` or a local glob (see the module).
+        text_field: the field or column holding the text.
+        max_docs: 0 for all documents, else an evenly spread subset of this size (every k-th
+            document in the stable order; a first pass counts the documents).
+        on_bad_record: ``reject`` (bad records come out in ``Batch.bad``) or ``fail``.
+        batch_docs: documents per batch.
+
+    Raises:
+        DataError: the source names nothing, holds no documents, a file is unreadable, or
+            (``fail``) a file has bad records.
+    """
+    keep: Callable[[int], bool] = lambda _i: True  # noqa: E731
+    if max_docs:
+        total = sum(1 for _ in _rows(source, text_field, BadRecords(on_bad_record)))
+        if total > max_docs:
+            step = total / max_docs  # as _limit does for the built-in corpus
+            chosen = {int(i * step) for i in range(max_docs)}
+            keep = chosen.__contains__
+    bad = BadRecords(on_bad_record)
+    rows: list[Row] = []
+    seen = 0
+    for i, row in enumerate(_rows(source, text_field, bad)):
+        if keep(i):
+            rows.append(row)
+        if len(rows) >= batch_docs:
+            seen += len(rows)
+            yield Batch(pd.DataFrame(rows, columns=DOC_COLUMNS), bad.take())
+            rows = []
+    seen += len(rows)
+    if rows or bad.rows:
+        yield Batch(pd.DataFrame(rows, columns=DOC_COLUMNS), bad.take())
+    if not seen:
+        raise DataError(f"data.source '{source}' holds no documents (all files are empty or "
+                        "every record is bad)")
+
+
+def read_source(source: str, text_field: str = "text", max_docs: int = 0,
+                on_bad_record: str = "reject") -> pd.DataFrame:
+    """The whole source as one frame of documents (bad records left out; see ``iter_source``)."""
+    frames = [b.docs for b in iter_source(source, text_field, max_docs, on_bad_record)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_local(pattern: str, text_field: str = "text", max_docs: int = 0,
+               on_bad_record: str = "reject") -> pd.DataFrame:
+    """Read local files matching a glob as one frame (see ``iter_source``)."""
+    return read_source(pattern, text_field, max_docs, on_bad_record)

@@ -1,7 +1,11 @@
-"""The DVC data stages: ingest → clean → tokenize.
+"""The DVC data stages: ingest → clean → tokenize, shard by shard.
 
-Each stage reads its inputs from the workspace folder, writes its outputs atomically (into a temp
-folder renamed into place), and is what ``dvc.yaml``'s ``cmd`` runs (``gptops data <stage>``).
+Each stage reads its inputs from the workspace folder and is what ``dvc.yaml``'s ``cmd`` runs
+(``gptops data <stage>``). Each streams: ``data/raw``, ``data/clean`` and ``data/tokens`` are
+folders of numbered shards (``part-00000.parquet`` ..., ``train-00000.bin`` ...) of about
+``data.shard_mb`` of text, so a stage's memory follows the shard size, not the corpus size.
+Outputs are written resumably and atomically (``gpt.data.shards``): a killed stage run again
+skips its completed shards, and the output folder appears only when every shard is done.
 """
 
 from __future__ import annotations
@@ -10,19 +14,33 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from gpt import progress
 from gpt.config import Params
-from gpt.data.clean import Mapper, clean_shards, render_report
-from gpt.data.loader import META, write_token_shards
-from gpt.data.sources import DOC_COLUMNS, read_source
-from gpt.data.tokenizer import save_tokenizer, train_tokenizer
+from gpt.data.clean import Mapper, clean_parts, render_report
+from gpt.data.clean.engine import validated_docs
+from gpt.data.loader import encode_shard, is_val_doc, write_meta
+from gpt.data.shards import (
+    MANIFEST,
+    PART,
+    ShardedOutput,
+    fingerprint,
+    parts,
+    read_part,
+    sharded_output,
+    write_parquet,
+)
+from gpt.data.sources import BAD_COLUMNS, iter_source, local_paths
+from gpt.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from gpt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,9 +49,8 @@ RAW = Path("data/raw")
 CLEAN = Path("data/clean")
 CLEAN_STATS = Path("data/clean_stats.json")
 TOKENS = Path("data/tokens")
-#: Above this many input bytes, cleaning splits the corpus into shards over all cores.
-PARALLEL_BYTES = 64 * 2**20
-SHARD_DOCS = 20_000
+#: Bad records of the source (``data.on_bad_record: reject``), in ``data/raw``.
+BAD_RECORDS = "rejected.parquet"
 
 
 def _alive(pid: int) -> bool:
@@ -47,71 +64,110 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(final: Path) -> list[Path]:
-    """Remove ``final``'s temp folders left by killed processes (their pid is gone)."""
+    """Remove temp files and folders next to ``final`` left by killed processes (pid gone)."""
     removed = []
-    for tmp in Path(final).parent.glob(f".{Path(final).name}.tmp-*"):
+    for tmp in Path(final).parent.glob(f".{Path(final).name}*.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
             log.info("removed %s, left by a killed process %s", tmp, pid)
     return removed
 
 
 @contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder that replaces ``final`` only if the block succeeds.
-
-    Temp folders that killed processes left next to it are removed first.
-    """
-    final = Path(final)
+def _output(final: Path, stage: str, print_: str) -> Iterator[ShardedOutput]:
+    """The stage's resumable output folder (see ``gpt.data.shards``), saying what it resumes."""
     remove_stale_temps(final)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with sharded_output(final, print_) as out:
+        if out.resumed:
+            log.info("%s: resuming a killed run: %d shard file(s) already complete", stage,
+                     len(out.resumed))
+        yield out
 
 
-def _read_docs(path: Path, stage: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path} not found; run the '{stage}' stage first (`gptops data {stage}`)")
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path} is corrupt ({exc}); re-run `gptops data {stage}`") from exc
+def _source_state(source: str) -> Any:
+    """What the source's files are (path, size, mtime), so a resume never mixes two versions."""
+    if source == "builtin" or source.startswith("hf:"):
+        return [source, sys.version]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in local_paths(source)]
+
+
+def _inputs_state(directory: Path, prefix: str = "part-") -> list[tuple[str, int, int]]:
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts(directory, prefix)]
+
+
+class _ShardWriter:
+    """Cuts a stream of document frames into shards of about ``shard_bytes`` of text."""
+
+    def __init__(self, out: ShardedOutput, shard_bytes: int) -> None:
+        self.out, self.shard_bytes = out, shard_bytes
+        self.frames: list[pd.DataFrame] = []
+        self.bytes = 0
+        self.shards: list[dict[str, Any]] = []
+
+    def add(self, docs: pd.DataFrame) -> None:
+        while len(docs):
+            sizes = docs["text"].str.encode("utf-8", "surrogatepass").str.len().to_numpy()
+            room = self.shard_bytes - self.bytes
+            cut = int(np.searchsorted(np.cumsum(sizes), room, "left")) + 1
+            head, docs = docs.iloc[:cut], docs.iloc[cut:]
+            self.frames.append(head)
+            self.bytes += int(sizes[:cut].sum())
+            if self.bytes >= self.shard_bytes:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.frames:
+            return
+        frame = pd.concat(self.frames, ignore_index=True)
+        name = PART.format(len(self.shards))
+        if not self.out.done(name):
+            write_parquet(validated_docs(frame), self.out.path / name)
+            self.out.complete(name)
+        self.shards.append({"file": name, "docs": len(frame), "bytes": self.bytes})
+        self.frames, self.bytes = [], 0
 
 
 def ingest(params: Params, workdir: Path) -> dict[str, Any]:
-    """Read the configured source into ``data/raw/docs.parquet``."""
+    """Stream the configured source into ``data/raw/part-NNNNN.parquet`` shards.
+
+    Memory: one batch of records and one shard (``data.shard_mb``). Bad records (invalid JSON,
+    a missing or empty text) go to ``data/raw/rejected.parquet`` with file, line and reason
+    (``data.on_bad_record: reject``), or stop the stage naming them (``fail``). A killed run
+    re-run with the same source and parameters skips the shards already written.
+    """
     t0 = time.perf_counter()
-    df = read_source(params.data.source, params.data.text_field, params.data.max_docs)
-    if df.empty:
-        raise DataError(f"data.source '{params.data.source}' yielded no documents")
-    with atomic_dir(Path(workdir) / RAW) as out:
-        df[DOC_COLUMNS].to_parquet(out / "docs.parquet", index=False)
-    info = {"docs": len(df), "bytes": int(df.text.str.len().sum()),
-            "seconds": round(time.perf_counter() - t0, 2)}
-    log.info("ingest: %d documents, %.1f MB from %s", info["docs"], info["bytes"] / 1e6,
-             params.data.source)
+    d = params.data
+    print_ = fingerprint("ingest", d.model_dump(), _source_state(d.source))
+    bad: list[pd.DataFrame] = []
+    with _output(Path(workdir) / RAW, "ingest", print_) as out:
+        writer = _ShardWriter(out, int(d.shard_mb * 2**20))
+        with progress.phase("ingest", unit="doc") as bar:
+            for batch in iter_source(d.source, d.text_field, d.max_docs, d.on_bad_record):
+                writer.add(batch.docs)
+                bar.advance(len(batch.docs))
+                if len(batch.bad):
+                    bad.append(batch.bad)
+        writer.flush()
+        rejected = pd.concat(bad, ignore_index=True) if bad else pd.DataFrame(
+            columns=BAD_COLUMNS)
+        write_parquet(rejected.astype("str"), out.path / BAD_RECORDS)
+        info = {"docs": sum(s["docs"] for s in writer.shards), "bad_records": len(rejected),
+                "bytes": sum(s["bytes"] for s in writer.shards), "shards": writer.shards}
+        (out.path / MANIFEST).write_text(json.dumps(info, indent=2))
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s",
+             info["docs"], len(writer.shards), info["bytes"] / 1e6, d.source, len(rejected),
+             f" (see {RAW / BAD_RECORDS})" if len(rejected) else "")
     return info
 
 
-def split_shards(docs: pd.DataFrame, shard_docs: int = SHARD_DOCS) -> list[pd.DataFrame]:
-    """Consecutive slices of ``docs`` (order kept, so results equal the unsharded run)."""
-    return [docs.iloc[i:i + shard_docs] for i in range(0, max(len(docs), 1), shard_docs)]
-
-
-def length_plot(before: pd.Series, after: pd.Series, path: Path) -> None:
+def length_plot(before: np.ndarray, after: np.ndarray, path: Path) -> None:
     """Histogram of document lengths (characters, log scale) before and after cleaning."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -120,8 +176,8 @@ def length_plot(before: pd.Series, after: pd.Series, path: Path) -> None:
     ax = fig.add_subplot()
     hi = max(int(before.max() if len(before) else 1), 10)
     bins = np.logspace(0, np.log10(hi), 40)
-    ax.hist(before.clip(lower=1), bins=bins, alpha=0.5, label=f"raw ({len(before)})")
-    ax.hist(after.clip(lower=1), bins=bins, alpha=0.6, label=f"kept ({len(after)})")
+    ax.hist(np.clip(before, 1, None), bins=bins, alpha=0.5, label=f"raw ({len(before)})")
+    ax.hist(np.clip(after, 1, None), bins=bins, alpha=0.6, label=f"kept ({len(after)})")
     ax.set_xscale("log")
     ax.set_xlabel("document length (characters)")
     ax.set_ylabel("documents")
@@ -130,71 +186,180 @@ def length_plot(before: pd.Series, after: pd.Series, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def default_workers() -> int:
+    """Processes for the per-shard work: every core (``GPTOPS_DATA_WORKERS`` overrides)."""
+    env = os.environ.get("GPTOPS_DATA_WORKERS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+
+
+def _raw_parts(workdir: Path) -> tuple[list[Path], dict[str, Any]]:
+    raw_dir = workdir / RAW
+    files = parts(raw_dir)
+    if not files or not (raw_dir / MANIFEST).is_file():
+        raise DataError(f"{raw_dir} holds no shards; run the 'ingest' stage first "
+                        "(`gptops data ingest`)")
+    return files, json.loads((raw_dir / MANIFEST).read_text())
+
+
 def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
-          workers: int | None = None, shard_docs: int = SHARD_DOCS) -> dict[str, Any]:
-    """Clean ``data/raw`` into ``data/clean`` (kept + rejected with reasons) and stats.
+          workers: int | None = None) -> dict[str, Any]:
+    """Clean ``data/raw`` into ``data/clean`` shard by shard (kept + rejected with reasons).
 
-    Large corpora (over ``PARALLEL_BYTES``) are cleaned in shards on all cores; ``mapper`` runs
-    the shards elsewhere (e.g. Prefect tasks on Dask). The result is the same either way.
+    The per-shard filtering runs on ``workers`` processes (default: every core), or through
+    ``mapper`` elsewhere (e.g. Prefect tasks on Dask); dedup runs across all shards. The result
+    is the same either way, and for a killed run resumed.
     """
     workdir = Path(workdir)
-    docs = _read_docs(workdir / RAW / "docs.parquet", "ingest")
-    if workers is None:
-        big = int(docs.text.str.len().sum()) > PARALLEL_BYTES
-        workers = (os.cpu_count() or 1) if big else 1
-    result = clean_shards(split_shards(docs, shard_docs), params.clean, workers, mapper)
-    if len(result.kept) + len(result.rejected) != len(docs):
-        raise DataError(f"cleaning lost documents ({len(docs)} in, {len(result.kept)} kept, "
-                        f"{len(result.rejected)} rejected); this is a bug, please report it")
-    if result.kept.empty:
-        reasons = result.stats.get("rejected_by_reason", {})
-        raise DataError(f"no usable documents: all {len(docs)} were rejected ({reasons}); "
-                        "check data.source or relax the clean.* thresholds in params.yaml")
-    with atomic_dir(workdir / CLEAN) as out:
-        result.kept.to_parquet(out / "docs.parquet", index=False)
-        result.rejected.to_parquet(out / "rejected.parquet", index=False)
-        (out / "report.md").write_text(render_report(result.stats), encoding="utf-8")
-        length_plot(docs.text.str.len(), result.kept.text.str.len(), out / "lengths.png")
+    raw, manifest = _raw_parts(workdir)
+    cfg = params.clean
+    print_ = fingerprint("clean", cfg.model_dump(), _inputs_state(workdir / RAW))
+    with _output(workdir / CLEAN, "clean", print_) as out:
+        done = clean_parts(raw, out, cfg, workers or default_workers(), mapper)
+        stats = done.stats
+        stats["bad_records"] = int(manifest.get("bad_records", 0))
+        stats["records_read"] = stats["docs_in"] + stats["bad_records"]
+        if stats["docs_in"] != manifest["docs"] or \
+                stats["docs_kept"] + stats["docs_rejected"] != stats["docs_in"]:
+            raise DataError(f"cleaning lost documents ({manifest['docs']} in, "
+                            f"{stats['docs_kept']} kept, {stats['docs_rejected']} rejected); "
+                            "this is a bug, please report it")
+        if not stats["docs_kept"]:
+            raise DataError(f"no usable documents: all {stats['docs_in']} were rejected "
+                            f"({stats.get('rejected_by_reason', {})}); check data.source or "
+                            "relax the clean.* thresholds in params.yaml")
+        (out.path / "report.md").write_text(render_report(stats), encoding="utf-8")
+        (out.path / MANIFEST).write_text(json.dumps(
+            {"docs_kept": stats["docs_kept"], "bytes_out": stats["bytes_out"],
+             "shards": [{"file": p.name} for p in parts(out.path)]}, indent=2))
+        length_plot(done.lengths_in, done.lengths_out, out.path / "lengths.png")
     tmp = (workdir / CLEAN_STATS).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.stats, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True))
     os.replace(tmp, workdir / CLEAN_STATS)
-    log.info("clean: kept %d, rejected %d %s", len(result.kept), len(result.rejected),
-             result.stats.get("rejected_by_reason", {}))
-    return result.stats
+    log.info("clean: kept %d, rejected %d %s", stats["docs_kept"], stats["docs_rejected"],
+             stats.get("rejected_by_reason", {}))
+    return stats
 
 
-def tokenize(params: Params, workdir: Path) -> dict[str, Any]:
-    """Write train/val token shards of the clean documents, and the tokenizer that made them.
+def _sample_texts(files: list[Path], fraction: float, seed: int) -> Iterator[str]:
+    """The texts of a seeded sample of documents (``fraction`` of them, by a hash of the id)."""
+    for path in files:
+        frame = read_part(path, "clean", ["doc_id", "text"])
+        if fraction < 1.0:
+            frame = frame[[_sampled(i, fraction, seed) for i in frame["doc_id"].tolist()]]
+        yield from frame["text"].tolist()
 
-    The tokenizer is a byte-level BPE trained here, or with ``tokenizer.pretrained`` that
-    checkpoint's own, used as is. Its files' hash goes into ``meta.json`` (so into the data
-    version): another pretrained tokenizer is another data version.
+
+def _sampled(doc_id: str, fraction: float, seed: int) -> bool:
+    return is_val_doc(f"bpe-sample:{doc_id}", fraction, seed)
+
+
+def encode_part(job: tuple[str, str, int, str, float, int]) -> dict[str, dict[str, Any]]:
+    """Encode one clean shard into its token shard pair (a worker's job).
+
+    Args:
+        job: ``(clean shard, tokenizer.json, shard index, output folder, val_fraction, seed)``.
+    """
+    path, tok_file, index, out_dir, val_fraction, seed = job
+    frame = read_part(Path(path), "clean", ["doc_id", "text"])
+    tok = load_tokenizer(Path(tok_file))
+    return encode_shard(frame["text"].tolist(), frame["doc_id"].tolist(), tok, Path(out_dir),
+                        index, val_fraction, seed)
+
+
+def _serial_tokenizers() -> None:
+    """In a worker process: one thread for ``tokenizers`` (the processes are the parallelism)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _encode_all(jobs: list[tuple], workers: int, mapper: Mapper | None) -> list[dict]:
+    if mapper is not None:
+        return list(mapper(encode_part, jobs))
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(workers, len(jobs)), initializer=_serial_tokenizers) as pool:
+            out = pool.map(encode_part, jobs, chunksize=1)
+            pool.close()
+            pool.join()
+        return out
+    return [encode_part(job) for job in jobs]
+
+
+def tokenize(params: Params, workdir: Path, mapper: Mapper | None = None,
+             workers: int | None = None) -> dict[str, Any]:
+    """Write train/val token shards of the clean shards, and the tokenizer that made them.
+
+    The tokenizer is a byte-level BPE trained here on a seeded sample of about
+    ``tokenizer.train_sample_mb`` of text (streamed), or with ``tokenizer.pretrained`` that
+    checkpoint's own, used as is (its files' hash goes into ``meta.json``, so into the data
+    version). Then each clean shard is encoded on a pool of ``workers`` processes (or through
+    ``mapper``) into ``train-NNNNN.bin``/``val-NNNNN.bin``: a byte-level token is at least a
+    byte, so a shard of ``data.shard_mb`` MB holds at most that many million tokens plus one per
+    document. ``meta.json`` lists every shard with its token count and SHA-256. A killed run
+    resumes at the shards not yet encoded.
     """
     workdir = Path(workdir)
-    docs = _read_docs(workdir / CLEAN / "docs.parquet", "clean")
-    texts = docs.text.tolist()
+    files = parts(workdir / CLEAN)
+    if not files:
+        raise DataError(f"{workdir / CLEAN} holds no shards; run the 'clean' stage first "
+                        "(`gptops data clean`)")
     t = params.tokenizer
     extra: dict[str, Any] = {}
-    if t.pretrained:
-        from gpt.hf import load_tokenizer, tokenizer_digest
+    print_ = fingerprint("tokenize", t.model_dump(), _inputs_state(workdir / CLEAN))
+    with _output(workdir / TOKENS, "tokenize", print_) as out:
+        tok_file = out.path / "tokenizer.json"
+        if t.pretrained:
+            from gpt.hf import load_tokenizer as load_pretrained
+            from gpt.hf import tokenizer_digest
 
-        tok = load_tokenizer(t.pretrained)
-        extra["pretrained_tokenizer"] = tokenizer_digest(t.pretrained)
-        log.info("tokenize: encoding with %s's tokenizer (tokenizer.vocab_size and "
-                 "min_frequency do not apply)", t.pretrained)
-    else:
-        tok = train_tokenizer(texts, t.vocab_size, t.min_frequency)
-        if tok.get_vocab_size() < t.vocab_size:
-            log.warning("tokenize: the BPE learned %d of tokenizer.vocab_size=%d tokens (no "
-                        "more pairs occur min_frequency=%d times); add documents for more, or "
-                        "use tokenizer.pretrained (e.g. hf:gpt2: GPT-2's 50257)",
-                        tok.get_vocab_size(), t.vocab_size, t.min_frequency)
-    with atomic_dir(workdir / TOKENS) as out:
-        save_tokenizer(tok, out / "tokenizer.json")
-        meta = write_token_shards(texts, docs.doc_id.tolist(), tok, out, t.val_fraction, t.seed)
-        if extra:
-            meta.update(extra)
-            (out / META).write_text(json.dumps(meta, indent=2))
-    log.info("tokenize: vocab %d, %d train / %d val tokens", meta["vocab_size"],
-             meta["train_tokens"], meta["val_tokens"])
+            tok = load_pretrained(t.pretrained)
+            extra["pretrained_tokenizer"] = tokenizer_digest(t.pretrained)
+            log.info("tokenize: encoding with %s's tokenizer (tokenizer.vocab_size and "
+                     "min_frequency do not apply)", t.pretrained)
+            if not out.done(tok_file.name):
+                save_tokenizer(tok, tok_file)
+                out.complete(tok_file.name)
+        elif out.done(tok_file.name):
+            tok = load_tokenizer(tok_file)
+        else:
+            total = _clean_bytes(workdir)
+            fraction = min(1.0, t.train_sample_mb * 2**20 / max(total, 1))
+            log.info("tokenize: training the BPE on %s of %.1f MB of text",
+                     "all" if fraction >= 1 else f"a {fraction:.1%} sample", total / 1e6)
+            tok = train_tokenizer(_sample_texts(files, fraction, t.seed), t.vocab_size,
+                                  t.min_frequency)
+            if tok.get_vocab_size() < t.vocab_size:
+                log.warning("tokenize: the BPE learned %d of tokenizer.vocab_size=%d tokens (no "
+                            "more pairs occur min_frequency=%d times); add documents for more, "
+                            "or use tokenizer.pretrained (e.g. hf:gpt2: GPT-2's 50257)",
+                            tok.get_vocab_size(), t.vocab_size, t.min_frequency)
+            save_tokenizer(tok, tok_file)
+            out.complete(tok_file.name)
+        jobs, shards = [], {}
+        for i, f in enumerate(files):
+            info_file = out.scratch / f"tokens-{i:05d}.json"
+            if out.done(f"{out.scratch.name}/{info_file.name}"):
+                shards[i] = json.loads(info_file.read_text())
+            else:
+                jobs.append((str(f), str(tok_file), i, str(out.path), t.val_fraction, t.seed))
+        for job, info in zip(jobs, _encode_all(jobs, workers or default_workers(), mapper),
+                             strict=True):
+            i = job[2]
+            info_file = out.scratch / f"tokens-{i:05d}.json"
+            info_file.write_text(json.dumps(info))
+            out.complete(f"{out.scratch.name}/{info_file.name}")
+            shards[i] = info
+        meta = write_meta(out.path, [shards[i] for i in range(len(files))], tok,
+                          t.val_fraction, t.seed, **extra)
+    log.info("tokenize: vocab %d, %d train / %d val tokens in %d shard(s)", meta["vocab_size"],
+             meta["train_tokens"], meta["val_tokens"], len(files))
     return meta
+
+
+def _clean_bytes(workdir: Path) -> int:
+    """UTF-8 bytes of the kept texts (``data/clean/manifest.json``)."""
+    path = workdir / CLEAN / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} not found; re-run the 'clean' stage (`gptops data clean`)")
+    return int(json.loads(path.read_text())["bytes_out"])

@@ -36,7 +36,8 @@ def test_text_markdown_jsonl_csv_parquet(tmp_path: Path) -> None:
     pd.DataFrame({"text": ["p0", "p1"]}).to_parquet(tmp_path / "e.parquet")
     df = read_local(str(tmp_path))
     assert list(df.columns) == DOC_COLUMNS
-    assert df["text"].tolist() == [TEXT, "# Title\n\n" + TEXT, "one", "two", "r0", "", "p0", "p1"]
+    # The csv row without text is a bad record (see test_bad_records_are_rejected_with_reasons).
+    assert df["text"].tolist() == [TEXT, "# Title\n\n" + TEXT, "one", "two", "r0", "p0", "p1"]
     assert df["doc_id"].is_unique
     assert df["name"].tolist()[2:4] == ["c.jsonl:1", "c.jsonl:2"]
 
@@ -106,17 +107,36 @@ def test_huge_single_line_and_unicode_line_separators(tmp_path: Path) -> None:
     assert df["text"].tolist() == [big, "x\u2028y"]
 
 
-def test_jsonl_errors_name_file_and_line(tmp_path: Path) -> None:
+def test_on_bad_record_fail_names_every_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
-    path.write_bytes(jsonl({"text": "ok"}) + b"{not json\n")
-    with pytest.raises(DataError, match=r"a\.jsonl:2 is not valid JSON"):
-        read_local(str(path))
-    path.write_bytes(jsonl({"text": "ok"}, {"body": "no text"}))
-    with pytest.raises(DataError, match=r"a\.jsonl:2 has no string field 'text'"):
-        read_local(str(path))
-    path.write_bytes(jsonl(["a", "list"]))
-    with pytest.raises(DataError, match=r"a\.jsonl:1"):
-        read_local(str(path))
+    path.write_bytes(jsonl({"text": "ok"}) + b"{not json\n" + jsonl({"body": "no text"}, ["a"],
+                                                                   {"text": 3}, {"text": " "}))
+    with pytest.raises(DataError) as err:
+        read_local(str(path), on_bad_record="fail")
+    msg = str(err.value)
+    assert ("a.jsonl:2 invalid_json; a.jsonl:3 no_field_text; a.jsonl:4 no_field_text; "
+            "a.jsonl:5 text_not_a_string; a.jsonl:6 empty_text") in msg
+    assert "data.on_bad_record=reject" in msg and "\n" not in msg
+    path.write_bytes(b"".join(b"{bad\n" for _ in range(30)))
+    with pytest.raises(DataError, match=r"a\.jsonl:20 invalid_json \(and 10 more\)"):
+        read_local(str(path), on_bad_record="fail")
+
+
+def test_bad_records_are_rejected_with_reasons(tmp_path: Path) -> None:
+    from gpt.data.sources import iter_source
+
+    (tmp_path / "a.jsonl").write_bytes(jsonl({"text": "ok one"}) + b"{not json\n" +
+                                       jsonl({"text": 3}, {"text": "ok two"}))
+    pd.DataFrame({"text": ["r0", None, ""]}).to_parquet(tmp_path / "b.parquet")
+    batches = list(iter_source(str(tmp_path), batch_docs=2))
+    docs = pd.concat([b.docs for b in batches], ignore_index=True)
+    bad = pd.concat([b.bad for b in batches], ignore_index=True)
+    assert docs["text"].tolist() == ["ok one", "ok two", "r0"]
+    assert bad["name"].tolist() == ["a.jsonl:2", "a.jsonl:3", "b.parquet:1", "b.parquet:2"]
+    assert bad["reason"].tolist() == ["bad_record=invalid_json", "bad_record=text_not_a_string",
+                                      "bad_record=no_field_text", "bad_record=empty_text"]
+    assert (bad["excerpt"] == "").all()  # nothing of the record: no PII
+    assert len(docs) + len(bad) == 7  # every record read is accounted for
 
 
 def test_corrupt_parquet_names_the_file(tmp_path: Path) -> None:
@@ -167,7 +187,7 @@ def test_hf_dataset_from_disk(tmp_path: Path) -> None:
     single = datasets.Dataset.from_dict({"body": ["b0", None]})
     single.save_to_disk(str(tmp_path / "one"))
     df = read_source(f"hf:{tmp_path / 'one'}", text_field="body")
-    assert df["text"].tolist() == ["b0", ""]
+    assert df["text"].tolist() == ["b0"]  # the missing text is a bad record
     with pytest.raises(DataError, match="no column 'text'"):
         read_source(f"hf:{tmp_path / 'one'}")
     with pytest.raises(DataError, match="does not exist"):

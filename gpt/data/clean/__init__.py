@@ -12,14 +12,14 @@ candidates (rows where a cheap, vectorised pre-filter finds something a PII patt
 match) go through Python.
 
 Modules: ``normalize`` (Unicode and whitespace), ``features`` (the counts the filters judge),
-``filters`` (the table of reasons), ``scrub`` (PII), ``dedup`` (exact and MinHash), ``engine``
-(batches, workers, ``clean_shards``), ``report`` (result frames, stats, markdown report), and
-``arrow`` (the byte-level helpers they share).
+``filters`` (the table of reasons), ``scrub`` (PII), ``engine`` (shards, workers, exact and
+MinHash dedup across shards, ``clean_parts``/``clean_shards``), ``report`` (result frames, stats,
+markdown report), and ``arrow`` (the byte-level helpers they share).
 """
 
 from __future__ import annotations
 
-from gpt.data.clean.engine import Mapper, clean_documents, clean_shards
+from gpt.data.clean.engine import Mapper, clean_documents, clean_parts, clean_shards
 from gpt.data.clean.features import Features, features
 from gpt.data.clean.filters import QUALITY_REASONS, REASONS, Reason, reasons_markdown
 from gpt.data.clean.normalize import REPLACEMENT_CHAR, normalize_batch, normalize_text
@@ -39,6 +39,7 @@ __all__ = [
     "Mapper",
     "Reason",
     "clean_documents",
+    "clean_parts",
     "clean_shards",
     "features",
     "normalize_batch",

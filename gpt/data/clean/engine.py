@@ -1,39 +1,68 @@
-"""The cleaning engine: shards filtered in batches (in parallel), then deduplicated as one corpus.
+"""The cleaning engine: shard by shard on a worker pool, with dedup across the whole corpus.
 
-Per shard (in a worker process, or a Prefect task through ``mapper``): cut the texts into
-batches of about ``_BATCH_BYTES``, normalise, measure, filter, scrub PII, key and (for
-near-dedup) sign them. Then, in the parent: duplicate ids, exact and near duplicates across all
-shards, and the result frames.
+Three passes, each with bounded memory (one shard, plus a few bytes per document):
+
+1. **filter** (per shard, in worker processes or Prefect tasks through ``mapper``): cut the texts
+   into batches of about ``_BATCH_BYTES``, normalise, measure, filter, scrub PII; hash each doc
+   id and cleaned text (16 bytes each); sign and band the survivors (near-dedup). Results go to
+   scratch files, each shard completed (marked) once all its files are in place.
+2. **dedup** (in the parent, over the compact per-document arrays of all shards): duplicate ids
+   and exact copies (the first occurrence of each hash is kept), then near duplicates: MinHash
+   LSH band by band across all shards (one band's keys in memory at a time), candidates
+   confirmed on their signatures, read from the shards' files.
+3. **write** (per shard): kept and rejected documents with their reasons (``duplicate_of=<id>``
+   names the first occurrence in corpus order), and the shard's counts.
+
+``clean_shards``/``clean_documents`` run the same engine on frames (through a temp folder), so
+the property tests check the engine the data stage runs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gpt.config import CleanConfig
-from gpt.data.clean.arrow import byte_offsets, chunked, pick, system_allocator
-from gpt.data.clean.dedup import mark_duplicates, text_keys
+from gpt.data.clean.arrow import byte_offsets, chunked, raw_bytes, system_allocator
 from gpt.data.clean.features import features
-from gpt.data.clean.filters import DUPLICATE_ID, QUALITY_REASONS, quality_codes
+from gpt.data.clean.filters import (
+    DUPLICATE_ID,
+    DUPLICATE_OF,
+    NEAR_DUPLICATE_OF,
+    QUALITY_REASONS,
+    quality_codes,
+)
 from gpt.data.clean.normalize import REPLACEMENT_CHAR, SURROGATES, normalize_batch
 from gpt.data.clean.report import CleanResult, assemble
 from gpt.data.clean.scrub import scrub_batch
-from gpt.data.minhash import minhash_signatures
+from gpt.data.minhash import band_keys, lsh_bands, minhash_signatures, near_duplicates_banded
+from gpt.data.shards import PART, ShardedOutput, parts, read_part, sharded_output, write_parquet
 from gpt.data.sources import DOC_COLUMNS
 from gpt.errors import DataError
 
 #: Texts per batch are cut at about this many bytes (numpy temporaries stay in cache).
 _BATCH_BYTES = 4 << 20
 
-#: mapper(fn, jobs) -> [fn(job) for job in jobs], possibly on other processes or machines.
-Mapper = Callable[[Callable[[tuple[pa.ChunkedArray, CleanConfig]], Any], list], list]
+#: mapper(fn, jobs) -> [fn(job) for job in jobs], possibly on other processes or machines
+#: (jobs name files: the workers need the workspace's folder, e.g. on shared storage).
+Mapper = Callable[[Callable[[Any], Any], list], list]
+
+#: Rejected documents' shards (kept ones are ``part-NNNNN.parquet``).
+REJECTED_PART = "rejected-{:05d}.parquet"
+# Per-document decision kinds after dedup.
+_KEEP, _QUALITY, _DUP_ID, _DUP_OF, _NEAR_OF = range(5)
 
 
 @dataclass
@@ -42,7 +71,6 @@ class _Part:
 
     cleaned: pa.ChunkedArray  # large_string
     codes: np.ndarray  # QUALITY_REASONS codes
-    keys: np.ndarray  # uint64 per cleaned text: equal texts have equal keys (see text_keys)
     pii: dict[int, dict[str, int]]  # index in shard -> kind -> count (documents that passed)
     sigs: np.ndarray | None  # signatures of the documents that passed, in order
 
@@ -57,14 +85,8 @@ def _batches(arr: pa.Array) -> list[tuple[int, int]]:
 
 def _filter_part(texts: pa.ChunkedArray, cfg: CleanConfig) -> _Part:
     """Normalise, filter and scrub one shard; sign the survivors when near-dedup is on."""
-    with system_allocator():
-        return _filter_part_batches(texts, cfg)
-
-
-def _filter_part_batches(texts: pa.ChunkedArray, cfg: CleanConfig) -> _Part:
     pieces: list[pa.Array] = []
     code_parts: list[np.ndarray] = []
-    key_parts: list[np.ndarray] = []
     pii: dict[int, dict[str, int]] = {}
     kinds = tuple(cfg.pii)
     if texts.num_chunks > 1 and texts.nbytes < texts.num_chunks * _BATCH_BYTES:
@@ -78,44 +100,344 @@ def _filter_part_batches(texts: pa.ChunkedArray, cfg: CleanConfig) -> _Part:
             pii.update({base + lo + i: counts for i, counts in counts_at.items()})
             pieces.append(arr)
             code_parts.append(codes)
-            key_parts.append(text_keys(arr))
         base += len(chunk)
     cleaned = pa.chunked_array(pieces, type=pa.large_string())
     codes = np.concatenate(code_parts) if code_parts else np.zeros(0, dtype=np.int8)
-    keys = np.concatenate(key_parts) if key_parts else np.zeros(0, dtype=np.uint64)
     sigs = None
     if cfg.near_dedup:
-        passing = cleaned.filter(pa.array(codes == 0)).to_pylist()
+        passing = cleaned.filter(pa.array(codes == 0)).to_pylist() if len(cleaned) else []
         sigs = minhash_signatures(passing, cfg.near_dedup_num_perm, cfg.near_dedup_ngram)
-    return _Part(cleaned, codes, keys, pii, sigs)
+    return _Part(cleaned, codes, pii, sigs)
 
 
-def _filter_part_star(args: tuple[pa.ChunkedArray, CleanConfig]) -> _Part:
-    return _filter_part(*args)
+def hash16(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 16-byte BLAKE2b digest per text, as ``(n, 2)`` ``uint64`` (equal texts, equal rows)."""
+    out = bytearray()
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    for chunk in chunks:
+        chunk = chunk.cast(pa.large_string())
+        data, offs = memoryview(raw_bytes(chunk)), byte_offsets(chunk).tolist()
+        for a, b in zip(offs[:-1], offs[1:], strict=True):
+            out += hashlib.blake2b(data[a:b], digest_size=16).digest()
+    return np.frombuffer(bytes(out), dtype=np.uint64).reshape(-1, 2)
 
 
-def _run(jobs: list[tuple[pa.ChunkedArray, CleanConfig]], workers: int,
-         mapper: Mapper | None) -> list[_Part]:
-    """The per-shard work: through ``mapper``, a local process pool, or in this process."""
+def _first_of(h: np.ndarray) -> np.ndarray:
+    """For each row of ``(n, 2)`` hashes, the index of the first row with the same hash."""
+    if not len(h):
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((h[:, 1], h[:, 0]))  # stable: equal hashes stay in row order
+    sh = h[order]
+    new = np.r_[True, (sh[1:] != sh[:-1]).any(axis=1)]
+    first = order[new][np.cumsum(new) - 1]
+    out = np.empty(len(h), dtype=np.int64)
+    out[order] = first
+    return out
+
+
+@dataclass
+class _Files:
+    """A shard's scratch files (pass 1)."""
+
+    scratch: Path
+    stem: str
+
+    def __getitem__(self, what: str) -> Path:
+        ext = {"text": "parquet", "meta": "npz"}.get(what, "npy")
+        return self.scratch / f"{self.stem}.{what}.{ext}"
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+def filter_shard(job: tuple[str, str, str, CleanConfig]) -> dict[str, int]:
+    """Pass 1 for one shard: filter, scrub, hash and sign it into scratch files.
+
+    Args:
+        job: ``(raw shard, scratch folder, shard stem, clean config)``.
+
+    Returns:
+        ``{"docs": n, "passed": m}``.
+    """
+    raw, scratch, stem, cfg = job
+    files = _Files(Path(scratch), stem)
+    frame = validated_docs(read_part(Path(raw), "ingest"))
+    with system_allocator():
+        part = _filter_part(chunked(frame["text"]), cfg)
+    passed = part.codes == 0
+    cleaned = part.cleaned
+    write_parquet(pa.table({"text": cleaned}), files["text"])
+    if cfg.near_dedup:
+        sigs = part.sigs if part.sigs is not None else np.zeros((0, cfg.near_dedup_num_perm))
+        sigs = sigs.astype(np.uint32)
+        _save_npy(files["sig"], np.ascontiguousarray(sigs.T))
+        _save_npy(files["bands"], band_keys(sigs, cfg.near_dedup_threshold,
+                                            cfg.near_dedup_num_perm))
+    pii_rows = np.array(sorted(part.pii), dtype=np.int64)
+    kinds = list(cfg.pii)
+    pii_counts = np.array([[part.pii[r].get(k, 0) for k in kinds] for r in pii_rows.tolist()],
+                          dtype=np.int64).reshape(len(pii_rows), len(kinds))
+    text_hash = hash16(cleaned.filter(pa.array(passed))) if len(cleaned) else hash16(
+        pa.array([], pa.large_string()))
+    tmp = files["meta"].with_name(f".{files['meta'].name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, id_hash=hash16(pa.array(frame["doc_id"], pa.large_string())),
+                 codes=part.codes.astype(np.int8), text_hash=text_hash, pii_rows=pii_rows,
+                 pii_counts=pii_counts)
+    os.replace(tmp, files["meta"])
+    return {"docs": len(frame), "passed": int(passed.sum())}
+
+
+def _run(fn: Callable[[Any], Any], jobs: list, workers: int, mapper: Mapper | None) -> list:
+    """Per-shard work: through ``mapper``, a local process pool, or in this process."""
+    if not jobs:
+        return []
     if mapper is not None:
-        return list(mapper(_filter_part_star, jobs))
+        return list(mapper(fn, jobs))
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(min(workers, len(jobs))) as pool:
-            parts = pool.map(_filter_part_star, jobs, chunksize=1)
+            out = pool.map(fn, jobs, chunksize=1)
             pool.close()
             pool.join()
-        return parts
-    return [_filter_part(*job) for job in jobs]
+        return out
+    return [fn(job) for job in jobs]
+
+
+class _Corpus:
+    """Pass 1's per-document arrays of all shards, concatenated (a few bytes per document)."""
+
+    def __init__(self, files: list[_Files]) -> None:
+        self.files = files
+        metas = [np.load(f["meta"]) for f in files]
+        self.sizes = np.array([len(m["codes"]) for m in metas], dtype=np.int64)
+        self.starts = np.r_[0, np.cumsum(self.sizes)]
+        self.codes = np.concatenate([m["codes"] for m in metas]) if metas else np.zeros(0, np.int8)
+        self.id_hash = np.concatenate([m["id_hash"] for m in metas]).reshape(-1, 2)
+        self.text_hash = np.concatenate([m["text_hash"] for m in metas]).reshape(-1, 2)
+        self.pii = [(m["pii_rows"], m["pii_counts"]) for m in metas]
+
+    def shard_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.starts, rows, "right") - 1
+
+
+def _dedup(corpus: _Corpus, cfg: CleanConfig) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Pass 2: per document its decision kind and target row; duplicates found, rows that passed.
+    """
+    n = len(corpus.codes)
+    kind = np.where(corpus.codes == 0, _KEEP, _QUALITY).astype(np.int8)
+    target = np.full(n, -1, dtype=np.int64)
+    dup_id = _first_of(corpus.id_hash) != np.arange(n)
+    kind[dup_id] = _DUP_ID
+    passing = kind == _KEEP
+    reached = int(passing.sum())
+    code0 = np.flatnonzero(corpus.codes == 0)  # the rows text_hash, signatures and bands cover
+    duplicates = 0
+    if cfg.exact_dedup:
+        sel = passing[code0]
+        rows = code0[sel]
+        first = rows[_first_of(corpus.text_hash[sel])]
+        copy = first != rows
+        kind[rows[copy]] = _DUP_OF
+        target[rows[copy]] = first[copy]
+        duplicates += int(copy.sum())
+    if cfg.near_dedup and reached > 1:
+        duplicates += _near(corpus, kind, target, code0, cfg)
+    # Exact copies of a document that turned out a near duplicate point past it, at the kept one.
+    redirect = (kind == _DUP_OF) & (kind[np.maximum(target, 0)] == _NEAR_OF)
+    kind[redirect] = _NEAR_OF
+    target[redirect] = target[target[redirect]]
+    return kind, target, duplicates, reached
+
+
+def _near(corpus: _Corpus, kind: np.ndarray, target: np.ndarray, code0: np.ndarray,
+          cfg: CleanConfig) -> int:
+    """Mark near duplicates among the documents still kept, across all shards; how many."""
+    alive_c0 = kind[code0] == _KEEP  # per pass-1 survivor (the rows bands/signatures cover)
+    alive_rows = code0[alive_c0]
+    # Per shard: positions (among its survivors) of the alive rows.
+    c0_shard = corpus.shard_of(code0)
+    c0_local = np.arange(len(code0)) - np.searchsorted(c0_shard, c0_shard, "left")
+    local = [c0_local[(c0_shard == s) & alive_c0] for s in range(len(corpus.files))]
+    bands, _ = lsh_bands(cfg.near_dedup_threshold, cfg.near_dedup_num_perm)
+
+    def keys(band: int) -> np.ndarray:
+        out = [np.load(f["bands"], mmap_mode="r")[band][loc] for f, loc in
+               zip(corpus.files, local, strict=True) if len(loc)]
+        return np.concatenate(out) if out else np.zeros(0, np.uint64)
+
+    offsets = np.r_[0, np.cumsum([len(loc) for loc in local])]
+
+    def take(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), cfg.near_dedup_num_perm), dtype=np.uint32)
+        shard = np.searchsorted(offsets, rows, "right") - 1
+        for s in np.unique(shard).tolist():
+            at = shard == s
+            sig = np.load(corpus.files[s]["sig"], mmap_mode="r")
+            out[at] = sig[:, local[s][rows[at] - offsets[s]]].T
+        return out
+
+    of = near_duplicates_banded(keys, bands, len(alive_rows), take, cfg.near_dedup_threshold,
+                                cfg.near_dedup_num_perm, _LazyTexts(corpus, alive_rows),
+                                cfg.near_dedup_ngram)
+    found = np.flatnonzero(of >= 0)
+    kind[alive_rows[found]] = _NEAR_OF
+    target[alive_rows[found]] = alive_rows[of[found]]
+    return len(found)
+
+
+class _LazyTexts:
+    """The cleaned texts of given corpus rows, read from their shard's scratch file when asked
+    (only the few pairs near the threshold are)."""
+
+    def __init__(self, corpus: _Corpus, rows: np.ndarray) -> None:
+        self.corpus, self.rows = corpus, rows
+        self._shard, self._texts = -1, pa.chunked_array([], pa.large_string())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> str:
+        row = int(self.rows[i])
+        s = int(self.corpus.shard_of(np.array([row]))[0])
+        if s != self._shard:
+            self._texts = pq.read_table(self.corpus.files[s]["text"]).column("text")
+            self._shard = s
+        return self._texts[row - int(self.corpus.starts[s])].as_py()
+
+
+def _reasons(corpus: _Corpus, kind: np.ndarray, target: np.ndarray, raw: list[Path],
+             s: int) -> np.ndarray:
+    """Shard ``s``'s reasons (``""``: kept), duplicate targets named by their doc ids."""
+    lo, hi = int(corpus.starts[s]), int(corpus.starts[s + 1])
+    k, t = kind[lo:hi], target[lo:hi]
+    reasons = np.array(QUALITY_REASONS, dtype=object)[corpus.codes[lo:hi]]
+    reasons[k == _KEEP] = ""
+    reasons[k == _DUP_ID] = DUPLICATE_ID
+    dup = np.flatnonzero((k == _DUP_OF) | (k == _NEAR_OF))
+    if len(dup):
+        ids = _doc_ids(corpus, raw, np.unique(t[dup]))
+        for i in dup.tolist():
+            prefix = DUPLICATE_OF if k[i] == _DUP_OF else NEAR_DUPLICATE_OF
+            reasons[i] = f"{prefix}={ids[int(t[i])]}"
+    return reasons
+
+
+def _doc_ids(corpus: _Corpus, raw: list[Path], rows: np.ndarray) -> dict[int, str]:
+    """Doc ids of corpus rows (read from their raw shards' id column)."""
+    out: dict[int, str] = {}
+    shards = corpus.shard_of(rows)
+    for s in np.unique(shards).tolist():
+        ids = pq.read_table(raw[s], columns=["doc_id"]).column("doc_id")
+        for r in rows[shards == s].tolist():
+            out[r] = ids[r - int(corpus.starts[s])].as_py()
+    return out
+
+
+def _write_shard(corpus: _Corpus, raw: list[Path], s: int, reasons: np.ndarray,
+                 cfg: CleanConfig, out: ShardedOutput) -> dict[str, Any]:
+    """Pass 3 for shard ``s``: its kept and rejected documents, and its counts."""
+    frame = validated_docs(read_part(raw[s], "ingest"))
+    cleaned = pq.read_table(corpus.files[s]["text"]).column("text")
+    keep = reasons == ""
+    pii_rows, pii_counts = corpus.pii[s]
+    pii: dict[str, int] = {}
+    for j, k in enumerate(cfg.pii):
+        c = int(pii_counts[keep[pii_rows], j].sum()) if len(pii_rows) else 0
+        if c:
+            pii[k] = c
+    with system_allocator():
+        result = assemble(frame, cleaned.filter(pa.array(keep)), reasons, chunked(frame["text"]),
+                          0, 0, pii, tuple(cfg.pii))
+    write_parquet(result.rejected, out.path / REJECTED_PART.format(s))
+    name = PART.format(s)
+    write_parquet(result.kept, out.path / name)
+    stats = result.stats
+    stats["lengths_in"] = frame["text"].str.len().tolist()
+    stats["lengths_out"] = result.kept["text"].str.len().tolist()
+    (out.scratch / f"{name}.stats.json").write_text(json.dumps(stats))
+    out.complete(name)
+    return stats
+
+
+@dataclass
+class CleanedParts:
+    """What ``clean_parts`` wrote: merged stats and the document lengths before and after."""
+
+    stats: dict[str, Any]
+    lengths_in: np.ndarray
+    lengths_out: np.ndarray
+
+
+def clean_parts(raw: list[Path], out: ShardedOutput, cfg: CleanConfig, workers: int = 1,
+                mapper: Mapper | None = None) -> CleanedParts:
+    """Clean raw shards into ``out`` (``part-NNNNN.parquet`` kept, ``rejected-NNNNN.parquet``).
+
+    Shards already completed in ``out`` (a resumed run) are not cleaned again.
+
+    Args:
+        raw: the raw shards, in corpus order.
+        out: the partial output folder (``gpt.data.shards.sharded_output``).
+        cfg: the ``clean`` section of the params.
+        workers: processes for pass 1 (1 = this process).
+        mapper: runs pass 1 instead of the local pool (e.g. Prefect tasks on Dask).
+
+    Returns:
+        The stats over all shards (see ``clean_documents``) and the lengths for the plot.
+    """
+    files = [_Files(out.scratch, f"f1-{i:05d}") for i in range(len(raw))]
+    todo = [(str(r), str(f.scratch), f.stem, cfg) for r, f in zip(raw, files, strict=True)
+            if not out.done(f"{out.scratch.name}/{f['meta'].name}")]
+    for meta in _run(filter_shard, todo, workers, mapper):
+        del meta
+    for f in files:
+        marker = f"{out.scratch.name}/{f['meta'].name}"
+        if not out.done(marker):
+            out.complete(marker)
+    corpus = _Corpus(files)
+    kind, target, duplicates, reached = _dedup(corpus, cfg)
+    shard_stats = []
+    for s in range(len(raw)):
+        name = PART.format(s)
+        if out.done(name):
+            shard_stats.append(json.loads((out.scratch / f"{name}.stats.json").read_text()))
+            continue
+        shard_stats.append(_write_shard(corpus, raw, s, _reasons(corpus, kind, target, raw, s),
+                                        cfg, out))
+    return _merge(shard_stats, duplicates, reached)
+
+
+def _merge(shard_stats: list[dict[str, Any]], duplicates: int, reached: int) -> CleanedParts:
+    stats: dict[str, Any] = {"docs_in": 0, "docs_kept": 0, "docs_rejected": 0,
+                             "rejected_by_reason": {}, "bytes_in": 0, "bytes_out": 0,
+                             "dedup_rate": round(duplicates / reached, 6) if reached else 0.0,
+                             "pii_replacements": {}}
+    lengths_in: list[int] = []
+    lengths_out: list[int] = []
+    for st in shard_stats:
+        for key in ("docs_in", "docs_kept", "docs_rejected", "bytes_in", "bytes_out"):
+            stats[key] += st[key]
+        for group in ("rejected_by_reason", "pii_replacements"):
+            for k, v in st[group].items():
+                stats[group][k] = stats[group].get(k, 0) + v
+        lengths_in += st["lengths_in"]
+        lengths_out += st["lengths_out"]
+    for group in ("rejected_by_reason", "pii_replacements"):
+        stats[group] = dict(sorted(stats[group].items()))
+    return CleanedParts(stats, np.asarray(lengths_in), np.asarray(lengths_out))
 
 
 def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
                  mapper: Mapper | None = None) -> CleanResult:
     """Clean several shards as one corpus: filters in parallel, dedup across all shards.
 
-    The result is the same as ``clean_documents`` on the concatenated shards (kept and rejected
-    in shard order, then row order). Duplicate ids, exact and near duplicates are found across
-    shards, in the parent process, after the workers have filtered and signed their shards.
+    The same engine as the clean stage (``clean_parts``), run through a temp folder. Kept and
+    rejected documents come in shard order, then row order. Duplicate ids, exact and near
+    duplicates are found across shards.
 
     Args:
         shards: frames with ``DOC_COLUMNS``.
@@ -130,66 +452,21 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
     Raises:
         DataError: a shard is not a frame with the document columns.
     """
-    with system_allocator():
-        return _clean_shards(shards, cfg, workers, mapper)
-
-
-def _clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
-                  mapper: Mapper | None) -> CleanResult:
-    frames = [_validated(s) for s in shards]
-    frame = (pd.concat(frames, ignore_index=True) if frames
-             else _validated(pd.DataFrame(columns=DOC_COLUMNS)))
-    n = len(frame)
-    originals = chunked(frame["text"])
-    dup_id = frame["doc_id"].duplicated().to_numpy()
-    # Work units: each shard minus its duplicate-id rows, as positions into ``frame``.
-    bounds = np.cumsum([0] + [len(f) for f in frames])
-    units = [np.flatnonzero(~dup_id[lo:hi]) + lo for lo, hi in zip(bounds[:-1], bounds[1:],
-                                                                    strict=True)]
-    units = [u for u in units if len(u)]
-    parts = _run([(pick(originals, u), cfg) for u in units], workers, mapper)
-
-    # ``order``: the rows that were filtered, increasing (units are, and come in shard order);
-    # ``cleaned`` and ``keys`` are aligned with it. Duplicate-id rows have no cleaned text.
-    order = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
-    cleaned = pa.chunked_array([c for part in parts for c in part.cleaned.chunks],
-                               type=pa.large_string())
-    keys = np.concatenate([part.keys for part in parts]) if parts else np.zeros(0, np.uint64)
-    at = np.full(n, -1, dtype=np.int64)  # row -> position in ``order``
-    at[order] = np.arange(len(order))
-    codes = np.zeros(n, dtype=np.int8)
-    pii_at: dict[int, dict[str, int]] = {}
-    for unit, part in zip(units, parts, strict=True):
-        codes[unit] = part.codes
-        pii_at.update({int(unit[k]): c for k, c in part.pii.items()})
-    reasons = np.array(QUALITY_REASONS, dtype=object)[codes]
-    reasons[dup_id] = DUPLICATE_ID
-    passing = np.flatnonzero((codes == 0) & ~dup_id)
-    duplicates = mark_duplicates(reasons, frame["doc_id"].to_numpy(dtype=object), passing,
-                                 keys[at[passing]], _signatures(parts, cfg),
-                                 lambda rows: pick(cleaned, at[rows]), cfg)
-    keep = reasons == ""
-    kept_texts = cleaned.filter(pa.array(keep[order])) if len(order) else cleaned
-    return assemble(frame, kept_texts, reasons, originals, len(passing), duplicates,
-                    _pii_totals(pii_at, keep), tuple(cfg.pii))
-
-
-def _signatures(parts: list[_Part], cfg: CleanConfig) -> np.ndarray | None:
-    """The MinHash signatures of all documents that passed the filters, in corpus order."""
-    if not cfg.near_dedup:
-        return None
-    sig_rows = [part.sigs for part in parts if part.sigs is not None]
-    return np.concatenate(sig_rows) if sig_rows else np.empty((0, cfg.near_dedup_num_perm))
-
-
-def _pii_totals(pii_at: dict[int, dict[str, int]], keep: np.ndarray) -> dict[str, int]:
-    """Kind -> placeholders written into the documents that were kept."""
-    pii: dict[str, int] = {}
-    for i, counts in pii_at.items():
-        if keep[i]:
-            for kind, c in counts.items():
-                pii[kind] = pii.get(kind, 0) + c
-    return pii
+    frames = [validated_docs(s) for s in shards] or [validated_docs(pd.DataFrame(columns=DOC_COLUMNS))]
+    with tempfile.TemporaryDirectory(prefix="gptops-clean-") as tmp:
+        raw = [Path(tmp) / PART.format(i) for i in range(len(frames))]
+        for frame, path in zip(frames, raw, strict=True):
+            write_parquet(frame, path)
+        final = Path(tmp) / "clean"
+        with sharded_output(final, "clean_shards") as out:
+            done = clean_parts(raw, out, cfg, workers, mapper)
+        kept = pd.concat([read_part(p, "clean") for p in parts(final)], ignore_index=True)
+        rejected = pd.concat([read_part(p, "clean") for p in parts(final, "rejected-")],
+                             ignore_index=True)
+    for frame in (kept, rejected):
+        for col in frame.columns:
+            frame[col] = frame[col].astype("str")
+    return CleanResult(kept=kept, rejected=rejected, stats=done.stats)
 
 
 def clean_documents(docs: pd.DataFrame, cfg: CleanConfig) -> CleanResult:
@@ -212,7 +489,7 @@ def clean_documents(docs: pd.DataFrame, cfg: CleanConfig) -> CleanResult:
     return clean_shards([docs], cfg, workers=1)
 
 
-def _validated(docs: pd.DataFrame) -> pd.DataFrame:
+def validated_docs(docs: pd.DataFrame) -> pd.DataFrame:
     """Check the document schema; return a copy with string columns and no missing values."""
     if not isinstance(docs, pd.DataFrame):
         raise DataError(f"documents must be a pandas DataFrame with columns {DOC_COLUMNS}, got "
