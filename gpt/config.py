@@ -38,7 +38,7 @@ class DataConfig(_Strict):
     source: str = Field(description='"builtin", a glob of local .txt/.md/.jsonl/.parquet/.csv '
                         '(optionally .gz/.zst), or "hf:<dataset folder or name>"')
     text_field: str = Field(description="field holding the text in structured sources")
-    max_docs: int = Field(ge=0, description="0 = all documents, else N spread evenly (stable order)")
+    max_docs: int = Field(ge=0, description="0 = all documents, else N spread evenly")
     seed: int
     shard_mb: float = Field(gt=0, description="megabytes of text per data shard (each stage works "
                             "shard by shard: its memory follows this, not the corpus size)")

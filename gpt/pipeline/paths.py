@@ -20,6 +20,7 @@ import pandas as pd
 
 from gpt import checkpoint as ckpt
 from gpt.config import Params
+from gpt.data.shards import read_parts
 from gpt.data.stages import CLEAN, CLEAN_STATS, TOKENS
 from gpt.data.tokenizer import load_hf_tokenizer, load_tokenizer, pad_id
 from gpt.errors import TrainingError
@@ -45,8 +46,9 @@ class RunPaths:
         return self.tokens / "meta.json"
 
     @property
-    def clean_docs(self) -> Path:
-        return self.workdir / CLEAN / "docs.parquet"
+    def clean(self) -> Path:
+        """The kept documents' shards (``part-NNNNN.parquet``)."""
+        return self.workdir / CLEAN
 
     @property
     def clean_report(self) -> Path:
@@ -112,7 +114,8 @@ class Inputs:
 
     @cached_property
     def docs(self) -> pd.DataFrame:
-        return pd.read_parquet(self.paths.clean_docs)
+        # The built-in tasks label documents of the built-in corpus: all of them are read.
+        return read_parts(self.paths.clean, "clean")
 
     @cached_property
     def task(self):  # -> gpt.finetune.TaskData

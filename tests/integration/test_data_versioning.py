@@ -1,14 +1,15 @@
-"""DVC versioning of the data stages, and cleaning fanned out on a local Dask cluster."""
+"""DVC versioning of the data stages, and clean/tokenize fanned out on a local Dask cluster."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 
+from gpt.data.shards import read_parts
 from tests.conftest import make_workspace
 
 pytestmark = pytest.mark.slow
@@ -31,14 +32,14 @@ def test_threshold_change_reruns_only_downstream_and_pull_restores(tmp_path):
     subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "v1"],
                    cwd=ws, check=True)
-    kept_v1 = len(pd.read_parquet(ws / "data/clean/docs.parquet"))
+    kept_v1 = len(read_parts(ws / "data/clean", "clean"))
 
     apply_data_overrides(ws, ["clean.min_chars=200"])
     assert [run_stage(ws, s).ran for s in ("ingest", "clean", "tokenize")] == \
         [False, True, True]
     v2 = data_version(ws)
     assert v2 != v1
-    assert len(pd.read_parquet(ws / "data/clean/docs.parquet")) < kept_v1
+    assert len(read_parts(ws / "data/clean", "clean")) < kept_v1
     push(ws)
 
     # Back to v1's commit: drop the workspace data and the local cache, pull from the remote.
@@ -47,25 +48,31 @@ def test_threshold_change_reruns_only_downstream_and_pull_restores(tmp_path):
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=ws, check=True)  # metrics: in git
     dvc(ws, "pull", "-q")
     assert data_version(ws) == v1
-    assert len(pd.read_parquet(ws / "data/clean/docs.parquet")) == kept_v1
+    assert len(read_parts(ws / "data/clean", "clean")) == kept_v1
     assert "changed" not in dvc(ws, "status")
 
 
-def test_dask_cleaning_equals_the_stage(tmp_path, prefect_server):
-    from flows.clean_flow import clean_flow, dask_runner
+def _digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dask_clean_and_tokenize_equal_the_stages(tmp_path, prefect_server):
+    """Per-shard work as Prefect tasks on a 2-worker LocalCluster: byte-identical outputs."""
+    from flows.data_flow import dask_runner, data_flow
     from gpt.config import load_params
     from gpt.data import stages
     from gpt.workspace import run_stage
 
-    ws = make_workspace(tmp_path / "ws", SMALL_DATA)
+    ws = make_workspace(tmp_path / "ws", [*SMALL_DATA, "data.shard_mb=0.05"])
     run_stage(ws, "ingest")
-    local = stages.clean(load_params(ws / "params.yaml"), ws)
-    kept_local = pd.read_parquet(ws / "data/clean/docs.parquet")
-    rejected_local = pd.read_parquet(ws / "data/clean/rejected.parquet")
+    assert len(list((ws / "data/raw").glob("part-*.parquet"))) >= 3
+    params = load_params(ws / "params.yaml")
+    local = {"clean": stages.clean(params, ws, workers=1),
+             "tokenize": stages.tokenize(params, ws, workers=1)}
+    expected = {d: _digests(ws / "data" / d) for d in ("clean", "tokens")}
     shutil.rmtree(ws / "data/clean")
-    on_dask = clean_flow.with_options(task_runner=dask_runner(n_workers=2))(str(ws),
-                                                                           shard_docs=150)
+    shutil.rmtree(ws / "data/tokens")
+    on_dask = data_flow.with_options(task_runner=dask_runner(n_workers=2))(str(ws))
     assert on_dask == local
-    pd.testing.assert_frame_equal(pd.read_parquet(ws / "data/clean/docs.parquet"), kept_local)
-    pd.testing.assert_frame_equal(pd.read_parquet(ws / "data/clean/rejected.parquet"),
-                                  rejected_local)
+    assert {d: _digests(ws / "data" / d) for d in ("clean", "tokens")} == expected

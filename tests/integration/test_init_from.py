@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -29,6 +28,7 @@ def test_pretrain_continues_from_a_gpt2_checkpoint(tmp_path):
     from gpt import hf
     from gpt.config import load_params
     from gpt.data.loader import TokenData, is_val_doc
+    from gpt.data.shards import read_parts
     from gpt.pipeline.steps import pretrain_step
     from gpt.train import initial_model
     from gpt.workspace import apply_data_overrides, data_version, run_stage
@@ -51,11 +51,11 @@ def test_pretrain_continues_from_a_gpt2_checkpoint(tmp_path):
     ref = AutoTokenizer.from_pretrained(ckpt)
     assert meta["vocab_size"] == len(ref) and meta["eot_id"] == ref.eos_token_id
     assert meta["pretrained_tokenizer"] == hf.tokenizer_digest(spec)
-    docs = pd.read_parquet(ws / "data" / "clean" / "docs.parquet")
+    docs = read_parts(ws / "data" / "clean", "clean")
     first = next(t for d, t in zip(docs.doc_id, docs.text, strict=True)
                  if not is_val_doc(d, 0.05, 1337))
     want = ref(first)["input_ids"]
-    train = np.fromfile(tokens / "train.bin", dtype=meta["dtype"])
+    train = np.fromfile(tokens / "train-00000.bin", dtype=meta["dtype"])
     assert train[:len(want)].tolist() == want and train[len(want)] == ref.eos_token_id
     assert ref.decode(train[:len(want)].tolist()) == first
 

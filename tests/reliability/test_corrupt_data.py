@@ -33,8 +33,8 @@ def _gptops(ws, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("path, step, stage", [
-    ("data/tokens/train.bin", "pretrain", "tokenize"),
-    ("data/clean/docs.parquet", "finetune", "clean"),
+    ("data/tokens/train-00000.bin", "pretrain", "tokenize"),
+    ("data/clean/part-00000.parquet", "finetune", "clean"),
 ])
 def test_flipped_bytes_in_a_data_output_are_refused(pipeline_run, tmp_path, path, step, stage):
     ws = tmp_path / "ws"

@@ -8,10 +8,13 @@ stand instead.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from gpt.config import load_params
+from gpt.data.shards import read_parts
 from gpt.data.sources import DOC_COLUMNS
 from tests.conftest import PROJECT_ROOT
 
@@ -45,11 +48,12 @@ def test_rejected_rows_hold_no_pii(tmp_path):
     texts = _docs()
     ids = [f"d{i}" for i in range(len(texts))]
     pd.DataFrame({"doc_id": ids, "source": "hostile", "name": ids, "text": texts},
-                 columns=DOC_COLUMNS).to_parquet(ws / "data" / "raw" / "docs.parquet")
+                 columns=DOC_COLUMNS).to_parquet(ws / "data" / "raw" / "part-00000.parquet")
+    (ws / "data" / "raw" / "manifest.json").write_text(json.dumps({"docs": len(texts)}))
     params = load_params(PROJECT_ROOT / "params.yaml")
     clean(params, ws)
-    rejected = pd.read_parquet(ws / "data" / "clean" / "rejected.parquet")
-    kept = pd.read_parquet(ws / "data" / "clean" / "docs.parquet")
+    rejected = read_parts(ws / "data" / "clean", "clean", "rejected-")
+    kept = read_parts(ws / "data" / "clean", "clean")
     assert len(kept) + len(rejected) == len(texts)
     reasons = {r.split("=")[0] for r in rejected["reason"]}
     assert {"duplicate_of", "too_short", "low_alpha"} <= reasons, reasons

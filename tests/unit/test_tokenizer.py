@@ -29,7 +29,8 @@ def test_shards_split_by_document(tmp_path):
     assert meta["dtype"] == "uint16"
     n_val = sum(is_val_doc(d, 0.2, 1) for d in ids)
     assert meta["val_docs"] == n_val and meta["train_docs"] == len(ids) - n_val
-    val = np.memmap(tmp_path / "val.bin", dtype=np.uint16, mode="r")
+    assert [s["file"] for s in meta["shards"]["val"]] == ["val-00000.bin"]
+    val = np.memmap(tmp_path / "val-00000.bin", dtype=np.uint16, mode="r")
     eot = tok.token_to_id(EOT)
     assert int((val == eot).sum()) == n_val  # each val document ends with one EOT
     expected = sum(len(tok.encode(t).ids) + 1 for t, d in zip(TEXTS, ids, strict=True)

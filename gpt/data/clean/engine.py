@@ -452,7 +452,8 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
     Raises:
         DataError: a shard is not a frame with the document columns.
     """
-    frames = [validated_docs(s) for s in shards] or [validated_docs(pd.DataFrame(columns=DOC_COLUMNS))]
+    frames = ([validated_docs(s) for s in shards]
+              or [validated_docs(pd.DataFrame(columns=DOC_COLUMNS))])
     with tempfile.TemporaryDirectory(prefix="gptops-clean-") as tmp:
         raw = [Path(tmp) / PART.format(i) for i in range(len(frames))]
         for frame, path in zip(frames, raw, strict=True):
