@@ -23,7 +23,7 @@ from gpt.data.clean import Mapper, clean_shards, render_report
 from gpt.data.loader import META, write_token_shards
 from gpt.data.sources import DOC_COLUMNS, read_source
 from gpt.data.tokenizer import save_tokenizer, train_tokenizer
-from gpt.errors import DataError
+from gpt.errors import DataError, NoSpaceError, no_space
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,20 @@ def remove_stale_temps(final: Path) -> list[Path]:
     return removed
 
 
+def _out_of_space(final: Path, exc: BaseException) -> NoSpaceError | None:
+    """The one-line error for a write of ``final`` that failed on a full disk, else None."""
+    if isinstance(exc, DataError) or no_space(exc) is None:
+        return None
+    return NoSpaceError(final.parent, f"{final.name} could not be written there; free space (or "
+                        "use a workspace on a larger disk), then re-run the stage")
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder that replaces ``final`` only if the block succeeds.
 
-    Temp folders that killed processes left next to it are removed first.
+    Temp folders that killed processes left next to it are removed first. A block that fails
+    on a full disk raises :class:`NoSpaceError` (its partial output removed first).
     """
     final = Path(final)
     remove_stale_temps(final)
@@ -72,12 +81,29 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _out_of_space(final, exc)
+        if full is not None:
+            raise full from exc
         raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temp file renamed into place (:class:`NoSpaceError` if full)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        full = _out_of_space(path, exc)
+        if full is not None:
+            raise full from exc
+        raise
+    os.replace(tmp, path)
 
 
 def _read_docs(path: Path, stage: str) -> pd.DataFrame:
@@ -155,9 +181,7 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
         result.rejected.to_parquet(out / "rejected.parquet", index=False)
         (out / "report.md").write_text(render_report(result.stats), encoding="utf-8")
         length_plot(docs.text.str.len(), result.kept.text.str.len(), out / "lengths.png")
-    tmp = (workdir / CLEAN_STATS).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.stats, indent=2, sort_keys=True))
-    os.replace(tmp, workdir / CLEAN_STATS)
+    _write_atomic(workdir / CLEAN_STATS, json.dumps(result.stats, indent=2, sort_keys=True))
     log.info("clean: kept %d, rejected %d %s", len(result.kept), len(result.rejected),
              result.stats.get("rejected_by_reason", {}))
     return result.stats
