@@ -560,7 +560,8 @@ def run_app(application: typer.Typer) -> None:
         application(standalone_mode=False)
     except GptopsError as exc:
         if os.environ.get(ERROR_FILE_ENV):  # let a parent (DVC → pipeline) surface the message
-            Path(os.environ[ERROR_FILE_ENV]).write_text(str(exc), encoding="utf-8")
+            with contextlib.suppress(OSError):  # a full disk: the line below still says it
+                Path(os.environ[ERROR_FILE_ENV]).write_text(str(exc), encoding="utf-8")
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except RankFailed as exc:  # a training process died: one line, and it is not an input error

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from gpt.config import DATA_SECTIONS, parse_overrides, read_params_file, set_dotted
-from gpt.errors import ERROR_FILE_ENV, ConfigError, DataError, GptopsError
+from gpt.errors import ERROR_FILE_ENV, ConfigError, DataError, GptopsError, NoSpaceError, no_space
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +236,106 @@ class StageOutcome:
     ran: bool
 
 
+class _CacheErrors(logging.Filter):
+    """DVC logs a failure to copy an output into its cache and goes on as if it had worked
+    (``dvc_data``'s transfer): keep those errors for our one line instead of printing them."""
+
+    LOGGER = "dvc_data.hashfile.transfer"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+            return False
+        return True
+
+    def __enter__(self) -> _CacheErrors:
+        logging.getLogger(self.LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger(self.LOGGER).removeFilter(self)
+
+
+def _uncached_outs(repo: Any, stages: list[Any]) -> list[str]:
+    """The outputs of ``stages`` that are not all in the local DVC cache.
+
+    Only checks that the cache files exist: the hashes are the ones DVC just computed (each
+    output's in-memory tree), nothing is read or hashed again.
+    """
+    odb = repo.cache.local
+    missing = []
+    for stage in stages:
+        for out in stage.outs:
+            if not out.use_cache or not (out.hash_info and out.hash_info.value):
+                continue
+            oids = [out.hash_info.value]
+            if out.hash_info.isdir and out.obj is not None:
+                oids += [oid.value for _, _, oid in out.obj]
+            if not all(odb.exists(oid) for oid in oids):
+                missing.append(str(out))
+    return missing
+
+
+def _put_back(path: Path, content: bytes | None) -> None:
+    """Make ``path`` hold ``content`` again (``None``: absent), if it changed."""
+    now = path.read_bytes() if path.is_file() else None
+    if now == content:
+        return
+    if content is None:
+        path.unlink()
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    except OSError:  # a full disk: in place, into the blocks the file frees
+        tmp.unlink(missing_ok=True)
+        path.write_bytes(content)
+    log.info("%s put back as it was before the stage", path)
+
+
+def _stage_error(stage: str, exc: BaseException, err_file: Path, workdir: Path) -> DataError:
+    """The one-line error of a failed ``dvc repro``: the stage command's own (which it wrote
+    to ``err_file``), a full disk DVC hit, else DVC's."""
+    if err_file.is_file():
+        detail = err_file.read_text(encoding="utf-8")
+    elif (full := no_space(exc)) is not None:
+        where = Path(full.filename).parent if full.filename else workdir
+        detail = str(NoSpaceError(where, "free space there, then re-run the stage"))
+    else:
+        detail = str(exc)
+    return DataError(f"data stage '{stage}' failed: {detail}")
+
+
+def _cache_error(stage: str, missing: list[str], errors: list[BaseException],
+                 cache_dir: str) -> DataError:
+    """The one-line error of a stage whose outputs DVC could not copy into its cache."""
+    fix = (f"DVC could not copy {', '.join(missing)} into its cache; free space there or move "
+           f"the DVC cache (`dvc cache dir <folder on a larger disk>`), then re-run the stage")
+    if any(no_space(e) for e in errors):
+        detail = str(NoSpaceError(cache_dir, fix))
+    else:
+        cause = f" ({errors[0]})" if errors else ""
+        detail = (f"{', '.join(missing)} could not be copied into the DVC cache {cache_dir}"
+                  f"{cause}; fix the cache folder (`dvc cache dir`), then re-run the stage")
+    return DataError(f"data stage '{stage}' failed: {detail}")
+
+
 def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
     """``dvc repro --single-item <stage>``: runs it only if its deps/params/outs changed
-    (always with ``force``)."""
+    (always with ``force``).
+
+    A stage whose outputs did not all reach the DVC cache (a full disk) has failed, although
+    DVC only logs it: ``dvc.lock`` is put back as it was, so nothing downstream takes the
+    uncached outputs for a data version.
+
+    Raises:
+        DataError: one line, the stage's own error or the full folder (``no space left on``).
+    """
     from dvc.repo import Repo
 
     if stage not in STAGES:
@@ -247,24 +344,34 @@ def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
     err_file = workdir / ".gptops" / f"{stage}.error"
     err_file.parent.mkdir(parents=True, exist_ok=True)
     err_file.unlink(missing_ok=True)
+    lock = workdir / "dvc.lock"
+    lock_before = lock.read_bytes() if lock.is_file() else None
     saved = {k: os.environ.get(k) for k in ("PATH", ERROR_FILE_ENV)}
     os.environ["PATH"] = _env()["PATH"]
     os.environ[ERROR_FILE_ENV] = str(err_file)
     try:
         # DVC resolves targets and runs commands relative to the working directory.
-        with contextlib.chdir(workdir), Repo(str(workdir)) as repo, _quiet_dvc():
+        with contextlib.chdir(workdir), Repo(str(workdir)) as repo, _quiet_dvc(), \
+                _CacheErrors() as cache_errors:
             repo.scm_context.quiet = True  # no "git add dvc.lock" hints: we track dvc.lock
             ran = repo.reproduce(stage, single_item=True, force=force)
+            missing = _uncached_outs(repo, ran or [])
+            cache_dir = repo.cache.local_cache_dir
     except Exception as exc:
         # DVC wraps the stage command's failure; the command wrote its one-line error to a file.
-        detail = err_file.read_text(encoding="utf-8") if err_file.is_file() else str(exc)
-        raise DataError(f"data stage '{stage}' failed: {detail}") from exc
+        _put_back(lock, lock_before)
+        raise _stage_error(stage, exc, err_file, workdir) from exc
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    if missing:
+        _put_back(lock, lock_before)
+        raise _cache_error(stage, missing, cache_errors.errors, cache_dir)
+    for error in cache_errors.errors:  # logged by DVC, yet every output is cached
+        log.warning("stage %s: DVC reported %s", stage, error)
     outcome = StageOutcome(stage=stage, ran=bool(ran))
     log.info("stage %s: %s", stage, "ran" if outcome.ran else "unchanged, reused (DVC cache)")
     return outcome

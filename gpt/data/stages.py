@@ -41,7 +41,7 @@ from gpt.data.shards import (
 )
 from gpt.data.sources import BAD_COLUMNS, iter_source, local_paths
 from gpt.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-from gpt.errors import DataError
+from gpt.errors import DataError, NoSpaceError, no_space
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,44 @@ def remove_stale_temps(final: Path) -> list[Path]:
     return removed
 
 
+def _out_of_space(final: Path, exc: BaseException) -> NoSpaceError | None:
+    """The one-line error for a write of ``final`` that failed on a full disk, else None."""
+    if isinstance(exc, DataError) or no_space(exc) is None:
+        return None
+    return NoSpaceError(final.parent, f"{final.name} could not be written there; free space (or "
+                        "use a workspace on a larger disk), then re-run the stage (it resumes "
+                        "at the shards not yet written)")
+
+
 @contextmanager
 def _output(final: Path, stage: str, print_: str) -> Iterator[ShardedOutput]:
     """The stage's resumable output folder (see ``gpt.data.shards``), saying what it resumes."""
     remove_stale_temps(final)
-    with sharded_output(final, print_) as out:
-        if out.resumed:
-            log.info("%s: resuming a killed run: %d shard file(s) already complete", stage,
-                     len(out.resumed))
-        yield out
+    try:
+        with sharded_output(final, print_) as out:
+            if out.resumed:
+                log.info("%s: resuming a killed run: %d shard file(s) already complete", stage,
+                         len(out.resumed))
+            yield out
+    except BaseException as exc:
+        full = _out_of_space(final, exc)
+        if full is not None:
+            raise full from exc
+        raise
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temp file renamed into place (:class:`NoSpaceError` if full)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        full = _out_of_space(path, exc)
+        if full is not None:
+            raise full from exc
+        raise
+    os.replace(tmp, path)
 
 
 def _source_state(source: str) -> Any:
@@ -232,9 +261,7 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
             {"docs_kept": stats["docs_kept"], "bytes_out": stats["bytes_out"],
              "shards": [{"file": p.name} for p in parts(out.path)]}, indent=2))
         length_plot(done.lengths_in, done.lengths_out, out.path / "lengths.png")
-    tmp = (workdir / CLEAN_STATS).with_suffix(".tmp")
-    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True))
-    os.replace(tmp, workdir / CLEAN_STATS)
+    _write_atomic(workdir / CLEAN_STATS, json.dumps(stats, indent=2, sort_keys=True))
     log.info("clean: kept %d, rejected %d %s", stats["docs_kept"], stats["docs_rejected"],
              stats.get("rejected_by_reason", {}))
     return stats
