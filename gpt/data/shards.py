@@ -94,21 +94,33 @@ class ShardedOutput:
         self.scratch = path / SCRATCH
         self.scratch.mkdir(exist_ok=True)
 
-    def marker(self, name: str) -> Path:
-        return self.path / f"{name}{_DONE}"
-
     def done(self, name: str) -> bool:
         """True when ``name`` was completed (its marker exists and its bytes match it)."""
-        marker, shard = self.marker(name), self.path / name
-        if not marker.is_file() or not shard.is_file():
-            return False
-        return marker.read_text().strip() == sha256_file(shard)
+        return is_done(self.path / name)
 
     def complete(self, name: str) -> None:
-        digest = sha256_file(self.path / name)
-        tmp = self.marker(name).with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(digest)
-        os.replace(tmp, self.marker(name))
+        mark_done(self.path / name)
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(f"{path.name}{_DONE}")
+
+
+def is_done(path: Path) -> bool:
+    """True when the file ``path`` was completed (``mark_done``) and is unchanged since."""
+    marker = _marker(Path(path))
+    if not marker.is_file() or not Path(path).is_file():
+        return False
+    return marker.read_text().strip() == sha256_file(path)
+
+
+def mark_done(path: Path) -> None:
+    """Mark the file ``path`` complete (written in full under its final name); a worker process
+    may call this for the shards it wrote."""
+    marker = _marker(Path(path))
+    tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
+    tmp.write_text(sha256_file(path))
+    os.replace(tmp, marker)
 
 
 def fingerprint(*parts_: Any) -> str:
@@ -140,7 +152,7 @@ def sharded_output(final: Path, print_: str) -> Iterator[ShardedOutput]:
         for tmp in partial.glob(".*.tmp-*"):  # half-written files of a killed run
             tmp.unlink(missing_ok=True)
         stamp.write_text(print_)
-        resumed = sorted(p.name[:-len(_DONE)] for p in partial.glob(f"*{_DONE}"))
+        resumed = sorted(p.name[:-len(_DONE)] for p in partial.rglob(f"*{_DONE}"))
         yield ShardedOutput(partial, resumed)
         for p in [*partial.glob(f"*{_DONE}"), stamp]:
             p.unlink()

@@ -32,8 +32,11 @@ from gpt.data.loader import encode_shard, is_val_doc, write_meta
 from gpt.data.shards import (
     MANIFEST,
     PART,
+    SCRATCH,
     ShardedOutput,
     fingerprint,
+    is_done,
+    mark_done,
     parts,
     read_part,
     sharded_output,
@@ -281,7 +284,7 @@ def _sampled(doc_id: str, fraction: float, seed: int) -> bool:
 
 
 def encode_part(job: tuple[str, str, int, str, float, int]) -> dict[str, dict[str, Any]]:
-    """Encode one clean shard into its token shard pair (a worker's job).
+    """Encode one clean shard into its token shard pair, and mark it done (a worker's job).
 
     Args:
         job: ``(clean shard, tokenizer.json, shard index, output folder, val_fraction, seed)``.
@@ -289,8 +292,17 @@ def encode_part(job: tuple[str, str, int, str, float, int]) -> dict[str, dict[st
     path, tok_file, index, out_dir, val_fraction, seed = job
     frame = read_part(Path(path), "clean", ["doc_id", "text"])
     tok = load_tokenizer(Path(tok_file))
-    return encode_shard(frame["text"].tolist(), frame["doc_id"].tolist(), tok, Path(out_dir),
+    info = encode_shard(frame["text"].tolist(), frame["doc_id"].tolist(), tok, Path(out_dir),
                         index, val_fraction, seed)
+    info_file = _token_info(Path(out_dir), index)
+    info_file.write_text(json.dumps(info))
+    mark_done(info_file)
+    return info
+
+
+def _token_info(out_dir: Path, index: int) -> Path:
+    """The scratch file recording a token shard pair (its marker completes the shard)."""
+    return out_dir / SCRATCH / f"tokens-{index:05d}.json"
 
 
 def _serial_tokenizers() -> None:
@@ -363,20 +375,10 @@ def tokenize(params: Params, workdir: Path, mapper: Mapper | None = None,
                             tok.get_vocab_size(), t.vocab_size, t.min_frequency)
             save_tokenizer(tok, tok_file)
             out.complete(tok_file.name)
-        jobs, shards = [], {}
-        for i, f in enumerate(files):
-            info_file = out.scratch / f"tokens-{i:05d}.json"
-            if out.done(f"{out.scratch.name}/{info_file.name}"):
-                shards[i] = json.loads(info_file.read_text())
-            else:
-                jobs.append((str(f), str(tok_file), i, str(out.path), t.val_fraction, t.seed))
-        for job, info in zip(jobs, _encode_all(jobs, workers or default_workers(), mapper),
-                             strict=True):
-            i = job[2]
-            info_file = out.scratch / f"tokens-{i:05d}.json"
-            info_file.write_text(json.dumps(info))
-            out.complete(f"{out.scratch.name}/{info_file.name}")
-            shards[i] = info
+        jobs = [(str(f), str(tok_file), i, str(out.path), t.val_fraction, t.seed)
+                for i, f in enumerate(files) if not is_done(_token_info(out.path, i))]
+        _encode_all(jobs, workers or default_workers(), mapper)
+        shards = {i: json.loads(_token_info(out.path, i).read_text()) for i in range(len(files))}
         meta = write_meta(out.path, [shards[i] for i in range(len(files))], tok,
                           t.val_fraction, t.seed, **extra)
     log.info("tokenize: vocab %d, %d train / %d val tokens in %d shard(s)", meta["vocab_size"],

@@ -131,7 +131,8 @@ def test_a_stage_that_runs_out_of_space_writing_its_outputs_fails_in_one_line(tm
     assert msg.startswith(f"data stage 'clean' failed: no space left on {data}"), msg
     assert "\n" not in msg and "Traceback" not in msg
     assert (ws / "dvc.lock").read_bytes() == lock
-    assert not list(data.glob(".clean.tmp-*"))  # the partial output is gone
+    assert not (data / "clean").exists()  # no output that looks complete
+    assert not list(data.glob(".clean.partial/.*.tmp-*"))  # nor half-written shard files
 
     filler.unlink()
     assert workspace.run_stage(ws, "clean").ran

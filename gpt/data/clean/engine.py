@@ -48,7 +48,16 @@ from gpt.data.clean.normalize import REPLACEMENT_CHAR, SURROGATES, normalize_bat
 from gpt.data.clean.report import CleanResult, assemble
 from gpt.data.clean.scrub import scrub_batch
 from gpt.data.minhash import band_keys, lsh_bands, minhash_signatures, near_duplicates_banded
-from gpt.data.shards import PART, ShardedOutput, parts, read_part, sharded_output, write_parquet
+from gpt.data.shards import (
+    PART,
+    ShardedOutput,
+    is_done,
+    mark_done,
+    parts,
+    read_part,
+    sharded_output,
+    write_parquet,
+)
 from gpt.data.sources import DOC_COLUMNS
 from gpt.errors import DataError
 
@@ -189,6 +198,7 @@ def filter_shard(job: tuple[str, str, str, CleanConfig]) -> dict[str, int]:
                  codes=part.codes.astype(np.int8), text_hash=text_hash, pii_rows=pii_rows,
                  pii_counts=pii_counts)
     os.replace(tmp, files["meta"])
+    mark_done(files["meta"])  # written last: the shard's pass 1 is complete
     return {"docs": len(frame), "passed": int(passed.sum())}
 
 
@@ -391,13 +401,8 @@ def clean_parts(raw: list[Path], out: ShardedOutput, cfg: CleanConfig, workers: 
     """
     files = [_Files(out.scratch, f"f1-{i:05d}") for i in range(len(raw))]
     todo = [(str(r), str(f.scratch), f.stem, cfg) for r, f in zip(raw, files, strict=True)
-            if not out.done(f"{out.scratch.name}/{f['meta'].name}")]
-    for meta in _run(filter_shard, todo, workers, mapper):
-        del meta
-    for f in files:
-        marker = f"{out.scratch.name}/{f['meta'].name}"
-        if not out.done(marker):
-            out.complete(marker)
+            if not is_done(f["meta"])]
+    _run(filter_shard, todo, workers, mapper)
     corpus = _Corpus(files)
     kind, target, duplicates, reached = _dedup(corpus, cfg)
     shard_stats = []
