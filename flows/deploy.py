@@ -2,12 +2,25 @@
 
 ``python -m flows.deploy`` serves both from this process (what ``gptops serve`` starts);
 ``prefect.yaml`` declares the same two for ``prefect deploy`` to a work pool.
+
+Each deployment carries a trigger (a Prefect automation the server runs, re-created with the
+deployment): when one of its runs crashes (its process was killed), the deployment runs again with
+the crashed run's parameters, so training resumes from the run's checkpoints. A flow-run event
+cannot say "not started by this automation" (events carry no parameters, and related-resource
+filters can only require a resource), so the guard against a loop is the trigger's window: it
+fires once, then ignores the deployment's crashes for ``RERUN_WINDOW``. A re-run that crashes
+within it (a crash that repeats) is left to the user.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect.events import DeploymentEventTrigger
 
 #: The nightly schedule's one home: ``gptops serve`` and ``python -m flows.deploy`` default to
 #: these; prefect.yaml (static, for ``prefect deploy``) must state the same, which
@@ -16,11 +29,40 @@ NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_TIMEZONE = "UTC"
 #: What a second trigger does while a run is in progress (ENQUEUE: it waits; CANCEL_NEW).
 DEFAULT_COLLISION = "ENQUEUE"
+#: After a crashed run is re-run, further crashes of the deployment are not re-run for this long.
+RERUN_WINDOW = timedelta(hours=24)
+#: The re-run's parameters: all of the crashed run's, as they were (rendered by the server).
+RERUN_PARAMETERS: dict[str, Any] = {
+    "__prefect_kind": "json",
+    "value": {"__prefect_kind": "jinja", "template": "{{ flow_run.parameters | tojson }}"}}
+FLOW_NAME = "training_pipeline"
+
+
+def rerun_on_crash(deployment: str, flow: str = FLOW_NAME) -> DeploymentEventTrigger:
+    """The trigger that runs deployment ``flow/deployment`` again when one of its runs crashes.
+
+    prefect.yaml states the same under each deployment's ``triggers:``.
+    """
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"{flow}/{deployment}: re-run a crashed run",
+        description="A crashed run runs again with its own parameters (it resumes from its "
+                    "checkpoints); the deployment's crashes in the next "
+                    f"{RERUN_WINDOW.total_seconds() / 3600:g} h are not re-run.",
+        expect={"prefect.flow-run.Crashed"},
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": flow},
+                       {"prefect.resource.role": "deployment",
+                        "prefect.resource.name": deployment}],
+        posture="Reactive", threshold=1, within=RERUN_WINDOW,
+        parameters=RERUN_PARAMETERS)
 
 
 def build_deployments(workdir: str, cron: str = NIGHTLY_CRON, timezone: str = NIGHTLY_TIMEZONE,
                       collision: str = DEFAULT_COLLISION) -> list:
-    """The two deployments; one run at a time each (a second trigger waits in the queue)."""
+    """The two deployments; one run at a time each (a second trigger waits in the queue), and a
+    crashed run re-run once (``rerun_on_crash``)."""
     # Imported here so that the constants above load without Prefect (e.g. for CLI defaults).
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
@@ -35,10 +77,12 @@ def build_deployments(workdir: str, cron: str = NIGHTLY_CRON, timezone: str = NI
     nightly = training_pipeline.to_deployment(
         name="nightly", schedules=[Cron(cron, timezone=timezone)], parameters=params,
         concurrency_limit=limit, tags=["gptops", "scheduled"],
+        triggers=[rerun_on_crash("nightly", training_pipeline.name)],
         description="Scheduled retraining; a new version is promoted only if it beats the "
                     "champion.")
     retrain = training_pipeline.to_deployment(
         name="retrain", parameters=params, concurrency_limit=limit, tags=["gptops", "manual"],
+        triggers=[rerun_on_crash("retrain", training_pipeline.name)],
         description="Manual retraining from the Run button (profile, steps, learning rate, "
                     "data source, re-clean).")
     return [nightly, retrain]

@@ -105,7 +105,7 @@ def _serve_defaults() -> dict:
 
 def test_prefect_yaml_matches_serve(prefect_yaml, monkeypatch):
     """prefect.yaml states exactly what `gptops serve` deploys (flows/deploy.py builds it)."""
-    from flows.deploy import build_deployments
+    from flows.deploy import build_deployments, rerun_on_crash
     from flows.serve import DEPLOYMENTS
 
     monkeypatch.chdir(PROJECT_ROOT)  # entrypoints are relative to the project root in both
@@ -118,7 +118,28 @@ def test_prefect_yaml_matches_serve(prefect_yaml, monkeypatch):
         assert _yaml_spec(declared[name]) == _built_spec(dep), name
         # prefect.yaml fills workdir from the environment; serve adds the workspace's form values.
         assert set(declared[name].get("parameters") or {}) <= set(dep.parameters), name
+        assert [_automation(t) for t in dep.triggers] == [_automation(rerun_on_crash(name))]
         assert dep.flow_name == "training_pipeline"
+
+
+def _automation(trigger) -> dict:
+    """The automation a deployment trigger becomes (for a fixed deployment id)."""
+    from uuid import UUID
+
+    trigger.set_deployment_id(UUID(int=1))
+    return trigger.as_automation().model_dump(mode="json")
+
+
+def test_every_deployment_re_runs_a_crashed_run(prefect_yaml):
+    """Each deployment's triggers, as `prefect deploy` reads them, are rerun_on_crash's."""
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+
+    from flows.deploy import rerun_on_crash
+
+    for d in prefect_yaml["deployments"]:
+        triggers = _initialize_deployment_triggers(d["name"], d.get("triggers") or [])
+        assert [_automation(t) for t in triggers] == [_automation(rerun_on_crash(d["name"]))], \
+            d["name"]
 
 
 def test_deploy_defaults_are_serve_defaults():

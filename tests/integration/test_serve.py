@@ -62,9 +62,12 @@ def test_deployments_are_served(served):
 
     async def read():
         async with prefect(served["api"]) as c:
-            return {d.name: d for d in await c.read_deployments()}
+            deps = {d.name: d for d in await c.read_deployments()}
+            autos = {name: await c.read_resource_related_automations(f"prefect.deployment.{d.id}")
+                     for name, d in deps.items()}
+            return deps, autos
 
-    deps = run_async(read())
+    deps, autos = run_async(read())
     assert set(deps) >= {"nightly", "retrain"}
     nightly, retrain = deps["nightly"], deps["retrain"]
     assert len(nightly.schedules) == 1
@@ -75,6 +78,9 @@ def test_deployments_are_served(served):
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1
         assert d.parameters["workdir"] == str(served["ws"])
         assert not d.paused
+        # a crashed run is re-run once (tests/reliability/test_crashed_served_run.py)
+        (auto,) = autos[d.name]
+        assert auto.enabled and auto.trigger.expect == {"prefect.flow-run.Crashed"}
         assert {"max_steps", "overrides", "profile"} <= set(d.parameter_openapi_schema[
             "properties"])
 
