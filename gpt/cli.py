@@ -153,7 +153,8 @@ def _tracking_uri(workdir: Path, params=None, given: str = "", check: bool = Tru
 
 @data_app.command("ingest")
 def data_ingest(workdir: Workdir = Path(".")) -> None:
-    """Read the configured source (default: the built-in corpus) into data/raw."""
+    """Stream the configured source (default: the built-in corpus) into data/raw shards (bad
+    records into data/raw/rejected.parquet). A killed run resumes where it stopped."""
     from gpt.data import stages
 
     setup_logging()
@@ -161,17 +162,23 @@ def data_ingest(workdir: Workdir = Path(".")) -> None:
 
 
 @data_app.command("clean")
-def data_clean(workdir: Workdir = Path(".")) -> None:
-    """Clean data/raw into data/clean (every document kept or rejected with a reason)."""
+def data_clean(workdir: Workdir = Path("."),
+               workers: Annotated[int, typer.Option(
+                   "--workers", min=0, help="processes for the per-shard work (0 = every core, "
+                   "or GPTOPS_DATA_WORKERS); the output is the same whatever the number")] = 0,
+               ) -> None:
+    """Clean data/raw into data/clean shard by shard (every document kept or rejected with a
+    reason; duplicates found across all shards). A killed run resumes where it stopped."""
     from gpt.data import stages
 
     setup_logging()
-    stages.clean(_params(workdir), workdir)
+    stages.clean(_params(workdir), workdir, workers=workers or None)
 
 
 @data_app.command("tokenize")
 def data_tokenize(workdir: Workdir = Path(".")) -> None:
-    """Train the BPE tokenizer and write train/val token shards to data/tokens."""
+    """Train the BPE tokenizer (on a bounded sample) and write train/val token shards to
+    data/tokens, one pair per clean shard. A killed run resumes where it stopped."""
     from gpt.data import stages
 
     setup_logging()

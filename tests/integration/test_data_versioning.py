@@ -69,7 +69,7 @@ def test_dask_clean_and_tokenize_equal_the_stages(tmp_path, prefect_server):
     assert len(list((ws / "data/raw").glob("part-*.parquet"))) >= 3
     params = load_params(ws / "params.yaml")
     local = {"clean": stages.clean(params, ws, workers=1),
-             "tokenize": stages.tokenize(params, ws, workers=1)}
+             "tokenize": stages.tokenize(params, ws)}
     expected = {d: _digests(ws / "data" / d) for d in ("clean", "tokens")}
     shutil.rmtree(ws / "data/clean")
     shutil.rmtree(ws / "data/tokens")
