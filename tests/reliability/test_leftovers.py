@@ -1,7 +1,7 @@
 """Scenario 12: what killed or hostile runs leave behind.
 
-- a clean killed with SIGKILL leaves ``data/.clean.tmp-<pid>``: the next stage run removes it
-  (a live process's temp folder is left alone);
+- a stage killed with SIGKILL leaves half-written temp files: the next stage run removes them
+  (a live process's are left alone) and resumes (``tests/integration/test_data_scale.py``);
 - a checkpoint whose state file is a malicious pickle (manifest hashes forged to match) is
   refused in one warning line, never executed, and training resumes from the previous valid
   checkpoint.
@@ -25,31 +25,39 @@ from tests.conftest import PROJECT_ROOT
 pytestmark = pytest.mark.reliability
 
 
-def test_a_killed_stage_leaves_no_temp_folder_for_the_next_run(tmp_path):
-    from gpt.data.stages import atomic_dir
+def test_a_killed_stage_leaves_no_temp_files_for_the_next_run(tmp_path):
+    """A process SIGKILLed while writing a shard leaves its half-written temp file (and, from
+    before shards, a ``.clean.tmp-<pid>`` folder): the next run removes both and never takes
+    the half-written shard for a finished one; a live process's temp folder is left alone."""
+    from gpt.data.stages import _output
 
     final = tmp_path / "data" / "clean"
-    final.parent.mkdir()
-    code = ("import sys, time; from pathlib import Path; from gpt.data.stages import atomic_dir\n"
-            f"with atomic_dir(Path({str(final)!r})) as t:\n"
-            "    (t / 'docs.parquet').write_bytes(b'half'); print('in', flush=True)\n"
-            "    time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    partial = final.with_name(".clean.partial")
+    code = ("import os, time; from pathlib import Path\n"
+            f"p = Path({str(partial)!r}); p.mkdir(parents=True)\n"
+            f"(p / '.fingerprint').write_text('v1')\n"
+            f"old = Path({str(final.parent)!r}) / f'.clean.tmp-{{os.getpid()}}'; old.mkdir()\n"
+            "(p / f'.part-00000.parquet.tmp-{os.getpid()}').write_bytes(b'half')\n"
+            "print('in', flush=True); time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "in"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    half = partial / f".part-00000.parquet.tmp-{proc.pid}"
     stale = final.parent / f".clean.tmp-{proc.pid}"
-    assert stale.is_dir()  # the fault is real: the killed process left its folder
+    assert half.is_file() and stale.is_dir()  # the fault is real: the killed process left them
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     busy = final.parent / f".clean.tmp-{live.pid}"
     busy.mkdir()
     try:
-        with atomic_dir(final) as tmp:
-            (tmp / "docs.parquet").write_bytes(b"complete")
-        assert not stale.exists()
-        assert busy.is_dir()  # another live run's folder is not ours to remove
-        assert (final / "docs.parquet").read_bytes() == b"complete"
+        with _output(final, "clean", "v1") as out:
+            assert not half.exists() and not stale.exists()
+            assert not out.done("part-00000.parquet")
+            (out.path / "part-00000.parquet").write_bytes(b"complete")
+            out.complete("part-00000.parquet")
+        assert busy.is_dir()  # another live process's folder is not ours to remove
+        assert (final / "part-00000.parquet").read_bytes() == b"complete"
+        assert sorted(p.name for p in final.iterdir()) == ["part-00000.parquet"]
     finally:
         live.kill()
 
