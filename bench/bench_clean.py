@@ -9,13 +9,18 @@ original) and measures:
 
 - MB/s per core of ``clean_documents`` without and with near-dedup (one process), and of
   ``clean_shards`` with ``--workers`` processes;
+- MB/s per core of ``clean_documents`` (near-dedup off) on the same corpus with ``--mojibake``
+  (default 1 %) of its documents read wrongly: a sentence with accents, curly quotes and a euro
+  sign appended, then the UTF-8 bytes decoded as Windows-1252; and how many of those documents
+  come out of normalisation as the correctly read ones do;
 - near-dedup recall on the injected near duplicates, by exact Jaccard similarity of their word
   5-gram shingles to the original;
 - the false-positive rate: documents flagged ``near_duplicate_of`` whose exact Jaccard
   similarity to the flagged document is below the threshold, over the documents that reached
   near-dedup.
 
-Run: ``.venv/bin/python bench/bench_clean.py --mb 20`` (default 200).
+Run: ``.venv/bin/python bench/bench_clean.py --mb 20`` (default 200); ``--no-near`` times only
+the cleaning without near-dedup (the throughput part).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import time
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from gpt.config import CleanConfig, load_params
-from gpt.data.clean import CleanResult, clean_documents, clean_shards
+from gpt.data.clean import CleanResult, clean_documents, clean_shards, normalize_batch
 from gpt.data.sources import DOC_COLUMNS, read_builtin
 
 TARGET_PLAIN_MBS = 20.0
@@ -119,6 +125,43 @@ def build_corpus(mb: float, seed: int = 0, inject_fraction: float = 0.02,
     return Corpus(pd.DataFrame(rows, columns=DOC_COLUMNS), injected)
 
 
+#: Sentences appended to the documents that ``with_mojibake`` reads wrongly (every one encodes to
+#: UTF-8 bytes that Windows-1252 can decode).
+MOJIBAKE_SENTENCES = [
+    "Ça coûte 5 € — don’t «panic», it’s über naïve.",
+    "The café’s crème brûlée costs 4 € — it’s the résumé’s favourite.",
+    "Größe, Übergang and Änderung: that’s German, isn’t it?",
+]
+
+
+def with_mojibake(docs: pd.DataFrame, fraction: float,
+                  seed: int = 0) -> tuple[pd.DataFrame, dict[int, str]]:
+    """``docs`` with ``fraction`` of the texts read wrongly (UTF-8 decoded as Windows-1252).
+
+    Each chosen text (an ASCII one: misreading cannot change those, and some non-ASCII ones have
+    bytes that Windows-1252 cannot decode) gets a non-ASCII sentence appended and is then
+    misread. Returns the new frame and, per changed row, the correctly read text.
+    """
+    rng = random.Random(seed)
+    texts = docs["text"].tolist()
+    ascii_rows = [i for i, t in enumerate(texts) if t.isascii()]
+    rows = sorted(rng.sample(ascii_rows, min(len(ascii_rows), round(fraction * len(docs)))))
+    intended = {i: f"{texts[i]} {rng.choice(MOJIBAKE_SENTENCES)}" for i in rows}
+    for i, text in intended.items():
+        texts[i] = text.encode("utf-8").decode("cp1252")
+    return docs.assign(text=texts), intended
+
+
+def repaired_share(docs: pd.DataFrame, intended: dict[int, str]) -> float:
+    """The share of misread texts that normalise to what their correctly read text does."""
+    rows = list(intended)
+    if not rows:
+        return float("nan")
+    bad = normalize_batch(pa.array(docs["text"].iloc[rows].tolist(), type=pa.large_string()))
+    good = normalize_batch(pa.array([intended[i] for i in rows], type=pa.large_string()))
+    return sum(a == b for a, b in zip(bad.to_pylist(), good.to_pylist(), strict=True)) / len(rows)
+
+
 def _shingles(text: str, n: int) -> set[tuple[str, ...]]:
     words = text.lower().split()
     if len(words) < n:
@@ -187,6 +230,10 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8, help="shards for clean_shards")
     parser.add_argument("--merge", type=int, default=12,
                         help="also time documents made of this many built-in ones (0: skip)")
+    parser.add_argument("--mojibake", type=float, default=0.01,
+                        help="share of documents read wrongly in the mojibake corpus (0: skip)")
+    parser.add_argument("--no-near", action="store_true",
+                        help="time only cleaning without near-dedup (skip near-dedup quality)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -194,6 +241,7 @@ def main() -> None:
     plain_cfg = cfg.model_copy(update={"near_dedup": False})
     near_cfg = cfg.model_copy(update={"near_dedup": True})
     rows = []
+    repaired: list[tuple[str, int, float]] = []
     near = corpus = None
     for per_doc in [1] + ([args.merge] if args.merge > 1 else []):
         built, (build_s, _) = timed(build_corpus, args.mb, 0, 0.02, per_doc)
@@ -204,6 +252,15 @@ def main() -> None:
               f"injected near duplicates (built in {build_s:.1f}s)")
         plain, plain_s = timed(clean_documents, docs, plain_cfg)
         rows.append((f"{label}: filters + exact dedup", 1, plain_s, mb, plain, TARGET_PLAIN_MBS))
+        if args.mojibake > 0:
+            bad_docs, intended = with_mojibake(docs, args.mojibake)
+            bad_mb = sum(len(t.encode()) for t in bad_docs["text"]) / 1e6
+            bad, bad_s = timed(clean_documents, bad_docs, plain_cfg)
+            rows.append((f"{label}: same, {args.mojibake:.0%} mojibake docs", 1, bad_s, bad_mb,
+                         bad, TARGET_PLAIN_MBS))
+            repaired.append((label, len(intended), repaired_share(bad_docs, intended)))
+        if args.no_near:
+            continue
         with_near, near_s = timed(clean_documents, docs, near_cfg)
         rows.append((f"{label}: + near dedup", 1, near_s, mb, with_near, TARGET_NEAR_MBS))
         size = -(-len(docs) // args.shards)
@@ -224,7 +281,11 @@ def main() -> None:
     for name, _cores, (wall, cpu), mb, res, target in rows:
         print(f"| {name:44} | {wall:7.2f} | {cpu:7.2f} | {mb / wall:7.1f} | {mb / cpu:9.1f} | "
               f"{target:6.1f} | {len(res.kept):8,} |")
-    assert near is not None and corpus is not None
+    for label, n, share in repaired:
+        print(f"mojibake ({label}): {share:.1%} of {n:,} misread documents normalise to what "
+              "their correctly read text does")
+    if near is None or corpus is None:
+        return
 
     quality = near_dedup_quality(corpus, near, near_cfg)
     print()

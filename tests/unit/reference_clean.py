@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import ftfy
+
 from gpt.config import CleanConfig
+from gpt.data.clean.normalize import REPAIR_ROUNDS
 from gpt.data.pii import scrub_pii
 
 _NEWLINES = re.compile("[\x0b\x0c\x85\u2028\u2029]")
@@ -20,10 +23,34 @@ _SPACE_RUNS = re.compile(r" (?<=\S.) +")
 _TRAILING_WS = re.compile(r"[ \t]+\n")
 _BLANK_RUNS = re.compile("\n\n\n+")
 _PUNCT_END = tuple(".!?:;\"')]}>…”’»")
+#: ftfy's encoding repair alone; stray C1 controls left alone.
+_FTFY = ftfy.TextFixerConfig(fix_c1_controls=False)
+
+
+def repair(text: str) -> str:
+    """Mojibake repair: each line ftfy repairs by decoding UTF-8 becomes ftfy's repair."""
+    out = []
+    for line in text.split("\n"):
+        fixed, plan = ftfy.fix_encoding_and_explain(line, _FTFY)
+        decodes = any(step in (("decode", "utf-8"), ("decode", "utf-8-variants"),
+                               ("apply", "decode_inconsistent_utf8")) for step in plan)
+        out.append(_SURROGATES.sub("\ufffd", fixed) if decodes else line)
+    return "\n".join(out)
 
 
 def normalize(text: str) -> str:
-    """Unicode repair and whitespace normalisation of one text, step by step."""
+    """Repair, then normalise; again while repair changes the result (``REPAIR_ROUNDS``)."""
+    text = plain_normalize(repair(_SURROGATES.sub("\ufffd", text)))
+    for _ in range(REPAIR_ROUNDS - 1):
+        fixed = repair(text)
+        if fixed == text:
+            break
+        text = plain_normalize(fixed)
+    return text
+
+
+def plain_normalize(text: str) -> str:
+    """Unicode and whitespace normalisation of one text, step by step (no mojibake repair)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _SURROGATES.sub("\ufffd", text)
     text = _ODD_SPACES.sub(" ", text)

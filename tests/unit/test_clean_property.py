@@ -119,6 +119,10 @@ TRICKY = WORDS + ["\n \n\n", " \t\n", "a  b", "a\t  b", "a  \t  b", "\n    b", "
                   "....", ".....", "\u2026", "\u201d", "\u00bb",
                   "\u00a0", "\u2028", "\x0b", "\x0c", "\x85", "\u200b", "\ufeff", "\x00",
                   "A\u030a", "\u212b", "x.\n", "#", "line\nline", "\n\n\n\n",
+                  # Mojibake (repaired by ftfy in the rows the RE2 pre-filter picks), its halves,
+                  # and correct text that looks a little like it.
+                  " donâ€™t ", "cafÃ©", "â€œquotedâ€\x9d", "Ã¼ber", "ÃƒÂ©", "â\x80\x99", "Ã",
+                  "Â", "\u0303", "©", "Ð¿Ñ€Ð¸", " naïve ", "Größe", "½",
                   # PII of every kind, and near misses.
                   " api_key = 'abcd1234efgh5678ijkl' ", " token: Zm9vYmFyYmF6cXV4MTIz ",
                   " sk-proj-abcdefghijklmnopqrstuvwx ", " AKIAABCDEFGHIJKLMNOP ",

@@ -3,6 +3,11 @@
 Arrow's compute kernels (RE2 regexes) do the rewriting; each step first asks whether the batch
 contains anything it would change (a substring test on the raw bytes) and then touches only the
 rows that do.
+
+Mojibake (UTF-8 read as Windows-1252, Latin-1 or another single-byte code page: "donâ€™t",
+"cafÃ©") is repaired by ftfy, line by line, in the rows that need it. Which rows those are is
+decided in RE2 by ftfy's own badness heuristic (``MOJIBAKE_CANDIDATE``, translated from
+``ftfy.badness.BADNESS_RE``): a row it does not match is one where ftfy would change nothing.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import re
 import unicodedata
 from collections.abc import Callable
 
+import ftfy
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from ftfy.badness import BADNESS_RE
 
-from gpt.data.clean.arrow import byte_offsets, mask, on_rows, raw_bytes, text_at
+from gpt.data.clean.arrow import byte_offsets, mask, on_rows, pick, raw_bytes, text_at
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -49,6 +56,76 @@ _ASCII_CONTROL_BYTES = bytes(ord(c) for c in _CONTROL_CHARS if c.isascii())
 _TRAILING_WS = "[ \t]+\n"
 _BLANK_RUNS = "\n\n\n+"
 
+#: For ``ftfy.fix_encoding_and_explain``, ftfy's encoding repair alone, with its plan (not
+#: ``fix_text``, which also uncurls quotes, splits ligatures and unescapes HTML, and without an
+#: explanation ignores these settings). C1 controls that are not part of a misread UTF-8
+#: sequence are left to the control-character step (see ``repair_mojibake``).
+MOJIBAKE_FIXER = ftfy.TextFixerConfig(fix_c1_controls=False)
+#: The plan steps of a repair that decodes UTF-8, the only repairs that are kept.
+_UTF8_STEPS = frozenset({("decode", "utf-8"), ("decode", "utf-8-variants"),
+                         ("apply", "decode_inconsistent_utf8")})
+#: Repair, then normalise, at most this many times: normalising can join two halves of a
+#: misread sequence (a removed control between them, NFC composing a letter), so the output is
+#: checked again until repair changes nothing.
+REPAIR_ROUNDS = 3
+
+
+def _python_to_re2(pattern: str) -> str:
+    """A verbose Python regex (without groups) as RE2, matching wherever the Python one does.
+
+    Comments and whitespace outside brackets go; ``\\s`` and ``\\w`` become Unicode classes
+    (RE2's are ASCII-only); ``^`` matches at each line start (ftfy judges a text line by line).
+    Anything else that RE2 might read differently is refused rather than guessed.
+
+    Raises:
+        ValueError: the pattern uses syntax this translation does not know.
+    """
+    space = r"\t-\r\x{1c}-\x{20}\x{85}\pZ"  # Python's str.isspace()
+    word = r"\pL\pN_"  # Python's \w for str: alphanumerics and "_" (a superset of them)
+    out: list[str] = []
+    in_class = negated = False
+    text = "\n".join(line for line in pattern.split("\n") if not line.strip().startswith("#"))
+
+    def refuse(what: str) -> ValueError:
+        return ValueError(f"cannot translate {what!r} of ftfy's badness regex to RE2 (ftfy "
+                          f"{ftfy.__version__}; translated for 6.3): pin ftfy to a 6.3 release")
+
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            esc = text[i:i + 2]
+            if esc in (r"\s", r"\w") and not negated:
+                cls = space if esc == r"\s" else word
+                out.append(cls if in_class else f"[{cls}]")
+            elif esc == r"\x" and all(h in "0123456789abcdefABCDEF" for h in text[i + 2:i + 4]):
+                out.append(text[i:i + 4])
+                i += 2
+            else:
+                raise refuse(esc)
+            i += 2
+            continue
+        if in_class:
+            if c == "[" or (c == "]" and out[-1] in ("[", "[^")):
+                raise refuse(c)  # RE2's [:alpha:] classes; a literal "]"
+            negated = negated or (c == "^" and out[-1] == "[")
+            if c == "]":
+                in_class = negated = False
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            out.append(c)
+        elif c in "#(){}$":
+            raise refuse(c)
+        elif not c.isspace():
+            out.append(c)
+        i += 1
+    return "(?m)" + "".join(out)
+
+
+#: RE2: the rows ftfy's heuristic would call bad (``ftfy.badness.is_bad``) on some line.
+MOJIBAKE_CANDIDATE = _python_to_re2(BADNESS_RE.pattern)
+
 
 def _sub(pattern: str, repl: str) -> Callable[[pa.Array], pa.Array]:
     return lambda a: pc.replace_substring_regex(a, pattern, repl)
@@ -63,7 +140,29 @@ def normalize_batch(texts: pa.Array) -> pa.Array:
     Returns:
         A ``large_string`` array of the cleaned texts, in the same order.
     """
-    arr = texts.cast(pa.large_string())
+    before = texts.cast(pa.large_string())
+    out = _normalize(_repair(before))
+    for _ in range(REPAIR_ROUNDS - 1):
+        # Only a row that normalising or repair changed can have become repairable, and no
+        # ASCII row ever is.
+        rows = _non_ascii_rows(out)
+        if len(rows):
+            rows = rows[pc.not_equal(pick(out, rows), pick(before, rows)).to_numpy(
+                zero_copy_only=False)]
+        if not len(rows):
+            break
+        moved = pick(out, rows)
+        repaired = _repair(moved)
+        changed = pc.not_equal(repaired, moved).to_numpy(zero_copy_only=False)
+        if not changed.any():
+            break
+        before, out = out, pc.replace_with_mask(out, mask(len(out), rows[changed]),
+                                                _normalize(repaired.filter(pa.array(changed))))
+    return out
+
+
+def _normalize(arr: pa.Array) -> pa.Array:
+    """Newlines, controls, Unicode spaces, NFC and whitespace runs of a batch (no repair)."""
     raw = raw_bytes(arr)
 
     def adopt(new: pa.Array) -> None:
@@ -96,6 +195,51 @@ def normalize_batch(texts: pa.Array) -> pa.Array:
     third = (nl[2:] == nl[:-2] + 2) & (text[2:] == text[:-2])
     step(mask(len(arr), text[2:][third]), _sub(_BLANK_RUNS, "\n\n"))
     return pc.utf8_trim_whitespace(arr)
+
+
+def _repair(arr: pa.Array) -> pa.Array:
+    """``arr`` with ``repair_mojibake`` applied to the rows ftfy's heuristic flags."""
+    non_ascii = _non_ascii_rows(arr)
+    if not len(non_ascii):
+        return arr
+    candidate = pc.match_substring_regex(pick(arr, non_ascii),
+                                         MOJIBAKE_CANDIDATE).to_numpy(zero_copy_only=False)
+    if not candidate.any():
+        return arr
+    where = mask(len(arr), non_ascii[candidate])
+    fixed = pa.array([repair_mojibake(t) for t in arr.filter(where).to_pylist()],
+                     type=pa.large_string())
+    return pc.replace_with_mask(arr, where, fixed)
+
+
+def _non_ascii_rows(arr: pa.Array) -> np.ndarray:
+    """The positions of the texts of ``arr`` that are not pure ASCII."""
+    return np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False))
+
+
+def repair_mojibake(text: str) -> str:
+    """Repair mojibake in ``text``, line by line, with ftfy's encoding repair.
+
+    A line is replaced by ftfy's repair only when that repair decodes UTF-8 (UTF-8 that was
+    read in a single-byte code page: "donâ€™t" -> "don’t", "cafÃ©" -> "café", also when
+    misread twice). Other guesses of ftfy's, such as reading stray C1 controls as
+    Windows-1252, are not taken: those controls are removed, as every control is. Quotes,
+    ligatures and HTML entities are not touched.
+
+    Args:
+        text: one document's text (lines split at ``\\n``).
+
+    Returns:
+        The repaired text (``text`` itself where nothing needs repair).
+    """
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.isascii():
+            continue
+        fixed, plan = ftfy.fix_encoding_and_explain(line, MOJIBAKE_FIXER)
+        if fixed != line and any(tuple(step) in _UTF8_STEPS for step in plan):
+            lines[i] = SURROGATES.sub(REPLACEMENT_CHAR, fixed)  # utf-8-variants can decode them
+    return "\n".join(lines)
 
 
 def _collapse_space_runs(arr: pa.Array, raw: bytes) -> pa.Array:
@@ -173,11 +317,13 @@ def _normalize_unicode(arr: pa.Array) -> pa.Array:
 def normalize_text(text: str) -> str:
     """Repair and normalise one document's text.
 
-    Strips the BOM and zero-width spaces, turns every newline variant into ``\\n``, removes
+    Repairs mojibake with ftfy (``repair_mojibake``) where ftfy's heuristic finds it, strips
+    the BOM and zero-width spaces, turns every newline variant into ``\\n``, removes
     control characters other than ``\\n`` and ``\\t``, turns lone surrogates into U+FFFD and
     Unicode spaces into ASCII spaces, applies NFC, collapses runs of spaces inside lines (not
     indentation), drops trailing whitespace and more than one blank line in a row, and strips
-    the ends. The same code as the batch path (``normalize_batch``), for one text.
+    the ends; and repeats the repair (and normalisation) while that changes the result, at most
+    ``REPAIR_ROUNDS`` times. The same code as the batch path (``normalize_batch``), for one text.
 
     Args:
         text: the raw text.
