@@ -262,7 +262,9 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
         (out.path / "report.md").write_text(render_report(stats), encoding="utf-8")
         (out.path / MANIFEST).write_text(json.dumps(
             {"docs_kept": stats["docs_kept"], "bytes_out": stats["bytes_out"],
-             "shards": [{"file": p.name} for p in parts(out.path)]}, indent=2))
+             "shards": [{"file": p.name, "docs": d, "bytes": b} for p, d, b in
+                        zip(parts(out.path), done.shard_docs, done.shard_bytes, strict=True)]},
+            indent=2))
         length_plot(done.lengths_in, done.lengths_out, out.path / "lengths.png")
     _write_atomic(workdir / CLEAN_STATS, json.dumps(stats, indent=2, sort_keys=True))
     log.info("clean: kept %d, rejected %d %s", stats["docs_kept"], stats["docs_rejected"],
@@ -270,12 +272,32 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
     return stats
 
 
-def _sample_texts(files: list[Path], fraction: float, seed: int) -> Iterator[str]:
-    """The texts of a seeded sample of documents (``fraction`` of them, by a hash of the id)."""
-    for path in files:
-        frame = read_part(path, "clean", ["doc_id", "text"])
-        if fraction < 1.0:
-            frame = frame[[_sampled(i, fraction, seed) for i in frame["doc_id"].tolist()]]
+def sample_plan(sizes: list[int], budget: int, seed: int) -> list[tuple[int, float]]:
+    """Which clean shards the BPE trains on: ``(shard, share of its documents)``, in order.
+
+    Whole shards are taken in a seeded random order until ``budget`` bytes are reached, the
+    last one in part. Whole shards rather than a share of every shard: the trainer's memory
+    follows the distinct words it sees, and a few shards have fewer of those than a thin slice
+    of every shard, so the sample's memory stays the same however large the corpus grows.
+    """
+    plan: list[tuple[int, float]] = []
+    order = np.random.default_rng(seed).permutation(len(sizes)) if len(sizes) > 1 else [0]
+    left = budget
+    for i in order:
+        if left <= 0:
+            break
+        share = 1.0 if sizes[i] <= left else left / max(sizes[i], 1)
+        plan.append((int(i), share))
+        left -= sizes[i]
+    return plan
+
+
+def _sample_texts(files: list[Path], plan: list[tuple[int, float]], seed: int) -> Iterator[str]:
+    """The texts of the planned sample (a share of a shard: by a seeded hash of the doc id)."""
+    for i, share in plan:
+        frame = read_part(files[i], "clean", ["doc_id", "text"])
+        if share < 1.0:
+            frame = frame[[_sampled(d, share, seed) for d in frame["doc_id"].tolist()]]
         yield from frame["text"].tolist()
 
 
@@ -351,11 +373,13 @@ def tokenize(params: Params, workdir: Path, mapper: Mapper | None = None) -> dic
         elif out.done(tok_file.name):
             tok = load_tokenizer(tok_file)
         else:
-            total = _clean_bytes(workdir)
-            fraction = min(1.0, t.train_sample_mb * 2**20 / max(total, 1))
-            log.info("tokenize: training the BPE on %s of %.1f MB of text",
-                     "all" if fraction >= 1 else f"a {fraction:.1%} sample", total / 1e6)
-            tok = train_tokenizer(_sample_texts(files, fraction, t.seed), t.vocab_size,
+            sizes = _clean_bytes(workdir)
+            plan = sample_plan(sizes, int(t.train_sample_mb * 2**20), t.seed)
+            log.info("tokenize: training the BPE on %s of %.1f MB of text (%d of %d shards)",
+                     "all" if sum(sizes) <= t.train_sample_mb * 2**20 else
+                     f"a {t.train_sample_mb:g} MB sample", sum(sizes) / 1e6, len(plan),
+                     len(sizes))
+            tok = train_tokenizer(_sample_texts(files, plan, t.seed), t.vocab_size,
                                   t.min_frequency)
             if tok.get_vocab_size() < t.vocab_size:
                 log.warning("tokenize: the BPE learned %d of tokenizer.vocab_size=%d tokens (no "
@@ -375,9 +399,9 @@ def tokenize(params: Params, workdir: Path, mapper: Mapper | None = None) -> dic
     return meta
 
 
-def _clean_bytes(workdir: Path) -> int:
-    """UTF-8 bytes of the kept texts (``data/clean/manifest.json``)."""
+def _clean_bytes(workdir: Path) -> list[int]:
+    """UTF-8 bytes of each clean shard's kept texts (``data/clean/manifest.json``)."""
     path = workdir / CLEAN / MANIFEST
     if not path.is_file():
         raise DataError(f"{path} not found; re-run the 'clean' stage (`gptops data clean`)")
-    return int(json.loads(path.read_text())["bytes_out"])
+    return [int(sh["bytes"]) for sh in json.loads(path.read_text())["shards"]]

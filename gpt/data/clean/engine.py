@@ -381,6 +381,8 @@ class CleanedParts:
     stats: dict[str, Any]
     lengths_in: np.ndarray
     lengths_out: np.ndarray
+    shard_docs: list[int]  # kept documents per shard
+    shard_bytes: list[int]  # UTF-8 bytes of each shard's kept texts
 
 
 def clean_parts(raw: list[Path], out: ShardedOutput, cfg: CleanConfig, workers: int = 1,
@@ -433,7 +435,9 @@ def _merge(shard_stats: list[dict[str, Any]], duplicates: int, reached: int) -> 
         lengths_out += st["lengths_out"]
     for group in ("rejected_by_reason", "pii_replacements"):
         stats[group] = dict(sorted(stats[group].items()))
-    return CleanedParts(stats, np.asarray(lengths_in), np.asarray(lengths_out))
+    return CleanedParts(stats, np.asarray(lengths_in), np.asarray(lengths_out),
+                        [st["docs_kept"] for st in shard_stats],
+                        [st["bytes_out"] for st in shard_stats])
 
 
 def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
