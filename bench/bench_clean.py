@@ -28,16 +28,20 @@ from __future__ import annotations
 import argparse
 import random
 import resource
-import string
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
-from gpt.config import CleanConfig, load_params
-from gpt.data.clean import CleanResult, clean_documents, clean_shards, normalize_batch
-from gpt.data.sources import DOC_COLUMNS, read_builtin
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.corpora import cipher  # noqa: E402
+from gpt.config import CleanConfig, load_params  # noqa: E402
+from gpt.data.clean import CleanResult, clean_documents, clean_shards, normalize_batch  # noqa: E402
+from gpt.data.sources import DOC_COLUMNS, read_builtin  # noqa: E402
 
 TARGET_PLAIN_MBS = 20.0
 TARGET_NEAR_MBS = 5.0
@@ -52,15 +56,6 @@ class Corpus:
 
     docs: pd.DataFrame
     injected: dict[str, tuple[str, float]]
-
-
-def _cipher(rng: random.Random) -> dict[int, str]:
-    lower = list(string.ascii_lowercase)
-    rng.shuffle(lower)
-    table = {ord(a): b for a, b in zip(string.ascii_lowercase, lower, strict=True)}
-    table.update({ord(a.upper()): b.upper() for a, b in zip(string.ascii_lowercase, lower,
-                                                            strict=True)})
-    return table
 
 
 #: Shares of words edited in the injected near duplicates (recall is measured per share).
@@ -110,7 +105,7 @@ def build_corpus(mb: float, seed: int = 0, inject_fraction: float = 0.02,
     rows: list[tuple[str, str, str, str]] = []
     injected: dict[str, tuple[str, float]] = {}
     for c in range(copies):
-        table = _cipher(rng) if c else None
+        table = cipher(rng) if c else None
         copy_texts = [t.translate(table) for t in texts] if table else texts
         picks = set(rng.sample(long_idx, max(1, int(inject_fraction * len(texts)))))
         for i, (doc_id, name, text) in enumerate(zip(base["doc_id"], base["name"], copy_texts,
