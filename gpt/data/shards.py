@@ -35,10 +35,6 @@ _DONE = ".done"
 SCRATCH = "_work"
 
 
-def part_name(index: int, pattern: str = PART) -> str:
-    return pattern.format(index)
-
-
 def parts(directory: Path, prefix: str = "part-", suffix: str = ".parquet") -> list[Path]:
     """The shards ``<prefix>NNNNN<suffix>`` of a folder, in order."""
     found = [p for p in Path(directory).glob(f"{prefix}*{suffix}")

@@ -345,7 +345,7 @@ def _csv_chunks(path: Path, compression: str, text_field: str) -> Iterator[list]
         for chunk in reader:
             if text_field not in chunk.columns:
                 _no_column(path, text_field, list(chunk.columns))
-            yield [None if v is None else v for v in chunk[text_field].tolist()]
+            yield chunk[text_field].tolist()
 
 
 def _iter_file(path: Path, text_field: str, bad: BadRecords) -> Iterator[Row]:

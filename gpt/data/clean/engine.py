@@ -320,7 +320,7 @@ class _LazyTexts:
         return self._texts[row - int(self.corpus.starts[s])].as_py()
 
 
-def _reasons(corpus: _Corpus, kind: np.ndarray, target: np.ndarray, raw: list[Path],
+def _reasons(corpus: _Corpus, kind: np.ndarray, target: np.ndarray, ids: dict[int, str],
              s: int) -> np.ndarray:
     """Shard ``s``'s reasons (``""``: kept), duplicate targets named by their doc ids."""
     lo, hi = int(corpus.starts[s]), int(corpus.starts[s + 1])
@@ -329,11 +329,9 @@ def _reasons(corpus: _Corpus, kind: np.ndarray, target: np.ndarray, raw: list[Pa
     reasons[k == _KEEP] = ""
     reasons[k == _DUP_ID] = DUPLICATE_ID
     dup = np.flatnonzero((k == _DUP_OF) | (k == _NEAR_OF))
-    if len(dup):
-        ids = _doc_ids(corpus, raw, np.unique(t[dup]))
-        for i in dup.tolist():
-            prefix = DUPLICATE_OF if k[i] == _DUP_OF else NEAR_DUPLICATE_OF
-            reasons[i] = f"{prefix}={ids[int(t[i])]}"
+    for i in dup.tolist():
+        prefix = DUPLICATE_OF if k[i] == _DUP_OF else NEAR_DUPLICATE_OF
+        reasons[i] = f"{prefix}={ids[int(t[i])]}"
     return reasons
 
 
@@ -407,13 +405,15 @@ def clean_parts(raw: list[Path], out: ShardedOutput, cfg: CleanConfig, workers: 
     _run(filter_shard, todo, workers, mapper)
     corpus = _Corpus(files)
     kind, target, duplicates, reached = _dedup(corpus, cfg)
+    # The doc ids duplicates name, read once (not once per shard that points at them).
+    ids = _doc_ids(corpus, raw, np.unique(target[target >= 0]))
     shard_stats = []
     for s in range(len(raw)):
         name = PART.format(s)
         if out.done(name):
             shard_stats.append(json.loads((out.scratch / f"{name}.stats.json").read_text()))
             continue
-        shard_stats.append(_write_shard(corpus, raw, s, _reasons(corpus, kind, target, raw, s),
+        shard_stats.append(_write_shard(corpus, raw, s, _reasons(corpus, kind, target, ids, s),
                                         cfg, out))
     return _merge(shard_stats, duplicates, reached)
 
