@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -427,7 +427,7 @@ def export(out: Annotated[Path, typer.Argument(help="folder to write (must not e
                                                "empty)")],
            workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
            version: Version = "", tracking_uri: TrackingUri = "") -> None:
-    """Write a registered version as a Hugging Face folder (for ``transformers.pipeline``)."""
+    """Write a registered version as a Hugging Face folder (for `transformers.pipeline`)."""
     from gpt.registry import export_hf
 
     ref = _ref(workdir, tracking_uri, model, "base", alias, version)
@@ -557,11 +557,37 @@ def _click():  # typer bundles its own click (typer._click) since 0.2x
         return click
 
 
+def _tidy_help() -> None:
+    """Help text as users read it: no ``<bool>`` after a flag, and arguments in usage lines as
+    ``MODEL VERSION`` (optional ones in brackets) instead of typer 0.29's ``{model} {version}``."""
+    from typer.core import TyperArgument, TyperOption
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return _option_type(self, ctx)
+
+    def usage_name(self: TyperArgument) -> str:
+        name = (self.metavar or self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    _option_type = TyperOption.display_type_rich
+    if getattr(_option_type, "__name__", "") != "display_type_rich" or \
+            not hasattr(TyperArgument, "_usage_display_name"):
+        return  # another typer: leave its help as it is
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+    TyperArgument._rich_display_name = lambda self: (self.metavar or self.name or "").upper() \
+        + ("..." if self.nargs != 1 else "")  # type: ignore[method-assign]
+
+
 def run_app(application: typer.Typer) -> None:
     """Run a typer app: usage errors print the usage and one line (exit 2), input errors one
     line (exit 2), a dead training process one line (exit 1), Ctrl-C exits with 130."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    _tidy_help()
     click = _click()
     try:
         application(standalone_mode=False)
