@@ -442,6 +442,8 @@ def models(workdir: Workdir = Path("."),
            name: Annotated[str, typer.Option(help="only this registered model")] = "",
            history: Annotated[bool, typer.Option("--history", help="also show each model's "
                                                  "champion history")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON (every tag of "
+                                                 "every version)")] = False,
            tracking_uri: TrackingUri = "") -> None:
     """List registered models, versions, aliases, lineage and metrics."""
     from gpt.registry import champion_history, list_versions
@@ -450,24 +452,50 @@ def models(workdir: Workdir = Path("."),
     if name:
         champion_history(uri, name)  # unknown model: one-line error listing the known ones
     rows = list_versions(uri, name or None)
+    if as_json:
+        names = sorted({r["name"] for r in rows})
+        out = {"tracking_uri": uri, "versions": rows,
+               **({"history": {n: champion_history(uri, n) for n in names}} if history else {})}
+        print(json.dumps(out, indent=2))
+        return
+    columns = ("model", "version", "aliases", "parent", "data", "commit", "primary metric")
+    cells = [(r["name"], r["version"], _status(r), r["tags"].get("parent_model_version", ""),
+              r["tags"].get("data_version", ""), r["tags"].get("git_commit", "")[:12],
+              _primary_metric(r["tags"])) for r in rows]
     table = Table(title=f"registered models at {uri}", title_justify="left")
-    cells = []
-    for r in rows:
-        t = r["tags"]
-        metric = t.get("primary_metric", "")
-        cells.append((r["name"], r["version"], ",".join(r["aliases"]),
-                      t.get("data_version", ""), t.get("git_commit", "")[:12],
-                      f"{metric}={t.get('metric.' + metric, '')}" if metric else ""))
-    for i, col in enumerate(("model", "version", "aliases", "data", "commit", "primary metric")):
+    for i, col in enumerate(columns):
         # Names and ids are never cut: a cut name cannot be copied into the next command.
         width = max([len(col)] + [len(c[i]) for c in cells])
         table.add_column(col, no_wrap=True, min_width=width)
     for c in cells:
         table.add_row(*c)
-    Console(width=max(console.width, _table_width(cells))).print(table)
+    # Piped or narrow: the table keeps its full width rather than cutting names.
+    Console(width=max(console.width, _table_width([columns, *cells]))).print(table)
     if history:
         for model_name in sorted({r["name"] for r in rows}):
             _print_history(model_name, champion_history(uri, model_name))
+
+
+def _status(row: dict) -> str:
+    """The version's aliases, or `rejected` when the gate refused it."""
+    from gpt.registry.gate import REJECTED
+
+    aliases = list(row["aliases"])
+    if REJECTED in row["tags"]:
+        aliases.append(REJECTED)
+    return ",".join(aliases)
+
+
+def _primary_metric(tags: dict[str, str]) -> str:
+    """``val_ppl=455.3``: the gate's metric with 4 significant digits."""
+    metric = tags.get("primary_metric", "")
+    if not metric:
+        return ""
+    raw = tags.get("metric." + metric, "")
+    try:
+        return f"{metric}={float(raw):.4g}"
+    except ValueError:
+        return f"{metric}={raw}"
 
 
 def _table_width(cells: list[tuple[str, ...]]) -> int:
