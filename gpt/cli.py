@@ -10,8 +10,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +29,7 @@ app = typer.Typer(help="Train GPT models end to end: data → pretrain → fine-
 data_app = typer.Typer(help="DVC data stages (what `dvc repro` runs).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
+log = logging.getLogger(__name__)
 
 #: Set before anything is imported: no telemetry from any component, no download bars.
 QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -314,24 +317,43 @@ def evaluate(workdir: Workdir = Path("."), profile: Profile = "tiny",
 @app.command("import")
 def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder or hub id>")],
             workdir: Workdir = Path("."), profile: Profile = "tiny",
-            overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+            overrides: Overrides = None, as_json: JsonFlag = False,
+            init: Annotated[bool, typer.Option("--init", help="make a non-empty folder that is "
+                                               "not a workspace into one")] = False) -> None:
     """Register a pretrained GPT-2 checkpoint as a version of the base model.
 
-    It is evaluated on this workspace's validation split (encode the data with its tokenizer
-    first: --set tokenizer.pretrained=SPEC), so continued pretraining from it must beat it.
+    It is evaluated on this workspace's validation split, encoded with the checkpoint's own
+    tokenizer (--set tokenizer.pretrained=SPEC), so continued pretraining from it must beat it.
+    A new folder becomes a workspace, and the data stages run first when their inputs changed,
+    as `gptops run` does.
     """
     from dataclasses import asdict
 
     from gpt import registry, workspace
+    from gpt.hf import resolve
     from gpt.pipeline import steps
+    from gpt.preflight import check_workdir
 
     setup_logging()
-    params = _params(workdir, profile, [*(overrides or []), f"model.init_from={spec}"])
-    version = workspace.data_version(workdir)
-    tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
-                                 tags=steps.lineage(params, version, None))
-    with registry.pipeline_run(tracking, registry.cli_run_name("import")) as tracking:
-        out = asdict(steps.import_step(workdir, params, version, tracking, spec))
+    resolve(spec, key="gptops import")  # the checkpoint itself first: a missing folder is named
+    check_workdir(workdir, init)
+    ws = workspace.ensure_workspace(workdir, init=init)
+    params = _params(ws, profile, [*(overrides or []), f"model.init_from={spec}"])
+    uri = _tracking_uri(ws, params)
+    with workspace.workspace_lock(ws, f"gptops import {spec}"):
+        workspace.apply_run_overrides(ws, overrides)
+        try:
+            for stage in workspace.STAGES:  # DVC reuses them when nothing changed
+                workspace.run_stage(ws, stage)
+            version = workspace.data_version(ws)
+            log.info("import: evaluating %s on data version %s (validation split of data "
+                     "source %s)", spec, version, params.data.source)
+            tracking = registry.Tracking(uri, params.registry.experiment,
+                                         tags=steps.lineage(params, version, None))
+            with registry.pipeline_run(tracking, registry.cli_run_name("import")) as tracking:
+                out = asdict(steps.import_step(ws, params, version, tracking, spec))
+        finally:
+            workspace.restore_params(ws)
     if as_json:
         console.print_json(json.dumps(out, default=str))
     else:
@@ -561,17 +583,51 @@ def doctor(workdir: Workdir = Path(".")) -> None:
 
     console.print("  ".join(f"{p} {v(p)}" for p in ("gptops", "torch", "transformers",
                                                      "mlflow", "prefect", "dvc")),
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     console.print(f"python {sys.version.split()[0]}  cpus: {os.cpu_count()}  NVIDIA driver: "
                   f"{'yes' if Path('/proc/driver/nvidia/version').exists() else 'no'} "
-                  "(torch decides at training time)", highlight=False)
-    for f in ("params.yaml", "dvc.yaml", ".dvc", "dvc.lock"):
+                  "(torch decides at training time)", highlight=False, soft_wrap=True)
+    for f in ("params.yaml", "dvc.yaml", ".dvc"):
         console.print(f"{f}: {'ok' if (Path(workdir) / f).exists() else 'missing'}")
+    console.print(f"dvc.lock: {_lock_state(Path(workdir))}", soft_wrap=True, highlight=False)
     console.print(f"tracking URI: {_tracking_uri(workdir, _params(workdir), check=False)}",
                   soft_wrap=True)
     api = os.environ.get("PREFECT_API_URL")
     console.print(f"Prefect: {api or 'the workspace database .gptops/prefect.db'}",
                   soft_wrap=True)
+    for check in DOCTOR_CHECKS:
+        for line in check(Path(workdir)):
+            console.print(line, soft_wrap=True, highlight=False)
+    chromium = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p
+                     and os.access(p, os.X_OK)), "")
+    missing = "missing (only the browser tests need it: apt-get install chromium)"
+    console.print(f"chromium: {chromium or missing}", soft_wrap=True, highlight=False)
+
+
+#: More `gptops doctor` lines, added by the orchestration layer (flows.cli: a live `serve`).
+DOCTOR_CHECKS: list[Callable[[Path], list[str]]] = []
+
+
+def _lock_state(workdir: Path) -> str:
+    """``dvc.lock`` against git: committed, changed since the last commit, or not in git."""
+    import subprocess
+
+    lock = workdir / "dvc.lock"
+    if not lock.is_file():
+        return "missing (the data stages have not run here yet)"
+    try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "dvc.lock"], cwd=workdir,
+                                 capture_output=True, timeout=10).returncode == 0
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "dvc.lock"],
+                                 cwd=workdir, capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.TimeoutExpired):
+        return "ok (git not available to compare)"
+    if not tracked:
+        return "ok (not in git: the data version is not tied to a commit)"
+    if changed:
+        return ("changed since the last git commit: commit it (git add dvc.lock && git commit) "
+                "so the commit names this data version")
+    return "ok (committed)"
 
 
 def _click():  # typer bundles its own click (typer._click) since 0.2x
