@@ -40,8 +40,9 @@ def test_import_into_a_new_folder_makes_the_workspace_and_its_data(tmp_path):
 
     spec = f"hf:{make_gpt2_folder(tmp_path / 'tiny-gpt2')}"
     ws = tmp_path / "new"
-    sets = [a for o in [*DATA_OVERRIDES, *RUN_OVERRIDES, f"tokenizer.pretrained={spec}"]
-            for a in ("--set", o)]
+    small = [o for o in DATA_OVERRIDES if not o.startswith("data.max_docs=")]
+    sets = [a for o in [*small, "data.max_docs=400", *RUN_OVERRIDES,
+                        f"tokenizer.pretrained={spec}"] for a in ("--set", o)]
     out = gptops("import", spec, "-w", str(ws), *sets, cwd=tmp_path)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "import: evaluating" in out.stderr and "on data version" in out.stderr
