@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -81,6 +82,10 @@ class TerminalHandler(logging.StreamHandler):
         pass
 
 
+#: A message that starts with its step's name: ``clean: 3 of 4 shards done``.
+_NAMED = re.compile(r"^[a-z][\w.-]*: ")
+
+
 class _Formatter(logging.Formatter):
     """``12:00:01 INFO pretrain: message``: the Prefect task (or flow) a line belongs to,
     else the logger's name. A user error's traceback is left out: its message says it all."""
@@ -94,7 +99,12 @@ class _Formatter(logging.Formatter):
                                             "exc_text": None})
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         message = record.getMessage()
-        if message.startswith(f"{where}:"):  # progress lines name their phase already
+        if where == record.name:  # outside a Prefect task: one scheme, "<step>: message"
+            if _NAMED.match(message):  # progress and stage lines name their step already
+                where = message.split(":", 1)[0]
+            elif where.startswith("gpt."):
+                where = where.rsplit(".", 1)[-1]  # gpt.prefect -> prefect
+        if message.startswith(f"{where}:"):
             line = f"{stamp} {record.levelname} {message}"
         else:
             line = f"{stamp} {record.levelname} {where}: {message}"
