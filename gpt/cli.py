@@ -10,10 +10,13 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,6 +30,7 @@ app = typer.Typer(help="Train GPT models end to end: data → pretrain → fine-
 data_app = typer.Typer(help="DVC data stages (what `dvc repro` runs).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
+log = logging.getLogger(__name__)
 
 #: Set before anything is imported: no telemetry from any component, no download bars.
 QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -78,6 +82,10 @@ class TerminalHandler(logging.StreamHandler):
         pass
 
 
+#: A message that starts with its step's name: ``clean: 3 of 4 shards done``.
+_NAMED = re.compile(r"^[a-z][\w.-]*: ")
+
+
 class _Formatter(logging.Formatter):
     """``12:00:01 INFO pretrain: message``: the Prefect task (or flow) a line belongs to,
     else the logger's name. A user error's traceback is left out: its message says it all."""
@@ -91,7 +99,12 @@ class _Formatter(logging.Formatter):
                                             "exc_text": None})
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         message = record.getMessage()
-        if message.startswith(f"{where}:"):  # progress lines name their phase already
+        if where == record.name:  # outside a Prefect task: one scheme, "<step>: message"
+            if _NAMED.match(message):  # progress and stage lines name their step already
+                where = message.split(":", 1)[0]
+            elif where.startswith("gpt."):
+                where = where.rsplit(".", 1)[-1]  # gpt.prefect -> prefect
+        if message.startswith(f"{where}:"):
             line = f"{stamp} {record.levelname} {message}"
         else:
             line = f"{stamp} {record.levelname} {where}: {message}"
@@ -314,24 +327,43 @@ def evaluate(workdir: Workdir = Path("."), profile: Profile = "tiny",
 @app.command("import")
 def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder or hub id>")],
             workdir: Workdir = Path("."), profile: Profile = "tiny",
-            overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+            overrides: Overrides = None, as_json: JsonFlag = False,
+            init: Annotated[bool, typer.Option("--init", help="make a non-empty folder that is "
+                                               "not a workspace into one")] = False) -> None:
     """Register a pretrained GPT-2 checkpoint as a version of the base model.
 
-    It is evaluated on this workspace's validation split (encode the data with its tokenizer
-    first: --set tokenizer.pretrained=SPEC), so continued pretraining from it must beat it.
+    It is evaluated on this workspace's validation split, encoded with the checkpoint's own
+    tokenizer (--set tokenizer.pretrained=SPEC), so continued pretraining from it must beat it.
+    A new folder becomes a workspace, and the data stages run first when their inputs changed,
+    as `gptops run` does.
     """
     from dataclasses import asdict
 
     from gpt import registry, workspace
+    from gpt.hf import resolve
     from gpt.pipeline import steps
+    from gpt.preflight import check_workdir
 
     setup_logging()
-    params = _params(workdir, profile, [*(overrides or []), f"model.init_from={spec}"])
-    version = workspace.data_version(workdir)
-    tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
-                                 tags=steps.lineage(params, version, None))
-    with registry.pipeline_run(tracking, registry.cli_run_name("import")) as tracking:
-        out = asdict(steps.import_step(workdir, params, version, tracking, spec))
+    resolve(spec, key="gptops import")  # the checkpoint itself first: a missing folder is named
+    check_workdir(workdir, init)
+    ws = workspace.ensure_workspace(workdir, init=init)
+    params = _params(ws, profile, [*(overrides or []), f"model.init_from={spec}"])
+    uri = _tracking_uri(ws, params)
+    with workspace.workspace_lock(ws, f"gptops import {spec}"):
+        workspace.apply_run_overrides(ws, overrides)
+        try:
+            for stage in workspace.STAGES:  # DVC reuses them when nothing changed
+                workspace.run_stage(ws, stage)
+            version = workspace.data_version(ws)
+            log.info("import: evaluating %s on data version %s (validation split of data "
+                     "source %s)", spec, version, params.data.source)
+            tracking = registry.Tracking(uri, params.registry.experiment,
+                                         tags=steps.lineage(params, version, None))
+            with registry.pipeline_run(tracking, registry.cli_run_name("import")) as tracking:
+                out = asdict(steps.import_step(ws, params, version, tracking, spec))
+        finally:
+            workspace.restore_params(ws)
     if as_json:
         console.print_json(json.dumps(out, default=str))
     else:
@@ -427,7 +459,7 @@ def export(out: Annotated[Path, typer.Argument(help="folder to write (must not e
                                                "empty)")],
            workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
            version: Version = "", tracking_uri: TrackingUri = "") -> None:
-    """Write a registered version as a Hugging Face folder (for ``transformers.pipeline``)."""
+    """Write a registered version as a Hugging Face folder (for `transformers.pipeline`)."""
     from gpt.registry import export_hf
 
     ref = _ref(workdir, tracking_uri, model, "base", alias, version)
@@ -442,6 +474,8 @@ def models(workdir: Workdir = Path("."),
            name: Annotated[str, typer.Option(help="only this registered model")] = "",
            history: Annotated[bool, typer.Option("--history", help="also show each model's "
                                                  "champion history")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON (every tag of "
+                                                 "every version)")] = False,
            tracking_uri: TrackingUri = "") -> None:
     """List registered models, versions, aliases, lineage and metrics."""
     from gpt.registry import champion_history, list_versions
@@ -450,24 +484,50 @@ def models(workdir: Workdir = Path("."),
     if name:
         champion_history(uri, name)  # unknown model: one-line error listing the known ones
     rows = list_versions(uri, name or None)
+    if as_json:
+        names = sorted({r["name"] for r in rows})
+        out = {"tracking_uri": uri, "versions": rows,
+               **({"history": {n: champion_history(uri, n) for n in names}} if history else {})}
+        print(json.dumps(out, indent=2))
+        return
+    columns = ("model", "version", "aliases", "parent", "data", "commit", "primary metric")
+    cells = [(r["name"], r["version"], _status(r), r["tags"].get("parent_model_version", ""),
+              r["tags"].get("data_version", ""), r["tags"].get("git_commit", "")[:12],
+              _primary_metric(r["tags"])) for r in rows]
     table = Table(title=f"registered models at {uri}", title_justify="left")
-    cells = []
-    for r in rows:
-        t = r["tags"]
-        metric = t.get("primary_metric", "")
-        cells.append((r["name"], r["version"], ",".join(r["aliases"]),
-                      t.get("data_version", ""), t.get("git_commit", "")[:12],
-                      f"{metric}={t.get('metric.' + metric, '')}" if metric else ""))
-    for i, col in enumerate(("model", "version", "aliases", "data", "commit", "primary metric")):
+    for i, col in enumerate(columns):
         # Names and ids are never cut: a cut name cannot be copied into the next command.
         width = max([len(col)] + [len(c[i]) for c in cells])
         table.add_column(col, no_wrap=True, min_width=width)
     for c in cells:
         table.add_row(*c)
-    Console(width=max(console.width, _table_width(cells))).print(table)
+    # Piped or narrow: the table keeps its full width rather than cutting names.
+    Console(width=max(console.width, _table_width([columns, *cells]))).print(table)
     if history:
         for model_name in sorted({r["name"] for r in rows}):
             _print_history(model_name, champion_history(uri, model_name))
+
+
+def _status(row: dict) -> str:
+    """The version's aliases, or `rejected` when the gate refused it."""
+    from gpt.registry.gate import REJECTED
+
+    aliases = list(row["aliases"])
+    if REJECTED in row["tags"]:
+        aliases.append(REJECTED)
+    return ",".join(aliases)
+
+
+def _primary_metric(tags: dict[str, str]) -> str:
+    """``val_ppl=455.3``: the gate's metric with 4 significant digits."""
+    metric = tags.get("primary_metric", "")
+    if not metric:
+        return ""
+    raw = tags.get("metric." + metric, "")
+    try:
+        return f"{metric}={float(raw):.4g}"
+    except ValueError:
+        return f"{metric}={raw}"
 
 
 def _table_width(cells: list[tuple[str, ...]]) -> int:
@@ -533,17 +593,51 @@ def doctor(workdir: Workdir = Path(".")) -> None:
 
     console.print("  ".join(f"{p} {v(p)}" for p in ("gptops", "torch", "transformers",
                                                      "mlflow", "prefect", "dvc")),
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     console.print(f"python {sys.version.split()[0]}  cpus: {os.cpu_count()}  NVIDIA driver: "
                   f"{'yes' if Path('/proc/driver/nvidia/version').exists() else 'no'} "
-                  "(torch decides at training time)", highlight=False)
-    for f in ("params.yaml", "dvc.yaml", ".dvc", "dvc.lock"):
+                  "(torch decides at training time)", highlight=False, soft_wrap=True)
+    for f in ("params.yaml", "dvc.yaml", ".dvc"):
         console.print(f"{f}: {'ok' if (Path(workdir) / f).exists() else 'missing'}")
+    console.print(f"dvc.lock: {_lock_state(Path(workdir))}", soft_wrap=True, highlight=False)
     console.print(f"tracking URI: {_tracking_uri(workdir, _params(workdir), check=False)}",
                   soft_wrap=True)
     api = os.environ.get("PREFECT_API_URL")
     console.print(f"Prefect: {api or 'the workspace database .gptops/prefect.db'}",
                   soft_wrap=True)
+    for check in DOCTOR_CHECKS:
+        for line in check(Path(workdir)):
+            console.print(line, soft_wrap=True, highlight=False)
+    chromium = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p
+                     and os.access(p, os.X_OK)), "")
+    missing = "missing (only the browser tests need it: apt-get install chromium)"
+    console.print(f"chromium: {chromium or missing}", soft_wrap=True, highlight=False)
+
+
+#: More `gptops doctor` lines, added by the orchestration layer (flows.cli: a live `serve`).
+DOCTOR_CHECKS: list[Callable[[Path], list[str]]] = []
+
+
+def _lock_state(workdir: Path) -> str:
+    """``dvc.lock`` against git: committed, changed since the last commit, or not in git."""
+    import subprocess
+
+    lock = workdir / "dvc.lock"
+    if not lock.is_file():
+        return "missing (the data stages have not run here yet)"
+    try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "dvc.lock"], cwd=workdir,
+                                 capture_output=True, timeout=10).returncode == 0
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "dvc.lock"],
+                                 cwd=workdir, capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.TimeoutExpired):
+        return "ok (git not available to compare)"
+    if not tracked:
+        return "ok (not in git: the data version is not tied to a commit)"
+    if changed:
+        return ("changed since the last git commit: commit it (git add dvc.lock && git commit) "
+                "so the commit names this data version")
+    return "ok (committed)"
 
 
 def _click():  # typer bundles its own click (typer._click) since 0.2x
@@ -557,11 +651,37 @@ def _click():  # typer bundles its own click (typer._click) since 0.2x
         return click
 
 
+def _tidy_help() -> None:
+    """Help text as users read it: no ``<bool>`` after a flag, and arguments in usage lines as
+    ``MODEL VERSION`` (optional ones in brackets) instead of typer 0.29's ``{model} {version}``."""
+    from typer.core import TyperArgument, TyperOption
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return _option_type(self, ctx)
+
+    def usage_name(self: TyperArgument) -> str:
+        name = (self.metavar or self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    _option_type = TyperOption.display_type_rich
+    if getattr(_option_type, "__name__", "") != "display_type_rich" or \
+            not hasattr(TyperArgument, "_usage_display_name"):
+        return  # another typer: leave its help as it is
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+    TyperArgument._rich_display_name = lambda self: (self.metavar or self.name or "").upper() \
+        + ("..." if self.nargs != 1 else "")  # type: ignore[method-assign]
+
+
 def run_app(application: typer.Typer) -> None:
     """Run a typer app: usage errors print the usage and one line (exit 2), input errors one
     line (exit 2), a dead training process one line (exit 1), Ctrl-C exits with 130."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    _tidy_help()
     click = _click()
     try:
         application(standalone_mode=False)

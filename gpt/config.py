@@ -238,13 +238,24 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     for i, key in enumerate(keys[:-1]):
         if not isinstance(node.get(key), dict):
+            sections = [k for k, v in node.items() if isinstance(v, dict)]
             raise ConfigError(f"unknown parameter '{dotted}': '{'.'.join(keys[: i + 1])}' "
-                              "is not a section; see params.yaml for the known keys")
+                              f"is not a section{_did_you_mean(key, sections, keys[:i])}; "
+                              "see params.yaml for the known keys")
         node = node[key]
     if keys[-1] not in node:
         known = ", ".join(sorted(node))
-        raise ConfigError(f"unknown parameter '{dotted}' (known in this section: {known})")
+        raise ConfigError(f"unknown parameter '{dotted}'{_did_you_mean(keys[-1], node, keys[:-1])}"
+                          f" (known in this section: {known})")
     node[keys[-1]] = value
+
+
+def _did_you_mean(word: str, known: Any, prefix: list[str]) -> str:
+    """`` (did you mean 'train.max_steps'?)`` for the closest known key, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean '{'.'.join([*prefix, close[0]])}'?)" if close else ""
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.errors import RegistryError
+from gpt.registry.listing import read_model_tags, sqlite_path
 from gpt.registry.tracking import client as _client
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,13 @@ def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     Raises:
         RegistryError: ``name`` is not a registered model.
     """
+    path = sqlite_path(tracking_uri)
+    tags = read_model_tags(path) if path else None
+    if tags is not None:  # a workspace's SQLite registry: read directly, without MLflow's start-up
+        if name not in tags:
+            raise RegistryError(f"no registered model '{name}' at {tracking_uri}; registered "
+                                f"models: {', '.join(sorted(tags)) or '(none)'}")
+        return _parse_history(tags[name].get(HISTORY_TAG))
     client = _client(tracking_uri)
     rm = _require_model(client, tracking_uri, name)
     return _parse_history(rm.tags.get(HISTORY_TAG))

@@ -14,6 +14,7 @@ from typing import Any
 
 from gpt.errors import RegistryError
 from gpt.registry.governance import CHAMPION, _require_model, _version_numbers, resolve_alias
+from gpt.registry.listing import read_versions, sqlite_path
 from gpt.registry.tracking import client as _client
 from gpt.registry.tracking import global_uri as _global_uri
 
@@ -124,6 +125,10 @@ def export_hf(ref: ModelRef, out_dir: Path) -> str:
 
 def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, Any]]:
     """Registered versions with their aliases, lineage tags and metrics."""
+    path = sqlite_path(tracking_uri)
+    rows = read_versions(path, name) if path else None
+    if rows is not None:  # a workspace's SQLite registry: read directly, without MLflow's start-up
+        return rows
     client = _client(tracking_uri)
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []

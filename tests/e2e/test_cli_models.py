@@ -133,3 +133,50 @@ def test_readme_mlflow_models_serve_example_answers(pipeline_run):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_models_reads_the_registry_as_mlflow_does(pipeline_run):
+    """The light SQLite read behind `gptops models` gives MlflowClient's rows and histories."""
+    from gpt.registry import champion_history, client, list_versions, resolve_tracking_uri
+    from gpt.registry.governance import HISTORY_TAG
+    from gpt.registry.listing import read_model_tags, read_versions, sqlite_path
+
+    ws, *_ = pipeline_run
+    uri = resolve_tracking_uri("", ws)
+    path = sqlite_path(uri)
+    assert path is not None and path.is_file()
+    mlflow_client = client(uri)
+    expected, histories = [], []
+    for rm in mlflow_client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for mv in mlflow_client.search_model_versions(f"name='{rm.name}'"):
+            expected.append({"name": rm.name, "version": str(mv.version),
+                             "aliases": sorted(aliases.get(str(mv.version), [])),
+                             "run_id": mv.run_id, "tags": dict(mv.tags)})
+        assert read_model_tags(path)[rm.name].get(HISTORY_TAG) == rm.tags.get(HISTORY_TAG)
+        histories.append(champion_history(uri, rm.name))
+    expected.sort(key=lambda r: (r["name"], int(r["version"])))
+    assert len(expected) >= 3 and any(histories)
+    assert read_versions(path) == expected == list_versions(uri)
+    assert read_versions(path, "gptops-base") == [r for r in expected
+                                                  if r["name"] == "gptops-base"]
+
+
+def test_models_json_and_status_columns(pipeline_run):
+    ws, *_ = pipeline_run
+    out = gptops("models", "-w", str(ws), "--json", cwd=ws)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    base = [r for r in data["versions"] if r["name"] == "gptops-base"]
+    assert base and "champion" in base[0]["aliases"]
+    table = gptops("models", "-w", str(ws), cwd=ws, COLUMNS="80").stdout
+    assert "parent" in table and "gptops-base/1" in table  # tuned models name their base
+    # metrics with 4 significant digits, never 7
+    import re
+
+    values = re.findall(r"(?:val_ppl|macro_f1|rouge_l)=([0-9.e+-]+)", table)
+    assert values and all(len(v.replace(".", "").lstrip("0")) <= 4 for v in values), values
+    unknown = gptops("models", "-w", str(ws), "--name", "nope", cwd=ws)
+    assert unknown.returncode == 2 and "registered models: gptops-base" in unknown.stdout

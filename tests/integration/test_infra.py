@@ -154,7 +154,7 @@ def test_deploy_defaults_are_serve_defaults():
         sig = inspect.signature(fn).parameters
         assert (sig["cron"].default, sig["timezone"].default) == (NIGHTLY_CRON,
                                                                   NIGHTLY_TIMEZONE), fn
-    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (PROJECT_ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     assert f'[--cron "{NIGHTLY_CRON}"] [--timezone {NIGHTLY_TIMEZONE}]' in readme
 
 

@@ -1,5 +1,5 @@
 """The table of reject reasons (gpt.data.clean.filters.REASONS) is the one place they are stated:
-the README's list, the params.yaml comments and dvc.yaml's deps must agree with it."""
+the docs' list (docs/data.md), the params.yaml comments and dvc.yaml's deps must agree with it."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ FIELDS = set(CleanConfig.model_fields)
 
 
 def readme_reasons() -> str:
-    """The list of reasons in the README's "Data" section (its first markdown list)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## Data\n", 1)[1].split("\n## ", 1)[0]
+    """The list of reasons on the docs' Data page (its first markdown list)."""
+    section = (ROOT / "docs" / "data.md").read_text(encoding="utf-8")
     lines = section.split("\n")
     start = next(i for i, line in enumerate(lines) if line.startswith("- `"))
     end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
@@ -50,7 +49,7 @@ def test_readme_lists_the_table() -> None:
     names = re.findall(r"^- `(\w+)(?:=<id>)?`", readme, flags=re.M)
     assert names == [r.name for r in REASONS]
     assert readme == reasons_markdown(), (
-        "README.md's list of reasons differs from gpt/data/clean/filters.py REASONS; paste "
+        "docs/data.md's list of reasons differs from gpt/data/clean/filters.py REASONS; paste "
         "`python -c 'from gpt.data.clean import reasons_markdown as m; print(m(), end=\"\")'`")
 
 
