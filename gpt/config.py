@@ -254,7 +254,15 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"bad override '{item}': write it as section.key=value")
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            # Safe loading refuses tags such as !!python/object/apply:...; PyYAML's own text
+            # spans several lines with a caret, so only its one-line ``problem`` is kept.
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ConfigError(f"bad override '{key.strip()}': the value {raw!r} is not plain "
+                              f"YAML ({problem}); give a number, string, true/false or a list "
+                              "such as [a, b], with no !! tags") from None
     return out
 
 
