@@ -198,8 +198,8 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
 
     setup_logging()
     params = _params(workdir, profile, overrides)
-    if name != "pretrain":
-        check_tasks(params)
+    if name != "pretrain":  # evaluate reads both tasks
+        check_tasks(params, (name,) if name in ("finetune", "sft") else ("finetune", "sft"))
     # One writer per workspace: a pipeline run or another training step waits (nodes > 0 of a
     # multi-node world share node 0's workspace, and only lend their processes).
     lock = (contextlib.nullcontext() if params.train.node_rank else
