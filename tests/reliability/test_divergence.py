@@ -118,3 +118,31 @@ def test_lr_5_through_the_cli_says_the_loss_diverged(tmp_path):
     ok = pretrain(*[s for s in LR5 if not s.startswith(("train.lr", "train.max_steps"))],
                   "train.max_steps=5")
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+@pytest.mark.parametrize("scale, message", [
+    # A finite loss whose gradients overflow float32 (1e30 each: their norm is inf).
+    (1e30, "finetune: the loss diverged: "),
+    # A loss that is itself NaN: the data or the learning rate.
+    (float("nan"), "finetune: the loss was nan for 5 steps in a row at step 5; "),
+])
+def test_skipped_steps_say_why_and_name_the_kinds_lr(scale, message):
+    import torch
+
+    from gpt.train import LoopSettings, make_optimizer, run_loop
+
+    model = torch.nn.Linear(16, 16)
+    device = torch.device("cpu")
+
+    def loss_fn(m, step, micro):
+        return (m.weight * scale).sum()
+
+    settings = LoopSettings(kind="finetune", max_steps=20, lr=1e-3, min_lr=1e-4, warmup_steps=0,
+                            grad_accum=1, grad_clip=1.0, max_nonfinite_steps=5)
+    before = model.weight.detach().clone()
+    with pytest.raises(TrainingError) as err:
+        run_loop(model, loss_fn, make_optimizer(model, 1e-3, 0.0, (0.9, 0.95), device),
+                 settings, device)
+    msg = str(err.value)
+    assert msg.startswith(message) and "lower finetune.lr (now 0.001), e.g. to 0.0001" in msg
+    assert torch.equal(model.weight, before)  # no update was applied
