@@ -237,6 +237,7 @@ def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float,
     ws = os.path.abspath(workdir)
     stages = [tasks.data_stage(ws, stage, force=reclean and stage == "clean")
               for stage in STAGES]
+    tasks.check_tasks(ws, params)  # too few documents for a built-in task: before any training
     data_version = tasks.version_data(ws)
     reused = [s["stage"] for s in stages if not s["ran"]]
     if reused:

@@ -22,7 +22,7 @@ from gpt.errors import GptopsError
 from gpt.evaluate import ModelEval
 from gpt.pipeline import steps
 from gpt.pipeline.steps import StepResult
-from gpt.preflight import check_run
+from gpt.preflight import check_run, check_tasks_on_data
 from gpt.registry import Registration, Tracking
 
 
@@ -57,6 +57,12 @@ def data_stage(workdir: str, stage: str, force: bool = False) -> dict[str, Any]:
         create_markdown_artifact(report.read_text(encoding="utf-8"), key="cleaning-report",
                                  description="documents kept/rejected per reason, PII, dedup")
     return {"stage": outcome.stage, "ran": outcome.ran}
+
+
+@task(name="check-tasks", task_run_name="check-tasks", cache_policy=NO_CACHE)
+def check_tasks(workdir: str, params: Params) -> None:
+    """Check the built-in fine-tuning/SFT tasks can be built from the cleaned data."""
+    check_tasks_on_data(params, Path(workdir))
 
 
 @task(name="version-data", task_run_name="version-data", retries=2, retry_delay_seconds=5,

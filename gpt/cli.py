@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -210,8 +211,8 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
 
     setup_logging()
     params = _params(workdir, profile, overrides)
-    if name != "pretrain":
-        check_tasks(params)
+    if name != "pretrain":  # evaluate reads both tasks
+        check_tasks(params, (name,) if name in ("finetune", "sft") else ("finetune", "sft"))
     # One writer per workspace: a pipeline run or another training step waits (nodes > 0 of a
     # multi-node world share node 0's workspace, and only lend their processes).
     lock = (contextlib.nullcontext() if params.train.node_rank else
@@ -389,14 +390,40 @@ def _ref(workdir: Path, tracking_uri: str, model: str, default_kind: str, alias:
                     name=model or model_name(default_kind, params), alias=alias, version=version)
 
 
+def _in_range(low: float, high: float = math.inf, low_open: bool = False,
+              meaning: str = ""):  # -> a typer callback
+    """A typer callback refusing values outside ``[low, high]`` (``(low, high]`` when
+    ``low_open``), NaN and infinities included, as a usage error (exit 2) naming the range.
+    Click's own ranges let NaN through (every comparison with NaN is false)."""
+
+    def check(value: float) -> float:
+        below = value <= low if low_open else value < low
+        if not math.isfinite(value) or below or value > high:
+            lo = f"> {low:g}" if low_open else f">= {low:g}"
+            span = lo if math.isinf(high) else f"{lo} and <= {high:g}"
+            raise typer.BadParameter(f"{value} is not in the valid range: a finite number "
+                                     f"{span}{meaning}")
+        return value
+
+    return check
+
+
 @app.command()
 def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
              workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
              version: Version = "",
-             max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 80,
-             temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.8,
-             top_k: Annotated[int, typer.Option("--top-k")] = 50,
-             top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+             max_new_tokens: Annotated[int, typer.Option(
+                 "--max-new-tokens", "-n", callback=_in_range(1),
+                 help="tokens to generate (>= 1)")] = 80,
+             temperature: Annotated[float, typer.Option(
+                 "--temperature", "-t", callback=_in_range(0, meaning=" (0 = greedy)"),
+                 help="sampling temperature (>= 0; 0 = greedy)")] = 0.8,
+             top_k: Annotated[int, typer.Option(
+                 "--top-k", callback=_in_range(0, meaning=" (0 = off)"),
+                 help="sample among the k likeliest tokens (>= 0; 0 = off)")] = 50,
+             top_p: Annotated[float, typer.Option(
+                 "--top-p", callback=_in_range(0, 1, low_open=True),
+                 help="nucleus sampling mass (> 0 and <= 1; 1 = off)")] = 0.95,
              seed: Annotated[int, typer.Option()] = 0,
              tracking_uri: TrackingUri = "") -> None:
     """Sample text from a registered language model (default: the base champion), streaming.

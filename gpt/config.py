@@ -3,8 +3,8 @@
 Defaults live in ``params.yaml`` only: these models declare types and meaning, not values, so a
 missing key is an error rather than a silently different default. (The exceptions are the keys
 that switch a newer feature off, ``model.init_from``, ``model.vocab_multiple``,
-``tokenizer.pretrained`` and the ``train`` launch keys (one process), so a workspace's older
-params.yaml still loads.) A profile overlays the
+``tokenizer.pretrained``, ``data.scrub_raw`` and the ``train`` launch keys (one process), so a
+workspace's older params.yaml still loads.) A profile overlays the
 model/train/finetune/evaluate sections; ``overrides`` (``"train.lr=1e-3"``) overlay last.
 """
 
@@ -45,6 +45,10 @@ class DataConfig(_Strict):
     on_bad_record: Literal["reject", "fail"] = Field(
         description="a record that is not a document (invalid JSON, missing/empty/non-string "
                     "text): reject = keep it as a rejected record, fail = stop naming every one")
+    # Defaults in code: off (see TokenizerConfig.pretrained), so an older params.yaml loads.
+    scrub_raw: bool = Field(False, description="replace the PII kinds of clean.pii at ingest "
+                            "already, so data/raw (and the DVC cache and remote keeping it) "
+                            "holds none; false = data/raw keeps the source's text as read")
 
 
 class CleanConfig(_Strict):
@@ -265,7 +269,15 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"bad override '{item}': write it as section.key=value")
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            # Safe loading refuses tags such as !!python/object/apply:...; PyYAML's own text
+            # spans several lines with a caret, so only its one-line ``problem`` is kept.
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ConfigError(f"bad override '{key.strip()}': the value {raw!r} is not plain "
+                              f"YAML ({problem}); give a number, string, true/false or a list "
+                              "such as [a, b], with no !! tags") from None
     return out
 
 

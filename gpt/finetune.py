@@ -50,6 +50,17 @@ log = logging.getLogger(__name__)
 
 MASK = "<pkg>"
 MIN_PER_CLASS = 4
+#: Most names an error or warning lists: a file of 10,000 labels must not make a line of 89 KB.
+MAX_LISTED = 20
+
+
+def listed(names: list[str] | dict[str, int], limit: int = MAX_LISTED) -> str:
+    """``"a, b, c"``, cut to the first ``limit`` names with ``"... and N more"``; a mapping's
+    items are shown as ``name (count)``."""
+    items = ([f"{k} ({v})" for k, v in names.items()] if isinstance(names, dict)
+             else [str(n) for n in names])
+    more = len(items) - limit
+    return ", ".join(items[:limit]) + (f", ... and {more} more" if more > 0 else "")
 
 
 class GPTClassifier(nn.Module):
@@ -96,7 +107,7 @@ def build_package_task(docs: pd.DataFrame, packages: list[str], test_fraction: f
     counts = rows.label.value_counts()
     thin = [packages[i] for i in range(len(packages)) if counts.get(i, 0) < MIN_PER_CLASS]
     if thin:
-        raise DataError(f"finetune task 'package': too few documents for {', '.join(thin)} "
+        raise DataError(f"finetune task 'package': too few documents for {listed(thin)} "
                         f"(need {MIN_PER_CLASS} each); use data.source=builtin with more "
                         "documents (data.max_docs), change finetune.packages, or bring your "
                         "own data with finetune.task=file and finetune.task_path")
@@ -160,8 +171,9 @@ def build_file_task(df: pd.DataFrame, source: str, test_fraction: float, seed: i
     counts = labels_raw.value_counts()
     thin = sorted(counts[counts < MIN_PER_CLASS].index)
     if thin:
-        raise DataError(f"{source}: labels {thin} have fewer than {MIN_PER_CLASS} examples; "
-                        "add examples or drop those labels")
+        raise DataError(f"{source}: {len(thin)} of {len(labels)} labels have fewer than "
+                        f"{MIN_PER_CLASS} examples ({listed(thin)}); add examples or drop "
+                        "those labels")
     rows = pd.DataFrame({"doc_id": [f"{source}:{i}" for i in range(len(df))],
                          "text": texts.tolist(),
                          "label": labels_raw.map({lab: i for i, lab in enumerate(labels)})})
@@ -187,10 +199,10 @@ def with_test_file(task: TaskData, df: pd.DataFrame, source: str) -> TaskData:
     unseen = labels_raw[~known].value_counts().to_dict()
     if unseen:
         log.warning("%s: %d test row(s) have labels never seen in training: %s", source,
-                    int((~known).sum()), unseen)
+                    int((~known).sum()), listed({str(k): int(v) for k, v in unseen.items()}))
     if not known.any():
         raise DataError(f"{source}: no test row has a label seen in training "
-                        f"(training labels: {', '.join(task.labels)})")
+                        f"(training labels: {listed(task.labels)})")
     test = pd.DataFrame({"doc_id": [f"{source}:{i}" for i in df.index[known]],
                          "text": df["text"][known].fillna("").astype(str).tolist(),
                          "label": labels_raw[known].map(index).tolist()})

@@ -3,10 +3,11 @@
 Everything that can be known to be wrong without training is checked here, in seconds: the
 profile and overrides (by loading the params), the data source, the pretrained checkpoint and
 tokenizer (found on this machine, GPT-2's architecture, ``model.*`` matching it), the fine-tuning
-task file and the SFT file (read and validated the same way the steps read them), and the
-tracking URI. Each problem raises one ``GptopsError`` naming the input and the fix.
-(The one check that needs the data and the model, ``gpt.train.capacity_warning``, runs when
-pretraining starts.)
+task file and the SFT file (read and validated the same way the steps read them), the built-in
+tasks' need of the built-in corpus, and the tracking URI. Each problem raises one ``GptopsError``
+naming the input and the fix. Two checks need the data: ``check_tasks_on_data`` runs right after
+the data stages (enough documents for the built-in tasks), ``gpt.train.capacity_warning`` when
+pretraining starts.
 """
 
 from __future__ import annotations
@@ -46,17 +47,85 @@ def check_source(source: str) -> None:
                         "data.source=builtin")
 
 
-def check_tasks(params: Params) -> None:
-    """The fine-tuning and SFT files, read and validated as the steps will read them."""
+#: What the fix of each built-in task says (the task's key, then how to bring one's own data).
+_OWN_DATA = {
+    "finetune": "finetune.task=file and finetune.task_path=<a .csv/.jsonl/.parquet with columns "
+                "text,label>",
+    "sft": "sft.task=file and sft.task_path=<a .csv/.jsonl/.parquet with columns "
+           "prompt,completion> (or sft.enabled=false)",
+}
+
+
+def _builtin_tasks(params: Params, steps: tuple[str, ...]) -> dict[str, str]:
+    """The built-in tasks these ``steps`` use: step -> ``section.task=name``."""
+    out = {}
+    if "finetune" in steps and params.finetune.task == "package":
+        out["finetune"] = "finetune.task=package"
+    if "sft" in steps and params.sft.enabled and params.sft.task == "docsummary":
+        out["sft"] = "sft.task=docsummary"
+    return out
+
+
+def check_task_corpus(params: Params, steps: tuple[str, ...] = ("finetune", "sft")) -> None:
+    """The built-in tasks label documents of the built-in corpus (a docstring's package, its
+    first sentence): with any other ``data.source`` they have nothing to learn from, which
+    used to show only after pretraining. Known from the params alone, so checked first."""
+    tasks = _builtin_tasks(params, steps)
+    if params.data.source == "builtin" or not tasks:
+        return
+    fixes = ", and ".join(_OWN_DATA[step] for step in tasks)
+    raise ConfigError(f"{' and '.join(tasks.values())} need{'s' if len(tasks) == 1 else ''} the "
+                      f"built-in corpus (data.source=builtin), not data.source "
+                      f"'{params.data.source}'; set {fixes}")
+
+
+def check_tasks_on_data(params: Params, workdir: Path) -> None:
+    """Right after the data stages, before any training: the built-in tasks can be built from
+    the cleaned documents (``data.max_docs`` may keep too few of a package's docstrings).
+
+    Raises:
+        ConfigError: a built-in task with another corpus (see :func:`check_task_corpus`).
+        DataError: too few documents for a built-in task, naming ``data.max_docs`` and the fix.
+    """
+    from gpt.data.shards import read_parts
+    from gpt.data.stages import CLEAN
+    from gpt.finetune import build_docsummary_task, build_package_task
+
+    check_task_corpus(params)
+    tasks = _builtin_tasks(params, ("finetune", "sft"))
+    if not tasks:
+        return
+    docs = read_parts(Path(workdir) / CLEAN, "clean", columns=["doc_id", "source", "name",
+                                                                 "text"])
+    ft, sft = params.finetune, params.sft
+    for step, task in tasks.items():
+        try:
+            if step == "finetune":
+                build_package_task(docs, ft.packages, ft.test_fraction, ft.seed)
+            else:
+                build_docsummary_task(docs, sft.test_fraction, sft.seed)
+        except DataError as exc:
+            if not params.data.max_docs:
+                raise
+            detail = str(exc).split(";")[0].split(": ", 1)[-1]  # the task's reason, no fix
+            raise DataError(f"{task} cannot be built from data.max_docs={params.data.max_docs} "
+                            f"documents: {detail}; raise data.max_docs (0 = all documents), "
+                            f"or set {_OWN_DATA[step]}") from None
+
+
+def check_tasks(params: Params, steps: tuple[str, ...] = ("finetune", "sft")) -> None:
+    """The fine-tuning and SFT files of ``steps``, read and validated as the steps will read
+    them; built-in tasks need the built-in corpus."""
     from gpt.finetune import build_sft_file_task, build_task
 
+    check_task_corpus(params, steps)
     ft = params.finetune
-    if ft.task == "file":
+    if "finetune" in steps and ft.task == "file":
         if not ft.task_path:
             raise ConfigError("finetune.task=file needs finetune.task_path (a .csv/.jsonl/"
                               ".parquet with columns text,label)")
         build_task(ft, None)  # type: ignore[arg-type] - file tasks do not read the corpus
-    if params.sft.enabled and params.sft.task == "file":
+    if "sft" in steps and params.sft.enabled and params.sft.task == "file":
         if not params.sft.task_path:
             raise ConfigError("sft.task=file needs sft.task_path (a .csv/.jsonl/.parquet with "
                               "columns prompt,completion)")

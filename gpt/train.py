@@ -241,6 +241,31 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 #: The section holding each kind of run's batch size.
 _BATCH_KEY = {"pretrain": "train.batch_size", "finetune": "finetune.batch_size",
               "sft": "sft.batch_size"}
+#: The key holding each kind of run's learning rate.
+_LR_KEY = {"pretrain": "train.lr", "finetune": "finetune.lr", "sft": "sft.lr"}
+
+
+def _lower_lr(settings: LoopSettings) -> str:
+    """``lower train.lr (now 5), e.g. to 0.5``: the fix of a run that diverged."""
+    return (f"lower {_LR_KEY.get(settings.kind, 'train.lr')} (now {settings.lr:g}), e.g. to "
+            f"{settings.lr / 10:g}")
+
+
+def _nonfinite_message(settings: LoopSettings, step: int, loss: float, grad_norm: float,
+                       in_row: int) -> str:
+    """Why ``in_row`` updates in a row were skipped, ending at ``step`` (0-based).
+
+    A finite loss with non-finite gradients is a diverging run, not bad data: with a learning
+    rate far too high (``train.lr=5``) the loss climbs into the thousands and its gradients
+    overflow float32 (inf or NaN in some tensors, or a norm past 3.4e38) before the divergence
+    guard's ``divergence_steps`` after warmup are up. Say so, as that guard does.
+    """
+    if math.isfinite(loss):
+        return (f"{settings.kind}: the loss diverged: {loss:.4g} at step {step + 1}, and its "
+                f"gradients overflowed float32 (norm {grad_norm}) for {in_row} steps in a row, "
+                f"so no update could be applied; {_lower_lr(settings)}")
+    return (f"{settings.kind}: the loss was {loss} for {in_row} steps in a row at step "
+            f"{step + 1}; {_lower_lr(settings)}, or check the data")
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -370,11 +395,13 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
             if not applied:
                 bad_in_row += 1
                 skipped += 1
-                log.warning("step %d: non-finite loss/grad (%s), update skipped (%d in a row)",
-                            step, loss, bad_in_row)
+                what = (f"loss {loss:.4g} but gradient norm {grad_norm} (the gradients "
+                        "overflowed)" if math.isfinite(loss) else f"non-finite loss ({loss})")
+                log.warning("step %d: %s, update skipped (%d in a row)", step + 1, what,
+                            bad_in_row)
                 if bad_in_row >= settings.max_nonfinite_steps:
-                    raise TrainingError(f"{bad_in_row} non-finite steps in a row at step {step}; "
-                                        "lower train.lr or check the data")
+                    raise TrainingError(_nonfinite_message(settings, step, loss, grad_norm,
+                                                           bad_in_row))
                 bar.update(step + 1)
                 continue
             bad_in_row = 0
@@ -384,8 +411,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 raise TrainingError(
                     f"{settings.kind}: the loss diverged: {loss:.4g} at step {step + 1} stayed "
                     f"above {settings.max_loss:.3g} (train.divergence_factor x ln(vocab), a "
-                    f"uniform guess) for {high_in_row} steps; lower train.lr (now "
-                    f"{settings.lr:g}), e.g. to {settings.lr / 10:g}")
+                    f"uniform guess) for {high_in_row} steps; {_lower_lr(settings)}")
             done = step + 1
             metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
             if throughput is not None:

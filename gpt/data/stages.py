@@ -164,23 +164,48 @@ class _ShardWriter:
         self.frames, self.bytes = [], 0
 
 
+def scrub_docs(docs: pd.DataFrame, kinds: tuple[str, ...],
+               counts: dict[str, int]) -> pd.DataFrame:
+    """``docs`` with the PII of ``kinds`` in their text replaced by placeholders (cleaning's
+    scrubber, ``gpt.data.clean.scrub``), adding the placeholders written per kind to
+    ``counts``."""
+    import pyarrow as pa
+
+    from gpt.data.clean.scrub import scrub_batch
+
+    if not kinds or docs.empty:
+        return docs
+    texts = pa.array(docs["text"].tolist(), type=pa.large_string())
+    scrubbed, found = scrub_batch(texts, kinds, np.arange(len(docs)))
+    if not found:
+        return docs
+    for per_doc in found.values():
+        for kind, n in per_doc.items():
+            counts[kind] = counts.get(kind, 0) + n
+    return docs.assign(text=scrubbed.to_pylist())
+
+
 def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     """Stream the configured source into ``data/raw/part-NNNNN.parquet`` shards.
 
     Memory: one batch of records and one shard (``data.shard_mb``). Bad records (invalid JSON,
     a missing or empty text) go to ``data/raw/rejected.parquet`` with file, line and reason
-    (``data.on_bad_record: reject``), or stop the stage naming them (``fail``). A killed run
-    re-run with the same source and parameters skips the shards already written.
+    (``data.on_bad_record: reject``), or stop the stage naming them (``fail``). With
+    ``data.scrub_raw`` the PII kinds of ``clean.pii`` are replaced in the text as read, so no
+    raw shard (nor the DVC cache and remote that keep them) holds them. A killed run re-run
+    with the same source and parameters skips the shards already written.
     """
     t0 = time.perf_counter()
     d = params.data
-    print_ = fingerprint("ingest", d.model_dump(), _source_state(d.source))
+    kinds = tuple(params.clean.pii) if d.scrub_raw else ()
+    print_ = fingerprint("ingest", d.model_dump(), list(kinds), _source_state(d.source))
     bad: list[pd.DataFrame] = []
+    pii: dict[str, int] = {}
     with _output(Path(workdir) / RAW, "ingest", print_) as out:
         writer = _ShardWriter(out, int(d.shard_mb * 2**20))
         with progress.phase("ingest", unit="doc") as bar:
             for batch in iter_source(d.source, d.text_field, d.max_docs, d.on_bad_record):
-                writer.add(batch.docs)
+                writer.add(scrub_docs(batch.docs, kinds, pii))
                 bar.advance(len(batch.docs))
                 if len(batch.bad):
                     bad.append(batch.bad)
@@ -189,12 +214,14 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
             columns=BAD_COLUMNS)
         write_parquet(rejected.astype("str"), out.path / BAD_RECORDS)
         info = {"docs": sum(s["docs"] for s in writer.shards), "bad_records": len(rejected),
-                "bytes": sum(s["bytes"] for s in writer.shards), "shards": writer.shards}
+                "bytes": sum(s["bytes"] for s in writer.shards), "shards": writer.shards,
+                **({"pii_scrubbed": pii} if d.scrub_raw else {})}
         (out.path / MANIFEST).write_text(json.dumps(info, indent=2))
     info["seconds"] = round(time.perf_counter() - t0, 2)
-    log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s",
+    log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s%s",
              info["docs"], len(writer.shards), info["bytes"] / 1e6, d.source, len(rejected),
-             f" (see {RAW / BAD_RECORDS})" if len(rejected) else "")
+             f" (see {RAW / BAD_RECORDS})" if len(rejected) else "",
+             f"; PII scrubbed (data.scrub_raw): {pii or 'none found'}" if d.scrub_raw else "")
     return info
 
 

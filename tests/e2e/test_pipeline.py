@@ -181,8 +181,14 @@ def test_corpus_without_usable_documents_is_rejected(tmp_path, prefect_server):
     corpus.mkdir()
     (corpus / "a.txt").write_text("too short")
     (corpus / "b.txt").write_text("")
+    # The built-in tasks need the built-in corpus (refused in preflight): bring a task file.
+    task = tmp_path / "task.csv"
+    task.write_text("text,label\n" + "".join(f"example text {i},{'ab'[i % 2]}\n"
+                                             for i in range(40)))
     ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
     out = gptops("run", "--workdir", str(ws), "--set", f"data.source={corpus}/*.txt",
+                 "--set", "finetune.task=file", "--set", f"finetune.task_path={task}",
+                 "--set", "sft.enabled=false",
                  cwd=tmp_path, env={"PREFECT_API_URL": prefect_server})
     assert out.returncode == 2
     assert "no usable documents" in out.stdout + out.stderr

@@ -73,3 +73,76 @@ def test_a_version_worse_than_its_baseline_gets_no_alias(tmp_path):
     assert client.get_model_version_by_alias("m", "champion").version == good
     aliases = client.get_registered_model("m").aliases
     assert aliases.get("challenger") != bad
+
+
+#: The tiny profile's model at a short context, warmed up to train.lr=5 in 10 steps: the loss
+#: climbs past 1,000 and its gradients overflow float32 at step ~14, before the divergence
+#: guard's 10 steps after warmup are up (what an operator saw with `--set train.lr=5`).
+LR5 = ["train.lr=5", "model.block_size=32", "train.batch_size=4", "train.warmup_steps=10",
+       "train.max_steps=30", "train.eval_interval=1000", "train.checkpoint_interval=1000"]
+
+
+@pytest.mark.timeout(480)
+def test_lr_5_through_the_cli_says_the_loss_diverged(tmp_path):
+    """Before: "5 non-finite steps in a row at step 17; lower train.lr or check the data",
+    while the loss (1675) was finite. Now the divergence guard's line."""
+    import os
+    import subprocess
+    import sys
+
+    from gpt.workspace import STAGES, run_stage
+    from tests.conftest import PROJECT_ROOT, make_workspace
+
+    ws = make_workspace(tmp_path / "ws", ["data.max_docs=1500"])
+    for stage in STAGES:
+        run_stage(ws, stage)
+
+    def pretrain(*sets: str) -> subprocess.CompletedProcess:
+        args = [a for s in sets for a in ("--set", s)]
+        return subprocess.run([sys.executable, "-m", "flows.cli", "pretrain", "-w", str(ws),
+                               *args], capture_output=True, text=True, timeout=220,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+
+    r = pretrain(*LR5)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert "Traceback" not in out and "non-finite steps" not in out
+    # The path under test: finite losses whose gradients overflowed.
+    assert "but gradient norm" in out and "(the gradients overflowed), update skipped" in out
+    last = r.stdout.strip().splitlines()[-1]  # the error line (logs go to stderr)
+    assert last.startswith("error: pretrain: the loss diverged: "), last
+    assert "and its gradients overflowed float32 (norm " in last
+    assert last.endswith("for 5 steps in a row, so no update could be applied; lower "
+                         "train.lr (now 5), e.g. to 0.5"), last
+    # The next command a user types, at a sane learning rate, trains and finishes.
+    ok = pretrain(*[s for s in LR5 if not s.startswith(("train.lr", "train.max_steps"))],
+                  "train.max_steps=5")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+@pytest.mark.parametrize("scale, message", [
+    # A finite loss whose gradients overflow float32 (1e30 each: their norm is inf).
+    (1e30, "finetune: the loss diverged: "),
+    # A loss that is itself NaN: the data or the learning rate.
+    (float("nan"), "finetune: the loss was nan for 5 steps in a row at step 5; "),
+])
+def test_skipped_steps_say_why_and_name_the_kinds_lr(scale, message):
+    import torch
+
+    from gpt.train import LoopSettings, make_optimizer, run_loop
+
+    model = torch.nn.Linear(16, 16)
+    device = torch.device("cpu")
+
+    def loss_fn(m, step, micro):
+        return (m.weight * scale).sum()
+
+    settings = LoopSettings(kind="finetune", max_steps=20, lr=1e-3, min_lr=1e-4, warmup_steps=0,
+                            grad_accum=1, grad_clip=1.0, max_nonfinite_steps=5)
+    before = model.weight.detach().clone()
+    with pytest.raises(TrainingError) as err:
+        run_loop(model, loss_fn, make_optimizer(model, 1e-3, 0.0, (0.9, 0.95), device),
+                 settings, device)
+    msg = str(err.value)
+    assert msg.startswith(message) and "lower finetune.lr (now 0.001), e.g. to 0.0001" in msg
+    assert torch.equal(model.weight, before)  # no update was applied
