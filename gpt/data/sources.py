@@ -13,10 +13,11 @@ time and never committed.
 
 Local files: ``.txt``/``.md`` (one document per file), ``.jsonl`` (one per line, ``text_field``),
 ``.csv``/``.parquet`` (one per row, column ``text_field``); all but ``.parquet`` may be ``.gz`` or
-``.zst`` (with ``zstandard`` installed) compressed. Text is decoded as UTF-8 with the BOM dropped
-and undecodable bytes replaced by U+FFFD, so the cleaner can reject such documents by reason
-(``invalid_utf8``) instead of the reader failing. ``hf:<folder or name>`` reads a dataset with
-``datasets`` (the optional ``hf`` extra).
+``.zst`` (with ``zstandard`` installed) compressed. ``.warc``/``.wet`` (optionally ``.gz``):
+web crawl records (``gpt.data.web``), with the ``WEB_COLUMNS`` too. Text is decoded as UTF-8
+with the BOM dropped and undecodable bytes replaced by U+FFFD, so the cleaner can reject such
+documents by reason (``invalid_utf8``) instead of the reader failing. ``hf:<folder or name>``
+reads a dataset with ``datasets`` (the optional ``hf`` extra).
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ from typing import BinaryIO
 
 import pandas as pd
 
+from gpt.data.web import WEB_SUFFIXES, iter_web
 from gpt.errors import DataError
 
 DOC_COLUMNS = ["doc_id", "source", "name", "text"]
+#: Columns a web source (WARC/WET) adds: the page's URL and its crawl date (``WARC-Date``).
+WEB_COLUMNS = ["url", "date"]
 
 # Modules that print, open windows, run tests or are platform-only when imported.
 _SKIP_TOP = {
@@ -181,6 +185,8 @@ class BadRecords:
         self.mode = on_bad_record
         self.rows: list[tuple[str, str, str, str, str]] = []
         self._file: list[str] = []
+        #: Records that are not documents by design (a WARC request ...), counted by kind.
+        self.skipped: dict[str, int] = {}
 
     def add(self, path: Path, line: int, reason: str) -> None:
         if self.mode == "fail":
@@ -202,6 +208,11 @@ class BadRecords:
     def take(self) -> pd.DataFrame:
         out = pd.DataFrame(self.rows, columns=BAD_COLUMNS)
         self.rows = []
+        return out
+
+    def take_skipped(self) -> dict[str, int]:
+        out = dict(self.skipped)
+        self.skipped.clear()  # in place: readers hold this dict
         return out
 
 
@@ -268,7 +279,8 @@ def _iter_lines(path: Path, compression: str) -> Iterator[tuple[int, str]]:
             yield lineno, line.rstrip("\r\n") if line.endswith("\n") else line
 
 
-Row = tuple[str, str, str, str]
+#: ``(doc_id, source, name, text)``, web rows with ``(url, date)`` too.
+Row = tuple[str, ...]
 
 
 def _iter_jsonl(path: Path, text_field: str, bad: BadRecords) -> Iterator[Row]:
@@ -359,9 +371,12 @@ def _iter_file(path: Path, text_field: str, bad: BadRecords) -> Iterator[Row]:
         yield from _iter_jsonl(path, text_field, bad)
     elif suffix in {".parquet", ".csv"}:
         yield from _iter_table(path, suffix, compression, text_field, bad)
+    elif suffix in WEB_SUFFIXES and compression != ".zst":
+        yield from iter_web(path, bad, bad.skipped)
     else:
-        raise DataError(f"unsupported file type {path} (use .txt, .md, .jsonl, .parquet or .csv; "
-                        "all but .parquet may be .gz or .zst compressed)")
+        raise DataError(f"unsupported file type {path} (use .txt, .md, .jsonl, .parquet, .csv, "
+                        ".warc or .wet; all but .parquet may be .gz compressed, all but .parquet, "
+                        ".warc and .wet .zst compressed)")
     bad.end_file(path)
 
 
@@ -439,10 +454,21 @@ def _iter_hf(spec: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
 
 @dataclass
 class Batch:
-    """Documents read (``DOC_COLUMNS``) and the bad records met since the last batch."""
+    """Documents read (``DOC_COLUMNS``, and ``WEB_COLUMNS`` from web files), the bad records
+    met since the last batch, and the records skipped since then by kind."""
 
     docs: pd.DataFrame
     bad: pd.DataFrame
+    skipped: dict[str, int]
+
+
+def _frame(rows: list[Row]) -> pd.DataFrame:
+    """Rows as documents; with ``WEB_COLUMNS`` ("" for non-web rows) when any row is a web one."""
+    if any(len(r) > len(DOC_COLUMNS) for r in rows):
+        pad = ("",) * len(WEB_COLUMNS)
+        return pd.DataFrame([r if len(r) > len(DOC_COLUMNS) else (*r, *pad) for r in rows],
+                            columns=DOC_COLUMNS + WEB_COLUMNS)
+    return pd.DataFrame(rows, columns=DOC_COLUMNS)
 
 
 def _rows(source: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
@@ -488,11 +514,11 @@ def iter_source(source: str, text_field: str = "text", max_docs: int = 0,
             rows.append(row)
         if len(rows) >= batch_docs:
             seen += len(rows)
-            yield Batch(pd.DataFrame(rows, columns=DOC_COLUMNS), bad.take())
+            yield Batch(_frame(rows), bad.take(), bad.take_skipped())
             rows = []
     seen += len(rows)
-    if rows or bad.rows:
-        yield Batch(pd.DataFrame(rows, columns=DOC_COLUMNS), bad.take())
+    if rows or bad.rows or bad.skipped:
+        yield Batch(_frame(rows), bad.take(), bad.take_skipped())
     if not seen:
         raise DataError(f"data.source '{source}' holds no documents (all files are empty or "
                         "every record is bad)")

@@ -176,6 +176,7 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     d = params.data
     print_ = fingerprint("ingest", d.model_dump(), _source_state(d.source))
     bad: list[pd.DataFrame] = []
+    skipped: dict[str, int] = {}
     with _output(Path(workdir) / RAW, "ingest", print_) as out:
         writer = _ShardWriter(out, int(d.shard_mb * 2**20))
         with progress.phase("ingest", unit="doc") as bar:
@@ -184,17 +185,21 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
                 bar.advance(len(batch.docs))
                 if len(batch.bad):
                     bad.append(batch.bad)
+                for kind, n in batch.skipped.items():
+                    skipped[kind] = skipped.get(kind, 0) + n
         writer.flush()
         rejected = pd.concat(bad, ignore_index=True) if bad else pd.DataFrame(
             columns=BAD_COLUMNS)
         write_parquet(rejected.astype("str"), out.path / BAD_RECORDS)
         info = {"docs": sum(s["docs"] for s in writer.shards), "bad_records": len(rejected),
+                "skipped_records": dict(sorted(skipped.items())),
                 "bytes": sum(s["bytes"] for s in writer.shards), "shards": writer.shards}
         (out.path / MANIFEST).write_text(json.dumps(info, indent=2))
     info["seconds"] = round(time.perf_counter() - t0, 2)
-    log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s",
+    log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s%s",
              info["docs"], len(writer.shards), info["bytes"] / 1e6, d.source, len(rejected),
-             f" (see {RAW / BAD_RECORDS})" if len(rejected) else "")
+             f" (see {RAW / BAD_RECORDS})" if len(rejected) else "",
+             f"; skipped records {info['skipped_records']}" if skipped else "")
     return info
 
 
@@ -249,7 +254,9 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
         done = clean_parts(raw, out, cfg, workers or default_workers(), mapper)
         stats = done.stats
         stats["bad_records"] = int(manifest.get("bad_records", 0))
-        stats["records_read"] = stats["docs_in"] + stats["bad_records"]
+        stats["skipped_records"] = manifest.get("skipped_records", {})
+        stats["records_read"] = (stats["docs_in"] + stats["bad_records"]
+                                 + sum(stats["skipped_records"].values()))
         if stats["docs_in"] != manifest["docs"] or \
                 stats["docs_kept"] + stats["docs_rejected"] != stats["docs_in"]:
             raise DataError(f"cleaning lost documents ({manifest['docs']} in, "

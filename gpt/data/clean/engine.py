@@ -58,7 +58,7 @@ from gpt.data.shards import (
     sharded_output,
     write_parquet,
 )
-from gpt.data.sources import DOC_COLUMNS
+from gpt.data.sources import DOC_COLUMNS, WEB_COLUMNS
 from gpt.errors import DataError
 
 #: Texts per batch are cut at about this many bytes (numpy temporaries stay in cache).
@@ -500,7 +500,8 @@ def clean_documents(docs: pd.DataFrame, cfg: CleanConfig) -> CleanResult:
 
 
 def validated_docs(docs: pd.DataFrame) -> pd.DataFrame:
-    """Check the document schema; return a copy with string columns and no missing values."""
+    """Check the document schema; return a copy with string columns and no missing values
+    (the ``WEB_COLUMNS`` kept when present)."""
     if not isinstance(docs, pd.DataFrame):
         raise DataError(f"documents must be a pandas DataFrame with columns {DOC_COLUMNS}, got "
                         f"{type(docs).__name__}")
@@ -509,7 +510,8 @@ def validated_docs(docs: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"documents lack column(s) {missing} (have {list(map(str, docs.columns))});"
                         " read them with gpt.data.sources")
     out: dict[str, pd.Series] = {}
-    for col in DOC_COLUMNS:
+    columns = DOC_COLUMNS + [c for c in WEB_COLUMNS if c in docs.columns]
+    for col in columns:
         column = docs[col]
         if isinstance(column.dtype, pd.StringDtype):  # already strings (Arrow: valid UTF-8)
             out[col] = column.fillna("").astype("str").reset_index(drop=True)
@@ -521,7 +523,7 @@ def validated_docs(docs: pd.DataFrame) -> pd.DataFrame:
         out[col] = pd.Series([v if v.isascii() or not SURROGATES.search(v)
                               else SURROGATES.sub(REPLACEMENT_CHAR, v) for v in values],
                              dtype="str")
-    return pd.DataFrame(out, columns=DOC_COLUMNS)
+    return pd.DataFrame(out, columns=columns)
 
 
 def _is_missing(value: object) -> bool:
