@@ -2,7 +2,8 @@
 
 Each page wraps its main text (prose paragraphs from Python's own documentation) in the
 boilerplate an extractor must drop: a navigation bar, a cookie banner, a sidebar, a footer, a
-script and a style sheet. ``BOILERPLATE`` lists lines that must never reach a document.
+script and a style sheet; a third of the pages also carry reader comments (prose, ``noise``).
+``BOILERPLATE`` lists lines that must never reach a document.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Page:
     url: str
     html: str
     main: str
+    noise: tuple[str, ...] = ()  # prose outside the main text (reader comments)
 
 
 def _paragraphs() -> list[str]:
@@ -50,13 +52,29 @@ def _paragraphs() -> list[str]:
     return out
 
 
+def _wrap(i: int, body: str, comments: str) -> str:
+    """The main text in one of three layouts (article, content div, table cell)."""
+    title = f"<h1>Article {i}: notes on the language</h1>"
+    if i % 3 == 0:
+        return f"<main><article>{title}\n{body}\n</article></main>"
+    if i % 3 == 1:
+        return (f'<div id="wrapper"><div class="content entry">{title}\n{body}\n</div>'
+                '<div class="share">Share: Twitter Facebook</div>'
+                f'<div id="comments" class="comments"><h3>2 comments</h3>{comments}</div></div>')
+    return (f'<table><tr><td class="menu"><a href="/a">Archive</a></td><td>{title}\n'
+            f"{body.replace('<p>', '<br><br>').replace('</p>', '')}</td></tr></table>")
+
+
 def make_pages(n: int, seed: int = 0, paragraphs: int = 4) -> list[Page]:
     """``n`` pages, each with ``paragraphs`` paragraphs of main text and all the boilerplate."""
     rng = random.Random(seed)
     pool = _paragraphs()
     pages = []
     for i in range(n):
-        main = rng.sample(pool, paragraphs)
+        main = rng.sample(pool, paragraphs + 2)
+        main, noise = main[:paragraphs], tuple(main[paragraphs:]) if i % 3 == 1 else ()
+        comments = "".join(f'<div class="comment"><span class="author">reader{k}</span>'
+                           f"<p>{html.escape(c)}</p></div>" for k, c in enumerate(noise))
         body = "\n".join(f"<p>{html.escape(p)}</p>" for p in main)
         cookie, nav, footer, news, script, related = BOILERPLATE
         page = f"""<!DOCTYPE html>
@@ -67,15 +85,13 @@ def make_pages(n: int, seed: int = 0, paragraphs: int = 4) -> list[Page]:
 <div id="cookie-banner" class="cookie-consent"><p>{cookie}</p><button>Accept</button></div>
 <header><nav class="nav"><ul>{''.join(f'<li><a href="/{w}">{w}</a></li>'
                                       for w in nav.split(' | '))}</ul></nav></header>
-<main><article><h1>Article {i}: notes on the language</h1>
-{body}
-</article></main>
+{_wrap(i, body, comments)}
 <aside class="sidebar"><h3>Related</h3><ul><li><a href="/r1">{related}</a></li></ul>
 <form><p>{news}</p><input type="email"></form></aside>
 <footer class="site-footer"><p>{footer}</p></footer>
 </body></html>"""
         pages.append(Page(f"https://site{i % 7}.example.org/articles/{i}", page,
-                          "\n\n".join(main)))
+                          "\n\n".join(main), noise))
     return pages
 
 

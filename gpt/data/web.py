@@ -3,8 +3,9 @@
 A WARC ``response`` record with HTTP status 200 and an HTML content type becomes a document: its
 body is decoded (``Content-Encoding`` undone by ``warcio``), turned into text by the declared
 charset (HTTP header, else the page's ``<meta charset>``) with UTF-8 then cp1252 as fallbacks,
-and its main content extracted with trafilatura (``favor_precision``: navigation, cookie
-banners, footers and scripts left out; chosen by ``bench/bench_extract.py``). A WET
+and its main content extracted with trafilatura as FineWeb does (``favor_precision``, no
+comments: navigation, cookie banners, footers, reader comments and scripts left out; chosen by
+``bench/bench_extract.py``). A WET
 ``conversion`` record is a document as it is. Each document keeps its URL
 (``WARC-Target-URI``) and crawl date (``WARC-Date``).
 
@@ -65,7 +66,10 @@ def extract_main_text(html: str) -> str:
     """The main content of a page as plain text ("" when there is none)."""
     import trafilatura
 
-    return trafilatura.extract(html, favor_precision=True) or ""
+    # FineWeb's settings (datatrove's Trafilatura extractor): reader comments are not content.
+    # Not its deduplicate=True: trafilatura's cache then drops paragraphs seen on earlier pages
+    # of the same process, so a page's text would depend on the order and the worker.
+    return trafilatura.extract(html, favor_precision=True, include_comments=False) or ""
 
 
 def _header(record: object, name: str) -> str:
