@@ -26,7 +26,8 @@ import pandas as pd
 
 from gpt import progress
 from gpt.config import Params
-from gpt.data.clean import Mapper, clean_parts, render_report
+from gpt.data.clean import Mapper, clean_parts, language, render_report
+from gpt.data.clean import urls as url_lists
 from gpt.data.clean.engine import validated_docs
 from gpt.data.loader import encode_shard, is_val_doc, write_meta
 from gpt.data.shards import (
@@ -249,7 +250,11 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
     workdir = Path(workdir)
     raw, manifest = _raw_parts(workdir)
     cfg = params.clean
-    print_ = fingerprint("clean", cfg.model_dump(), _inputs_state(workdir / RAW))
+    url_lists.load(tuple(cfg.url_blocklist))  # a missing list stops here, before any work
+    if cfg.languages:
+        language.model()
+    print_ = fingerprint("clean", cfg.model_dump(), _inputs_state(workdir / RAW),
+                         url_lists.digest(cfg.url_blocklist))
     with _output(workdir / CLEAN, "clean", print_) as out:
         done = clean_parts(raw, out, cfg, workers or default_workers(), mapper)
         stats = done.stats
