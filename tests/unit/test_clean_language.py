@@ -79,7 +79,8 @@ def test_url_blocklist_and_exact_url_duplicates(tmp_path: Path) -> None:
             ("f", EN + " Sixth, a re-crawl.", "https://a.example/1"),  # the same URL
             ("g", "Too short.", "https://g.example/"),
             ("h", EN, "https://h.example/"),  # a copy of "a"'s text
-            ("i", EN + " Ninth.", "https://h.example/")]  # "h"'s URL: "h" is a copy of "a"
+            ("i", EN + " Ninth.", "https://h.example/"),  # "h"'s URL: "h" is a copy of "a"
+            ("j", EN + " Tenth.", "https://j.example/?to=jane.doe@example.com")]  # PII in a URL
     docs = pd.DataFrame([(i, "t", i, t, u, "") for i, t, u in rows],
                         columns=["doc_id", "source", "name", "text", "url", "date"])
     cfg = CFG.model_copy(update={"url_blocklist": [str(p) for p in lists]})
@@ -87,9 +88,10 @@ def test_url_blocklist_and_exact_url_duplicates(tmp_path: Path) -> None:
     assert dict(zip(res.rejected["doc_id"], res.rejected["reason"], strict=True)) == {
         "b": "url_blocked", "d": "url_blocked", "f": "duplicate_url_of=a", "g": "too_short",
         "h": "duplicate_of=a", "i": "duplicate_url_of=a"}
-    assert res.kept["doc_id"].tolist() == ["a", "c", "e"]
+    assert res.kept["doc_id"].tolist() == ["a", "c", "e", "j"]
     assert res.kept["url"].tolist() == ["https://a.example/1", "https://notbad.example/x",
-                                        "https://ok.example/casinos"]
+                                        "https://ok.example/casinos",
+                                        "https://j.example/?to=<EMAIL>"]
 
 
 def test_a_missing_blocklist_stops_the_stage_before_work(tmp_path: Path) -> None:

@@ -81,6 +81,11 @@ def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarr
     kept = frame.loc[keep, ids + web].reset_index(drop=True)
     kept["text"] = str_series(kept_texts)
     kept = kept[DOC_COLUMNS + web]
+    if "url" in kept.columns and pii_kinds and len(kept):
+        # A URL can carry an e-mail address or a key in its query: scrubbed like the texts
+        # (the URL filters and URL dedup judged the URLs as crawled).
+        urls = pa.array(kept["url"].tolist(), pa.large_string())
+        kept["url"] = str_series(scrub_batch(urls, pii_kinds, np.arange(len(urls)))[0])
     for name, column in (kept_columns or {}).items():
         kept[name] = column.reset_index(drop=True)
     rejected = frame.loc[~keep, ids].reset_index(drop=True)
