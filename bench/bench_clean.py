@@ -218,6 +218,36 @@ def timed(fn, *args):  # noqa: ANN001, ANN202 - tiny helper
     return out, (time.perf_counter() - wall, _cpu() - cpu)
 
 
+def _language_rows(label: str, docs: pd.DataFrame, cfg: CleanConfig, languages: list[str],
+                   plain: CleanResult, plain_s: tuple[float, float], mb: float,
+                   repeats: int = 2) -> list[str]:
+    """Language ID on vs off (alternating, ``repeats`` times), and lid.176 alone on the rows it
+    judges (those every other filter kept: the kept ones and the exact copies)."""
+    from gpt.data.clean.language import identify, model
+
+    model()  # loaded once per process (~20 ms), not timed
+    lid_cfg = cfg.model_copy(update={"languages": languages})
+    judged_ids = set(plain.kept["doc_id"]) | set(
+        plain.rejected.loc[plain.rejected["reason"].str.startswith("duplicate"), "doc_id"])
+    judged = docs.loc[docs["doc_id"].isin(judged_ids), "text"]
+    judged_mb = sum(len(t.encode()) for t in judged) / 1e6
+    off_cpu, on_cpu = [plain_s[1]], []
+    kept = 0
+    for r in range(repeats):
+        res, (_, cpu) = timed(clean_documents, docs, lid_cfg)
+        on_cpu.append(cpu)
+        kept = len(res.kept)
+        if r < repeats - 1:
+            off_cpu.append(timed(clean_documents, docs, cfg)[1][1])
+    _, (_, alone) = timed(identify, pa.array(judged.tolist(), pa.large_string()))
+    off, on = sorted(off_cpu)[len(off_cpu) // 2], sorted(on_cpu)[len(on_cpu) // 2]
+    return [f"language ID ({label}, languages={languages}): off {mb / off:.1f} MB/s/core, on "
+            f"{mb / on:.1f} MB/s/core (CPU medians of {len(off_cpu)}/{len(on_cpu)} alternating "
+            f"runs; on/off time {on / off:.2f}x); {kept:,} kept; judged {len(judged):,} docs, "
+            f"{judged_mb:.1f} MB: {judged_mb / max(on - off, 1e-9):.2f} MB/s/core from the "
+            f"difference, {judged_mb / alone:.2f} MB/s/core lid.176 alone"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=200.0, help="corpus size in MB")
@@ -229,6 +259,9 @@ def main() -> None:
                         help="share of documents read wrongly in the mojibake corpus (0: skip)")
     parser.add_argument("--no-near", action="store_true",
                         help="time only cleaning without near-dedup (skip near-dedup quality)")
+    parser.add_argument("--languages", default="",
+                        help="also time clean.languages=[these] (comma-separated, e.g. en), "
+                             "alternating with the run without, and language ID alone")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -236,6 +269,7 @@ def main() -> None:
     plain_cfg = cfg.model_copy(update={"near_dedup": False})
     near_cfg = cfg.model_copy(update={"near_dedup": True})
     rows = []
+    lid_rows: list[str] = []
     repaired: list[tuple[str, int, float]] = []
     near = corpus = None
     for per_doc in [1] + ([args.merge] if args.merge > 1 else []):
@@ -247,6 +281,9 @@ def main() -> None:
               f"injected near duplicates (built in {build_s:.1f}s)")
         plain, plain_s = timed(clean_documents, docs, plain_cfg)
         rows.append((f"{label}: filters + exact dedup", 1, plain_s, mb, plain, TARGET_PLAIN_MBS))
+        if args.languages:
+            lid_rows.extend(_language_rows(label, docs, plain_cfg, args.languages.split(","),
+                                           plain, plain_s, mb))
         if args.mojibake > 0:
             bad_docs, intended = with_mojibake(docs, args.mojibake)
             bad_mb = sum(len(t.encode()) for t in bad_docs["text"]) / 1e6
@@ -276,6 +313,8 @@ def main() -> None:
     for name, _cores, (wall, cpu), mb, res, target in rows:
         print(f"| {name:44} | {wall:7.2f} | {cpu:7.2f} | {mb / wall:7.1f} | {mb / cpu:9.1f} | "
               f"{target:6.1f} | {len(res.kept):8,} |")
+    for line in lid_rows:
+        print(line)
     for label, n, share in repaired:
         print(f"mojibake ({label}): {share:.1%} of {n:,} misread documents normalise to what "
               "their correctly read text does")

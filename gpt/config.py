@@ -71,6 +71,12 @@ class CleanConfig(_Strict):
     near_dedup_ngram: int = Field(ge=1, description="words per shingle")
     pii: list[Literal["email", "ip", "phone", "secret"]] = Field(
         description="PII kinds replaced by placeholders (<EMAIL>, <IP>, <PHONE>, <SECRET>)")
+    url_blocklist: list[str] = Field(description="local files of blocked domains and "
+                                     "'word:<w>' banned URL words (web sources); [] = off")
+    languages: list[str] = Field(description="ISO 639 codes to keep (fastText lid.176, "
+                                 "e.g. [en]); [] = no language identification")
+    min_language_score: float = Field(ge=0, le=1, description="lowest lid.176 probability "
+                                      "of a kept language")
 
 
 #: How ``model.init_from`` and ``tokenizer.pretrained`` name a checkpoint.

