@@ -187,15 +187,17 @@ def check_sqlite(uri: str, path: Path) -> None:
 def _sqlite_write_probe(path: Path) -> str | None:
     """None if ``path`` reads as SQLite and a write transaction can start now; ``"locked"``
     while another process holds a lock that blocks writers; else SQLite's message."""
+    writable = os.access(path, os.W_OK)  # a read-only store still serves models, predict ...
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=0.2,
-                               isolation_level=None)
+        conn = sqlite3.connect(f"file:{path}?mode={'rw' if writable else 'ro'}", uri=True,
+                               timeout=0.2, isolation_level=None)
     except sqlite3.Error as exc:
         return str(exc)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        conn.execute("BEGIN IMMEDIATE")  # takes the write lock and lets it go: writes nothing
-        conn.execute("ROLLBACK")
+        if writable:
+            conn.execute("BEGIN IMMEDIATE")  # takes the write lock, lets it go: writes nothing
+            conn.execute("ROLLBACK")
         return None
     except sqlite3.OperationalError as exc:
         text = str(exc)
