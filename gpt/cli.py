@@ -569,8 +569,13 @@ def _print_history(name: str, history: list[dict]) -> None:
         table.add_column(col, no_wrap=True)
     table.add_column("reason", overflow="fold")
     for h in history:
-        table.add_row(h.get("at", ""), h.get("action", "gate"), f"v{h['version']}",
-                      f"v{h['previous']}" if h.get("previous") else "", h.get("reason", ""))
+        action = h.get("action", "gate") + (" --force" if h.get("overrode") else "")
+        if h.get("overrode"):
+            reason = f"{h.get('reason', '')} (overrode the gate's rejection: {h['overrode']})"
+        else:
+            reason = h.get("reason", "")
+        table.add_row(h.get("at", ""), action, f"v{h['version']}",
+                      f"v{h['previous']}" if h.get("previous") else "", reason)
     console.print(table)
 
 
@@ -583,12 +588,19 @@ def promote(model: Annotated[str, typer.Argument(help="registered model name")],
             version: Annotated[str, typer.Argument(help="version to make champion")],
             reason: Reason,
             workdir: Workdir = Path("."),
-            tracking_uri: TrackingUri = "") -> None:
+            tracking_uri: TrackingUri = "",
+            force: Annotated[bool, typer.Option("--force", help="promote a version the gate "
+                                                "rejected (the override is recorded)")] = False,
+            ) -> None:
     """Make VERSION the champion of MODEL by hand (recorded with its reason)."""
     from gpt import registry
 
     uri = _tracking_uri(workdir, given=tracking_uri)
-    out = registry.promote(uri, model, version, reason)
+    out = registry.promote(uri, model, version, reason, force=force)
+    if out.get("overrode"):
+        console.print(f"warning: {model} v{out['version']} was rejected by the gate "
+                      f"({out['overrode']}); promoted with --force (recorded in the champion "
+                      "history)", highlight=False, soft_wrap=True)
     console.print(f"{model}: champion v{out['previous'] or '-'} -> v{out['version']} "
                   f"({out['reason']})", highlight=False)
 

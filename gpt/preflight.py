@@ -13,13 +13,19 @@ pretraining starts.
 from __future__ import annotations
 
 import glob
+import json
+import logging
 import os
 import socket
+import sqlite3
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from gpt.config import Params
-from gpt.errors import ConfigError, DataError
+from gpt.errors import ConfigError, DataError, RegistryError
+
+log = logging.getLogger(__name__)
 
 #: MLflow tracking URI schemes gptops knows how to use.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql",
@@ -133,10 +139,12 @@ def check_tasks(params: Params, steps: tuple[str, ...] = ("finetune", "sft")) ->
 
 
 def check_tracking_uri(uri: str) -> None:
-    """A known scheme, and for a server: something listening at its address."""
+    """A known scheme; for SQLite a readable, unlocked database (waiting a while for a lock to
+    go); for a server something listening at its address, and for HTTP an MLflow server."""
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()
     if not scheme or (len(scheme) == 1 and os.name == "nt"):  # a plain path: MLflow's file store
+        _check_file_store(uri)
         return
     if scheme not in TRACKING_SCHEMES:
         raise ConfigError(f"registry.tracking_uri '{uri}': unknown scheme '{scheme}' (known: "
@@ -149,8 +157,13 @@ def check_tracking_uri(uri: str) -> None:
         if path is not None and not path.parent.is_dir():
             raise ConfigError(f"registry.tracking_uri '{uri}': folder {path.parent} does not "
                               "exist; create it or fix the URI")
+        if path is not None:
+            check_sqlite(uri, path)
         return
-    if scheme in ("file", "databricks"):
+    if scheme == "file":
+        _check_file_store(uri)
+        return
+    if scheme == "databricks":
         return
     host = parsed.hostname or "localhost"
     default_port = {"http": 80, "https": 443, "mysql": 3306, "mssql": 1433}.get(
@@ -169,6 +182,153 @@ def check_tracking_uri(uri: str) -> None:
                           ) from exc
     if scheme.split("+")[0] == "postgresql":
         _check_postgres(uri)
+    if scheme in ("http", "https"):
+        _check_mlflow_server(uri)
+
+
+def _check_file_store(uri: str) -> None:
+    """MLflow 3 refuses its file store (``file://`` or a plain path) unless opted in."""
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("1", "true", "yes"):
+        return
+    raise ConfigError(f"registry.tracking_uri '{uri}': MLflow's file store is in maintenance "
+                      "mode and refuses new runs; use a database, e.g. sqlite:///<folder>/"
+                      "mlflow.db (convert an existing folder with `mlflow migrate-filestore`), "
+                      "or set MLFLOW_ALLOW_FILE_STORE=true")
+
+
+#: SQLite's file header (the first 16 bytes of every database file).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+#: How long a command waits for another process's write lock on an SQLite store to go
+#: (environment variable GPTOPS_DB_LOCK_WAIT_S: seconds).
+DB_LOCK_WAIT_S = 60.0
+#: How often the wait is reported.
+_WAIT_REPORT_S = 30.0
+
+
+def check_sqlite(uri: str, path: Path) -> None:
+    """An existing SQLite store is a readable SQLite database that can be written now.
+
+    A write lock held by another process (a write transaction, ``BEGIN EXCLUSIVE``) is waited
+    for, with a message every 30 s, for ``GPTOPS_DB_LOCK_WAIT_S`` seconds (60 by default). A
+    missing file is fine (MLflow creates it); the check never changes the file.
+
+    Raises:
+        RegistryError: not an SQLite database, or still locked after the wait.
+    """
+    if not path.exists():
+        return
+    fix_corrupt = (f"restore {path} from a backup, or move it aside (mv {path} {path}.bad) "
+                   "and the next run starts a new, empty registry")
+    if path.is_dir():
+        raise ConfigError(f"registry.tracking_uri '{uri}': {path} is a folder, not an SQLite "
+                          "database file; fix the URI")
+    with open(path, "rb") as fh:
+        head = fh.read(len(_SQLITE_HEADER))
+    if head and head != _SQLITE_HEADER:
+        raise RegistryError(f"registry.tracking_uri '{uri}': {path} is not an SQLite database "
+                            f"(file is not a database); {fix_corrupt}")
+    wait_s = float(os.environ.get("GPTOPS_DB_LOCK_WAIT_S") or DB_LOCK_WAIT_S)
+    start = time.monotonic()
+    reported = -_WAIT_REPORT_S
+    while True:
+        problem = _sqlite_write_probe(path)
+        if problem is None:
+            if reported >= 0:
+                log.warning("the MLflow database %s is free again after %.0f s", path,
+                            time.monotonic() - start)
+            return
+        if problem != "locked":
+            raise RegistryError(f"registry.tracking_uri '{uri}': {path} cannot be read as an "
+                                f"SQLite database ({problem}); {fix_corrupt}")
+        waited = time.monotonic() - start
+        if waited >= wait_s:
+            raise RegistryError(f"registry.tracking_uri '{uri}': {path} is locked by another "
+                                f"process (a write transaction held for over {waited:.0f} s); "
+                                f"find it with `fuser {path}` and end it, or try again later")
+        if waited - reported >= _WAIT_REPORT_S:
+            reported = waited
+            log.warning("waiting for the MLflow database %s: another process holds a write "
+                        "lock on it (waited %.0f s of up to %.0f s; GPTOPS_DB_LOCK_WAIT_S)",
+                        path, waited, wait_s)
+        time.sleep(0.5)
+
+
+def _sqlite_write_probe(path: Path) -> str | None:
+    """None if ``path`` reads as SQLite and a write transaction can start now; ``"locked"``
+    while another process holds a lock that blocks writers; else SQLite's message."""
+    writable = os.access(path, os.W_OK)  # a read-only store still serves models, predict ...
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode={'rw' if writable else 'ro'}", uri=True,
+                               timeout=0.2, isolation_level=None)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if writable:
+            conn.execute("BEGIN IMMEDIATE")  # takes the write lock, lets it go: writes nothing
+            conn.execute("ROLLBACK")
+        return None
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return "locked"
+        if "readonly" in text or "read-only" in text:  # readers (models, predict) can go on
+            return None
+        return text
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+        return str(exc)
+    finally:
+        conn.close()
+
+
+def _check_mlflow_server(uri: str) -> None:
+    """Ask the server what MLflow's client will ask (search experiments), 5 s at most: a web
+    server that is not MLflow answers something else."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    headers = {"Accept": "application/json"}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        import base64
+
+        pair = (f"{os.environ['MLFLOW_TRACKING_USERNAME']}:"
+                f"{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}")
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    context = None
+    if uri.lower().startswith("https") and os.environ.get(
+            "MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        import ssl
+
+        context = ssl._create_unverified_context()  # noqa: S323 - the user asked for it
+    not_mlflow = (f"registry.tracking_uri '{uri}': the server there does not answer as an "
+                  "MLflow tracking server")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5,
+                                    context=context) as resp:
+            ctype = resp.headers.get_content_type()
+            body = resp.read(1 << 20)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ConfigError(f"registry.tracking_uri '{uri}': the MLflow server refused us "
+                              f"(HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME and "
+                              "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN") from exc
+        raise ConfigError(f"{not_mlflow} (HTTP {exc.code} for /api/2.0/mlflow/experiments/"
+                          "search); check the host, port and path (e.g. http://host:5000)"
+                          ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        raise ConfigError(f"registry.tracking_uri '{uri}': no HTTP answer ({why}); start the "
+                          "MLflow server or fix the URI") from exc
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or (data and not {"experiments", "next_page_token"} & set(data)):
+        raise ConfigError(f"{not_mlflow} (/api/2.0/mlflow/experiments/search gave {ctype}, not "
+                          "MLflow's JSON); check the host, port and path (e.g. http://host:5000)")
 
 
 def _check_postgres(uri: str) -> None:

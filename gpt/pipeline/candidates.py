@@ -176,7 +176,12 @@ def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
     if e.kind != "base" and parent:
         tags["parent_model_version"] = parent
     done = ctx.paths.read_result(key) or {}
-    same_store = done.get("tracking_uri") == ctx.tracking.uri
+    # A copied or moved workspace's own store holds the step's run under the same id (the
+    # registration checks that the run exists): the result's old store URI names it too.
+    own = "/.gptops/mlflow.db"
+    same_store = done.get("tracking_uri") == ctx.tracking.uri or (
+        str(done.get("tracking_uri", "")).endswith(own)
+        and ctx.tracking.uri == f"sqlite:///{ctx.paths.workdir.resolve()}{own}")
     c_keys = {"model_key": key.digest, "eval_key": e.key}
     card = model_card(e.kind, fields["name"], {**tags, **c_keys, "eval_hash": e.eval_hash},
                       fields["metrics"], params)

@@ -114,7 +114,8 @@ def _train(key: StepKey, paths: RunPaths, params: Params, data_version: str,
     if done is not None:
         log.info("%s: reused (key %s): finished earlier in %s", key.step, key.short,
                  paths.step(key))
-        return StepResult(**{**done, "reused": True})
+        # out_dir: where it is now (the workspace may have been copied or moved since)
+        return StepResult(**{**done, "reused": True, "out_dir": str(paths.step(key))})
     out = paths.step(key)
     device = params.train.device
     if world.node_rank > 0:  # node 0 tracks and records the step; this node lends processes

@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpt.errors import RegistryError
-from gpt.registry.governance import CHALLENGER, _champion, set_champion
+from gpt.registry.governance import CHALLENGER, REJECTED, _champion, set_champion
 
-#: The tag a version gets when it does not beat its trivial baseline (the value: why).
-REJECTED = "rejected"
 #: Significant digits of the metrics stored as model-version tags (``metric.<name>``).
 SIGNIFICANT = 6
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: The tag the gate puts on a version worse than its trivial baseline (its value says why).
+REJECTED = "rejected"
 HISTORY_TAG = "gptops.champion_history"
 
 
@@ -86,17 +88,22 @@ def _current_champion(client, name: str) -> str | None:
     return str(champ.version) if champ else None
 
 
-def set_champion(client, name: str, version: str, reason: str, action: str = "gate") -> None:
+def set_champion(client, name: str, version: str, reason: str, action: str = "gate",
+                 overrode: str = "") -> None:
     """Move the champion alias and append the move to the registered model's history tag.
 
-    ``action`` is ``gate`` (the promotion gate), ``promote`` (explicit) or ``rollback``.
+    ``action`` is ``gate`` (the promotion gate), ``promote`` (explicit) or ``rollback``;
+    ``overrode`` is the gate's rejection a forced promotion went past (kept in the entry).
     """
     rm = client.get_registered_model(name)
     history = _parse_history(rm.tags.get(HISTORY_TAG))
-    history.append({"version": str(version), "action": action,
-                    "previous": _current_champion(client, name),
-                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "reason": reason[:200]})
+    entry = {"version": str(version), "action": action,
+             "previous": _current_champion(client, name),
+             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "reason": reason[:200]}
+    if overrode:
+        entry["overrode"] = overrode[:300]
+    history.append(entry)
     client.set_registered_model_alias(name, CHAMPION, str(version))
     # MLflow caps tag values (5000 chars on SQL stores): keep the newest entries that fit.
     keep = history[-50:]
@@ -146,11 +153,17 @@ def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     return _parse_history(rm.tags.get(HISTORY_TAG))
 
 
-def promote(tracking_uri: str, name: str, version: str, reason: str) -> dict[str, Any]:
+def promote(tracking_uri: str, name: str, version: str, reason: str,
+            force: bool = False) -> dict[str, Any]:
     """Make ``version`` the champion of ``name`` by hand, recording ``reason`` in the history.
 
+    A version the gate tagged ``rejected`` (worse than its trivial baseline, or a non-finite
+    metric) is promoted only with ``force``; the rejection it overrode goes into the history
+    entry and into the result (``overrode``).
+
     Raises:
-        RegistryError: unknown model or version, or an empty reason.
+        RegistryError: unknown model or version, an empty reason, or a rejected version
+            without ``force`` (naming the gate's reason).
     """
     if not reason.strip():
         raise RegistryError("promote needs --reason: say why this version becomes champion")
@@ -165,8 +178,24 @@ def promote(tracking_uri: str, name: str, version: str, reason: str) -> dict[str
         previous = _current_champion(client, name)
         if previous == version:
             raise RegistryError(f"model '{name}' version {version} is already the champion")
-        return _move_champion(client, name, version, previous, reason, "promote",
-                              f"promoted by hand: {reason.strip()}")
+        rejection = (client.get_model_version(name, version).tags or {}).get(REJECTED, "")
+        why = _one_line(rejection).removeprefix("rejected: ")
+        if rejection and not force:
+            raise RegistryError(f"model '{name}' version {version} was rejected by the gate "
+                                f"({why}); pass --force to promote it anyway (the override is "
+                                "kept in the champion history)")
+        decision = f"promoted by hand: {reason.strip()}"
+        if rejection:
+            decision = (f"promoted by hand with --force over the gate's rejection ({why}): "
+                        f"{reason.strip()}")
+        return _move_champion(client, name, version, previous, reason, "promote", decision,
+                              overrode=why if rejection else "")
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    """A tag's text on one line, cut to ``limit`` characters (for one-line messages)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
 def _rollback_target(history: list[dict[str, Any]], current: str | None,
@@ -217,16 +246,19 @@ def rollback(tracking_uri: str, name: str, reason: str) -> dict[str, Any]:
 
 
 def _move_champion(client, name: str, version: str, previous: str | None, reason: str,
-                   action: str, decision: str) -> dict[str, Any]:
+                   action: str, decision: str, overrode: str = "") -> dict[str, Any]:
     """Move the alias by hand (caller holds the lock), tag why, and describe the move."""
-    set_champion(client, name, version, reason.strip(), action=action)
+    set_champion(client, name, version, reason.strip(), action=action, overrode=overrode)
     client.set_model_version_tag(name, version, "promotion_decision", decision[:5000])
     with contextlib.suppress(Exception):  # a champion is no longer a challenger
         if str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(version):
             client.delete_registered_model_alias(name, CHALLENGER)
     log.info("%s: champion v%s -> v%s (%s: %s)", name, previous, version, action, reason)
-    return {"name": name, "version": version, "previous": previous, "action": action,
-            "reason": reason.strip()}
+    out = {"name": name, "version": version, "previous": previous, "action": action,
+           "reason": reason.strip()}
+    if overrode:
+        out["overrode"] = overrode
+    return out
 
 
 def resolve_alias(tracking_uri: str, name: str, alias: str = CHAMPION, client=None):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,11 +28,110 @@ _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 log = logging.getLogger(__name__)
 
 
+#: Where a workspace's own MLflow store keeps its artifacts, under the workspace.
+WORKSPACE_ARTIFACTS = Path(".gptops") / "mlartifacts"
+
+
 def default_tracking_uri(workdir: Path) -> str:
-    """SQLite under ``<workdir>/.gptops/mlflow.db`` (created on first use)."""
-    path = Path(workdir).resolve() / ".gptops" / "mlflow.db"
+    """SQLite under ``<workdir>/.gptops/mlflow.db`` (created on first use).
+
+    A store copied or moved with its workspace is first repointed at the workspace it is in
+    now (:func:`adopt_workspace_store`).
+    """
+    root = Path(workdir).resolve()
+    path = root / ".gptops" / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        adopt_workspace_store(root, path)
     return f"sqlite:///{path}"
+
+
+def adopt_workspace_store(root: Path, db: Path) -> list[str]:
+    """Repoint the workspace's own store ``db`` at ``root`` when it was copied or moved there.
+
+    MLflow keeps absolute locations (experiments' ``artifact_location``, runs' ``artifact_uri``,
+    model versions' ``source`` and ``storage_location``, logged models, dataset sources), so a
+    copy would read and write the original's ``.gptops/mlartifacts``. The old root is read from
+    the experiments' artifact locations (``<old root>/.gptops/mlartifacts``); every text value
+    under it, and the workspace tag, is rewritten to ``root`` in one transaction, and that is
+    said once. Only ``db`` is written: never the original. Unreadable or busy stores are left
+    alone (preflight says what is wrong with them).
+
+    Returns:
+        The old roots that were replaced (empty when the store was already this workspace's).
+    """
+    try:
+        # A short wait to read: a store locked for longer is preflight's to report.
+        conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=0.5,
+                               isolation_level=None)
+    except sqlite3.Error:
+        return []
+    try:
+        if not _old_roots(conn, root):
+            return []
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("BEGIN IMMEDIATE")
+        # Read again under the write lock: another command may have repaired it meanwhile.
+        olds = _old_roots(conn, root)
+        changed = sum(_repoint(conn, old, root) for old in olds)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        log.debug("MLflow store %s not checked for a moved workspace: %s", db, exc)
+        return []
+    finally:
+        conn.close()
+    if olds:
+        log.warning("this workspace was copied or moved from %s: its MLflow store now points "
+                    "at its own artifacts under %s (%d values updated; the original is "
+                    "untouched)", ", ".join(olds), root / WORKSPACE_ARTIFACTS, changed)
+    return olds
+
+
+def _old_roots(conn: sqlite3.Connection, root: Path) -> list[str]:
+    """Workspace roots other than ``root`` that the store's experiments keep artifacts under."""
+    from urllib.parse import unquote, urlparse
+
+    suffix = "/" + WORKSPACE_ARTIFACTS.as_posix()
+    try:
+        rows = conn.execute("SELECT artifact_location FROM experiments").fetchall()
+    except sqlite3.OperationalError:  # no tables yet
+        return []
+    olds = set()
+    for (location,) in rows:
+        if location and location.startswith("file://"):
+            path = unquote(urlparse(location).path).rstrip("/")
+            if path.endswith(suffix):
+                olds.add(path.removesuffix(suffix))
+    olds.discard(str(root))
+    return sorted(olds)
+
+
+def _repoint(conn: sqlite3.Connection, old: str, root: Path) -> int:
+    """Rewrite ``old``'s paths (plain and as file URIs) to ``root``'s in every text column, and
+    the workspace id (``host:<old>``, in run and version tags) to this one."""
+    pairs = [(old + "/", f"{root}/")]
+    quoted = Path(old).as_uri().removeprefix("file://") + "/"  # "%20" for a space ...
+    if quoted != pairs[0][0]:
+        pairs.append((quoted, root.as_uri().removeprefix("file://") + "/"))
+    changed = 0
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
+        "AND name != 'alembic_version'")]
+    for table in tables:
+        columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')
+                   if any(t in (r[2] or "TEXT").upper() for t in ("CHAR", "TEXT", "CLOB"))]
+        for column in columns:
+            for before, after in pairs:
+                cur = conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, '
+                                   f'?) WHERE instr("{column}", ?) > 0', (before, after, before))
+                changed += cur.rowcount
+            cur = conn.execute(f'UPDATE "{table}" SET "{column}" = ? WHERE '
+                               f'substr("{column}", -?) = ?',
+                               (workspace_id(root), len(old) + 1, f":{old}"))
+            changed += cur.rowcount
+    return changed
 
 
 def resolve_tracking_uri(configured: str, workdir: Path) -> str:
@@ -132,8 +233,6 @@ WORKSPACE_TAG = "gptops.workspace"
 
 
 def workspace_id(workdir: Path | str) -> str:
-    import socket
-
     return f"{socket.gethostname()}:{Path(workdir).resolve()}"
 
 
