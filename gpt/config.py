@@ -377,4 +377,41 @@ def load_params(path: str | Path = "params.yaml", profile: str = DEFAULT_PROFILE
     Raises:
         ConfigError: missing file, unknown profile or key, or an invalid value.
     """
-    return resolve_params(read_params_file(Path(path)), profile, overrides)
+    raw = read_params_file(Path(path))
+    return resolve_params(with_project_defaults(raw, Path(path)), profile, overrides)
+
+
+def missing_keys(raw: dict[str, Any], template: dict[str, Any]) -> list[str]:
+    """Dotted keys ``template`` has and ``raw`` lacks, outside ``profiles`` (a workspace's
+    params.yaml written by an older gptops lacks the keys of newer features)."""
+    out: list[str] = []
+
+    def walk(have: dict[str, Any], want: dict[str, Any], prefix: str) -> None:
+        for key, value in want.items():
+            if prefix == "" and key == "profiles":
+                continue
+            if key not in have:
+                out.append(prefix + key)
+            elif isinstance(value, dict) and isinstance(have[key], dict):
+                walk(have[key], value, f"{prefix}{key}.")
+
+    walk(raw, template, "")
+    return out
+
+
+def with_project_defaults(raw: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
+    """``raw`` with the keys it lacks taken from the project's params.yaml (its defaults)."""
+    if path is not None and path.resolve() == PROJECT_PARAMS or not PROJECT_PARAMS.is_file():
+        return raw
+    template = read_params_file(PROJECT_PARAMS)
+    keys = missing_keys(raw, template)
+    if not keys:
+        return raw
+    tree = copy.deepcopy(raw)
+    for dotted in keys:
+        node, want = tree, template
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node, want = node[key], want[key]
+        node[last] = copy.deepcopy(want[last])
+    return tree

@@ -87,6 +87,7 @@ def ensure_workspace(workdir: Path, init: bool = False) -> Path:
                 # Stages depend on the code that runs them; outside the project, by absolute path.
                 text = text.replace("- gpt/", f"- {PROJECT_ROOT}/gpt/")
             (workdir / name).write_text(text, encoding="utf-8")
+    upgrade_params(workdir / "params.yaml")
     if not (workdir / ".dvc").is_dir():
         _dvc(workdir, "init", "-q", *([] if _in_git(workdir) else ["--no-scm"]))
         _dvc(workdir, "config", "core.analytics", "false")
@@ -95,6 +96,36 @@ def ensure_workspace(workdir: Path, init: bool = False) -> Path:
         remote.mkdir(parents=True, exist_ok=True)
         _dvc(workdir, "remote", "add", "-d", "local", os.path.relpath(remote, workdir))
     return workdir
+
+
+def upgrade_params(path: Path) -> list[str]:
+    """Add the keys a workspace's params.yaml lacks (newer features), with the project's
+    defaults, keeping the file's comments and layout; say so once. Returns the keys added."""
+    from gpt.config import PROJECT_PARAMS, missing_keys
+
+    if not path.is_file() or path.resolve() == PROJECT_PARAMS or not PROJECT_PARAMS.is_file():
+        return []
+    keys = missing_keys(read_params_file(path), read_params_file(PROJECT_PARAMS))
+    if not keys:
+        return []
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    raw = rt.load(path.read_text(encoding="utf-8"))
+    template = read_params_file(PROJECT_PARAMS)
+    for dotted in keys:
+        node, want = raw, template
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node, want = node[key], want[key]
+        node[last] = want[last]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        rt.dump(raw, fh)
+    os.replace(tmp, path)
+    log.warning("%s: added %s with the project's defaults (keys of a newer gptops)", path,
+                ", ".join(keys))
+    return keys
 
 
 #: The file whose lock one pipeline (or training step) holds on a workspace at a time.
