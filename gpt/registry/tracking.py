@@ -190,20 +190,30 @@ def reopened(tracking_uri: str, run_id: str) -> Iterator[None]:
         c.set_terminated(run_id, status=before.status, end_time=before.end_time)
 
 
+#: MLflow 3's UI opens an experiment in its model-training view (runs, metrics, models) rather
+#: than its GenAI view (traces) when the experiment carries this tag.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(tracking_uri: str, experiment: str) -> str:
-    """The experiment's id, creating it (with SQLite: artifacts beside the database, not cwd)."""
+    """The experiment's id, creating it (with SQLite: artifacts beside the database, not cwd),
+    marked as a model-training experiment for the MLflow UI."""
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        location = (db.parent / "mlartifacts").resolve().as_uri()
-    try:
-        return c.create_experiment(experiment, artifact_location=location)
-    except Exception:  # noqa: BLE001 - created concurrently by another pipeline
-        return c.get_experiment_by_name(experiment).experiment_id
+    if exp is None:
+        location = None
+        if tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            location = (db.parent / "mlartifacts").resolve().as_uri()
+        try:
+            c.create_experiment(experiment, artifact_location=location,
+                                tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # noqa: BLE001 - created concurrently by another pipeline
+            pass
+        exp = c.get_experiment_by_name(experiment)
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older gptops
+        c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 @dataclass(frozen=True)

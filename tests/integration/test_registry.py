@@ -258,3 +258,18 @@ def test_a_failing_step_marks_its_run_and_the_pipeline_run_failed(uri):
         raise RuntimeError("boom")
     assert c.get_run(run_id).info.status == "FAILED"
     assert c.get_run(t.parent_run_id).info.status == "FAILED"
+
+
+def test_experiments_open_in_mlflows_model_training_view(tmp_path):
+    """MLflow 3's UI shows an experiment as model training (not GenAI traces) by its kind tag:
+    set on new experiments, and added to one an older gptops made."""
+    from gpt.registry.tracking import EXPERIMENT_KIND, client, experiment_id
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = client(uri)
+    new = experiment_id(uri, "gptops")
+    assert c.get_experiment(new).tags[EXPERIMENT_KIND[0]] == "custom_model_development"
+    older = c.create_experiment("made-before", artifact_location=(tmp_path / "a").as_uri())
+    assert EXPERIMENT_KIND[0] not in c.get_experiment(older).tags
+    assert experiment_id(uri, "made-before") == older
+    assert c.get_experiment(older).tags[EXPERIMENT_KIND[0]] == "custom_model_development"
