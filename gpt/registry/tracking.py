@@ -9,6 +9,7 @@ column shows the lineage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -205,11 +206,9 @@ def experiment_id(tracking_uri: str, experiment: str) -> str:
         if tracking_uri.startswith("sqlite:///"):
             db = Path(tracking_uri.removeprefix("sqlite:///"))
             location = (db.parent / "mlartifacts").resolve().as_uri()
-        try:
+        with contextlib.suppress(Exception):  # created concurrently by another pipeline
             c.create_experiment(experiment, artifact_location=location,
                                 tags=dict([EXPERIMENT_KIND]))
-        except Exception:  # noqa: BLE001 - created concurrently by another pipeline
-            pass
         exp = c.get_experiment_by_name(experiment)
     if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older gptops
         c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
