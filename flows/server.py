@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from gpt.errors import GptopsError
+from gpt.errors import GptopsError, Interrupted
 
 log = logging.getLogger("gpt.prefect")
 
@@ -263,17 +263,33 @@ def _watch(api: str, what: str) -> Iterator[None]:
     answering, and when it answers again; the run itself goes on (Prefect's client retries)."""
     stop = threading.Event()
     lost_since: str | None = None
+    retries: int | None = None
+
+    def client_retries(value: int | None) -> int | None:
+        """Set Prefect's client retries (in this process, every thread); return the old value.
+
+        While the server is lost each call would retry for ~30 s, and a SIGTERM'd run would
+        spend minutes reporting its end to nobody."""
+        if value is None or "prefect" not in sys.modules:
+            return None
+        from prefect.settings import get_current_settings
+
+        client = get_current_settings().client
+        old, client.max_retries = client.max_retries, value
+        return old
 
     def watch() -> None:
-        nonlocal lost_since
+        nonlocal lost_since, retries
         while not stop.wait(WATCH_PERIOD_S):
             up = healthy(api, timeout=WATCH_PERIOD_S)
             if not up and lost_since is None:
                 lost_since = time.strftime("%H:%M:%S")
+                retries = client_retries(0)
                 log.warning("%s at %s does not answer (since %s): the run goes on, but what "
-                            "it records there meanwhile may be lost", what, api, lost_since,
+                            "it records there meanwhile is lost", what, api, lost_since,
                             extra=_LOCAL)
             elif up and lost_since is not None:
+                client_retries(retries)
                 log.warning("%s at %s answers again (it did not from %s)", what, api,
                             lost_since, extra=_LOCAL)
                 lost_since = None
@@ -282,6 +298,19 @@ def _watch(api: str, what: str) -> Iterator[None]:
     thread.start()
     try:
         yield
+    except Exception as exc:
+        if lost_since is None:
+            raise
+        # Prefect's report of the run's end to the lost server failed and took the place of the
+        # run's own error (a SIGTERM's Interrupted): raise that, or say the server was lost.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, (GptopsError, Interrupted)):
+            cause = cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise GptopsError(f"{what} at {api} was lost mid-run (since {lost_since}) and the run "
+                          f"could not report to it: {exc}; start it again, then re-run (it "
+                          "resumes from its checkpoints)") from None
     finally:
         stop.set()
         if lost_since is not None and not healthy(api):
@@ -289,6 +318,12 @@ def _watch(api: str, what: str) -> Iterator[None]:
             log.warning("%s at %s is still down: %d event(s) and log line(s) it did not get are "
                         "dropped, so that this process ends now", what, api, dropped,
                         extra=_LOCAL)
+            # Prefect drains its workers at exit: what they get until then is dropped as well.
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                register(_drop_prefect_queues)
+        else:
+            client_retries(retries)
 
 
 def _drop_prefect_queues() -> int:
