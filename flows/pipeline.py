@@ -26,7 +26,7 @@ from gpt.pipeline.steps import lineage
 from gpt.preflight import check_workdir
 from gpt.registry import Tracking, cli_run_name, pipeline_run, resolve_tracking_uri
 from gpt.registry.tracking import workspace_id
-from gpt.workspace import STAGES, live_run, run_alive, workspace_lock
+from gpt.workspace import STAGES, live_run, run_alive, sweep_live_runs, workspace_lock
 
 #: Form field -> (params key, and the key that selects a file task when the field is set).
 FORM_FIELDS = {
@@ -193,7 +193,8 @@ def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
     """Flow runs of this workspace still RUNNING whose process is provably dead: set to Crashed
     (and their RUNNING task runs); their names are returned.
 
-    Dead means its live-run record (:func:`gpt.workspace.live_run`) is no longer locked, or it
+    Dead means its live-run record (:func:`gpt.workspace.live_run`) is no longer locked (its
+    process was killed, or ended while the server could not record it), or it
     has none and started over ``NO_RECORD_GRACE_S`` ago (a run of an older gptops). A run
     waiting for the workspace holds its record and is left alone.
     """
@@ -232,6 +233,7 @@ def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
                 client.set_task_run_state(tr.id, Crashed(message=message), force=True)
             client.set_flow_run_state(fr.id, Crashed(message=message), force=True)
             names.append(fr.name)
+    sweep_live_runs(ws)  # the records of every ended run (Crashed ones just above included)
     return names
 
 

@@ -207,16 +207,24 @@ def live_run(workdir: Path, run_id: str, holder: str) -> Any:
         os.replace(tmp, path)
         yield path
     finally:
-        path.unlink(missing_ok=True)
+        # The record stays, unlocked: a run that ends while its Prefect server is down leaves
+        # its flow run RUNNING, and the next run must find it dead (sweep_live_runs removes it).
         tmp.unlink(missing_ok=True)
         fh.close()
+
+
+def sweep_live_runs(workdir: Path) -> int:
+    """Remove the live-run records whose process has ended; return how many."""
+    folder = Path(workdir).resolve() / LIVE_RUNS
+    ids = [p.stem for p in folder.glob("*.lock")] if folder.is_dir() else []
+    return sum(run_alive(workdir, run_id) is False for run_id in ids)
 
 
 def run_alive(workdir: Path, run_id: str) -> bool | None:
     """Whether the process of run ``run_id`` (see :func:`live_run`) is alive.
 
     True: its record is locked (its process lives); False: the record is there and unlocked
-    (its process died; the record is removed); None: no record.
+    (its process ended; the record is removed); None: no record.
     """
     import fcntl
 

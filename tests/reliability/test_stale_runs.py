@@ -85,7 +85,10 @@ def test_the_next_flow_run_marks_stale_flow_runs_crashed(prefect_server, tmp_pat
         assert client.read_task_run(task.id).state.type.value == "CRASHED"
         for fr in (waiting, new, theirs):
             assert client.read_flow_run(fr.id).state.type.value == "RUNNING"
-        assert not list((tmp_path / "ws" / LIVE_RUNS).iterdir())  # the dead record is gone
+        records = tmp_path / "ws" / LIVE_RUNS
+        assert not (records / f"{dead.id}.lock").exists()  # the dead record is swept
+        assert crash_stale_flow_runs(ws, current=None) == [waiting.name]  # its process ended
+        assert not list(records.iterdir())
 
 
 def _probe_task():
