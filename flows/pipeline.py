@@ -6,8 +6,6 @@ button.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -17,7 +15,6 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from flows import tasks
@@ -29,7 +26,7 @@ from gpt.pipeline.steps import lineage
 from gpt.preflight import check_workdir
 from gpt.registry import Tracking, cli_run_name, pipeline_run, resolve_tracking_uri
 from gpt.registry.tracking import workspace_id
-from gpt.workspace import STAGES, workspace_lock
+from gpt.workspace import STAGES, live_run, run_alive, sweep_live_runs, workspace_lock
 
 #: Form field -> (params key, and the key that selects a file task when the field is set).
 FORM_FIELDS = {
@@ -167,11 +164,15 @@ def training_pipeline(
     parse_base(base)  # a malformed --base fails before any work
     check_workdir(workdir)  # nothing (not even the lock file) is written into a refused folder
     ws = os.path.abspath(workdir)
-    # One pipeline per workspace at a time: a lock on the workspace (CLI runs, both deployments,
-    # and `gptops pretrain`...), and a Prefect global concurrency limit for runs on other workers.
-    with workspace_lock(ws, f"flow run '{flow_run.name}'", wait=wait), \
-            concurrency(workspace_limit(ws), occupy=1, strict=False, lease_duration=60):
-        stale = crash_stale_flow_runs(ws, str(flow_run.id) if flow_run.id else None)
+    fr_id = str(flow_run.id) if flow_run.id else None
+    # One pipeline per workspace at a time: the workspace's flock (CLI runs, both deployments,
+    # `gptops pretrain`...), freed by the kernel when its holder dies. No Prefect concurrency
+    # limit besides: its lease lives in the memory of the server that granted it, so a run or
+    # server that dies leaks its slot for good (issue 23). The live-run record tells the next
+    # holder that this run, waiting or not, is alive (never to be marked Crashed).
+    with live_run(ws, fr_id or f"pid-{os.getpid()}", f"flow run '{flow_run.name}'"), \
+            workspace_lock(ws, f"flow run '{flow_run.name}'", wait=wait):
+        stale = crash_stale_flow_runs(ws, fr_id)
         if stale:
             logger.warning("marked %d flow run(s) of this workspace left RUNNING by a killed "
                            "process as Crashed: %s", len(stale), ", ".join(stale))
@@ -183,9 +184,22 @@ def training_pipeline(
             tasks.restore_params(ws)
 
 
+#: A RUNNING flow run with no live-run record is taken for dead only this long after it started
+#: (a run writes its record first thing; a waiting run is never within reach of this).
+NO_RECORD_GRACE_S = 120.0
+
+
 def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
-    """Flow runs of this workspace still RUNNING (and their RUNNING task runs): left by a killed
-    process, since the caller holds the workspace. Set to Crashed; their names are returned."""
+    """Flow runs of this workspace still RUNNING whose process is provably dead: set to Crashed
+    (and their RUNNING task runs); their names are returned.
+
+    Dead means its live-run record (:func:`gpt.workspace.live_run`) is no longer locked (its
+    process was killed, or ended while the server could not record it), or it
+    has none and started over ``NO_RECORD_GRACE_S`` ago (a run of an older gptops). A run
+    waiting for the workspace holds its record and is left alone.
+    """
+    from datetime import UTC, datetime
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -200,10 +214,16 @@ def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
 
     running = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
     names = []
+    now = datetime.now(UTC)
     with get_client(sync_client=True) as client:
         for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(state=running)):
             here = os.path.abspath(str(fr.parameters.get("workdir", "."))) == ws
             if str(fr.id) == current or fr.flow_id is None or not here:
+                continue
+            alive = run_alive(ws, str(fr.id))
+            started = fr.start_time or fr.expected_start_time
+            if alive or (alive is None and started is not None
+                         and (now - started).total_seconds() < NO_RECORD_GRACE_S):
                 continue
             message = "found RUNNING by the next run of this workspace: its process was killed"
             for tr in client.read_task_runs(
@@ -213,23 +233,8 @@ def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
                 client.set_task_run_state(tr.id, Crashed(message=message), force=True)
             client.set_flow_run_state(fr.id, Crashed(message=message), force=True)
             names.append(fr.name)
+    sweep_live_runs(ws)  # the records of every ended run (Crashed ones just above included)
     return names
-
-
-def workspace_limit(ws: str) -> str:
-    """The Prefect global concurrency limit (1 slot) of workspace ``ws``, created if missing."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    name = f"gptops-workspace-{hashlib.sha256(ws.encode()).hexdigest()[:12]}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except Exception:  # noqa: BLE001 - ObjectNotFound: create it (a racing run may too)
-            with contextlib.suppress(Exception):
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return name
 
 
 def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float,

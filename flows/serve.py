@@ -20,6 +20,7 @@ from flows.server import (
     database_url,
     port_free,
     prefect_env,
+    release_orphan_slots,
     stop_group,
     wait_http,
     write_serve_file,
@@ -92,6 +93,11 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
         proc = start("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", host,
                                  "--port", str(prefect_port), "--analytics-off"])
         wait_http(f"http://{host}:{prefect_port}/api/health", proc, "Prefect server")
+        if not prefect_db:  # the workspace's own database: no slot can be held by a live run
+            freed = release_orphan_slots(f"http://{host}:{prefect_port}/api")
+            if freed:
+                print(f"released {len(freed)} concurrency slot(s) held by runs of a server that "
+                      f"died ({', '.join(freed)})", flush=True)
         proc = start("mlflow", [sys.executable, "-m", "mlflow", "server", "--host", host,
                                 "--port", str(mlflow_port), "--backend-store-uri", backend,
                                 "--workers", "1"])

@@ -22,12 +22,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from gpt.errors import GptopsError
+from gpt.errors import GptopsError, Interrupted
 
 log = logging.getLogger("gpt.prefect")
 
@@ -149,6 +150,35 @@ def served_api(workdir: Path) -> str | None:
     return info["api"] if healthy(info["api"]) else None
 
 
+def _api_json(url: str, body: dict | None = None, method: str = "POST") -> object:
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=15) as r:  # noqa: S310 - the local server
+        raw = r.read()
+    return json.loads(raw) if raw else None
+
+
+#: Concurrency limits whose slots a served run takes: a deployment's own and (before issue 23)
+#: the workspace's.
+_SLOT_PREFIXES = ("deployment:", "gptops-workspace-")
+
+
+def release_orphan_slots(api: str) -> list[str]:
+    """Reset the taken slots of the deployments' concurrency limits on a server that just started.
+
+    Prefect keeps each slot's lease in the memory of the server that granted it: a slot taken
+    before that server died (``gptops serve`` killed while a run held it) stays taken for good,
+    and every later run of the deployment waits for it. Only for a server this process started
+    on the workspace's own database: no lease can exist there yet. Returns the limits reset.
+    """
+    names = []
+    for lim in _api_json(f"{api}/v2/concurrency_limits/filter") or []:  # type: ignore[union-attr]
+        if lim.get("active_slots") and str(lim.get("name", "")).startswith(_SLOT_PREFIXES):
+            _api_json(f"{api}/v2/concurrency_limits/{lim['id']}", {"active_slots": 0}, "PATCH")
+            names.append(lim["name"])
+    return names
+
+
 def startup_timeout() -> float:
     raw = os.environ.get(STARTUP_TIMEOUT_ENV, "300")
     try:
@@ -164,7 +194,8 @@ def workspace_api(workdir: Path) -> Iterator[str]:
     Must run before ``prefect`` is imported (Prefect reads its settings at import).
     """
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
+        with _watch(os.environ["PREFECT_API_URL"], "the Prefect server (PREFECT_API_URL)"):
+            yield os.environ["PREFECT_API_URL"]
         return
     ws = Path(workdir).resolve()
     state = state_dir(ws)
@@ -173,7 +204,8 @@ def workspace_api(workdir: Path) -> Iterator[str]:
         log.info("using the Prefect server of `gptops serve` on this workspace: %s", api)
         os.environ.update(prefect_env("127.0.0.1", int(api.rsplit(":", 1)[1].split("/")[0]),
                                       database_url(ws), state / "prefect-home"))
-        yield api
+        with _watch(api, "the Prefect server of `gptops serve`"):
+            yield api
         return
     port = free_port()
     env = prefect_env("127.0.0.1", port, database_url(ws), state / "prefect-home")
@@ -187,22 +219,179 @@ def workspace_api(workdir: Path) -> Iterator[str]:
            "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler", "--no-late-runs",
            "--analytics-off"]
     server_log = state / "prefect-server.log"
-    with server_log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ws, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+    def start() -> subprocess.Popen:
+        # One server starts at a time per workspace: two runs started together would both
+        # migrate the database, and one of them fails ("Online migration expected to match").
+        with _start_lock(state), server_log.open("ab") as out:
+            proc = subprocess.Popen(cmd, env=env, cwd=ws, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
+            try:
+                wait_http(f"{env['PREFECT_API_URL']}/health", proc,
+                          "the workspace's Prefect server", timeout=startup_timeout())
+            except GptopsError as exc:
+                stop_group(proc)
+                raise GptopsError(f"{exc} (its log: {server_log}; on a very busy machine raise "
+                                  f"{STARTUP_TIMEOUT_ENV})") from None
+        return proc
+
+    current = [start()]
+    os.environ.update(env)
+    stopping = threading.Event()
+    watchdog = threading.Thread(target=_keep_serving, args=(current, start, stopping, port),
+                                name="gptops-prefect-watchdog", daemon=True)
+    watchdog.start()
     try:
-        api = env["PREFECT_API_URL"]
-        try:
-            wait_http(f"{api}/health", proc, "the workspace's Prefect server",
-                      timeout=startup_timeout())
-        except GptopsError as exc:
-            raise GptopsError(f"{exc} (its log: {server_log}; on a very busy machine raise "
-                              f"{STARTUP_TIMEOUT_ENV})") from None
-        os.environ.update(env)
-        yield api
+        yield env["PREFECT_API_URL"]
     finally:
         _drain_prefect_workers()  # the run's last log lines and events reach the server first
-        stop_group(proc)
+        stopping.set()
+        stop_group(current[0])
+        watchdog.join(timeout=5)
+
+
+#: For lines logged outside the flow run (a watchdog thread): the console only, never the API.
+_LOCAL = {"send_to_api": False}
+
+#: Seconds between two health checks of a Prefect server this run does not own.
+WATCH_PERIOD_S = 5.0
+
+
+@contextlib.contextmanager
+def _watch(api: str, what: str) -> Iterator[None]:
+    """Say within seconds (one line) when a server the run uses but does not own stops
+    answering, and when it answers again; the run itself goes on (Prefect's client retries)."""
+    stop = threading.Event()
+    lost_since: str | None = None
+    retries: int | None = None
+
+    def client_retries(value: int | None) -> int | None:
+        """Set Prefect's client retries (in this process, every thread); return the old value.
+
+        While the server is lost each call would retry for ~30 s, and a SIGTERM'd run would
+        spend minutes reporting its end to nobody."""
+        if value is None or "prefect" not in sys.modules:
+            return None
+        from prefect.settings import get_current_settings
+
+        client = get_current_settings().client
+        old, client.max_retries = client.max_retries, value
+        return old
+
+    def watch() -> None:
+        nonlocal lost_since, retries
+        while not stop.wait(WATCH_PERIOD_S):
+            up = healthy(api, timeout=WATCH_PERIOD_S)
+            if not up and lost_since is None:
+                lost_since = time.strftime("%H:%M:%S")
+                retries = client_retries(0)
+                log.warning("%s at %s does not answer (since %s): the run goes on, but what "
+                            "it records there meanwhile is lost", what, api, lost_since,
+                            extra=_LOCAL)
+            elif up and lost_since is not None:
+                client_retries(retries)
+                log.warning("%s at %s answers again (it did not from %s)", what, api,
+                            lost_since, extra=_LOCAL)
+                lost_since = None
+
+    thread = threading.Thread(target=watch, name="gptops-prefect-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    except Exception as exc:
+        if lost_since is None:
+            raise
+        # Prefect's report of the run's end to the lost server failed and took the place of the
+        # run's own error (a SIGTERM's Interrupted): raise that, or say the server was lost.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, (GptopsError, Interrupted)):
+            cause = cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise GptopsError(f"{what} at {api} was lost mid-run (since {lost_since}) and the run "
+                          f"could not report to it: {exc}; start it again, then re-run (it "
+                          "resumes from its checkpoints)") from None
+    finally:
+        stop.set()
+        if lost_since is not None and not healthy(api):
+            dropped = _drop_prefect_queues()
+            log.warning("%s at %s is still down: %d event(s) and log line(s) it did not get are "
+                        "dropped, so that this process ends now", what, api, dropped,
+                        extra=_LOCAL)
+            # Prefect drains its workers at exit: what they get until then is dropped as well.
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                register(_drop_prefect_queues)
+        else:
+            client_retries(retries)
+
+
+def _drop_prefect_queues() -> int:
+    """Empty the queues of Prefect's background workers (events, API logs); return how many
+    items were dropped. At exit they would otherwise send each item to a dead server, ~7 s
+    apiece, for minutes, while SIGTERM has already stopped the run."""
+    import queue
+
+    try:
+        from prefect._internal.concurrency.services import _QueueServiceBase
+    except ImportError:  # Prefect moved it: nothing to drop, the exit is only slower
+        return 0
+    dropped = 0
+    for service in list(_QueueServiceBase._instances.values()):
+        q = getattr(service, "_queue", None)
+        while q is not None:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            q.task_done()
+            if item is None:  # the stop marker: put back
+                q.put_nowait(None)
+                break
+            dropped += 1
+    return dropped
+
+
+@contextlib.contextmanager
+def _start_lock(state: Path) -> Iterator[None]:
+    """Held while a run's Prefect server starts (and may migrate the workspace's database)."""
+    import fcntl
+
+    with (state / "prefect-server.start.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # freed by the kernel if this process dies
+        yield
+
+
+def _keep_serving(current: list[subprocess.Popen], start: Callable[[], subprocess.Popen],
+                  stopping: threading.Event, port: int) -> None:
+    """Start the run's Prefect server again (same port, same database) when it dies mid-run.
+
+    Its clients retry a lost connection for a while, so the run goes on and its history is
+    kept. When it cannot start, the run is stopped with SIGTERM (a clean stop: a checkpoint,
+    one line). Runs in a thread that lives as long as the server: the server's parent-death
+    signal fires when the thread that started it ends.
+    """
+    while not stopping.wait(1.0):
+        proc = current[0]
+        if proc.poll() is None:
+            continue
+        if stopping.is_set():
+            return
+        how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+               else f"exited with status {proc.returncode}")
+        log.warning("the workspace's Prefect server (pid %d) %s mid-run; starting it again on "
+                    "port %d (the run goes on)", proc.pid, how, port, extra=_LOCAL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group
+        try:
+            current[0] = start()
+        except GptopsError as exc:
+            log.error("the workspace's Prefect server could not be started again (%s); "
+                      "stopping the run", exc, extra=_LOCAL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        log.warning("the workspace's Prefect server is back (pid %d); the run's history is kept",
+                    current[0].pid, extra=_LOCAL)
 
 
 def _drain_prefect_workers() -> None:

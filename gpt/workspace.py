@@ -130,6 +130,26 @@ def upgrade_params(path: Path) -> list[str]:
 
 #: The file whose lock one pipeline (or training step) holds on a workspace at a time.
 WORKSPACE_LOCK = ".gptops/workspace.lock"
+#: Seconds between two "waiting for workspace" lines (a waiting run never waits silently).
+WAIT_LOG_ENV = "GPTOPS_WAIT_LOG_S"
+
+
+def wait_log_period() -> float:
+    """``GPTOPS_WAIT_LOG_S`` (30 s when unset): how often a waiting run says whom it waits for."""
+    raw = os.environ.get(WAIT_LOG_ENV, "30")
+    try:
+        return max(float(raw), 0.1)
+    except ValueError as exc:
+        raise ConfigError(f"{WAIT_LOG_ENV}={raw!r} is not a number of seconds") from exc
+
+
+def _holder_line(holder: str) -> str:
+    """``holder (pid N on HOST, since TIME)``: who holds a lock, for the one waiting on it."""
+    import socket
+    import time
+
+    return (f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
 
 
 @contextlib.contextmanager
@@ -139,19 +159,20 @@ def workspace_lock(workdir: Path, holder: str, wait: bool = True,
 
     An exclusive ``flock`` on ``.gptops/workspace.lock``, released by the kernel when the holder
     dies (a killed run never leaves it locked). The holder writes who it is into the file, so a
-    second run says whom it waits for, or with ``wait=False`` fails at once naming it.
+    second run says whom it waits for (again every ``GPTOPS_WAIT_LOG_S``), or with
+    ``wait=False`` fails at once naming it.
 
     Raises:
         GptopsError: ``wait`` is False and another process holds the workspace.
     """
     import fcntl
-    import socket
     import time
 
     path = Path(workdir).resolve() / WORKSPACE_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
+    period = wait_log_period()
     with open(path, "a+") as fh:
-        told = False
+        since, told = time.strftime("%Y-%m-%d %H:%M:%S"), 0.0
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -163,14 +184,14 @@ def workspace_lock(workdir: Path, holder: str, wait: bool = True,
                     raise GptopsError(f"workspace {path.parent.parent} is busy: {other}; wait "
                                       "for it to finish (or run without --no-wait to queue)"
                                       ) from None
-                if not told:
-                    log.info("waiting for workspace %s: held by %s", path.parent.parent, other)
-                    told = True
-                time.sleep(poll_s)
+                if time.monotonic() - told >= period:
+                    log.info("waiting for workspace %s: held by %s; waiting since %s",
+                             path.parent.parent, other, since)
+                    told = time.monotonic()
+                time.sleep(min(poll_s, period))
         fh.seek(0)
         fh.truncate()
-        fh.write(f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        fh.write(_holder_line(holder) + "\n")
         fh.flush()
         try:
             yield
@@ -179,6 +200,77 @@ def workspace_lock(workdir: Path, holder: str, wait: bool = True,
             fh.truncate()
             fh.flush()
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+#: One file per live run of the workspace (``<run id>.lock``), locked by its process for as long
+#: as it lives: the kernel frees the lock when the process dies, whoever looks and whenever.
+LIVE_RUNS = ".gptops/live-runs"
+
+
+def _start_time() -> str:
+    """This process's start time in clock ticks since boot (``/proc``), or ``unknown``."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def live_run(workdir: Path, run_id: str, holder: str) -> Any:
+    """Record run ``run_id`` as alive in this process for the length of the block.
+
+    ``.gptops/live-runs/<run_id>.lock`` holds who it is (pid, host, process start time) and is
+    locked by this process; :func:`run_alive` tells from the lock whether its process lives.
+    """
+    import fcntl
+
+    folder = Path(workdir).resolve() / LIVE_RUNS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{run_id}.lock"
+    tmp = folder / f".{run_id}.{os.getpid()}.tmp"
+    # Locked before it gets its name: whoever opens the name finds it locked.
+    fh = open(tmp, "w")  # noqa: SIM115 - closed below; the lock lives as long as the file is open
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write(f"{_holder_line(holder)} process start {_start_time()}\n")
+        fh.flush()
+        os.replace(tmp, path)
+        yield path
+    finally:
+        # The record stays, unlocked: a run that ends while its Prefect server is down leaves
+        # its flow run RUNNING, and the next run must find it dead (sweep_live_runs removes it).
+        tmp.unlink(missing_ok=True)
+        fh.close()
+
+
+def sweep_live_runs(workdir: Path) -> int:
+    """Remove the live-run records whose process has ended; return how many."""
+    folder = Path(workdir).resolve() / LIVE_RUNS
+    ids = [p.stem for p in folder.glob("*.lock")] if folder.is_dir() else []
+    return sum(run_alive(workdir, run_id) is False for run_id in ids)
+
+
+def run_alive(workdir: Path, run_id: str) -> bool | None:
+    """Whether the process of run ``run_id`` (see :func:`live_run`) is alive.
+
+    True: its record is locked (its process lives); False: the record is there and unlocked
+    (its process ended; the record is removed); None: no record.
+    """
+    import fcntl
+
+    path = Path(workdir).resolve() / LIVE_RUNS / f"{run_id}.lock"
+    try:
+        fh = open(path)  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        path.unlink(missing_ok=True)
+        return False
 
 
 #: Where a run keeps the workspace's own params.yaml while its one-off overrides are in place.

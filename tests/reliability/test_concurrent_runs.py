@@ -2,7 +2,7 @@
 
 Before, two `gptops run` started together trained into the same run folder (one resumed from the
 other's half-written checkpoint) and registered duplicate versions. Now one run holds the
-workspace (a lock, plus a Prefect global concurrency limit shared by every run of it): a second
+workspace (its flock, freed by the kernel when the holder dies): a second
 run with ``--no-wait`` fails at once naming the holder; a second run that waits starts when the
 first ends, finds every step finished and registers nothing new.
 """

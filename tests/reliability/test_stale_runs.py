@@ -55,13 +55,15 @@ def test_the_next_run_marks_a_killed_runs_mlflow_runs_killed(pipeline_run, tmp_p
 
 
 def test_the_next_flow_run_marks_stale_flow_runs_crashed(prefect_server, tmp_path):
-    """The Prefect side: flow runs of this workspace left RUNNING (and their task runs) become
-    Crashed; a running flow run of another workspace is left alone."""
+    """The Prefect side: flow runs of this workspace left RUNNING by a dead process (and their
+    task runs) become Crashed; one whose process lives (a run waiting for the workspace), one
+    just started with no record yet, and one of another workspace are left alone."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.states import Running
 
     from flows.pipeline import crash_stale_flow_runs
+    from gpt.workspace import LIVE_RUNS, live_run
 
     @flow(name="stale-probe")
     def probe(workdir: str) -> None:  # never run: only its runs are created
@@ -69,14 +71,24 @@ def test_the_next_flow_run_marks_stale_flow_runs_crashed(prefect_server, tmp_pat
 
     ws, other = str(tmp_path / "ws"), str(tmp_path / "other")
     with get_client(sync_client=True) as client:
-        mine = client.create_flow_run(probe, parameters={"workdir": ws}, state=Running())
+        dead, waiting, new = (client.create_flow_run(probe, parameters={"workdir": ws},
+                                                     state=Running()) for _ in range(3))
         theirs = client.create_flow_run(probe, parameters={"workdir": other}, state=Running())
-        task = client.create_task_run(task=_probe_task(), flow_run_id=mine.id,
+        task = client.create_task_run(task=_probe_task(), flow_run_id=dead.id,
                                       dynamic_key="0", state=Running())
-        assert crash_stale_flow_runs(ws, current=None) == [mine.name]
-        assert client.read_flow_run(mine.id).state.type.value == "CRASHED"
+        # A killed process's record: the file is there, nobody holds its lock.
+        (tmp_path / "ws" / LIVE_RUNS).mkdir(parents=True)
+        (tmp_path / "ws" / LIVE_RUNS / f"{dead.id}.lock").write_text("flow run (pid 1)\n")
+        with live_run(ws, str(waiting.id), "flow run 'waiting'"):
+            assert crash_stale_flow_runs(ws, current=None) == [dead.name]
+        assert client.read_flow_run(dead.id).state.type.value == "CRASHED"
         assert client.read_task_run(task.id).state.type.value == "CRASHED"
-        assert client.read_flow_run(theirs.id).state.type.value == "RUNNING"
+        for fr in (waiting, new, theirs):
+            assert client.read_flow_run(fr.id).state.type.value == "RUNNING"
+        records = tmp_path / "ws" / LIVE_RUNS
+        assert not (records / f"{dead.id}.lock").exists()  # the dead record is swept
+        assert crash_stale_flow_runs(ws, current=None) == [waiting.name]  # its process ended
+        assert not list(records.iterdir())
 
 
 def _probe_task():
