@@ -27,12 +27,15 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpt import stopping
 from gpt.errors import GptopsError
 
 log = logging.getLogger("gpt.prefect")
 
 SERVE_FILE = "serve.json"
 STARTUP_TIMEOUT_ENV = "GPTOPS_PREFECT_STARTUP_TIMEOUT"
+#: Seconds the server gets to stop after a deliberate stop of the run, before it is killed.
+STOP_GRACE_S = 1.0
 
 
 def state_dir(workdir: Path) -> Path:
@@ -202,7 +205,9 @@ def workspace_api(workdir: Path) -> Iterator[str]:
         yield api
     finally:
         _drain_prefect_workers()  # the run's last log lines and events reach the server first
-        stop_group(proc)
+        # Its graceful shutdown takes ~5 s; a run stopped by SIGTERM/Ctrl-C must end sooner,
+        # and has written all it writes (SQLite keeps the database whole if the server is killed).
+        stop_group(proc, timeout=STOP_GRACE_S if stopping.stopped() else 20.0)
 
 
 def _drain_prefect_workers() -> None:
