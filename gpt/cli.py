@@ -606,6 +606,12 @@ def run_app(application: typer.Typer) -> None:
                 Path(os.environ[ERROR_FILE_ENV]).write_text(str(exc), encoding="utf-8")
         else:
             console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
+        # The interpreter's last garbage collection over torch, pandas, Prefect and MLflow
+        # objects takes seconds on a busy machine; a stop must end within 5 s, and its cleanup
+        # (locks, params.yaml, servers) is done: leave those objects out of it.
+        import gc
+
+        gc.freeze()
         sys.exit(128 + exc.signum)
     except (typer.Abort, KeyboardInterrupt):  # typer >= 0.29 has no click.exceptions.Abort
         console.print("interrupted", highlight=False)

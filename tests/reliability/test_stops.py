@@ -38,8 +38,8 @@ STOP_S = 5.0
 #: Lines about a stop: the one promised, and anything else that would repeat or contradict it.
 ABOUT_A_STOP = re.compile(r"SIGTERM|SIGINT|Crash|Cancel|nterrupt|Traceback")
 #: Long enough to be stopped in the middle; short enough for the last run to finish.
-TRAIN = [*RUN_OVERRIDES, "train.max_steps=300", "train.checkpoint_interval=100",
-         "train.eval_interval=300", "finetune.max_steps=200"]
+TRAIN = [*RUN_OVERRIDES, "train.max_steps=60", "train.checkpoint_interval=30",
+         "train.eval_interval=60"]
 
 
 class Run:
@@ -107,7 +107,7 @@ class Run:
         self.reader.join(10)
         return time.monotonic() - t0
 
-    def finish(self, timeout: float = 600.0) -> float:
+    def finish(self, timeout: float = 400.0) -> float:
         t0 = time.monotonic()
         try:
             self.proc.wait(timeout=timeout)
@@ -160,7 +160,7 @@ def _mlflow_runs(ws: Path) -> dict[str, str]:
     return {r.info.run_name: r.info.status for r in c.search_runs([exp.experiment_id])}
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(700)
 def test_a_stop_at_each_step_is_one_line_and_the_next_run_completes(tmp_path):
     ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
 
@@ -183,12 +183,12 @@ def test_a_stop_at_each_step_is_one_line_and_the_next_run_completes(tmp_path):
 
     # 2. Ctrl-C (SIGINT to the whole group) during pretraining.
     run = Run(ws)
-    run.wait_for(lambda: run.logged("pretrain: step 20/300"), "pretraining")
+    run.wait_for(lambda: run.logged("pretrain: step 5/60"), "pretraining")
     took = run.stop(signal.SIGINT, group=True)
     assert run.logged("repaired") and run.logged(".dvc/tmp/rwlock"), run.out[-3000:]
     assert run.proc.returncode == 130, run.out[-3000:]
     line = _one_stop_line(run)
-    assert re.search(r"pretrain: stopped by SIGINT at step \d+ of 300 \(checkpoint saved", line)
+    assert re.search(r"pretrain: stopped by SIGINT at step \d+ of 60 \(checkpoint saved", line)
     assert took < STOP_S, f"{took:.1f}s from Ctrl-C to the exit"
     state, message = _flow_runs(ws)[-1]
     assert state == "CANCELLED" and "SIGINT" in message, (state, message)
@@ -199,10 +199,10 @@ def test_a_stop_at_each_step_is_one_line_and_the_next_run_completes(tmp_path):
 
     # 3. SIGTERM during fine-tuning.
     run = Run(ws)
-    run.wait_for(lambda: run.logged("finetune: step 10/200"), "fine-tuning")
+    run.wait_for(lambda: run.logged("finetune: step 5/60"), "fine-tuning")
     took = run.stop(signal.SIGTERM)
     assert run.proc.returncode == 143, run.out[-3000:]
-    assert re.search(r"finetune: stopped by SIGTERM at step \d+ of 200", _one_stop_line(run))
+    assert re.search(r"finetune: stopped by SIGTERM at step \d+ of 60", _one_stop_line(run))
     assert took < STOP_S, f"{took:.1f}s from SIGTERM to the exit"
     assert run.logged("resumed from ckpt-"), run.out[-3000:]  # pretraining went on from Ctrl-C
     print(f"SIGTERM in finetune: exit 143 after {took:.1f}s")
