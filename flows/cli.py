@@ -33,13 +33,36 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
     `gptops serve` shows), or on the server PREFECT_API_URL names.
     """
     setup_logging()
+    from gpt import stopping
+
+    # SIGTERM/SIGINT at any point: one line naming the step, exit 143/130, locks released.
+    with stopping.on_signals("gptops run"):
+        result, team, ws = _run(workdir, profile, overrides, max_steps, reclean, save, base,
+                                init, no_wait)
+    from flows.report import summary_rows
+
+    table = Table(title="gptops run summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for k, v in summary_rows(result):
+        table.add_row(k, v)
+    console.print(table)
+    _where_to_look(result["tracking_uri"], team, ws)
+
+
+def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: int | None,
+         reclean: bool, save: bool, base: str, init: bool, no_wait: bool,
+         ) -> tuple[dict, str, Path]:
+    """Check every input, then run the flow on the workspace's Prefect server."""
     from flows.server import workspace_api
+    from gpt import stopping
     from gpt.config import PROJECT_PARAMS, load_params
     from gpt.pipeline.base import parse as parse_base
-    from gpt.preflight import check_run, check_workdir
+    from gpt.preflight import check_run, check_workdir, check_writable
     from gpt.registry import resolve_tracking_uri
 
     check_workdir(workdir, init)  # before anything is written there (the Prefect database)
+    check_writable(workdir)
     ws = Path(workdir).resolve()
     if init:
         from gpt.workspace import ensure_workspace
@@ -53,19 +76,20 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
     parse_base(base)
     team = os.environ.get("PREFECT_API_URL", "")
     with workspace_api(ws):
-        from flows.pipeline import training_pipeline
-        from flows.report import summary_rows
+        from prefect.exceptions import CancelledRun
 
-        result = training_pipeline(profile=profile, reclean=reclean, save_overrides=save,
-                                   overrides=extra, base=base, workdir=str(ws),
-                                   wait=not no_wait)
-    table = Table(title="gptops run summary", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for k, v in summary_rows(result):
-        table.add_row(k, v)
-    console.print(table)
-    _where_to_look(result["tracking_uri"], team, ws)
+        from flows.pipeline import training_pipeline
+
+        try:
+            result = training_pipeline(profile=profile, reclean=reclean, save_overrides=save,
+                                       overrides=extra, base=base, workdir=str(ws),
+                                       wait=not no_wait)
+        except CancelledRun as exc:  # the flow run ended Cancelled by a stop: its one line
+            stop = stopping.stopped()
+            if stop is None:
+                raise
+            raise stop from exc
+    return result, team, ws
 
 
 def _where_to_look(uri: str, team_api: str, ws: Path) -> None:

@@ -6,6 +6,7 @@ button.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -16,11 +17,13 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from flows import tasks
 from flows.report import summary_markdown
+from gpt import stopping
 from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, get_dotted, load_params, profile_names
-from gpt.errors import ConfigError
+from gpt.errors import ConfigError, Interrupted
 from gpt.pipeline.base import parse as parse_base
 from gpt.pipeline.steps import lineage
 from gpt.preflight import check_workdir
@@ -99,7 +102,26 @@ def _link_model_versions(mlflow_ui: str, registered: dict[str, Any]) -> None:
                                          "(or reused) in the MLflow registry")
 
 
+def _stops_cancel(fn: Any) -> Any:
+    """SIGTERM/SIGINT stop the flow in one line naming the step (``gpt.stopping``); the flow run
+    (and the task that ran) end Cancelled, where Prefect's own SIGTERM handler crashes them.
+
+    Defined here, not in ``flows.tasks``: Prefect resolves the flow's annotations in the
+    wrapper's module."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with stopping.on_signals("training_pipeline"):
+                return fn(*args, **kwargs)
+        except Interrupted as exc:
+            return Cancelled(message=str(stopping.remember(exc)))
+
+    return run
+
+
 @flow(name="training_pipeline", log_prints=True)
+@_stops_cancel
 def training_pipeline(
     profile: ProfileName = _DEFAULTS["profile"],
     max_steps: int = _DEFAULTS["max_steps"],

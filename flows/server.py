@@ -28,12 +28,15 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from gpt import stopping
 from gpt.errors import GptopsError, Interrupted
 
 log = logging.getLogger("gpt.prefect")
 
 SERVE_FILE = "serve.json"
 STARTUP_TIMEOUT_ENV = "GPTOPS_PREFECT_STARTUP_TIMEOUT"
+#: Seconds the server gets to stop after a deliberate stop of the run, before it is killed.
+STOP_GRACE_S = 1.0
 
 
 def state_dir(workdir: Path) -> Path:
@@ -237,16 +240,18 @@ def workspace_api(workdir: Path) -> Iterator[str]:
 
     current = [start()]
     os.environ.update(env)
-    stopping = threading.Event()
-    watchdog = threading.Thread(target=_keep_serving, args=(current, start, stopping, port),
+    done = threading.Event()
+    watchdog = threading.Thread(target=_keep_serving, args=(current, start, done, port),
                                 name="gptops-prefect-watchdog", daemon=True)
     watchdog.start()
     try:
         yield env["PREFECT_API_URL"]
     finally:
         _drain_prefect_workers()  # the run's last log lines and events reach the server first
-        stopping.set()
-        stop_group(current[0])
+        done.set()
+        # Its graceful shutdown takes ~5 s; a run stopped by SIGTERM/Ctrl-C must end sooner,
+        # and has written all it writes (SQLite keeps the database whole if the server is killed).
+        stop_group(current[0], timeout=STOP_GRACE_S if stopping.stopped() else 20.0)
         watchdog.join(timeout=5)
 
 
@@ -363,7 +368,7 @@ def _start_lock(state: Path) -> Iterator[None]:
 
 
 def _keep_serving(current: list[subprocess.Popen], start: Callable[[], subprocess.Popen],
-                  stopping: threading.Event, port: int) -> None:
+                  done: threading.Event, port: int) -> None:
     """Start the run's Prefect server again (same port, same database) when it dies mid-run.
 
     Its clients retry a lost connection for a while, so the run goes on and its history is
@@ -371,11 +376,11 @@ def _keep_serving(current: list[subprocess.Popen], start: Callable[[], subproces
     one line). Runs in a thread that lives as long as the server: the server's parent-death
     signal fires when the thread that started it ends.
     """
-    while not stopping.wait(1.0):
+    while not done.wait(1.0):
         proc = current[0]
         if proc.poll() is None:
             continue
-        if stopping.is_set():
+        if done.is_set() or stopping.stopped():  # the run is ending: no new server
             return
         how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
                else f"exited with status {proc.returncode}")

@@ -8,22 +8,55 @@ step keys (an unchanged step is reused, and the task says so).
 
 from __future__ import annotations
 
+import functools
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import Task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 
-from gpt import registry, workspace
+from gpt import registry, stopping, workspace
 from gpt.config import Params, load_params
 from gpt.data.stages import CLEAN
-from gpt.errors import GptopsError
+from gpt.errors import GptopsError, Interrupted
 from gpt.evaluate import ModelEval
 from gpt.pipeline import steps
 from gpt.pipeline.steps import StepResult
 from gpt.preflight import check_run, check_tasks_on_data
 from gpt.registry import Registration, Tracking
+
+
+class _StoppableTask(Task):
+    """A task that a deliberate stop (SIGTERM/SIGINT) ends Cancelled, not Crashed: no "Crash
+    detected!" lines, no retry, no crash automation. Called from a flow, it raises the stop
+    again (:class:`Interrupted`), so the flow stops too (``flows.pipeline`` ends it
+    Cancelled)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().__call__(*args, **kwargs)
+        if isinstance(out, State) and out.is_cancelled():
+            raise stopping.stopped() or Interrupted(signal.SIGTERM, out.message or "cancelled")
+        return out
+
+
+def task(**options: Any) -> Callable[[Callable[..., Any]], Task]:
+    """``prefect.task`` for a pipeline step (see :class:`_StoppableTask`)."""
+
+    def decorate(fn: Callable[..., Any]) -> Task:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Interrupted as exc:
+                return Cancelled(message=str(stopping.remember(exc)))
+
+        return _StoppableTask(fn=run, **options)
+
+    return decorate
 
 
 def not_input_error(task, task_run, state) -> bool:

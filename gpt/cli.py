@@ -121,8 +121,15 @@ def _current_task_run() -> str | None:
     return ctx.task_run.name if ctx is not None else None
 
 
-def _not_drawn_as_bar(record: logging.LogRecord) -> bool:
-    return not getattr(record, "gptops_bar", False)
+def _for_the_terminal(record: logging.LogRecord) -> bool:
+    """Not a line a live bar shows, nor Prefect's "Finished in state Cancelled(...)" after a
+    deliberate stop (SIGTERM/SIGINT), which the command's one line says already."""
+    if getattr(record, "gptops_bar", False):
+        return False
+    from gpt import stopping
+
+    return not (record.name.startswith("prefect") and stopping.stopped() is not None
+                and "Cancelled(" in record.getMessage())
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -132,7 +139,7 @@ def setup_logging(verbose: bool = False) -> None:
     if not any(isinstance(h, TerminalHandler) for h in root.handlers):
         handler = TerminalHandler()
         handler.setFormatter(_Formatter())
-        handler.addFilter(_not_drawn_as_bar)
+        handler.addFilter(_for_the_terminal)
         root.addHandler(handler)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -165,14 +172,30 @@ def _tracking_uri(workdir: Path, params=None, given: str = "", check: bool = Tru
     return uri
 
 
+NoWait = Annotated[bool, typer.Option("--no-wait", help="fail at once when another command "
+                                      "holds the workspace (default: wait for it)")]
+
+
+@contextlib.contextmanager
+def _data_command(workdir: Path, stage: str, no_wait: bool):
+    """A data stage writes the workspace: it holds the workspace's lock (unless the run that
+    started it through DVC holds it), and SIGTERM/SIGINT stop it in one line."""
+    from gpt import stopping, workspace
+
+    setup_logging()
+    with stopping.on_signals(f"data {stage}"), \
+            workspace.workspace_lock(workdir, f"gptops data {stage}", wait=not no_wait):
+        yield
+
+
 @data_app.command("ingest")
-def data_ingest(workdir: Workdir = Path(".")) -> None:
+def data_ingest(workdir: Workdir = Path("."), no_wait: NoWait = False) -> None:
     """Stream the configured source (default: the built-in corpus) into data/raw shards (bad
     records into data/raw/rejected.parquet). A killed run resumes where it stopped."""
     from gpt.data import stages
 
-    setup_logging()
-    stages.ingest(_params(workdir), workdir)
+    with _data_command(workdir, "ingest", no_wait):
+        stages.ingest(_params(workdir), workdir)
 
 
 @data_app.command("clean")
@@ -180,23 +203,23 @@ def data_clean(workdir: Workdir = Path("."),
                workers: Annotated[int, typer.Option(
                    "--workers", min=0, help="processes for the per-shard work (0 = every core, "
                    "or GPTOPS_DATA_WORKERS); the output is the same whatever the number")] = 0,
-               ) -> None:
+               no_wait: NoWait = False) -> None:
     """Clean data/raw into data/clean shard by shard (every document kept or rejected with a
     reason; duplicates found across all shards). A killed run resumes where it stopped."""
     from gpt.data import stages
 
-    setup_logging()
-    stages.clean(_params(workdir), workdir, workers=workers or None)
+    with _data_command(workdir, "clean", no_wait):
+        stages.clean(_params(workdir), workdir, workers=workers or None)
 
 
 @data_app.command("tokenize")
-def data_tokenize(workdir: Workdir = Path(".")) -> None:
+def data_tokenize(workdir: Workdir = Path("."), no_wait: NoWait = False) -> None:
     """Train the BPE tokenizer (on a bounded sample) and write train/val token shards to
     data/tokens, one pair per clean shard. A killed run resumes where it stopped."""
     from gpt.data import stages
 
-    setup_logging()
-    stages.tokenize(_params(workdir), workdir)
+    with _data_command(workdir, "tokenize", no_wait):
+        stages.tokenize(_params(workdir), workdir)
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
@@ -206,7 +229,7 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
           as_json: bool, base: str = "") -> None:
     """Run one step of ``gpt.pipeline.steps`` on the workspace's current data version."""
 
-    from gpt import workspace
+    from gpt import stopping, workspace
     from gpt.preflight import check_tasks
 
     setup_logging()
@@ -217,7 +240,7 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
     # multi-node world share node 0's workspace, and only lend their processes).
     lock = (contextlib.nullcontext() if params.train.node_rank else
             workspace.workspace_lock(workdir, f"gptops {name}"))
-    with lock:
+    with stopping.on_signals(name), lock:
         _step_locked(name, workdir, params, as_json, base)
 
 
@@ -736,8 +759,18 @@ def run_app(application: typer.Typer) -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except Interrupted as exc:  # training saved a checkpoint on SIGTERM/SIGINT, then stopped
-        console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
+    except Interrupted as exc:  # SIGTERM/SIGINT: stopped cleanly (training saved a checkpoint)
+        if os.environ.get(ERROR_FILE_ENV):  # a data stage run for a pipeline: the pipeline says it
+            with contextlib.suppress(OSError):
+                Path(os.environ[ERROR_FILE_ENV]).write_text(str(exc), encoding="utf-8")
+        else:
+            console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
+        # The interpreter's last garbage collection over torch, pandas, Prefect and MLflow
+        # objects takes seconds on a busy machine; a stop must end within 5 s, and its cleanup
+        # (locks, params.yaml, servers) is done: leave those objects out of it.
+        import gc
+
+        gc.freeze()
         sys.exit(128 + exc.signum)
     except (typer.Abort, KeyboardInterrupt):  # typer >= 0.29 has no click.exceptions.Abort
         console.print("interrupted", highlight=False)

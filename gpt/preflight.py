@@ -402,3 +402,24 @@ def check_run(params: Params, tracking_uri: str) -> None:
     for kind in NAMED:  # a name MLflow cannot register fails now, not after training
         model_name(kind, params)
     check_tracking_uri(tracking_uri)
+
+
+def check_writable(workdir: Path) -> None:
+    """The workspace can be written (``.gptops/``: run history, lock, logs; ``data/``;
+    params.yaml): probed by writing a file, since permission bits say nothing to root or of a
+    read-only mount. A workspace not made yet is probed in its nearest existing parent."""
+    import errno
+    import tempfile
+
+    ws = Path(workdir).expanduser().resolve()
+    probe = next(p for p in (ws / ".gptops", ws, *ws.parents) if p.is_dir())
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".gptops-write-check-"):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise ConfigError(f"workspace {ws} cannot be written ({probe}: {exc.strerror}): gptops "
+                          "writes .gptops/, data/ and params.yaml there; make it writable (e.g. "
+                          f"`chmod -R u+w {ws}`, or remount it read-write) or run on a writable "
+                          f"copy (`cp -a {ws} <new folder>`, then -w <new folder>)") from None

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gpt import checkpoint as ckpt
-from gpt import distributed, progress
+from gpt import distributed, progress, stopping
 from gpt.config import ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
 from gpt.errors import CheckpointError, ConfigError, Interrupted, TrainingError
@@ -342,7 +342,8 @@ class _StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum:  # a second signal: stop now, without the checkpoint
-            raise Interrupted(signum, f"{signal.Signals(signum).name} again: stopped at once")
+            raise stopping.remember(Interrupted(
+                signum, f"{signal.Signals(signum).name} again: stopped at once"))
         self.signum = signum
 
     def requested(self) -> int:
@@ -434,10 +435,12 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 name = signal.Signals(signum).name
                 where = "checkpoint saved; a re-run resumes here" if checkpoints is not None \
                     else "no checkpoints in this run"
-                if rank0:
-                    log.warning("%s: %s at step %d: %s", settings.kind, name, done, where)
-                raise Interrupted(signum, f"{settings.kind}: stopped by {name} at step {done} "
-                                          f"of {total_steps} ({where})")
+                if rank0:  # for the run's log (Prefect); the terminal gets the CLI's one line
+                    log.warning("%s: %s at step %d: %s", settings.kind, name, done, where,
+                                extra={progress.BAR_RECORD_ATTR: True})
+                raise stopping.remember(Interrupted(
+                    signum, f"{settings.kind}: stopped by {name} at step {done} of "
+                            f"{total_steps} ({where})"))
     seconds = time.perf_counter() - t0
     steps_run = total_steps - start
     digests = distributed.digests(raw)

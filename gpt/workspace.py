@@ -8,20 +8,33 @@ runs ``dvc init`` and configures a local default remote under ``.gptops/dvc-remo
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gpt import stopping
 from gpt.config import DATA_SECTIONS, parse_overrides, read_params_file, set_dotted
-from gpt.errors import ERROR_FILE_ENV, ConfigError, DataError, GptopsError, NoSpaceError, no_space
+from gpt.errors import (
+    ERROR_FILE_ENV,
+    ConfigError,
+    DataError,
+    GptopsError,
+    Interrupted,
+    NoSpaceError,
+    no_space,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +165,35 @@ def _holder_line(holder: str) -> str:
             f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
 
 
+#: Set while a process holds a workspace (``<folder>|<pid>``): its children (the data stages
+#: DVC runs for it) write the workspace on its behalf and do not wait for it.
+HELD_ENV = "GPTOPS_WORKSPACE_HELD"
+
+
+def _held_by_ancestor(ws: Path) -> bool:
+    """Whether this process or one of its ancestors holds workspace ``ws`` (:data:`HELD_ENV`)."""
+    import psutil
+
+    folder, _, pid = os.environ.get(HELD_ENV, "").rpartition("|")
+    if folder != str(ws) or not pid.isdigit():
+        return False
+    try:
+        lineage = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    except psutil.Error:
+        return False
+    return int(pid) in lineage
+
+
 @contextlib.contextmanager
 def workspace_lock(workdir: Path, holder: str, wait: bool = True,
                    poll_s: float = 1.0) -> Any:
-    """Hold the workspace for one pipeline run (or one training step) at a time.
+    """Hold the workspace for one pipeline run (or one command that writes it) at a time.
 
     An exclusive ``flock`` on ``.gptops/workspace.lock``, released by the kernel when the holder
     dies (a killed run never leaves it locked). The holder writes who it is into the file, so a
     second run says whom it waits for (again every ``GPTOPS_WAIT_LOG_S``), or with
-    ``wait=False`` fails at once naming it.
+    ``wait=False`` fails at once naming it. A process started by the holder (a data stage that
+    DVC runs for ``gptops run``) works under the holder's lock (:data:`HELD_ENV`).
 
     Raises:
         GptopsError: ``wait`` is False and another process holds the workspace.
@@ -168,7 +201,11 @@ def workspace_lock(workdir: Path, holder: str, wait: bool = True,
     import fcntl
     import time
 
-    path = Path(workdir).resolve() / WORKSPACE_LOCK
+    ws = Path(workdir).resolve()
+    if _held_by_ancestor(ws):
+        yield
+        return
+    path = ws / WORKSPACE_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     period = wait_log_period()
     with open(path, "a+") as fh:
@@ -181,21 +218,26 @@ def workspace_lock(workdir: Path, holder: str, wait: bool = True,
                 fh.seek(0)
                 other = fh.read().strip() or "another process"
                 if not wait:
-                    raise GptopsError(f"workspace {path.parent.parent} is busy: {other}; wait "
-                                      "for it to finish (or run without --no-wait to queue)"
-                                      ) from None
+                    raise GptopsError(f"workspace {ws} is busy: {other}; wait for it to finish "
+                                      "(or run without --no-wait to queue)") from None
                 if time.monotonic() - told >= period:
                     log.info("waiting for workspace %s: held by %s; waiting since %s",
-                             path.parent.parent, other, since)
+                             ws, other, since)
                     told = time.monotonic()
                 time.sleep(min(poll_s, period))
         fh.seek(0)
         fh.truncate()
         fh.write(_holder_line(holder) + "\n")
         fh.flush()
+        before = os.environ.get(HELD_ENV)
+        os.environ[HELD_ENV] = f"{ws}|{os.getpid()}"
         try:
             yield
         finally:
+            if before is None:
+                os.environ.pop(HELD_ENV, None)
+            else:
+                os.environ[HELD_ENV] = before
             fh.seek(0)
             fh.truncate()
             fh.flush()
@@ -421,16 +463,30 @@ def _put_back(path: Path, content: bytes | None) -> None:
     log.info("%s put back as it was before the stage", path)
 
 
+def _causes(exc: BaseException) -> str:
+    """``exc``'s message and those of the exceptions behind it, without repeats: DVC wraps its
+    real error ("Unable to read RWLock-file ...") in "failed to reproduce 'ingest'"."""
+    messages: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).strip()
+        if text and not any(text in m for m in messages):
+            messages.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return ": ".join(messages) or "no message"
+
+
 def _stage_error(stage: str, exc: BaseException, err_file: Path, workdir: Path) -> DataError:
     """The one-line error of a failed ``dvc repro``: the stage command's own (which it wrote
-    to ``err_file``), a full disk DVC hit, else DVC's."""
+    to ``err_file``), a full disk DVC hit, else DVC's own message (and its cause)."""
     if err_file.is_file():
         detail = err_file.read_text(encoding="utf-8")
     elif (full := no_space(exc)) is not None:
         where = Path(full.filename).parent if full.filename else workdir
         detail = str(NoSpaceError(where, "free space there, then re-run the stage"))
     else:
-        detail = str(exc)
+        detail = _causes(exc)
     return DataError(f"data stage '{stage}' failed: {detail}")
 
 
@@ -448,16 +504,147 @@ def _cache_error(stage: str, missing: list[str], errors: list[BaseException],
     return DataError(f"data stage '{stage}' failed: {detail}")
 
 
+def repair_dvc_locks(workdir: Path) -> bool:
+    """Repair ``.dvc/tmp/rwlock`` when a killed DVC process left it empty or half-written.
+
+    DVC rewrites that file in place; a process killed during the write leaves it invalid, and
+    DVC then refuses every command ("Unable to read RWLock-file ... JSON structure is
+    corrupted"). Its entries (stage outputs held by a pid) cannot be read back, and the caller
+    holds the workspace, so no gptops process holds them: it is reset to no entries, under DVC's
+    own guard of the file (a DVC process editing it right now is waited for). Entries of dead
+    processes in a valid file DVC removes itself (with a warning). ``.dvc/tmp/lock`` needs no
+    repair: it is an ``fcntl`` lock, released by the kernel when its holder dies, whatever the
+    file holds. Returns whether the file was repaired.
+
+    Raises:
+        DataError: the file is invalid and cannot be rewritten (naming it and the fix).
+    """
+    from dvc.lock import LockError, make_lock
+
+    tmp = Path(workdir) / ".dvc" / "tmp"
+    path = tmp / "rwlock"
+
+    def invalid() -> str:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+        except (OSError, UnicodeDecodeError) as exc:
+            return str(exc)
+        if not text.strip():
+            return "empty"
+        try:
+            return "" if isinstance(json.loads(text), dict) else "not a JSON object"
+        except json.JSONDecodeError as exc:
+            return f"not valid JSON: {exc}"
+
+    if not invalid():
+        return False
+    try:
+        with make_lock(str(tmp / "rwlock.lock"), tmp_dir=str(tmp)):
+            why = invalid()
+            if not why:
+                return False
+            fixed = tmp / f".rwlock.{os.getpid()}.tmp"
+            fixed.write_text("{}", encoding="utf-8")
+            os.replace(fixed, path)
+    except LockError:
+        return False  # a live DVC process is editing it: DVC itself will say what it finds
+    except OSError as exc:
+        raise DataError(f"{path} is invalid ({why}), left by a DVC process that was killed, and "
+                        f"cannot be repaired ({exc}); remove it (`rm {path}`) and re-run"
+                        ) from exc
+    log.warning("repaired %s: it was %s (a DVC process was killed while writing it); its "
+                "stage locks were reset", path, why)
+    return True
+
+
+#: Seconds a stage command gets to stop after a signal is passed on, before it is killed.
+STOP_GRACE_S = 3.0
+
+
+def _stage_processes() -> list[Any]:
+    """This process's descendants in its own process group: the stage command DVC started (and
+    its workers). Not the Prefect server, which runs in a session of its own."""
+    import psutil
+
+    group = os.getpgid(0)
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) == group:
+                out.append(child)
+    return out
+
+
+def _stop_stage(done: threading.Event, signum: int) -> None:
+    """Pass ``signum`` on to the stage command (also to one started in the meantime), give it
+    :data:`STOP_GRACE_S` to stop, then kill it; wait for DVC to end (it releases its locks)."""
+    import psutil
+
+    told: set[int] = set()
+    deadline = time.monotonic() + STOP_GRACE_S
+    while not done.is_set():
+        late = time.monotonic() > deadline
+        for proc in _stage_processes():
+            if late or proc.pid not in told:
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signal.SIGKILL if late else signum)
+                told.add(proc.pid)
+        done.wait(0.1)
+
+
+def _in_worker_thread(fn: Any, stage: str) -> Any:
+    """``fn()`` in a thread, so that a signal's exception (raised in the main thread) never
+    lands inside DVC's writes of its lock files; on a signal, the stage command is stopped and
+    :class:`Interrupted` names the stage."""
+    box: dict[str, Any] = {}
+    # Waited for with an Event, not Thread.join: a join cut by the signal's exception leaves
+    # the thread looking finished (Python 3.11).
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    context = contextvars.copy_context()  # the Prefect task's context: its log lines
+    thread = threading.Thread(target=context.run, args=(target,), name=f"dvc-{stage}",
+                              daemon=True)
+    thread.start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except BaseException as exc:
+        signum = stopping.signum_of(exc)
+        _stop_stage(done, signum or signal.SIGTERM)
+        if signum is None:
+            raise
+        raise stopping.remember(Interrupted(
+            signum, f"data stage '{stage}': stopped by {stopping.signal_name(signum)} (a re-run "
+                    "resumes it)")) from None
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
     """``dvc repro --single-item <stage>``: runs it only if its deps/params/outs changed
     (always with ``force``).
 
     A stage whose outputs did not all reach the DVC cache (a full disk) has failed, although
     DVC only logs it: ``dvc.lock`` is put back as it was, so nothing downstream takes the
-    uncached outputs for a data version.
+    uncached outputs for a data version. SIGTERM/SIGINT stop the stage command (passed on to
+    it, killed after :data:`STOP_GRACE_S`) and leave DVC's lock files valid; a lock file a killed
+    DVC left invalid is repaired first (:func:`repair_dvc_locks`).
 
     Raises:
-        DataError: one line, the stage's own error or the full folder (``no space left on``).
+        DataError: one line, the stage's own error, the full folder (``no space left on``), or
+            DVC's own message.
+        Interrupted: SIGTERM/SIGINT, naming the stage.
     """
     from dvc.repo import Repo
 
@@ -467,19 +654,27 @@ def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
     err_file = workdir / ".gptops" / f"{stage}.error"
     err_file.parent.mkdir(parents=True, exist_ok=True)
     err_file.unlink(missing_ok=True)
+    repair_dvc_locks(workdir)
     lock = workdir / "dvc.lock"
     lock_before = lock.read_bytes() if lock.is_file() else None
     saved = {k: os.environ.get(k) for k in ("PATH", ERROR_FILE_ENV)}
     os.environ["PATH"] = _env()["PATH"]
     os.environ[ERROR_FILE_ENV] = str(err_file)
-    try:
+
+    def reproduce() -> tuple[Any, list[str], str, _CacheErrors]:
         # DVC resolves targets and runs commands relative to the working directory.
         with contextlib.chdir(workdir), Repo(str(workdir)) as repo, _quiet_dvc(), \
                 _CacheErrors() as cache_errors:
             repo.scm_context.quiet = True  # no "git add dvc.lock" hints: we track dvc.lock
             ran = repo.reproduce(stage, single_item=True, force=force)
-            missing = _uncached_outs(repo, ran or [])
-            cache_dir = repo.cache.local_cache_dir
+            return ran, _uncached_outs(repo, ran or []), repo.cache.local_cache_dir, cache_errors
+
+    try:
+        with stopping.step(f"data stage '{stage}'"):
+            ran, missing, cache_dir, cache_errors = _in_worker_thread(reproduce, stage)
+    except Interrupted:
+        _put_back(lock, lock_before)
+        raise
     except Exception as exc:
         # DVC wraps the stage command's failure; the command wrote its one-line error to a file.
         _put_back(lock, lock_before)

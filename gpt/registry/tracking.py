@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gpt.errors import Interrupted
+
 #: The tag MLflow's UI nests child runs by.
 PARENT_TAG = "mlflow.parentRunId"
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -269,7 +271,8 @@ def mark_stale_runs(tracking: Tracking, workspace: str) -> list[str]:
 
 @contextmanager
 def pipeline_run(tracking: Tracking, name: str, workspace: str = "") -> Iterator[Tracking]:
-    """The parent run of one pipeline run: FINISHED at the end, FAILED if anything raised.
+    """The parent run of one pipeline run: FINISHED at the end, FAILED if anything raised
+    (KILLED if stopped by SIGTERM/SIGINT).
 
     ``workspace`` (:func:`workspace_id`, when the caller holds the workspace's lock): first mark
     the runs a killed run of it left RUNNING as KILLED; every run of this one is tagged with it.
@@ -280,8 +283,8 @@ def pipeline_run(tracking: Tracking, name: str, workspace: str = "") -> Iterator
     run_id = _create_run(replace(tracking, parent_run_id=None), name, {"gptops.run": "pipeline"})
     try:
         yield replace(tracking, parent_run_id=run_id)
-    except BaseException:
-        finish_run(tracking.uri, run_id, "FAILED")
+    except BaseException as exc:
+        finish_run(tracking.uri, run_id, ended_status(exc))
         raise
     finish_run(tracking.uri, run_id)
 
@@ -303,7 +306,8 @@ class Dataset:
 @contextmanager
 def child_run(tracking: Tracking, name: str, tags: dict[str, str], params: dict[str, Any],
               dataset: Dataset | None = None) -> Iterator[str]:
-    """A nested run for one step: params and input dataset logged up front; FAILED on error."""
+    """A nested run for one step: params and input dataset logged up front; FAILED on error
+    (KILLED if stopped by SIGTERM/SIGINT)."""
     run_id = _create_run(tracking, name, tags)
     from mlflow.entities import Param
 
@@ -315,8 +319,8 @@ def child_run(tracking: Tracking, name: str, tags: dict[str, str], params: dict[
         log_dataset(tracking.uri, run_id, dataset)
     try:
         yield run_id
-    except BaseException:
-        finish_run(tracking.uri, run_id, "FAILED")
+    except BaseException as exc:
+        finish_run(tracking.uri, run_id, ended_status(exc))
         raise
     finish_run(tracking.uri, run_id)
 
@@ -335,6 +339,12 @@ def log_dataset(tracking_uri: str, run_id: str, dataset: Dataset,
     entity = meta._to_mlflow_entity()
     client(tracking_uri).log_inputs(run_id, [DatasetInput(
         dataset=entity, tags=[InputTag(key="mlflow.data.context", value=context)])])
+
+
+def ended_status(exc: BaseException) -> str:
+    """The status of a run that ``exc`` ended: KILLED for a deliberate stop (SIGTERM, Ctrl-C),
+    else FAILED."""
+    return "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED"
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:

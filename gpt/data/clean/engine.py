@@ -23,6 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -219,6 +220,11 @@ def filter_shard(job: tuple[str, str, str, CleanConfig]) -> dict[str, int]:
     return {"docs": len(frame), "passed": int(passed.sum())}
 
 
+def _ignore_ctrl_c() -> None:
+    """In a pool worker: Ctrl-C reaches the whole terminal group; the parent stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run(fn: Callable[[Any], Any], jobs: list, workers: int, mapper: Mapper | None) -> list:
     """Per-shard work: through ``mapper``, a local process pool, or in this process."""
     if not jobs:
@@ -227,7 +233,7 @@ def _run(fn: Callable[[Any], Any], jobs: list, workers: int, mapper: Mapper | No
         return list(mapper(fn, jobs))
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, len(jobs))) as pool:
+        with ctx.Pool(min(workers, len(jobs)), initializer=_ignore_ctrl_c) as pool:
             out = pool.map(fn, jobs, chunksize=1)
             pool.close()
             pool.join()
