@@ -141,7 +141,7 @@ def test_sigkill_mid_study_then_tune_again_resumes_without_rerunning_finished_tr
 
     from gpt.tune import storage_url
 
-    sets = ["tune.trials=4", "tune.seed=12", "tune.pruner_startup_trials=1"]
+    sets = ["tune.trials=3", "tune.seed=12", "tune.pruner_startup_trials=1"]
     flags = [a for s in [*SETS, *sets] for a in ("--set", s)]
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "tune", "-w", str(ws), *flags,
                              "--study", "killed"], stdout=subprocess.PIPE,
@@ -149,9 +149,9 @@ def test_sigkill_mid_study_then_tune_again_resumes_without_rerunning_finished_tr
     storage = storage_url(ws)
     try:
         deadline = time.monotonic() + 600
-        while len(done := _finished(storage, "killed")) < 2:
+        while not _finished(storage, "killed"):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no two trials finished in time"
+            assert time.monotonic() < deadline, "no trial finished in time"
             time.sleep(0.2)
         time.sleep(1.0)  # into the next trial
         proc.send_signal(signal.SIGKILL)
@@ -161,7 +161,7 @@ def test_sigkill_mid_study_then_tune_again_resumes_without_rerunning_finished_tr
     study = optuna.load_study(study_name="killed", storage=storage)
     done = {t.number: t.user_attrs["step_key"] for t in study.trials
             if t.state.name in ("COMPLETE", "PRUNED")}
-    assert 2 <= len(done) < 4
+    assert 1 <= len(done) < 3
     runs = ws / ".gptops" / "runs" / "pretrain"
     stamps = {k: {p.name: p.stat().st_mtime_ns for p in (runs / k).rglob("*")}
               for k in done.values()}
@@ -171,8 +171,8 @@ def test_sigkill_mid_study_then_tune_again_resumes_without_rerunning_finished_tr
     seconds = time.perf_counter() - t0
     print(f"resumed: {len(done)} finished before the kill, {result['trained']} trained after, "
           f"{seconds:.0f} s")
-    assert result["trials"] == 4
-    assert result["trained"] == 4 - len(done)  # the finished ones were not run again
+    assert result["trials"] == 3
+    assert result["trained"] == 3 - len(done)  # the finished ones were not run again
     rows = {r["trial"]: r for r in result["rows"]}
     assert all(rows[n]["state"] in ("complete", "pruned") for n in done)
     failed = [r for r in rows.values() if r["state"] == "fail"]
@@ -203,3 +203,14 @@ def test_a_bad_space_key_is_one_line_before_any_work(tmp_path):
                          capture_output=True, text=True, timeout=120, env=_env())
     assert out.returncode == 2 and "only model.* and train.* keys" in out.stdout
     assert not (tmp_path / ".gptops").exists()  # nothing started
+
+
+@pytest.mark.timeout(600)
+def test_the_tune_flow_runs_the_same_study_as_a_prefect_run(ws, first, prefect_server):
+    from flows.tune import tune
+
+    result, _ = first
+    out = tune(overrides=[*SETS, f"tune.trials={TRIALS}", "tune.seed=3"], study="first",
+               workdir=str(ws))
+    assert out["study"] == "first" and out["trained"] == 0
+    assert out["best_params"] == result["best_params"] and out["registered"]["reused"]
