@@ -325,8 +325,10 @@ def tune(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Ove
     if as_json:
         console.print_json(json.dumps(out, default=str))
         return
-    table = Table(title=f"study {result.study}: {result.trials} trials ({result.pruned} "
-                  f"pruned), {result.trained} trained now", title_justify="left")
+    console.print(f"study {result.study}: {result.trials} trials ({result.pruned} pruned), "
+                  f"{result.trained} trained by this call, {result.seconds:.0f} s",
+                  highlight=False, soft_wrap=True)
+    table = Table()
     keys = sorted({k for r in result.rows for k in r if k.startswith("params.")})
     for col in ("trial", "state", result.objective, *[k.removeprefix("params.") for k in keys]):
         table.add_column(col, no_wrap=True)

@@ -86,9 +86,11 @@ def storage_url(workdir: Path) -> str:
 
 def study_name(params: Params, data_version: str) -> str:
     """``tune-<hash>`` of what the trials read: the data, the ``tune`` section and the model
-    and train values they start from. Changing any of them starts another study."""
+    and train values they start from. Changing any of them starts another study, except
+    ``tune.trials``: a larger budget goes on with the same study."""
     dump = params.model_dump(mode="json")
-    blob = json.dumps({"data_version": data_version, "tune": dump["tune"],
+    search = {k: v for k, v in dump["tune"].items() if k != "trials"}
+    blob = json.dumps({"data_version": data_version, "tune": search,
                        "model": dump["model"], "train": dump["train"]}, sort_keys=True)
     return f"tune-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -307,8 +309,16 @@ def run_study(workdir: Path, params: Params, data_version: str, tracking: Tracki
     if params.tune is None:
         raise ConfigError("params.yaml has no tune: section: copy it from the project's "
                           "params.yaml (tune.space, objective, trials, steps_per_trial...)")
+    from gpt.launch import World
+    from gpt.train import resolve_device
+
     t0 = time.perf_counter()
     t = params.tune
+    resolve_device(params.train.device)  # a missing GPU fails now, not as a pruned trial each
+    world = World.of(params.train, params.train.batch_size, "train.batch_size")
+    if world.size > 1:  # the pruner reads the loop's reports in this process
+        raise ConfigError(f"gptops tune runs each trial in one process, not {world.size}: set "
+                          "train.nproc_per_node=1 (and train.nnodes=1)")
     study = open_study(workdir, params, data_version, name)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     _settle_stale(study, t.space)

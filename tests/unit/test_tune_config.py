@@ -53,3 +53,14 @@ def test_a_suggested_int_range_gives_ints():
     values = suggest(study.ask(), p)
     assert isinstance(values["model.n_layer"], int) and 1 <= values["model.n_layer"] <= 3
     assert isinstance(values["train.lr"], float)
+
+
+def test_the_study_name_follows_the_search_but_not_the_budget():
+    from gpt.tune import study_name
+
+    base = study_name(_load(), "v1")
+    assert base.startswith("tune-")
+    assert study_name(_load("tune.trials=50"), "v1") == base  # a larger budget: same study
+    assert study_name(_load("tune.seed=1"), "v1") != base
+    assert study_name(_load("train.eval_interval=7"), "v1") != base
+    assert study_name(_load(), "v2") != base
