@@ -252,7 +252,7 @@ def _settle_stale(study: Any, space: dict[str, Any]) -> int:
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
         if set(t.params) == set(space):
             study.enqueue_trial(t.params)
     if stale:
