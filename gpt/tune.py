@@ -348,7 +348,7 @@ def run_study(workdir: Path, params: Params, data_version: str, tracking: Tracki
         log.warning("tune: no trial of study %s completed (all pruned): nothing to register",
                     study.study_name)
     out.seconds = round(time.perf_counter() - t0, 2)
-    _log_study(tracking, out)
+    _log_study(tracking, out, study)
     return out
 
 
@@ -366,8 +366,9 @@ def _register_best(workdir: Path, params: Params, data_version: str, tracking: T
     return asdict(reg["base"])
 
 
-def _log_study(tracking: Tracking, out: TuneResult) -> None:
-    """The trials as a table (JSON and CSV) and the best trial, on the study's parent run."""
+def _log_study(tracking: Tracking, out: TuneResult, study: Any = None) -> None:
+    """The trials as a table (JSON and CSV), the best trial and (with matplotlib) the
+    optimisation history as an image, on the study's parent run."""
     if not tracking.parent_run_id:
         return
     import pandas as pd
@@ -383,8 +384,33 @@ def _log_study(tracking: Tracking, out: TuneResult) -> None:
                                        out.best_value})
     c = client(tracking.uri)
     c.set_tag(run_id, "gptops.study", out.study)
+    if study is not None:
+        _log_history_plot(c, run_id, study)
     if out.best_trial >= 0:
         c.set_tag(run_id, "gptops.best_trial", str(out.best_trial))
         c.log_dict(run_id, {"best_trial": out.best_trial, "best_value": out.best_value,
                             "best_params": out.best_params, "objective": out.objective,
                             "registered": out.registered}, "tune/best.json")
+
+
+def _log_history_plot(c: Any, run_id: str, study: Any) -> None:
+    """``tune/history.png``: the objective per trial and the best so far. Optional: without
+    matplotlib, or if Optuna cannot draw it, the tables above are the record."""
+    import warnings
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display: draw to files only
+        import matplotlib.pyplot as plt
+        from optuna.visualization.matplotlib import plot_optimization_history
+    except ImportError:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            ax = plot_optimization_history(study)
+        c.log_figure(run_id, ax.figure, "tune/history.png")
+        plt.close(ax.figure)
+    except Exception as exc:  # noqa: BLE001 - a plot must not fail a finished study
+        log.warning("tune: the optimisation history plot was not logged: %s", exc)

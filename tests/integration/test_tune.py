@@ -106,7 +106,7 @@ def test_trials_finish_some_are_pruned_and_the_best_is_registered(ws, first):
         assert (STOPPED_EARLY_TAG in run.data.tags) == pruned
     assert mv.run_id == by_trial[best["trial"]].info.run_id  # the model is the trial's run's
     names = {a.path for a in c.list_artifacts(result["mlflow_run_id"], "tune")}
-    assert {"tune/trials.json", "tune/trials.csv", "tune/best.json"} <= names
+    assert {"tune/trials.json", "tune/trials.csv", "tune/best.json", "tune/history.png"} <= names
 
 
 @pytest.mark.timeout(600)
