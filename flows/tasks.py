@@ -151,3 +151,14 @@ def register(workdir: str, params: Params, data_version: str, tracking: Tracking
     """Register the models in MLflow and apply the promotion gate."""
     return steps.register_step(Path(workdir), params, data_version, tracking, evaluation,
                                base)
+
+
+@task(name="tune-study", task_run_name="tune-study", cache_policy=NO_CACHE)
+def tune_study(workdir: str, params: Params, data_version: str, tracking: Tracking,
+               study: str = "") -> dict[str, Any]:
+    """Run or resume the Optuna study of tune.space; register the best trial's model."""
+    from dataclasses import asdict
+
+    from gpt.tune import run_study
+
+    return asdict(run_study(Path(workdir), params, data_version, tracking, study))

@@ -320,6 +320,52 @@ def pretrain(workdir: Workdir = Path("."), profile: Profile = "tiny",
     _step("pretrain", workdir, profile, overrides, as_json)
 
 
+@app.command()
+def tune(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Overrides = None,
+         study: Annotated[str, typer.Option(
+             "--study", help="study name (default: tune-<hash of the data, the tune section and "
+             "the model/train values>); another name starts another study")] = "",
+         as_json: JsonFlag = False) -> None:
+    """Search tune.space (params.yaml) with an Optuna study of pretraining trials (TPE, median
+    pruner), then register the best trial's model through the gate. A killed study resumes."""
+    from dataclasses import asdict
+
+    from gpt import registry, workspace
+    from gpt import tune as tuning
+    from gpt.pipeline import steps
+
+    setup_logging()
+    # A bad tune.space (unknown key, refused value): one line, before any work.
+    params = tuning.load_params(workdir, profile, overrides)
+    with workspace.workspace_lock(workdir, "gptops tune"):
+        version = workspace.data_version(workdir)
+        tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
+                                     tags=steps.lineage(params, version, None))
+        with registry.pipeline_run(tracking, registry.cli_run_name("tune"),
+                                   registry.tracking.workspace_id(workdir)) as tracking:
+            result = tuning.run_study(workdir, params, version, tracking, study)
+    out = asdict(result)
+    if as_json:
+        console.print_json(json.dumps(out, default=str))
+        return
+    console.print(f"study {result.study}: {result.trials} trials ({result.pruned} pruned), "
+                  f"{result.trained} trained by this call, {result.seconds:.0f} s",
+                  highlight=False, soft_wrap=True)
+    table = Table()
+    keys = sorted({k for r in result.rows for k in r if k.startswith("params.")})
+    for col in ("trial", "state", result.objective, *[k.removeprefix("params.") for k in keys]):
+        table.add_column(col, no_wrap=True)
+    for r in result.rows:
+        table.add_row(str(r["trial"]), r["state"], _fmt(r["value"]) if r["value"] is not None
+                      else "", *[_fmt(r.get(k, "")) for k in keys])
+    console.print(table)
+    reg = result.registered
+    if reg:
+        console.print(f"best: trial {result.best_trial} ({result.objective} "
+                      f"{result.best_value:.4g}) -> {reg['name']} v{reg['version']}: "
+                      f"{reg['reason']}", highlight=False, soft_wrap=True)
+
+
 BaseOpt = Annotated[str, typer.Option(
     "--base", help="start from a registered base instead of this workspace's pretraining: "
     "models:/<name>@<alias> or models:/<name>/<version>")]

@@ -226,6 +226,50 @@ class RegistryConfig(_Strict):
     license: str = Field(min_length=1, description="licence id declared in the model cards")
 
 
+#: The base model's evaluation metrics a study can optimise, and in which direction.
+TUNE_OBJECTIVES = {"val_loss": "minimize", "val_ppl": "minimize"}
+#: Sections whose keys a study may search: each trial is a pretraining run, which reads these.
+TUNE_SECTIONS = ("model", "train")
+
+
+class TuneRange(_Strict):
+    """A range of a searched parameter (an int parameter is searched over ints)."""
+
+    low: float
+    high: float
+    # Defaults in code: a plain range, the shape a range takes unless it says ``log: true``.
+    log: bool = Field(False, description="sample on a log scale (e.g. learning rates)")
+
+    @model_validator(mode="after")
+    def _order(self) -> TuneRange:
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError(f"low={self.low:g}, high={self.high:g}: need low < high "
+                             "(and low > 0 with log: true)")
+        return self
+
+
+class TuneConfig(_Strict):
+    space: dict[str, TuneRange | list[Any]] = Field(
+        min_length=1, description="params key (model.* or train.*) -> {low, high, log} or a "
+        "list of choices")
+    objective: str = Field(description="the base model's evaluation metric to optimise: "
+                           + ", ".join(f"{k} ({v})" for k, v in TUNE_OBJECTIVES.items()))
+    trials: int = Field(gt=0, description="finished trials (complete or pruned) of the study")
+    steps_per_trial: int = Field(gt=0, description="train.max_steps of each trial")
+    seed: int = Field(description="the TPE sampler's seed")
+    pruner_startup_trials: int = Field(ge=0, description="trials that finish before the median "
+                                       "pruner may stop one")
+
+    @model_validator(mode="after")
+    def _objective(self) -> TuneConfig:
+        if self.objective not in TUNE_OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not a metric of the base model's "
+                             f"evaluation (known: {', '.join(TUNE_OBJECTIVES)})")
+        if any(isinstance(v, list) and not v for v in self.space.values()):
+            raise ValueError("a searched key has an empty list of choices")
+        return self
+
+
 class Params(_Strict):
     """Every run value, validated once."""
 
@@ -238,6 +282,8 @@ class Params(_Strict):
     sft: SFTConfig
     evaluate: EvaluateConfig
     registry: RegistryConfig
+    # Defaults in code: none (see TokenizerConfig.pretrained); only `gptops tune` needs it.
+    tune: TuneConfig | None = None
     profile: str = DEFAULT_PROFILE
 
 
@@ -330,7 +376,42 @@ def resolve_params(raw: dict[str, Any], profile: str = DEFAULT_PROFILE,
         raise ConfigError(f"invalid parameter 'model.n_embd': {params.model.n_embd} is not "
                           f"divisible by model.n_head={params.model.n_head}")
     check_pretrained_specs(params.model.init_from, params.tokenizer.pretrained)
+    if params.tune is not None:
+        check_tune_space(params)
     return params
+
+
+def check_tune_space(params: Params) -> None:
+    """Each key of ``tune.space`` names a model/train parameter, and each value it can take
+    (a range's ends, every choice) is valid there: a bad space fails before any trial.
+
+    Raises:
+        ConfigError: an unknown or unsearchable key, or a value its field refuses.
+    """
+    assert params.tune is not None
+    for key, spec in params.tune.space.items():
+        section, _, name = key.partition(".")
+        where = f"tune.space key '{key}'"
+        if section not in TUNE_SECTIONS or "." in name:
+            raise ConfigError(f"{where}: trials are pretraining runs, so only "
+                              f"{' and '.join(s + '.*' for s in TUNE_SECTIONS)} keys can be "
+                              "searched (e.g. train.lr, model.n_layer)")
+        fields = type(getattr(params, section)).model_fields
+        if name not in fields:
+            raise ConfigError(f"{where}: unknown parameter{_did_you_mean(name, fields, [section])}"
+                              f" (known in {section}: {', '.join(sorted(fields))})")
+        if key == "train.max_steps":
+            raise ConfigError(f"{where}: each trial's steps are tune.steps_per_trial; search "
+                              "other keys")
+        values = [spec.low, spec.high] if isinstance(spec, TuneRange) else spec
+        current = getattr(params, section)
+        for value in values:
+            try:
+                type(current).model_validate({**current.model_dump(), name: value})
+            except ValidationError as exc:
+                raise ConfigError(f"{where}: the value {value!r} is invalid there "
+                                  f"({exc.errors()[0]['msg']}); fix tune.space in "
+                                  "params.yaml") from None
 
 
 def check_pretrained_specs(init_from: str, pretrained: str) -> None:

@@ -73,6 +73,11 @@ class TrainingError(GptopsError):
     """Training cannot go on (e.g. too many non-finite steps in a row)."""
 
 
+class StoppedEarly(Exception):  # noqa: N818 - a request, not an error
+    """A training callback ended the step early on purpose (a pruned tuning trial). Not an
+    error: the step's MLflow run ends KILLED, tagged with this message."""
+
+
 class RankFailed(RuntimeError):
     """A training process died (signal, crash). Not an input error: a retry resumes from the
     last checkpoint, so the pipeline's training tasks retry it."""

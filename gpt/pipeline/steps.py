@@ -10,6 +10,7 @@ model into a :class:`~gpt.registry.Candidate` and gates it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 from gpt import evaluate as ev
 from gpt import launch, progress
 from gpt.config import Params, get_dotted
+from gpt.errors import ConfigError
 from gpt.evaluate import ModelEval
 from gpt.launch import World
 from gpt.pipeline import base as base_mod
@@ -101,15 +103,41 @@ def _tracked(tracking: Tracking | None, key: StepKey, paths: RunPaths,
                    source=str(paths.tokens.resolve()))
     with child_run(tracking, f"{key.step} {key.short}", tags, _flat(key.reads), data) as run_id:
         callback = MetricsLogger(tracking.uri, run_id, prefix=METRIC_PREFIX[key.step])
-        yield run_id, callback
+        try:
+            yield run_id, callback
+        except BaseException:
+            with contextlib.suppress(Exception):  # a stopped step keeps the metrics it logged
+                callback.flush()
+            raise
         callback.flush()
+
+
+class _Both:
+    """Two metrics callbacks as one: MLflow's logger, then a monitor (which may stop the step)."""
+
+    def __init__(self, first: Any, then: Any) -> None:
+        self.first, self.then = first, then
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if self.first is not None:
+            self.first(step, metrics)
+        self.then(step, metrics)
+
+    def flush(self) -> None:
+        if self.first is not None:
+            self.first.flush()
 
 
 def _train(key: StepKey, paths: RunPaths, params: Params, data_version: str,
            tracking: Tracking | None, world: World, fit: Callable[..., dict[str, Any]],
-           *args: Any) -> StepResult:
+           *args: Any, monitor: Callable[[int, dict[str, float]], None] | None = None,
+           ) -> StepResult:
     """Reuse the finished step ``key``, or run ``fit(*args, out, callback)`` on ``world``'s
-    processes (:mod:`gpt.launch`) inside the step's MLflow run and record its result."""
+    processes (:mod:`gpt.launch`) inside the step's MLflow run and record its result.
+
+    ``monitor(step, metrics)`` sees what the loop reports (one process only); it may raise
+    :class:`~gpt.errors.StoppedEarly` to end the step, which is then not recorded as finished.
+    """
     done = paths.read_result(key)
     if done is not None:
         log.info("%s: reused (key %s): finished earlier in %s", key.step, key.short,
@@ -123,6 +151,8 @@ def _train(key: StepKey, paths: RunPaths, params: Params, data_version: str,
         return StepResult(step=key.step, key=key.digest, reused=False, out_dir=str(out),
                           info={"node_rank": world.node_rank, "nnodes": world.nnodes})
     with _tracked(tracking, key, paths, data_version) as (run_id, callback):
+        if monitor is not None:
+            callback = _Both(callback, monitor)
         fields = launch.run(key.step, key.digest, world, device, fit, *args, out, callback)
     if world.size > 1:
         fields["info"] = {**fields.get("info", {}), "processes": world.size,
@@ -152,13 +182,21 @@ def _fit_pretrain(paths: RunPaths, params: Params, out: Path, callback: Any) -> 
 
 
 def pretrain_step(workdir: Path, params: Params, data_version: str,
-                  tracking: Tracking | None = None) -> StepResult:
-    """Pretrain the base model (or reuse / resume the one trained with this key)."""
+                  tracking: Tracking | None = None,
+                  monitor: Callable[[int, dict[str, float]], None] | None = None) -> StepResult:
+    """Pretrain the base model (or reuse / resume the one trained with this key).
+
+    ``monitor``: sees each step's metrics (``val_loss`` at evaluation points) and may stop the
+    step early (a pruned tuning trial); it needs one training process.
+    """
     paths = RunPaths(Path(workdir))
     world = World.of(params.train, params.train.batch_size, "train.batch_size")
+    if monitor is not None and world.size > 1:
+        raise ConfigError(f"a monitored pretraining step runs in one process, not {world.size}"
+                          ": set train.nproc_per_node=1")
     verify_outputs(Path(workdir))
     return _train(keys.pretrain(params, data_version), paths, params, data_version, tracking,
-                  world, _fit_pretrain, paths, params)
+                  world, _fit_pretrain, paths, params, monitor=monitor)
 
 
 #: tune(inputs, params, base model, output folder, metrics callback) -> StepResult fields
@@ -354,6 +392,22 @@ def evaluate_step(workdir: Path, params: Params, data_version: str,
             out[kind] = EVALUATORS[kind](inputs, params, data_version, key, start)
             require_finite(out[kind].metrics, f"{kind} model evaluation")
             paths.write_result(key, asdict(out[kind]))
+    return out
+
+
+def evaluate_base_step(workdir: Path, params: Params, data_version: str) -> ModelEval:
+    """Evaluate this run's pretrained base only (reused when its key is unchanged): what
+    :func:`evaluate_step` computes for it, e.g. for each trial of a study."""
+    paths = RunPaths(Path(workdir))
+    key = keys.evaluation("base", params, data_version)
+    done = paths.read_result(key)
+    if done is not None:
+        log.info("evaluate base: reused (key %s)", key.short)
+        return ModelEval(**done)
+    start = Base("", keys.pretrain(params, data_version).digest)
+    out = _evaluate_base(Inputs(paths, params), params, data_version, key, start)
+    require_finite(out.metrics, "base model evaluation")
+    paths.write_result(key, asdict(out))
     return out
 
 

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpt.errors import Interrupted
+from gpt.errors import Interrupted, StoppedEarly
 
 #: The tag MLflow's UI nests child runs by.
 PARENT_TAG = "mlflow.parentRunId"
+#: The tag of a step's run that a callback stopped on purpose (a pruned trial): why.
+STOPPED_EARLY_TAG = "gptops.stopped_early"
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 log = logging.getLogger(__name__)
@@ -319,6 +321,10 @@ def child_run(tracking: Tracking, name: str, tags: dict[str, str], params: dict[
         log_dataset(tracking.uri, run_id, dataset)
     try:
         yield run_id
+    except StoppedEarly as exc:  # on purpose (a pruned trial): KILLED, saying why
+        c.set_tag(run_id, STOPPED_EARLY_TAG, str(exc)[:5000])
+        finish_run(tracking.uri, run_id, "KILLED")
+        raise
     except BaseException as exc:
         finish_run(tracking.uri, run_id, ended_status(exc))
         raise
