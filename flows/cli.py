@@ -10,7 +10,17 @@ import typer
 from rich.table import Table
 
 from flows.deploy import NIGHTLY_CRON, NIGHTLY_TIMEZONE
-from gpt.cli import BaseOpt, Overrides, Profile, Workdir, app, console, run_app, setup_logging
+from gpt.cli import (
+    DOCTOR_CHECKS,
+    BaseOpt,
+    Overrides,
+    Profile,
+    Workdir,
+    app,
+    console,
+    run_app,
+    setup_logging,
+)
 
 
 @app.command()
@@ -47,7 +57,7 @@ def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Over
     for k, v in summary_rows(result):
         table.add_row(k, v)
     console.print(table)
-    _where_to_look(result["tracking_uri"], team, ws)
+    _where_to_look(result["tracking_uri"], team, ws, result.get("flow_run_id"))
 
 
 def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: int | None,
@@ -92,30 +102,62 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
     return result, team, ws
 
 
-def _where_to_look(uri: str, team_api: str, ws: Path) -> None:
-    """Commands to copy: each on its own line, never wrapped by us."""
+def _where_to_look(uri: str, team_api: str, ws: Path, flow_run_id: str | None = None) -> None:
+    """Commands and links to copy, each on its own line, never wrapped by us: the live
+    `gptops serve`'s addresses when one runs on this workspace, else the command that opens
+    both UIs on this run's history."""
+    from flows.server import served
+
     here = Path.cwd().resolve() == ws
     wflag = "" if here else f" -w {ws}"
-    lines = ["", "[bold]Where to look[/bold]",
-             "  Both UIs, the schedule and the Run button:",
-             f"    gptops serve{wflag}",
-             "    (Prefect UI http://127.0.0.1:4200, MLflow UI http://127.0.0.1:5000)",
-             "  Registered models:",
-             f"    gptops models{wflag}",
-             "  Generate from the base model's champion:",
-             f"    gptops generate{wflag} \"Return the\""]
+    live = None if team_api else served(ws)
+    lines = ["", "[bold]Where to look[/bold]"]
     if team_api:
-        lines[2:5] = ["  Prefect UI (PREFECT_API_URL):", f"    {team_api.removesuffix('/api')}"]
-    lines += ["  The MLflow UI alone:", f"    mlflow ui --backend-store-uri {uri}"]
+        ui = team_api.rstrip("/").removesuffix("/api")
+        lines += ["  This run in the Prefect UI (PREFECT_API_URL):",
+                  f"    {ui}/runs/flow-run/{flow_run_id}" if flow_run_id else f"    {ui}"]
+    elif live:
+        lines += ["  This run in the Prefect UI (`gptops serve` is running):",
+                  f"    {live['ui']}/runs/flow-run/{flow_run_id}" if flow_run_id
+                  else f"    {live['ui']}"]
+        if live["mlflow_ui"]:
+            lines += ["  Registered models in the MLflow UI:", f"    {live['mlflow_ui']}/#/models"]
+    else:
+        lines += ["  Both UIs, the schedule and the Run button (this run is in its history):",
+                  f"    gptops serve{wflag}",
+                  f"    (Prefect UI http://127.0.0.1:{SERVE_PORTS[0]}, "
+                  f"MLflow UI http://127.0.0.1:{SERVE_PORTS[1]})"]
+    lines += ["  Registered models:", f"    gptops models{wflag}",
+              "  Generate from the base model's champion:",
+              f"    gptops generate{wflag} \"Return the\"",
+              "  The MLflow UI alone:", f"    mlflow ui --backend-store-uri {uri}"]
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False)
+
+
+#: `gptops serve`'s default ports: the Prefect UI and API, the MLflow UI.
+SERVE_PORTS = (4200, 5000)
+
+
+def _serve_status(ws: Path) -> list[str]:
+    """`gptops doctor`'s line about a live `gptops serve` on the workspace and its addresses."""
+    from flows.server import served
+
+    live = served(ws)
+    if not live:
+        return ["gptops serve: not running on this workspace (it starts both UIs)"]
+    return [f"gptops serve: running, Prefect UI {live['ui']}, "
+            f"MLflow UI {live['mlflow_ui'] or '(unknown)'}"]
+
+
+DOCTOR_CHECKS.append(_serve_status)
 
 
 @app.command()
 def serve(workdir: Workdir = Path("."),
           host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-          prefect_port: Annotated[int, typer.Option(help="Prefect server port")] = 4200,
-          mlflow_port: Annotated[int, typer.Option(help="MLflow server port")] = 5000,
+          prefect_port: Annotated[int, typer.Option(help="Prefect server port")] = SERVE_PORTS[0],
+          mlflow_port: Annotated[int, typer.Option(help="MLflow server port")] = SERVE_PORTS[1],
           prefect_db: Annotated[str, typer.Option(help="Prefect database URL (default: "
                                                   "SQLite under .gptops/)")] = "",
           mlflow_backend: Annotated[str, typer.Option(help="MLflow backend store URI "

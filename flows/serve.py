@@ -106,7 +106,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
                                 "--cron", cron, "--timezone", timezone])
         wait_deployments(f"http://{host}:{prefect_port}/api", proc, DEPLOYMENTS)
         if not prefect_db:  # `gptops run` on this workspace records its runs here too
-            write_serve_file(ws, env["PREFECT_API_URL"])
+            write_serve_file(ws, env["PREFECT_API_URL"], mlflow_ui)
         print(f"\nPrefect UI:  http://{host}:{prefect_port}   (deployments: "
               f"training_pipeline/nightly [{cron} {timezone}], training_pipeline/retrain)")
         print(f"MLflow UI:   {mlflow_ui}   (backend {backend})")

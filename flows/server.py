@@ -134,23 +134,35 @@ def prefect_env(host: str, port: int, db_url: str, home: Path) -> dict[str, str]
     return env
 
 
-def write_serve_file(workdir: Path, api: str) -> Path:
+def write_serve_file(workdir: Path, api: str, mlflow_ui: str = "") -> Path:
+    """Leave the live ``gptops serve``'s addresses for the workspace's other commands."""
     path = state_dir(workdir) / SERVE_FILE
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"api": api, "pid": os.getpid()}), encoding="utf-8")
+    tmp.write_text(json.dumps({"api": api, "mlflow_ui": mlflow_ui, "pid": os.getpid()}),
+                   encoding="utf-8")
     tmp.replace(path)
     return path
 
 
-def served_api(workdir: Path) -> str | None:
-    """The API of a live ``gptops serve`` on this workspace, or None."""
+def served(workdir: Path) -> dict[str, str] | None:
+    """``{"api", "ui", "mlflow_ui"}`` of a live ``gptops serve`` on this workspace, or None."""
     path = Path(workdir).resolve() / ".gptops" / SERVE_FILE
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         os.kill(int(info["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return info["api"] if healthy(info["api"]) else None
+    api = str(info.get("api", ""))
+    if not api or not healthy(api):
+        return None
+    return {"api": api, "ui": api.removesuffix("/").removesuffix("/api"),
+            "mlflow_ui": str(info.get("mlflow_ui", ""))}
+
+
+def served_api(workdir: Path) -> str | None:
+    """The API of a live ``gptops serve`` on this workspace, or None."""
+    info = served(workdir)
+    return info["api"] if info else None
 
 
 def _api_json(url: str, body: dict | None = None, method: str = "POST") -> object:
@@ -202,9 +214,12 @@ def workspace_api(workdir: Path) -> Iterator[str]:
         return
     ws = Path(workdir).resolve()
     state = state_dir(ws)
-    api = served_api(ws)
-    if api:
+    live = served(ws)
+    api = live["api"] if live else None
+    if live and api:
         log.info("using the Prefect server of `gptops serve` on this workspace: %s", api)
+        if live["mlflow_ui"]:  # the run's summary links to its model versions there
+            os.environ.setdefault("GPTOPS_MLFLOW_UI", live["mlflow_ui"])
         os.environ.update(prefect_env("127.0.0.1", int(api.rsplit(":", 1)[1].split("/")[0]),
                                       database_url(ws), state / "prefect-home"))
         with _watch(api, "the Prefect server of `gptops serve`"):
@@ -213,7 +228,9 @@ def workspace_api(workdir: Path) -> Iterator[str]:
     port = free_port()
     env = prefect_env("127.0.0.1", port, database_url(ws), state / "prefect-home")
     # The server lives as long as the run; its runs are seen later in `gptops serve`'s UI.
-    env.setdefault("PREFECT_UI_URL", "http://127.0.0.1:4200")
+    # It has no UI, so Prefect must print no "View at <UI>/runs/..." link (it would be dead):
+    # `gptops serve` shows these runs, and the run's summary says how to open it.
+    env.setdefault("PREFECT_UI_URL", "")
     first = not (state / "prefect.db").exists()
     log.info("starting the workspace's Prefect server%s",
              " (first start: creating its database, ~30 s)" if first else "")

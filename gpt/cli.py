@@ -708,8 +708,11 @@ def doctor(workdir: Workdir = Path(".")) -> None:
     for f in ("params.yaml", "dvc.yaml", ".dvc"):
         console.print(f"{f}: {'ok' if (Path(workdir) / f).exists() else 'missing'}")
     console.print(f"dvc.lock: {_lock_state(Path(workdir))}", soft_wrap=True, highlight=False)
-    console.print(f"tracking URI: {_tracking_uri(workdir, _params(workdir), check=False)}",
-                  soft_wrap=True)
+    try:
+        uri = _tracking_uri(workdir, _params(workdir), check=False)
+    except GptopsError as exc:  # a doctor reports, it does not stop at the first problem
+        uri = f"unknown ({exc})"
+    console.print(f"tracking URI: {uri}", soft_wrap=True, highlight=False)
     api = os.environ.get("PREFECT_API_URL")
     console.print(f"Prefect: {api or 'the workspace database .gptops/prefect.db'}",
                   soft_wrap=True)

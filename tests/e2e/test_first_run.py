@@ -103,6 +103,8 @@ def test_output_is_short_and_says_where_each_line_belongs(first_runs):
              "Error logging to API",
              "model card")
     assert not [line for line in lines if any(n in line for n in noise)], out
+    # the run's own Prefect server has no UI: no dead "View at http://127.0.0.1:4200/..." link
+    assert "View at" not in out and "/runs/flow-run/" not in out
     for line in lines:  # commands to copy are never wrapped: each fits on its line
         if line.startswith("    gptops ") or line.startswith("    mlflow "):
             assert line.strip().split()[0] in ("gptops", "mlflow")
