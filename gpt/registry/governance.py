@@ -28,6 +28,8 @@ CHALLENGER = "challenger"
 #: The tag the gate puts on a version worse than its trivial baseline (its value says why).
 REJECTED = "rejected"
 HISTORY_TAG = "gptops.champion_history"
+#: The registered model's transformers task (``text-generation``, ``text-classification``).
+TASK_TAG = "gptops.task"
 
 
 @contextmanager
@@ -110,6 +112,36 @@ def set_champion(client, name: str, version: str, reason: str, action: str = "ga
     while len(keep) > 1 and len(json.dumps(keep)) > 4900:
         keep = keep[1:]
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(keep))
+    older = re.search(r"gptops model \((.+?)\)", rm.description or "")  # before TASK_TAG
+    task = rm.tags.get(TASK_TAG) or (older.group(1) if older else "")
+    client.update_registered_model(name, description=model_description(name, task, keep))
+
+
+def model_description(name: str, task: str, history: list[dict[str, Any]]) -> str:
+    """The registered model's page in the MLflow UI: what it is, how to load it, and the
+    champion history as a table (newest first)."""
+    kind = {"text-generation": "a GPT language model (text generation)",
+            "text-classification": "a GPT classifier (text classification)"}.get(
+                task, f"a GPT model ({task or 'transformers'})")
+    example = ('model.predict(["Return the"], params={"max_new_tokens": 20})'
+               if task == "text-generation" else 'model.predict(["a text to classify"])')
+    lines = [f"**{name}**: {kind}, trained and registered by gptops. The `{CHAMPION}` alias is "
+             "the version that won the promotion gate (or was promoted by hand).", "",
+             "Load the champion:", "", "```python", "import mlflow", "",
+             f'model = mlflow.pyfunc.load_model("models:/{name}@{CHAMPION}")', example, "```",
+             "", "or from a workspace: `gptops "
+             + ("generate" if task == "text-generation" else "predict")
+             + f" --model {name}`.", ""]
+    if history:
+        lines += ["Champion history (newest first):", "",
+                  "| at | action | champion | previous | reason |", "|---|---|---|---|---|"]
+        for h in reversed(history):
+            reason = str(h.get("reason", "")).replace("|", "/").replace("\n", " ")
+            if h.get("overrode"):
+                reason += f" (overrode the gate: {h['overrode']})".replace("|", "/")
+            lines.append(f"| {h.get('at', '')} | {h.get('action', 'gate')} | v{h['version']} | "
+                         f"{'v' + str(h['previous']) if h.get('previous') else ''} | {reason} |")
+    return "\n".join(lines)[:4900]  # MLflow's description cap on SQL stores is 5000
 
 
 def _parse_history(raw: str | None) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from gpt.errors import RegistryError
 from gpt.registry import gate
-from gpt.registry.governance import CHAMPION, registry_lock
+from gpt.registry.governance import CHAMPION, TASK_TAG, model_description, registry_lock
 from gpt.registry.serving import PLAIN_TEXT, PLAIN_TEXT_FLAVOR, TASKS, servable, serving
 from gpt.registry.tracking import (
     Tracking,
@@ -188,7 +188,8 @@ def _register(c: Candidate, uri: str, run_id: str) -> Registration:
         if done is not None:
             return done
         try:
-            cl.create_registered_model(c.name, description=f"gptops model ({c.task})")
+            cl.create_registered_model(c.name, description=model_description(c.name, c.task, []),
+                                       tags={TASK_TAG: c.task})
         except Exception:  # noqa: BLE001 - exists already (perhaps created concurrently)
             cl.get_registered_model(c.name)
         mv = cl.create_model_version(c.name, model_uri, run_id=run_id,
@@ -202,10 +203,12 @@ def _gate(c: Candidate, uri: str, version: str, run_id: str) -> Registration:
     """Gate ``version`` (the caller holds the model's registry lock) and describe it."""
     cl = client(uri)
     verdict = gate.apply(cl, c.name, version, c.spec, c.metrics, c.eval_hash)
-    cl.update_model_version(c.name, version, description=(
-        f"{c.card}\n{gate.comparison_markdown(verdict.comparison)}"))
-    log_dict(uri, run_id, verdict.comparison, "eval/champion_comparison.json")
     d = verdict.decision
+    refused = (f"**Rejected by the promotion gate:** {d.reason}. No alias points at this "
+               "version (`gptops promote --force` overrides it).\n\n" if d.rejected else "")
+    cl.update_model_version(c.name, version, description=(
+        f"{refused}{c.card}\n{gate.comparison_markdown(verdict.comparison)}"))
+    log_dict(uri, run_id, verdict.comparison, "eval/champion_comparison.json")
     state = "champion" if d.promote else "rejected, no alias" if d.rejected else "challenger"
     (log.warning if d.rejected else log.info)("%s v%s: %s (%s)", c.name, version, state,
                                               d.reason)
