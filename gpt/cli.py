@@ -193,12 +193,14 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
     """Run one step of ``gpt.pipeline.steps`` on the workspace's current data version."""
 
     from gpt import workspace
-    from gpt.preflight import check_tasks
+    from gpt.preflight import check_benchmarks, check_tasks
 
     setup_logging()
     params = _params(workdir, profile, overrides)
     if name != "pretrain":
         check_tasks(params)
+    if name in ("evaluate", "sft"):
+        check_benchmarks(params)
     # One writer per workspace: a pipeline run or another training step waits (nodes > 0 of a
     # multi-node world share node 0's workspace, and only lend their processes).
     lock = (contextlib.nullcontext() if params.train.node_rank else
@@ -324,9 +326,11 @@ def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder
 
     from gpt import registry, workspace
     from gpt.pipeline import steps
+    from gpt.preflight import check_benchmarks
 
     setup_logging()
     params = _params(workdir, profile, [*(overrides or []), f"model.init_from={spec}"])
+    check_benchmarks(params)
     version = workspace.data_version(workdir)
     tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
                                  tags=steps.lineage(params, version, None))

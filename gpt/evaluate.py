@@ -32,6 +32,10 @@ class ModelEval:
     confusion_matrix: list[list[int]] = field(default_factory=list)
     unseen_labels: dict[str, int] = field(default_factory=dict)  #: test-only labels -> rows
     examples: list[dict[str, Any]] = field(default_factory=list)  #: generations shown to users
+    #: direction of the ``bench.*`` metrics (lm-eval's ``higher_is_better``)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    #: lm-eval's results JSON (plus ``seconds`` and a ``table``); {} when no benchmark ran
+    benchmarks: dict[str, Any] = field(default_factory=dict)
 
 
 DEFAULT_PROMPTS = ["The", "Return a new", "This module provides", "If the argument is"]
