@@ -53,23 +53,20 @@ def perplexity(model: GPT, tokens_dir: Path, batches: int, batch_size: int, seed
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
                            labels: Sequence[str]) -> dict[str, float]:
-    """Accuracy, macro-F1 and per-class precision/recall/F1 (as flat metric names)."""
-    n = len(y_true)
-    if n == 0:
+    """Accuracy, macro-F1 and per-class precision/recall/F1 (as flat metric names), by
+    scikit-learn over every label (a label never predicted nor seen scores 0, as before)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    if len(y_true) == 0:
         raise ValueError("no examples to evaluate")
-    out: dict[str, float] = {"accuracy": sum(t == p for t, p in zip(y_true, y_pred,
-                                                                    strict=True)) / n}
-    f1s = []
+    ids = list(range(len(labels)))
+    prec, rec, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=ids,
+                                                       zero_division=0)
+    out: dict[str, float] = {"accuracy": float(accuracy_score(y_true, y_pred))}
     for i, name in enumerate(labels):
-        tp = sum(t == i and p == i for t, p in zip(y_true, y_pred, strict=True))
-        fp = sum(t != i and p == i for t, p in zip(y_true, y_pred, strict=True))
-        fn = sum(t == i and p != i for t, p in zip(y_true, y_pred, strict=True))
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        rec = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        out[f"precision_{name}"], out[f"recall_{name}"], out[f"f1_{name}"] = prec, rec, f1
-        f1s.append(f1)
-    out["macro_f1"] = sum(f1s) / len(f1s)
+        out[f"precision_{name}"], out[f"recall_{name}"], out[f"f1_{name}"] = (
+            float(prec[i]), float(rec[i]), float(f1[i]))
+    out["macro_f1"] = float(f1.mean())
     return out
 
 
@@ -100,11 +97,11 @@ def sample_generations(model: GPT, tok: Tokenizer, prompts: Sequence[str] = DEFA
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_labels: int,
                      ) -> list[list[int]]:
-    """``cm[t][p]``: how many examples of true label ``t`` were predicted as ``p``."""
-    cm = [[0] * n_labels for _ in range(n_labels)]
-    for t, p in zip(y_true, y_pred, strict=True):
-        cm[t][p] += 1
-    return cm
+    """``cm[t][p]``: how many examples of true label ``t`` were predicted as ``p``
+    (scikit-learn's, over all ``n_labels`` labels)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    return sk_confusion_matrix(y_true, y_pred, labels=list(range(n_labels))).tolist()
 
 
 def per_class_table(metrics: dict[str, float], labels: Sequence[str],
@@ -165,33 +162,32 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure: longest common subsequence of words."""
-    p, r = _tokens(prediction), _tokens(reference)
-    if not p or not r:
-        return float(p == r)
-    prev = [0] * (len(r) + 1)
-    for a in p:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(r)
-    return 2 * prec * rec / (prec + rec)
+#: ROUGE variants reported for generations (rouge-score's names -> ours).
+ROUGE = {"rouge1": "rouge_1", "rouge2": "rouge_2", "rougeL": "rouge_l"}
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures by Google's ``rouge-score`` (its tokenizer: lower case,
+    letters and digits only; no stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=False)
+    totals = dict.fromkeys(ROUGE, 0.0)
+    for p, r in zip(predictions, references, strict=True):
+        for k, v in scorer.score(r, p).items():
+            totals[k] += v.fmeasure
+    return {ours: totals[k] / len(references) for k, ours in ROUGE.items()}
 
 
 def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Exact match, token F1 and ROUGE-L averaged over held-out pairs."""
+    """Exact match, token F1 and ROUGE-1/2/L averaged over held-out pairs."""
     n = len(references)
     if n == 0 or len(predictions) != n:
         raise ValueError("need one prediction per reference")
     pairs = list(zip(predictions, references, strict=True))
     return {"exact_match": sum(_tokens(p) == _tokens(r) for p, r in pairs) / n,
             "token_f1": sum(token_f1(p, r) for p, r in pairs) / n,
-            "rouge_l": sum(rouge_l(p, r) for p, r in pairs) / n}
+            **rouge(predictions, references)}
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ TASK_HEADLINE = ("accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1
 #: Each kind's own metrics a gate may list (besides ``bench.<task>.<metric>`` for LMs), and its
 #: standard gate when ``registry.gate.<kind>`` is ``[]``.
 KIND_METRICS = {"base": ("val_ppl", "val_loss"), "task": ("macro_f1", "accuracy"),
-                "sft": ("rouge_l", "token_f1", "exact_match")}
+                "sft": ("rouge_l", "rouge_1", "rouge_2", "token_f1", "exact_match")}
 STANDARD_GATE = {"base": ["val_ppl"], "task": ["macro_f1", "accuracy"], "sft": ["rouge_l"]}
 #: gptops metrics where lower is better (bench.* directions come from lm-eval).
 LOWER_IS_BETTER = ("val_ppl", "val_loss")
