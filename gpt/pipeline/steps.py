@@ -277,7 +277,12 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     bm.write_builtin(items, tmp, folder)
     (tmp / "items.json").write_text(json.dumps({t: len(v) for t, v in items.items()}))
     shutil.rmtree(folder, ignore_errors=True)  # a torn folder of an earlier crash
-    os.replace(tmp, folder)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same items first: theirs are equal
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "items.json").is_file():
+            raise
     return folder
 
 

@@ -35,7 +35,7 @@ def test_no_item_text_occurs_in_the_training_split(pipeline_run):
 
     ws, *_ = pipeline_run
     meta = json.loads((ws / "data/tokens/meta.json").read_text())
-    docs = read_parts(ws / "data/clean", "clean", ["doc_id", "text"])
+    docs = read_parts(ws / "data/clean", "clean", columns=["doc_id", "text"])
     val = [is_val_doc(d, meta["val_fraction"], meta["seed"]) for d in docs["doc_id"]]
     train_text = "\n".join(_norm(t) for t, v in zip(docs["text"], val, strict=True) if not v)
     items = bm.build_items(bm.validation_docs(ws / "data/clean", meta["val_fraction"],
