@@ -31,7 +31,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ BUILTIN_TASKS = Path(__file__).parent / "bench_tasks"
 CLOZE, CHOICE = "gptops_cloze", "gptops_choice"
 BUILTIN = (CLOZE, CHOICE)
 #: Bumped when item building changes: part of the evaluation key and the evaluation set's hash.
-ITEMS_VERSION = 1
+ITEMS_VERSION = 2
 #: Words of context before a cloze target / choice ending, and words per ending.
 CONTEXT_WORDS, MIN_CONTEXT_WORDS, ENDING_WORDS, CHOICES = 32, 12, 10, 4
 #: Chance level of the built-in multiple-choice task (its trivial baseline).
@@ -107,28 +107,57 @@ def _choice_part(doc_id: str, text: str, seed: int) -> tuple[str, str] | None:
     return text[start:words[cut - 1].end()], ending
 
 
+#: Words per n-gram of the contamination check (GPT-3's decontamination used 13-grams).
+NGRAM = 13
+
+
+def _ngrams(text: str) -> set[tuple[str, ...]]:
+    words = text.split()
+    return {tuple(words[i:i + NGRAM]) for i in range(max(1, len(words) - NGRAM + 1))}
+
+
+def seen_in(train_texts: Iterable[str], candidates: Sequence[str]) -> set[int]:
+    """Indexes of ``candidates`` sharing a word ``NGRAM``-gram with any training text (a text
+    shorter than that: occurring whole). One pass over the training texts."""
+    wanted: dict[tuple[str, ...], list[int]] = {}
+    for i, text in enumerate(candidates):
+        for g in _ngrams(text):
+            wanted.setdefault(g, []).append(i)
+    sizes = {len(g) for g in wanted}
+    hit: set[int] = set()
+    for text in train_texts:
+        words = text.split()
+        for n in sizes:
+            for j in range(len(words) - n + 1):
+                found = wanted.get(tuple(words[j:j + n]))
+                if found:
+                    hit.update(found)
+    return hit
+
+
 def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
+                train_texts: Iterable[str] = (),
                 ) -> dict[str, list[dict[str, Any]]]:
     """The built-in suite's items from validation documents ``(doc_id, text)``.
 
     Deterministic: documents are taken in an order seeded by ``seed`` and their ids (not by
     their position in the corpus), at most one item per document and task, ``limit`` per task
     (0 = one per usable document). A choice item's 3 wrong endings are true endings of other
-    validation documents, so every word of every item is held-out text.
+    validation documents, so every word of every item is held-out text. A passage that shares a
+    word 13-gram with any of ``train_texts`` (the training split: documents can quote each
+    other) is left out.
     """
     docs = list(docs)
-    cloze: list[dict[str, Any]] = []
-    for doc_id, text in sorted(docs, key=lambda d: _order(d[0], seed, "cloze")):
-        item = cloze_item(doc_id, text, seed)
-        if item is not None:
-            cloze.append(item)
-        if limit and len(cloze) >= limit:
-            break
-    parts: list[tuple[str, str, str]] = []
-    for doc_id, text in sorted(docs, key=lambda d: _order(d[0], seed, "choice")):
-        part = _choice_part(doc_id, text, seed)
-        if part is not None:
-            parts.append((doc_id, *part))
+    cloze_all = [c for doc_id, text in sorted(docs, key=lambda d: _order(d[0], seed, "cloze"))
+                 if (c := cloze_item(doc_id, text, seed)) is not None]
+    parts_all = [(doc_id, *p) for doc_id, text in
+                 sorted(docs, key=lambda d: _order(d[0], seed, "choice"))
+                 if (p := _choice_part(doc_id, text, seed)) is not None]
+    texts = ([f"{c['context']} {c['target']}" for c in cloze_all]
+             + [f"{context} {ending}" for _, context, ending in parts_all])
+    leaked = seen_in(train_texts, texts)
+    cloze = [c for i, c in enumerate(cloze_all) if i not in leaked][:limit or None]
+    parts = [p for i, p in enumerate(parts_all) if len(cloze_all) + i not in leaked]
     if len(parts) < CHOICES:
         raise DataError(f"the built-in benchmark needs {CHOICES} validation documents of "
                         f"{MIN_CONTEXT_WORDS + ENDING_WORDS}+ words and found {len(parts)}; "
@@ -148,18 +177,24 @@ def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
     return {CLOZE: cloze, CHOICE: choice}
 
 
-def validation_docs(clean_dir: Path, val_fraction: float, seed: int) -> list[tuple[str, str]]:
+def split_docs(clean_dir: Path, val_fraction: float, seed: int, val: bool = True,
+               ) -> Iterator[tuple[str, str]]:
     """``(doc_id, text)`` of the clean documents the tokenize stage put in the validation split
-    (the same rule: :func:`gpt.data.loader.is_val_doc` with the split's fraction and seed)."""
+    (``val=False``: the training split), by the same rule: :func:`gpt.data.loader.is_val_doc`
+    with the split's fraction and seed. Shard by shard."""
     from gpt.data.loader import is_val_doc
     from gpt.data.shards import parts, read_part
 
-    out = []
     for f in parts(clean_dir):
         frame = read_part(f, "clean", ["doc_id", "text"])
-        out += [(d, t) for d, t in zip(frame["doc_id"].tolist(), frame["text"].tolist(),
-                                       strict=True) if is_val_doc(d, val_fraction, seed)]
-    return out
+        for d, t in zip(frame["doc_id"].tolist(), frame["text"].tolist(), strict=True):
+            if is_val_doc(d, val_fraction, seed) == val:
+                yield d, t
+
+
+def validation_docs(clean_dir: Path, val_fraction: float, seed: int) -> list[tuple[str, str]]:
+    """``(doc_id, text)`` of the validation split's clean documents."""
+    return list(split_docs(clean_dir, val_fraction, seed))
 
 
 def write_builtin(items: dict[str, list[dict[str, Any]]], out: Path,

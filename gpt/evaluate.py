@@ -192,18 +192,29 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str]) ->
 
 @torch.no_grad()
 def complete(model: GPT, tok: Tokenizer, prompts: Sequence[str], max_new_tokens: int,
-             label: str = "evaluate: completions") -> list[str]:
-    """Greedy completions (stopping at end-of-text), one prompt at a time with the KV cache.
+             label: str = "evaluate: completions", batch_size: int = 1) -> list[str]:
+    """Greedy completions (stopping at end-of-text) with the KV cache, ``batch_size`` prompts
+    at a time.
 
-    ``label`` names the progress phase (one unit per prompt).
+    Prompts are batched with others of the same token length, so no padding (and no attention
+    mask) is needed and each row computes what it would alone; a row that has stopped idles
+    until its batch is done. ``label`` names the progress phase (one unit per prompt).
     """
     device = next(model.parameters()).device
     eot = tok.token_to_id(EOT)
-    out = []
-    for prompt in progress.track(prompts, label, unit="prompt"):
-        ids = tok.encode(prompt).ids[-(model.config.block_size - 1):] or [eot]
-        y = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=0,
-                           stop_token=eot)
-        new = [t for t in y[0, len(ids):].tolist() if t != eot]
-        out.append(tok.decode(new).strip())
+    ids = [tok.encode(p).ids[-(model.config.block_size - 1):] or [eot] for p in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(i)
+    out = [""] * len(prompts)
+    with progress.phase(label, total=len(prompts), unit="prompt") as p:
+        for length, rows in sorted(by_length.items()):
+            for start in range(0, len(rows), max(1, batch_size)):
+                chunk = rows[start:start + max(1, batch_size)]
+                x = torch.tensor([ids[i] for i in chunk], device=device)
+                y = model.generate(x, max_new_tokens, temperature=0, stop_token=eot)
+                for r, i in enumerate(chunk):
+                    new = [t for t in y[r, length:].tolist() if t != eot]
+                    out[i] = tok.decode(new).strip()
+                p.advance(len(chunk))
     return out

@@ -270,8 +270,10 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     if (folder / "items.json").is_file():
         return folder
     meta = json.loads(inputs.paths.token_meta.read_text())
-    docs = bm.validation_docs(inputs.paths.clean, meta["val_fraction"], meta["seed"])
-    items = bm.build_items(docs, e.benchmark_limit, e.seed)
+    split = (inputs.paths.clean, meta["val_fraction"], meta["seed"])
+    with progress.phase("evaluate: benchmark items (validation documents, decontaminated)"):
+        items = bm.build_items(bm.validation_docs(*split), e.benchmark_limit, e.seed,
+                               (t for _, t in bm.split_docs(*split, val=False)))
     tmp = folder.with_name(f".{digest}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     bm.write_builtin(items, tmp, folder)
@@ -382,11 +384,13 @@ def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKe
     prompts, refs = [p for p, _ in test], [c for _, c in test]
     n = params.sft.max_new_tokens
     tuned_model = inputs.language_model(keys.sft(params, data_version, base.digest))
+    bs = params.evaluate.batch_size
     completions = ev.complete(tuned_model, inputs.tokenizer, prompts, n,
-                              label="evaluate: SFT completions")
+                              label="evaluate: SFT completions", batch_size=bs)
     before_model = _base_model(inputs, params, data_version, base)
     before = ev.generation_metrics(ev.complete(before_model, inputs.tokenizer, prompts, n,
-                                               label="evaluate: base-model completions"), refs)
+                                               label="evaluate: base-model completions",
+                                               batch_size=bs), refs)
     bench = _benchmarks(inputs, params, data_version, tuned_model, inputs.paths.step(key))
     metrics = {**ev.generation_metrics(completions, refs),
                **{f"baseline_{k}": v for k, v in before.items()}, **bench.get("metrics", {})}

@@ -38,8 +38,14 @@ def test_no_item_text_occurs_in_the_training_split(pipeline_run):
     docs = read_parts(ws / "data/clean", "clean", columns=["doc_id", "text"])
     val = [is_val_doc(d, meta["val_fraction"], meta["seed"]) for d in docs["doc_id"]]
     train_text = "\n".join(_norm(t) for t, v in zip(docs["text"], val, strict=True) if not v)
-    items = bm.build_items(bm.validation_docs(ws / "data/clean", meta["val_fraction"],
-                                              meta["seed"]), 0, 1337)
+    split = (ws / "data/clean", meta["val_fraction"], meta["seed"])
+    items = bm.build_items(bm.validation_docs(*split), 0, 1337,
+                           (t for _, t in bm.split_docs(*split, val=False)))
+    # the items this run scored are the first of these
+    built = next((ws / ".gptops/runs/bench-items").iterdir())
+    for task in bm.BUILTIN:
+        rows = [json.loads(x) for x in (built / f"{task}.jsonl").read_text().splitlines()]
+        assert rows == items[task][:len(rows)] and len(rows) == 8
     val_ids = {d for d, v in zip(docs["doc_id"], val, strict=True) if v}
     texts = [f"{it['context']} {it['target']}" for it in items[bm.CLOZE]]
     texts += [f"{it['context']} {e}" for it in items[bm.CHOICE] for e in it["endings"]]
@@ -80,7 +86,8 @@ def test_benchmark_scores_are_logged_to_mlflow_and_printed(pipeline_run):
     assert second["evaluation"] == first["evaluation"]  # reused, benchmarks included
     out = gptops("evaluate", *[a for o in RUN_OVERRIDES for a in ("--set", o)], cwd=ws)
     assert out.returncode == 0, out.stderr
-    assert re.search(r"base\s+bench\.gptops_choice\.acc_norm\s+[\d.]+\s+0\.25", out.stdout)
+    # (table cells are separated by box-drawing characters)
+    assert re.search(r"base\W+bench\.gptops_choice\.acc_norm\W+[\d.]+\W+0\.25", out.stdout)
     assert "sft" in out.stdout and "bench.gptops_cloze.perplexity" in out.stdout
 
 

@@ -44,6 +44,19 @@ def test_items_are_well_formed():
     assert len(labels) > 1  # the true ending is not always in the same place
 
 
+def test_a_passage_the_training_split_quotes_is_left_out():
+    docs = [doc(i) for i in range(30)]
+    items = bm.build_items(docs, limit=0, seed=3)
+    quoted = items[bm.CLOZE][0]
+    train = ["Some training text. " + quoted["context"][-80:] + " " + quoted["target"] + " more"]
+    clean = bm.build_items(docs, limit=0, seed=3, train_texts=train)
+    ids = {it["doc_id"] for it in clean[bm.CLOZE]}
+    assert quoted["doc_id"] not in ids and len(ids) == len(items[bm.CLOZE]) - 1
+    # 12 shared words are not a 13-gram: nothing is dropped for them
+    twelve = " ".join(f"{quoted['context']} {quoted['target']}".split()[-12:])
+    assert bm.build_items(docs, limit=0, seed=3, train_texts=[twelve]) == items
+
+
 def test_too_few_documents_is_one_clear_error():
     with pytest.raises(DataError, match="builtin_benchmarks=false"):
         bm.build_items([doc(i) for i in range(3)], limit=10, seed=1)
