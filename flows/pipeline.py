@@ -41,6 +41,7 @@ FORM_FIELDS = {
     "base_model": ("registry.base_model", None), "task_model": ("registry.task_model", None),
     "sft_model": ("registry.sft_model", None),
     "processes": ("train.nproc_per_node", None), "strategy": ("train.strategy", None),
+    "benchmark_items": ("evaluate.benchmark_limit", None),
 }
 
 
@@ -137,6 +138,7 @@ def training_pipeline(
     sft_model: str = _DEFAULTS["sft_model"],
     processes: str = str(_DEFAULTS["processes"]),
     strategy: Literal["ddp", "fsdp"] = _DEFAULTS["strategy"],
+    benchmark_items: int = _DEFAULTS["benchmark_items"],
     base: str = "",
     reclean: bool = False,
     save_overrides: bool = False,
@@ -166,6 +168,8 @@ def training_pipeline(
         processes: training processes on the worker (pretrain, fine-tune, SFT): `auto` = one
             per GPU (1 without), or a count; more than 1 are started by torch's launcher.
         strategy: `ddp` (a model per process) or `fsdp` (FSDP2 sharding, for large models).
+        benchmark_items: items per benchmark task in the evaluation (the built-in suite and
+            `evaluate.benchmarks`); 0 = all. Fewer = a faster evaluation, noisier scores.
         base: fine-tune a registered base instead of pretraining, e.g.
             `models:/gptops-base@champion` or `models:/gptops-base/3`; empty = pretrain.
         reclean: re-run the cleaning stage even if DVC finds it unchanged.
@@ -182,7 +186,7 @@ def training_pipeline(
               "task_file": task_file, "sft_file": sft_file, "data_source": data_source,
               "base_model": base_model, "task_model": task_model, "sft_model": sft_model,
               "processes": int(processes) if processes.strip().isdigit() else processes,
-              "strategy": strategy}
+              "strategy": strategy, "benchmark_items": benchmark_items}
     parse_base(base)  # a malformed --base fails before any work
     check_workdir(workdir)  # nothing (not even the lock file) is written into a refused folder
     ws = os.path.abspath(workdir)

@@ -20,6 +20,18 @@ def _trained(r: dict[str, Any]) -> str:
     return f"{text} (key {r['key'][:8]})"
 
 
+def _bench_rows(kind: str, metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """One row per benchmark task: its metrics (a trivial baseline, e.g. chance, after each)."""
+    tasks: dict[str, list[str]] = {}
+    for name, value in metrics.items():
+        if name.startswith("bench."):
+            _, task, metric = name.split(".", 2)
+            base = metrics.get(f"baseline_{name}")
+            tasks.setdefault(task, []).append(
+                f"{metric} {value:.4g}" + ("" if base is None else f" (chance {base:.3g})"))
+    return [(f"{kind}: benchmark {task}", ", ".join(v)) for task, v in tasks.items()]
+
+
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(item, value) rows describing a finished pipeline run."""
     rows: list[tuple[str, str]] = [("data version", result["data_version"])]
@@ -51,6 +63,9 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("sft: ROUGE-L / token F1 (base model)",
                      f"{sft['rouge_l']:.3f} / {sft['token_f1']:.3f} "
                      f"({sft['baseline_rouge_l']:.3f} / {sft['baseline_token_f1']:.3f})"))
+    for kind in ("base", "sft"):
+        if kind in evaluation:
+            rows += _bench_rows(kind, evaluation[kind]["metrics"])
     for reg in result["registered"].values():
         state = "champion" if reg["champion"] else "challenger"
         rows.append((f"registry: {reg['name']}", f"v{reg['version']} {state}: {reg['reason']}"))

@@ -230,12 +230,14 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
     """Run one step of ``gpt.pipeline.steps`` on the workspace's current data version."""
 
     from gpt import stopping, workspace
-    from gpt.preflight import check_tasks
+    from gpt.preflight import check_benchmarks, check_tasks
 
     setup_logging()
     params = _params(workdir, profile, overrides)
     if name != "pretrain":  # evaluate reads both tasks
         check_tasks(params, (name,) if name in ("finetune", "sft") else ("finetune", "sft"))
+    if name in ("evaluate", "sft"):
+        check_benchmarks(params)
     # One writer per workspace: a pipeline run or another training step waits (nodes > 0 of a
     # multi-node world share node 0's workspace, and only lend their processes).
     lock = (contextlib.nullcontext() if params.train.node_rank else
@@ -412,13 +414,14 @@ def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder
     from gpt import registry, workspace
     from gpt.hf import resolve
     from gpt.pipeline import steps
-    from gpt.preflight import check_workdir
+    from gpt.preflight import check_benchmarks, check_workdir
 
     setup_logging()
     resolve(spec, key="gptops import")  # the checkpoint itself first: a missing folder is named
     check_workdir(workdir, init)
     ws = workspace.ensure_workspace(workdir, init=init)
     params = _params(ws, profile, [*(overrides or []), f"model.init_from={spec}"])
+    check_benchmarks(params)
     uri = _tracking_uri(ws, params)
     with workspace.workspace_lock(ws, f"gptops import {spec}"):
         workspace.apply_run_overrides(ws, overrides)

@@ -214,6 +214,29 @@ class EvaluateConfig(_Strict):
     ppl_batches: int = Field(gt=0, description="validation batches for perplexity")
     batch_size: int = Field(gt=0)
     seed: int
+    # Benchmarks (gpt.benchmarks). Defaults in code are "off" only, so an older params.yaml
+    # still loads; params.yaml turns the built-in suite on.
+    builtin_benchmarks: bool = Field(False, description="score the built-in offline suite "
+                                     "(items from validation documents)")
+    benchmark_limit: int = Field(0, ge=0, description="items per benchmark task (0 = all)")
+    benchmarks: list[str] = Field(default_factory=list, description="lm-eval task names")
+    benchmark_dirs: list[str] = Field(default_factory=list,
+                                      description="folders of your own lm-eval task YAMLs")
+
+    @property
+    def any_benchmarks(self) -> bool:
+        return bool(self.builtin_benchmarks or self.benchmarks or self.benchmark_dirs)
+
+
+class GateConfig(_Strict):
+    """Per model kind, the metrics the promotion gate reads (``gpt.registry.gate``): the first
+    decides against the champion; every one must beat its trivial baseline where it has one.
+    Any evaluation metric, ``bench.<task>.<metric>`` included. ``[]`` = the kind's standard
+    metrics (``gpt.pipeline.candidates.STANDARD_GATE``), so an older params.yaml loads."""
+
+    base: list[str] = Field(default_factory=list)
+    task: list[str] = Field(default_factory=list)
+    sft: list[str] = Field(default_factory=list)
 
 
 class RegistryConfig(_Strict):
@@ -224,6 +247,7 @@ class RegistryConfig(_Strict):
     sft_model: str
     min_improvement: float = Field(ge=0, description="margin a challenger must beat champion by")
     license: str = Field(min_length=1, description="licence id declared in the model cards")
+    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 #: The base model's evaluation metrics a study can optimise, and in which direction.

@@ -32,6 +32,10 @@ class ModelEval:
     confusion_matrix: list[list[int]] = field(default_factory=list)
     unseen_labels: dict[str, int] = field(default_factory=dict)  #: test-only labels -> rows
     examples: list[dict[str, Any]] = field(default_factory=list)  #: generations shown to users
+    #: direction of the ``bench.*`` metrics (lm-eval's ``higher_is_better``)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    #: lm-eval's results JSON (plus ``seconds`` and a ``table``); {} when no benchmark ran
+    benchmarks: dict[str, Any] = field(default_factory=dict)
 
 
 DEFAULT_PROMPTS = ["The", "Return a new", "This module provides", "If the argument is"]
@@ -49,23 +53,20 @@ def perplexity(model: GPT, tokens_dir: Path, batches: int, batch_size: int, seed
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
                            labels: Sequence[str]) -> dict[str, float]:
-    """Accuracy, macro-F1 and per-class precision/recall/F1 (as flat metric names)."""
-    n = len(y_true)
-    if n == 0:
+    """Accuracy, macro-F1 and per-class precision/recall/F1 (as flat metric names), by
+    scikit-learn over every label (a label never predicted nor seen scores 0, as before)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    if len(y_true) == 0:
         raise ValueError("no examples to evaluate")
-    out: dict[str, float] = {"accuracy": sum(t == p for t, p in zip(y_true, y_pred,
-                                                                    strict=True)) / n}
-    f1s = []
+    ids = list(range(len(labels)))
+    prec, rec, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=ids,
+                                                       zero_division=0)
+    out: dict[str, float] = {"accuracy": float(accuracy_score(y_true, y_pred))}
     for i, name in enumerate(labels):
-        tp = sum(t == i and p == i for t, p in zip(y_true, y_pred, strict=True))
-        fp = sum(t != i and p == i for t, p in zip(y_true, y_pred, strict=True))
-        fn = sum(t == i and p != i for t, p in zip(y_true, y_pred, strict=True))
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        rec = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        out[f"precision_{name}"], out[f"recall_{name}"], out[f"f1_{name}"] = prec, rec, f1
-        f1s.append(f1)
-    out["macro_f1"] = sum(f1s) / len(f1s)
+        out[f"precision_{name}"], out[f"recall_{name}"], out[f"f1_{name}"] = (
+            float(prec[i]), float(rec[i]), float(f1[i]))
+    out["macro_f1"] = float(f1.mean())
     return out
 
 
@@ -96,11 +97,11 @@ def sample_generations(model: GPT, tok: Tokenizer, prompts: Sequence[str] = DEFA
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_labels: int,
                      ) -> list[list[int]]:
-    """``cm[t][p]``: how many examples of true label ``t`` were predicted as ``p``."""
-    cm = [[0] * n_labels for _ in range(n_labels)]
-    for t, p in zip(y_true, y_pred, strict=True):
-        cm[t][p] += 1
-    return cm
+    """``cm[t][p]``: how many examples of true label ``t`` were predicted as ``p``
+    (scikit-learn's, over all ``n_labels`` labels)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    return sk_confusion_matrix(y_true, y_pred, labels=list(range(n_labels))).tolist()
 
 
 def per_class_table(metrics: dict[str, float], labels: Sequence[str],
@@ -161,49 +162,59 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure: longest common subsequence of words."""
-    p, r = _tokens(prediction), _tokens(reference)
-    if not p or not r:
-        return float(p == r)
-    prev = [0] * (len(r) + 1)
-    for a in p:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(r)
-    return 2 * prec * rec / (prec + rec)
+#: ROUGE variants reported for generations (rouge-score's names -> ours).
+ROUGE = {"rouge1": "rouge_1", "rouge2": "rouge_2", "rougeL": "rouge_l"}
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures by Google's ``rouge-score`` (its tokenizer: lower case,
+    letters and digits only; no stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=False)
+    totals = dict.fromkeys(ROUGE, 0.0)
+    for p, r in zip(predictions, references, strict=True):
+        for k, v in scorer.score(r, p).items():
+            totals[k] += v.fmeasure
+    return {ours: totals[k] / len(references) for k, ours in ROUGE.items()}
 
 
 def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Exact match, token F1 and ROUGE-L averaged over held-out pairs."""
+    """Exact match, token F1 and ROUGE-1/2/L averaged over held-out pairs."""
     n = len(references)
     if n == 0 or len(predictions) != n:
         raise ValueError("need one prediction per reference")
     pairs = list(zip(predictions, references, strict=True))
     return {"exact_match": sum(_tokens(p) == _tokens(r) for p, r in pairs) / n,
             "token_f1": sum(token_f1(p, r) for p, r in pairs) / n,
-            "rouge_l": sum(rouge_l(p, r) for p, r in pairs) / n}
+            **rouge(predictions, references)}
 
 
 @torch.no_grad()
 def complete(model: GPT, tok: Tokenizer, prompts: Sequence[str], max_new_tokens: int,
-             label: str = "evaluate: completions") -> list[str]:
-    """Greedy completions (stopping at end-of-text), one prompt at a time with the KV cache.
+             label: str = "evaluate: completions", batch_size: int = 1) -> list[str]:
+    """Greedy completions (stopping at end-of-text) with the KV cache, ``batch_size`` prompts
+    at a time.
 
-    ``label`` names the progress phase (one unit per prompt).
+    Prompts are batched with others of the same token length, so no padding (and no attention
+    mask) is needed and each row computes what it would alone; a row that has stopped idles
+    until its batch is done. ``label`` names the progress phase (one unit per prompt).
     """
     device = next(model.parameters()).device
     eot = tok.token_to_id(EOT)
-    out = []
-    for prompt in progress.track(prompts, label, unit="prompt"):
-        ids = tok.encode(prompt).ids[-(model.config.block_size - 1):] or [eot]
-        y = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=0,
-                           stop_token=eot)
-        new = [t for t in y[0, len(ids):].tolist() if t != eot]
-        out.append(tok.decode(new).strip())
+    ids = [tok.encode(p).ids[-(model.config.block_size - 1):] or [eot] for p in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(i)
+    out = [""] * len(prompts)
+    with progress.phase(label, total=len(prompts), unit="prompt") as p:
+        for length, rows in sorted(by_length.items()):
+            for start in range(0, len(rows), max(1, batch_size)):
+                chunk = rows[start:start + max(1, batch_size)]
+                x = torch.tensor([ids[i] for i in chunk], device=device)
+                y = model.generate(x, max_new_tokens, temperature=0, stop_token=eot)
+                for r, i in enumerate(chunk):
+                    new = [t for t in y[r, length:].tolist() if t != eot]
+                    out[i] = tok.decode(new).strip()
+                p.advance(len(chunk))
     return out

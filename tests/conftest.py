@@ -24,7 +24,7 @@ SMALL = [
     "finetune.warmup_steps=5", "finetune.lr=0.003", "finetune.base_lr_factor=1.0",
     "sft.max_steps=30", "sft.warmup_steps=5", "sft.eval_examples=10",
     "sft.max_new_tokens=8",
-    "evaluate.ppl_batches=4",
+    "evaluate.ppl_batches=4", "evaluate.benchmark_limit=8",
 ]
 
 

@@ -11,6 +11,7 @@ model lookup uses it too).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from gpt.config import PROJECT_PARAMS, Params, read_params_file
 from gpt.data.tokenizer import EOT
 from gpt.errors import ConfigError
 from gpt.pipeline import keys
-from gpt.registry import Candidate, GateSpec, Tracking
+from gpt.registry import Bar, Candidate, GateSpec, Tracking
 
 if TYPE_CHECKING:  # heavy (torch, matplotlib): imported where used, so `gptops predict` and
     # `generate` can ask model_name() without them
@@ -31,6 +32,33 @@ if TYPE_CHECKING:  # heavy (torch, matplotlib): imported where used, so `gptops 
 
 #: The classifier metrics stored on its version (per-class metrics go to an artifact).
 TASK_HEADLINE = ("accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1")
+#: Each kind's own metrics a gate may list (besides ``bench.<task>.<metric>`` for LMs), and its
+#: standard gate when ``registry.gate.<kind>`` is ``[]``.
+KIND_METRICS = {"base": ("val_ppl", "val_loss"), "task": ("macro_f1", "accuracy"),
+                "sft": ("rouge_l", "rouge_1", "rouge_2", "token_f1", "exact_match")}
+STANDARD_GATE = {"base": ["val_ppl"], "task": ["macro_f1", "accuracy"], "sft": ["rouge_l"]}
+#: gptops metrics where lower is better (bench.* directions come from lm-eval).
+LOWER_IS_BETTER = ("val_ppl", "val_loss")
+
+
+def gate_metrics(kind: str, params: Params) -> list[str]:
+    """The metrics ``registry.gate`` lists for ``kind`` (its standard gate when empty)."""
+    return list(getattr(params.registry.gate, kind)) or STANDARD_GATE[kind]
+
+
+def gate_spec(kind: str, params: Params, e: ModelEval,
+              baselines: dict[str, float] | None = None) -> GateSpec:
+    """The gate of ``kind`` from ``registry.gate``: direction by metric (lm-eval's
+    ``higher_is_better`` for ``bench.*``), baseline ``baseline_<metric>`` of the evaluation
+    unless ``baselines`` gives one."""
+    def bar(m: str) -> Bar:
+        up = e.higher_is_better.get(m, m not in LOWER_IS_BETTER)
+        base = (baselines or {}).get(m, e.metrics.get(f"baseline_{m}"))
+        return Bar(m, up, base)
+
+    first, *rest = [bar(m) for m in gate_metrics(kind, params)]
+    return GateSpec(first.metric, first.higher_is_better, first.baseline,
+                    params.registry.min_improvement, tuple(rest))
 
 
 @dataclass
@@ -67,14 +95,25 @@ def _base_fields(ctx: Context, e: ModelEval, load: Callable[[], Any]) -> dict[st
     p = ctx.paths
     # The baseline of perplexity: the checkpoint continued pretraining started from (measured on
     # the same batches), else a uniform guess over the vocabulary.
-    baseline = e.metrics.get("baseline_val_ppl", float(ctx.inputs.vocab_size))
+    vocab = float(ctx.inputs.vocab_size)
+    baselines = {"val_ppl": e.metrics.get("baseline_val_ppl", vocab),
+                 "val_loss": e.metrics.get("baseline_val_loss", math.log(vocab))}
     return {"name": model_name("base", ctx.params), "task": "text-generation",
             "metrics": dict(e.metrics),
-            "spec": GateSpec("val_ppl", False, baseline, ctx.params.registry.min_improvement),
+            "spec": gate_spec("base", ctx.params, e, baselines),
             "export": _lm_export(ctx, load),
             "artifacts": {"data": p.clean_stats, "data_report": p.clean_report,
                           "tokenizer": p.tokenizer},
-            "tables": {"samples/generations.json": e.examples}}
+            **_bench_evidence(e, {"samples/generations.json": e.examples})}
+
+
+def _bench_evidence(e: ModelEval, tables: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's results JSON and the benchmark table, when benchmarks ran."""
+    if not e.benchmarks:
+        return {"tables": tables}
+    results = {k: v for k, v in e.benchmarks.items() if k != "table"}
+    return {"documents": {"eval/lm_eval_results.json": results},
+            "tables": {**tables, "eval/benchmarks.json": e.benchmarks.get("table", [])}}
 
 
 def _base(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
@@ -98,10 +137,9 @@ def _task(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
     if e.unseen_labels:
         documents["eval/unseen_test_labels.json"] = e.unseen_labels
     metrics = {k: e.metrics[k] for k in TASK_HEADLINE}
-    # The trivial baseline: always predicting the majority class.
+    # The trivial baseline: always predicting the majority class (every gate metric beats it).
     return {"name": model_name("task", ctx.params), "task": "text-classification",
-            "metrics": metrics, "spec": GateSpec("macro_f1", True, metrics["baseline_macro_f1"],
-                                                 ctx.params.registry.min_improvement),
+            "metrics": metrics, "spec": gate_spec("task", ctx.params, e),
             "export": export, "artifacts": {"eval": png}, "documents": documents,
             "tables": {"eval/per_class.json": ev.per_class_table(e.metrics, e.labels,
                                                                  e.confusion_matrix)}}
@@ -110,11 +148,9 @@ def _task(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
 def _sft(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
     # The trivial baseline: the base model prompted the same way.
     return {"name": model_name("sft", ctx.params), "task": "text-generation",
-            "metrics": dict(e.metrics),
-            "spec": GateSpec("rouge_l", True, e.metrics["baseline_rouge_l"],
-                             ctx.params.registry.min_improvement),
+            "metrics": dict(e.metrics), "spec": gate_spec("sft", ctx.params, e),
             "export": _lm_export(ctx, lambda: ctx.inputs.language_model(key)),
-            "tables": {"eval/sft_examples.json": e.examples}}
+            **_bench_evidence(e, {"eval/sft_examples.json": e.examples})}
 
 
 #: Model kind -> (its ``registry`` key, the suffix of a name derived from a task file).

@@ -7,7 +7,8 @@ DVC keys the data stages by the params and code each one lists; training follows
 - fine-tune = the pretrain key + the ``finetune`` section + the content of its task files;
 - SFT = the pretrain key + the training fields of ``sft`` + the content of its pairs file;
 - evaluation = the model's key + what that evaluation reads (``evaluate`` for perplexity, the
-  generation fields of ``sft`` for SFT; the classifier's test split is in its own key).
+  generation fields of ``sft`` for SFT, the benchmark settings and the content of the benchmark
+  task folders for both; the classifier's test split is in its own key).
 
 So changing ``finetune.lr`` fine-tunes again on the same base, and changing
 ``evaluate.ppl_batches`` only re-evaluates. Paths are not hashed, contents are: moving a task
@@ -43,9 +44,14 @@ class StepKey:
         return self.digest[:8]
 
 
-def _key(step: str, reads: dict[str, Any]) -> StepKey:
+def digest_of(reads: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over ``reads`` as canonical JSON."""
     blob = json.dumps(reads, sort_keys=True, default=str).encode()
-    return StepKey(step, hashlib.sha256(blob).hexdigest()[:16], reads)
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _key(step: str, reads: dict[str, Any]) -> StepKey:
+    return StepKey(step, digest_of(reads), reads)
 
 
 def file_digest(path: str) -> str:
@@ -110,17 +116,41 @@ def sft(params: Params, data_version: str, base: str | None = None) -> StepKey:
                         "sft": _section(params, "sft", ("enabled", *SFT_EVAL_FIELDS))})
 
 
+#: ``evaluate`` fields of the benchmarks (the SFT evaluation reads these and no others).
+BENCH_FIELDS = ("builtin_benchmarks", "benchmark_limit", "benchmarks", "benchmark_dirs")
+
+
+def benchmarks(params: Params) -> dict[str, Any]:
+    """What the benchmarks read: their settings, the task folders by content (not path) and the
+    version of the built-in items' recipe; ``{}`` when no benchmark runs (keys stay as they were
+    before benchmarks existed)."""
+    e = params.evaluate
+    if not e.any_benchmarks:
+        return {}
+    from gpt.benchmarks import ITEMS_VERSION, dirs_digest
+
+    reads = {k: getattr(e, k) for k in BENCH_FIELDS if k != "benchmark_dirs"}
+    reads["benchmark_files"] = dirs_digest(e.benchmark_dirs) if e.benchmark_dirs else ""
+    if e.builtin_benchmarks:
+        reads["items_version"] = ITEMS_VERSION
+    return reads
+
+
 def evaluation(kind: str, params: Params, data_version: str,
                base: str | None = None) -> StepKey:
     """The key of one model's evaluation (``kind``: base, task or sft)."""
+    bench = benchmarks(params)
     if kind == "base":
+        evaluate = {k: v for k, v in _section(params, "evaluate").items()
+                    if k not in BENCH_FIELDS}
         return _key("evaluate-base", {"model": pretrain(params, data_version).digest,
-                                      "evaluate": _section(params, "evaluate")})
+                                      "evaluate": evaluate,
+                                      **({"benchmarks": bench} if bench else {})})
     if kind == "task":
         return _key("evaluate-task", {"model": finetune(params, data_version, base).digest})
     sft_reads = {k: getattr(params.sft, k) for k in SFT_EVAL_FIELDS}
     return _key("evaluate-sft", {"model": sft(params, data_version, base).digest,
-                                 "sft": sft_reads})
+                                 "sft": sft_reads, **({"benchmarks": bench} if bench else {})})
 
 
 def model(kind: str, params: Params, data_version: str, base: str | None = None) -> StepKey:

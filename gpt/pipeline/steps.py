@@ -13,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -294,21 +297,95 @@ def sft_step(workdir: Path, params: Params, data_version: str,
 # --- evaluation ---------------------------------------------------------------------------------
 
 
+def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
+    """The built-in benchmark's task folder, its items built once per data version, size and
+    seed from the validation documents only (:func:`gpt.benchmarks.build_items`)."""
+    from gpt import benchmarks as bm
+
+    e = params.evaluate
+    digest = keys.digest_of({"data_version": data_version, "limit": e.benchmark_limit,
+                             "seed": e.seed, "items_version": bm.ITEMS_VERSION})
+    folder = inputs.paths.runs / "bench-items" / digest
+    if (folder / "items.json").is_file():
+        return folder
+    meta = json.loads(inputs.paths.token_meta.read_text())
+    split = (inputs.paths.clean, meta["val_fraction"], meta["seed"])
+    with progress.phase("evaluate: benchmark items (validation documents, decontaminated)"):
+        items = bm.build_items(bm.validation_docs(*split), e.benchmark_limit, e.seed,
+                               (t for _, t in bm.split_docs(*split, val=False)))
+    tmp = folder.with_name(f".{digest}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    bm.write_builtin(items, tmp, folder)
+    (tmp / "items.json").write_text(json.dumps({t: len(v) for t, v in items.items()}))
+    shutil.rmtree(folder, ignore_errors=True)  # a torn folder of an earlier crash
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same items first: theirs are equal
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "items.json").is_file():
+            raise
+    return folder
+
+
+def bench_hash(params: Params, data_version: str) -> str:
+    """The benchmark part of an evaluation set's hash ("" when no benchmark runs)."""
+    reads = keys.benchmarks(params)
+    return f"-bench{keys.digest_of({**reads, 'data': data_version})[:8]}" if reads else ""
+
+
+def _benchmarks(inputs: Inputs, params: Params, data_version: str, model: Any,
+                where: Path) -> dict[str, Any]:
+    """The model's benchmark numbers as :class:`ModelEval` fields (``{}`` when none runs):
+    ``metrics`` (``bench.*`` and the built-in choice task's chance as its baseline),
+    ``higher_is_better`` and lm-eval's ``benchmarks`` results."""
+    e = params.evaluate
+    if not e.any_benchmarks:
+        return {}
+    from gpt import benchmarks as bm
+    from gpt.data.tokenizer import EOT
+    from gpt.train import resolve_device
+
+    builtin = _bench_items(inputs, params, data_version) if e.builtin_benchmarks else None
+    s = bm.suite(builtin, e.benchmarks, e.benchmark_dirs, e.benchmark_limit)
+    tok = inputs.hf_tokenizer
+    with progress.phase(f"evaluate: benchmarks ({', '.join(s.tasks)})"), \
+            tempfile.TemporaryDirectory(prefix="hf-", dir=_mkdir(where)) as tmp:
+        folder = bm.export_folder(model, tok, tok.convert_tokens_to_ids(EOT), tok.pad_token_id,
+                                  Path(tmp))
+        r = bm.score(folder, s, e.batch_size, str(resolve_device(params.train.device)), e.seed)
+    log.info("evaluate: benchmarks %s in %.1fs: %s", ", ".join(s.tasks), r.seconds,
+             ", ".join(f"{k.removeprefix('bench.')}={v:.4g}" for k, v in r.metrics.items()))
+    chance = {f"baseline_{k}": v for k, v in bm.CHANCE.items() if k in r.metrics}
+    return {"metrics": {**r.metrics, **chance}, "higher_is_better": r.higher_is_better,
+            "benchmarks": {**r.results, "seconds": round(r.seconds, 2), "table": r.table}}
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _perplexity_eval(inputs: Inputs, params: Params, data_version: str, model: Any,
-                     key: str) -> ModelEval:
-    """A language model's perplexity on this workspace's validation split, and samples."""
+                     key: str, where: Path) -> ModelEval:
+    """A language model's perplexity on this workspace's validation split, its benchmarks and
+    samples (``where``: a folder for the evaluation's scratch files)."""
     e = params.evaluate
     metrics = ev.perplexity(model, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed)
     meta = json.loads(inputs.paths.token_meta.read_text())
-    return ModelEval("base", metrics,
-                     f"val-{data_version}-{meta['val_tokens']}-{e.ppl_batches}x{e.batch_size}",
-                     key, examples=ev.sample_generations(model, inputs.tokenizer, seed=e.seed))
+    bench = _benchmarks(inputs, params, data_version, model, where)
+    return ModelEval("base", {**metrics, **bench.get("metrics", {})},
+                     f"val-{data_version}-{meta['val_tokens']}-{e.ppl_batches}x{e.batch_size}"
+                     f"{bench_hash(params, data_version)}",
+                     key, examples=ev.sample_generations(model, inputs.tokenizer, seed=e.seed),
+                     higher_is_better=bench.get("higher_is_better", {}),
+                     benchmarks=bench.get("benchmarks", {}))
 
 
 def _evaluate_base(inputs: Inputs, params: Params, data_version: str, key: StepKey,
                    _from: Base) -> ModelEval:
     base = inputs.language_model(keys.pretrain(params, data_version))
-    out = _perplexity_eval(inputs, params, data_version, base, key.digest)
+    out = _perplexity_eval(inputs, params, data_version, base, key.digest,
+                           inputs.paths.step(key))
     e = params.evaluate
     if params.model.init_from:
         # Continued pretraining must beat where it started, on the same batches.
@@ -346,17 +423,23 @@ def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKe
     prompts, refs = [p for p, _ in test], [c for _, c in test]
     n = params.sft.max_new_tokens
     tuned_model = inputs.language_model(keys.sft(params, data_version, base.digest))
+    bs = params.evaluate.batch_size
     completions = ev.complete(tuned_model, inputs.tokenizer, prompts, n,
-                              label="evaluate: SFT completions")
+                              label="evaluate: SFT completions", batch_size=bs)
     before_model = _base_model(inputs, params, data_version, base)
     before = ev.generation_metrics(ev.complete(before_model, inputs.tokenizer, prompts, n,
-                                               label="evaluate: base-model completions"), refs)
+                                               label="evaluate: base-model completions",
+                                               batch_size=bs), refs)
+    bench = _benchmarks(inputs, params, data_version, tuned_model, inputs.paths.step(key))
     metrics = {**ev.generation_metrics(completions, refs),
-               **{f"baseline_{k}": v for k, v in before.items()}}
+               **{f"baseline_{k}": v for k, v in before.items()}, **bench.get("metrics", {})}
     examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
                 zip(prompts[:10], refs[:10], completions[:10], strict=True)]
-    return ModelEval("sft", metrics, f"{task.eval_hash()}-{len(test)}", key.digest,
-                     test_examples=len(test), examples=examples)
+    return ModelEval("sft", metrics,
+                     f"{task.eval_hash()}-{len(test)}{bench_hash(params, data_version)}",
+                     key.digest, test_examples=len(test), examples=examples,
+                     higher_is_better=bench.get("higher_is_better", {}),
+                     benchmarks=bench.get("benchmarks", {}))
 
 
 EVALUATORS = {"base": _evaluate_base, "task": _evaluate_task, "sft": _evaluate_sft}
@@ -429,8 +512,9 @@ def import_step(workdir: Path, params: Params, data_version: str, tracking: Trac
         update={"init_from": spec})})
     ctx = candidates.Context(RunPaths(Path(workdir)), params, data_version, tracking)
     model = initial_model(params.model, TokenData(ctx.paths.tokens)).eval()
-    e = _perplexity_eval(ctx.inputs, params, data_version, model,
-                         f"import-{checkpoint_digest(spec)[:16]}")
+    eval_key = f"import-{checkpoint_digest(spec)[:16]}"
+    e = _perplexity_eval(ctx.inputs, params, data_version, model, eval_key,
+                         ctx.paths.runs / "import" / eval_key)
     tags = {**tracking.tags, **lineage(params, data_version,
                                        tracking.tags.get("prefect_flow_run_id"))}
     c = candidates.imported(ctx, e, model, tags)

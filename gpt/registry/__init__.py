@@ -1,6 +1,6 @@
 """MLflow tracking and the model registry (see each module; this package only hands names on)."""
 
-from gpt.registry.gate import GateSpec, comparison_markdown, read_champion, require_finite
+from gpt.registry.gate import Bar, GateSpec, comparison_markdown, read_champion, require_finite
 from gpt.registry.governance import (
     CHALLENGER,
     CHAMPION,
@@ -37,6 +37,7 @@ from gpt.registry.tracking import (
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "Bar",
     "Candidate",
     "Dataset",
     "GateSpec",

@@ -5,7 +5,9 @@ when it does not beat its trivial baseline (2.). It takes ``champion`` only when
 
 1. every metric is finite (otherwise nothing is registered at all);
 2. its primary metric beats the trivial baseline (the majority class for a classifier, a uniform
-   guess over the vocabulary for perplexity, the base model prompted the same way for SFT);
+   guess over the vocabulary for perplexity, the base model prompted the same way for SFT,
+   chance for a multiple-choice benchmark), and so does every other metric its gate lists
+   (``registry.gate`` in params.yaml: a classifier on macro-F1 and accuracy by default);
 3. there is no champion yet, or the champion was evaluated on the same set (equal ``eval_hash``)
    and the new value beats it by more than ``min_improvement`` (by anything when that is 0).
 
@@ -56,13 +58,27 @@ def require_finite(metrics: dict[str, Any], what: str) -> None:
 
 
 @dataclass(frozen=True)
+class Bar:
+    """A further metric the gate lists: it too must beat its trivial baseline."""
+
+    metric: str
+    higher_is_better: bool
+    baseline: float | None
+
+    def beats(self, new: float, old: float) -> bool:
+        return new > old if self.higher_is_better else new < old
+
+
+@dataclass(frozen=True)
 class GateSpec:
-    """How one kind of model is judged: its primary metric, direction and trivial baseline."""
+    """How one kind of model is judged: its primary metric, direction and trivial baseline, and
+    the other metrics its gate lists (``also``), each of which must beat its own baseline."""
 
     metric: str
     higher_is_better: bool
     baseline: float | None
     min_improvement: float = 0.0
+    also: tuple[Bar, ...] = ()
 
     def beats(self, new: float, old: float) -> bool:
         return new > old if self.higher_is_better else new < old
@@ -103,16 +119,31 @@ class Decision:
     rejected: bool = False
 
 
-def decide(spec: GateSpec, value: float, eval_hash: str, champion: Champion | None) -> Decision:
-    """The rule itself, as a pure function of the new value and the champion."""
+def _below_baseline(metric: str, value: float, baseline: float) -> Decision:
+    return Decision(False, f"rejected: {metric} {value:.4g} does not beat the trivial baseline "
+                           f"{baseline:.4g}; train longer, lower the learning rate or check the "
+                           "data", rejected=True)
+
+
+def decide(spec: GateSpec, value: float, eval_hash: str, champion: Champion | None,
+           metrics: dict[str, float] | None = None) -> Decision:
+    """The rule itself, as a pure function of the new values and the champion.
+
+    ``metrics`` holds the values of ``spec.also`` (each must beat its baseline too).
+    """
     m = spec.metric
     if not math.isfinite(value):
         return Decision(False, f"{m}={value} is not finite", rejected=True)
     value = stored(value)
     if spec.baseline is not None and not spec.beats(value, stored(spec.baseline)):
-        return Decision(False, f"rejected: {m} {value:.4g} does not beat the trivial baseline "
-                               f"{spec.baseline:.4g}; train longer, lower the learning rate or "
-                               "check the data", rejected=True)
+        return _below_baseline(m, value, spec.baseline)
+    for bar in spec.also:
+        other = (metrics or {}).get(bar.metric)
+        if other is None or not math.isfinite(other):
+            return Decision(False, f"{bar.metric}={other} is missing or not finite",
+                            rejected=True)
+        if bar.baseline is not None and not bar.beats(stored(other), stored(bar.baseline)):
+            return _below_baseline(bar.metric, stored(other), bar.baseline)
     if champion is None:
         return Decision(True, "first version: no champion yet")
     if champion.eval_hash != eval_hash:
@@ -179,7 +210,7 @@ def apply(client, name: str, version: str, spec: GateSpec, metrics: dict[str, fl
     read here is still the champion when the alias moves.
     """
     champion = read_champion(client, name)
-    decision = decide(spec, metrics[spec.metric], eval_hash, champion)
+    decision = decide(spec, metrics[spec.metric], eval_hash, champion, metrics)
     client.set_model_version_tag(name, version, "promotion_decision", decision.reason[:5000])
     if decision.rejected:  # worse than a trivial guess: neither alias
         client.set_model_version_tag(name, version, REJECTED, decision.reason[:5000])

@@ -126,8 +126,10 @@ def register(c: Candidate, tracking: Tracking) -> Registration:
             served (nothing is logged or registered).
     """
     gate.require_finite(c.metrics, f"model '{c.name}'")
-    if c.spec.metric not in c.metrics:
-        raise RegistryError(f"model '{c.name}': primary metric '{c.spec.metric}' missing")
+    for metric in (c.spec.metric, *(b.metric for b in c.spec.also)):
+        if metric not in c.metrics:
+            raise RegistryError(f"model '{c.name}': gate metric '{metric}' missing (it has "
+                                f"{', '.join(sorted(c.metrics))}); fix registry.gate")
     if c.task not in TASKS:
         raise RegistryError(f"model '{c.name}': task '{c.task}' cannot be served; use "
                             f"{' or '.join(TASKS)}")

@@ -34,14 +34,33 @@ def test_plot_confusion_matrix_writes_png(tmp_path):
 
 
 def test_generation_metrics_exact_f1_rouge():
-    from gpt.evaluate import generation_metrics, rouge_l, token_f1
+    from gpt.evaluate import generation_metrics, rouge, token_f1
 
     assert token_f1("Return the value", "return the value") == 1.0
     assert token_f1("a b", "c d") == 0.0
-    assert rouge_l("the cat sat on the mat", "the cat on the mat") == pytest.approx(
-        2 * (5 / 6) * 1.0 / (5 / 6 + 1.0))
+    # ROUGE-L F: LCS 5 of 6 predicted and 5 of 5 reference words
+    assert rouge(["the cat sat on the mat"], ["the cat on the mat"])["rouge_l"] == \
+        pytest.approx(2 * (5 / 6) * 1.0 / (5 / 6 + 1.0))
     m = generation_metrics(["Return the value.", "nothing"], ["Return the value.", "x y"])
     assert m["exact_match"] == 0.5 and m["token_f1"] == 0.5 and m["rouge_l"] == 0.5
+    assert m["rouge_1"] == 0.5 and m["rouge_2"] == 0.5
+    # rouge-score's tokenizer splits on punctuation: dotted names count word by word
+    assert rouge(["os.path.join"], ["join paths"])["rouge_1"] == pytest.approx(2 * (1 / 3) * 0.5
+                                                                              / (1 / 3 + 0.5))
+
+
+def test_sklearn_metrics_equal_the_hand_written_ones_they_replace():
+    """Parity with the metrics computed before scikit-learn (written out here by hand)."""
+    m = ev.classification_metrics(Y_TRUE, Y_PRED, LABELS)
+    assert m["accuracy"] == 5 / 8
+    f1 = {"asyncio": 2 / 3, "email": 0.5, "xml": 2 / 3}
+    for name, value in f1.items():
+        assert m[f"f1_{name}"] == pytest.approx(value)
+    assert m["macro_f1"] == pytest.approx(sum(f1.values()) / 3)
+    # a label never true nor predicted scores 0 and still counts in the macro average
+    m4 = ev.classification_metrics(Y_TRUE, Y_PRED, [*LABELS, "http"])
+    assert m4["f1_http"] == 0.0 and m4["macro_f1"] == pytest.approx(sum(f1.values()) / 4)
+    assert ev.confusion_matrix(Y_TRUE, Y_PRED, 4)[3] == [0, 0, 0, 0]
 
 
 def test_docsummary_task_pairs_names_with_first_sentences():

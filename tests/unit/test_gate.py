@@ -82,3 +82,54 @@ def test_non_finite_metrics_are_refused():
     with pytest.raises(RegistryError, match="non-finite"):
         require_finite({"accuracy": float("nan")}, "task")
     require_finite({"accuracy": 0.5}, "task")
+
+
+def test_a_classifier_must_beat_its_baseline_on_every_metric_its_gate_lists():
+    """The case seen in the wild: macro-F1 0.048 beat 0.038, accuracy 0.109 lost to 0.178."""
+    from gpt.registry.gate import Bar
+
+    spec = GateSpec("macro_f1", True, 0.038, also=(Bar("accuracy", True, 0.178),))
+    metrics = {"macro_f1": 0.048, "accuracy": 0.109}
+    d = decide(spec, metrics["macro_f1"], "h", None, metrics)
+    assert d.rejected and not d.promote and "accuracy 0.109" in d.reason
+    assert decide(spec, 0.048, "h", None, {**metrics, "accuracy": 0.2}).promote
+    # a listed metric that is missing or NaN never passes
+    assert decide(spec, 0.048, "h", None, {"macro_f1": 0.048}).rejected
+    assert decide(spec, 0.048, "h", None, {**metrics, "accuracy": math.nan}).rejected
+
+
+def _eval(kind, metrics, better=None):
+    from gpt.evaluate import ModelEval
+
+    return ModelEval(kind, metrics, "h", "k", higher_is_better=better or {})
+
+
+def test_the_gate_reads_any_metric_params_yaml_lists_with_lm_evals_direction():
+    from gpt.config import load_params
+    from gpt.pipeline.candidates import gate_spec
+
+    p = load_params("params.yaml", "tiny", [
+        "registry.gate.base=[bench.gptops_cloze.perplexity, bench.gptops_choice.acc_norm]",
+        "registry.gate.sft=[bench.gptops_choice.acc, rouge_l]"])
+    e = _eval("base", {"val_ppl": 30.0, "bench.gptops_cloze.perplexity": 900.0,
+                       "bench.gptops_choice.acc_norm": 0.3,
+                       "baseline_bench.gptops_choice.acc_norm": 0.25},
+              {"bench.gptops_cloze.perplexity": False, "bench.gptops_choice.acc_norm": True})
+    spec = gate_spec("base", p, e)
+    assert (spec.metric, spec.higher_is_better, spec.baseline) == \
+        ("bench.gptops_cloze.perplexity", False, None)
+    assert [(b.metric, b.higher_is_better, b.baseline) for b in spec.also] == \
+        [("bench.gptops_choice.acc_norm", True, 0.25)]
+    # lower perplexity beats the champion; choice accuracy at chance is rejected
+    champion = Champion("1", "h", {"bench.gptops_cloze.perplexity": 1000.0})
+    assert decide(spec, 900.0, "h", champion, e.metrics).promote
+    assert decide(spec, 900.0, "h", champion,
+                  {**e.metrics, "bench.gptops_choice.acc_norm": 0.25}).rejected
+    sft = gate_spec("sft", p, _eval("sft", {"bench.gptops_choice.acc": 0.5, "rouge_l": 0.4,
+                                            "baseline_rouge_l": 0.1}))
+    assert sft.metric == "bench.gptops_choice.acc" and sft.also[0].baseline == 0.1
+    # the defaults: the classifier's gate lists macro-F1 then accuracy, each against its baseline
+    task = gate_spec("task", load_params("params.yaml"), _eval("task", {
+        "macro_f1": 0.5, "accuracy": 0.6, "baseline_macro_f1": 0.1, "baseline_accuracy": 0.3}))
+    assert (task.metric, task.baseline) == ("macro_f1", 0.1)
+    assert [(b.metric, b.baseline) for b in task.also] == [("accuracy", 0.3)]
