@@ -475,7 +475,21 @@ def evaluate_step(workdir: Path, params: Params, data_version: str,
             out[kind] = EVALUATORS[kind](inputs, params, data_version, key, start)
             require_finite(out[kind].metrics, f"{kind} model evaluation")
             paths.write_result(key, asdict(out[kind]))
+    _write_dvc_views(Path(workdir), params, data_version, out, start)
     return out
+
+
+def _write_dvc_views(workdir: Path, params: Params, data_version: str,
+                     evaluation: dict[str, ModelEval], start: Base) -> None:
+    """The metrics and the pretraining curve as the files dvc.yaml declares (dvc_views)."""
+    from gpt.pipeline import dvc_views
+    from gpt.registry import resolve_tracking_uri
+
+    dvc_views.write_metrics(workdir, evaluation)
+    if start.pretrained_here:
+        done = RunPaths(workdir).read_result(keys.pretrain(params, data_version))
+        dvc_views.write_curve(workdir, resolve_tracking_uri(params.registry.tracking_uri,
+                                                            workdir), (done or {}).get("run_id"))
 
 
 def evaluate_base_step(workdir: Path, params: Params, data_version: str) -> ModelEval:

@@ -265,3 +265,27 @@ def test_users_own_classification_data_trains_and_registers(tmp_path, prefect_se
     comps = load_champion_components(result["tracking_uri"], "tickets-clf",
                                      "champion" if reg["champion"] else "challenger")
     assert comps["model"].config.id2label == {0: "billing", 1: "login", 2: "shipping"}
+
+
+def test_dvc_sees_the_models_metrics_and_the_training_curve(pipeline_run):
+    """`dvc metrics show` lists each model's evaluation next to the cleaning statistics, and
+    `dvc plots show` draws the pretraining curve and the document lengths (dvc.yaml declares
+    the files the evaluate step writes)."""
+    import json
+
+    ws, first, _ = pipeline_run
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=ws,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    files = next(iter(data.values()))["data"]
+    assert files["metrics/base.json"]["data"]["val_ppl"] == pytest.approx(
+        first["evaluation"]["base"]["metrics"]["val_ppl"])
+    assert "accuracy" in files["metrics/task.json"]["data"]
+    assert "records_read" in files["data/clean_stats.json"]["data"]
+    plots = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=ws,
+                           capture_output=True, text=True, timeout=120)
+    assert plots.returncode == 0, plots.stderr
+    drawn = json.loads(plots.stdout)
+    assert not drawn.get("errors"), drawn.get("errors")
+    assert drawn["data"]["metrics/pretrain_loss.csv"] and drawn["data"]["data/clean/lengths.png"]
