@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,11 +187,26 @@ def release_orphan_slots(api: str) -> list[str]:
     and every later run of the deployment waits for it. Only for a server this process started
     on the workspace's own database: no lease can exist there yet. Returns the limits reset.
     """
+    def call(url: str, body: dict | None = None, method: str = "POST") -> object:
+        # A server that just started answers 503 while SQLite is busy with its own services.
+        for attempt in range(6):
+            try:
+                return _api_json(url, body, method)
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 or attempt == 5:
+                    raise
+                time.sleep(1 + attempt)
+        return None
+
     names = []
-    for lim in _api_json(f"{api}/v2/concurrency_limits/filter") or []:  # type: ignore[union-attr]
-        if lim.get("active_slots") and str(lim.get("name", "")).startswith(_SLOT_PREFIXES):
-            _api_json(f"{api}/v2/concurrency_limits/{lim['id']}", {"active_slots": 0}, "PATCH")
-            names.append(lim["name"])
+    try:
+        for lim in call(f"{api}/v2/concurrency_limits/filter") or []:  # type: ignore[union-attr]
+            if lim.get("active_slots") and str(lim.get("name", "")).startswith(_SLOT_PREFIXES):
+                call(f"{api}/v2/concurrency_limits/{lim['id']}", {"active_slots": 0}, "PATCH")
+                names.append(lim["name"])
+    except (OSError, ValueError) as exc:  # serve goes on; the slots stay as they were
+        log.warning("could not release the concurrency slots of runs of a server that died "
+                    "(%s); if a deployment's runs stay queued, start gptops serve again", exc)
     return names
 
 
@@ -328,6 +344,8 @@ def _watch(api: str, what: str) -> Iterator[None]:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, (GptopsError, Interrupted)):
             cause = cause.__context__
+        if cause is None:  # a deliberate stop the flow turned into a Cancelled state
+            cause = stopping.stopped()
         if cause is not None:
             raise cause from None
         raise GptopsError(f"{what} at {api} was lost mid-run (since {lost_since}) and the run "
