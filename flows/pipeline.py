@@ -28,7 +28,7 @@ from gpt.pipeline.base import parse as parse_base
 from gpt.pipeline.steps import lineage
 from gpt.preflight import check_workdir
 from gpt.registry import Tracking, cli_run_name, pipeline_run, resolve_tracking_uri
-from gpt.registry.tracking import workspace_id
+from gpt.registry.tracking import describe_pipeline_run, workspace_id
 from gpt.workspace import STAGES, live_run, run_alive, sweep_live_runs, workspace_lock
 
 #: Form field -> (params key, and the key that selects a file task when the field is set).
@@ -296,8 +296,12 @@ def _run(params: Any, workdir: str, reclean: bool, logger: Any, t0: float,
               "tracking_uri": tracking.uri, "mlflow_run_id": tracking.parent_run_id,
               "mlflow_ui": os.environ.get("GPTOPS_MLFLOW_UI", ""),
               "seconds": time.perf_counter() - t0, "flow_run_id": fr_id}
-    create_markdown_artifact(summary_markdown(result), key="pipeline-summary",
+    summary = summary_markdown(result)
+    create_markdown_artifact(summary, key="pipeline-summary",
                              description="metrics, data version and promotion decisions")
+    if tracking.parent_run_id:  # the runs table compares pipeline runs by these
+        describe_pipeline_run(tracking.uri, tracking.parent_run_id, summary,
+                              result["evaluation"], result["registered"])
     if result["mlflow_ui"]:
         _link_model_versions(result["mlflow_ui"], result["registered"])
     return result

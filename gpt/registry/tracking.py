@@ -401,6 +401,28 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
     logger.flush()
 
 
+#: MLflow's run description (shown on the run's page and as a column of the runs table).
+NOTE_TAG = "mlflow.note.content"
+
+
+def describe_pipeline_run(tracking_uri: str, run_id: str, description: str,
+                          evaluation: dict[str, dict[str, Any]],
+                          registered: dict[str, dict[str, Any]]) -> None:
+    """The parent run of a pipeline run as its runs table should compare it: the run's summary
+    as its description, and each model's headline metrics (``<kind>.<metric>``, per-class
+    figures left out) and gate decision (``<kind>.champion`` 1/0) as its metrics."""
+    metrics: dict[str, float] = {}
+    for kind, e in evaluation.items():
+        for name, value in e.get("metrics", {}).items():
+            if not name.startswith(("precision_", "recall_", "f1_")) and \
+                    isinstance(value, int | float) and math.isfinite(float(value)):
+                metrics[f"{kind}.{name}"] = float(value)
+    for kind, reg in registered.items():
+        metrics[f"{kind}.champion"] = 1.0 if reg.get("champion") else 0.0
+    client(tracking_uri).set_tag(run_id, NOTE_TAG, description[:5000])
+    log_metrics(tracking_uri, run_id, metrics)
+
+
 def log_artifacts(tracking_uri: str, run_id: str, paths: dict[str, Path]) -> None:
     """Log files/folders under the given artifact sub-paths."""
     c = client(tracking_uri)

@@ -289,3 +289,19 @@ def test_dvc_sees_the_models_metrics_and_the_training_curve(pipeline_run):
     drawn = json.loads(plots.stdout)
     assert not drawn.get("errors"), drawn.get("errors")
     assert drawn["data"]["metrics/pretrain_loss.csv"] and drawn["data"]["data/clean/lengths.png"]
+
+
+def test_the_parent_run_describes_the_pipeline_run(pipeline_run):
+    """MLflow's runs table compares pipeline runs: each parent run has the run's summary as its
+    description and each model's headline metrics and gate decision as metrics."""
+    from gpt.registry import client
+
+    _, first, _ = pipeline_run
+    run = client(first["tracking_uri"]).get_run(first["mlflow_run_id"])
+    assert first["data_version"] in run.data.tags["mlflow.note.content"]
+    metrics = run.data.metrics
+    base = first["evaluation"]["base"]["metrics"]
+    assert metrics["base.val_ppl"] == pytest.approx(base["val_ppl"])
+    assert "task.accuracy" in metrics and "task.baseline_accuracy" in metrics
+    assert metrics["base.champion"] in (0.0, 1.0)
+    assert not [k for k in metrics if k.startswith("task.precision_")]
