@@ -455,11 +455,14 @@ def _ref(workdir: Path, tracking_uri: str, model: str, default_kind: str, alias:
          version: str):  # -> gpt.registry.ModelRef
     from gpt.pipeline.candidates import model_name
     from gpt.registry import ModelRef
+    from gpt.registry.models import check_ref_quickly
 
     params = _params(workdir)
     # The pipeline's own naming rule: a task file's classifier is found under its own name.
-    return ModelRef(uri=_tracking_uri(workdir, params, tracking_uri),
-                    name=model or model_name(default_kind, params), alias=alias, version=version)
+    ref = ModelRef(uri=_tracking_uri(workdir, params, tracking_uri),
+                   name=model or model_name(default_kind, params), alias=alias, version=version)
+    check_ref_quickly(ref)  # a mistyped alias or version: refused before MLflow starts
+    return ref
 
 
 def _in_range(low: float, high: float = math.inf, low_open: bool = False,
@@ -502,12 +505,12 @@ def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
 
     The context slides: only the last block_size tokens are fed to the model.
     """
+    ref = _ref(workdir, tracking_uri, model, "base", alias, version)  # before torch loads
     import torch
 
     from gpt.hf import from_hf_lm
     from gpt.registry import load_components
 
-    ref = _ref(workdir, tracking_uri, model, "base", alias, version)
     comps = load_components(ref, expect_task="text-generation")
     gpt_model, tok = from_hf_lm(comps["model"]), comps["tokenizer"]
     ids = tok(prompt)["input_ids"] or [tok.eos_token_id]

@@ -180,3 +180,19 @@ def test_models_json_and_status_columns(pipeline_run):
     assert values and all(len(v.replace(".", "").lstrip("0")) <= 4 for v in values), values
     unknown = gptops("models", "-w", str(ws), "--name", "nope", cwd=ws)
     assert unknown.returncode == 2 and "registered models: gptops-base" in unknown.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--alias", "nope"], "has no alias 'nope'"), (["--version", "9"], "has no version '9'"),
+    (["--model", "nope"], "no registered model 'nope'")])
+def test_a_mistyped_reference_is_refused_before_mlflow_or_torch_load(pipeline_run, args, says):
+    """A wrong alias, version or model of the workspace's registry is one line, read straight
+    from its SQLite file: neither MLflow nor torch is imported for it."""
+    ws, *_ = pipeline_run
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "generate",
+                          "hi", "-w", str(ws), *args], capture_output=True, text=True,
+                         timeout=120, cwd=ws)
+    assert out.returncode == 2 and says in out.stdout, out.stdout + out.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "mlflow" not in imported and "torch" not in imported
