@@ -75,12 +75,29 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+    logs = state / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def start(name: str, cmd: list[str], quiet: bool = False) -> subprocess.Popen:
         # Own process group: Ctrl-C reaches only us, and stopping a child stops its own children
-        # (MLflow's uvicorn, the runner's flow-run processes) too.
-        proc = subprocess.Popen(cmd, env=env, cwd=ws, start_new_session=True)
+        # (MLflow's uvicorn, the runner's flow-run processes) too. A server's own output (its
+        # banner, deprecation warnings, every HTTP request) goes to .gptops/logs/<name>.log; the
+        # terminal keeps the addresses and the runs' own lines.
+        out = (logs / f"{name}.log").open("ab") if quiet else None
+        try:
+            proc = subprocess.Popen(cmd, env=env, cwd=ws, start_new_session=True, stdout=out,
+                                    stderr=subprocess.STDOUT if quiet else None)
+        finally:
+            if out is not None:
+                out.close()
         procs.append((name, proc))
         return proc
+
+    def ready(url: str, proc: subprocess.Popen, what: str, name: str) -> None:
+        try:
+            wait_http(url, proc, what)
+        except GptopsError as exc:
+            raise GptopsError(f"{exc} (its log: {logs / f'{name}.log'})") from None
 
     def stop(*_: object) -> None:
         # Runner first (it pauses its deployments through the API), the Prefect server last.
@@ -90,18 +107,20 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     bin_dir = Path(sys.executable).parent
     try:
-        proc = start("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", host,
-                                 "--port", str(prefect_port), "--analytics-off"])
-        wait_http(f"http://{host}:{prefect_port}/api/health", proc, "Prefect server")
+        proc = start("prefect-server", [str(bin_dir / "prefect"), "server", "start", "--host",
+                                        host, "--port", str(prefect_port), "--analytics-off"],
+                     quiet=True)
+        ready(f"http://{host}:{prefect_port}/api/health", proc, "Prefect server",
+              "prefect-server")
         if not prefect_db:  # the workspace's own database: no slot can be held by a live run
             freed = release_orphan_slots(f"http://{host}:{prefect_port}/api")
             if freed:
                 print(f"released {len(freed)} concurrency slot(s) held by runs of a server that "
                       f"died ({', '.join(freed)})", flush=True)
-        proc = start("mlflow", [sys.executable, "-m", "mlflow", "server", "--host", host,
-                                "--port", str(mlflow_port), "--backend-store-uri", backend,
-                                "--workers", "1"])
-        wait_http(f"{mlflow_ui}/health", proc, "MLflow server")
+        proc = start("mlflow-server", [sys.executable, "-m", "mlflow", "server", "--host", host,
+                                       "--port", str(mlflow_port), "--backend-store-uri",
+                                       backend, "--workers", "1"], quiet=True)
+        ready(f"{mlflow_ui}/health", proc, "MLflow server", "mlflow-server")
         proc = start("runner", [sys.executable, "-m", "flows.deploy", "--workdir", str(ws),
                                 "--cron", cron, "--timezone", timezone])
         wait_deployments(f"http://{host}:{prefect_port}/api", proc, DEPLOYMENTS)
@@ -110,6 +129,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
         print(f"\nPrefect UI:  http://{host}:{prefect_port}   (deployments: "
               f"training_pipeline/nightly [{cron} {timezone}], training_pipeline/retrain)")
         print(f"MLflow UI:   {mlflow_ui}   (backend {backend})")
+        print(f"Server logs: {logs}/prefect-server.log, {logs}/mlflow-server.log")
         print("Press Ctrl-C to stop.\n", flush=True)
         while all(p.poll() is None for _n, p in procs):
             time.sleep(1)

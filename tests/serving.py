@@ -38,7 +38,9 @@ def start_serve(ws: Path, log: Path, cron: str = CRON, tz: str = TZ,
     while "Press Ctrl-C to stop." not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            pytest.fail(f"gptops serve did not come up:\n{log.read_text()[-4000:]}")
+            servers = "".join(f"\n--- {f.name}:\n{f.read_text(errors='replace')[-2000:]}"
+                              for f in sorted((ws / ".gptops" / "logs").glob("*.log")))
+            pytest.fail(f"gptops serve did not come up:\n{log.read_text()[-4000:]}{servers}")
         time.sleep(0.5)
     return proc, f"http://127.0.0.1:{pp}/api", f"http://127.0.0.1:{mp}"
 

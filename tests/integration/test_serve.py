@@ -105,6 +105,19 @@ def test_gptops_run_on_the_served_workspace_records_into_the_same_server(served)
         os.environ.update(saved)
 
 
+def test_the_terminal_shows_addresses_not_the_servers_logs(served):
+    """Prefect's banner, MLflow's warnings and every HTTP request go to .gptops/logs/; the
+    terminal keeps the addresses and names those files."""
+    terminal = served["log"].read_text()
+    logs = served["ws"] / ".gptops" / "logs"
+    assert "Prefect UI:  http://127.0.0.1:" in terminal and str(logs) in terminal
+    for noise in ("___ ___", "Configure Prefect to communicate", "Registry store URI",
+                  "GET /api", "StarletteDeprecationWarning"):
+        assert noise not in terminal, noise
+    assert "prefect" in (logs / "prefect-server.log").read_text().lower()
+    assert (logs / "mlflow-server.log").is_file()
+
+
 def test_mlflow_ui_answers(served):
     with urllib.request.urlopen(served["ui"], timeout=10) as r:
         assert r.status == 200 and b"<html" in r.read().lower()
