@@ -191,6 +191,12 @@ def training_pipeline(
     check_workdir(workdir)  # nothing (not even the lock file) is written into a refused folder
     ws = os.path.abspath(workdir)
     fr_id = str(flow_run.id) if flow_run.id else None
+    # The run's inputs (a Run form's or `prefect deployment run`'s overrides too) are checked
+    # before it queues for the workspace: a typo fails now, not after the run it waits for.
+    all_overrides = form_overrides(workdir, fields, overrides)
+    params_file = os.path.join(ws, "params.yaml")
+    load_params(params_file if os.path.isfile(params_file) else PROJECT_PARAMS, profile,
+                all_overrides)
     # One pipeline per workspace at a time: the workspace's flock (CLI runs, both deployments,
     # `gptops pretrain`...), freed by the kernel when its holder dies. No Prefect concurrency
     # limit besides: its lease lives in the memory of the server that granted it, so a run or
@@ -202,7 +208,6 @@ def training_pipeline(
         if stale:
             logger.warning("marked %d flow run(s) of this workspace left RUNNING by a killed "
                            "process as Crashed: %s", len(stale), ", ".join(stale))
-        all_overrides = form_overrides(workdir, fields, overrides)
         params = tasks.prepare_workspace(workdir, profile, all_overrides, save_overrides)
         try:
             return _run(params, workdir, reclean, logger, t0, base)
