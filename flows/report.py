@@ -67,7 +67,8 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         if kind in evaluation:
             rows += _bench_rows(kind, evaluation[kind]["metrics"])
     for reg in result["registered"].values():
-        state = "champion" if reg["champion"] else "challenger"
+        state = ("champion" if reg["champion"] else "rejected" if reg.get("rejected")
+                 else "challenger")
         rows.append((f"registry: {reg['name']}", f"v{reg['version']} {state}: {reg['reason']}"))
     rows.append(("wall time", f"{result['seconds']:.0f}s"))
     return rows

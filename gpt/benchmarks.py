@@ -23,6 +23,7 @@ only when benchmarks run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,8 +31,9 @@ import math
 import os
 import random
 import re
+import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ BUILTIN_TASKS = Path(__file__).parent / "bench_tasks"
 CLOZE, CHOICE = "gptops_cloze", "gptops_choice"
 BUILTIN = (CLOZE, CHOICE)
 #: Bumped when item building changes: part of the evaluation key and the evaluation set's hash.
-ITEMS_VERSION = 2
+ITEMS_VERSION = 3
 #: Words of context before a cloze target / choice ending, and words per ending.
 CONTEXT_WORDS, MIN_CONTEXT_WORDS, ENDING_WORDS, CHOICES = 32, 12, 10, 4
 #: Chance level of the built-in multiple-choice task (its trivial baseline).
@@ -135,8 +137,24 @@ def seen_in(train_texts: Iterable[str], candidates: Sequence[str]) -> set[int]:
     return hit
 
 
+#: An ending is cut to fit a small model's context, but never below this many words.
+MIN_ENDING_WORDS = 3
+
+
+def _fitted(ending: str, fits: Callable[[str], bool]) -> str:
+    """``ending``, or its longest start of at least ``MIN_ENDING_WORDS`` words that fits
+    (``""``: none does)."""
+    words = ending.split(" ")
+    while len(words) >= MIN_ENDING_WORDS:
+        if fits(" " + " ".join(words)):
+            return " ".join(words)
+        words.pop()
+    return ""
+
+
 def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
                 train_texts: Iterable[str] = (),
+                fits: Callable[[str], bool] = lambda _text: True,
                 ) -> dict[str, list[dict[str, Any]]]:
     """The built-in suite's items from validation documents ``(doc_id, text)``.
 
@@ -145,14 +163,18 @@ def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
     (0 = one per usable document). A choice item's 3 wrong endings are true endings of other
     validation documents, so every word of every item is held-out text. A passage that shares a
     word 13-gram with any of ``train_texts`` (the training split: documents can quote each
-    other) is left out.
+    other) is left out. An ending that does not ``fit`` (the model's context must hold a
+    continuation: lm-eval refuses a longer one) is cut to the words that do, and a cloze target
+    that does not fit leaves its item out.
     """
     docs = list(docs)
     cloze_all = [c for doc_id, text in sorted(docs, key=lambda d: _order(d[0], seed, "cloze"))
-                 if (c := cloze_item(doc_id, text, seed)) is not None]
-    parts_all = [(doc_id, *p) for doc_id, text in
+                 if (c := cloze_item(doc_id, text, seed)) is not None
+                 and fits(" " + c["target"])]
+    parts_all = [(doc_id, p[0], ending) for doc_id, text in
                  sorted(docs, key=lambda d: _order(d[0], seed, "choice"))
-                 if (p := _choice_part(doc_id, text, seed)) is not None]
+                 if (p := _choice_part(doc_id, text, seed)) is not None
+                 and (ending := _fitted(p[1], fits))]
     texts = ([f"{c['context']} {c['target']}" for c in cloze_all]
              + [f"{context} {ending}" for _, context, ending in parts_all])
     leaked = seen_in(train_texts, texts)
@@ -425,24 +447,40 @@ def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) ->
         ConfigError: lm-eval cannot load a task (naming it).
     """
     t0 = time.perf_counter()
+    # lm-eval's and datasets' progress bars (tqdm) are not ours: the phase line is.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+    from transformers.utils import logging as hf_logging
 
     # lm-eval logs each request it truncates to the context window (a warning per item on a
     # small model) and every step at INFO: errors only, the summary line is ours.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    tm = TaskManager(include_path=[str(p) for p in s.include] or None,
-                     include_defaults=s.hub)
-    lm = HFLM(pretrained=str(hf_folder), batch_size=batch_size, device=device)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence length is longer than ...": lm-eval truncates
     try:
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=s.tasks, limit=s.limit, task_manager=tm, log_samples=False,
-            bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed)
+        # What else lm-eval's children print (`git describe` outside a git repo: "fatal: not a
+        # git repository") is kept aside and shown only with an error.
+        with _stderr_aside() as aside:
+            tm = TaskManager(include_path=[str(p) for p in s.include] or None,
+                             include_defaults=s.hub)
+            lm = HFLM(pretrained=str(hf_folder), batch_size=batch_size, device=device)
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=s.tasks, limit=s.limit, task_manager=tm, log_samples=False,
+                bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
+                torch_random_seed=seed, fewshot_random_seed=seed)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"lm-eval could not run the benchmarks {s.tasks}: {exc}; check "
-                          "evaluate.benchmarks and the YAMLs in evaluate.benchmark_dirs") from exc
+                          "evaluate.benchmarks and the YAMLs in evaluate.benchmark_dirs"
+                          f"{_tail(aside)}") from exc
+    except BaseException:  # a stop or a crash: its own message, with what lm-eval printed
+        if _tail(aside):
+            log.warning("lm-eval stopped on %s%s", ", ".join(s.tasks), _tail(aside))
+        raise
+    finally:
+        hf_logging.set_verbosity(verbosity)
     results = _jsonable({k: out[k] for k in ("results", "groups", "configs", "versions",
                                                "n-shot", "higher_is_better", "n-samples")
                          if k in out})
@@ -450,6 +488,32 @@ def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) ->
     table = [{"task": name.split(".")[1], "metric": name.split(".", 2)[2], "value": v,
               "higher_is_better": better.get(name)} for name, v in sorted(metrics.items())]
     return BenchResult(metrics, better, results, time.perf_counter() - t0, table)
+
+
+@contextlib.contextmanager
+def _stderr_aside() -> Iterator[list[str]]:
+    """File descriptor 2 goes to a temp file for the block (child processes included); yields
+    a list that holds what was written there once the block ends."""
+    import tempfile
+
+    sys.stderr.flush()
+    kept: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield kept
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept.append(tmp.read().decode(errors="replace"))
+
+
+def _tail(aside: list[str]) -> str:
+    text = "".join(aside).strip()
+    return f" (its output: ...{text[-500:]})" if text else ""
 
 
 def export_folder(model: Any, hf_tokenizer: Any, eot_id: int, pad_id: int, out: Path) -> Path:

@@ -37,11 +37,15 @@ log = logging.getLogger(__name__)
 QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
              "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
              "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TOKENIZERS_PARALLELISM": "false"}
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TOKENIZERS_PARALLELISM": "false",
+             # MLflow's own handler prints its INFO/WARNING lines ("'models:/...' resolved as",
+             # "params provided to the predict method will override ..."): errors only.
+             "MLFLOW_LOGGING_LEVEL": "ERROR"}
 #: Third-party loggers whose INFO lines repeat ours or say nothing to a user.
 NOISY_LOGGERS = ("httpx", "httpcore", "alembic", "urllib3", "matplotlib", "asyncio",
                  "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client",
-                 "sqlalchemy", "filelock", "prefect.server", "uvicorn", "docket")
+                 "sqlalchemy", "filelock", "prefect.server", "uvicorn", "docket",
+                 "absl")  # rouge-score's "Using default tokenizer."
 
 
 def _version() -> str:

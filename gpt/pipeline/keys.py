@@ -131,8 +131,9 @@ def benchmarks(params: Params) -> dict[str, Any]:
 
     reads = {k: getattr(e, k) for k in BENCH_FIELDS if k != "benchmark_dirs"}
     reads["benchmark_files"] = dirs_digest(e.benchmark_dirs) if e.benchmark_dirs else ""
-    if e.builtin_benchmarks:
+    if e.builtin_benchmarks:  # the items fit the model's context (gpt.benchmarks.build_items)
         reads["items_version"] = ITEMS_VERSION
+        reads["items_block_size"] = params.model.block_size
     return reads
 
 

@@ -303,16 +303,21 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     from gpt import benchmarks as bm
 
     e = params.evaluate
+    block = params.model.block_size
     digest = keys.digest_of({"data_version": data_version, "limit": e.benchmark_limit,
-                             "seed": e.seed, "items_version": bm.ITEMS_VERSION})
+                             "seed": e.seed, "items_version": bm.ITEMS_VERSION,
+                             "block_size": block})
     folder = inputs.paths.runs / "bench-items" / digest
     if (folder / "items.json").is_file():
         return folder
     meta = json.loads(inputs.paths.token_meta.read_text())
     split = (inputs.paths.clean, meta["val_fraction"], meta["seed"])
     with progress.phase("evaluate: benchmark items (validation documents, decontaminated)"):
+        tok = inputs.hf_tokenizer
+        # A target or ending takes at most half the context, so the passage before it fits too.
         items = bm.build_items(bm.validation_docs(*split), e.benchmark_limit, e.seed,
-                               (t for _, t in bm.split_docs(*split, val=False)))
+                               (t for _, t in bm.split_docs(*split, val=False)),
+                               fits=lambda text: len(tok(text)["input_ids"]) <= block // 2)
     tmp = folder.with_name(f".{digest}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     bm.write_builtin(items, tmp, folder)

@@ -96,7 +96,7 @@ def test_one_off_overrides_leave_params_yaml_as_it_was(first_runs):
 def test_output_is_short_and_says_where_each_line_belongs(first_runs):
     _clone, out, _rc = first_runs[0]
     lines = out.splitlines()
-    assert len(lines) < 90, out
+    assert len(lines) < 100, out  # the benchmark rows of the summary (base, SFT) took 6
     # "Finished in state Completed()" names its task, not the logger "prefect.task_runs"
     assert "INFO pretrain" in out and "prefect.task_runs" not in out
     noise = ("git add", "core.autostage", "telemetry", "Writing model shards", "license",

@@ -44,6 +44,23 @@ def test_items_are_well_formed():
     assert len(labels) > 1  # the true ending is not always in the same place
 
 
+def test_targets_and_endings_that_do_not_fit_the_context_are_left_out():
+    """lm-eval refuses a continuation longer than the model's context (an assertion deep in
+    HFLM): items whose target or ending does not fit are never written."""
+    docs = dict(doc(i) for i in range(40))
+    fits = lambda text: len(text) <= 30  # noqa: E731 - a small model's context, in characters
+    items = bm.build_items(docs.items(), limit=0, seed=1, fits=fits)
+    assert items[bm.CHOICE] and items[bm.CLOZE]
+    endings = [e for it in items[bm.CHOICE] for e in it["endings"]]
+    assert all(fits(" " + e) for e in endings)
+    assert all(len(e.split()) >= bm.MIN_ENDING_WORDS for e in endings)
+    for it in items[bm.CHOICE]:  # a cut ending is still the start of the true continuation
+        assert f"{it['context']} {it['endings'][it['label']]}" in docs[it["doc_id"]]
+    assert all(fits(" " + it["target"]) for it in items[bm.CLOZE])
+    everything = bm.build_items(docs.items(), limit=0, seed=1)
+    assert max(len(e) for it in everything[bm.CHOICE] for e in it["endings"]) > 30
+
+
 def test_a_passage_the_training_split_quotes_is_left_out():
     docs = [doc(i) for i in range(30)]
     items = bm.build_items(docs, limit=0, seed=3)
