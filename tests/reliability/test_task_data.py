@@ -1,7 +1,8 @@
 """The built-in fine-tuning task without the data it is built from fails before any training.
 
 Before: a custom corpus with the default ``finetune.task=package``, or ``data.max_docs=300``
-(too few docstrings of some package), failed only after pretraining had run. Now a custom
+(100 since the built-in corpus is read with ``ast``: too few docstrings of some package),
+failed only after pretraining had run. Now a custom
 corpus is refused by the preflight (before the data stages), and too few documents right after
 the data stages, each in one line naming the setting and the fix, with no pretraining started.
 """
@@ -56,10 +57,10 @@ def test_a_custom_corpus_with_the_package_task_is_refused_before_the_data_stages
 def test_too_few_documents_for_the_package_task_stop_right_after_the_data_stages(
         tmp_path, prefect_server):
     ws = tmp_path / "ws"
-    r = _run(ws, "data.max_docs=300", "tokenizer.vocab_size=512",
+    r = _run(ws, "data.max_docs=100", "tokenizer.vocab_size=512",
              env={"PREFECT_API_URL": prefect_server})
     line = _error_line(r)
-    assert line.startswith("error: finetune.task=package cannot be built from data.max_docs=300 "
+    assert line.startswith("error: finetune.task=package cannot be built from data.max_docs=100 "
                            "documents: too few documents for "), line
     assert line.endswith("; raise data.max_docs (0 = all documents), or set finetune.task=file "
                          "and finetune.task_path=<a .csv/.jsonl/.parquet with columns "
