@@ -131,6 +131,9 @@ def test_a_killed_team_server_mid_run(tmp_path):
         nxt = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420)
         out = nxt.stdout + nxt.stderr
         assert nxt.returncode == 0, out
-        assert "as Crashed" in out and "resumed from ckpt-" in out, out
+        assert "as Crashed" in out, out
+        # the killed run's training goes on: resumed from its checkpoint or, where it ended
+        # before the SIGTERM (a fast machine), reused as finished
+        assert "resumed from ckpt-" in out or "pretrain: reused (key" in out, out
     finally:
         os.killpg(srv.pid, signal.SIGKILL)
