@@ -297,6 +297,12 @@ def sft_step(workdir: Path, params: Params, data_version: str,
 # --- evaluation ---------------------------------------------------------------------------------
 
 
+def bench_fits(tokenizer: Any, block_size: int) -> Any:
+    """Whether a built-in item's target or ending fits the model: at most half its context, so
+    the passage before it fits too (lm-eval refuses a continuation longer than the context)."""
+    return lambda text: len(tokenizer(text)["input_ids"]) <= block_size // 2
+
+
 def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     """The built-in benchmark's task folder, its items built once per data version, size and
     seed from the validation documents only (:func:`gpt.benchmarks.build_items`)."""
@@ -313,11 +319,9 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     meta = json.loads(inputs.paths.token_meta.read_text())
     split = (inputs.paths.clean, meta["val_fraction"], meta["seed"])
     with progress.phase("evaluate: benchmark items (validation documents, decontaminated)"):
-        tok = inputs.hf_tokenizer
-        # A target or ending takes at most half the context, so the passage before it fits too.
         items = bm.build_items(bm.validation_docs(*split), e.benchmark_limit, e.seed,
                                (t for _, t in bm.split_docs(*split, val=False)),
-                               fits=lambda text: len(tok(text)["input_ids"]) <= block // 2)
+                               fits=bench_fits(inputs.hf_tokenizer, block))
     tmp = folder.with_name(f".{digest}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     bm.write_builtin(items, tmp, folder)

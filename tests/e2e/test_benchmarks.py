@@ -32,6 +32,8 @@ def test_no_item_text_occurs_in_the_training_split(pipeline_run):
     from gpt import benchmarks as bm
     from gpt.data.loader import is_val_doc
     from gpt.data.shards import read_parts
+    from gpt.pipeline.paths import Inputs, RunPaths
+    from gpt.pipeline.steps import bench_fits
 
     ws, *_ = pipeline_run
     meta = json.loads((ws / "data/tokens/meta.json").read_text())
@@ -39,8 +41,10 @@ def test_no_item_text_occurs_in_the_training_split(pipeline_run):
     val = [is_val_doc(d, meta["val_fraction"], meta["seed"]) for d in docs["doc_id"]]
     train_text = "\n".join(_norm(t) for t, v in zip(docs["text"], val, strict=True) if not v)
     split = (ws / "data/clean", meta["val_fraction"], meta["seed"])
+    params = _ws_params(ws)
+    fits = bench_fits(Inputs(RunPaths(ws), params).hf_tokenizer, params.model.block_size)
     items = bm.build_items(bm.validation_docs(*split), 0, 1337,
-                           (t for _, t in bm.split_docs(*split, val=False)))
+                           (t for _, t in bm.split_docs(*split, val=False)), fits=fits)
     # the items this run scored are the first of these
     built = next((ws / ".gptops/runs/bench-items").iterdir())
     for task in bm.BUILTIN:
