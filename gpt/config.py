@@ -504,19 +504,22 @@ def missing_keys(raw: dict[str, Any], template: dict[str, Any]) -> list[str]:
     return out
 
 
-def with_project_defaults(raw: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
-    """``raw`` with the keys it lacks taken from the project's params.yaml (its defaults)."""
-    if path is not None and path.resolve() == PROJECT_PARAMS or not PROJECT_PARAMS.is_file():
-        return raw
-    template = read_params_file(PROJECT_PARAMS)
-    keys = missing_keys(raw, template)
-    if not keys:
-        return raw
-    tree = copy.deepcopy(raw)
+def add_missing(tree: Any, template: dict[str, Any]) -> list[str]:
+    """Add to ``tree`` (a dict, or ruamel's round-trip mapping) the keys of ``template`` it
+    lacks (:func:`missing_keys`), with ``template``'s values; returns the keys added."""
+    keys = missing_keys(tree, template)
     for dotted in keys:
         node, want = tree, template
         *parents, last = dotted.split(".")
         for key in parents:
             node, want = node[key], want[key]
         node[last] = copy.deepcopy(want[last])
-    return tree
+    return keys
+
+
+def with_project_defaults(raw: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
+    """``raw`` with the keys it lacks taken from the project's params.yaml (its defaults)."""
+    if path is not None and path.resolve() == PROJECT_PARAMS or not PROJECT_PARAMS.is_file():
+        return raw
+    tree = copy.deepcopy(raw)
+    return tree if add_missing(tree, read_params_file(PROJECT_PARAMS)) else raw

@@ -114,24 +114,18 @@ def ensure_workspace(workdir: Path, init: bool = False) -> Path:
 def upgrade_params(path: Path) -> list[str]:
     """Add the keys a workspace's params.yaml lacks (newer features), with the project's
     defaults, keeping the file's comments and layout; say so once. Returns the keys added."""
-    from gpt.config import PROJECT_PARAMS, missing_keys
+    from gpt.config import PROJECT_PARAMS, add_missing, missing_keys
 
     if not path.is_file() or path.resolve() == PROJECT_PARAMS or not PROJECT_PARAMS.is_file():
         return []
-    keys = missing_keys(read_params_file(path), read_params_file(PROJECT_PARAMS))
-    if not keys:
+    template = read_params_file(PROJECT_PARAMS)
+    if not missing_keys(read_params_file(path), template):
         return []
     from ruamel.yaml import YAML
 
     rt = YAML()
     raw = rt.load(path.read_text(encoding="utf-8"))
-    template = read_params_file(PROJECT_PARAMS)
-    for dotted in keys:
-        node, want = raw, template
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node, want = node[key], want[key]
-        node[last] = want[last]
+    keys = add_missing(raw, template)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         rt.dump(raw, fh)
