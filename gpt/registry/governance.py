@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -153,13 +153,33 @@ def _parse_history(raw: str | None) -> list[dict[str, Any]]:
     return [h for h in history if isinstance(h, dict) and "version" in h]
 
 
+def unknown_model(name: str, tracking_uri: str, known: Iterable[str],
+                  hint: str = "") -> RegistryError:
+    """The one line for a model name the registry does not have, listing those it has."""
+    return RegistryError(f"no registered model '{name}' at {tracking_uri}; registered models: "
+                         f"{', '.join(sorted(known)) or '(none)'}{hint}")
+
+
+def unknown_version(name: str, version: str, versions: Iterable[str]) -> RegistryError:
+    """The one line for a version the model does not have, listing those it has."""
+    return RegistryError(f"model '{name}' has no version '{version}'; versions: "
+                         f"{', '.join(versions) or '(none)'}")
+
+
+def unknown_alias(name: str, alias: str, tracking_uri: str,
+                  aliases: dict[str, str]) -> RegistryError:
+    """The one line for an alias the model does not have, listing ``alias=vN`` of those it has."""
+    listed = ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items()))
+    return RegistryError(f"model '{name}' has no alias '{alias}' at {tracking_uri}; its "
+                         f"aliases: {listed or '(none)'}")
+
+
 def _require_model(client, tracking_uri: str, name: str):
     try:
         return client.get_registered_model(name)
     except Exception as exc:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST
-        known = sorted(m.name for m in client.search_registered_models()) or ["(none)"]
-        raise RegistryError(f"no registered model '{name}' at {tracking_uri}; registered models: "
-                            f"{', '.join(known)}") from exc
+        known = (m.name for m in client.search_registered_models())
+        raise unknown_model(name, tracking_uri, known) from exc
 
 
 def _version_numbers(client, name: str) -> list[str]:
@@ -177,8 +197,7 @@ def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     tags = read_model_tags(path) if path else None
     if tags is not None:  # a workspace's SQLite registry: read directly, without MLflow's start-up
         if name not in tags:
-            raise RegistryError(f"no registered model '{name}' at {tracking_uri}; registered "
-                                f"models: {', '.join(sorted(tags)) or '(none)'}")
+            raise unknown_model(name, tracking_uri, tags)
         return _parse_history(tags[name].get(HISTORY_TAG))
     client = _client(tracking_uri)
     rm = _require_model(client, tracking_uri, name)
@@ -205,8 +224,7 @@ def promote(tracking_uri: str, name: str, version: str, reason: str,
     with registry_lock(tracking_uri, name):
         versions = _version_numbers(client, name)
         if version not in versions:
-            raise RegistryError(f"model '{name}' has no version '{version}'; versions: "
-                                f"{', '.join(versions) or '(none)'}")
+            raise unknown_version(name, version, versions)
         previous = _current_champion(client, name)
         if previous == version:
             raise RegistryError(f"model '{name}' version {version} is already the champion")
@@ -307,10 +325,7 @@ def resolve_alias(tracking_uri: str, name: str, alias: str = CHAMPION, client=No
         try:
             rm = client.get_registered_model(name)
         except Exception:  # noqa: BLE001 - the model itself is unknown
-            known = sorted(m.name for m in client.search_registered_models()) or ["(none)"]
-            raise RegistryError(f"no registered model '{name}' at {tracking_uri}; registered "
-                                f"models: {', '.join(known)}; run `gptops run` first"
-                                ) from exc
-        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted((rm.aliases or {}).items()))
-        raise RegistryError(f"model '{name}' has no alias '{alias}' at {tracking_uri}; its "
-                            f"aliases: {aliases or '(none)'}") from exc
+            known = (m.name for m in client.search_registered_models())
+            raise unknown_model(name, tracking_uri, known, "; run `gptops run` first") from exc
+        aliases = {a: str(v) for a, v in (rm.aliases or {}).items()}
+        raise unknown_alias(name, alias, tracking_uri, aliases) from exc

@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from gpt.errors import RegistryError
-from gpt.registry.governance import CHAMPION, _require_model, _version_numbers, resolve_alias
-from gpt.registry.listing import read_versions, sqlite_path
+from gpt.registry.governance import (
+    CHAMPION,
+    _require_model,
+    _version_numbers,
+    resolve_alias,
+    unknown_alias,
+    unknown_model,
+    unknown_version,
+)
+from gpt.registry.listing import read_model_tags, read_versions, sqlite_path
 from gpt.registry.tracking import client as _client
 from gpt.registry.tracking import global_uri as _global_uri
 
@@ -41,22 +49,18 @@ def check_ref_quickly(ref: ModelRef) -> None:
     """Refuse an unknown model, alias or version of a workspace's SQLite registry in well under
     a second, before MLflow starts (the same lines as :func:`_check_ref`, which still runs)."""
     path = sqlite_path(ref.uri)
-    rows = read_versions(path) if path else None
-    if rows is None:
+    models = read_model_tags(path) if path else None
+    rows = read_versions(path, ref.name) if models is not None and path else None
+    if models is None or rows is None:
         return  # another store: MLflow checks it
-    names = sorted({r["name"] for r in rows})
-    mine = [r for r in rows if r["name"] == ref.name]
-    if not mine:
-        raise RegistryError(f"no registered model '{ref.name}' at {ref.uri}; registered models: "
-                            f"{', '.join(names) or '(none)'}; run `gptops run` first")
+    if ref.name not in models:
+        raise unknown_model(ref.name, ref.uri, models, "; run `gptops run` first")
     version = ref.version.strip().removeprefix("v")
-    if version and version not in {r["version"] for r in mine}:
-        raise RegistryError(f"model '{ref.name}' has no version '{ref.version}'; versions: "
-                            f"{', '.join(r['version'] for r in mine)}")
-    if not version and not any(ref.alias in r["aliases"] for r in mine):
-        aliases = ", ".join(sorted(f"{a}=v{r['version']}" for r in mine for a in r["aliases"]))
-        raise RegistryError(f"model '{ref.name}' has no alias '{ref.alias}' at {ref.uri}; its "
-                            f"aliases: {aliases or '(none)'}")
+    if version and version not in {r["version"] for r in rows}:
+        raise unknown_version(ref.name, ref.version, (r["version"] for r in rows))
+    aliases = {a: r["version"] for r in rows for a in r["aliases"]}
+    if not version and ref.alias not in aliases:
+        raise unknown_alias(ref.name, ref.alias, ref.uri, aliases)
 
 
 def _check_ref(ref: ModelRef, client) -> None:
@@ -67,8 +71,7 @@ def _check_ref(ref: ModelRef, client) -> None:
     _require_model(client, ref.uri, ref.name)
     versions = _version_numbers(client, ref.name)
     if ref.version.strip().removeprefix("v") not in versions:
-        raise RegistryError(f"model '{ref.name}' has no version '{ref.version}'; versions: "
-                            f"{', '.join(versions) or '(none)'}")
+        raise unknown_version(ref.name, ref.version, versions)
 
 
 def model_task(ref: ModelRef) -> str:
