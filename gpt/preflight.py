@@ -151,9 +151,9 @@ def check_tracking_uri(uri: str) -> None:
                           f"{', '.join(TRACKING_SCHEMES)}); e.g. sqlite:///path/mlflow.db or "
                           "http://host:5000")
     if scheme == "sqlite":
-        path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-        if path is not None and not path.is_absolute():
-            path = Path.cwd() / path
+        from gpt.registry.listing import sqlite_path
+
+        path = sqlite_path(uri)
         if path is not None and not path.parent.is_dir():
             raise ConfigError(f"registry.tracking_uri '{uri}': folder {path.parent} does not "
                               "exist; create it or fix the URI")

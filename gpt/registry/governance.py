@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from gpt.errors import RegistryError
@@ -51,10 +50,9 @@ def registry_lock(tracking_uri: str, name: str, timeout_s: float = 120.0) -> Ite
                 yield
             finally:
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"gptops:{name}",))
-    elif tracking_uri.startswith("sqlite:///"):
+    elif (db := sqlite_path(tracking_uri)) is not None:
         import fcntl
 
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
         lock_path = db.parent / f".{db.name}.registry.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+") as fh:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.errors import Interrupted, StoppedEarly
+from gpt.registry.listing import sqlite_path
 
 #: The tag MLflow's UI nests child runs by.
 PARENT_TAG = "mlflow.parentRunId"
@@ -206,10 +207,8 @@ def experiment_id(tracking_uri: str, experiment: str) -> str:
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
-        location = None
-        if tracking_uri.startswith("sqlite:///"):
-            db = Path(tracking_uri.removeprefix("sqlite:///"))
-            location = (db.parent / "mlartifacts").resolve().as_uri()
+        db = sqlite_path(tracking_uri)
+        location = (db.parent / "mlartifacts").resolve().as_uri() if db else None
         with contextlib.suppress(Exception):  # created concurrently by another pipeline
             c.create_experiment(experiment, artifact_location=location,
                                 tags=dict([EXPERIMENT_KIND]))
