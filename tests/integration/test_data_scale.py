@@ -46,8 +46,23 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _stage(ws: Path, stage: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "GPTOPS_DATA_WORKERS": "1",
+#: Loaded first by every Python process of a throttled stage (DVC's stage command included): each
+#: shard's completion marker is followed by a pause, so a fast machine cannot finish the stage
+#: between two polls of ``_kill_half_way``. The stage's own code is unchanged.
+THROTTLE = """
+import os, time
+_replace = os.replace
+def _slow_replace(src, dst, *a, **kw):
+    _replace(src, dst, *a, **kw)
+    if str(dst).endswith(".done"):
+        time.sleep(0.4)
+os.replace = _slow_replace
+"""
+
+
+def _stage(ws: Path, stage: str, throttle: Path | None = None, **kw) -> subprocess.Popen:
+    path = str(PROJECT_ROOT) if throttle is None else f"{throttle}{os.pathsep}{PROJECT_ROOT}"
+    env = {**os.environ, "PYTHONPATH": path, "GPTOPS_DATA_WORKERS": "1",
            "GPTOPS_PROGRESS": "plain"}
     return subprocess.Popen([sys.executable, "-m", "flows.cli", "data", stage, "-w", str(ws)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -68,7 +83,10 @@ MARKERS = {"ingest": "part-*.done", "clean": "_work/f1-*.done", "tokenize": "_wo
 
 def _kill_half_way(ws: Path, stage: str, shards: int) -> None:
     partial = ws / "data" / f".{OUTPUT[stage]}.partial"
-    proc = _stage(ws, stage)
+    throttle = ws.parent / "throttle"
+    throttle.mkdir(exist_ok=True)
+    (throttle / "sitecustomize.py").write_text(THROTTLE)
+    proc = _stage(ws, stage, throttle)
     deadline = time.monotonic() + 300
     while len(list(partial.glob(MARKERS[stage]))) < max(1, shards // 2):
         assert proc.poll() is None, f"{stage} ended before it could be killed: " + \
