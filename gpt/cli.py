@@ -596,10 +596,11 @@ def models(workdir: Workdir = Path("."),
                **({"history": {n: champion_history(uri, n) for n in names}} if history else {})}
         print(json.dumps(out, indent=2))
         return
-    columns = ("model", "version", "aliases", "parent", "data", "commit", "primary metric")
+    columns = ("model", "version", "aliases", "parent", "data", "commit", "code",
+               "primary metric")
     cells = [(r["name"], r["version"], _status(r), r["tags"].get("parent_model_version", ""),
-              r["tags"].get("data_version", ""), r["tags"].get("git_commit", "")[:12],
-              _primary_metric(r["tags"])) for r in rows]
+              r["tags"].get("data_version", ""), _commit(r["tags"]),
+              r["tags"].get("code_hash", "")[:8], _primary_metric(r["tags"])) for r in rows]
     table = Table(title=f"registered models at {uri}", title_justify="left")
     for i, col in enumerate(columns):
         # Names and ids are never cut: a cut name cannot be copied into the next command.
@@ -612,6 +613,12 @@ def models(workdir: Workdir = Path("."),
     if history:
         for model_name in sorted({r["name"] for r in rows}):
             _print_history(model_name, champion_history(uri, model_name))
+
+
+def _commit(tags: dict[str, str]) -> str:
+    """The version's git commit, ``+dirty`` when its code had uncommitted changes."""
+    dirty = "+dirty" if tags.get("git_dirty") == "true" else ""
+    return tags.get("git_commit", "")[:12] + dirty
 
 
 def _status(row: dict) -> str:

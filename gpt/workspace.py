@@ -775,8 +775,9 @@ def lock_outs(workdir: Path) -> dict[str, str]:
             for o in body.get("outs", [])}
 
 
-def git_commit(path: Path = PROJECT_ROOT) -> str:
-    """The code's git commit (``-dirty`` when code has uncommitted changes), or ``unknown``."""
+def git_state(path: Path = PROJECT_ROOT) -> tuple[str, str]:
+    """The code's git commit and whether tracked files have uncommitted changes: ``(sha,
+    "true"|"false")``, or ``("unknown", "unknown")`` outside a git checkout."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -785,6 +786,6 @@ def git_commit(path: Path = PROJECT_ROOT) -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
                                 ".", ":!dvc.lock", ":!params.yaml"],
                                cwd=path, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        return sha, "true" if dirty else "false"
     except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown"
+        return "unknown", "unknown"

@@ -208,7 +208,7 @@ def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
     params, reg = ctx.params, ctx.params.registry
     key = keys.model(e.kind, params, ctx.data_version, ctx.base)
     fields = BUILDERS[e.kind](ctx, e, key)
-    tags = dict(ctx.tracking.tags)
+    tags = {**ctx.tracking.tags, "code_hash": key.code_hash}
     if e.kind != "base" and parent:
         tags["parent_model_version"] = parent
     done = ctx.paths.read_result(key) or {}
@@ -232,6 +232,8 @@ def imported(ctx: Context, e: ModelEval, model: Any, tags: dict[str, str]) -> Ca
     Its model and eval keys are both the evaluation's key (``import-<checkpoint digest>``).
     """
     fields = _base_fields(ctx, e, lambda: model)
+    # its weights are what pretraining from the checkpoint starts with
+    tags = {**tags, "code_hash": keys.digest_of(keys.code("pretrain", "hf"))}
     c_keys = {"model_key": e.key, "eval_key": e.key}
     card = model_card("base (imported)", fields["name"], {**tags, **c_keys}, fields["metrics"],
                       ctx.params)

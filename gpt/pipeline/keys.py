@@ -8,11 +8,14 @@ DVC keys the data stages by the params and code each one lists; training follows
 - SFT = the pretrain key + the training fields of ``sft`` + the content of its pairs file;
 - evaluation = the model's key + what that evaluation reads (``evaluate`` for perplexity, the
   generation fields of ``sft`` for SFT, the benchmark settings and the content of the benchmark
-  task folders for both; the classifier's test split is in its own key).
+  task folders for both; the classifier's test split is in its own key);
+- every key also holds the content hash of the source files its step executes (:data:`CODE`,
+  like ``deps:`` in ``dvc.yaml``), so an edit of ``gpt/model.py`` trains again, and everything
+  downstream with it, while an edit of the README, the CLI or the registry code does not.
 
 So changing ``finetune.lr`` fine-tunes again on the same base, and changing
 ``evaluate.ppl_batches`` only re-evaluates. Paths are not hashed, contents are: moving a task
-file changes nothing, editing it changes its key.
+file (or the project) changes nothing, editing it changes its key.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class StepKey:
     def short(self) -> str:
         return self.digest[:8]
 
+    @property
+    def code_hash(self) -> str:
+        """16 hex digits over the step's own source files (the ``code_hash`` tag)."""
+        return digest_of(self.reads.get("code", {}))
+
 
 def digest_of(reads: dict[str, Any]) -> str:
     """16 hex digits of sha256 over ``reads`` as canonical JSON."""
@@ -66,6 +74,50 @@ def file_digest(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+#: The project folder (the one holding ``gpt/``): code paths are relative to it, so a copied
+#: project or a fresh clone gives the same keys.
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+_MODEL = ("gpt/model.py", "gpt/loss.py", "gpt/checkpoint.py")
+_LOOP = ("gpt/train.py", "gpt/distributed.py", "gpt/data/loader.py", "gpt/data/tokenizer.py")
+_TUNE = (*_MODEL, *_LOOP, "gpt/finetune.py", "gpt/lora.py", "gpt/data/shards.py")
+#: The source files each step executes (``dvc.yaml``'s ``deps:`` for training), by content.
+#: A folder (``.../``) stands for every file in it. ``hf`` is added where a checkpoint goes
+#: through the conversion: pretraining from ``model.init_from``, tuning a registered base.
+#: An evaluation's key holds its model's key, so its own files are the evaluation code only.
+#: tests/unit/test_keys.py holds each step's imports to this table and :data:`NOT_COMPUTING`.
+CODE: dict[str, tuple[str, ...]] = {
+    "pretrain": (*_MODEL, *_LOOP),
+    "finetune": _TUNE,
+    "sft": _TUNE,
+    "evaluate": ("gpt/evaluate.py",),
+    "benchmarks": ("gpt/benchmarks.py", "gpt/hf.py", "gpt/data/shards.py", "gpt/bench_tasks/"),
+    "hf": ("gpt/hf.py",),
+}
+#: Library files the steps import that no key hashes: how a step runs, not what it computes.
+NOT_COMPUTING = {
+    "gpt/__init__.py": "package marker",
+    "gpt/data/__init__.py": "package marker",
+    "gpt/config.py": "the params schema: the values it yields are in the key",
+    "gpt/errors.py": "error messages",
+    "gpt/progress.py": "progress lines",
+    "gpt/stopping.py": "signal handling",
+    "gpt/launch.py": "starting the processes (like train.nproc_per_node, in no key)",
+}
+
+
+def code(*parts: str) -> dict[str, str]:
+    """``{relative path: sha256}`` of the files :data:`CODE` lists under ``parts``."""
+    out: dict[str, str] = {}
+    for name in dict.fromkeys(f for part in parts for f in CODE[part]):
+        path = CODE_ROOT / name
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix != ".pyc") \
+            if name.endswith("/") else [path]
+        for f in files:
+            out[f.relative_to(CODE_ROOT).as_posix()] = file_digest(str(f))
+    return out
 
 
 def _section(params: Params, name: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -92,7 +144,9 @@ def pretrain(params: Params, data_version: str) -> StepKey:
              if not (k in _MODEL_NEUTRAL and v == _MODEL_NEUTRAL[k])}
     reads: dict[str, Any] = {"data_version": data_version, "model": model,
                              "train": {k: v for k, v in _section(params, "train").items()
-                                       if k not in _TRAIN_LAUNCH}}
+                                       if k not in _TRAIN_LAUNCH},
+                             "code": code("pretrain", *(("hf",) if params.model.init_from
+                                                        else ()))}
     if params.model.init_from:
         from gpt.hf import checkpoint_digest
 
@@ -100,20 +154,24 @@ def pretrain(params: Params, data_version: str) -> StepKey:
     return _key("pretrain", reads)
 
 
-def _base(params: Params, data_version: str, base: str | None) -> str:
-    """The digest of the base a tuned model starts from (default: this run's pretraining)."""
-    return base or pretrain(params, data_version).digest
+def _tuned(step: str, params: Params, data_version: str, base: str | None,
+           section: dict[str, Any]) -> StepKey:
+    """A step tuning a base: the base's digest (default: this run's pretraining), the step's
+    section and its code (with the conversion of a registered base's checkpoint)."""
+    here = pretrain(params, data_version).digest
+    start = base or here
+    return _key(step, {"pretrain": start, step: section,
+                       "code": code(step, *(("hf",) if start != here else ()))})
 
 
 def finetune(params: Params, data_version: str, base: str | None = None) -> StepKey:
     """``base``: the digest of a registered base (:mod:`gpt.pipeline.base`), else pretraining."""
-    return _key("finetune", {"pretrain": _base(params, data_version, base),
-                             "finetune": _section(params, "finetune")})
+    return _tuned("finetune", params, data_version, base, _section(params, "finetune"))
 
 
 def sft(params: Params, data_version: str, base: str | None = None) -> StepKey:
-    return _key("sft", {"pretrain": _base(params, data_version, base),
-                        "sft": _section(params, "sft", ("enabled", *SFT_EVAL_FIELDS))})
+    return _tuned("sft", params, data_version, base,
+                  _section(params, "sft", ("enabled", *SFT_EVAL_FIELDS)))
 
 
 #: ``evaluate`` fields of the benchmarks (the SFT evaluation reads these and no others).
@@ -141,17 +199,19 @@ def evaluation(kind: str, params: Params, data_version: str,
                base: str | None = None) -> StepKey:
     """The key of one model's evaluation (``kind``: base, task or sft)."""
     bench = benchmarks(params)
+    with_bench = {"benchmarks": bench, "code": code("evaluate", "benchmarks")} if bench \
+        else {"code": code("evaluate")}
     if kind == "base":
         evaluate = {k: v for k, v in _section(params, "evaluate").items()
                     if k not in BENCH_FIELDS}
         return _key("evaluate-base", {"model": pretrain(params, data_version).digest,
-                                      "evaluate": evaluate,
-                                      **({"benchmarks": bench} if bench else {})})
+                                      "evaluate": evaluate, **with_bench})
     if kind == "task":
-        return _key("evaluate-task", {"model": finetune(params, data_version, base).digest})
+        return _key("evaluate-task", {"model": finetune(params, data_version, base).digest,
+                                      "code": code("evaluate")})
     sft_reads = {k: getattr(params.sft, k) for k in SFT_EVAL_FIELDS}
     return _key("evaluate-sft", {"model": sft(params, data_version, base).digest,
-                                 "sft": sft_reads, **({"benchmarks": bench} if bench else {})})
+                                 "sft": sft_reads, **with_bench})
 
 
 def model(kind: str, params: Params, data_version: str, base: str | None = None) -> StepKey:

@@ -71,10 +71,12 @@ class StepResult:
 
 
 def lineage(params: Params, data_version: str, flow_run_id: str | None) -> dict[str, str]:
-    """Tags every run and model version of a pipeline run carries."""
-    from gpt.workspace import git_commit
+    """Tags every run and model version of a pipeline run carries (``git_dirty``: the tracked
+    code differs from ``git_commit``; each version adds its step's ``code_hash``)."""
+    from gpt.workspace import git_state
 
-    tags = {"data_version": data_version, "git_commit": git_commit(),
+    commit, dirty = git_state()
+    tags = {"data_version": data_version, "git_commit": commit, "git_dirty": dirty,
             "prefect_flow_run_id": flow_run_id or "none", "profile": params.profile,
             "init_from": params.model.init_from or "scratch"}
     if params.model.init_from:
