@@ -173,6 +173,7 @@ def test_models_json_and_status_columns(pipeline_run):
     assert base and "champion" in base[0]["aliases"]
     table = gptops("models", "-w", str(ws), cwd=ws, COLUMNS="80").stdout
     assert "parent" in table and "gptops-base/1" in table  # tuned models name their base
+    assert base[0]["tags"]["code_hash"][:8] in table  # the code column
     # metrics with 4 significant digits, never 7
     import re
 

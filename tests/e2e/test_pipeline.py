@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ def gptops(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complet
 
 
 def test_versions_registered_with_lineage_tags_and_champion(pipeline_run):
+    from gpt.pipeline.keys import digest_of
     from gpt.registry import list_versions
 
     ws, first, _ = pipeline_run
@@ -35,6 +37,14 @@ def test_versions_registered_with_lineage_tags_and_champion(pipeline_run):
         tags = v["tags"]
         assert tags["data_version"] == first["data_version"]
         assert tags["model_key"] and tags["eval_key"] and tags["git_commit"] and tags["eval_hash"]
+        # the bare commit, and whether tracked code differed from it
+        assert (tags["git_commit"] == "unknown") == (tags["git_dirty"] == "unknown")
+        assert "-dirty" not in tags["git_commit"] and tags["git_dirty"] in ("true", "false",
+                                                                           "unknown")
+        step = {"gptops-base": "pretrain", "gptops-package-clf": "finetune",
+                "gptops-sft": "sft"}[v["name"]]
+        key_json = ws / ".gptops" / "runs" / step / tags["model_key"] / "key.json"
+        assert tags["code_hash"] == digest_of(json.loads(key_json.read_text())["code"])
         assert tags["prefect_flow_run_id"] not in ("", "none")
         assert tags["promotion_decision"]
         # champion exactly when the gate said so (it must beat the trivial baseline)
