@@ -83,7 +83,8 @@ def test_an_edit_of_the_readme_or_the_cli_retrains_nothing(copies):
     append_comment(project / "gpt" / "cli.py")
     out = run(project, ws, api)
     for says in ("pretrain: reused", "finetune: reused", "sft: reused", "evaluate base: reused",
-                 "evaluate task: reused", "evaluate sft: reused"):
+                 "evaluate task: reused", "evaluate sft: reused", "gptops-base: reused v",
+                 "gptops-package-clf: reused v", "gptops-sft: reused v"):
         assert says in out, out[-3000:]
     assert step_dirs(ws) == before
     assert {n: len(v) for n, v in versions(ws).items()} == \
