@@ -252,4 +252,5 @@ def model_card(kind: str, name: str, tags: dict[str, str], metrics: dict[str, fl
             f"## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
             f"## Lineage\n\n{lineage}\n\n"
             "Reproduce: check out `git_commit`, `dvc pull`, then `gptops run` with the same "
-            "profile.\n")
+            "profile (with `git_dirty` true, the code had uncommitted changes: the step's "
+            "`key.json` lists each file's hash, `code_hash` is their digest).\n")
