@@ -40,7 +40,7 @@ FORM_FIELDS = {
     "sft_file": ("sft.task_path", "sft.task=file"), "data_source": ("data.source", None),
     "base_model": ("registry.base_model", None), "task_model": ("registry.task_model", None),
     "sft_model": ("registry.sft_model", None),
-    "processes": ("train.nproc_per_node", None), "strategy": ("train.strategy", None),
+    "processes": ("launch.nproc_per_node", None), "strategy": ("launch.strategy", None),
     "benchmark_items": ("evaluate.benchmark_limit", None),
 }
 

@@ -244,7 +244,7 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
         check_benchmarks(params)
     # One writer per workspace: a pipeline run or another training step waits (nodes > 0 of a
     # multi-node world share node 0's workspace, and only lend their processes).
-    lock = (contextlib.nullcontext() if params.train.node_rank else
+    lock = (contextlib.nullcontext() if params.launch.node_rank else
             workspace.workspace_lock(workdir, f"gptops {name}"))
     with stopping.on_signals(name), lock:
         _step_locked(name, workdir, params, as_json, base)
@@ -265,7 +265,7 @@ def _step_locked(name: str, workdir: Path, params, as_json: bool, base: str) -> 
         tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
                                      tags=steps.lineage(params, version, None))
         # On the other nodes of a multi-node world, node 0 records the step: no MLflow run here.
-        with (contextlib.nullcontext(None) if params.train.node_rank else
+        with (contextlib.nullcontext(None) if params.launch.node_rank else
               registry.pipeline_run(tracking, registry.cli_run_name(name),
                                     registry.tracking.workspace_id(workdir))) as tracking:
             if name == "pretrain":

@@ -1,11 +1,12 @@
 """Typed configuration for every stage, built once from ``params.yaml``.
 
 Defaults live in ``params.yaml`` only: these models declare types and meaning, not values, so a
-missing key is an error rather than a silently different default. (The exceptions are the keys
-that switch a newer feature off, ``model.init_from``, ``model.vocab_multiple``,
-``tokenizer.pretrained``, ``data.scrub_raw`` and the ``train`` launch keys (one process), so a
-workspace's older params.yaml still loads.) A profile overlays the
-model/train/finetune/evaluate sections; ``overrides`` (``"train.lr=1e-3"``) overlay last.
+missing key is an error rather than a silently different default. A workspace's params.yaml
+written by an older gptops still loads: the keys it lacks come from the project's params.yaml
+(:func:`add_missing`) and keys that moved are carried to their new place (:data:`MOVED`,
+:func:`upgrade_moved`). A profile overlays the model/train/launch/finetune/sft/evaluate
+sections; ``overrides`` (``"train.lr=1e-3"``) overlay last, and an old key there is refused
+with a line naming its new one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gpt.errors import ConfigError
 
 #: Sections a profile may change. Data sections are excluded on purpose: DVC reads them from
 #: params.yaml, so a profile changing them would make the data version lie.
-PROFILE_SECTIONS = ("model", "train", "finetune", "sft", "evaluate")
+PROFILE_SECTIONS = ("model", "train", "launch", "finetune", "sft", "evaluate")
 #: Sections read by the DVC data stages (dvc.yaml lists the same keys).
 DATA_SECTIONS = ("data", "clean", "tokenizer")
 #: The profile a run uses unless told otherwise.
@@ -45,8 +46,7 @@ class DataConfig(_Strict):
     on_bad_record: Literal["reject", "fail"] = Field(
         description="a record that is not a document (invalid JSON, missing/empty/non-string "
                     "text): reject = keep it as a rejected record, fail = stop naming every one")
-    # Defaults in code: off (see TokenizerConfig.pretrained), so an older params.yaml loads.
-    scrub_raw: bool = Field(False, description="replace the PII kinds of clean.pii at ingest "
+    scrub_raw: bool = Field(description="replace the PII kinds of clean.pii at ingest "
                             "already, so data/raw (and the DVC cache and remote keeping it) "
                             "holds none; false = data/raw keeps the source's text as read")
 
@@ -79,8 +79,9 @@ class CleanConfig(_Strict):
                                       "of a kept language")
 
 
-#: How ``model.init_from`` and ``tokenizer.pretrained`` name a checkpoint.
-PRETRAINED_PREFIX = "hf:"
+#: How a Hugging Face folder or hub id is named: a checkpoint (``model.init_from``,
+#: ``tokenizer.pretrained``, ``gptops import``) or a dataset (``data.source``).
+HF_PREFIX = "hf:"
 
 
 class TokenizerConfig(_Strict):
@@ -90,9 +91,7 @@ class TokenizerConfig(_Strict):
     seed: int
     train_sample_mb: float = Field(gt=0, description="megabytes of text (a seeded sample of the "
                                    "documents) the BPE is trained on")
-    # Defaults in code for this key and model.init_from / model.vocab_multiple only: "off",
-    # so a workspace's params.yaml from before these keys still loads.
-    pretrained: str = Field("", description='"" = train a byte-level BPE (vocab_size, '
+    pretrained: str = Field(description='"" = train a byte-level BPE (vocab_size, '
                             'min_frequency); "hf:<folder or hub id>" = encode with that '
                             "checkpoint's tokenizer as is (required by model.init_from)")
 
@@ -104,57 +103,83 @@ class ModelConfig(_Strict):
     n_embd: int = Field(gt=0, description="width; must be divisible by n_head")
     dropout: float = Field(ge=0, lt=1)
     bias: bool = Field(description="bias in Linear and LayerNorm layers (GPT-2: true)")
-    # Defaults in code: "off" (see TokenizerConfig.pretrained).
-    init_from: str = Field("", description='"" = random init; "hf:<save_pretrained folder or '
+    init_from: str = Field(description='"" = random init; "hf:<save_pretrained folder or '
                            'hub id>" = start from that GPT-2 checkpoint (block_size <= its '
                            "n_positions; n_layer, n_head, n_embd, bias must match it)")
-    vocab_multiple: int = Field(1, ge=1, description="embedding rows rounded up to a multiple "
+    vocab_multiple: int = Field(ge=1, description="embedding rows rounded up to a multiple "
                                 "of this; padded logits are dropped (1 = no padding)")
 
 
-class TrainConfig(_Strict):
+class _Schedule(_Strict):
+    """Schedule and checkpoint fields every training section shares, in one shape (pretraining,
+    fine-tuning and SFT): the floor and the checkpoints follow an ``lr`` or ``max_steps``
+    override (and each trial of ``gptops tune``)."""
+
     max_steps: int = Field(gt=0, description="optimizer steps")
-    batch_size: int = Field(gt=0, description="sequences per micro-batch")
-    grad_accum: int = Field(gt=0, description="micro-batches per optimizer step")
+    batch_size: int = Field(gt=0, description="sequences per micro-batch over all processes "
+                            "(split between them)")
     lr: float = Field(gt=0, description="peak learning rate")
-    min_lr: float = Field(ge=0, description="floor of the cosine decay")
-    warmup_steps: int = Field(ge=0)
-    weight_decay: float = Field(ge=0, description="applied to matrices only")
-    beta1: float = Field(gt=0, lt=1)
-    beta2: float = Field(gt=0, lt=1)
-    grad_clip: float = Field(ge=0, description="0 disables clipping")
+    warmup_steps: int = Field(ge=0, description="steps of linear warmup to lr")
+    min_lr_factor: float = Field(ge=0, le=1, description="floor of the cosine decay, as a "
+                                 "fraction of lr (1 = constant lr after warmup)")
+    weight_decay: float = Field(ge=0, description="AdamW weight decay (matrices only)")
+    beta1: float = Field(gt=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(gt=0, lt=1, description="AdamW beta2")
+    grad_clip: float = Field(ge=0, description="gradient-norm clip; 0 disables clipping")
+    max_nonfinite_steps: int = Field(gt=0, description="stop after this many bad steps in a row")
+    checkpoints: int = Field(gt=0, description="checkpoints per run: every max_steps // "
+                             "checkpoints steps (at least 1) and at the last step")
+    seed: int
+
+    @property
+    def min_lr(self) -> float:
+        """The floor of the cosine decay: ``lr * min_lr_factor``."""
+        return self.lr * self.min_lr_factor
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between two checkpoints: ``max_steps // checkpoints`` (at least 1)."""
+        return max(1, self.max_steps // self.checkpoints)
+
+
+class TrainConfig(_Schedule):
+    """Pretraining: what it computes (in the pretrain step's key). How it is spread over
+    processes and devices is the ``launch`` section's."""
+
+    grad_accum: int = Field(gt=0, description="micro-batches per optimizer step")
     eval_interval: int = Field(gt=0)
     eval_batches: int = Field(gt=0)
-    checkpoint_interval: int = Field(gt=0)
     compile: bool = Field(description="torch.compile the model")
-    device: str = Field(description='"auto", "cpu", "cuda" or "cuda:N"')
-    seed: int
-    max_nonfinite_steps: int = Field(gt=0, description="stop after this many bad steps in a row")
     log_interval: int = Field(ge=0, description="steps per tokens/s measurement; 0 = none")
-    # Defaults in code: off (see TokenizerConfig.pretrained); params.yaml turns it on.
-    divergence_factor: float = Field(0.0, ge=0, description="stop when the loss stays above "
+    divergence_factor: float = Field(ge=0, description="stop when the loss stays above "
                                      "this many times ln(vocab) (a uniform guess) after "
                                      "warmup: the run diverged; 0 = off")
-    divergence_steps: int = Field(10, gt=0, description="steps in a row above the divergence "
+    divergence_steps: int = Field(gt=0, description="steps in a row above the divergence "
                                   "ceiling before training stops")
-    # How training is spread over processes (pretrain, finetune and SFT alike). Not in any step
-    # key: the global batch is the same whatever the number of processes (gpt.distributed).
-    # Defaults in code: one process (see TokenizerConfig.pretrained).
+
+
+class LaunchConfig(_Strict):
+    """Where and over how many processes every training step runs (pretrain, fine-tune and SFT
+    alike). In no step key: the global batch is the same whatever the world
+    (:mod:`gpt.distributed`)."""
+
+    device: str = Field(description='"auto" (cuda when present, else cpu), "cpu", "cuda" or '
+                        '"cuda:N"')
     nproc_per_node: int | Literal["auto"] = Field(
-        1, description='training processes on this machine: "auto" = one per visible GPU '
+        description='training processes on this machine: "auto" = one per visible GPU '
         "(1 without a GPU); >1 launches them with torch's elastic launcher")
-    nnodes: int = Field(1, ge=1, description="machines in the training world (each runs "
+    nnodes: int = Field(ge=1, description="machines in the training world (each runs "
                         "nproc_per_node processes); >1 needs rdzv_endpoint and node_rank")
-    node_rank: int = Field(0, ge=0, description="this machine's index, 0..nnodes-1 (0 trains "
+    node_rank: int = Field(ge=0, description="this machine's index, 0..nnodes-1 (0 trains "
                            "and records the step; the others only lend their processes)")
-    rdzv_endpoint: str = Field("", description="host:port of node 0's rendezvous, reachable "
+    rdzv_endpoint: str = Field(description="host:port of node 0's rendezvous, reachable "
                                'from every node (only when nnodes > 1), e.g. "trainer-0:29500"')
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="ddp = a full model per process; fsdp = FSDP2 parameter sharding "
+        description="ddp = a full model per process; fsdp = FSDP2 parameter sharding "
         "(for models that do not fit one GPU); checkpoints are whole-model either way")
 
     @model_validator(mode="after")
-    def _launch(self) -> TrainConfig:
+    def _world(self) -> LaunchConfig:
         if isinstance(self.nproc_per_node, int) and self.nproc_per_node < 1:
             raise ValueError(f"nproc_per_node={self.nproc_per_node}: use 'auto' or a count >= 1")
         if self.node_rank >= self.nnodes:
@@ -167,24 +192,10 @@ class TrainConfig(_Strict):
         return self
 
 
-class _TuneConfig(_Strict):
-    """The optimisation fields fine-tuning and SFT share (each section has its own values)."""
+class _TuneConfig(_Schedule):
+    """The fields fine-tuning and SFT share besides the schedule (each has its own values)."""
 
-    max_steps: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_steps: int = Field(ge=0)
-    min_lr_factor: float = Field(ge=0, le=1, description="floor of the cosine decay, as a "
-                                 "fraction of lr (so it follows an lr override)")
-    beta1: float = Field(gt=0, lt=1, description="AdamW beta1")
-    beta2: float = Field(gt=0, lt=1, description="AdamW beta2")
-    grad_clip: float = Field(ge=0, description="gradient-norm clip; 0 disables clipping")
-    max_nonfinite_steps: int = Field(gt=0, description="stop after this many bad steps in a row")
-    checkpoints: int = Field(gt=0, description="checkpoints per run: every max_steps // "
-                             "checkpoints steps (at least 1) and at the last step")
     test_fraction: float = Field(gt=0, lt=1)
-    seed: int
 
 
 class FinetuneConfig(_TuneConfig):
@@ -214,14 +225,12 @@ class EvaluateConfig(_Strict):
     ppl_batches: int = Field(gt=0, description="validation batches for perplexity")
     batch_size: int = Field(gt=0)
     seed: int
-    # Benchmarks (gpt.benchmarks). Defaults in code are "off" only, so an older params.yaml
-    # still loads; params.yaml turns the built-in suite on.
-    builtin_benchmarks: bool = Field(False, description="score the built-in offline suite "
+    # Benchmarks (gpt.benchmarks).
+    builtin_benchmarks: bool = Field(description="score the built-in offline suite "
                                      "(items from validation documents)")
-    benchmark_limit: int = Field(0, ge=0, description="items per benchmark task (0 = all)")
-    benchmarks: list[str] = Field(default_factory=list, description="lm-eval task names")
-    benchmark_dirs: list[str] = Field(default_factory=list,
-                                      description="folders of your own lm-eval task YAMLs")
+    benchmark_limit: int = Field(ge=0, description="items per benchmark task (0 = all)")
+    benchmarks: list[str] = Field(description="lm-eval task names")
+    benchmark_dirs: list[str] = Field(description="folders of your own lm-eval task YAMLs")
 
     @property
     def any_benchmarks(self) -> bool:
@@ -232,11 +241,11 @@ class GateConfig(_Strict):
     """Per model kind, the metrics the promotion gate reads (``gpt.registry.gate``): the first
     decides against the champion; every one must beat its trivial baseline where it has one.
     Any evaluation metric, ``bench.<task>.<metric>`` included. ``[]`` = the kind's standard
-    metrics (``gpt.pipeline.candidates.STANDARD_GATE``), so an older params.yaml loads."""
+    metrics (``gpt.pipeline.candidates.STANDARD_GATE``)."""
 
-    base: list[str] = Field(default_factory=list)
-    task: list[str] = Field(default_factory=list)
-    sft: list[str] = Field(default_factory=list)
+    base: list[str]
+    task: list[str]
+    sft: list[str]
 
 
 class RegistryConfig(_Strict):
@@ -247,7 +256,7 @@ class RegistryConfig(_Strict):
     sft_model: str
     min_improvement: float = Field(ge=0, description="margin a challenger must beat champion by")
     license: str = Field(min_length=1, description="licence id declared in the model cards")
-    gate: GateConfig = Field(default_factory=GateConfig)
+    gate: GateConfig
 
 
 #: The base model's evaluation metrics a study can optimise, and in which direction.
@@ -302,18 +311,102 @@ class Params(_Strict):
     tokenizer: TokenizerConfig
     model: ModelConfig
     train: TrainConfig
+    launch: LaunchConfig
     finetune: FinetuneConfig
     sft: SFTConfig
     evaluate: EvaluateConfig
     registry: RegistryConfig
-    # Defaults in code: none (see TokenizerConfig.pretrained); only `gptops tune` needs it.
-    tune: TuneConfig | None = None
-    profile: str = DEFAULT_PROFILE
+    tune: TuneConfig
+    profile: str = Field(description="the profile applied (resolve_params sets it)")
 
+
+
+#: Keys that moved (old dotted key -> new one): the ``launch`` settings left ``train``, and
+#: pretraining took the schedule and checkpoint shape of fine-tuning and SFT. A workspace's
+#: params.yaml is carried over (:func:`upgrade_moved`); an old key in ``--set``, a profile or
+#: ``tune.space`` is refused with a line naming the new one.
+MOVED: dict[str, str] = {
+    **{f"train.{k}": f"launch.{k}" for k in ("device", "nproc_per_node", "nnodes", "node_rank",
+                                             "rdzv_endpoint", "strategy")},
+    "train.min_lr": "train.min_lr_factor",
+    "train.checkpoint_interval": "train.checkpoints",
+}
+#: The moved keys whose value changed meaning, and what the new key holds.
+_MOVED_MEANING = {
+    "train.min_lr": ("the floor as a fraction of train.lr", "0.1"),
+    "train.checkpoint_interval": ("checkpoints per run, every max_steps // checkpoints steps",
+                                  "3"),
+}
+
+
+def moved_message(old: str, value: Any = None) -> str:
+    """The one line that refuses a key of :data:`MOVED` and names its new key."""
+    new = MOVED[old]
+    if old in _MOVED_MEANING:
+        meaning, example = _MOVED_MEANING[old]
+        return f"parameter '{old}' is now '{new}', {meaning} (e.g. {new}={example})"
+    shown = "..." if value is None else str(value).lower() if isinstance(value, bool) else value
+    return f"parameter '{old}' is now '{new}' (write {new}={shown})"
+
+
+def _put(node: Any, key: str, value: Any, at: str | None = None) -> None:
+    """``node[key] = value``, placed where ``at`` is in a round-trip (ruamel) mapping."""
+    keys = list(node)
+    if at in keys and hasattr(node, "insert"):
+        node.insert(keys.index(at), key, value)
+    else:
+        node[key] = value
+
+
+def _moved_value(old: str, value: Any, train: dict[str, Any], base: dict[str, Any]) -> Any:
+    """The value of ``old``'s new key: ``min_lr`` as a fraction of ``lr``, ``checkpoint_interval``
+    as a count (``lr``/``max_steps`` from ``train``, else from ``base``: a profile's section)."""
+    if old not in _MOVED_MEANING:
+        return value
+    try:
+        if old == "train.min_lr":
+            return float(f"{float(value) / float(train.get('lr', base.get('lr'))):.12g}")
+        return max(1, int(train.get("max_steps", base.get("max_steps"))) // int(value))
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise ConfigError(moved_message(old) + f"; {old}={value!r} could not be carried over: "
+                          "set it by hand in params.yaml") from None
+
+
+def upgrade_moved(tree: Any) -> list[str]:
+    """Carry the keys of :data:`MOVED` in ``tree`` (a raw params dict or ruamel's round-trip
+    mapping) and in its profiles to their new place, in place; a new key already set wins.
+    Returns one note per key moved (``train.device -> launch.device``)."""
+    notes: list[str] = []
+    base = tree.get("train") if isinstance(tree.get("train"), dict) else {}
+    profiles = tree.get("profiles") if isinstance(tree.get("profiles"), dict) else {}
+    nodes = [("", tree), *((f"profiles.{name}.", node) for name, node in profiles.items()
+                           if isinstance(node, dict))]
+    for prefix, node in nodes:
+        for old, new in MOVED.items():
+            section, key = old.split(".")
+            values = node.get(section)
+            if not isinstance(values, dict) or key not in values:
+                continue
+            value = _moved_value(old, values[key], values, base if prefix else {})
+            new_section, new_key = new.split(".")
+            if not isinstance(node.get(new_section), dict):  # placed after ``section``
+                keys = list(node)
+                after = keys[keys.index(section) + 1:]
+                _put(node, new_section, {}, at=after[0] if after else None)
+            target = node[new_section]
+            if new_key not in target:
+                _put(target, new_key, value, at=key if target is values else None)
+            del values[key]
+            shown = f"={value}" if old in _MOVED_MEANING else ""
+            notes.append(f"{prefix}{old} -> {prefix}{new}{shown}")
+    return notes
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``tree["a"]["b"] = value`` for ``"a.b"``; unknown sections or keys are errors."""
+    """Set ``tree["a"]["b"] = value`` for ``"a.b"``; unknown sections or keys are errors (a key
+    of :data:`MOVED` names its new key)."""
+    if dotted in MOVED:
+        raise ConfigError(moved_message(dotted, value))
     keys = dotted.split(".")
     node = tree
     for i, key in enumerate(keys[:-1]):
@@ -400,8 +493,7 @@ def resolve_params(raw: dict[str, Any], profile: str = DEFAULT_PROFILE,
         raise ConfigError(f"invalid parameter 'model.n_embd': {params.model.n_embd} is not "
                           f"divisible by model.n_head={params.model.n_head}")
     check_pretrained_specs(params.model.init_from, params.tokenizer.pretrained)
-    if params.tune is not None:
-        check_tune_space(params)
+    check_tune_space(params)
     return params
 
 
@@ -412,10 +504,11 @@ def check_tune_space(params: Params) -> None:
     Raises:
         ConfigError: an unknown or unsearchable key, or a value its field refuses.
     """
-    assert params.tune is not None
     for key, spec in params.tune.space.items():
         section, _, name = key.partition(".")
         where = f"tune.space key '{key}'"
+        if key in MOVED:
+            raise ConfigError(f"{where}: {moved_message(key)}")
         if section not in TUNE_SECTIONS or "." in name:
             raise ConfigError(f"{where}: trials are pretraining runs, so only "
                               f"{' and '.join(s + '.*' for s in TUNE_SECTIONS)} keys can be "
@@ -442,8 +535,8 @@ def check_pretrained_specs(init_from: str, pretrained: str) -> None:
     """``model.init_from`` and ``tokenizer.pretrained``: "" or ``hf:<...>``, and the model reads
     its own tokenizer's ids (so when ``init_from`` is set, both name the same checkpoint)."""
     for key, spec in (("model.init_from", init_from), ("tokenizer.pretrained", pretrained)):
-        if spec and (not spec.startswith(PRETRAINED_PREFIX)
-                     or not spec.removeprefix(PRETRAINED_PREFIX).strip()):
+        if spec and (not spec.startswith(HF_PREFIX)
+                     or not spec.removeprefix(HF_PREFIX).strip()):
             raise ConfigError(f"invalid parameter '{key}': {spec!r} is not hf:<save_pretrained "
                               'folder or hub id> (e.g. hf:gpt2); "" = off')
     if init_from and pretrained != init_from:
@@ -517,9 +610,19 @@ def add_missing(tree: Any, template: dict[str, Any]) -> list[str]:
     return keys
 
 
+def upgrade_tree(tree: Any) -> tuple[list[str], list[str]]:
+    """Bring a workspace's params (a dict, or ruamel's round-trip mapping) to this gptops' keys,
+    in place: the moved keys to their new place (:func:`upgrade_moved`), then the keys it lacks
+    from the project's params.yaml (:func:`add_missing`). Returns (moved notes, keys added)."""
+    moved = upgrade_moved(tree)
+    if not PROJECT_PARAMS.is_file():
+        return moved, []
+    return moved, add_missing(tree, read_params_file(PROJECT_PARAMS))
+
+
 def with_project_defaults(raw: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
-    """``raw`` with the keys it lacks taken from the project's params.yaml (its defaults)."""
-    if path is not None and path.resolve() == PROJECT_PARAMS or not PROJECT_PARAMS.is_file():
+    """``raw`` brought to this gptops' keys (:func:`upgrade_tree`), in a copy."""
+    if path is not None and path.resolve() == PROJECT_PARAMS:
         return raw
     tree = copy.deepcopy(raw)
-    return tree if add_missing(tree, read_params_file(PROJECT_PARAMS)) else raw
+    return tree if any(upgrade_tree(tree)) else raw

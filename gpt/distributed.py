@@ -2,7 +2,7 @@
 
 A process joins the world when it was started by torch's launcher (``torchrun`` or
 :func:`gpt.launch.launch`, which set ``WORLD_SIZE``/``RANK``): NCCL on CUDA, gloo on CPU. The
-model is wrapped for ``train.strategy`` (``ddp``: one full copy per process; ``fsdp``: parameters
+model is wrapped for ``launch.strategy`` (``ddp``: one full copy per process; ``fsdp``: parameters
 sharded across processes with FSDP2's ``fully_shard``).
 
 **The global batch does not depend on the number of processes.** Each optimizer step trains on

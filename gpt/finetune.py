@@ -260,11 +260,10 @@ def _fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
     model trains under DDP (``loss_fn`` takes this process's rows); rank 0 saves.
     """
     settings = LoopSettings(kind=kind, max_steps=cfg.max_steps, lr=cfg.lr,
-                            min_lr=cfg.lr * cfg.min_lr_factor, warmup_steps=cfg.warmup_steps,
+                            min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                             grad_accum=1, grad_clip=cfg.grad_clip,
                             max_nonfinite_steps=cfg.max_nonfinite_steps)
-    checkpoints = CheckpointPolicy(Path(out_dir) / "checkpoints",
-                                   max(1, cfg.max_steps // cfg.checkpoints), resume)
+    checkpoints = CheckpointPolicy(Path(out_dir) / "checkpoints", cfg.checkpoint_interval, resume)
     loop = run_loop(distributed.wrap(model, device), loss_fn, optimizer, settings, device,
                     checkpoints=checkpoints, callback=callback)
     if finalize is not None:
@@ -282,7 +281,7 @@ class FinetuneResult:
 
 
 def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: FinetuneConfig,
-                        out_dir: Path, device_name: str = "auto", resume: bool = True,
+                        out_dir: Path, device_name: str, resume: bool = True,
                         callback: MetricsCallback | None = None) -> FinetuneResult:
     """Fine-tune ``base`` with a classification head on ``task.train``.
 
@@ -428,7 +427,7 @@ def build_sft_file_task(path: str, test_fraction: float, seed: int) -> SFTTask:
 
 
 def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]],
-                 cfg: FinetuneConfig | SFTConfig, out_dir: Path, device_name: str = "auto",
+                 cfg: FinetuneConfig | SFTConfig, out_dir: Path, device_name: str,
                  resume: bool = True, callback: MetricsCallback | None = None) -> SFTResult:
     """Supervised fine-tuning of the language model on prompt/completion pairs.
 

@@ -1,15 +1,15 @@
 """Training steps over several processes, started by torch's own elastic launcher.
 
 :func:`run` calls a step's training function in this process when one process is wanted (the
-default, unchanged), and otherwise starts ``train.nproc_per_node`` processes on this machine with
+default, unchanged), and otherwise starts ``launch.nproc_per_node`` processes on this machine with
 ``torch.distributed.launcher.api.elastic_launch``, the engine behind ``torchrun``. The caller is
 not one of the ranks: it relays their log lines into its own log (``[rank1] ...``, so a Prefect
 task shows them in its run log), returns rank 0's result, and turns a failed rank into one error
 naming it ("pretrain: rank 1 of 2 failed: Signal 9 (SIGKILL) ..."). An input error raised in a
 rank (``ConfigError``, ``DataError``, ...) is raised again as the same type, so it is not retried.
 
-With ``train.nnodes > 1`` every machine runs the same step with its own ``train.node_rank``; the
-static rendezvous at ``train.rdzv_endpoint`` (node 0's host:port) makes node 0's first process
+With ``launch.nnodes > 1`` every machine runs the same step with its own ``launch.node_rank``; the
+static rendezvous at ``launch.rdzv_endpoint`` (node 0's host:port) makes node 0's first process
 global rank 0, so node 0 records the step and the others only lend their processes. All nodes
 must see the workspace (shared storage): checkpoints and data are read from it.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt import errors
-from gpt.config import TrainConfig
+from gpt.config import LaunchConfig
 from gpt.errors import ConfigError, GptopsError, RankFailed
 
 log = logging.getLogger(__name__)
@@ -61,24 +61,24 @@ class World:
         return self.nproc * self.nnodes
 
     @classmethod
-    def of(cls, train: TrainConfig, batch_size: int, param: str) -> World:
+    def of(cls, launch: LaunchConfig, batch_size: int, param: str) -> World:
         """The world for a step whose global batch is ``batch_size`` rows (``param``).
 
         ``auto`` is one process per visible GPU (1 without a GPU), lowered to the largest count
         that divides the batch; an explicit count that does not divide it is refused now.
         """
-        n = train.nproc_per_node
+        n = launch.nproc_per_node
         if n == "auto":
-            visible = gpus() if train.device in ("auto", "cuda") else 0
+            visible = gpus() if launch.device in ("auto", "cuda") else 0
             n = max((k for k in range(1, max(visible, 1) + 1)
-                     if batch_size % (k * train.nnodes) == 0), default=1)
+                     if batch_size % (k * launch.nnodes) == 0), default=1)
             if visible > n:
-                log.info("train.nproc_per_node=auto: %d of %d GPUs (%s=%d must divide by the "
+                log.info("launch.nproc_per_node=auto: %d of %d GPUs (%s=%d must divide by the "
                          "process count)", n, visible, param, batch_size)
-        world = cls(n, train.nnodes, train.node_rank, train.rdzv_endpoint, train.strategy)
+        world = cls(n, launch.nnodes, launch.node_rank, launch.rdzv_endpoint, launch.strategy)
         if batch_size % world.size:
             raise ConfigError(f"{param}={batch_size} is not a multiple of the {world.size} "
-                              f"training processes (train.nproc_per_node x train.nnodes): set "
+                              f"training processes (launch.nproc_per_node x launch.nnodes): set "
                               f"{param} to a multiple of {world.size} (it is the global batch)")
         return world
 

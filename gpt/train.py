@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from gpt import checkpoint as ckpt
 from gpt import distributed, progress, stopping
-from gpt.config import ModelConfig, TrainConfig
+from gpt.config import LaunchConfig, ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
 from gpt.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from gpt.model import GPT, GPTConfig
@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={name} but CUDA is not available; use auto or cpu")
+        raise TrainingError(f"launch.device={name} but CUDA is not available; use auto or cpu")
     return torch.device(name)
 
 
@@ -153,8 +153,8 @@ class CheckpointPolicy:
         by_name = meta.get("optimizer") == "by-name"
         if sharded and not by_name:  # an input error, not a bad file: no falling back
             raise ConfigError(
-                f"checkpoint {path} was written with train.strategy=ddp (or one process); "
-                "resume it with train.strategy=ddp, or delete its checkpoints folder to start "
+                f"checkpoint {path} was written with launch.strategy=ddp (or one process); "
+                "resume it with launch.strategy=ddp, or delete its checkpoints folder to start "
                 "over with fsdp")
         if by_name:  # a plain model loaded its weights above
             distributed.load_full_state(model, ckpt.read_weights(path) if sharded else None,
@@ -446,7 +446,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
     digests = distributed.digests(raw)
     if len(set(digests)) > 1:
         raise TrainingError(f"the {len(digests)} training processes ended with different "
-                            "weights; re-run with train.nproc_per_node=1 and report this")
+                            "weights; re-run with launch.nproc_per_node=1 and report this")
     return LoopResult(steps=steps_run, resumed_from=start, skipped_steps=skipped,
                       final_loss=loss, history=history, seconds=seconds,
                       tokens_per_sec=tokens_per_step * steps_run / max(seconds, 1e-9),
@@ -518,16 +518,18 @@ def capacity_warning(train_tokens: int, n_params: int,
             "(e.g. --profile tiny), or start from a pretrained one (model.init_from)")
 
 
-def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, out_dir: Path,
-             resume: bool = True, callback: MetricsCallback | None = None) -> PretrainResult:
+def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, launch_cfg: LaunchConfig,
+             tokens_dir: Path, out_dir: Path, resume: bool = True,
+             callback: MetricsCallback | None = None) -> PretrainResult:
     """Pretrain a GPT by next-token prediction on ``tokens_dir`` shards.
 
     Writes checkpoints to ``out_dir/checkpoints`` and the final weights to
-    ``out_dir/model.safetensors``. Under ``torchrun`` trains with DDP.
+    ``out_dir/model.safetensors``. Under ``torchrun`` trains with DDP (or FSDP2:
+    ``launch_cfg.strategy``) on ``launch_cfg.device``.
     """
     out_dir = Path(out_dir)
     data = TokenData(tokens_dir)
-    group = distributed.join(resolve_device(train_cfg.device))
+    group = distributed.join(resolve_device(launch_cfg.device))
     device = group.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -542,11 +544,11 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
     if warning and distributed.rank() == 0:
         log.warning("%s", warning)
     net: nn.Module = model
-    if train_cfg.strategy == "fsdp":
+    if launch_cfg.strategy == "fsdp":
         net = distributed.wrap(model, device, "fsdp")  # shards ``model`` itself, in place
     if train_cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
-    if train_cfg.strategy == "ddp":
+    if launch_cfg.strategy == "ddp":
         net = distributed.wrap(net, device, "ddp")
     optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay,
                                (train_cfg.beta1, train_cfg.beta2), device)
@@ -554,7 +556,7 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, o
     tokens_per_step = bs * T * train_cfg.grad_accum
     if distributed.world() > 1 and distributed.rank() == 0:
         log.info("%d processes (%s): %d sequences per process per micro-batch, %d tokens per "
-                 "optimizer step in all", distributed.world(), train_cfg.strategy,
+                 "optimizer step in all", distributed.world(), launch_cfg.strategy,
                  mine.stop - mine.start, tokens_per_step)
 
     def loss_fn(m: nn.Module, step: int, micro: int) -> torch.Tensor:

@@ -66,15 +66,14 @@ class TuneResult:
 def load_params(workdir: Path, profile: str, overrides: list[str] | None) -> Params:
     """The workspace's params for a study. A workspace made before ``tune:`` existed takes the
     project's section (said once), so its older params.yaml need not be edited first."""
-    from gpt.config import PROJECT_PARAMS, read_params_file
+    from gpt.config import read_params_file, with_project_defaults
 
     path = Path(workdir) / "params.yaml"
     raw = read_params_file(path)
     if "tune" not in raw:
-        raw["tune"] = read_params_file(PROJECT_PARAMS)["tune"]
         log.info("tune: %s has no tune: section; using the project's (copy it there to change "
                  "it)", path)
-    return resolve_params(raw, profile, overrides)
+    return resolve_params(with_project_defaults(raw, path), profile, overrides)
 
 
 def storage_url(workdir: Path) -> str:
@@ -98,7 +97,6 @@ def study_name(params: Params, data_version: str) -> str:
 def trial_params(params: Params, values: dict[str, Any]) -> Params:
     """``params`` with a trial's values and ``train.max_steps = tune.steps_per_trial``,
     validated like any params (a shape the model refuses is a ConfigError)."""
-    assert params.tune is not None
     tree = params.model_dump(mode="json")
     profile = tree.pop("profile")
     tree["profiles"] = {profile: {}}
@@ -110,7 +108,6 @@ def suggest(trial: Any, params: Params) -> dict[str, Any]:
     """The trial's value of each key of ``tune.space`` (an int parameter's range gives ints)."""
     from gpt.config import get_dotted
 
-    assert params.tune is not None
     out: dict[str, Any] = {}
     for key, spec in params.tune.space.items():
         if not isinstance(spec, TuneRange):
@@ -180,7 +177,6 @@ def _objective(workdir: Path, params: Params, data_version: str, tracking: Track
                study: str, trained: list[int]) -> Callable[[Any], float]:
     import optuna
 
-    assert params.tune is not None
     metric = params.tune.objective
     paths = RunPaths(Path(workdir))
 
@@ -277,7 +273,6 @@ def open_study(workdir: Path, params: Params, data_version: str, name: str = "")
     """The workspace's study for these params (created, or loaded to resume)."""
     import optuna
 
-    assert params.tune is not None
     optuna.logging.disable_default_handler()  # its lines go through our log handler instead
     optuna.logging.enable_propagation()
     t = params.tune
@@ -302,23 +297,20 @@ def run_study(workdir: Path, params: Params, data_version: str, tracking: Tracki
     ``tracking`` must carry the study's parent run (:func:`gpt.registry.pipeline_run`).
 
     Raises:
-        ConfigError: no ``tune`` section, or a trial's values the model refuses.
+        ConfigError: a trial's values the model refuses.
     """
     from optuna.trial import TrialState
 
-    if params.tune is None:
-        raise ConfigError("params.yaml has no tune: section: copy it from the project's "
-                          "params.yaml (tune.space, objective, trials, steps_per_trial...)")
     from gpt.launch import World
     from gpt.train import resolve_device
 
     t0 = time.perf_counter()
     t = params.tune
-    resolve_device(params.train.device)  # a missing GPU fails now, not as a pruned trial each
-    world = World.of(params.train, params.train.batch_size, "train.batch_size")
+    resolve_device(params.launch.device)  # a missing GPU fails now, not as a pruned trial each
+    world = World.of(params.launch, params.train.batch_size, "train.batch_size")
     if world.size > 1:  # the pruner reads the loop's reports in this process
         raise ConfigError(f"gptops tune runs each trial in one process, not {world.size}: set "
-                          "train.nproc_per_node=1 (and train.nnodes=1)")
+                          "launch.nproc_per_node=1 (and launch.nnodes=1)")
     study = open_study(workdir, params, data_version, name)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     _settle_stale(study, t.space)

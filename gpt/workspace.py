@@ -112,27 +112,28 @@ def ensure_workspace(workdir: Path, init: bool = False) -> Path:
 
 
 def upgrade_params(path: Path) -> list[str]:
-    """Add the keys a workspace's params.yaml lacks (newer features), with the project's
-    defaults, keeping the file's comments and layout; say so once. Returns the keys added."""
-    from gpt.config import PROJECT_PARAMS, add_missing, missing_keys
+    """Bring a workspace's params.yaml to this gptops' keys (:func:`gpt.config.upgrade_tree`:
+    moved keys carried to their new place, missing keys added with the project's defaults),
+    keeping the file's comments and layout; say so in one line. Returns what changed."""
+    from gpt.config import PROJECT_PARAMS, upgrade_tree
 
-    if not path.is_file() or path.resolve() == PROJECT_PARAMS or not PROJECT_PARAMS.is_file():
+    if not path.is_file() or path.resolve() == PROJECT_PARAMS:
         return []
-    template = read_params_file(PROJECT_PARAMS)
-    if not missing_keys(read_params_file(path), template):
+    if not any(upgrade_tree(read_params_file(path))):
         return []
     from ruamel.yaml import YAML
 
     rt = YAML()
     raw = rt.load(path.read_text(encoding="utf-8"))
-    keys = add_missing(raw, template)
+    moved, added = upgrade_tree(raw)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         rt.dump(raw, fh)
     os.replace(tmp, path)
-    log.warning("%s: added %s with the project's defaults (keys of a newer gptops)", path,
-                ", ".join(keys))
-    return keys
+    said = ([f"moved {', '.join(moved)}"] if moved else []) + (
+        [f"added {', '.join(added)} with the project's defaults"] if added else [])
+    log.warning("%s: upgraded to this gptops' keys: %s", path, "; ".join(said))
+    return moved + added
 
 
 #: The file whose lock one pipeline (or training step) holds on a workspace at a time.

@@ -3,7 +3,8 @@
 DVC keys the data stages by the params and code each one lists; training follows the same rule:
 
 - pretrain = data version + the ``model`` and ``train`` sections (a ``model.init_from``
-  checkpoint by the hash of its weights);
+  checkpoint by the hash of its weights); the ``launch`` section (device, processes) is in no
+  key: the global batch is the same whatever the world (:mod:`gpt.distributed`);
 - fine-tune = the pretrain key + the ``finetune`` section + the content of its task files;
 - SFT = the pretrain key + the training fields of ``sft`` + the content of its pairs file;
 - evaluation = the model's key + what that evaluation reads (``evaluate`` for perplexity, the
@@ -104,7 +105,7 @@ NOT_COMPUTING = {
     "gpt/errors.py": "error messages",
     "gpt/progress.py": "progress lines",
     "gpt/stopping.py": "signal handling",
-    "gpt/launch.py": "starting the processes (like train.nproc_per_node, in no key)",
+    "gpt/launch.py": "starting the processes (like the launch section, in no key)",
 }
 
 
@@ -132,9 +133,6 @@ def _section(params: Params, name: str, drop: tuple[str, ...] = ()) -> dict[str,
 #: ``model`` fields at these values are left out of the pretrain key: they mean "feature off",
 #: so a run keeps the key it had before the field existed.
 _MODEL_NEUTRAL = {"init_from": "", "vocab_multiple": 1}
-#: ``train`` fields that say how training is spread over processes, not what it computes (the
-#: global batch is the same whatever the world: :mod:`gpt.distributed`), so in no key.
-_TRAIN_LAUNCH = ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "strategy")
 
 
 def pretrain(params: Params, data_version: str) -> StepKey:
@@ -143,8 +141,7 @@ def pretrain(params: Params, data_version: str) -> StepKey:
     model = {k: v for k, v in _section(params, "model").items()
              if not (k in _MODEL_NEUTRAL and v == _MODEL_NEUTRAL[k])}
     reads: dict[str, Any] = {"data_version": data_version, "model": model,
-                             "train": {k: v for k, v in _section(params, "train").items()
-                                       if k not in _TRAIN_LAUNCH},
+                             "train": _section(params, "train"),
                              "code": code("pretrain", *(("hf",) if params.model.init_from
                                                         else ()))}
     if params.model.init_from:

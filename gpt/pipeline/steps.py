@@ -150,7 +150,7 @@ def _train(key: StepKey, paths: RunPaths, params: Params, data_version: str,
         # out_dir: where it is now (the workspace may have been copied or moved since)
         return StepResult(**{**done, "reused": True, "out_dir": str(paths.step(key))})
     out = paths.step(key)
-    device = params.train.device
+    device = params.launch.device
     if world.node_rank > 0:  # node 0 tracks and records the step; this node lends processes
         launch.run(key.step, key.digest, world, device, fit, *args, out, None)
         return StepResult(step=key.step, key=key.digest, reused=False, out_dir=str(out),
@@ -179,7 +179,8 @@ def _fit_pretrain(paths: RunPaths, params: Params, out: Path, callback: Any) -> 
     """Pretraining in one process of the step's world (module level: ranks are spawned)."""
     from gpt.train import pretrain
 
-    r = pretrain(params.model, params.train, paths.tokens, out, resume=True, callback=callback)
+    r = pretrain(params.model, params.train, params.launch, paths.tokens, out, resume=True,
+                 callback=callback)
     if callback is not None:
         callback.flush()
     return {**_loop_fields(r.loop, device=r.device, info={
@@ -195,10 +196,10 @@ def pretrain_step(workdir: Path, params: Params, data_version: str,
     step early (a pruned tuning trial); it needs one training process.
     """
     paths = RunPaths(Path(workdir))
-    world = World.of(params.train, params.train.batch_size, "train.batch_size")
+    world = World.of(params.launch, params.train.batch_size, "train.batch_size")
     if monitor is not None and world.size > 1:
         raise ConfigError(f"a monitored pretraining step runs in one process, not {world.size}"
-                          ": set train.nproc_per_node=1")
+                          ": set launch.nproc_per_node=1")
     verify_outputs(Path(workdir))
     return _train(keys.pretrain(params, data_version), paths, params, data_version, tracking,
                   world, _fit_pretrain, paths, params, monitor=monitor)
@@ -231,7 +232,7 @@ def _fit_tuned(tune: Tune, paths: RunPaths, params: Params, data_version: str, b
     fields = tune(inputs, params, _base_model(inputs, params, data_version, base), out, callback)
     if callback is not None:
         callback.flush()
-    return {**fields, "device": str(resolve_device(params.train.device)),
+    return {**fields, "device": str(resolve_device(params.launch.device)),
             "info": {**fields.get("info", {}), "base": base.spec or "pretrain",
                      "base_version": base.lineage}}
 
@@ -243,7 +244,7 @@ def _on_base(workdir: Path, params: Params, data_version: str, tracking: Trackin
     ``batch`` names the step's global batch size (``finetune.batch_size``...).
     """
     paths = RunPaths(Path(workdir))
-    world = World.of(params.train, get_dotted(params, batch), batch)
+    world = World.of(params.launch, get_dotted(params, batch), batch)
     base = resolve_base(workdir, params, data_version, spec)
     key = step(params, data_version, base.digest)
     verify_outputs(Path(workdir))
@@ -262,7 +263,7 @@ def _tune_classifier(inputs: Inputs, params: Params, model: Any, out: Path,
 
     task = inputs.task
     r = finetune_classifier(model, inputs.tokenizer, task, params.finetune, out,
-                            device_name=params.train.device, callback=callback)
+                            device_name=params.launch.device, callback=callback)
     return _loop_fields(r.loop, info={"train_examples": len(task.train),
                                       "test_examples": len(task.test), "labels": task.labels})
 
@@ -273,7 +274,7 @@ def _tune_sft(inputs: Inputs, params: Params, model: Any, out: Path,
 
     task = inputs.sft_task
     r = finetune_sft(model, inputs.tokenizer, task.train, params.sft, out,
-                     device_name=params.train.device, callback=callback)
+                     device_name=params.launch.device, callback=callback)
     return _loop_fields(r.loop, info={"train_pairs": len(task.train),
                                       "test_pairs": len(task.test)})
 
@@ -363,7 +364,7 @@ def _benchmarks(inputs: Inputs, params: Params, data_version: str, model: Any,
             tempfile.TemporaryDirectory(prefix="hf-", dir=_mkdir(where)) as tmp:
         folder = bm.export_folder(model, tok, tok.convert_tokens_to_ids(EOT), tok.pad_token_id,
                                   Path(tmp))
-        r = bm.score(folder, s, e.batch_size, str(resolve_device(params.train.device)), e.seed)
+        r = bm.score(folder, s, e.batch_size, str(resolve_device(params.launch.device)), e.seed)
     log.info("evaluate: benchmarks %s in %.1fs: %s", ", ".join(s.tasks), r.seconds,
              ", ".join(f"{k.removeprefix('bench.')}={v:.4g}" for k, v in r.metrics.items()))
     chance = {f"baseline_{k}": v for k, v in bm.CHANCE.items() if k in r.metrics}
