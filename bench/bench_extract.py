@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.webpages import BOILERPLATE, Page, make_pages, write_warc  # noqa: E402
+from gpt.config import PROJECT_PARAMS, load_params  # noqa: E402
 from gpt.data.sources import iter_source  # noqa: E402
 
 
@@ -113,7 +114,8 @@ def main() -> None:
         write_warc(path, pages)
         size = path.stat().st_size / 1e6
         t0 = time.process_time()
-        docs = sum(len(b.docs) for b in iter_source(str(path)))
+        data = load_params(PROJECT_PARAMS).data.model_copy(update={"source": str(path)})
+        docs = sum(len(b.docs) for b in iter_source(data))
         dt = time.process_time() - t0
     print(f"\nWARC -> documents (iter_source, gptops's extractor): {docs} documents, "
           f"{size:.2f} MB of gzipped WARC ({mb:.2f} MB of HTML) in {dt:.2f} CPU s: "

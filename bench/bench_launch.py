@@ -26,15 +26,18 @@ def _nothing() -> int:
 
 def _pretrain(tokens: str, out: str, steps: int, batch: int) -> dict:
     from gpt import train
-    from gpt.config import ModelConfig, TrainConfig
+    from gpt.config import LaunchConfig, ModelConfig, TrainConfig
 
-    model = ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0, bias=True)
-    cfg = TrainConfig(max_steps=steps, batch_size=batch, grad_accum=1, lr=3e-3, min_lr=3e-4,
+    model = ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0, bias=True,
+                        init_from="", vocab_multiple=1)
+    cfg = TrainConfig(max_steps=steps, batch_size=batch, grad_accum=1, lr=3e-3, min_lr_factor=0.1,
                       warmup_steps=10, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
-                      eval_interval=10_000, eval_batches=2, checkpoint_interval=10_000,
-                      compile=False, device="cpu", seed=1337, max_nonfinite_steps=5,
-                      log_interval=10)
-    r = train.pretrain(model, cfg, Path(tokens), Path(out), resume=False)
+                      eval_interval=10_000, eval_batches=2, checkpoints=1,
+                      compile=False, seed=1337, max_nonfinite_steps=5,
+                      log_interval=10, divergence_factor=0.0, divergence_steps=10)
+    launch = LaunchConfig(device="cpu", nproc_per_node=1, nnodes=1, node_rank=0,
+                          rdzv_endpoint="", strategy="ddp")
+    r = train.pretrain(model, cfg, launch, Path(tokens), Path(out), resume=False)
     return {"losses": [h["loss"] for h in r.loop.history], "tok_s": r.loop.tokens_per_sec,
             "loop_s": r.loop.seconds}
 

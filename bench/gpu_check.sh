@@ -5,7 +5,7 @@
 # 2. bench/bench_train.py on GPT-2 124M's shape, CUDA, bf16, torch.compile: tokens/s and MFU
 #    (nanoGPT's formula, H100/H200 bf16 dense peak 989 TFLOPS; target >= 45 %);
 # 3. the fused linear + cross-entropy (gpt/loss.py) on CUDA against F.cross_entropy;
-# 4. `gptops run --profile gpt2-124m --max-steps 50` end to end on CUDA (nproc_per_node=auto:
+# 4. `gptops run --profile gpt2-124m --max-steps 50` end to end on CUDA (launch.nproc_per_node=auto:
 #    one process per GPU, through torch's elastic launcher when there are several);
 # 5. 2-rank FSDP2/NCCL pretraining when the machine has 2 GPUs or more.
 # Copy the figures, with the card's name, into bench/RESULTS.md.
@@ -48,7 +48,7 @@ NGPU=$(nvidia-smi -L | wc -l)
 if [ "$NGPU" -ge 2 ]; then
   echo "== 5. FSDP2 on 2 GPUs (NCCL) through the launcher"
   ( cd "$WS" && timeout 240 "$OLDPWD/.venv/bin/gptops" pretrain -w "$WS" --profile gpt2-124m \
-      --set train.max_steps=20 --set train.nproc_per_node=2 --set train.strategy=fsdp )
+      --set train.max_steps=20 --set launch.nproc_per_node=2 --set launch.strategy=fsdp )
 else
   echo "== 5. skipped: $NGPU GPU (FSDP2 over NCCL needs 2)"
 fi

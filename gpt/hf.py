@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gpt.config import PRETRAINED_PREFIX, ModelConfig
+from gpt.config import HF_PREFIX, ModelConfig
 from gpt.errors import ConfigError
 from gpt.model import GPT, GPTConfig
 
@@ -263,8 +263,8 @@ def resolve(spec: str, key: str = "model.init_from", need: str = "weights") -> C
         ConfigError: a malformed spec, a missing folder, or a hub id neither cached nor
             downloadable (naming how to fetch it).
     """
-    name = spec.removeprefix(PRETRAINED_PREFIX).strip()
-    if not spec.startswith(PRETRAINED_PREFIX) or not name:
+    name = spec.removeprefix(HF_PREFIX).strip()
+    if not spec.startswith(HF_PREFIX) or not name:
         raise ConfigError(f"{key} {spec!r}: write hf:<save_pretrained folder> or hf:<hub id> "
                           "(e.g. hf:gpt2)")
     local = Path(name).expanduser()

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from gpt.config import Params
+from gpt.config import HF_PREFIX, Params
 from gpt.errors import ConfigError, DataError, RegistryError
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ def check_source(source: str) -> None:
                         "local files")
     if source == "builtin":
         return
-    if source.startswith("hf:"):
-        spec = source.removeprefix("hf:").split(":", 1)[0]
+    if source.startswith(HF_PREFIX):
+        spec = source.removeprefix(HF_PREFIX).split(":", 1)[0]
         if not spec:
             raise DataError("data.source 'hf:' names no dataset; write hf:<folder> or hf:<name>")
         looks_local = spec.startswith((".", "/", "~"))  # else a hub name such as user/data

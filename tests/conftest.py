@@ -20,7 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "data.max_docs=1800", "tokenizer.vocab_size=1024", "model.n_layer=2", "model.n_embd=64",
     "model.n_head=2", "model.block_size=64", "train.max_steps=30", "train.eval_interval=15",
-    "train.eval_batches=4", "train.checkpoint_interval=15", "finetune.max_steps=60",
+    "train.eval_batches=4", "train.checkpoints=2", "finetune.max_steps=60",
     "finetune.warmup_steps=5", "finetune.lr=0.003", "finetune.base_lr_factor=1.0",
     "sft.max_steps=30", "sft.warmup_steps=5", "sft.eval_examples=10",
     "sft.max_new_tokens=8",
@@ -36,6 +36,14 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+def data_config(source: str, **changes: object):
+    """params.yaml's ``data`` section (its defaults) reading ``source``, with ``changes``."""
+    from gpt.config import PROJECT_PARAMS, load_params
+
+    data = load_params(PROJECT_PARAMS).data
+    return type(data).model_validate({**data.model_dump(), "source": source, **changes})
 
 
 def make_workspace(path: Path, overrides: list[str] | None = None) -> Path:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import glob
 import gzip
 import io
@@ -41,6 +42,7 @@ from typing import BinaryIO
 
 import pandas as pd
 
+from gpt.config import HF_PREFIX, DataConfig
 from gpt.data.web import WEB_SUFFIXES, iter_web
 from gpt.errors import DataError
 
@@ -130,15 +132,12 @@ def _docstring_docs(name: str, path: Path) -> Iterator[tuple[str, str]]:
                     yield from doc(f"{name}.{node.name}.{member.name}", member)
 
 
-def read_builtin(max_docs: int = 0) -> pd.DataFrame:
-    """Read the built-in corpus: ``pydoc_data.topics`` then stdlib docstrings.
+def read_builtin() -> pd.DataFrame:
+    """Read the whole built-in corpus: ``pydoc_data.topics`` then stdlib docstrings
+    (``data.max_docs`` is applied by :func:`iter_source`, as for any source).
 
     Docstrings are read from the stdlib's source files with ``ast`` (nothing is imported), so
     the same Python version gives the same corpus whatever the environment.
-
-    Args:
-        max_docs: 0 for all documents, else keep an evenly spread subset of this size (every
-            k-th document in the stable order, so every large package stays represented).
     """
     from pydoc_data.topics import topics  # a dict literal: the same wherever it is imported
 
@@ -149,16 +148,7 @@ def read_builtin(max_docs: int = 0) -> pd.DataFrame:
     for name, path in _stdlib_sources():
         rows.extend((f"builtin:doc:{qualname}", "builtin", qualname, doc)
                     for qualname, doc in _docstring_docs(name, path))
-    df = pd.DataFrame(rows, columns=DOC_COLUMNS).drop_duplicates("doc_id", ignore_index=True)
-    return _limit(df, max_docs)
-
-
-def _limit(df: pd.DataFrame, max_docs: int) -> pd.DataFrame:
-    if max_docs and len(df) > max_docs:
-        step = len(df) / max_docs
-        idx = [int(i * step) for i in range(max_docs)]
-        df = df.iloc[idx].reset_index(drop=True)
-    return df
+    return pd.DataFrame(rows, columns=DOC_COLUMNS).drop_duplicates("doc_id", ignore_index=True)
 
 
 #: Local formats read as one document per file (.jsonl, .csv, .parquet: see ``_read_one``).
@@ -185,7 +175,7 @@ class BadRecords:
 
     FAIL_LIMIT = 20
 
-    def __init__(self, on_bad_record: str = "reject") -> None:
+    def __init__(self, on_bad_record: str) -> None:
         if on_bad_record not in BAD_RECORD_MODES:
             raise DataError(f"data.on_bad_record '{on_bad_record}' is not one of "
                             f"{', '.join(BAD_RECORD_MODES)}")
@@ -447,7 +437,7 @@ def _hf_parts(spec: str, text_field: str) -> list[tuple[str, str, object]]:
 
 def _iter_hf(spec: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
     for name, split_name, ds in _hf_parts(spec, text_field):
-        origin = Path(f"hf:{name}:{split_name}")
+        origin = Path(f"{HF_PREFIX}{name}:{split_name}")
         for i, rec in enumerate(ds.select_columns([text_field]) if hasattr(ds, "select_columns")
                                 else ds):
             t = rec.get(text_field)
@@ -456,7 +446,8 @@ def _iter_hf(spec: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
             elif not str(t).strip():
                 bad.add(origin, i, f"empty_{text_field}")
             else:
-                yield (f"hf:{name}:{split_name}:{i}", f"hf:{name}", f"{split_name}:{i}", str(t))
+                yield (f"{HF_PREFIX}{name}:{split_name}:{i}", f"{HF_PREFIX}{name}",
+                       f"{split_name}:{i}", str(t))
 
 
 @dataclass
@@ -478,42 +469,50 @@ def _frame(rows: list[Row]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DOC_COLUMNS)
 
 
+@functools.cache
+def _builtin_rows() -> tuple[Row, ...]:
+    """The built-in corpus as rows, read once per process (``data.max_docs`` counts them
+    first, then picks)."""
+    return tuple(read_builtin().itertuples(index=False, name=None))
+
+
 def _rows(source: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
     if not source or not source.strip():
         raise DataError("data.source is empty; set it to 'builtin', 'hf:<dataset>' or a glob of "
                         "local files")
     if source == "builtin":
-        yield from read_builtin().itertuples(index=False, name=None)
-    elif source.startswith("hf:"):
-        yield from _iter_hf(source[3:], text_field, bad)
+        yield from _builtin_rows()
+    elif source.startswith(HF_PREFIX):
+        yield from _iter_hf(source.removeprefix(HF_PREFIX), text_field, bad)
     else:
         yield from _iter_local(source, text_field, bad)
 
 
-def iter_source(source: str, text_field: str = "text", max_docs: int = 0,
-                on_bad_record: str = "reject", batch_docs: int = 4096) -> Iterator[Batch]:
+def iter_source(data: DataConfig, batch_docs: int = 4096) -> Iterator[Batch]:
     """Stream the configured source in batches of documents (memory: one batch, one line).
 
     Args:
-        source: ``builtin``, ``hf:<folder or name>`` or a local glob (see the module).
-        text_field: the field or column holding the text.
-        max_docs: 0 for all documents, else an evenly spread subset of this size (every k-th
-            document in the stable order; a first pass counts the documents).
-        on_bad_record: ``reject`` (bad records come out in ``Batch.bad``) or ``fail``.
+        data: the ``data`` section: ``source`` (``builtin``, ``hf:<folder or name>`` or a local
+            glob: see the module), ``text_field`` (the field or column holding the text),
+            ``max_docs`` (0 for all documents, else an evenly spread subset of this size: every
+            k-th document in the stable order, so every large package of the built-in corpus
+            stays represented; a first pass counts the documents) and ``on_bad_record``
+            (``reject``: bad records come out in ``Batch.bad``; or ``fail``).
         batch_docs: documents per batch.
 
     Raises:
         DataError: the source names nothing, holds no documents, a file is unreadable, or
             (``fail``) a file has bad records.
     """
+    source, text_field, max_docs = data.source, data.text_field, data.max_docs
     keep: Callable[[int], bool] = lambda _i: True  # noqa: E731
     if max_docs:
-        total = sum(1 for _ in _rows(source, text_field, BadRecords(on_bad_record)))
+        total = sum(1 for _ in _rows(source, text_field, BadRecords(data.on_bad_record)))
         if total > max_docs:
-            step = total / max_docs  # as _limit does for the built-in corpus
+            step = total / max_docs
             chosen = {int(i * step) for i in range(max_docs)}
             keep = chosen.__contains__
-    bad = BadRecords(on_bad_record)
+    bad = BadRecords(data.on_bad_record)
     rows: list[Row] = []
     seen = 0
     for i, row in enumerate(_rows(source, text_field, bad)):
@@ -531,14 +530,6 @@ def iter_source(source: str, text_field: str = "text", max_docs: int = 0,
                         "every record is bad)")
 
 
-def read_source(source: str, text_field: str = "text", max_docs: int = 0,
-                on_bad_record: str = "reject") -> pd.DataFrame:
+def read_source(data: DataConfig) -> pd.DataFrame:
     """The whole source as one frame of documents (bad records left out; see ``iter_source``)."""
-    frames = [b.docs for b in iter_source(source, text_field, max_docs, on_bad_record)]
-    return pd.concat(frames, ignore_index=True)
-
-
-def read_local(pattern: str, text_field: str = "text", max_docs: int = 0,
-               on_bad_record: str = "reject") -> pd.DataFrame:
-    """Read local files matching a glob as one frame (see ``iter_source``)."""
-    return read_source(pattern, text_field, max_docs, on_bad_record)
+    return pd.concat([b.docs for b in iter_source(data)], ignore_index=True)

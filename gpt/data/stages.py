@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from gpt import progress
-from gpt.config import Params
+from gpt.config import HF_PREFIX, Params
 from gpt.data.clean import Mapper, clean_parts, language, render_report
 from gpt.data.clean import urls as url_lists
 from gpt.data.clean.engine import validated_docs
@@ -124,7 +124,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _source_state(source: str) -> Any:
     """What the source's files are (path, size, mtime), so a resume never mixes two versions."""
-    if source == "builtin" or source.startswith("hf:"):
+    if source == "builtin" or source.startswith(HF_PREFIX):
         return [source, sys.version]
     return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in local_paths(source)]
 
@@ -206,7 +206,7 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     with _output(Path(workdir) / RAW, "ingest", print_) as out:
         writer = _ShardWriter(out, int(d.shard_mb * 2**20))
         with progress.phase("ingest", unit="doc") as bar:
-            for batch in iter_source(d.source, d.text_field, d.max_docs, d.on_bad_record):
+            for batch in iter_source(d):
                 writer.add(scrub_docs(batch.docs, kinds, pii))
                 bar.advance(len(batch.docs))
                 if len(batch.bad):

@@ -8,8 +8,8 @@ On copies of the pipeline fixture's workspace, with gloo on CPU:
   registers;
 - a rank killed with SIGKILL fails the pretrain task with one message naming the rank, and the
   task's retry resumes from the last checkpoint and the run finishes;
-- two agents started side by side with ``train.nnodes=2`` on loopback (node 1 as a plain
-  ``gptops pretrain`` with ``train.node_rank=1``) train one model, and node 0 records it.
+- two agents started side by side with ``launch.nnodes=2`` on loopback (node 1 as a plain
+  ``gptops pretrain`` with ``launch.node_rank=1``) train one model, and node 0 records it.
 """
 
 from __future__ import annotations
@@ -104,11 +104,11 @@ def _watch(proc: subprocess.Popen, out: list[str], on_line) -> threading.Thread:
 def test_a_rank_killed_with_sigkill_fails_the_task_and_the_retry_resumes(copied,
                                                                           prefect_server):
     ws, _ = copied
-    steps = ["train.max_steps=600", "train.checkpoint_interval=100", "train.eval_interval=300",
+    steps = ["train.max_steps=600", "train.checkpoints=6", "train.eval_interval=300",
              "sft.enabled=false"]
     cmd = [*GPTOPS, "run", "-w", str(ws), *[a for o in RUN_OVERRIDES + steps
                                              for a in ("--set", o)],
-           "--set", "train.nproc_per_node=2"]
+           "--set", "launch.nproc_per_node=2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_env(prefect_server), cwd=ws)
     out: list[str] = []
@@ -154,11 +154,11 @@ def _free_port() -> int:
 def test_two_nodes_on_loopback_train_one_model(copied, prefect_server):
     ws, _ = copied
     port = _free_port()
-    common = [*RUN_OVERRIDES, "train.max_steps=34", "train.nnodes=2",
-              "train.nproc_per_node=1", f"train.rdzv_endpoint=127.0.0.1:{port}"]
+    common = [*RUN_OVERRIDES, "train.max_steps=34", "launch.nnodes=2",
+              "launch.nproc_per_node=1", f"launch.rdzv_endpoint=127.0.0.1:{port}"]
 
     def agent(node: int) -> subprocess.Popen:
-        sets = [a for o in [*common, f"train.node_rank={node}"] for a in ("--set", o)]
+        sets = [a for o in [*common, f"launch.node_rank={node}"] for a in ("--set", o)]
         return subprocess.Popen([*GPTOPS, "pretrain", "-w", str(ws), "--json", *sets],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=_env(prefect_server), cwd=ws)

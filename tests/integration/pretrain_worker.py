@@ -20,7 +20,7 @@ import torch
 
 from gpt import checkpoint as ckpt
 from gpt import train
-from gpt.config import ModelConfig, TrainConfig
+from gpt.config import LaunchConfig, ModelConfig, TrainConfig
 
 
 def build_shards(out_dir: Path, n_topics: int = 40, vocab_size: int = 512) -> Path:
@@ -78,20 +78,24 @@ def main() -> None:
     ckpt.save_checkpoint, ckpt.save_weights = save_checkpoint, save_weights
 
     model_cfg = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
-                            bias=True)
+                            bias=True, init_from="", vocab_multiple=1)
+    if args.max_steps % args.checkpoint_interval:
+        ap.error("--max-steps must be a multiple of --checkpoint-interval")
     train_cfg = TrainConfig(
-        max_steps=args.max_steps, batch_size=8, grad_accum=1, lr=3e-3, min_lr=3e-4,
+        max_steps=args.max_steps, batch_size=8, grad_accum=1, lr=3e-3, min_lr_factor=0.1,
         warmup_steps=5, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
-        eval_interval=1000, eval_batches=2, checkpoint_interval=args.checkpoint_interval,
-        compile=False, device="cpu", seed=1337, max_nonfinite_steps=5, log_interval=10,
-        strategy=args.strategy)
+        eval_interval=1000, eval_batches=2,
+        checkpoints=args.max_steps // args.checkpoint_interval, compile=False, seed=1337,
+        max_nonfinite_steps=5, log_interval=10, divergence_factor=0.0, divergence_steps=10)
+    launch_cfg = LaunchConfig(device="cpu", nproc_per_node=1, nnodes=1, node_rank=0,
+                              rdzv_endpoint="", strategy=args.strategy)
 
     def callback(step: int, metrics: dict[str, float]) -> None:
         if args.step_delay:
             time.sleep(args.step_delay)
 
-    result = train.pretrain(model_cfg, train_cfg, args.tokens_dir, args.out_dir, resume=True,
-                            callback=callback)
+    result = train.pretrain(model_cfg, train_cfg, launch_cfg, args.tokens_dir, args.out_dir,
+                            resume=True, callback=callback)
     sharded = args.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
     report = {"rank": rank, "hash": None if sharded else param_hash(result.model),
               "resumed_from": result.loop.resumed_from,

@@ -1,4 +1,4 @@
-"""FSDP2 (``train.strategy=fsdp``) for real: ``torchrun --nproc_per_node 2`` with gloo on CPU.
+"""FSDP2 (``launch.strategy=fsdp``) for real: ``torchrun --nproc_per_node 2`` with gloo on CPU.
 
 Parameters are sharded across the 2 ranks; checkpoints and final weights are gathered into
 whole-model files that one process loads. The loss curve is the one-process curve up to
@@ -60,7 +60,8 @@ def test_fsdp_trains_like_one_process_and_saves_whole_model_files(tmp_path):
     assert not (tmp_path / "r-fsdp" / "writes-rank1.txt").exists()  # only rank 0 wrote
 
     # The gathered files load into a plain, unsharded model: the same model as one process's.
-    cfg = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    cfg = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True,
+                      init_from="", vocab_multiple=1)
     x = torch.randint(0, 512, (8, 32), generator=torch.Generator().manual_seed(0))
     losses = []
     for run in ("fsdp", "one"):
@@ -94,5 +95,5 @@ def test_an_fsdp_checkpoint_resumes_on_two_ranks_or_one_process(tmp_path):
     # A DDP checkpoint cannot seed FSDP's name-keyed optimizer state: refused, with the fix.
     refused = _run(tokens, tmp_path / "one", tmp_path / "bad", 60, 2)
     assert refused.returncode != 0
-    assert "was written with train.strategy=ddp (or one process); resume it with " \
-           "train.strategy=ddp, or delete its checkpoints folder" in refused.stderr
+    assert "was written with launch.strategy=ddp (or one process); resume it with " \
+           "launch.strategy=ddp, or delete its checkpoints folder" in refused.stderr

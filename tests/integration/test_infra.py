@@ -316,7 +316,7 @@ def test_the_multinode_job_runs_gptops_pretrain_with_valid_settings():
     assert words[:3] == ["exec", "gptops", "pretrain"]
     sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
     params = load_params(PROJECT_ROOT / "params.yaml", env["PROFILE"], sets)
-    t = params.train
+    t = params.launch
     assert (t.nnodes, t.node_rank, t.nproc_per_node) == (2, 1, "auto")
     host, port = t.rdzv_endpoint.rsplit(":", 1)
     assert host == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"

@@ -61,7 +61,7 @@ def test_pretrain_continues_from_a_gpt2_checkpoint(tmp_path):
 
     params = load_params(ws / "params.yaml", overrides=[
         *RUN_OVERRIDES, f"model.init_from={spec}", f"train.max_steps={STEPS}",
-        "train.eval_interval=2", "train.checkpoint_interval=2", "train.lr=0.001",
+        "train.eval_interval=2", "train.checkpoints=2", "train.lr=0.001",
         "train.warmup_steps=1"])
     assert params.tokenizer.pretrained == spec  # written into the workspace's params.yaml
     # Step 0, the model pretraining starts from, is the checkpoint (shorter context: 64).

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 #: The tiny model and short trials; pruning looks at val_loss every 5 steps.
 SETS = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64",
         "train.batch_size=8", "train.eval_interval=5", "train.eval_batches=2",
-        "train.checkpoint_interval=5", "train.warmup_steps=2", "train.min_lr=0",
+        "train.checkpoints=4", "train.warmup_steps=2", "train.min_lr_factor=0",
         "train.log_interval=0", "evaluate.ppl_batches=2", "tune.steps_per_trial=20",
         "tune.pruner_startup_trials=2",
         "tune.space={train.lr: {low: 0.000001, high: 0.01, log: true}}"]

@@ -16,16 +16,19 @@ pytestmark = pytest.mark.reliability
 
 
 def _cfg(lr: float, factor: float):
-    from gpt.config import ModelConfig, TrainConfig
+    from gpt.config import LaunchConfig, ModelConfig, TrainConfig
 
-    model = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
-    train = TrainConfig(max_steps=200, batch_size=8, grad_accum=1, lr=lr, min_lr=1e-4,
+    model = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True,
+                        init_from="", vocab_multiple=1)
+    train = TrainConfig(max_steps=200, batch_size=8, grad_accum=1, lr=lr, min_lr_factor=1e-4 / lr,
                         warmup_steps=10, weight_decay=0.1, beta1=0.9, beta2=0.95,
                         grad_clip=1.0, eval_interval=1000, eval_batches=1,
-                        checkpoint_interval=1000, compile=False, device="cpu", seed=0,
+                        checkpoints=1, compile=False, seed=0,
                         max_nonfinite_steps=5, log_interval=0, divergence_factor=factor,
                         divergence_steps=10)
-    return model, train
+    launch = LaunchConfig(device="cpu", nproc_per_node=1, nnodes=1, node_rank=0,
+                          rdzv_endpoint="", strategy="ddp")
+    return model, train, launch
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,7 @@ def test_a_version_worse_than_its_baseline_gets_no_alias(tmp_path):
 #: climbs past 1,000 and its gradients overflow float32 at step ~14, before the divergence
 #: guard's 10 steps after warmup are up (what an operator saw with `--set train.lr=5`).
 LR5 = ["train.lr=5", "model.block_size=32", "train.batch_size=4", "train.warmup_steps=10",
-       "train.max_steps=30", "train.eval_interval=1000", "train.checkpoint_interval=1000"]
+       "train.max_steps=30", "train.eval_interval=1000", "train.checkpoints=1"]
 
 
 @pytest.mark.timeout(480)

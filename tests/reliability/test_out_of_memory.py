@@ -22,18 +22,22 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from gpt import train
-from gpt.config import ModelConfig, TrainConfig
+from gpt.config import LaunchConfig, ModelConfig, TrainConfig
 from gpt.errors import GptopsError
 from tests.integration.pretrain_worker import build_shards
 
 tokens = build_shards(Path(sys.argv[1]) / "tokens")
-model = ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0, bias=True)
-cfg = TrainConfig(max_steps=5, batch_size=20000, grad_accum=1, lr=1e-3, min_lr=1e-4,
+model = ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.0, bias=True,
+                    init_from="", vocab_multiple=1)
+cfg = TrainConfig(max_steps=5, batch_size=20000, grad_accum=1, lr=1e-3, min_lr_factor=0.1,
                   warmup_steps=1, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
-                  eval_interval=100, eval_batches=1, checkpoint_interval=100, compile=False,
-                  device="cpu", seed=0, max_nonfinite_steps=5, log_interval=0)
+                  eval_interval=100, eval_batches=1, checkpoints=1, compile=False,
+                  seed=0, max_nonfinite_steps=5, log_interval=0, divergence_factor=0.0,
+                  divergence_steps=10)
+launch = LaunchConfig(device="cpu", nproc_per_node=1, nnodes=1, node_rank=0, rdzv_endpoint="",
+                      strategy="ddp")
 try:
-    train.pretrain(model, cfg, tokens, Path(sys.argv[1]) / "out")
+    train.pretrain(model, cfg, launch, tokens, Path(sys.argv[1]) / "out")
 except GptopsError as exc:
     print(f"{type(exc).__name__}: {exc}")
     sys.exit(2)

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 def test_a_signal_saves_a_checkpoint_and_exits_non_zero(pipeline_run, tmp_path, sig, code):
     ws = tmp_path / "ws"
     shutil.copytree(pipeline_run[0], ws, symlinks=True)
-    sets = [a for o in [*RUN_OVERRIDES, "train.max_steps=3000", "train.checkpoint_interval=200",
+    sets = [a for o in [*RUN_OVERRIDES, "train.max_steps=3000", "train.checkpoints=15",
                         "train.eval_interval=3000"] for a in ("--set", o)]
     before = set((ws / ".gptops" / "runs" / "pretrain").iterdir())
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "pretrain", "-w", str(ws), *sets],

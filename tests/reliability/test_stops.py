@@ -38,7 +38,7 @@ STOP_S = 5.0
 #: Lines about a stop: the one promised, and anything else that would repeat or contradict it.
 ABOUT_A_STOP = re.compile(r"SIGTERM|SIGINT|Crash|Cancel|nterrupt|Traceback")
 #: Long enough to be stopped in the middle; short enough for the last run to finish.
-TRAIN = [*RUN_OVERRIDES, "train.max_steps=60", "train.checkpoint_interval=30",
+TRAIN = [*RUN_OVERRIDES, "train.max_steps=60", "train.checkpoints=2",
          "train.eval_interval=60"]
 
 

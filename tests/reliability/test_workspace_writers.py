@@ -49,7 +49,7 @@ def test_a_data_command_waits_for_the_command_that_holds_the_workspace(pipeline_
     shutil.copytree(pipeline_run[0], ws, symlinks=True)
     lock = ws / ".gptops" / "workspace.lock"
     sets = [a for o in [*RUN_OVERRIDES, "train.max_steps=100000", "train.eval_interval=100000",
-                        "train.checkpoint_interval=100000"] for a in ("--set", o)]
+                        "train.checkpoints=1"] for a in ("--set", o)]
     holder = _gptops("pretrain", "-w", str(ws), *sets)
     try:
         deadline = time.time() + 180

@@ -39,9 +39,9 @@ from gpt.config import CleanConfig, load_params  # noqa: E402
 from gpt.data.clean import features, normalize_batch  # noqa: E402
 from gpt.data.clean.features import _PUNCT_MULTI  # noqa: E402
 from gpt.data.clean.filters import BY_NAME, Batch  # noqa: E402
-from gpt.data.sources import read_builtin  # noqa: E402
+from gpt.data.sources import read_source  # noqa: E402
 from gpt.data.web import extract_main_text  # noqa: E402
-from tests.conftest import PROJECT_ROOT  # noqa: E402
+from tests.conftest import PROJECT_ROOT, data_config  # noqa: E402
 from tests.reliability.test_hostile_corpus import CLEAN, MOJIBAKE  # noqa: E402
 from tests.unit.test_clean_property import TRICKY  # noqa: E402
 
@@ -55,7 +55,7 @@ LINE_END = tuple(".!?:;\"')]}>") + _PUNCT_MULTI
 def _documents() -> list[str]:
     """Normalised, non-empty texts: built-in sample, web pages and their variants, fixtures."""
     rng = np.random.default_rng(0)
-    builtin = read_builtin(max_docs=1000)["text"].tolist()
+    builtin = read_source(data_config("builtin", max_docs=1000))["text"].tolist()
     pages = [extract_main_text(p.html) for p in make_pages(150, seed=11)]
     # Web-like variants: list pages (lines without punctuation), repeated menus, short pages.
     lists = ["\n".join(rng.choice(["Home", "About us", "Contact", "Read more", "Products"],

@@ -34,9 +34,13 @@ BASE = all_keys([])
     ("registry.tracking_uri=sqlite:////tmp/x.db", set()),
     ("registry.task_model=other", set()),
     ("train.lr=0.001", set(BASE)),  # everything builds on the base
-    # How training is spread over processes changes no result (the global batch is the same).
-    ("train.nproc_per_node=4", set()),
-    ("train.strategy=fsdp", set()),
+    # Where and over how many processes training runs changes no result (the global batch is
+    # the same): the launch section is in no key.
+    ("launch.nproc_per_node=4", set()),
+    ("launch.strategy=fsdp", set()),
+    ("launch.device=cpu", set()),
+    ("train.checkpoints=6", set(BASE)),  # pretraining reads it (as fine-tuning reads its own)
+    ("train.min_lr_factor=0.2", set(BASE)),
     ("model.n_layer=2", set(BASE)),
 ])
 def test_a_change_rekeys_exactly_the_steps_that_read_it(override, changed):

@@ -39,3 +39,48 @@ def test_upgrade_writes_the_missing_keys_once_and_keeps_comments(tmp_path, caplo
     assert path.read_text(encoding="utf-8").startswith("# my workspace")
     assert missing_keys(read_params_file(path), read_params_file(PROJECT_PARAMS)) == []
     assert upgrade_params(path) == []  # nothing more to add: said once
+
+
+def _before_launch(tmp_path: Path) -> Path:
+    """The project's params.yaml as gptops wrote it before the ``launch`` section: the launch
+    keys in ``train``, pretraining's floor and checkpoints as ``min_lr``/``checkpoint_interval``
+    (in the profiles too), and a user's own launch values."""
+    raw = yaml.safe_load(PROJECT_PARAMS.read_text(encoding="utf-8"))
+    launch = raw.pop("launch")
+    train = raw["train"]
+    for t in [train, *(p["train"] for p in raw["profiles"].values() if p and "train" in p)]:
+        t["min_lr"] = round(t.get("lr", train["lr"]) * t.pop("min_lr_factor"), 12)
+        t["checkpoint_interval"] = t.get("max_steps", train["max_steps"]) // t.pop("checkpoints")
+    train.update({**launch, "device": "cpu", "strategy": "fsdp"})
+    path = tmp_path / "params.yaml"
+    path.write_text("# my workspace\n" + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_params_file_from_before_the_launch_section_loads_as_the_same_run(tmp_path):
+    path = _before_launch(tmp_path)
+    want = load_params(PROJECT_PARAMS, overrides=["launch.device=cpu", "launch.strategy=fsdp"])
+    assert load_params(path) == want
+    for profile in ("gpt2-124m",):
+        got, project = load_params(path, profile), load_params(PROJECT_PARAMS, profile)
+        assert (got.train.min_lr, got.train.checkpoint_interval) == \
+            (project.train.min_lr, project.train.checkpoint_interval)
+
+
+def test_upgrade_moves_the_old_keys_in_the_file_and_says_so_in_one_line(tmp_path, caplog):
+    path = _before_launch(tmp_path)
+    caplog.set_level("WARNING", logger="gpt.workspace")
+    changed = upgrade_params(path)
+    assert "train.device -> launch.device" in changed
+    assert "train.min_lr -> train.min_lr_factor=0.1" in changed
+    assert "profiles.gpt2-124m.train.checkpoint_interval -> " \
+           "profiles.gpt2-124m.train.checkpoints=10" in changed
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "upgraded" in line and "\n" not in line
+    raw = read_params_file(path)
+    assert raw["launch"]["device"] == "cpu" and "device" not in raw["train"]
+    assert list(raw)[list(raw).index("train") + 1] == "launch"  # placed after train
+    assert path.read_text(encoding="utf-8").startswith("# my workspace")
+    assert load_params(path) == load_params(PROJECT_PARAMS, overrides=[
+        "launch.device=cpu", "launch.strategy=fsdp"])
+    assert upgrade_params(path) == []  # said once

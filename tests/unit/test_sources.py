@@ -14,11 +14,17 @@ import pytest
 
 from gpt.config import load_params
 from gpt.data.clean import clean_documents
-from gpt.data.sources import DOC_COLUMNS, read_builtin, read_local, read_source
+from gpt.data.sources import DOC_COLUMNS, read_source
 from gpt.errors import DataError
+from tests.conftest import data_config
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 TEXT = "A plain document about parsing files. It has two sentences."
+
+
+def read(source: str, **changes: object) -> pd.DataFrame:
+    """``source`` read with params.yaml's data settings and ``changes``."""
+    return read_source(data_config(source, **changes))
 
 
 def jsonl(*records: object) -> bytes:
@@ -26,7 +32,7 @@ def jsonl(*records: object) -> bytes:
 
 
 def test_builtin_subset_has_the_schema() -> None:
-    df = read_builtin(max_docs=40)
+    df = read("builtin", max_docs=40)
     assert list(df.columns) == DOC_COLUMNS and len(df) == 40
     assert df["doc_id"].is_unique and df["text"].str.len().min() > 0
 
@@ -37,7 +43,7 @@ def test_text_markdown_jsonl_csv_parquet(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl").write_bytes(jsonl({"text": "one"}, {"text": "two", "x": 1}))
     pd.DataFrame({"text": ["r0", None], "other": [1, 2]}).to_csv(tmp_path / "d.csv", index=False)
     pd.DataFrame({"text": ["p0", "p1"]}).to_parquet(tmp_path / "e.parquet")
-    df = read_local(str(tmp_path))
+    df = read(str(tmp_path))
     assert list(df.columns) == DOC_COLUMNS
     # The csv row without text is a bad record (see test_bad_records_are_rejected_with_reasons).
     assert df["text"].tolist() == [TEXT, "# Title\n\n" + TEXT, "one", "two", "r0", "p0", "p1"]
@@ -47,7 +53,7 @@ def test_text_markdown_jsonl_csv_parquet(tmp_path: Path) -> None:
 
 def test_text_field_is_configurable(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_bytes(jsonl({"body": "hello"}))
-    assert read_local(str(tmp_path / "a.jsonl"), text_field="body")["text"].tolist() == ["hello"]
+    assert read(str(tmp_path / "a.jsonl"), text_field="body")["text"].tolist() == ["hello"]
 
 
 def test_gzip_variants(tmp_path: Path) -> None:
@@ -55,7 +61,7 @@ def test_gzip_variants(tmp_path: Path) -> None:
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(jsonl({"text": "gz line"})))
     (tmp_path / "c.csv.gz").write_bytes(gzip.compress(b"text\ncsv row\n"))
     (tmp_path / "d.md.gz").write_bytes(gzip.compress(b"# md"))
-    df = read_local(str(tmp_path / "*.gz"))
+    df = read(str(tmp_path / "*.gz"))
     assert df["text"].tolist() == [TEXT, "gz line", "csv row", "# md"]
 
 
@@ -64,7 +70,7 @@ def test_zstd_variant(tmp_path: Path) -> None:
     data = zstandard.ZstdCompressor().compress(jsonl({"text": "zst one"}, {"text": "zst two"}))
     (tmp_path / "a.jsonl.zst").write_bytes(data)
     (tmp_path / "b.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(TEXT.encode()))
-    assert read_local(str(tmp_path))["text"].tolist() == ["zst one", "zst two", TEXT]
+    assert read(str(tmp_path))["text"].tolist() == ["zst one", "zst two", TEXT]
 
 
 @pytest.mark.parametrize("name", ["bad.txt.gz", "bad.jsonl.zst"])
@@ -72,7 +78,7 @@ def test_corrupt_compressed_files_name_the_file(tmp_path: Path, name: str) -> No
     pytest.importorskip("zstandard", reason="zstandard not installed")
     (tmp_path / name).write_bytes(b"this is not compressed data at all")
     with pytest.raises(DataError, match=name.replace(".", r"\.")):
-        read_local(str(tmp_path / name))
+        read(str(tmp_path / name))
 
 
 def test_bom_invalid_utf8_and_nul_bytes_reach_the_cleaner(tmp_path: Path) -> None:
@@ -80,7 +86,7 @@ def test_bom_invalid_utf8_and_nul_bytes_reach_the_cleaner(tmp_path: Path) -> Non
     (tmp_path / "b_bad.txt").write_bytes(b"\xff\xfe\xfa" * 30 + b" some words here and there")
     (tmp_path / "c_nul.txt").write_bytes(TEXT.replace(" ", " \x00").encode())
     (tmp_path / "d_bom.csv").write_bytes(b"\xef\xbb\xbftext\n" + TEXT.encode() + b" csv\n")
-    df = read_local(str(tmp_path))
+    df = read(str(tmp_path))
     assert df["text"].iloc[0] == TEXT
     assert df["text"].iloc[1].count("\ufffd") == 90
     assert df["text"].iloc[3] == TEXT + " csv"
@@ -93,12 +99,12 @@ def test_bom_invalid_utf8_and_nul_bytes_reach_the_cleaner(tmp_path: Path) -> Non
 
 def test_empty_files(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_bytes(b"")
-    df = read_local(str(tmp_path / "empty.txt"))
+    df = read(str(tmp_path / "empty.txt"))
     assert df["text"].tolist() == [""]  # kept as a document: the cleaner rejects it (too_short)
     (tmp_path / "empty.jsonl").write_bytes(b"\n\n")
     (tmp_path / "empty.csv").write_bytes(b"")
     with pytest.raises(DataError, match="holds no documents"):
-        read_local(str(tmp_path / "empty.*[lv]"))
+        read(str(tmp_path / "empty.*[lv]"))
 
 
 def test_huge_single_line_and_unicode_line_separators(tmp_path: Path) -> None:
@@ -106,7 +112,7 @@ def test_huge_single_line_and_unicode_line_separators(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text(json.dumps({"text": big}) + "\n" +
                                       json.dumps({"text": "x\u2028y"}, ensure_ascii=False),
                                       encoding="utf-8")
-    df = read_local(str(tmp_path / "a.jsonl"))
+    df = read(str(tmp_path / "a.jsonl"))
     assert df["text"].tolist() == [big, "x\u2028y"]
 
 
@@ -115,14 +121,14 @@ def test_on_bad_record_fail_names_every_bad_line(tmp_path: Path) -> None:
     path.write_bytes(jsonl({"text": "ok"}) + b"{not json\n" + jsonl({"body": "no text"}, ["a"],
                                                                    {"text": 3}, {"text": " "}))
     with pytest.raises(DataError) as err:
-        read_local(str(path), on_bad_record="fail")
+        read(str(path), on_bad_record="fail")
     msg = str(err.value)
     assert ("a.jsonl:2 invalid_json; a.jsonl:3 no_field_text; a.jsonl:4 no_field_text; "
             "a.jsonl:5 text_not_a_string; a.jsonl:6 empty_text") in msg
     assert "data.on_bad_record=reject" in msg and "\n" not in msg
     path.write_bytes(b"".join(b"{bad\n" for _ in range(30)))
     with pytest.raises(DataError, match=r"a\.jsonl:20 invalid_json \(and 10 more\)"):
-        read_local(str(path), on_bad_record="fail")
+        read(str(path), on_bad_record="fail")
 
 
 def test_bad_records_are_rejected_with_reasons(tmp_path: Path) -> None:
@@ -131,7 +137,7 @@ def test_bad_records_are_rejected_with_reasons(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_bytes(jsonl({"text": "ok one"}) + b"{not json\n" +
                                        jsonl({"text": 3}, {"text": "ok two"}))
     pd.DataFrame({"text": ["r0", None, ""]}).to_parquet(tmp_path / "b.parquet")
-    batches = list(iter_source(str(tmp_path), batch_docs=2))
+    batches = list(iter_source(data_config(str(tmp_path)), batch_docs=2))
     docs = pd.concat([b.docs for b in batches], ignore_index=True)
     bad = pd.concat([b.bad for b in batches], ignore_index=True)
     assert docs["text"].tolist() == ["ok one", "ok two", "r0"]
@@ -146,20 +152,20 @@ def test_corrupt_parquet_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1 this is not really parquet")
     with pytest.raises(DataError, match=r"broken\.parquet.*corrupt"):
-        read_local(str(path))
+        read(str(path))
 
 
 def test_missing_column_missing_path_and_unsupported_type(tmp_path: Path) -> None:
     pd.DataFrame({"body": ["x"]}).to_parquet(tmp_path / "a.parquet")
     with pytest.raises(DataError, match="no column 'text'"):
-        read_local(str(tmp_path / "a.parquet"))
+        read(str(tmp_path / "a.parquet"))
     with pytest.raises(DataError, match="matches no files"):
-        read_local(str(tmp_path / "nope" / "*.txt"))
+        read(str(tmp_path / "nope" / "*.txt"))
     (tmp_path / "c.docx").write_bytes(b"x")
     with pytest.raises(DataError, match="unsupported file type"):
-        read_local(str(tmp_path / "c.docx"))
+        read(str(tmp_path / "c.docx"))
     with pytest.raises(DataError, match="data.source is empty"):
-        read_source("  ")
+        read("  ")
 
 
 def test_hidden_files_in_folders_are_skipped(tmp_path: Path) -> None:
@@ -167,12 +173,12 @@ def test_hidden_files_in_folders_are_skipped(tmp_path: Path) -> None:
     (tmp_path / ".DS_Store").write_bytes(b"\x00\x01")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "HEAD").write_text("ref", encoding="utf-8")
-    assert read_local(str(tmp_path))["text"].tolist() == [TEXT]
+    assert read(str(tmp_path))["text"].tolist() == [TEXT]
 
 
 def test_max_docs_keeps_an_even_spread(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_bytes(jsonl(*({"text": f"doc {i}"} for i in range(10))))
-    df = read_source(str(tmp_path / "a.jsonl"), max_docs=5)
+    df = read(str(tmp_path / "a.jsonl"), max_docs=5)
     assert df["text"].tolist() == ["doc 0", "doc 2", "doc 4", "doc 6", "doc 8"]
 
 
@@ -183,20 +189,20 @@ def test_hf_dataset_from_disk(tmp_path: Path) -> None:
         "test": datasets.Dataset.from_dict({"text": ["e0"], "label": [1]}),
     })
     dd.save_to_disk(str(tmp_path / "dd"))
-    df = read_source(f"hf:{tmp_path / 'dd'}")
+    df = read(f"hf:{tmp_path / 'dd'}")
     assert list(df.columns) == DOC_COLUMNS
     assert df["text"].tolist() == ["e0", "t0", "t1"]  # splits in name order
     assert df["doc_id"].is_unique and df["doc_id"].iloc[0].startswith("hf:")
     single = datasets.Dataset.from_dict({"body": ["b0", None]})
     single.save_to_disk(str(tmp_path / "one"))
-    df = read_source(f"hf:{tmp_path / 'one'}", text_field="body")
+    df = read(f"hf:{tmp_path / 'one'}", text_field="body")
     assert df["text"].tolist() == ["b0"]  # the missing text is a bad record
     with pytest.raises(DataError, match="no column 'text'"):
-        read_source(f"hf:{tmp_path / 'one'}")
+        read(f"hf:{tmp_path / 'one'}")
     with pytest.raises(DataError, match="does not exist"):
-        read_source(f"hf:{tmp_path / 'missing'}")
+        read(f"hf:{tmp_path / 'missing'}")
     with pytest.raises(DataError, match="names no dataset"):
-        read_source("hf:")
+        read("hf:")
 
 
 @pytest.mark.timeout(300)

@@ -18,6 +18,7 @@ from gpt.config import load_params
 from gpt.data import stages
 from gpt.data.sources import iter_source
 from gpt.data.web import decode_html
+from tests.conftest import data_config
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 pytestmark = pytest.mark.timeout(120)
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def _all(source: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     docs, bad, skipped = [], [], {}
-    for b in iter_source(source, batch_docs=7):
+    for b in iter_source(data_config(source), batch_docs=7):
         docs.append(b.docs)
         bad.append(b.bad)
         for k, v in b.skipped.items():
