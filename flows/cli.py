@@ -21,10 +21,12 @@ from gpt.cli import (
     run_app,
     setup_logging,
 )
+from gpt.defaults import DEFAULT_PROFILE, MLFLOW_PORT, PREFECT_PORT
 
 
 @app.command()
-def run(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Overrides = None,
+def run(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
+        overrides: Overrides = None,
         max_steps: Annotated[int | None, typer.Option(help="pretraining steps (default: the "
                                                       "profile's train.max_steps)")] = None,
         reclean: Annotated[bool, typer.Option(help="re-run cleaning even if unchanged")] = False,
@@ -125,18 +127,14 @@ def _where_to_look(uri: str, team_api: str, ws: Path, flow_run_id: str | None = 
     else:
         lines += ["  Both UIs, the schedule and the Run button (this run is in its history):",
                   f"    gptops serve{wflag}",
-                  f"    (Prefect UI http://127.0.0.1:{SERVE_PORTS[0]}, "
-                  f"MLflow UI http://127.0.0.1:{SERVE_PORTS[1]})"]
+                  f"    (Prefect UI http://127.0.0.1:{PREFECT_PORT}, "
+                  f"MLflow UI http://127.0.0.1:{MLFLOW_PORT})"]
     lines += ["  Registered models:", f"    gptops models{wflag}",
               "  Generate from the base model's champion:",
               f"    gptops generate{wflag} \"Return the\"",
               "  The MLflow UI alone:", f"    mlflow ui --backend-store-uri {uri}"]
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False)
-
-
-#: `gptops serve`'s default ports: the Prefect UI and API, the MLflow UI.
-SERVE_PORTS = (4200, 5000)
 
 
 def _serve_status(ws: Path) -> list[str]:
@@ -156,8 +154,8 @@ DOCTOR_CHECKS.append(_serve_status)
 @app.command()
 def serve(workdir: Workdir = Path("."),
           host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-          prefect_port: Annotated[int, typer.Option(help="Prefect server port")] = SERVE_PORTS[0],
-          mlflow_port: Annotated[int, typer.Option(help="MLflow server port")] = SERVE_PORTS[1],
+          prefect_port: Annotated[int, typer.Option(help="Prefect server port")] = PREFECT_PORT,
+          mlflow_port: Annotated[int, typer.Option(help="MLflow server port")] = MLFLOW_PORT,
           prefect_db: Annotated[str, typer.Option(help="Prefect database URL (default: "
                                                   "SQLite under .gptops/)")] = "",
           mlflow_backend: Annotated[str, typer.Option(help="MLflow backend store URI "

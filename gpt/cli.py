@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gpt.defaults import DEFAULT_PROFILE
 from gpt.errors import ERROR_FILE_ENV, GptopsError, Interrupted, RankFailed
 
 app = typer.Typer(help="Train GPT models end to end: data → pretrain → fine-tune → evaluate → "
@@ -156,7 +157,7 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", "-s", help="overri
                                                      "parameter, e.g. --set train.max_steps=50")]
 
 
-def _params(workdir: Path, profile: str = "tiny", overrides: list[str] | None = None):
+def _params(workdir: Path, profile: str = DEFAULT_PROFILE, overrides: list[str] | None = None):
     from gpt.config import load_params
 
     return load_params(Path(workdir) / "params.yaml", profile, overrides)
@@ -320,14 +321,15 @@ def _print_evaluation(out: dict) -> None:
 
 
 @app.command()
-def pretrain(workdir: Workdir = Path("."), profile: Profile = "tiny",
+def pretrain(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
              overrides: Overrides = None, as_json: JsonFlag = False) -> None:
     """Pretrain the base model on data/tokens (resumes from the newest valid checkpoint)."""
     _step("pretrain", workdir, profile, overrides, as_json)
 
 
 @app.command()
-def tune(workdir: Workdir = Path("."), profile: Profile = "tiny", overrides: Overrides = None,
+def tune(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
+         overrides: Overrides = None,
          study: Annotated[str, typer.Option(
              "--study", help="study name (default: tune-<hash of the data, the tune section and "
              "the model/train values>); another name starts another study")] = "",
@@ -378,7 +380,7 @@ BaseOpt = Annotated[str, typer.Option(
 
 
 @app.command()
-def finetune(workdir: Workdir = Path("."), profile: Profile = "tiny",
+def finetune(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
              overrides: Overrides = None, base: BaseOpt = "",
              as_json: JsonFlag = False) -> None:
     """Fine-tune a base as a classifier (finetune.task: package or file)."""
@@ -386,14 +388,14 @@ def finetune(workdir: Workdir = Path("."), profile: Profile = "tiny",
 
 
 @app.command()
-def sft(workdir: Workdir = Path("."), profile: Profile = "tiny",
+def sft(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
         overrides: Overrides = None, base: BaseOpt = "", as_json: JsonFlag = False) -> None:
     """Supervised fine-tuning of a base LM on prompt/completion pairs (sft.task)."""
     _step("sft", workdir, profile, overrides, as_json, base)
 
 
 @app.command()
-def evaluate(workdir: Workdir = Path("."), profile: Profile = "tiny",
+def evaluate(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
              overrides: Overrides = None, base: BaseOpt = "",
              as_json: JsonFlag = False) -> None:
     """Evaluate base perplexity and task metrics next to their baselines."""
@@ -402,7 +404,7 @@ def evaluate(workdir: Workdir = Path("."), profile: Profile = "tiny",
 
 @app.command("import")
 def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder or hub id>")],
-            workdir: Workdir = Path("."), profile: Profile = "tiny",
+            workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
             overrides: Overrides = None, as_json: JsonFlag = False,
             init: Annotated[bool, typer.Option("--init", help="make a non-empty folder that is "
                                                "not a workspace into one")] = False) -> None:

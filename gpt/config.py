@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gpt.defaults import DEFAULT_PROFILE
 from gpt.errors import ConfigError
 
 #: Sections a profile may change. Data sections are excluded on purpose: DVC reads them from
@@ -25,8 +26,6 @@ from gpt.errors import ConfigError
 PROFILE_SECTIONS = ("model", "train", "launch", "finetune", "sft", "evaluate")
 #: Sections read by the DVC data stages (dvc.yaml lists the same keys).
 DATA_SECTIONS = ("data", "clean", "tokenizer")
-#: The profile a run uses unless told otherwise.
-DEFAULT_PROFILE = "tiny"
 #: The project's own params.yaml (the template new workspaces start from).
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

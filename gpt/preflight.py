@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from gpt.config import HF_PREFIX, Params
+from gpt.defaults import MLFLOW_PORT
 from gpt.errors import ConfigError, DataError, RegistryError
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def check_tracking_uri(uri: str) -> None:
     if scheme not in TRACKING_SCHEMES:
         raise ConfigError(f"registry.tracking_uri '{uri}': unknown scheme '{scheme}' (known: "
                           f"{', '.join(TRACKING_SCHEMES)}); e.g. sqlite:///path/mlflow.db or "
-                          "http://host:5000")
+                          f"http://host:{MLFLOW_PORT}")
     if scheme == "sqlite":
         from gpt.registry.listing import sqlite_path
 
@@ -316,7 +317,8 @@ def _check_mlflow_server(uri: str) -> None:
                               f"(HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME and "
                               "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN") from exc
         raise ConfigError(f"{not_mlflow} (HTTP {exc.code} for /api/2.0/mlflow/experiments/"
-                          "search); check the host, port and path (e.g. http://host:5000)"
+                          "search); check the host, port and path (e.g. "
+                          f"http://host:{MLFLOW_PORT})"
                           ) from exc
     except (urllib.error.URLError, OSError) as exc:
         why = getattr(exc, "reason", None) or exc
@@ -328,7 +330,8 @@ def _check_mlflow_server(uri: str) -> None:
         data = None
     if not isinstance(data, dict) or (data and not {"experiments", "next_page_token"} & set(data)):
         raise ConfigError(f"{not_mlflow} (/api/2.0/mlflow/experiments/search gave {ctype}, not "
-                          "MLflow's JSON); check the host, port and path (e.g. http://host:5000)")
+                          "MLflow's JSON); check the host, port and path (e.g. "
+                          f"http://host:{MLFLOW_PORT})")
 
 
 def _check_postgres(uri: str) -> None:
