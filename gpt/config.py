@@ -319,7 +319,6 @@ class Params(_Strict):
     profile: str = Field(description="the profile applied (resolve_params sets it)")
 
 
-
 #: Keys that moved (old dotted key -> new one): the ``launch`` settings left ``train``, and
 #: pretraining took the schedule and checkpoint shape of fine-tuning and SFT. A workspace's
 #: params.yaml is carried over (:func:`upgrade_moved`); an old key in ``--set``, a profile or

@@ -45,3 +45,32 @@ def test_profile_may_not_change_data_sections():
     raw = {"profiles": {"x": {"clean": {"min_chars": 1}}}}
     with pytest.raises(ConfigError, match="may not change section 'clean'"):
         resolve_params(raw, "x")
+
+
+def test_no_run_value_is_defaulted_in_code():
+    """params.yaml is the one source of run values: no field of a section restates one (a
+    workspace's older params.yaml gets the keys it lacks from the project's params.yaml)."""
+    from pydantic import BaseModel
+
+    from gpt.config import Params, TuneRange
+
+    defaulted = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            if not field.is_required() and model is not TuneRange:  # ``log`` is range syntax
+                defaulted.append(prefix + name)
+            for kind in getattr(field.annotation, "__args__", None) or (field.annotation,):
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    walk(kind, f"{prefix}{name}.")
+
+    walk(Params, "")
+    assert defaulted == []
+
+
+def test_every_training_section_has_the_same_schedule_shape():
+    p = load_params(PARAMS, overrides=["train.lr=0.002", "finetune.max_steps=90"])
+    for section in (p.train, p.finetune, p.sft):
+        assert section.min_lr == section.lr * section.min_lr_factor  # follows an lr override
+        assert section.checkpoint_interval == section.max_steps // section.checkpoints
+    assert (p.train.min_lr, p.finetune.checkpoint_interval) == (0.002 * 0.1, 45)
