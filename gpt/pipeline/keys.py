@@ -102,6 +102,7 @@ NOT_COMPUTING = {
     "gpt/__init__.py": "package marker",
     "gpt/data/__init__.py": "package marker",
     "gpt/config.py": "the params schema: the values it yields are in the key",
+    "gpt/defaults.py": "the default profile's name (its values are in the key), serve's ports",
     "gpt/errors.py": "error messages",
     "gpt/progress.py": "progress lines",
     "gpt/stopping.py": "signal handling",
