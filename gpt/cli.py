@@ -489,6 +489,15 @@ def _in_range(low: float, high: float = math.inf, low_open: bool = False,
     return check
 
 
+def _quiet_libraries() -> None:
+    """No library log lines in a command's output (MLflow's "'models:/...' resolved as ...",
+    transformers' notices): their warnings and below are dropped, errors still show."""
+    for name in ("mlflow", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 @app.command()
 def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
              workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
@@ -512,17 +521,17 @@ def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
     The context slides: only the last block_size tokens are fed to the model.
     """
     ref = _ref(workdir, tracking_uri, model, "base", alias, version)  # before torch loads
+    _quiet_libraries()
     import torch
 
-    from gpt.hf import from_hf_lm
-    from gpt.registry import load_components
+    from gpt.registry.models import load_language_model
 
-    comps = load_components(ref, expect_task="text-generation")
-    gpt_model, tok = from_hf_lm(comps["model"]), comps["tokenizer"]
-    ids = tok(prompt)["input_ids"] or [tok.eos_token_id]
+    gpt_model, tok = load_language_model(ref)
+    ids = tok.encode(prompt) or [tok.eos_token_id]
     x = torch.tensor([ids], dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
     sys.stdout.write(prompt)
+    sys.stdout.flush()
     for nxt in gpt_model.generate_stream(x, max_new_tokens, temperature=temperature,
                                          top_k=top_k, top_p=top_p,
                                          stop_token=tok.eos_token_id, generator=g):
@@ -549,6 +558,7 @@ def predict(texts: Annotated[list[str] | None, typer.Argument(help="texts to cla
         raise GptopsError("predict: no text given; pass texts as arguments or one per line on "
                           "stdin")
     ref = _ref(workdir, tracking_uri, model, "task", alias, version)
+    _quiet_libraries()
     comps = load_components(ref, expect_task="text-classification")
     results = classify(comps, items)
     if as_json:
@@ -571,6 +581,7 @@ def export(out: Annotated[Path, typer.Argument(help="folder to write (must not e
     from gpt.registry import export_hf
 
     ref = _ref(workdir, tracking_uri, model, "base", alias, version)
+    _quiet_libraries()
     task = export_hf(ref, out)
     console.print(f"{ref.describe()} -> {out} ({task}); load it with "
                   f"transformers.pipeline({task!r}, model={str(out)!r})", highlight=False,

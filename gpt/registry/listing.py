@@ -88,3 +88,16 @@ def read_model_tags(path: Path) -> dict[str, dict[str, str]] | None:
     except sqlite3.Error:
         return None
     return out
+
+
+def read_storage_location(path: Path, name: str, version: str) -> str | None:
+    """Where a live version's files are (``model_versions.storage_location``); None = unknown."""
+    try:
+        with _read_only(path) as (con, ws):
+            row = con.execute(
+                "SELECT storage_location FROM model_versions "
+                f"WHERE {ws} AND current_stage != ? AND name = ? AND version = ?",
+                (_DELETED, name, int(version))).fetchone()
+    except (sqlite3.Error, ValueError):
+        return None
+    return row[0] if row and row[0] else None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,12 @@ from gpt.registry.governance import (
     unknown_model,
     unknown_version,
 )
-from gpt.registry.listing import read_model_tags, read_versions, sqlite_path
+from gpt.registry.listing import (
+    read_model_tags,
+    read_storage_location,
+    read_versions,
+    sqlite_path,
+)
 from gpt.registry.tracking import client as _client
 from gpt.registry.tracking import global_uri as _global_uri
 
@@ -74,8 +81,60 @@ def _check_ref(ref: ModelRef, client) -> None:
         raise unknown_version(ref.name, ref.version, versions)
 
 
+@dataclass(frozen=True)
+class LocalVersion:
+    """A version's files on this disk, as MLflow's transformers flavor saved them."""
+
+    model_dir: Path  #: ``save_pretrained`` of the model (config.json, model.safetensors)
+    tokenizer_dir: Path  #: ``save_pretrained`` of the tokenizer
+    task: str  #: the transformers task it was registered for
+    model_class: str  #: e.g. ``GPT2LMHeadModel``
+
+
+def local_version(ref: ModelRef) -> LocalVersion | None:
+    """The files of a workspace's SQLite-registered version when they are on this disk, read
+    without MLflow (whose import, store start-up and pyfunc loading take most of the 12–24 s
+    `gptops generate` used to take); None = load it through MLflow (another store, remote
+    artifacts, another layout)."""
+    import yaml
+
+    path = sqlite_path(ref.uri)
+    rows = read_versions(path, ref.name) if path else None
+    if not path or not rows:
+        return None
+    version = ref.version.strip().removeprefix("v") or next(
+        (r["version"] for r in rows if ref.alias in r["aliases"]), "")
+    location = read_storage_location(path, ref.name, version) if version else None
+    if not location or not location.startswith("file:"):
+        return None
+    folder = Path(urllib.request.url2pathname(urllib.parse.urlparse(location).path))
+    try:
+        flavor = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))
+        flavor = flavor["flavors"]["transformers"]
+        model_dir = folder / str(flavor["model_binary"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    tokenizer_dir = folder / "components" / "tokenizer"
+    if ("tokenizer" not in (flavor.get("components") or [])
+            or not (model_dir / "config.json").is_file()
+            or not (tokenizer_dir / "tokenizer.json").is_file()):
+        return None
+    return LocalVersion(model_dir, tokenizer_dir, str(flavor.get("task") or ""),
+                        str(flavor.get("pipeline_model_type") or ""))
+
+
+def _require_task(ref: ModelRef, task: str, expect_task: str | None) -> None:
+    if expect_task and task != expect_task:
+        raise RegistryError(f"{ref.describe()} is a {task or 'non-transformers'} model, not "
+                            f"{expect_task}; pick another with --model (e.g. "
+                            f"`gptops models` lists them)")
+
+
 def model_task(ref: ModelRef) -> str:
     """The transformers task a version was registered for (``text-generation``, ...)."""
+    local = local_version(ref)
+    if local is not None:
+        return local.task
     import mlflow
 
     client = _client(ref.uri)
@@ -86,22 +145,75 @@ def model_task(ref: ModelRef) -> str:
 
 
 def load_components(ref: ModelRef, expect_task: str | None = None) -> dict:
-    """``{"model": ..., "tokenizer": ...}`` of a registered version via the MLflow flavor.
+    """``{"model": ..., "tokenizer": ...}`` of a registered version (transformers objects):
+    from its files when they are on this disk, else via the MLflow flavor.
 
     Raises:
         RegistryError: unknown model/alias/version, or a model for another task than
             ``expect_task`` (a classifier cannot generate text).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    local = local_version(ref)
+    if local is not None and local.model_class:
+        _require_task(ref, local.task, expect_task)
+        import transformers
+
+        model_class = getattr(transformers, local.model_class)
+        return {"model": model_class.from_pretrained(local.model_dir).eval(),
+                "tokenizer": transformers.AutoTokenizer.from_pretrained(local.tokenizer_dir)}
     import mlflow
 
-    task = model_task(ref)
-    if expect_task and task != expect_task:
-        raise RegistryError(f"{ref.describe()} is a {task or 'non-transformers'} model, not "
-                            f"{expect_task}; pick another with --model (e.g. "
-                            f"`gptops models` lists them)")
+    _require_task(ref, model_task(ref), expect_task)
     with _global_uri(ref.uri):
         return mlflow.transformers.load_model(ref.model_uri, return_type="components")
+
+
+class TextCodec:
+    """A registered tokenizer's text <-> ids, through the ``tokenizers`` library alone (no
+    transformers import): ``tokenizer.json`` encodes and decodes as the transformers tokenizer
+    saved with it does."""
+
+    def __init__(self, encode: Any, decode: Any, eos_token_id: int | None) -> None:
+        self.encode, self.decode, self.eos_token_id = encode, decode, eos_token_id
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> TextCodec:
+        import json
+
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        eos = config.get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        return cls(lambda text: tok.encode(text).ids,
+                   lambda ids: tok.decode(ids, skip_special_tokens=False),
+                   tok.token_to_id(eos) if eos else None)
+
+    @classmethod
+    def from_transformers(cls, tok: Any) -> TextCodec:
+        return cls(lambda text: tok(text)["input_ids"], tok.decode, tok.eos_token_id)
+
+
+def load_language_model(ref: ModelRef) -> tuple[Any, TextCodec]:
+    """``(gpt.model.GPT, TextCodec)`` of a registered language model, for `gptops generate`:
+    straight from the version's safetensors when they are on this disk (torch and tokenizers
+    only), else through MLflow.
+
+    Raises:
+        RegistryError: unknown model/alias/version, or not a text-generation model.
+    """
+    local = local_version(ref)
+    if local is None or not (local.tokenizer_dir / "tokenizer_config.json").is_file():
+        from gpt.hf import from_hf_lm
+
+        comps = load_components(ref, expect_task="text-generation")
+        return from_hf_lm(comps["model"]), TextCodec.from_transformers(comps["tokenizer"])
+    _require_task(ref, local.task, "text-generation")
+    from gpt.hf import load_checkpoint
+
+    model = load_checkpoint(f"hf:{local.model_dir}", key=ref.describe())
+    return model, TextCodec.from_folder(local.tokenizer_dir)
 
 
 def load_champion_components(tracking_uri: str, name: str, alias: str = CHAMPION) -> dict:
@@ -136,12 +248,18 @@ def export_hf(ref: ModelRef, out_dir: Path) -> str:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RegistryError(f"export folder {out_dir} is not empty; pass a new folder")
-    comps = load_components(ref)
-    task = model_task(ref)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    comps["model"].save_pretrained(tmp)
-    comps["tokenizer"].save_pretrained(tmp)
+    local = local_version(ref)
+    if local is not None:  # the files save_pretrained wrote at registration, copied as they are
+        task = local.task
+        shutil.copytree(local.model_dir, tmp)
+        shutil.copytree(local.tokenizer_dir, tmp, dirs_exist_ok=True)
+    else:
+        comps = load_components(ref)
+        task = model_task(ref)
+        comps["model"].save_pretrained(tmp)
+        comps["tokenizer"].save_pretrained(tmp)
     if out_dir.exists():
         out_dir.rmdir()
     os.replace(tmp, out_dir)

@@ -216,3 +216,80 @@ def test_model_name_refuses_names_mlflow_cannot_address(bad):
     params = load_params(PROJECT_PARAMS, overrides={"registry.task_model": bad})
     with pytest.raises(ConfigError, match=r"registry.task_model = .* --set registry.task_model="):
         model_name("task", params)
+
+
+#: Lines a library logs (MLflow's "'models:/...' resolved as 'file:///...'", its "params
+#: provided to the predict method will override ...", transformers' notices).
+LIBRARY_LINE = ("INFO", "WARNING", "mlflow", "resolved as", "will override", "transformers")
+
+
+def gptops(ws: Path, *args: str, probe: bool = False) -> subprocess.CompletedProcess:
+    """``gptops ARGS -w ws`` in a new process; ``probe`` adds a last stderr line saying whether
+    the command imported MLflow."""
+    code = ("import sys\nfrom gpt.cli import main\nsys.argv = ['gptops', *sys.argv[1:]]\n"
+            "try:\n    main()\nfinally:\n"
+            "    print('imported mlflow:', 'mlflow' in sys.modules, file=sys.stderr)")
+    cmd = [sys.executable, "-c", code] if probe else [str(Path(sys.executable).parent / "gptops")]
+    return subprocess.run([*cmd, *args, "-w", str(ws)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+
+
+def test_generate_predict_export_read_the_files_and_print_no_library_lines(store, tmp_path):
+    """The commands a user types after a run print only their own output, and read the
+    registered files directly (MLflow is not even imported)."""
+    (tmp_path / "ws").mkdir()
+    ws = workspace(tmp_path / "ws", store,
+                   finetune={"task": "file", "task_path": "data/tickets.csv"})
+    runs = {"generate": gptops(ws, "generate", "Return the", "-n", "5", "--model", LM,
+                               probe=True),
+            "predict": gptops(ws, "predict", "my invoice is wrong", "--json", probe=True),
+            "export": gptops(ws, "export", str(tmp_path / "out"), "--model", LM, probe=True)}
+    for command, r in runs.items():
+        assert r.returncode == 0, (command, r.stderr)
+        *lines, probe = r.stderr.splitlines()
+        assert probe == "imported mlflow: False", command
+        output = r.stdout.splitlines() + lines
+        assert not [ln for ln in output if any(w in ln for w in LIBRARY_LINE)], (command, output)
+    assert runs["generate"].stdout.startswith("Return the")
+    assert json.loads(runs["predict"].stdout)[0]["label"] in LABELS
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+        "tokenizer_config.json"]
+
+
+def test_a_mistyped_alias_or_version_is_one_line_exit_2(store, tmp_path):
+    ws = workspace(tmp_path, store)
+    for args, named in ((["generate", "x", "--model", LM, "--alias", "champ"], "'champ'"),
+                        (["predict", "x", "--model", CLF, "--version", "7"], "'7'"),
+                        (["export", str(tmp_path / "o"), "--model", LM, "--alias", "x"], "'x'")):
+        r = gptops(ws, *args)
+        assert r.returncode == 2, r.stderr
+        assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert named in r.stderr, r.stderr
+
+
+def test_the_direct_read_gives_what_mlflow_loads(store):
+    """`gptops generate`'s model and tokenizer, read from the version's files, are MLflow's:
+    same greedy tokens, same ids and text."""
+    import torch
+
+    from gpt.hf import from_hf_lm
+    from gpt.registry.models import TextCodec, load_language_model, local_version
+
+    ref = registry.ModelRef(store, LM)
+    assert local_version(ref) is not None
+    model, codec = load_language_model(ref)
+    import mlflow
+
+    with global_uri(store):
+        comps = mlflow.transformers.load_model(ref.model_uri, return_type="components")
+    theirs = from_hf_lm(comps["model"])
+    their_codec = TextCodec.from_transformers(comps["tokenizer"])
+    for text in ("Return the", "def f(x):\n    return x  # é", "<|endoftext|> ok"):
+        assert codec.encode(text) == their_codec.encode(text)
+    ids = codec.encode("Return the")
+    assert codec.decode(ids) == their_codec.decode(ids)
+    assert codec.eos_token_id == their_codec.eos_token_id
+    x = torch.tensor([ids])
+    ours = [int(t) for t in model.generate_stream(x, 8, temperature=0)]
+    assert ours == [int(t) for t in theirs.generate_stream(x, 8, temperature=0)]
