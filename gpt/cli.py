@@ -25,6 +25,9 @@ from rich.table import Table
 
 from gpt.defaults import DEFAULT_PROFILE
 from gpt.errors import ERROR_FILE_ENV, GptopsError, Interrupted, RankFailed
+from gpt.kinds import BASE, TASK
+from gpt.registry.governance import CHAMPION
+from gpt.registry.tags import METRIC_PREFIX, REJECTED, VersionTags
 
 app = typer.Typer(help="Train GPT models end to end: data → pretrain → fine-tune → evaluate → "
                        "register (MLflow), orchestrated by Prefect.",
@@ -500,7 +503,7 @@ def _quiet_libraries() -> None:
 
 @app.command()
 def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
-             workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
+             workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = CHAMPION,
              version: Version = "",
              max_new_tokens: Annotated[int, typer.Option(
                  "--max-new-tokens", "-n", callback=_in_range(1),
@@ -520,7 +523,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
 
     The context slides: only the last block_size tokens are fed to the model.
     """
-    ref = _ref(workdir, tracking_uri, model, "base", alias, version)  # before torch loads
+    ref = _ref(workdir, tracking_uri, model, BASE.name, alias, version)  # before torch loads
     _quiet_libraries()
     import torch
 
@@ -547,7 +550,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
 def predict(texts: Annotated[list[str] | None, typer.Argument(help="texts to classify "
                                                                "(default: one per stdin line)")]
             = None,
-            workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
+            workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = CHAMPION,
             version: Version = "", tracking_uri: TrackingUri = "",
             as_json: JsonFlag = False) -> None:
     """Classify texts with a registered classifier (default: the task model's champion)."""
@@ -557,7 +560,7 @@ def predict(texts: Annotated[list[str] | None, typer.Argument(help="texts to cla
     if not items:
         raise GptopsError("predict: no text given; pass texts as arguments or one per line on "
                           "stdin")
-    ref = _ref(workdir, tracking_uri, model, "task", alias, version)
+    ref = _ref(workdir, tracking_uri, model, TASK.name, alias, version)
     _quiet_libraries()
     comps = load_components(ref, expect_task="text-classification")
     results = classify(comps, items)
@@ -575,12 +578,12 @@ def predict(texts: Annotated[list[str] | None, typer.Argument(help="texts to cla
 @app.command()
 def export(out: Annotated[Path, typer.Argument(help="folder to write (must not exist or be "
                                                "empty)")],
-           workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "champion",
+           workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = CHAMPION,
            version: Version = "", tracking_uri: TrackingUri = "") -> None:
     """Write a registered version as a Hugging Face folder (for `transformers.pipeline`)."""
     from gpt.registry import export_hf
 
-    ref = _ref(workdir, tracking_uri, model, "base", alias, version)
+    ref = _ref(workdir, tracking_uri, model, BASE.name, alias, version)
     _quiet_libraries()
     task = export_hf(ref, out)
     console.print(f"{ref.describe()} -> {out} ({task}); load it with "
@@ -611,9 +614,7 @@ def models(workdir: Workdir = Path("."),
         return
     columns = ("model", "version", "aliases", "parent", "data", "commit", "code",
                "primary metric")
-    cells = [(r["name"], r["version"], _status(r), r["tags"].get("parent_model_version", ""),
-              r["tags"].get("data_version", ""), _commit(r["tags"]),
-              r["tags"].get("code_hash", "")[:8], _primary_metric(r["tags"])) for r in rows]
+    cells = [_version_cells(r) for r in rows]
     table = Table(title=f"registered models at {uri}", title_justify="left")
     for i, col in enumerate(columns):
         # Names and ids are never cut: a cut name cannot be copied into the next command.
@@ -628,32 +629,19 @@ def models(workdir: Workdir = Path("."),
             _print_history(model_name, champion_history(uri, model_name))
 
 
-def _commit(tags: dict[str, str]) -> str:
-    """The version's git commit, ``+dirty`` when its code had uncommitted changes."""
-    dirty = "+dirty" if tags.get("git_dirty") == "true" else ""
-    return tags.get("git_commit", "")[:12] + dirty
-
-
-def _status(row: dict) -> str:
-    """The version's aliases, or `rejected` when the gate refused it."""
-    from gpt.registry.gate import REJECTED
-
-    aliases = list(row["aliases"])
-    if REJECTED in row["tags"]:
-        aliases.append(REJECTED)
-    return ",".join(aliases)
-
-
-def _primary_metric(tags: dict[str, str]) -> str:
-    """``val_ppl=455.3``: the gate's metric with 4 significant digits."""
-    metric = tags.get("primary_metric", "")
-    if not metric:
-        return ""
-    raw = tags.get("metric." + metric, "")
-    try:
-        return f"{metric}={float(raw):.4g}"
-    except ValueError:
-        return f"{metric}={raw}"
+def _version_cells(row: dict) -> tuple[str, ...]:
+    """One version's row of `gptops models`: name, version, aliases (and `rejected` when the
+    gate refused it), parent, data version, commit (``+dirty`` when its code had uncommitted
+    changes), code hash, and the gate's metric (``val_ppl=455.3``: 4 significant digits, or as
+    stored when it is not a number)."""
+    t = VersionTags.from_tags(row["tags"])
+    aliases = [*row["aliases"], REJECTED] if t.rejected is not None else row["aliases"]
+    m = t.primary_metric
+    metric = "" if not m else f"{m}={t.metrics[m]:.4g}" if m in t.metrics \
+        else f"{m}={row['tags'].get(METRIC_PREFIX + m, '')}"
+    commit = t.git_commit[:12] + ("+dirty" if t.git_dirty else "")
+    return (row["name"], row["version"], ",".join(aliases), t.parent, t.data_version, commit,
+            t.code_hash[:8], metric)
 
 
 def _table_width(cells: list[tuple[str, ...]]) -> int:

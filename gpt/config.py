@@ -240,7 +240,7 @@ class GateConfig(_Strict):
     """Per model kind, the metrics the promotion gate reads (``gpt.registry.gate``): the first
     decides against the champion; every one must beat its trivial baseline where it has one.
     Any evaluation metric, ``bench.<task>.<metric>`` included. ``[]`` = the kind's standard
-    metrics (``gpt.pipeline.candidates.STANDARD_GATE``)."""
+    metrics (``standard_gate`` of its :mod:`gpt.kinds` record)."""
 
     base: list[str]
     task: list[str]

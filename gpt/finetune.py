@@ -34,6 +34,7 @@ from gpt.config import FinetuneConfig, SFTConfig
 from gpt.data.loader import is_val_doc, step_generator
 from gpt.data.tokenizer import pad_id as tokenizer_pad_id
 from gpt.errors import DataError
+from gpt.kinds import SFT, TASK
 from gpt.model import GPT
 from gpt.train import (
     CheckpointPolicy,
@@ -314,8 +315,8 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
         logits = m(ids[ix].to(device), lengths[ix].to(device))
         return F.cross_entropy(logits, labels[ix].to(device), weight=weights)
 
-    loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "finetune",
-                finalize=(lambda m: merge_lora(m)) if cfg.lora_rank else None)
+    loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback,
+                TASK.step, finalize=(lambda m: merge_lora(m)) if cfg.lora_rank else None)
     group.leave()
     return FinetuneResult(model=model.cpu(), loop=loop, class_weights=weights.cpu().tolist())
 
@@ -449,6 +450,6 @@ def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]],
                            generator=step_generator(cfg.seed, step))[mine]
         return sft_loss(m, ids[ix].to(device), targets[ix].to(device))
 
-    loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, "sft")
+    loop = _fit(model, loss_fn, optimizer, cfg, device, out_dir, resume, callback, SFT.step)
     group.leave()
     return SFTResult(model=model.cpu(), loop=loop, examples=len(ids))

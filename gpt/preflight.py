@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from gpt.config import HF_PREFIX, Params
 from gpt.defaults import MLFLOW_PORT
 from gpt.errors import ConfigError, DataError, RegistryError
+from gpt.kinds import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -399,36 +400,37 @@ def check_benchmarks(params: Params) -> None:
     """``evaluate.benchmarks``/``benchmark_dirs`` can run here (lm-eval is imported only when
     a hub task is named), and ``registry.gate`` lists metrics each model kind will have."""
     from gpt import benchmarks as bm
-    from gpt.pipeline.candidates import KIND_METRICS, gate_metrics
+    from gpt.pipeline.candidates import gate_metrics
 
     e = params.evaluate
     bm.check_hub_tasks(e.benchmarks, e.benchmark_dirs)
     tasks = set(bm.suite(None, e.benchmarks, e.benchmark_dirs, 0).tasks)
     if e.builtin_benchmarks:
         tasks |= set(bm.BUILTIN)
-    for kind, own in KIND_METRICS.items():
-        for metric in gate_metrics(kind, params):
-            if metric in own:
+    for k in KINDS:
+        for metric in gate_metrics(k.name, params):
+            if metric in k.metrics:
                 continue
             task = metric.split(".")[1] if metric.startswith("bench.") else None
-            if kind != "task" and task in tasks and metric.count(".") >= 2:
+            if k.language_model and task in tasks and metric.count(".") >= 2:
                 continue
             bench = (f"; or bench.<task>.<metric> of a task it runs ({', '.join(sorted(tasks))})"
-                     if kind != "task" and tasks else "")
-            raise ConfigError(f"registry.gate.{kind} lists '{metric}', which the {kind} model's "
-                              f"evaluation does not produce; use one of {', '.join(own)}{bench}")
+                     if k.language_model and tasks else "")
+            raise ConfigError(f"{k.gate_key} lists '{metric}', which the {k.name} model's "
+                              f"evaluation does not produce; use one of {', '.join(k.metrics)}"
+                              f"{bench}")
 
 
 def check_run(params: Params, tracking_uri: str) -> None:
     """Every input of a pipeline run (the params themselves are already valid)."""
-    from gpt.pipeline.candidates import NAMED, model_name
+    from gpt.pipeline.candidates import model_name
 
     check_source(params.data.source)
     check_pretrained(params)
     check_tasks(params)
     check_benchmarks(params)
-    for kind in NAMED:  # a name MLflow cannot register fails now, not after training
-        model_name(kind, params)
+    for k in KINDS:  # a name MLflow cannot register fails now, not after training
+        model_name(k.name, params)
     check_tracking_uri(tracking_uri)
 
 

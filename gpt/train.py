@@ -24,10 +24,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gpt import checkpoint as ckpt
-from gpt import distributed, progress, stopping
+from gpt import distributed, kinds, progress, stopping
 from gpt.config import LaunchConfig, ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
 from gpt.errors import CheckpointError, ConfigError, Interrupted, TrainingError
+from gpt.kinds import ModelKind
 from gpt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
 class LoopSettings:
     """How the loop optimises, whatever the run: every value comes from the run's config."""
 
-    kind: str  # "pretrain", "finetune", "sft": the progress label and checkpoints' metadata
+    kind: str  # the step (gpt.kinds: "pretrain"...): the progress label, checkpoints' metadata
     max_steps: int
     lr: float
     min_lr: float
@@ -108,7 +109,7 @@ class LoopSettings:
     @classmethod
     def from_train(cls, t: TrainConfig, vocab_size: int) -> LoopSettings:
         ceiling = t.divergence_factor * math.log(vocab_size) if t.divergence_factor else math.inf
-        return cls(kind="pretrain", max_steps=t.max_steps, lr=t.lr, min_lr=t.min_lr,
+        return cls(kind=kinds.BASE.step, max_steps=t.max_steps, lr=t.lr, min_lr=t.min_lr,
                    warmup_steps=t.warmup_steps, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
                    max_nonfinite_steps=t.max_nonfinite_steps, max_loss=ceiling,
                    max_loss_steps=t.divergence_steps)
@@ -238,16 +239,17 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
             else contextlib.nullcontext())
 
 
-#: The section holding each kind of run's batch size.
-_BATCH_KEY = {"pretrain": "train.batch_size", "finetune": "finetune.batch_size",
-              "sft": "sft.batch_size"}
-#: The key holding each kind of run's learning rate.
-_LR_KEY = {"pretrain": "train.lr", "finetune": "finetune.lr", "sft": "sft.lr"}
+def _kind(label: str) -> ModelKind:
+    """The model kind a loop labelled ``label`` trains (pretraining for any other label)."""
+    try:
+        return kinds.of_step(label)
+    except KeyError:
+        return kinds.BASE
 
 
 def _lower_lr(settings: LoopSettings) -> str:
     """``lower train.lr (now 5), e.g. to 0.5``: the fix of a run that diverged."""
-    return (f"lower {_LR_KEY.get(settings.kind, 'train.lr')} (now {settings.lr:g}), e.g. to "
+    return (f"lower {_kind(settings.kind).lr_key} (now {settings.lr:g}), e.g. to "
             f"{settings.lr / 10:g}")
 
 
@@ -276,10 +278,9 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _oom_message(kind: str, step: int, device: torch.device) -> str:
-    batch = _BATCH_KEY.get(kind, "train.batch_size")
-    return (f"{kind}: out of memory on {device} at step {step}: lower {batch} or "
-            "model.block_size (raise train.grad_accum to keep the global batch), or use a "
-            "smaller model")
+    return (f"{kind}: out of memory on {device} at step {step}: lower "
+            f"{_kind(kind).batch_key} or model.block_size (raise train.grad_accum to keep the "
+            "global batch), or use a smaller model")
 
 
 def _optimizer_step(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,

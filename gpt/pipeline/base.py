@@ -70,6 +70,7 @@ def resolve(spec: str, params: Params, data_version: str, tracking_uri: str) -> 
         return Base("", keys.pretrain(params, data_version).digest)
     from gpt.errors import RegistryError
     from gpt.registry import client, resolve_alias
+    from gpt.registry.tags import MODEL_KEY
 
     cl = client(tracking_uri)
     name = m["name"]
@@ -82,7 +83,7 @@ def resolve(spec: str, params: Params, data_version: str, tracking_uri: str) -> 
                                 "them") from exc
     else:
         mv = resolve_alias(tracking_uri, name, m["alias"], cl)
-    identity = f"{name}/{mv.version}/{mv.tags.get('model_key', mv.run_id)}"
+    identity = f"{name}/{mv.version}/{mv.tags.get(MODEL_KEY, mv.run_id)}"
     return Base(spec, hashlib.sha256(identity.encode()).hexdigest()[:16], name, str(mv.version))
 
 

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 from gpt.config import PROJECT_PARAMS, Params, read_params_file
 from gpt.data.tokenizer import EOT
 from gpt.errors import ConfigError
+from gpt.kinds import BASE, SFT, TASK, named
 from gpt.pipeline import keys
 from gpt.registry import Bar, Candidate, GateSpec, Tracking
+from gpt.registry.tags import CODE_HASH, EVAL_HASH, EVAL_KEY, MODEL_KEY, PARENT
 
 if TYPE_CHECKING:  # heavy (torch, matplotlib): imported where used, so `gptops predict` and
     # `generate` can ask model_name() without them
@@ -32,18 +34,13 @@ if TYPE_CHECKING:  # heavy (torch, matplotlib): imported where used, so `gptops 
 
 #: The classifier metrics stored on its version (per-class metrics go to an artifact).
 TASK_HEADLINE = ("accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1")
-#: Each kind's own metrics a gate may list (besides ``bench.<task>.<metric>`` for LMs), and its
-#: standard gate when ``registry.gate.<kind>`` is ``[]``.
-KIND_METRICS = {"base": ("val_ppl", "val_loss"), "task": ("macro_f1", "accuracy"),
-                "sft": ("rouge_l", "rouge_1", "rouge_2", "token_f1", "exact_match")}
-STANDARD_GATE = {"base": ["val_ppl"], "task": ["macro_f1", "accuracy"], "sft": ["rouge_l"]}
 #: gptops metrics where lower is better (bench.* directions come from lm-eval).
 LOWER_IS_BETTER = ("val_ppl", "val_loss")
 
 
 def gate_metrics(kind: str, params: Params) -> list[str]:
     """The metrics ``registry.gate`` lists for ``kind`` (its standard gate when empty)."""
-    return list(getattr(params.registry.gate, kind)) or STANDARD_GATE[kind]
+    return list(getattr(params.registry.gate, kind)) or list(named(kind).standard_gate)
 
 
 def gate_spec(kind: str, params: Params, e: ModelEval,
@@ -98,9 +95,9 @@ def _base_fields(ctx: Context, e: ModelEval, load: Callable[[], Any]) -> dict[st
     vocab = float(ctx.inputs.vocab_size)
     baselines = {"val_ppl": e.metrics.get("baseline_val_ppl", vocab),
                  "val_loss": e.metrics.get("baseline_val_loss", math.log(vocab))}
-    return {"name": model_name("base", ctx.params), "task": "text-generation",
+    return {"name": model_name(BASE.name, ctx.params), "task": BASE.hf_task,
             "metrics": dict(e.metrics),
-            "spec": gate_spec("base", ctx.params, e, baselines),
+            "spec": gate_spec(BASE.name, ctx.params, e, baselines),
             "export": _lm_export(ctx, load),
             "artifacts": {"data": p.clean_stats, "data_report": p.clean_report,
                           "tokenizer": p.tokenizer},
@@ -138,8 +135,8 @@ def _task(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
         documents["eval/unseen_test_labels.json"] = e.unseen_labels
     metrics = {k: e.metrics[k] for k in TASK_HEADLINE}
     # The trivial baseline: always predicting the majority class (every gate metric beats it).
-    return {"name": model_name("task", ctx.params), "task": "text-classification",
-            "metrics": metrics, "spec": gate_spec("task", ctx.params, e),
+    return {"name": model_name(TASK.name, ctx.params), "task": TASK.hf_task,
+            "metrics": metrics, "spec": gate_spec(TASK.name, ctx.params, e),
             "export": export, "artifacts": {"eval": png}, "documents": documents,
             "tables": {"eval/per_class.json": ev.per_class_table(e.metrics, e.labels,
                                                                  e.confusion_matrix)}}
@@ -147,14 +144,12 @@ def _task(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
 
 def _sft(ctx: Context, e: ModelEval, key: keys.StepKey) -> dict[str, Any]:
     # The trivial baseline: the base model prompted the same way.
-    return {"name": model_name("sft", ctx.params), "task": "text-generation",
-            "metrics": dict(e.metrics), "spec": gate_spec("sft", ctx.params, e),
+    return {"name": model_name(SFT.name, ctx.params), "task": SFT.hf_task,
+            "metrics": dict(e.metrics), "spec": gate_spec(SFT.name, ctx.params, e),
             "export": _lm_export(ctx, lambda: ctx.inputs.language_model(key)),
             **_bench_evidence(e, {"eval/sft_examples.json": e.examples})}
 
 
-#: Model kind -> (its ``registry`` key, the suffix of a name derived from a task file).
-NAMED = {"base": ("base_model", ""), "task": ("task_model", "clf"), "sft": ("sft_model", "sft")}
 #: Characters that break MLflow names, ``models:/<name>@<alias>`` URIs or registry searches.
 _BAD_NAME = re.compile(r"[/:@%'\"\\]")
 
@@ -175,7 +170,7 @@ def _slug(stem: str) -> str:
 
 
 def model_name(kind: str, params: Params) -> str:
-    """The registered name of the ``kind`` ("base", "task" or "sft") model.
+    """The registered name of the ``kind`` (a :mod:`gpt.kinds` name) model.
 
     ``registry.<kind>_model`` names it. Left at the project default while the kind trains on a
     file (``finetune.task=file`` / ``sft.task=file``), the name follows the file instead, so your
@@ -186,20 +181,22 @@ def model_name(kind: str, params: Params) -> str:
     Raises:
         ConfigError: a configured name MLflow cannot register or address.
     """
-    key, suffix = NAMED[kind]
+    k = named(kind)
+    key = k.registry_key
     name = str(getattr(params.registry, key))
-    source = {"task": params.finetune, "sft": params.sft}.get(kind)
+    source = getattr(params, k.section) if k.tuned else None
     if (source is not None and source.task == "file" and source.task_path
             and name == _template_names().get(key)):
-        return f"gptops-{_slug(Path(source.task_path).stem)}-{suffix}"
+        return f"gptops-{_slug(Path(source.task_path).stem)}-{k.name_suffix}"
     if not name.strip() or _BAD_NAME.search(name):
         raise ConfigError(f"registry.{key} = {name!r} is not a usable model name; use letters, "
                           f"digits, '-', '_' or '.' (e.g. --set registry.{key}=my-model)")
     return name
 
 
+#: Each model kind's candidate fields, by :attr:`gpt.kinds.ModelKind.name`.
 BUILDERS: dict[str, Callable[[Context, ModelEval, keys.StepKey], dict[str, Any]]] = {
-    "base": _base, "task": _task, "sft": _sft}
+    BASE.name: _base, TASK.name: _task, SFT.name: _sft}
 
 
 def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
@@ -208,9 +205,9 @@ def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
     params, reg = ctx.params, ctx.params.registry
     key = keys.model(e.kind, params, ctx.data_version, ctx.base)
     fields = BUILDERS[e.kind](ctx, e, key)
-    tags = {**ctx.tracking.tags, "code_hash": key.code_hash}
-    if e.kind != "base" and parent:
-        tags["parent_model_version"] = parent
+    tags = {**ctx.tracking.tags, CODE_HASH: key.code_hash}
+    if named(e.kind).tuned and parent:
+        tags[PARENT] = parent
     done = ctx.paths.read_result(key) or {}
     # A copied or moved workspace's own store holds the step's run under the same id (the
     # registration checks that the run exists): the result's old store URI names it too.
@@ -218,8 +215,8 @@ def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
     same_store = done.get("tracking_uri") == ctx.tracking.uri or (
         str(done.get("tracking_uri", "")).endswith(own)
         and ctx.tracking.uri == f"sqlite:///{ctx.paths.workdir.resolve()}{own}")
-    c_keys = {"model_key": key.digest, "eval_key": e.key}
-    card = model_card(e.kind, fields["name"], {**tags, **c_keys, "eval_hash": e.eval_hash},
+    c_keys = {MODEL_KEY: key.digest, EVAL_KEY: e.key}
+    card = model_card(e.kind, fields["name"], {**tags, **c_keys, EVAL_HASH: e.eval_hash},
                       fields["metrics"], params)
     return Candidate(kind=e.kind, eval_hash=e.eval_hash, keys=c_keys, tags=tags, card=card,
                      run_id=done.get("run_id") if same_store else None, license=reg.license,
@@ -233,11 +230,11 @@ def imported(ctx: Context, e: ModelEval, model: Any, tags: dict[str, str]) -> Ca
     """
     fields = _base_fields(ctx, e, lambda: model)
     # its weights are what pretraining from the checkpoint starts with
-    tags = {**tags, "code_hash": keys.digest_of(keys.code("pretrain", "hf"))}
-    c_keys = {"model_key": e.key, "eval_key": e.key}
-    card = model_card("base (imported)", fields["name"], {**tags, **c_keys}, fields["metrics"],
-                      ctx.params)
-    return Candidate(kind="base", eval_hash=e.eval_hash, keys=c_keys, tags=tags, card=card,
+    tags = {**tags, CODE_HASH: keys.digest_of(keys.code(BASE.step, "hf"))}
+    c_keys = {MODEL_KEY: e.key, EVAL_KEY: e.key}
+    card = model_card(f"{BASE.name} (imported)", fields["name"], {**tags, **c_keys},
+                      fields["metrics"], ctx.params)
+    return Candidate(kind=BASE.name, eval_hash=e.eval_hash, keys=c_keys, tags=tags, card=card,
                      license=ctx.params.registry.license, **fields)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import Params
+from gpt.kinds import BASE, SFT, TASK, named
 
 #: SFT fields only the evaluation reads (the rest of the section shapes training).
 SFT_EVAL_FIELDS = ("eval_examples", "max_new_tokens")
@@ -90,9 +91,9 @@ _TUNE = (*_MODEL, *_LOOP, "gpt/finetune.py", "gpt/lora.py", "gpt/data/shards.py"
 #: An evaluation's key holds its model's key, so its own files are the evaluation code only.
 #: tests/unit/test_keys.py holds each step's imports to this table and :data:`NOT_COMPUTING`.
 CODE: dict[str, tuple[str, ...]] = {
-    "pretrain": (*_MODEL, *_LOOP),
-    "finetune": _TUNE,
-    "sft": _TUNE,
+    BASE.step: (*_MODEL, *_LOOP),
+    TASK.step: _TUNE,
+    SFT.step: _TUNE,
     "evaluate": ("gpt/evaluate.py",),
     "benchmarks": ("gpt/benchmarks.py", "gpt/hf.py", "gpt/data/shards.py", "gpt/bench_tasks/"),
     "hf": ("gpt/hf.py",),
@@ -143,13 +144,13 @@ def pretrain(params: Params, data_version: str) -> StepKey:
              if not (k in _MODEL_NEUTRAL and v == _MODEL_NEUTRAL[k])}
     reads: dict[str, Any] = {"data_version": data_version, "model": model,
                              "train": _section(params, "train"),
-                             "code": code("pretrain", *(("hf",) if params.model.init_from
+                             "code": code(BASE.step, *(("hf",) if params.model.init_from
                                                         else ()))}
     if params.model.init_from:
         from gpt.hf import checkpoint_digest
 
         model["init_from"] = checkpoint_digest(params.model.init_from)
-    return _key("pretrain", reads)
+    return _key(BASE.step, reads)
 
 
 def _tuned(step: str, params: Params, data_version: str, base: str | None,
@@ -164,11 +165,11 @@ def _tuned(step: str, params: Params, data_version: str, base: str | None,
 
 def finetune(params: Params, data_version: str, base: str | None = None) -> StepKey:
     """``base``: the digest of a registered base (:mod:`gpt.pipeline.base`), else pretraining."""
-    return _tuned("finetune", params, data_version, base, _section(params, "finetune"))
+    return _tuned(TASK.step, params, data_version, base, _section(params, "finetune"))
 
 
 def sft(params: Params, data_version: str, base: str | None = None) -> StepKey:
-    return _tuned("sft", params, data_version, base,
+    return _tuned(SFT.step, params, data_version, base,
                   _section(params, "sft", ("enabled", *SFT_EVAL_FIELDS)))
 
 
@@ -195,16 +196,21 @@ def benchmarks(params: Params) -> dict[str, Any]:
 
 def evaluation(kind: str, params: Params, data_version: str,
                base: str | None = None) -> StepKey:
-    """The key of one model's evaluation (``kind``: base, task or sft)."""
+    """The key of one model's evaluation (``kind``: a :mod:`gpt.kinds` name).
+
+    Raises:
+        KeyError: an unknown kind.
+    """
+    which = named(kind)
     bench = benchmarks(params)
     with_bench = {"benchmarks": bench, "code": code("evaluate", "benchmarks")} if bench \
         else {"code": code("evaluate")}
-    if kind == "base":
+    if which is BASE:
         evaluate = {k: v for k, v in _section(params, "evaluate").items()
                     if k not in BENCH_FIELDS}
         return _key("evaluate-base", {"model": pretrain(params, data_version).digest,
                                       "evaluate": evaluate, **with_bench})
-    if kind == "task":
+    if which is TASK:
         return _key("evaluate-task", {"model": finetune(params, data_version, base).digest,
                                       "code": code("evaluate")})
     sft_reads = {k: getattr(params.sft, k) for k in SFT_EVAL_FIELDS}
@@ -213,7 +219,12 @@ def evaluation(kind: str, params: Params, data_version: str,
 
 
 def model(kind: str, params: Params, data_version: str, base: str | None = None) -> StepKey:
-    """The key of the training step behind a model kind (base, task or sft)."""
-    if kind == "base":
+    """The key of the training step behind a model kind (a :mod:`gpt.kinds` name).
+
+    Raises:
+        KeyError: an unknown kind.
+    """
+    which = named(kind)
+    if which is BASE:
         return pretrain(params, data_version)
-    return (finetune if kind == "task" else sft)(params, data_version, base)
+    return (finetune if which is TASK else sft)(params, data_version, base)

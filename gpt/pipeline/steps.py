@@ -27,6 +27,7 @@ from gpt import launch, progress
 from gpt.config import Params, get_dotted
 from gpt.errors import ConfigError
 from gpt.evaluate import ModelEval
+from gpt.kinds import BASE, KINDS, SFT, TASK, of_step
 from gpt.launch import World
 from gpt.pipeline import base as base_mod
 from gpt.pipeline import candidates, keys
@@ -43,12 +44,10 @@ from gpt.registry import (
     require_finite,
     resolve_tracking_uri,
 )
+from gpt.registry import tags as tag
 from gpt.workspace import verify_outputs
 
 log = logging.getLogger(__name__)
-
-#: The metric prefix of each training step in MLflow.
-METRIC_PREFIX = {"pretrain": "train/", "finetune": "finetune/", "sft": "sft/"}
 
 
 @dataclass
@@ -76,13 +75,13 @@ def lineage(params: Params, data_version: str, flow_run_id: str | None) -> dict[
     from gpt.workspace import git_state
 
     commit, dirty = git_state()
-    tags = {"data_version": data_version, "git_commit": commit, "git_dirty": dirty,
-            "prefect_flow_run_id": flow_run_id or "none", "profile": params.profile,
-            "init_from": params.model.init_from or "scratch"}
+    tags = {tag.DATA_VERSION: data_version, tag.GIT_COMMIT: commit, tag.GIT_DIRTY: dirty,
+            tag.FLOW_RUN: flow_run_id or "none", tag.PROFILE: params.profile,
+            tag.INIT_FROM: params.model.init_from or "scratch"}
     if params.model.init_from:
         from gpt.hf import checkpoint_digest
 
-        tags["init_from_sha"] = checkpoint_digest(params.model.init_from)
+        tags[tag.INIT_FROM_SHA] = checkpoint_digest(params.model.init_from)
     return tags
 
 
@@ -103,11 +102,11 @@ def _tracked(tracking: Tracking | None, key: StepKey, paths: RunPaths,
     if tracking is None:
         yield None, None
         return
-    tags = {"gptops.step": key.step, "step_key": key.digest}
+    tags = {tag.STEP_TAG: key.step, tag.STEP_KEY: key.digest}
     data = Dataset(name=f"tokens-{data_version}", digest=data_version,
                    source=str(paths.tokens.resolve()))
     with child_run(tracking, f"{key.step} {key.short}", tags, _flat(key.reads), data) as run_id:
-        callback = MetricsLogger(tracking.uri, run_id, prefix=METRIC_PREFIX[key.step])
+        callback = MetricsLogger(tracking.uri, run_id, prefix=of_step(key.step).metric_prefix)
         try:
             yield run_id, callback
         except BaseException:
@@ -196,7 +195,7 @@ def pretrain_step(workdir: Path, params: Params, data_version: str,
     step early (a pruned tuning trial); it needs one training process.
     """
     paths = RunPaths(Path(workdir))
-    world = World.of(params.launch, params.train.batch_size, "train.batch_size")
+    world = World.of(params.launch, get_dotted(params, BASE.batch_key), BASE.batch_key)
     if monitor is not None and world.size > 1:
         raise ConfigError(f"a monitored pretraining step runs in one process, not {world.size}"
                           ": set launch.nproc_per_node=1")
@@ -287,14 +286,14 @@ def finetune_step(workdir: Path, params: Params, data_version: str,
     registered one (no pretraining needed).
     """
     return _on_base(workdir, params, data_version, tracking, keys.finetune, _tune_classifier,
-                    "finetune.batch_size", base)
+                    TASK.batch_key, base)
 
 
 def sft_step(workdir: Path, params: Params, data_version: str,
              tracking: Tracking | None = None, base: str = "") -> StepResult:
     """Supervised fine-tuning of a base LM on prompt/completion pairs (prompt masked)."""
     return _on_base(workdir, params, data_version, tracking, keys.sft, _tune_sft,
-                    "sft.batch_size", base)
+                    SFT.batch_key, base)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -385,7 +384,7 @@ def _perplexity_eval(inputs: Inputs, params: Params, data_version: str, model: A
     metrics = ev.perplexity(model, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed)
     meta = json.loads(inputs.paths.token_meta.read_text())
     bench = _benchmarks(inputs, params, data_version, model, where)
-    return ModelEval("base", {**metrics, **bench.get("metrics", {})},
+    return ModelEval(BASE.name, {**metrics, **bench.get("metrics", {})},
                      f"val-{data_version}-{meta['val_tokens']}-{e.ppl_batches}x{e.batch_size}"
                      f"{bench_hash(params, data_version)}",
                      key, examples=ev.sample_generations(model, inputs.tokenizer, seed=e.seed),
@@ -422,7 +421,7 @@ def _evaluate_task(inputs: Inputs, params: Params, data_version: str, key: StepK
     y_true = task.test.label.tolist()
     metrics = ev.classification_metrics(y_true, y_pred, task.labels)
     metrics.update(ev.majority_baseline(task.train.label.tolist(), y_true, task.labels))
-    return ModelEval("task", metrics, task.eval_hash(), key.digest, test_examples=len(y_true),
+    return ModelEval(TASK.name, metrics, task.eval_hash(), key.digest, test_examples=len(y_true),
                      labels=task.labels, unseen_labels=task.unseen,
                      confusion_matrix=ev.confusion_matrix(y_true, y_pred, len(task.labels)))
 
@@ -447,20 +446,21 @@ def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKe
                **{f"baseline_{k}": v for k, v in before.items()}, **bench.get("metrics", {})}
     examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
                 zip(prompts[:10], refs[:10], completions[:10], strict=True)]
-    return ModelEval("sft", metrics,
+    return ModelEval(SFT.name, metrics,
                      f"{task.eval_hash()}-{len(test)}{bench_hash(params, data_version)}",
                      key.digest, test_examples=len(test), examples=examples,
                      higher_is_better=bench.get("higher_is_better", {}),
                      benchmarks=bench.get("benchmarks", {}))
 
 
-EVALUATORS = {"base": _evaluate_base, "task": _evaluate_task, "sft": _evaluate_sft}
+#: Each model kind's evaluation, by :attr:`gpt.kinds.ModelKind.name`.
+EVALUATORS = {BASE.name: _evaluate_base, TASK.name: _evaluate_task, SFT.name: _evaluate_sft}
 
 
 def model_kinds(params: Params, base: str = "") -> tuple[str, ...]:
     """The models a pipeline run trains, evaluates and registers (no base when one is given)."""
-    kinds = ("base",) if not base else ()
-    return (*kinds, "task", "sft") if params.sft.enabled else (*kinds, "task")
+    return tuple(k.name for k in KINDS if (k.tuned or not base)
+                 and (k is not SFT or params.sft.enabled))
 
 
 def evaluate_step(workdir: Path, params: Params, data_version: str,
@@ -508,7 +508,7 @@ def evaluate_base_step(workdir: Path, params: Params, data_version: str) -> Mode
     """Evaluate this run's pretrained base only (reused when its key is unchanged): what
     :func:`evaluate_step` computes for it, e.g. for each trial of a study."""
     paths = RunPaths(Path(workdir))
-    key = keys.evaluation("base", params, data_version)
+    key = keys.evaluation(BASE.name, params, data_version)
     done = paths.read_result(key)
     if done is not None:
         log.info("evaluate base: reused (key %s)", key.short)
@@ -542,7 +542,7 @@ def import_step(workdir: Path, params: Params, data_version: str, tracking: Trac
     e = _perplexity_eval(ctx.inputs, params, data_version, model, eval_key,
                          ctx.paths.runs / "import" / eval_key)
     tags = {**tracking.tags, **lineage(params, data_version,
-                                       tracking.tags.get("prefect_flow_run_id"))}
+                                       tracking.tags.get(tag.FLOW_RUN))}
     c = candidates.imported(ctx, e, model, tags)
     with progress.phase(f"register {c.name}"):
         return register(c, tracking)
@@ -556,8 +556,8 @@ def register_step(workdir: Path, params: Params, data_version: str, tracking: Tr
                              None if start.pretrained_here else start.digest)
     results: dict[str, Registration] = {}
     for kind, e in evaluation.items():
-        here = results.get("base")
-        parent = f"{candidates.model_name('base', params)}/{here.version}" if here \
+        here = results.get(BASE.name)
+        parent = f"{candidates.model_name(BASE.name, params)}/{here.version}" if here \
             else start.lineage
         c = candidates.build(ctx, e, parent or None)
         with progress.phase(f"register {c.name}"):

@@ -4,7 +4,6 @@ from gpt.registry.gate import Bar, GateSpec, comparison_markdown, read_champion,
 from gpt.registry.governance import (
     CHALLENGER,
     CHAMPION,
-    HISTORY_TAG,
     champion_history,
     promote,
     registry_lock,
@@ -22,6 +21,7 @@ from gpt.registry.models import (
     model_task,
 )
 from gpt.registry.registration import Candidate, Registration, register
+from gpt.registry.tags import HISTORY_TAG, VersionTags
 from gpt.registry.tracking import (
     Dataset,
     MetricsLogger,
@@ -46,6 +46,7 @@ __all__ = [
     "ModelRef",
     "Registration",
     "Tracking",
+    "VersionTags",
     "champion_history",
     "child_run",
     "classify",

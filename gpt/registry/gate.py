@@ -11,9 +11,9 @@ when it does not beat its trivial baseline (2.). It takes ``champion`` only when
 3. there is no champion yet, or the champion was evaluated on the same set (equal ``eval_hash``)
    and the new value beats it by more than ``min_improvement`` (by anything when that is 0).
 
-Values are compared at the precision the registry stores them (:data:`SIGNIFICANT`), so that
-re-registering identical metrics never "beats" the champion by rounding. The champion is read once,
-under the model's registry lock, and the alias moves under that same lock.
+Values are compared at the precision the registry stores them (``tags.SIGNIFICANT`` digits), so
+that re-registering identical metrics never "beats" the champion by rounding. The champion is read
+once, under the model's registry lock, and the alias moves under that same lock.
 """
 
 from __future__ import annotations
@@ -23,15 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpt.errors import RegistryError
-from gpt.registry.governance import CHALLENGER, REJECTED, _champion, set_champion
-
-#: Significant digits of the metrics stored as model-version tags (``metric.<name>``).
-SIGNIFICANT = 6
-
-
-def metric_tag(value: float) -> str:
-    """A metric as the registry stores it."""
-    return f"{value:.{SIGNIFICANT}g}"
+from gpt.registry.governance import CHALLENGER, champion_version, set_champion
+from gpt.registry.tags import DECISION, REJECTED, VersionTags, capped, metric_tag
 
 
 def stored(value: float) -> float:
@@ -98,17 +91,11 @@ class Champion:
 
 def read_champion(client, name: str) -> Champion | None:
     """The version holding the champion alias and its stored metrics (None: no champion)."""
-    mv = _champion(client, name)
+    mv = champion_version(client, name)
     if mv is None:
         return None
-    metrics = {}
-    for key, raw in mv.tags.items():
-        if key.startswith("metric."):
-            try:
-                metrics[key.removeprefix("metric.")] = float(raw)
-            except ValueError:
-                continue
-    return Champion(str(mv.version), mv.tags.get("eval_hash"), metrics)
+    tags = VersionTags.from_tags(mv.tags)
+    return Champion(str(mv.version), tags.eval_hash, tags.metrics)
 
 
 @dataclass(frozen=True)
@@ -211,9 +198,9 @@ def apply(client, name: str, version: str, spec: GateSpec, metrics: dict[str, fl
     """
     champion = read_champion(client, name)
     decision = decide(spec, metrics[spec.metric], eval_hash, champion, metrics)
-    client.set_model_version_tag(name, version, "promotion_decision", decision.reason[:5000])
+    client.set_model_version_tag(name, version, DECISION, capped(decision.reason))
     if decision.rejected:  # worse than a trivial guess: neither alias
-        client.set_model_version_tag(name, version, REJECTED, decision.reason[:5000])
+        client.set_model_version_tag(name, version, REJECTED, capped(decision.reason))
     elif decision.promote:
         set_champion(client, name, version, decision.reason, action="gate")
     else:

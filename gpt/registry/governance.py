@@ -18,17 +18,22 @@ from typing import Any
 
 from gpt.errors import RegistryError
 from gpt.registry.listing import read_model_tags, sqlite_path
+from gpt.registry.tags import (
+    COMPOSED_CAP,
+    DECISION,
+    HISTORY_TAG,
+    TASK_TAG,
+    VersionTags,
+    capped,
+)
 from gpt.registry.tracking import client as _client
 
 log = logging.getLogger(__name__)
 
+#: The alias of the version that won the gate (or was promoted by hand).
 CHAMPION = "champion"
+#: The alias of the newest version that passed its baselines but did not beat the champion.
 CHALLENGER = "challenger"
-#: The tag the gate puts on a version worse than its trivial baseline (its value says why).
-REJECTED = "rejected"
-HISTORY_TAG = "gptops.champion_history"
-#: The registered model's transformers task (``text-generation``, ``text-classification``).
-TASK_TAG = "gptops.task"
 
 
 @contextmanager
@@ -75,7 +80,7 @@ def registry_lock(tracking_uri: str, name: str, timeout_s: float = 120.0) -> Ite
         yield
 
 
-def _champion(client, name: str):  # -> ModelVersion | None
+def champion_version(client, name: str):  # -> ModelVersion | None
     """The version holding the champion alias, or None (no such model or no champion yet)."""
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
@@ -84,7 +89,7 @@ def _champion(client, name: str):  # -> ModelVersion | None
 
 
 def _current_champion(client, name: str) -> str | None:
-    champ = _champion(client, name)
+    champ = champion_version(client, name)
     return str(champ.version) if champ else None
 
 
@@ -105,9 +110,9 @@ def set_champion(client, name: str, version: str, reason: str, action: str = "ga
         entry["overrode"] = overrode[:300]
     history.append(entry)
     client.set_registered_model_alias(name, CHAMPION, str(version))
-    # MLflow caps tag values (5000 chars on SQL stores): keep the newest entries that fit.
+    # MLflow caps tag values (tags.VALUE_CAP): keep the newest entries that fit.
     keep = history[-50:]
-    while len(keep) > 1 and len(json.dumps(keep)) > 4900:
+    while len(keep) > 1 and len(json.dumps(keep)) > COMPOSED_CAP:
         keep = keep[1:]
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(keep))
     older = re.search(r"gptops model \((.+?)\)", rm.description or "")  # before TASK_TAG
@@ -139,7 +144,7 @@ def model_description(name: str, task: str, history: list[dict[str, Any]]) -> st
                 reason += f" (overrode the gate: {h['overrode']})".replace("|", "/")
             lines.append(f"| {h.get('at', '')} | {h.get('action', 'gate')} | v{h['version']} | "
                          f"{'v' + str(h['previous']) if h.get('previous') else ''} | {reason} |")
-    return "\n".join(lines)[:4900]  # MLflow's description cap on SQL stores is 5000
+    return capped("\n".join(lines), COMPOSED_CAP)  # MLflow caps descriptions too
 
 
 def _parse_history(raw: str | None) -> list[dict[str, Any]]:
@@ -172,7 +177,12 @@ def unknown_alias(name: str, alias: str, tracking_uri: str,
                          f"aliases: {listed or '(none)'}")
 
 
-def _require_model(client, tracking_uri: str, name: str):
+def require_model(client, tracking_uri: str, name: str):  # -> RegisteredModel
+    """The registered model ``name``.
+
+    Raises:
+        RegistryError: no such model (listing those there are).
+    """
     try:
         return client.get_registered_model(name)
     except Exception as exc:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST
@@ -180,7 +190,8 @@ def _require_model(client, tracking_uri: str, name: str):
         raise unknown_model(name, tracking_uri, known) from exc
 
 
-def _version_numbers(client, name: str) -> list[str]:
+def version_numbers(client, name: str) -> list[str]:
+    """The version numbers of ``name``, oldest first."""
     return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")),
                   key=int)
 
@@ -198,7 +209,7 @@ def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
             raise unknown_model(name, tracking_uri, tags)
         return _parse_history(tags[name].get(HISTORY_TAG))
     client = _client(tracking_uri)
-    rm = _require_model(client, tracking_uri, name)
+    rm = require_model(client, tracking_uri, name)
     return _parse_history(rm.tags.get(HISTORY_TAG))
 
 
@@ -217,16 +228,17 @@ def promote(tracking_uri: str, name: str, version: str, reason: str,
     if not reason.strip():
         raise RegistryError("promote needs --reason: say why this version becomes champion")
     client = _client(tracking_uri)
-    _require_model(client, tracking_uri, name)
+    require_model(client, tracking_uri, name)
     version = str(version).strip().removeprefix("v")
     with registry_lock(tracking_uri, name):
-        versions = _version_numbers(client, name)
+        versions = version_numbers(client, name)
         if version not in versions:
             raise unknown_version(name, version, versions)
         previous = _current_champion(client, name)
         if previous == version:
             raise RegistryError(f"model '{name}' version {version} is already the champion")
-        rejection = (client.get_model_version(name, version).tags or {}).get(REJECTED, "")
+        rejection = VersionTags.from_tags(client.get_model_version(name, version).tags or {}
+                                          ).rejected or ""
         why = _one_line(rejection).removeprefix("rejected: ")
         if rejection and not force:
             raise RegistryError(f"model '{name}' version {version} was rejected by the gate "
@@ -277,15 +289,15 @@ def rollback(tracking_uri: str, name: str, reason: str) -> dict[str, Any]:
     if not reason.strip():
         raise RegistryError("rollback needs --reason: say why the champion is rolled back")
     client = _client(tracking_uri)
-    _require_model(client, tracking_uri, name)
+    require_model(client, tracking_uri, name)
     with registry_lock(tracking_uri, name):
         rm = client.get_registered_model(name)
         history = _parse_history(rm.tags.get(HISTORY_TAG))
         current = _current_champion(client, name)
         if current is None:
             raise RegistryError(f"model '{name}' has no champion to roll back; versions: "
-                                f"{', '.join(_version_numbers(client, name)) or '(none)'}")
-        target = _rollback_target(history, current, set(_version_numbers(client, name)))
+                                f"{', '.join(version_numbers(client, name)) or '(none)'}")
+        target = _rollback_target(history, current, set(version_numbers(client, name)))
         if target is None:
             raise RegistryError(f"model '{name}': no earlier champion than v{current} in the "
                                 f"history; use `gptops promote {name} VERSION` instead")
@@ -297,7 +309,7 @@ def _move_champion(client, name: str, version: str, previous: str | None, reason
                    action: str, decision: str, overrode: str = "") -> dict[str, Any]:
     """Move the alias by hand (caller holds the lock), tag why, and describe the move."""
     set_champion(client, name, version, reason.strip(), action=action, overrode=overrode)
-    client.set_model_version_tag(name, version, "promotion_decision", decision[:5000])
+    client.set_model_version_tag(name, version, DECISION, capped(decision))
     with contextlib.suppress(Exception):  # a champion is no longer a challenger
         if str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(version):
             client.delete_registered_model_alias(name, CHALLENGER)

@@ -17,12 +17,12 @@ from typing import Any
 from gpt.errors import RegistryError
 from gpt.registry.governance import (
     CHAMPION,
-    _require_model,
-    _version_numbers,
+    require_model,
     resolve_alias,
     unknown_alias,
     unknown_model,
     unknown_version,
+    version_numbers,
 )
 from gpt.registry.listing import (
     read_model_tags,
@@ -75,8 +75,8 @@ def _check_ref(ref: ModelRef, client) -> None:
     if not ref.version:
         resolve_alias(ref.uri, ref.name, ref.alias, client)
         return
-    _require_model(client, ref.uri, ref.name)
-    versions = _version_numbers(client, ref.name)
+    require_model(client, ref.uri, ref.name)
+    versions = version_numbers(client, ref.name)
     if ref.version.strip().removeprefix("v") not in versions:
         raise unknown_version(ref.name, ref.version, versions)
 

@@ -20,8 +20,16 @@ from typing import Any
 
 from gpt.errors import RegistryError
 from gpt.registry import gate
-from gpt.registry.governance import CHAMPION, TASK_TAG, model_description, registry_lock
+from gpt.registry.governance import CHALLENGER, CHAMPION, model_description, registry_lock
 from gpt.registry.serving import PLAIN_TEXT, PLAIN_TEXT_FLAVOR, TASKS, servable, serving
+from gpt.registry.tags import (
+    DECISION,
+    EVAL_KEY,
+    KIND_TAG,
+    MODEL_KEY,
+    TASK_TAG,
+    VersionTags,
+)
 from gpt.registry.tracking import (
     Tracking,
     child_run,
@@ -36,15 +44,12 @@ from gpt.registry.tracking import (
 
 log = logging.getLogger(__name__)
 
-#: The version tag that says which trained weights a version holds: one version per model key.
-MODEL_KEY = "model_key"
-
 
 @dataclass
 class Candidate:
     """One trained, evaluated model, ready for the registry."""
 
-    kind: str  #: "base", "task" or "sft"
+    kind: str  #: a :mod:`gpt.kinds` name: "base", "task" or "sft"
     name: str  #: the registered model's name
     task: str  #: the transformers task ("text-generation", "text-classification")
     metrics: dict[str, float]  #: headline metrics: stored as tags, the gate reads one
@@ -105,8 +110,8 @@ def _versions_with_key(tracking_uri: str, c: Candidate):  # -> (gated, ungated) 
     def newest(vs):
         return max(vs, key=lambda v: int(v.version)) if vs else None
 
-    return (newest([v for v in versions if v.tags.get("promotion_decision")]),
-            newest([v for v in versions if not v.tags.get("promotion_decision")]))
+    return (newest([v for v in versions if v.tags.get(DECISION)]),
+            newest([v for v in versions if not v.tags.get(DECISION)]))
 
 
 def _run_exists(tracking_uri: str, run_id: str | None) -> bool:
@@ -143,7 +148,7 @@ def register(c: Candidate, tracking: Tracking) -> Registration:
     if _run_exists(tracking.uri, c.run_id):
         return _register(c, tracking.uri, c.run_id)  # type: ignore[arg-type]
     # Trained earlier against another store: a run of its own under this pipeline run.
-    with child_run(tracking, c.kind, {"gptops.kind": c.kind, **c.keys}, {}) as run_id:
+    with child_run(tracking, c.kind, {KIND_TAG: c.kind, **c.keys}, {}) as run_id:
         return _register(c, tracking.uri, run_id)
 
 
@@ -155,7 +160,7 @@ def _reused(c: Candidate, uri: str, found) -> Registration:
     return Registration(c.name, str(found.version), found.run_id, CHAMPION in set(mv.aliases),
                         f"same model key ({c.keys[MODEL_KEY][:8]}): existing version "
                         "reused, nothing registered", None, reused=True,
-                        rejected=gate.REJECTED in (mv.tags or {}))
+                        rejected=VersionTags.from_tags(mv.tags or {}).rejected is not None)
 
 
 def _settle(c: Candidate, uri: str) -> Registration | None:
@@ -179,8 +184,8 @@ def _register(c: Candidate, uri: str, run_id: str) -> Registration:
     for path, rows in c.tables.items():
         log_table(uri, run_id, rows, path)
     model_uri, model_id = _log_model(c, uri, run_id)
-    tags = {**c.tags, **c.keys, "eval_hash": c.eval_hash, "primary_metric": c.spec.metric,
-            **{f"metric.{k}": gate.metric_tag(v) for k, v in c.metrics.items()}}
+    tags = VersionTags(c.keys[MODEL_KEY], c.keys[EVAL_KEY], c.eval_hash, c.spec.metric,
+                       c.metrics, lineage=c.tags).to_tags()
     cl = client(uri)
     # One writer at a time per model: version numbers and read-champion-then-move-alias are not
     # atomic in MLflow, so concurrent pipelines would race without the lock. The registry
@@ -195,7 +200,7 @@ def _register(c: Candidate, uri: str, run_id: str) -> Registration:
         except Exception:  # noqa: BLE001 - exists already (perhaps created concurrently)
             cl.get_registered_model(c.name)
         mv = cl.create_model_version(c.name, model_uri, run_id=run_id,
-                                     tags={k: str(v) for k, v in tags.items() if v is not None},
+                                     tags=tags,
                                      description=c.card, model_id=model_id)
         version = str(_await_ready(cl, c.name, mv.version).version)
         return _gate(c, uri, version, run_id)
@@ -211,7 +216,7 @@ def _gate(c: Candidate, uri: str, version: str, run_id: str) -> Registration:
     cl.update_model_version(c.name, version, description=(
         f"{refused}{c.card}\n{gate.comparison_markdown(verdict.comparison)}"))
     log_dict(uri, run_id, verdict.comparison, "eval/champion_comparison.json")
-    state = "champion" if d.promote else "rejected, no alias" if d.rejected else "challenger"
+    state = CHAMPION if d.promote else "rejected, no alias" if d.rejected else CHALLENGER
     (log.warning if d.rejected else log.info)("%s v%s: %s (%s)", c.name, version, state,
                                               d.reason)
     return Registration(c.name, version, run_id, d.promote, d.reason,

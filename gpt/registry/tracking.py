@@ -24,6 +24,7 @@ from typing import Any
 
 from gpt.errors import Interrupted, StoppedEarly
 from gpt.registry.listing import sqlite_path
+from gpt.registry.tags import capped
 
 #: The tag MLflow's UI nests child runs by.
 PARENT_TAG = "mlflow.parentRunId"
@@ -321,7 +322,7 @@ def child_run(tracking: Tracking, name: str, tags: dict[str, str], params: dict[
     try:
         yield run_id
     except StoppedEarly as exc:  # on purpose (a pruned trial): KILLED, saying why
-        c.set_tag(run_id, STOPPED_EARLY_TAG, str(exc)[:5000])
+        c.set_tag(run_id, STOPPED_EARLY_TAG, capped(str(exc)))
         finish_run(tracking.uri, run_id, "KILLED")
         raise
     except BaseException as exc:
@@ -418,7 +419,7 @@ def describe_pipeline_run(tracking_uri: str, run_id: str, description: str,
                 metrics[f"{kind}.{name}"] = float(value)
     for kind, reg in registered.items():
         metrics[f"{kind}.champion"] = 1.0 if reg.get("champion") else 0.0
-    client(tracking_uri).set_tag(run_id, NOTE_TAG, description[:5000])
+    client(tracking_uri).set_tag(run_id, NOTE_TAG, capped(description))
     log_metrics(tracking_uri, run_id, metrics)
 
 

@@ -119,6 +119,24 @@ def test_a_version_is_reused_only_when_its_model_key_matches(tmp_path, uri, m):
     assert [v["version"] for v in registry.list_versions(uri, m)] == ["1", "2"]
     tags = registry.list_versions(uri, m)[1]["tags"]
     assert (tags["model_key"], tags["eval_key"]) == ("k2", "k2")
+    # The tag schema describes every tag the version holds, and reads them back as written.
+    t = registry.VersionTags.from_tags(tags)
+    assert (t.eval_hash, t.primary_metric, t.metrics, t.lineage) == (
+        "e1", "val_ppl", {"val_ppl": 5.0}, {"data_version": "d"})
+    assert t.decision and t.rejected is None and t.to_tags() == tags
+
+
+def test_the_tag_cap_is_the_one_mlflows_sql_store_has():
+    """A registered model's tags and descriptions are cut at the cap; a version's tag holds at
+    least as much (unlimited since MLflow's schema migration of 2025-06)."""
+    from mlflow.store.model_registry.dbmodels import models as db
+
+    from gpt.registry.tags import VALUE_CAP
+
+    for column in (db.SqlRegisteredModelTag.value, db.SqlModelVersion.description,
+                   db.SqlRegisteredModel.description):
+        assert column.type.length == VALUE_CAP, column
+    assert (db.SqlModelVersionTag.value.type.length or VALUE_CAP) >= VALUE_CAP
 
 
 def test_a_version_is_logged_ready_to_serve_and_an_unservable_task_registers_nothing(
