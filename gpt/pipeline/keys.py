@@ -105,6 +105,7 @@ NOT_COMPUTING = {
     "gpt/config.py": "the params schema: the values it yields are in the key",
     "gpt/defaults.py": "the default profile's name (its values are in the key), serve's ports",
     "gpt/errors.py": "error messages",
+    "gpt/kinds.py": "the names of the model kinds (labels, the keys messages name)",
     "gpt/progress.py": "progress lines",
     "gpt/stopping.py": "signal handling",
     "gpt/launch.py": "starting the processes (like the launch section, in no key)",
