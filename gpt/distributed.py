@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gpt.errors import ConfigError
+from gpt.kinds import BASE
 
 
 def rank() -> int:
@@ -38,7 +39,7 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def rows(batch_size: int, param: str = "train.batch_size") -> slice:
+def rows(batch_size: int, param: str = BASE.batch_key) -> slice:
     """This process's rows of a global batch of ``batch_size`` rows."""
     w, r = world(), rank()
     if batch_size % w:

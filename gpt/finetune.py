@@ -296,7 +296,7 @@ def finetune_classifier(base: GPT, tok: Tokenizer, task: TaskData, cfg: Finetune
 
     group = distributed.join(resolve_device(device_name))
     device = group.device
-    mine = distributed.rows(cfg.batch_size, "finetune.batch_size")
+    mine = distributed.rows(cfg.batch_size, TASK.batch_key)
     torch.manual_seed(cfg.seed)
     if cfg.lora_rank > 0:
         trainable = apply_lora(base, cfg.lora_rank, cfg.lora_alpha)
@@ -439,7 +439,7 @@ def finetune_sft(base: GPT, tok: Tokenizer, pairs: list[tuple[str, str]],
     """
     group = distributed.join(resolve_device(device_name))
     device = group.device
-    mine = distributed.rows(cfg.batch_size, "sft.batch_size")
+    mine = distributed.rows(cfg.batch_size, SFT.batch_key)
     torch.manual_seed(cfg.seed)
     model = base.to(device)
     ids, targets = encode_sft_pairs(tok, pairs, base.config.block_size)

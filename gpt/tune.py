@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpt.config import TUNE_OBJECTIVES, Params, TuneRange, resolve_params
+from gpt.config import TUNE_OBJECTIVES, Params, TuneRange, get_dotted, resolve_params
 from gpt.errors import ConfigError, StoppedEarly, TrainingError
+from gpt.kinds import BASE
 from gpt.pipeline import keys, steps
 from gpt.pipeline.paths import RunPaths
 from gpt.registry import Tracking
@@ -230,7 +231,7 @@ def _metrics(paths: RunPaths, params: Params, data_version: str, key: keys.StepK
     from gpt.pipeline.paths import Inputs
     from gpt.registry import require_finite
 
-    eval_key = keys.evaluation("base", params, data_version).digest
+    eval_key = keys.evaluation(BASE.name, params, data_version).digest
     if eval_key not in record.metrics:
         e = params.evaluate
         model = Inputs(paths, params).language_model(key)
@@ -307,7 +308,7 @@ def run_study(workdir: Path, params: Params, data_version: str, tracking: Tracki
     t0 = time.perf_counter()
     t = params.tune
     resolve_device(params.launch.device)  # a missing GPU fails now, not as a pruned trial each
-    world = World.of(params.launch, params.train.batch_size, "train.batch_size")
+    world = World.of(params.launch, get_dotted(params, BASE.batch_key), BASE.batch_key)
     if world.size > 1:  # the pruner reads the loop's reports in this process
         raise ConfigError(f"gptops tune runs each trial in one process, not {world.size}: set "
                           "launch.nproc_per_node=1 (and launch.nnodes=1)")
@@ -354,8 +355,8 @@ def _register_best(workdir: Path, params: Params, data_version: str, tracking: T
     run = replace(tracking, tags={**tracking.tags, "gptops.study": study.study_name,
                                   "gptops.trial": str(best.number)})
     with progress.phase(f"tune: register trial {best.number}"):
-        reg = steps.register_step(workdir, tp, data_version, run, {"base": evaluation})
-    return asdict(reg["base"])
+        reg = steps.register_step(workdir, tp, data_version, run, {BASE.name: evaluation})
+    return asdict(reg[BASE.name])
 
 
 def _log_study(tracking: Tracking, out: TuneResult, study: Any = None) -> None:
