@@ -26,8 +26,6 @@ from rich.table import Table
 from gpt.defaults import DEFAULT_PROFILE
 from gpt.errors import ERROR_FILE_ENV, GptopsError, Interrupted, RankFailed
 from gpt.kinds import BASE, TASK
-from gpt.registry.governance import CHAMPION
-from gpt.registry.tags import METRIC_PREFIX, REJECTED, VersionTags
 
 app = typer.Typer(help="Train GPT models end to end: data → pretrain → fine-tune → evaluate → "
                        "register (MLflow), orchestrated by Prefect.",
@@ -454,7 +452,9 @@ def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder
 
 ModelName = Annotated[str, typer.Option("--model", "-m", help="registered model name "
                                         "(default: from params.yaml's registry section)")]
-Alias = Annotated[str, typer.Option(help="registry alias")]
+#: "" = the champion (:data:`gpt.registry.CHAMPION`, looked up when a command runs: the
+#: registry is not imported for --help).
+Alias = Annotated[str, typer.Option(help="registry alias (default: the model's champion)")]
 Version = Annotated[str, typer.Option("--version", "-v", help="a version number instead of "
                                       "the alias")]
 TrackingUri = Annotated[str, typer.Option(help="MLflow URI (default: the workspace's)")]
@@ -463,13 +463,14 @@ TrackingUri = Annotated[str, typer.Option(help="MLflow URI (default: the workspa
 def _ref(workdir: Path, tracking_uri: str, model: str, default_kind: str, alias: str,
          version: str):  # -> gpt.registry.ModelRef
     from gpt.pipeline.candidates import model_name
-    from gpt.registry import ModelRef
+    from gpt.registry import CHAMPION, ModelRef
     from gpt.registry.models import check_ref_quickly
 
     params = _params(workdir)
     # The pipeline's own naming rule: a task file's classifier is found under its own name.
     ref = ModelRef(uri=_tracking_uri(workdir, params, tracking_uri),
-                   name=model or model_name(default_kind, params), alias=alias, version=version)
+                   name=model or model_name(default_kind, params), alias=alias or CHAMPION,
+                   version=version)
     check_ref_quickly(ref)  # a mistyped alias or version: refused before MLflow starts
     return ref
 
@@ -503,7 +504,7 @@ def _quiet_libraries() -> None:
 
 @app.command()
 def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
-             workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = CHAMPION,
+             workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "",
              version: Version = "",
              max_new_tokens: Annotated[int, typer.Option(
                  "--max-new-tokens", "-n", callback=_in_range(1),
@@ -550,7 +551,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="text to continue")],
 def predict(texts: Annotated[list[str] | None, typer.Argument(help="texts to classify "
                                                                "(default: one per stdin line)")]
             = None,
-            workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = CHAMPION,
+            workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "",
             version: Version = "", tracking_uri: TrackingUri = "",
             as_json: JsonFlag = False) -> None:
     """Classify texts with a registered classifier (default: the task model's champion)."""
@@ -578,7 +579,7 @@ def predict(texts: Annotated[list[str] | None, typer.Argument(help="texts to cla
 @app.command()
 def export(out: Annotated[Path, typer.Argument(help="folder to write (must not exist or be "
                                                "empty)")],
-           workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = CHAMPION,
+           workdir: Workdir = Path("."), model: ModelName = "", alias: Alias = "",
            version: Version = "", tracking_uri: TrackingUri = "") -> None:
     """Write a registered version as a Hugging Face folder (for `transformers.pipeline`)."""
     from gpt.registry import export_hf
@@ -634,6 +635,8 @@ def _version_cells(row: dict) -> tuple[str, ...]:
     gate refused it), parent, data version, commit (``+dirty`` when its code had uncommitted
     changes), code hash, and the gate's metric (``val_ppl=455.3``: 4 significant digits, or as
     stored when it is not a number)."""
+    from gpt.registry.tags import METRIC_PREFIX, REJECTED, VersionTags
+
     t = VersionTags.from_tags(row["tags"])
     aliases = [*row["aliases"], REJECTED] if t.rejected is not None else row["aliases"]
     m = t.primary_metric
