@@ -14,16 +14,16 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import DATA_OVERRIDES, RUN_OVERRIDES, make_workspace
+from tests.conftest import RUN_OVERRIDES
 from tests.serving import CRON, GPTOPS, TZ, free_port, start_serve, stop_serve
 
 pytestmark = [pytest.mark.slow]
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, data_ready):
     import psutil
 
-    ws = make_workspace(tmp_path_factory.mktemp("serve-ws"), DATA_OVERRIDES)
+    ws = data_ready(tmp_path_factory.mktemp("serve") / "ws")
     log = ws.parent / "serve.log"
     proc, api, ui = start_serve(ws, log)
     info = {"proc": proc, "api": api, "ui": ui, "ws": ws, "log": log,
