@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,19 +51,90 @@ def data_config(source: str, **changes: object):
     return type(data).model_validate({**data.model_dump(), "source": source, **changes})
 
 
-def make_workspace(path: Path, overrides: list[str] | None = None) -> Path:
-    """A git repo + DVC workspace at ``path`` with params.yaml's data sections overridden."""
-    from gpt.workspace import apply_data_overrides, ensure_workspace
+#: Made once per session by the first make_workspace: what every new workspace starts as.
+_BLANK: dict[str, Path] = {}
 
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
-    ws = ensure_workspace(path)
+
+def _session_folder(prefix: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def migrated_prefect_db() -> Path:
+    """An empty Prefect database at the current schema, made once per session by Prefect's own
+    ``prefect server database upgrade`` (several CPU seconds that each new workspace's first
+    server start would otherwise spend migrating its own)."""
+    if "prefect.db" not in _BLANK:
+        folder = _session_folder("gptops-prefect-db-")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({"PREFECT_HOME": str(folder / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED":
+                    "false", "PREFECT_API_DATABASE_CONNECTION_URL":
+                    f"sqlite+aiosqlite:///{folder / 'prefect.db'}"})
+        done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server",
+                               "database", "upgrade", "-y"], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        _BLANK["prefect.db"] = folder / "prefect.db"
+    return _BLANK["prefect.db"]
+
+
+def _blank_workspace() -> Path:
+    """``git init`` + :func:`gpt.workspace.ensure_workspace` (four DVC commands, ~2 CPU seconds)
+    once per session, with a migrated Prefect database in ``.gptops/``."""
+    if "ws" not in _BLANK:
+        from gpt.workspace import ensure_workspace
+
+        path = _session_folder("gptops-blank-ws-") / "ws"
+        path.mkdir()
+        subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+        ws = ensure_workspace(path)
+        (ws / ".gptops").mkdir(exist_ok=True)
+        shutil.copyfile(migrated_prefect_db(), ws / ".gptops" / "prefect.db")
+        _BLANK["ws"] = ws
+    return _BLANK["ws"]
+
+
+def make_workspace(path: Path, overrides: list[str] | None = None) -> Path:
+    """A git repo + DVC workspace at ``path`` with params.yaml's data sections overridden.
+
+    A copy of one made once per session. Its Prefect database (``.gptops/prefect.db``) is
+    already created and migrated, as after a workspace's first run: the first start on a new
+    database is tested on fresh clones (tests/e2e/test_first_run.py), not in every test.
+    """
+    from gpt.workspace import apply_data_overrides
+
+    shutil.copytree(_blank_workspace(), path, symlinks=True, dirs_exist_ok=True)
+    ws = path.resolve()
     apply_data_overrides(ws, overrides or [])
     return ws
 
 
 DATA_OVERRIDES = [o for o in SMALL if o.split(".")[0] in ("data", "clean", "tokenizer")]
 RUN_OVERRIDES = [o for o in SMALL if o not in DATA_OVERRIDES]
+
+
+@pytest.fixture(scope="session")
+def data_ready(tmp_path_factory) -> Callable[[Path], Path]:
+    """Copies of one small workspace whose data stages have run: ``data_ready(path)``.
+
+    For tests of what comes after the data (training, faults, the registry): the data stages
+    run once per session (``dvc repro``, as a user would), not once per test. A ``gptops run``
+    in a copy finds them unchanged (DVC), versions the data and goes on to training. Tests of
+    the data stages themselves make their own workspace (:func:`make_workspace`).
+    """
+    template = make_workspace(tmp_path_factory.mktemp("data-ready") / "ws", DATA_OVERRIDES)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=template,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    def copy(path: Path) -> Path:
+        shutil.copytree(template, path, symlinks=True)
+        return path
+
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import SMALL, make_workspace
+from tests.conftest import SMALL
 
 
-def make_small_workspace(path: Path) -> Path:
-    """Like ``make_workspace(path, SMALL)``, with the model/train settings written in too.
+def make_small_workspace(path: Path, data_ready: Callable[[Path], Path]) -> Path:
+    """A ``data_ready`` copy (its data stages ran with SMALL's data settings) with SMALL's
+    model/train settings written into params.yaml too.
 
-    So a run started from the UI form (which only sets ``max_steps``) is as small as the tests'.
+    So a run started from the UI form (which only sets ``max_steps``) is as small as the tests'
+    and finds its data stages done.
     """
     from ruamel.yaml import YAML
 
     from gpt.config import parse_overrides
     from gpt.workspace import apply_data_overrides
 
-    ws = make_workspace(path, [])
-    rest = apply_data_overrides(ws, SMALL)
+    ws = data_ready(path)
+    rest = apply_data_overrides(ws, SMALL)  # the data settings it has: its stages stay done
     yaml = YAML()
     params = ws / "params.yaml"
     raw = yaml.load(params.read_text(encoding="utf-8"))

@@ -29,8 +29,8 @@ MAX_STEPS = 20
 
 
 @pytest.fixture(scope="module")
-def served_small(tmp_path_factory):
-    ws = make_small_workspace(tmp_path_factory.mktemp("browser-ws"))
+def served_small(tmp_path_factory, data_ready):
+    ws = make_small_workspace(tmp_path_factory.mktemp("browser") / "ws", data_ready)
     log = ws.parent / "serve-browser.log"  # not the serve test's log: both live in basetemp
     proc, api, ui = start_serve(ws, log)
     yield {"api": api, "ui": ui, "ws": ws, "log": log, "proc": proc}

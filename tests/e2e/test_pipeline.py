@@ -219,7 +219,8 @@ def test_bad_task_file_is_rejected_before_any_work(tmp_path, prefect_server):
     assert not (ws / ".gptops" / "mlflow.db").exists()
 
 
-def test_failure_after_training_registers_nothing_and_closes_runs(tmp_path, prefect_server):
+def test_failure_after_training_registers_nothing_and_closes_runs(tmp_path, prefect_server,
+                                                                  data_ready):
     import pandas as pd
     from mlflow import MlflowClient
 
@@ -231,7 +232,7 @@ def test_failure_after_training_registers_nothing_and_closes_runs(tmp_path, pref
     # them, after pretraining and fine-tuning have run.
     pd.DataFrame([{"prompt": "word " * 200 + str(i), "completion": "an answer"}
                   for i in range(40)]).to_csv(tmp_path / "long.csv", index=False)
-    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    ws = data_ready(tmp_path / "ws")
     with pytest.raises(DataError, match="shorten the prompts"):
         training_pipeline(overrides=RUN_OVERRIDES + ["sft.task=file",
                                                      f"sft.task_path={tmp_path}/long.csv"],
@@ -247,7 +248,8 @@ def test_failure_after_training_registers_nothing_and_closes_runs(tmp_path, pref
     assert client.search_registered_models() == []
 
 
-def test_users_own_classification_data_trains_and_registers(tmp_path, prefect_server):
+def test_users_own_classification_data_trains_and_registers(tmp_path, prefect_server,
+                                                             data_ready):
     import pandas as pd
 
     from flows.pipeline import training_pipeline
@@ -262,7 +264,7 @@ def test_users_own_classification_data_trains_and_registers(tmp_path, prefect_se
     pd.DataFrame([{"text": "my parcel is late", "label": "shipping"},
                   {"text": "what is the weather", "label": "smalltalk"}]).to_csv(
         tmp_path / "held_out.csv", index=False)
-    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    ws = data_ready(tmp_path / "ws")
     result = training_pipeline(overrides=RUN_OVERRIDES + [
         "finetune.task=file", f"finetune.task_path={tmp_path}/tickets.csv",
         f"finetune.test_path={tmp_path}/held_out.csv", "sft.enabled=false",

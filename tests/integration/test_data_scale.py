@@ -24,7 +24,7 @@ from bench.corpora import write_corpus
 from gpt.data.shards import read_parts
 from tests.conftest import PROJECT_ROOT, make_workspace
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scale]
 
 STAGES = ("ingest", "clean", "tokenize")
 
@@ -100,13 +100,22 @@ def _kill_half_way(ws: Path, stage: str, shards: int) -> None:
     assert 0 < done < shards, f"killed at {done} of {shards} shards: not part-way"
 
 
-def test_a_stage_killed_half_way_resumes_and_ends_byte_identical(tmp_path, corpus):
-    ref = _ws(tmp_path / "ref", corpus, 0.5)
-    for stage in STAGES:
-        _run(ref, stage)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, corpus) -> dict[float, Path]:
+    """The corpus through the three stages, cut into many small shards (0.3 MB) and into one."""
+    root = tmp_path_factory.mktemp("built")
+    wss = {mb: _ws(root / f"ws{mb}", corpus, mb) for mb in (0.3, 64)}
+    for ws in wss.values():
+        for stage in STAGES:
+            _run(ws, stage)
+    return wss
+
+
+def test_a_stage_killed_half_way_resumes_and_ends_byte_identical(tmp_path, corpus, built):
+    ref = built[0.3]  # the same shard size, never killed
     shards = len(list((ref / "data" / "raw").glob("part-*.parquet")))
     assert shards >= 8
-    ws = _ws(tmp_path / "ws", corpus, 0.5)
+    ws = _ws(tmp_path / "ws", corpus, 0.3)
     for stage in STAGES:
         _kill_half_way(ws, stage, shards)
         out = _run(ws, stage)
@@ -116,16 +125,12 @@ def test_a_stage_killed_half_way_resumes_and_ends_byte_identical(tmp_path, corpu
         (ref / "data" / "clean_stats.json").read_text()
 
 
-def test_the_shard_size_changes_files_not_results(tmp_path, corpus):
+def test_the_shard_size_changes_files_not_results(built):
     """Many shards or one: the same kept and rejected documents, dedup across shards included,
     and the same training batches (windows over the shards read as one sequence)."""
     from gpt.data.loader import TokenData, step_generator
 
-    wss = {mb: _ws(tmp_path / f"ws{mb}", corpus, mb) for mb in (0.3, 64)}
-    for ws in wss.values():
-        for stage in STAGES:
-            _run(ws, stage)
-    small, big = wss[0.3], wss[64]
+    small, big = built[0.3], built[64]
     assert len(list((small / "data/clean").glob("part-*.parquet"))) >= 10
     assert len(list((big / "data/clean").glob("part-*.parquet"))) == 1
     for prefix in ("part-", "rejected-"):

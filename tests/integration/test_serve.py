@@ -14,16 +14,20 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import DATA_OVERRIDES, RUN_OVERRIDES, make_workspace
+from tests.conftest import RUN_OVERRIDES
 from tests.serving import CRON, GPTOPS, TZ, free_port, start_serve, stop_serve
 
 pytestmark = [pytest.mark.slow]
+#: What the Run button is given: the small run, without the SFT model and the built-in
+#: benchmarks (nothing here reads them).
+RETRAIN = [*RUN_OVERRIDES, "sft.enabled=false", "evaluate.builtin_benchmarks=false"]
+
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, data_ready):
     import psutil
 
-    ws = make_workspace(tmp_path_factory.mktemp("serve-ws"), DATA_OVERRIDES)
+    ws = data_ready(tmp_path_factory.mktemp("serve") / "ws")
     log = ws.parent / "serve.log"
     proc, api, ui = start_serve(ws, log)
     info = {"proc": proc, "api": api, "ui": ui, "ws": ws, "log": log,
@@ -134,9 +138,9 @@ def test_retrain_twice_runs_one_at_a_time_and_registers(served):
     async def trigger_and_watch():
         with temporary_settings({PREFECT_API_URL: served["api"]}):
             a = await run_deployment("training_pipeline/retrain", timeout=0,
-                                     parameters={"overrides": RUN_OVERRIDES})
+                                     parameters={"overrides": RETRAIN})
             b = await run_deployment("training_pipeline/retrain", timeout=0,
-                                     parameters={"overrides": RUN_OVERRIDES})
+                                     parameters={"overrides": RETRAIN})
         seen = []
         async with prefect(served["api"]) as c:
             deadline = time.time() + 420

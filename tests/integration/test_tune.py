@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA_OVERRIDES, PROJECT_ROOT, make_workspace
+from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +54,9 @@ def _json(out: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Path:
+def ws(tmp_path_factory, data_ready) -> Path:
     """A workspace whose data stages have run (the small slice of the built-in corpus)."""
-    from gpt import workspace
-
-    path = make_workspace(tmp_path_factory.mktemp("tune") / "ws", DATA_OVERRIDES)
-    for stage in workspace.STAGES:
-        workspace.run_stage(path, stage)
-    return path
+    return data_ready(tmp_path_factory.mktemp("tune") / "ws")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,9 @@ def test_a_second_run_waits_or_fails_naming_the_holder(pipeline_run, tmp_path, p
     before = {(v["name"], v["version"]) for v in list_versions(uri)}
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PREFECT_API_URL": prefect_server,
            "GPTOPS_PROGRESS": "plain"}
-    sets = [a for o in [*RUN_OVERRIDES, "train.max_steps=300", "sft.enabled=false"]
+    # Long enough (with fine-tuning, evaluation and registration after it) for the second run
+    # to start and wait while the first holds the workspace.
+    sets = [a for o in [*RUN_OVERRIDES, "train.max_steps=120", "sft.enabled=false"]
             for a in ("--set", o)]
 
     def start(*extra: str) -> subprocess.Popen:

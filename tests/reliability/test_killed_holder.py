@@ -23,8 +23,11 @@ import pytest
 from tests.conftest import DATA_OVERRIDES, PROJECT_ROOT, RUN_OVERRIDES, make_workspace
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(600)]
-#: Tiny training that still writes checkpoints (every 15 steps) to resume from.
-QUICK = [*RUN_OVERRIDES, "train.max_steps=60", "finetune.max_steps=10", "sft.enabled=false"]
+#: Tiny training (30 steps) that writes a checkpoint early (every 5 steps): the holder is killed
+#: at the first, 25 steps before its training would end, and the waiter resumes from it. No
+#: built-in benchmarks (evaluation still runs).
+QUICK = [*RUN_OVERRIDES, "train.checkpoints=6", "finetune.max_steps=10",
+         "sft.enabled=false", "evaluate.builtin_benchmarks=false"]
 
 
 def _wait_for(cond, timeout: float, what: str, procs=()) -> None:
@@ -38,10 +41,10 @@ def _wait_for(cond, timeout: float, what: str, procs=()) -> None:
     pytest.fail(f"{what}: not within {timeout:.0f}s")
 
 
-def test_a_dead_holder_never_blocks_and_a_waiter_is_never_crashed(tmp_path):
+def test_a_dead_holder_never_blocks_and_a_waiter_is_never_crashed(tmp_path, data_ready):
     from gpt.workspace import workspace_lock
 
-    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    ws = data_ready(tmp_path / "ws")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PYTHONPATH": str(PROJECT_ROOT), "GPTOPS_PROGRESS": "plain",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GPTOPS_WAIT_LOG_S": "2"})

@@ -9,6 +9,7 @@ port and database, and ends normally with its history kept; the next `gptops run
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,16 +18,18 @@ import time
 
 import pytest
 
-from tests.conftest import DATA_OVERRIDES, PROJECT_ROOT, RUN_OVERRIDES, make_workspace
+from tests.conftest import PROJECT_ROOT, RUN_OVERRIDES, migrated_prefect_db
 from tests.reliability.test_server_lifetime import _server_of
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(600)]
-#: Tiny training that still writes checkpoints (every 15 steps) to resume from.
-QUICK = [*RUN_OVERRIDES, "train.max_steps=60", "finetune.max_steps=10", "sft.enabled=false"]
+#: Tiny training (30 steps) that still writes a checkpoint (at step 15) to resume from; no
+#: built-in benchmarks (evaluation still runs, after the server is back).
+QUICK = [*RUN_OVERRIDES, "finetune.max_steps=10", "sft.enabled=false",
+         "evaluate.builtin_benchmarks=false"]
 
 
-def test_a_killed_prefect_server_mid_run(tmp_path):
-    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+def test_a_killed_prefect_server_mid_run(tmp_path, data_ready):
+    ws = data_ready(tmp_path / "ws")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PYTHONPATH": str(PROJECT_ROOT), "GPTOPS_PROGRESS": "plain",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
@@ -69,16 +72,17 @@ def test_a_killed_prefect_server_mid_run(tmp_path):
     print(f"the next run took {time.time() - t1:.0f}s")
 
 
-def test_a_killed_team_server_mid_run(tmp_path):
+def test_a_killed_team_server_mid_run(tmp_path, data_ready):
     """A server the run does not own (PREFECT_API_URL; `gptops serve`'s alike) SIGKILLed
     mid-training: one line within 30 s; SIGTERM then ends the process within 20 s (before: 30 s+
     of retrying events to the dead server); with the server back, the next run marks the killed
     one Crashed and finishes."""
     from tests.serving import free_port
 
-    ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
+    ws = data_ready(tmp_path / "ws")
     home, port = tmp_path / "prefect-home", free_port()
     home.mkdir()
+    shutil.copyfile(migrated_prefect_db(), home / "team.db")  # a team server's: not new
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PYTHONPATH": str(PROJECT_ROOT), "GPTOPS_PROGRESS": "plain",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home),

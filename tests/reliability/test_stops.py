@@ -37,9 +37,12 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 STOP_S = 5.0
 #: Lines about a stop: the one promised, and anything else that would repeat or contradict it.
 ABOUT_A_STOP = re.compile(r"SIGTERM|SIGINT|Crash|Cancel|nterrupt|Traceback")
-#: Long enough to be stopped in the middle; short enough for the last run to finish.
-TRAIN = [*RUN_OVERRIDES, "train.max_steps=60", "train.checkpoints=2",
-         "train.eval_interval=60"]
+#: Long enough to be stopped in the middle (at step 5, 25 steps before the end); short enough
+#: for the last run to finish. No built-in benchmarks (evaluation still runs, in the last run).
+STEPS = 30
+TRAIN = [*RUN_OVERRIDES, f"train.max_steps={STEPS}", "train.checkpoints=1",
+         f"train.eval_interval={STEPS}", f"finetune.max_steps={STEPS}",
+         "evaluate.builtin_benchmarks=false"]
 
 
 class Run:
@@ -183,12 +186,13 @@ def test_a_stop_at_each_step_is_one_line_and_the_next_run_completes(tmp_path):
 
     # 2. Ctrl-C (SIGINT to the whole group) during pretraining.
     run = Run(ws)
-    run.wait_for(lambda: run.logged("pretrain: step 5/60"), "pretraining")
+    run.wait_for(lambda: run.logged(f"pretrain: step 5/{STEPS}"), "pretraining")
     took = run.stop(signal.SIGINT, group=True)
     assert run.logged("repaired") and run.logged(".dvc/tmp/rwlock"), run.out[-3000:]
     assert run.proc.returncode == 130, run.out[-3000:]
     line = _one_stop_line(run)
-    assert re.search(r"pretrain: stopped by SIGINT at step \d+ of 60 \(checkpoint saved", line)
+    assert re.search(rf"pretrain: stopped by SIGINT at step \d+ of {STEPS} \(checkpoint saved",
+                     line)
     assert took < STOP_S, f"{took:.1f}s from Ctrl-C to the exit"
     state, message = _flow_runs(ws)[-1]
     assert state == "CANCELLED" and "SIGINT" in message, (state, message)
@@ -199,10 +203,11 @@ def test_a_stop_at_each_step_is_one_line_and_the_next_run_completes(tmp_path):
 
     # 3. SIGTERM during fine-tuning.
     run = Run(ws)
-    run.wait_for(lambda: run.logged("finetune: step 5/60"), "fine-tuning")
+    run.wait_for(lambda: run.logged(f"finetune: step 5/{STEPS}"), "fine-tuning")
     took = run.stop(signal.SIGTERM)
     assert run.proc.returncode == 143, run.out[-3000:]
-    assert re.search(r"finetune: stopped by SIGTERM at step \d+ of 60", _one_stop_line(run))
+    assert re.search(rf"finetune: stopped by SIGTERM at step \d+ of {STEPS}",
+                     _one_stop_line(run))
     assert took < STOP_S, f"{took:.1f}s from SIGTERM to the exit"
     assert run.logged("resumed from ckpt-"), run.out[-3000:]  # pretraining went on from Ctrl-C
     print(f"SIGTERM in finetune: exit 143 after {took:.1f}s")
