@@ -6,6 +6,9 @@ from typing import Any
 
 from gpt.progress import fmt_rate
 
+#: The SFT metrics a summary shows, those of the model's task type in this order.
+SFT_SHOWN = ("rouge_l", "chrf", "bleu", "token_f1")
+
 
 def _trained(r: dict[str, Any]) -> str:
     """One training step in a few words: reused, or what it ran."""
@@ -60,9 +63,10 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                      ", ".join(f"{k}: {v}" for k, v in unseen.items())))
     if "sft" in evaluation:
         sft = evaluation["sft"]["metrics"]
-        rows.append(("sft: ROUGE-L / token F1 (base model)",
-                     f"{sft['rouge_l']:.3f} / {sft['token_f1']:.3f} "
-                     f"({sft['baseline_rouge_l']:.3f} / {sft['baseline_token_f1']:.3f})"))
+        shown = [m for m in SFT_SHOWN if m in sft]  # those of its sft.task_type
+        rows.append((f"sft: {' / '.join(shown)} (base model)",
+                     " / ".join(f"{sft[m]:.3f}" for m in shown) + " ("
+                     + " / ".join(f"{sft[f'baseline_{m}']:.3f}" for m in shown) + ")"))
     for kind in ("base", "sft"):
         if kind in evaluation:
             rows += _bench_rows(kind, evaluation[kind]["metrics"])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import torch
 from tokenizers import Tokenizer
 
 from gpt import progress
+from gpt.config import SFT_TASK_METRICS
 from gpt.data.loader import TokenData
 from gpt.data.tokenizer import EOT
 from gpt.model import GPT
@@ -145,21 +148,35 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], pa
 
 # --- generative (SFT) evaluation ---------------------------------------------------------------
 
-def _tokens(text: str) -> list[str]:
-    return text.lower().split()
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style bag-of-words F1 between two strings."""
-    p, r = _tokens(prediction), _tokens(reference)
-    if not p or not r:
-        return float(p == r)
-    common = Counter(p) & Counter(r)
-    same = sum(common.values())
+def squad_normalize(text: str) -> str:
+    """SQuAD's answer normalisation (``normalize_answer`` of its official v1.1 script): lower
+    case, ASCII punctuation removed, the articles a/an/the removed, whitespace collapsed."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def squad_f1(prediction: str, reference: str) -> float:
+    """SQuAD's F1 (official v1.1 script's ``f1_score``): bag-of-words overlap of the normalised
+    answers; 0 when they share no token (two empty answers included)."""
+    p, r = squad_normalize(prediction).split(), squad_normalize(reference).split()
+    same = sum((Counter(p) & Counter(r)).values())
     if same == 0:
         return 0.0
     prec, rec = same / len(p), same / len(r)
     return 2 * prec * rec / (prec + rec)
+
+
+def squad(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean SQuAD exact match and F1 (one reference per prediction) as ``exact_match`` and
+    ``token_f1``, on a 0-1 scale (the official script reports x 100)."""
+    pairs = list(zip(predictions, references, strict=True))
+    return {"exact_match": sum(squad_normalize(p) == squad_normalize(r) for p, r in pairs)
+            / len(pairs),
+            "token_f1": sum(squad_f1(p, r) for p, r in pairs) / len(pairs)}
 
 
 #: ROUGE variants reported for generations (rouge-score's names -> ours).
@@ -179,15 +196,38 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     return {ours: totals[k] / len(references) for k, ours in ROUGE.items()}
 
 
-def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Exact match, token F1 and ROUGE-1/2/L averaged over held-out pairs."""
+def bleu_chrf(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF by ``sacrebleu`` with its default settings (BLEU: 13a tokenizer,
+    4-grams; chrF: character 6-grams, beta 2), on sacrebleu's 0-100 scale."""
+    import sacrebleu
+
+    hyps, refs = list(predictions), [list(references)]
+    return {"bleu": sacrebleu.corpus_bleu(hyps, refs).score,
+            "chrf": sacrebleu.corpus_chrf(hyps, refs).score}
+
+
+#: Each scorer of generated text and the metrics it gives.
+SCORERS: tuple[tuple[tuple[str, ...], Callable[[Sequence[str], Sequence[str]],
+                                              dict[str, float]]], ...] = (
+    (("exact_match", "token_f1"), squad),
+    (tuple(ROUGE.values()), rouge),
+    (("bleu", "chrf"), bleu_chrf),
+)
+
+
+def generation_metrics(predictions: Sequence[str], references: Sequence[str],
+                       task_type: str) -> dict[str, float]:
+    """The metrics of ``task_type`` (``sft.task_type``: its row of
+    :data:`gpt.config.SFT_TASK_METRICS`) over held-out pairs, one reference each."""
     n = len(references)
     if n == 0 or len(predictions) != n:
         raise ValueError("need one prediction per reference")
-    pairs = list(zip(predictions, references, strict=True))
-    return {"exact_match": sum(_tokens(p) == _tokens(r) for p, r in pairs) / n,
-            "token_f1": sum(token_f1(p, r) for p, r in pairs) / n,
-            **rouge(predictions, references)}
+    names = SFT_TASK_METRICS[task_type]
+    out: dict[str, float] = {}
+    for gives, scorer in SCORERS:
+        if set(gives) & set(names):
+            out.update(scorer(predictions, references))
+    return {k: out[k] for k in names}
 
 
 @torch.no_grad()

@@ -400,7 +400,7 @@ def check_benchmarks(params: Params) -> None:
     """``evaluate.benchmarks``/``benchmark_dirs`` can run here (lm-eval is imported only when
     a hub task is named), and ``registry.gate`` lists metrics each model kind will have."""
     from gpt import benchmarks as bm
-    from gpt.pipeline.candidates import gate_metrics
+    from gpt.pipeline.candidates import gate_metrics, kind_metrics
 
     e = params.evaluate
     bm.check_hub_tasks(e.benchmarks, e.benchmark_dirs)
@@ -408,16 +408,18 @@ def check_benchmarks(params: Params) -> None:
     if e.builtin_benchmarks:
         tasks |= set(bm.BUILTIN)
     for k in KINDS:
+        own = kind_metrics(k.name, params)
         for metric in gate_metrics(k.name, params):
-            if metric in k.metrics:
+            if metric in own:
                 continue
             task = metric.split(".")[1] if metric.startswith("bench.") else None
             if k.language_model and task in tasks and metric.count(".") >= 2:
                 continue
             bench = (f"; or bench.<task>.<metric> of a task it runs ({', '.join(sorted(tasks))})"
                      if k.language_model and tasks else "")
+            which = f" (sft.task_type={params.sft.task_type})" if k.name == "sft" else ""
             raise ConfigError(f"{k.gate_key} lists '{metric}', which the {k.name} model's "
-                              f"evaluation does not produce; use one of {', '.join(k.metrics)}"
+                              f"evaluation{which} does not produce; use one of {', '.join(own)}"
                               f"{bench}")
 
 

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt.config import PROJECT_PARAMS, Params, read_params_file
+from gpt.config import PROJECT_PARAMS, SFT_TASK_METRICS, Params, read_params_file
 from gpt.data.tokenizer import EOT
 from gpt.errors import ConfigError
 from gpt.kinds import BASE, SFT, TASK, named
@@ -38,9 +38,18 @@ TASK_HEADLINE = ("accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1
 LOWER_IS_BETTER = ("val_ppl", "val_loss")
 
 
+def kind_metrics(kind: str, params: Params) -> tuple[str, ...]:
+    """The metrics ``kind``'s own evaluation gives (SFT: those of its ``sft.task_type``)."""
+    return SFT_TASK_METRICS[params.sft.task_type] if kind == SFT.name else named(kind).metrics
+
+
 def gate_metrics(kind: str, params: Params) -> list[str]:
-    """The metrics ``registry.gate`` lists for ``kind`` (its standard gate when empty)."""
-    return list(getattr(params.registry.gate, kind)) or list(named(kind).standard_gate)
+    """The metrics ``registry.gate`` lists for ``kind``; when empty, its standard gate (SFT: the
+    first metric of its ``sft.task_type``: ROUGE-L, F1 or chrF)."""
+    listed = list(getattr(params.registry.gate, kind))
+    if listed:
+        return listed
+    return [kind_metrics(kind, params)[0]] if kind == SFT.name else list(named(kind).standard_gate)
 
 
 def gate_spec(kind: str, params: Params, e: ModelEval,

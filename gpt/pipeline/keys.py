@@ -31,7 +31,7 @@ from gpt.config import Params
 from gpt.kinds import BASE, SFT, TASK, named
 
 #: SFT fields only the evaluation reads (the rest of the section shapes training).
-SFT_EVAL_FIELDS = ("eval_examples", "max_new_tokens")
+SFT_EVAL_FIELDS = ("eval_examples", "max_new_tokens", "task_type")
 #: Fields that name a file: the key holds the file's content hash instead of its path.
 _FILE_FIELDS = ("task_path", "test_path")
 

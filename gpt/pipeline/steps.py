@@ -438,11 +438,12 @@ def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKe
     completions = ev.complete(tuned_model, inputs.tokenizer, prompts, n,
                               label="evaluate: SFT completions", batch_size=bs)
     before_model = _base_model(inputs, params, data_version, base)
+    kind = params.sft.task_type
     before = ev.generation_metrics(ev.complete(before_model, inputs.tokenizer, prompts, n,
                                                label="evaluate: base-model completions",
-                                               batch_size=bs), refs)
+                                               batch_size=bs), refs, kind)
     bench = _benchmarks(inputs, params, data_version, tuned_model, inputs.paths.step(key))
-    metrics = {**ev.generation_metrics(completions, refs),
+    metrics = {**ev.generation_metrics(completions, refs, kind),
                **{f"baseline_{k}": v for k, v in before.items()}, **bench.get("metrics", {})}
     examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
                 zip(prompts[:10], refs[:10], completions[:10], strict=True)]
