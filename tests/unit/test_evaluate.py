@@ -33,20 +33,70 @@ def test_plot_confusion_matrix_writes_png(tmp_path):
     assert path.stat().st_size > 2000
 
 
-def test_generation_metrics_exact_f1_rouge():
-    from gpt.evaluate import generation_metrics, rouge, token_f1
+@pytest.mark.parametrize("text, normalised", [
+    # SQuAD's evaluate-v1.1.py: lower, drop punctuation, drop a/an/the, collapse whitespace
+    ("The Eiffel Tower.", "eiffel tower"),
+    ("An apple, a pear & THE plum!", "apple pear plum"),
+    ("theatre another anthem", "theatre another anthem"),  # articles only as whole words
+    ("1,000 don't co-op", "1000 dont coop"),  # punctuation removed, not made a space
+    ("  in\tthe\n middle ", "in middle"),
+    ("the", ""),
+])
+def test_squad_normalisation_is_the_official_scripts(text, normalised):
+    assert ev.squad_normalize(text) == normalised
 
-    assert token_f1("Return the value", "return the value") == 1.0
-    assert token_f1("a b", "c d") == 0.0
-    # ROUGE-L F: LCS 5 of 6 predicted and 5 of 5 reference words
-    assert rouge(["the cat sat on the mat"], ["the cat on the mat"])["rouge_l"] == \
-        pytest.approx(2 * (5 / 6) * 1.0 / (5 / 6 + 1.0))
-    m = generation_metrics(["Return the value.", "nothing"], ["Return the value.", "x y"])
+
+@pytest.mark.parametrize("prediction, reference, em, f1", [
+    ("The Eiffel Tower.", "eiffel tower", 1.0, 1.0),
+    ("the big red dog", "a red dog", 0.0, 0.8),  # 2 shared: P 2/3, R 1
+    ("red red red", "red", 0.0, 0.5),  # shared counts are clipped: P 1/3, R 1
+    ("dark red", "red", 0.0, 2 / 3),
+    ("blue", "red", 0.0, 0.0),
+    ("the", "a", 1.0, 0.0),  # both normalise to "": equal, but v1.1's F1 has no shared token
+])
+def test_squad_exact_match_and_f1_by_hand(prediction, reference, em, f1):
+    m = ev.squad([prediction], [reference])
+    assert m == {"exact_match": em, "token_f1": pytest.approx(f1)}
+
+
+def test_generation_metrics_follow_the_task_type():
+    from gpt.config import SFT_TASK_METRICS, SFTConfig
+
+    preds, refs = ["Return the value.", "nothing"], ["Return the value.", "x y"]
+    m = ev.generation_metrics(preds, refs, "generic")
     assert m["exact_match"] == 0.5 and m["token_f1"] == 0.5 and m["rouge_l"] == 0.5
     assert m["rouge_1"] == 0.5 and m["rouge_2"] == 0.5
+    for task_type, names in SFT_TASK_METRICS.items():
+        got = ev.generation_metrics(preds, refs, task_type)
+        assert list(got) == list(names) and got == {k: m[k] for k in names}
+    assert set(SFT_TASK_METRICS["generic"]) == set().union(*SFT_TASK_METRICS.values())
+    assert set(SFTConfig.model_fields["task_type"].annotation.__args__) == set(SFT_TASK_METRICS)
+    with pytest.raises(ValueError, match="one prediction per reference"):
+        ev.generation_metrics(["a"], ["a", "b"], "qa")
+
+
+def test_rouge_is_rouge_scores():
+    # ROUGE-L F: LCS 5 of 6 predicted and 5 of 5 reference words
+    assert ev.rouge(["the cat sat on the mat"], ["the cat on the mat"])["rouge_l"] == \
+        pytest.approx(2 * (5 / 6) * 1.0 / (5 / 6 + 1.0))
     # rouge-score's tokenizer splits on punctuation: dotted names count word by word
-    assert rouge(["os.path.join"], ["join paths"])["rouge_1"] == pytest.approx(2 * (1 / 3) * 0.5
-                                                                              / (1 / 3 + 0.5))
+    assert ev.rouge(["os.path.join"], ["join paths"])["rouge_1"] == pytest.approx(
+        2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+
+
+def test_bleu_and_chrf_are_sacrebleus_corpus_scores():
+    """Corpus-level (not a mean of sentence scores), one reference stream, 0-100."""
+    import sacrebleu
+
+    hyps = ["the cat sat on the mat today", "a dog ran in the park", "nothing at all"]
+    refs = ["the cat sat on a mat today", "the dog ran in the park", "something else here"]
+    m = ev.bleu_chrf(hyps, refs)
+    assert m["bleu"] == pytest.approx(sacrebleu.metrics.BLEU().corpus_score(hyps, [refs]).score)
+    assert m["chrf"] == pytest.approx(sacrebleu.metrics.CHRF().corpus_score(hyps, [refs]).score)
+    sentence_mean = sum(sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(
+        hyps, refs, strict=True)) / len(hyps)
+    assert 0 < m["bleu"] < 100 and m["bleu"] != pytest.approx(sentence_mean)
+    assert ev.bleu_chrf(refs, refs) == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}
 
 
 def test_sklearn_metrics_equal_the_hand_written_ones_they_replace():

@@ -133,3 +133,26 @@ def test_the_gate_reads_any_metric_params_yaml_lists_with_lm_evals_direction():
         "macro_f1": 0.5, "accuracy": 0.6, "baseline_macro_f1": 0.1, "baseline_accuracy": 0.3}))
     assert (task.metric, task.baseline) == ("macro_f1", 0.1)
     assert [(b.metric, b.baseline) for b in task.also] == [("accuracy", 0.3)]
+
+
+@pytest.mark.parametrize("task_type, primary", [
+    ("summarise", "rouge_l"), ("qa", "token_f1"), ("translate", "chrf"), ("generic", "rouge_l")])
+def test_the_sft_gate_follows_the_task_type_unless_params_list_metrics(task_type, primary):
+    from gpt.config import load_params
+    from gpt.errors import ConfigError
+    from gpt.pipeline.candidates import gate_spec
+    from gpt.preflight import check_benchmarks
+
+    p = load_params("params.yaml", "tiny", [f"sft.task_type={task_type}"])
+    assert p.registry.gate.sft == []  # the project default: the type's standard metric
+    spec = gate_spec("sft", p, _eval("sft", {primary: 0.6, f"baseline_{primary}": 0.2}))
+    assert (spec.metric, spec.higher_is_better, spec.baseline, spec.also) == \
+        (primary, True, 0.2, ())
+    check_benchmarks(p)
+    listed = load_params("params.yaml", "tiny", [f"sft.task_type={task_type}",
+                                                 "registry.gate.sft=[exact_match]"])
+    assert gate_spec("sft", listed, _eval("sft", {"exact_match": 0.5})).metric == "exact_match"
+    if task_type == "qa":  # a metric the type does not produce: one line before any work
+        with pytest.raises(ConfigError, match=r"sft.task_type=qa.*use one of token_f1, "):
+            check_benchmarks(load_params("params.yaml", "tiny", [
+                "sft.task_type=qa", "registry.gate.sft=[rouge_l]"]))

@@ -28,6 +28,7 @@ BASE = all_keys([])
     ("finetune.lora_rank=4", {"finetune", "eval-task"}),
     ("sft.lr=0.002", {"sft", "eval-sft"}),
     ("sft.eval_examples=7", {"eval-sft"}),
+    ("sft.task_type=qa", {"eval-sft"}),
     ("sft.max_new_tokens=7", {"eval-sft"}),
     ("sft.enabled=false", set()),
     ("evaluate.ppl_batches=3", {"eval-base"}),
