@@ -35,6 +35,17 @@ def test_evaluate_prints_a_table_and_json_on_request(pipeline_run):
     out = gptops("evaluate", "-w", str(ws), *sets, "--json", cwd=ws)
     data = json.loads(out.stdout)
     assert data["task"]["labels"] == first["evaluation"]["task"]["labels"]
+    # Another sft.task_type re-evaluates the SFT model alone, with that type's metrics.
+    out = gptops("evaluate", "-w", str(ws), *sets, "--set", "sft.task_type=translate", "--json",
+                 cwd=ws)
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = json.loads(out.stdout)
+    sft = again["sft"]["metrics"]
+    assert {k for k in sft if not k.startswith(("bench.", "baseline_"))} == {
+        "chrf", "bleu", "exact_match", "token_f1"}
+    assert 0 <= sft["chrf"] <= 100 and "baseline_chrf" in sft
+    assert again["sft"]["key"] != data["sft"]["key"]
+    assert again["task"] == data["task"] and again["base"]["key"] == data["base"]["key"]
 
 
 def test_predict_with_the_registered_classifier_handles_long_inputs(pipeline_run):
