@@ -417,10 +417,11 @@ def check_benchmarks(params: Params) -> None:
                 continue
             bench = (f"; or bench.<task>.<metric> of a task it runs ({', '.join(sorted(tasks))})"
                      if k.language_model and tasks else "")
-            which = f" (sft.task_type={params.sft.task_type})" if k.name == "sft" else ""
+            which, empty = ((f" (sft.task_type={params.sft.task_type})",
+                             " ([] = the type's standard metric)") if k.name == "sft" else ("", ""))
             raise ConfigError(f"{k.gate_key} lists '{metric}', which the {k.name} model's "
                               f"evaluation{which} does not produce; use one of {', '.join(own)}"
-                              f"{bench}")
+                              f"{empty}{bench}")
 
 
 def check_run(params: Params, tracking_uri: str) -> None:

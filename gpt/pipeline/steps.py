@@ -438,12 +438,12 @@ def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKe
     completions = ev.complete(tuned_model, inputs.tokenizer, prompts, n,
                               label="evaluate: SFT completions", batch_size=bs)
     before_model = _base_model(inputs, params, data_version, base)
-    kind = params.sft.task_type
+    task_type = params.sft.task_type
     before = ev.generation_metrics(ev.complete(before_model, inputs.tokenizer, prompts, n,
                                                label="evaluate: base-model completions",
-                                               batch_size=bs), refs, kind)
+                                               batch_size=bs), refs, task_type)
     bench = _benchmarks(inputs, params, data_version, tuned_model, inputs.paths.step(key))
-    metrics = {**ev.generation_metrics(completions, refs, kind),
+    metrics = {**ev.generation_metrics(completions, refs, task_type),
                **{f"baseline_{k}": v for k, v in before.items()}, **bench.get("metrics", {})}
     examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
                 zip(prompts[:10], refs[:10], completions[:10], strict=True)]
