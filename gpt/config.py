@@ -210,17 +210,6 @@ class FinetuneConfig(_TuneConfig):
     lora_alpha: float = Field(gt=0, description="LoRA scale numerator (update * alpha / rank)")
 
 
-#: Per ``sft.task_type``, the metrics its evaluation reports (``gpt.evaluate.generation_metrics``)
-#: next to the base model's; the first is the SFT gate's standard metric (``registry.gate.sft:
-#: []``). ``exact_match``/``token_f1`` are SQuAD's, ROUGE is rouge-score's, BLEU/chrF sacrebleu's.
-SFT_TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "summarise": ("rouge_l", "rouge_1", "rouge_2", "exact_match", "token_f1"),
-    "qa": ("token_f1", "exact_match"),
-    "translate": ("chrf", "bleu", "exact_match", "token_f1"),
-    "generic": ("rouge_l", "rouge_1", "rouge_2", "exact_match", "token_f1", "chrf", "bleu"),
-}
-
-
 class SFTConfig(_TuneConfig):
     enabled: bool = Field(description="train, evaluate and register the SFT model")
     task: Literal["docsummary", "file"] = Field(
@@ -228,7 +217,8 @@ class SFTConfig(_TuneConfig):
                     'or "file" (task_path: JSONL/CSV/parquet with prompt,completion)')
     task_path: str = Field(description="prompt,completion data (task=file)")
     task_type: Literal["summarise", "qa", "translate", "generic"] = Field(
-        description="what the pairs are, which picks the metrics (SFT_TASK_METRICS): summarise "
+        description="what the pairs are, which picks the metrics (gpt.kinds.SFT_TASK_METRICS): "
+                    "summarise "
                     "= ROUGE-1/2/L, qa = SQuAD exact match/F1, translate = BLEU/chrF, generic = "
                     "all; the gate's standard metric is ROUGE-L, F1, chrF, ROUGE-L")
     eval_examples: int = Field(gt=0, description="held-out pairs generated for the metrics")
@@ -256,7 +246,7 @@ class GateConfig(_Strict):
     decides against the champion; every one must beat its trivial baseline where it has one.
     Any evaluation metric, ``bench.<task>.<metric>`` included. ``[]`` = the kind's standard
     metrics (``standard_gate`` of its :mod:`gpt.kinds` record; SFT: the first of its
-    ``sft.task_type``'s in ``SFT_TASK_METRICS``)."""
+    ``sft.task_type``'s in ``gpt.kinds.SFT_TASK_METRICS``)."""
 
     base: list[str]
     task: list[str]

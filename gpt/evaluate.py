@@ -15,9 +15,9 @@ import torch
 from tokenizers import Tokenizer
 
 from gpt import progress
-from gpt.config import SFT_TASK_METRICS
 from gpt.data.loader import TokenData
 from gpt.data.tokenizer import EOT
+from gpt.kinds import SFT_TASK_METRICS
 from gpt.model import GPT
 from gpt.train import estimate_loss
 
@@ -218,7 +218,7 @@ SCORERS: tuple[tuple[tuple[str, ...], Callable[[Sequence[str], Sequence[str]],
 def generation_metrics(predictions: Sequence[str], references: Sequence[str],
                        task_type: str) -> dict[str, float]:
     """The metrics of ``task_type`` (``sft.task_type``: its row of
-    :data:`gpt.config.SFT_TASK_METRICS`) over held-out pairs, one reference each."""
+    :data:`gpt.kinds.SFT_TASK_METRICS`) over held-out pairs, one reference each."""
     n = len(references)
     if n == 0 or len(predictions) != n:
         raise ValueError("need one prediction per reference")

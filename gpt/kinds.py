@@ -61,14 +61,25 @@ class ModelKind:
         return f"registry.gate.{self.name}"
 
 
+#: Per ``sft.task_type``, the metrics the SFT model's evaluation reports
+#: (``gpt.evaluate.generation_metrics``) next to the base model's; the first is the SFT gate's
+#: standard metric. ``exact_match``/``token_f1``: SQuAD's; ROUGE: rouge-score; BLEU/chrF: sacrebleu.
+SFT_TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "summarise": ("rouge_l", "rouge_1", "rouge_2", "exact_match", "token_f1"),
+    "qa": ("token_f1", "exact_match"),
+    "translate": ("chrf", "bleu", "exact_match", "token_f1"),
+    "generic": ("rouge_l", "rouge_1", "rouge_2", "exact_match", "token_f1", "chrf", "bleu"),
+}
+
 BASE = ModelKind("base", "pretrain", "train", "base_model", "", "train/", "text-generation",
                  ("val_ppl", "val_loss"), ("val_ppl",), tuned=False)
 TASK = ModelKind("task", "finetune", "finetune", "task_model", "clf", "finetune/",
                  "text-classification", ("macro_f1", "accuracy"), ("macro_f1", "accuracy"),
                  tuned=True)
+#: SFT's metrics and standard gate follow ``sft.task_type`` (``gpt.pipeline.candidates.
+#: kind_metrics`` and ``gate_metrics``); the record holds every type's (``generic``'s).
 SFT = ModelKind("sft", "sft", "sft", "sft_model", "sft", "sft/", "text-generation",
-                ("rouge_l", "rouge_1", "rouge_2", "token_f1", "exact_match"), ("rouge_l",),
-                tuned=True)
+                SFT_TASK_METRICS["generic"], SFT_TASK_METRICS["generic"][:1], tuned=True)
 #: Every kind, in the order a run trains, evaluates and registers them (base first: the others
 #: name its version as their parent).
 KINDS = (BASE, TASK, SFT)

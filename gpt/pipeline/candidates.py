@@ -19,10 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt.config import PROJECT_PARAMS, SFT_TASK_METRICS, Params, read_params_file
+from gpt.config import PROJECT_PARAMS, Params, read_params_file
 from gpt.data.tokenizer import EOT
 from gpt.errors import ConfigError
-from gpt.kinds import BASE, SFT, TASK, named
+from gpt.kinds import BASE, SFT, SFT_TASK_METRICS, TASK, named
 from gpt.pipeline import keys
 from gpt.registry import Bar, Candidate, GateSpec, Tracking
 from gpt.registry.tags import CODE_HASH, EVAL_HASH, EVAL_KEY, MODEL_KEY, PARENT

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import Params
-from gpt.kinds import BASE, SFT, TASK, named
+from gpt.kinds import BASE, SFT, SFT_TASK_METRICS, TASK, named
 
 #: SFT fields only the evaluation reads (the rest of the section shapes training).
 SFT_EVAL_FIELDS = ("eval_examples", "max_new_tokens", "task_type")
@@ -215,8 +215,10 @@ def evaluation(kind: str, params: Params, data_version: str,
         return _key("evaluate-task", {"model": finetune(params, data_version, base).digest,
                                       "code": code("evaluate")})
     sft_reads = {k: getattr(params.sft, k) for k in SFT_EVAL_FIELDS}
+    # the metrics its task type computes (gpt/kinds.py, a file no key hashes, holds the table)
+    metrics = list(SFT_TASK_METRICS[params.sft.task_type])
     return _key("evaluate-sft", {"model": sft(params, data_version, base).digest,
-                                 "sft": sft_reads, **with_bench})
+                                 "sft": sft_reads, "metrics": metrics, **with_bench})
 
 
 def model(kind: str, params: Params, data_version: str, base: str | None = None) -> StepKey:

@@ -60,7 +60,8 @@ def test_squad_exact_match_and_f1_by_hand(prediction, reference, em, f1):
 
 
 def test_generation_metrics_follow_the_task_type():
-    from gpt.config import SFT_TASK_METRICS, SFTConfig
+    from gpt.config import SFTConfig
+    from gpt.kinds import SFT, SFT_TASK_METRICS
 
     preds, refs = ["Return the value.", "nothing"], ["Return the value.", "x y"]
     m = ev.generation_metrics(preds, refs, "generic")
@@ -69,7 +70,8 @@ def test_generation_metrics_follow_the_task_type():
     for task_type, names in SFT_TASK_METRICS.items():
         got = ev.generation_metrics(preds, refs, task_type)
         assert list(got) == list(names) and got == {k: m[k] for k in names}
-    assert set(SFT_TASK_METRICS["generic"]) == set().union(*SFT_TASK_METRICS.values())
+    assert set(SFT_TASK_METRICS["generic"]) == set().union(*SFT_TASK_METRICS.values()) \
+        == set(SFT.metrics)
     assert set(SFTConfig.model_fields["task_type"].annotation.__args__) == set(SFT_TASK_METRICS)
     with pytest.raises(ValueError, match="one prediction per reference"):
         ev.generation_metrics(["a"], ["a", "b"], "qa")

@@ -4,7 +4,7 @@ model's (a qa model has no ROUGE, a translation model leads with chrF)."""
 import pytest
 
 from flows.report import summary_rows
-from gpt.config import SFT_TASK_METRICS
+from gpt.kinds import SFT_TASK_METRICS
 
 TASK = {"metrics": {"accuracy": 0.7, "baseline_accuracy": 0.2, "macro_f1": 0.6,
                     "baseline_macro_f1": 0.1}}

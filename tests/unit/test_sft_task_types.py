@@ -17,10 +17,11 @@ import json
 import pytest
 import torch
 
-from gpt.config import SFT_TASK_METRICS, load_params
+from gpt.config import load_params
 from gpt.data.tokenizer import train_tokenizer
 from gpt.evaluate import complete, generation_metrics
 from gpt.finetune import build_sft_file_task, finetune_sft
+from gpt.kinds import SFT_TASK_METRICS
 from gpt.model import GPT, GPTConfig
 from tests.conftest import PROJECT_ROOT
 
