@@ -218,9 +218,8 @@ class SFTConfig(_TuneConfig):
     task_path: str = Field(description="prompt,completion data (task=file)")
     task_type: Literal["summarise", "qa", "translate", "generic"] = Field(
         description="what the pairs are, which picks the metrics (gpt.kinds.SFT_TASK_METRICS): "
-                    "summarise "
-                    "= ROUGE-1/2/L, qa = SQuAD exact match/F1, translate = BLEU/chrF, generic = "
-                    "all; the gate's standard metric is ROUGE-L, F1, chrF, ROUGE-L")
+                    "summarise = ROUGE-1/2/L, qa = SQuAD exact match/F1, translate = BLEU/chrF, "
+                    "generic = all; the gate's standard metric is ROUGE-L, F1, chrF, ROUGE-L")
     eval_examples: int = Field(gt=0, description="held-out pairs generated for the metrics")
     max_new_tokens: int = Field(gt=0, description="generation length at evaluation")
 
