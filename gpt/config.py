@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -50,6 +50,10 @@ class DataConfig(_Strict):
                             "holds none; false = data/raw keeps the source's text as read")
 
 
+_NgramSize = Annotated[int, Field(ge=1, le=64)]
+_Fraction = Annotated[float, Field(ge=0)]
+
+
 class CleanConfig(_Strict):
     min_chars: int = Field(ge=0, description="shorter documents are rejected")
     max_chars: int = Field(gt=0, description="longer documents are rejected")
@@ -64,6 +68,31 @@ class CleanConfig(_Strict):
     max_mean_word_length: float = Field(gt=0, description="mean word length cap")
     min_punct_line_fraction: float = Field(
         ge=0, le=1, description="floor on lines ending in punctuation")
+    max_short_line_fraction: float = Field(ge=0, le=1, description="cap on short lines")
+    short_line_chars: int = Field(ge=0, description="a line this long or shorter is short")
+    max_dup_line_char_fraction: float = Field(
+        ge=0, le=1, description="cap on the characters of repeated lines")
+    max_dup_para_fraction: float = Field(ge=0, le=1, description="repeated-paragraph cap")
+    max_dup_para_char_fraction: float = Field(
+        ge=0, le=1, description="cap on the characters of repeated paragraphs")
+    max_char_dup_fraction: float = Field(
+        ge=0, le=1, description="cap on repeated lines' characters among non-newline ones")
+    max_bullet_line_fraction: float = Field(ge=0, le=1, description="cap on bullet lines")
+    max_ellipsis_line_fraction: float = Field(
+        ge=0, le=1, description="cap on lines ending in an ellipsis")
+    min_alpha_word_fraction: float = Field(
+        ge=0, le=1, description="floor on tokens with a letter")
+    min_stop_words: int = Field(ge=0, description="fewest distinct Gopher stop words")
+    max_newline_ratio: float = Field(ge=0, description="cap on line breaks per token")
+    reject_lorem_ipsum: bool = Field(description='reject texts with "lorem ipsum" (C4)')
+    reject_curly_brackets: bool = Field(description="reject texts with a { (C4)")
+    min_sentences: int = Field(ge=0, description="fewest sentences in C4's lines; 0 = off")
+    min_line_words: int = Field(ge=0, description="C4 judges lines with this many words")
+    max_line_word_chars: int = Field(gt=0, description="C4 drops lines with a longer word")
+    max_top_ngram_fraction: list[tuple[_NgramSize, _Fraction]] = Field(
+        description="[n, fraction] pairs: cap on the top n-gram's characters; [] = off")
+    max_dup_ngram_fraction: list[tuple[_NgramSize, _Fraction]] = Field(
+        description="[n, fraction] pairs: cap on repeated n-grams' characters; [] = off")
     near_dedup: bool = Field(description="reject MinHash-LSH near duplicates")
     near_dedup_threshold: float = Field(gt=0, le=1, description="estimated Jaccard similarity")
     near_dedup_num_perm: int = Field(ge=16, le=1024, description="MinHash permutations")

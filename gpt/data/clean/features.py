@@ -1,8 +1,9 @@
-"""Per-document counts the quality filters judge, measured over a whole batch at once.
+"""Per-document counts the cheapest quality filters judge, measured over a whole batch at once.
 
 One ``bytes.translate`` maps every byte of the batch to a class (letter, space, newline,
 punctuation ...); per-document counts are then segment sums over those classes, so no Python
-code runs per document except for the few non-ASCII texts' letters and runs of four dots.
+code runs per document except for the few non-ASCII texts' letters. (The line rules count over
+``lines.Lines``, the word rules over ``words.Words``.)
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpt.data.clean.arrow import byte_offsets, raw_bytes, text_at
 from gpt.data.clean.normalize import REPLACEMENT_CHAR
 
-# Byte classes (one bytes.translate over the batch): 0 other, 1 ASCII letter, 3 "#", 4 ASCII
+# Byte classes (one bytes.translate over the batch): 0 other, 1 ASCII letter, 4 ASCII
 # line-ending punctuation other than ".", 5 ".", 8 " ", 9 "\n", 10 "\t", 11 other ASCII
 # whitespace. Whitespace classes are >= 8.
-_LETTER, _HASH, _PUNCT, _DOT = 1, 3, 4, 5
+_LETTER, _PUNCT, _DOT = 1, 4, 5
 _SPACE, _NEWLINE, _TAB, _OTHER_WS = 8, 9, 10, 11
 
 
@@ -30,7 +30,7 @@ def _byte_class(i: int) -> int:
         return 0
     if c.isalpha():
         return _LETTER
-    return {"#": _HASH, ".": _DOT, " ": _SPACE, "\n": _NEWLINE, "\t": _TAB,
+    return {".": _DOT, " ": _SPACE, "\n": _NEWLINE, "\t": _TAB,
             "\r": _OTHER_WS, "\x0b": _OTHER_WS, "\x0c": _OTHER_WS}.get(
         c, _PUNCT if c in "!?:;\"')]}>" else 0)
 
@@ -48,10 +48,8 @@ class Features:
     """Per-document counts over a batch of normalised texts (numpy ``int64`` arrays)."""
 
     chars: np.ndarray
-    words: np.ndarray
-    word_chars: np.ndarray
+    word_chars: np.ndarray  # non-whitespace characters
     letters: np.ndarray
-    symbols: np.ndarray
     lines: np.ndarray  # non-empty lines
     punct_lines: np.ndarray  # non-empty lines ending in punctuation
     invalid: np.ndarray  # U+FFFD characters
@@ -99,37 +97,26 @@ def features(arr: pa.Array) -> Features:
     cls = b.cls
     ws = cls >= _SPACE
     newline = cls == _NEWLINE
-    # A word starts at a non-space byte after a space byte, or at a document's first byte
-    # (texts are stripped, so no document starts or ends with whitespace).
-    word_start = np.zeros(len(cls), dtype=bool)
-    np.greater(ws[:-1], ws[1:], out=word_start[1:])
-    words = b.per_doc(word_start) + (b.nbytes > 0)
     # A line ends before "\n" or at a document's end; "\n\n" is a blank line.
     line_end = np.zeros(len(cls), dtype=bool)
     np.greater(newline[1:], newline[:-1], out=line_end[:-1])
     line_end[b.offsets[1:][b.nonempty] - 1] = True
     punct_end = (cls >= _PUNCT) & (cls <= _DOT)
     non_ascii = ~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
-    ellipsis_chars = invalid = np.zeros(b.n, dtype=np.int64)
+    invalid = np.zeros(b.n, dtype=np.int64)
     if non_ascii.any():
         found = _multibyte_marks(b.raw)
         for mark in _PUNCT_MULTI:
             punct_end[found[mark]] = True
-        ellipsis_chars = b.per_doc_at(found["…"])
         invalid = b.per_doc_at(found[REPLACEMENT_CHAR])
     n_newlines = b.per_doc(newline)
     blanks = b.per_doc_at(np.flatnonzero(newline[:-1] & newline[1:]))
     chars = pc.utf8_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
     letters = _letters(b, non_ascii)
-    symbols = b.per_doc_at(np.flatnonzero(cls == _HASH)) + ellipsis_chars
-    if b"..." in b.raw:
-        symbols += _ellipses(b, arr)
     return Features(
         chars=chars,
-        words=words,
         word_chars=chars - b.per_doc(ws),  # normalised: " ", "\t" and "\n" are all the whitespace
         letters=letters,
-        symbols=symbols,
         lines=(n_newlines + 1 - blanks) * (b.nbytes > 0),
         punct_lines=b.per_doc(punct_end & line_end),
         invalid=invalid,
@@ -160,38 +147,3 @@ def _letters(b: _Bytes, non_ascii: np.ndarray) -> np.ndarray:
         others = b.raw[start:stop].translate(None, _ASCII_BYTES).decode("utf-8")  # non-ASCII only
         letters[i] += sum(map(str.isalpha, others))
     return letters
-
-
-def _ellipses(b: _Bytes, arr: pa.Array) -> np.ndarray:
-    """``str.count("...")`` per text: runs of three dots, from the byte classes."""
-    dots = np.flatnonzero(b.cls == _DOT)
-    triple = dots[:-2][(dots[1:-1] == dots[:-2] + 1) & (dots[2:] == dots[:-2] + 2)]
-    text = text_at(b.offsets, triple)
-    triple = triple[triple + 2 < b.offsets[1:][text]]  # a run may not reach into the next text
-    counts = b.per_doc_at(triple)
-    # Overlapping triples overcount runs of four or more dots: count those texts exactly.
-    quads = triple[1:][triple[1:] == triple[:-1] + 1]
-    for i in np.unique(text_at(b.offsets, quads)).tolist():
-        counts[i] = arr[i].as_py().count("...")
-    return counts
-
-
-def repeated_line_fraction(arr: pa.Array, lines: np.ndarray) -> np.ndarray:
-    """Per text, the fraction of its non-empty lines that repeat an earlier line of it.
-
-    Args:
-        arr: texts.
-        lines: their non-empty line counts (``Features.lines``), all above 0.
-
-    Returns:
-        One fraction per text.
-    """
-    split = pc.split_pattern(arr, "\n")
-    flat = pc.list_flatten(split)
-    parent = pc.list_parent_indices(split).to_numpy(zero_copy_only=False).astype(np.int64)
-    keep = pc.greater(pc.binary_length(flat), 0).to_numpy(zero_copy_only=False)
-    line_id = flat.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    width = int(line_id.max(initial=0)) + 1
-    pairs = pd.unique(parent[keep] * width + line_id[keep])  # hash-based: faster than np.unique
-    distinct = np.bincount(pairs // width, minlength=len(lines))
-    return (lines - distinct) / lines

@@ -6,8 +6,12 @@ reason that applies to a document wins. Everything else reads this table: the en
 codes (``QUALITY_REASONS``), the docs' list (docs/data.md, ``reasons_markdown``; a unit test keeps
 them equal), the ``params.yaml`` comments (checked by the same test) and the tests.
 
-The quality filters follow Gopher (Rae et al. 2021) and FineWeb; language identification is
-FineWeb's (fastText lid.176), run last so it judges only the texts every cheaper filter kept.
+The quality filters are FineWeb's (datatrove's Gopher repetition, Gopher quality, C4 and FineWeb
+quality filters, held to datatrove by ``tests/unit/test_datatrove_oracle.py``) and a few of
+gptops's own; language identification is FineWeb's (fastText lid.176). They are ordered by cost:
+the per-byte counts first, then the line rules, the word rules (spaCy's tokens, ``words``), the
+n-gram rules and language identification last, each costly one judging only the texts every
+earlier filter kept (which reason a text gets when it fails several is the first in this order).
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import pyarrow as pa
 
 from gpt.config import CleanConfig
 from gpt.data.clean.arrow import pick
-from gpt.data.clean.features import Features, repeated_line_fraction
+from gpt.data.clean.features import Features
 from gpt.data.clean.language import identify
+from gpt.data.clean.lines import Lines
+from gpt.data.clean.repetition import Tokens
 from gpt.data.clean.urls import blocked
+from gpt.data.clean.words import ALPHA, WORD
 
 
 @dataclass
@@ -45,6 +52,34 @@ class Batch:
     pending: np.ndarray
     urls: list[str] | None = None
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    _lines: dict[str, Lines] = field(default_factory=dict)
+    _tokens: Tokens | None = None
+
+    def lines(self, purpose: str = "lines") -> Lines:
+        """The lines of the texts pending when ``purpose`` first asked: the line rules split
+        once, the word rules (which come later and judge fewer texts) once more."""
+        if purpose not in self._lines:
+            self._lines[purpose] = Lines(self.arr, np.flatnonzero(self.pending))
+        return self._lines[purpose]
+
+    def tokens(self) -> Tokens:
+        """The tokens, in text order, of the texts pending when first asked."""
+        if self._tokens is None:
+            lines = self.lines("words")
+            keep = self.pending[lines.rows]
+            at, line = lines.words.stream()
+            doc = lines.line_doc[line]
+            sel = keep[doc]
+            self._tokens = Tokens(lines.words.ids[at[sel]], lines.words.lengths[at[sel]],
+                                  (np.cumsum(keep) - 1)[doc[sel]], int(keep.sum()),
+                                  lines.rows[keep])
+        return self._tokens
+
+    def spread(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Values for some rows as a per-text array (false or 0 for the others)."""
+        out = np.zeros(len(self.arr), dtype=values.dtype)
+        out[rows] = values
+        return out
 
 
 #: ``rejects(batch, cfg)``: per text of the batch, whether the filter rejects it.
@@ -81,18 +116,136 @@ class Reason:
             f"{self.name}={self.detail}" if self.detail else self.name)
 
 
-def _mean_word_length(b: Batch) -> np.ndarray:
-    return b.f.word_chars / np.maximum(b.f.words, 1)
+def _share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """``part / whole`` (both counts); nan where ``whole`` is 0 (every comparison false)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return part / np.where(whole > 0, whole, np.nan)
 
 
-def _repeated_lines(b: Batch, cfg: CleanConfig) -> np.ndarray:
-    """Only texts still pending with more than one line are split into lines (the costly part)."""
-    hit = np.zeros(len(b.arr), dtype=bool)
-    multi = np.flatnonzero(b.pending & (b.f.lines > 1))
-    if len(multi):
-        repeated = repeated_line_fraction(pick(b.arr, multi), b.f.lines[multi])
-        hit[multi[repeated > cfg.max_dup_line_fraction]] = True
-    return hit
+def _line_rule(measure: Callable[[Lines, CleanConfig], np.ndarray]) -> Predicate:
+    """A rule judged from the lines of the pending texts."""
+    def rejects(b: Batch, cfg: CleanConfig) -> np.ndarray:
+        lines = b.lines()
+        return b.spread(lines.rows, measure(lines, cfg))
+    return rejects
+
+
+def _word_rule(measure: Callable[[Lines, CleanConfig], np.ndarray]) -> Predicate:
+    """A rule judged from the tokens (and lines) of the pending texts."""
+    def rejects(b: Batch, cfg: CleanConfig) -> np.ndarray:
+        lines = b.lines("words")
+        return b.spread(lines.rows, measure(lines, cfg))
+    return rejects
+
+
+def _short_lines(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    short = t.per_doc(t.nonempty & (t.chars <= cfg.short_line_chars))
+    return _share(short, t.per_doc(t.nonempty)) > cfg.max_short_line_fraction
+
+
+def _repeated_lines(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    return _share(t.per_doc(t.repeated), t.per_doc(t.nonempty)) > cfg.max_dup_line_fraction
+
+
+def _repeated_line_chars(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    return _share(t.per_doc(t.chars * t.repeated), t.text_chars) > \
+        cfg.max_dup_line_char_fraction
+
+
+def _repeated_paragraphs(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    paras, repeated, _ = t.paragraphs
+    return _share(repeated, paras) > cfg.max_dup_para_fraction
+
+
+def _repeated_paragraph_chars(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    return _share(t.paragraphs[2], t.text_chars) > cfg.max_dup_para_char_fraction
+
+
+def _char_duplicates(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    newlines = t.per_doc(np.ones(len(t.chars), dtype=np.int64)) - 1
+    return _share(t.per_doc(t.chars * t.repeated), t.text_chars - newlines) > \
+        cfg.max_char_dup_fraction
+
+
+def _bullet_lines(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    bullets = t.per_doc(t.matches(r"^[ \t]*(?:\x{2022}|-)"))
+    return _share(bullets, t.per_doc(np.ones(len(t.chars)))) > cfg.max_bullet_line_fraction
+
+
+def _ellipsis_lines(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    ends = t.per_doc(t.matches(r"(?:\.\.\.|\x{2026})$"))
+    return _share(ends, t.per_doc(np.ones(len(t.chars)))) > cfg.max_ellipsis_line_fraction
+
+
+def _word_count(t: Lines) -> np.ndarray:
+    return t.words.per_doc((t.words.flags & WORD) > 0)
+
+
+def _mean_word_length(t: Lines) -> np.ndarray:
+    w = t.words
+    return _share(w.per_doc(w.lengths * ((w.flags & WORD) > 0)), _word_count(t))
+
+
+def _symbol_ratio(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    tokens = t.words.per_doc(np.ones(len(t.words.ids), dtype=np.int64))
+    return (_share(t.count("#"), tokens) > cfg.max_symbol_ratio) | \
+        (_share(t.count("...") + t.count("\u2026"), tokens) > cfg.max_symbol_ratio)
+
+
+def _alpha_words(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    w = t.words
+    return _share(w.per_doc((w.flags & ALPHA) > 0), w.per_doc(np.ones(len(w.ids)))) < \
+        cfg.min_alpha_word_fraction
+
+
+def _newline_ratio(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    newlines = t.per_doc(np.ones(len(t.chars), dtype=np.int64)) - 1
+    return _share(newlines, t.words.per_doc(np.ones(len(t.words.ids)))) > cfg.max_newline_ratio
+
+
+def _c4_counted(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    return t.c4.counted(cfg.min_line_words, cfg.max_line_word_chars)
+
+
+def _lorem_ipsum(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    if not cfg.reject_lorem_ipsum:
+        return np.zeros(len(t.rows), dtype=bool)
+    return t.per_doc(_c4_counted(t, cfg) & t.c4.has("(?i)lorem ipsum")) > 0
+
+
+def _curly_bracket(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    if not cfg.reject_curly_brackets:
+        return np.zeros(len(t.rows), dtype=bool)
+    hit = _c4_counted(t, cfg) & ~t.c4.has("(?i)javascript") & t.c4.has(r"\{")
+    return t.per_doc(hit) > 0
+
+
+def _too_few_sentences(t: Lines, cfg: CleanConfig) -> np.ndarray:
+    if cfg.min_sentences <= 0:
+        return np.zeros(len(t.rows), dtype=bool)
+    return t.c4.sentences(_c4_counted(t, cfg)) < cfg.min_sentences
+
+
+def _top_ngram(b: Batch, cfg: CleanConfig) -> np.ndarray:
+    if not cfg.max_top_ngram_fraction:
+        return np.zeros(len(b.arr), dtype=bool)
+    tok = b.tokens()
+    chars = b.f.chars[tok.rows]
+    hit = np.zeros(tok.n_docs, dtype=bool)
+    for n, fraction in cfg.max_top_ngram_fraction:
+        hit |= _share(tok.top_ngram_chars(n), chars) > fraction
+    return b.spread(tok.rows, hit)
+
+
+def _repeated_ngrams(b: Batch, cfg: CleanConfig) -> np.ndarray:
+    if not cfg.max_dup_ngram_fraction:
+        return np.zeros(len(b.arr), dtype=bool)
+    tok = b.tokens()
+    chars = b.f.chars[tok.rows]
+    hit = np.zeros(tok.n_docs, dtype=bool)
+    for n, fraction in cfg.max_dup_ngram_fraction:
+        hit |= tok.duplicate_ngrams_over(n, fraction, chars)
+    return b.spread(tok.rows, hit)
 
 
 def _url_blocked(b: Batch, cfg: CleanConfig) -> np.ndarray:
@@ -117,6 +270,10 @@ def _language(b: Batch, cfg: CleanConfig) -> np.ndarray:
     return hit
 
 
+_C4_LINES = ("min_line_words", "max_line_word_chars")
+_C4_COUNTED = ("lines with at least `min_line_words` whitespace-separated words and none "
+               "longer than `max_line_word_chars` characters")
+
 #: Every reason, in the order they are checked. Descriptions name their params in backticks.
 REASONS: tuple[Reason, ...] = (
     Reason("duplicate_id", (), "an earlier document has the same `doc_id`"),
@@ -130,26 +287,76 @@ REASONS: tuple[Reason, ...] = (
            lambda b, c: b.f.chars < c.min_chars),
     Reason("too_long", ("max_chars",), "more than `max_chars` characters",
            lambda b, c: b.f.chars > c.max_chars),
-    Reason("too_few_words", ("min_words",), "fewer than `min_words` words, or none",
-           lambda b, c: (b.f.words < c.min_words) | (b.f.words == 0)),
-    Reason("too_many_words", ("max_words",), "more than `max_words` words",
-           lambda b, c: b.f.words > c.max_words),
-    Reason("word_length", ("min_mean_word_length", "max_mean_word_length"),
-           "mean word length below `min_mean_word_length` or above `max_mean_word_length`",
-           lambda b, c: (_mean_word_length(b) < c.min_mean_word_length)
-           | (_mean_word_length(b) > c.max_mean_word_length)),
-    Reason("symbol_ratio", ("max_symbol_ratio",),
-           "more than `max_symbol_ratio` symbols (`#`, `...`, `…`) per word",
-           lambda b, c: b.f.symbols / np.maximum(b.f.words, 1) > c.max_symbol_ratio),
     Reason("low_alpha", ("min_alpha_ratio",),
            "less than `min_alpha_ratio` of the non-whitespace characters are letters",
            lambda b, c: b.f.letters / np.maximum(b.f.word_chars, 1) < c.min_alpha_ratio),
     Reason("line_punctuation", ("min_punct_line_fraction",),
            "less than `min_punct_line_fraction` of the non-empty lines end in punctuation",
            lambda b, c: b.f.punct_lines / np.maximum(b.f.lines, 1) < c.min_punct_line_fraction),
+    Reason("short_lines", ("max_short_line_fraction", "short_line_chars"),
+           "more than `max_short_line_fraction` of the non-empty lines have at most "
+           "`short_line_chars` characters (FineWeb)", _line_rule(_short_lines)),
     Reason("repeated_lines", ("max_dup_line_fraction",),
-           "more than `max_dup_line_fraction` of the non-empty lines repeat an earlier line",
-           _repeated_lines),
+           "more than `max_dup_line_fraction` of the non-empty lines repeat an earlier line "
+           "(Gopher)", _line_rule(_repeated_lines)),
+    Reason("repeated_line_chars", ("max_dup_line_char_fraction",),
+           "lines repeating an earlier line hold more than `max_dup_line_char_fraction` of the "
+           "characters (Gopher)", _line_rule(_repeated_line_chars)),
+    Reason("repeated_paragraphs", ("max_dup_para_fraction",),
+           "more than `max_dup_para_fraction` of the paragraphs (split on blank lines) repeat an "
+           "earlier one (Gopher)", _line_rule(_repeated_paragraphs)),
+    Reason("repeated_paragraph_chars", ("max_dup_para_char_fraction",),
+           "paragraphs repeating an earlier one hold more than `max_dup_para_char_fraction` of "
+           "the characters (Gopher)", _line_rule(_repeated_paragraph_chars)),
+    Reason("char_duplicates", ("max_char_dup_fraction",),
+           "lines repeating an earlier line hold more than `max_char_dup_fraction` of the "
+           "characters other than line breaks (FineWeb)", _line_rule(_char_duplicates)),
+    Reason("bullet_lines", ("max_bullet_line_fraction",),
+           "more than `max_bullet_line_fraction` of the lines start with a bullet (`-` or "
+           "U+2022) (Gopher)", _line_rule(_bullet_lines)),
+    Reason("ellipsis_lines", ("max_ellipsis_line_fraction",),
+           "more than `max_ellipsis_line_fraction` of the lines end in an ellipsis (Gopher)",
+           _line_rule(_ellipsis_lines)),
+    Reason("too_few_words", ("min_words",),
+           "fewer than `min_words` words (spaCy tokens with a character other than "
+           "punctuation), or none (Gopher)", _word_rule(
+               lambda t, c: (_word_count(t) < c.min_words) | (_word_count(t) == 0))),
+    Reason("too_many_words", ("max_words",), "more than `max_words` words (Gopher)",
+           _word_rule(lambda t, c: _word_count(t) > c.max_words)),
+    Reason("word_length", ("min_mean_word_length", "max_mean_word_length"),
+           "mean word length below `min_mean_word_length` or above `max_mean_word_length` "
+           "(Gopher)", _word_rule(lambda t, c: (_mean_word_length(t) < c.min_mean_word_length)
+                                  | (_mean_word_length(t) > c.max_mean_word_length))),
+    Reason("symbol_ratio", ("max_symbol_ratio",),
+           "more than `max_symbol_ratio` `#` per token, or as many ellipses (`...`, `…`) "
+           "(Gopher)", _word_rule(_symbol_ratio)),
+    Reason("alpha_words", ("min_alpha_word_fraction",),
+           "less than `min_alpha_word_fraction` of the tokens have a letter (Gopher)",
+           _word_rule(_alpha_words)),
+    Reason("stop_words", ("min_stop_words",),
+           "fewer than `min_stop_words` of Gopher's stop words (the, be, to, of, and, that, "
+           "have, with) (Gopher)", _word_rule(lambda t, c: t.words.stop_words() < c.min_stop_words)),
+    Reason("newline_ratio", ("max_newline_ratio",),
+           "more than `max_newline_ratio` line breaks per token (FineWeb)",
+           _word_rule(_newline_ratio)),
+    Reason("lorem_ipsum", ("reject_lorem_ipsum", *_C4_LINES),
+           f"\"lorem ipsum\" in one of the {_C4_COUNTED} (if `reject_lorem_ipsum`; C4)",
+           _word_rule(_lorem_ipsum)),
+    Reason("curly_bracket", ("reject_curly_brackets", *_C4_LINES),
+           f"a `{{` in one of the {_C4_COUNTED}, outside lines that mention \"javascript\" (if "
+           "`reject_curly_brackets`; C4)", _word_rule(_curly_bracket)),
+    Reason("too_few_sentences", ("min_sentences", *_C4_LINES),
+           f"fewer than `min_sentences` sentences (spaCy's sentencizer) in the {_C4_COUNTED}, "
+           "leaving out lines that mention \"javascript\" or a policy or cookie phrase (C4)",
+           _word_rule(_too_few_sentences)),
+    Reason("top_ngram", ("max_top_ngram_fraction",),
+           "for a `[n, fraction]` of `max_top_ngram_fraction`, the most frequent n-gram of "
+           "tokens times its count holds more than that fraction of the characters (Gopher)",
+           _top_ngram),
+    Reason("repeated_ngrams", ("max_dup_ngram_fraction",),
+           "for a `[n, fraction]` of `max_dup_ngram_fraction`, n-grams of tokens repeating an "
+           "earlier one hold more than that fraction of the characters (Gopher)",
+           _repeated_ngrams),
     Reason("language", ("languages", "min_language_score"),
            "fastText's lid.176 names a language `<code>` not in `languages`, or one in it with a "
            "probability below `min_language_score` (if `languages` is set)", _language,
