@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ import ftfy
 
 from gpt.config import CleanConfig
 from gpt.data.clean.normalize import REPAIR_ROUNDS
+from gpt.data.clean.words import PUNCTUATION, SENTENCE_PUNCTUATION, STOP_WORDS, tokenize
 from gpt.data.pii import scrub_pii
 
 _NEWLINES = re.compile("[\x0b\x0c\x85\u2028\u2029]")
@@ -73,10 +75,8 @@ def features(text: str) -> dict[str, int]:
     lines = [line for line in text.split("\n") if line]
     return {
         "chars": len(text),
-        "words": len(text.split()),
         "word_chars": len(text) - text.count(" ") - text.count("\n") - text.count("\t"),
         "letters": sum(c.isalpha() for c in text),
-        "symbols": text.count("#") + text.count("...") + text.count("…"),
         "lines": len(lines),
         "punct_lines": sum(line.endswith(_PUNCT_END) for line in lines),
     }
@@ -109,36 +109,155 @@ def url_blocked(url: str, cfg: CleanConfig) -> bool:
         bool(words & set(re.split("[^a-z0-9]+", url.lower())))
 
 
+_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+           "use cookies")
+_CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+
+
+def _repeats(items: list[str]) -> tuple[int, int]:
+    """How many items equal an earlier one, and their characters."""
+    seen: set[str] = set()
+    count = chars = 0
+    for item in items:
+        if item in seen:
+            count, chars = count + 1, chars + len(item)
+        seen.add(item)
+    return count, chars
+
+
+def _over(part: float, whole: float, limit: float) -> bool:
+    return whole > 0 and part / whole > limit
+
+
+def _full(text: str) -> list[str]:
+    return [line for line in text.split("\n") if line]
+
+
+def _words(text: str) -> list[str]:
+    """Gopher's words: spaCy's tokens that are not only punctuation."""
+    return [t for t in tokenize(text) if any(c not in PUNCTUATION for c in t)]
+
+
+def sentences(line: str) -> int:
+    """spaCy's sentencizer: a sentence starts at the first token after sentence punctuation
+    that is neither punctuation (by Unicode category) nor sentence punctuation."""
+    count, seen_end = 0, False
+    for i, token in enumerate(tokenize(line)):
+        punct = all(unicodedata.category(c).startswith("P") for c in token)
+        if i == 0:
+            count = 1
+        if seen_end and not punct and token not in SENTENCE_PUNCTUATION:
+            count, seen_end = count + 1, False
+        elif token in SENTENCE_PUNCTUATION:
+            seen_end = True
+    return count
+
+
+def _c4_lines(text: str, cfg: CleanConfig) -> list[str]:
+    """The lines C4 judges (enough words, none too long), each without its citations."""
+    out = []
+    for raw in text.split("\n"):
+        words = raw.strip().split()
+        if len(words) >= cfg.min_line_words and all(len(w) <= cfg.max_line_word_chars
+                                                    for w in words):
+            out.append(_CITATION.sub("", raw.strip()))
+    return out
+
+
+def _c4_sentences(text: str, cfg: CleanConfig) -> int:
+    return sum(sentences(line) for line in _c4_lines(text, cfg)
+               if "javascript" not in line.lower() and not any(p in line.lower() for p in _POLICY))
+
+
+def _top_ngram(tokens: list[str], n: int) -> int:
+    grams = [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0
+    gram, count = Counter(grams).most_common(1)[0]
+    return len(gram) * count
+
+
+def _repeated_ngrams(tokens: list[str], n: int) -> int:
+    seen: set[tuple[str, ...]] = set()
+    chars, i = 0, 0
+    while i < len(tokens) - n + 1:
+        gram = tuple(tokens[i:i + n])
+        if gram in seen:
+            chars += sum(map(len, gram))
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
+
+
+#: Per quality reason but url_blocked and language: whether it rejects a normalised text.
+RULES = {
+    "invalid_utf8": lambda t, c: not t.isascii() and _over(t.count("\ufffd"), len(t),
+                                                          c.max_invalid_ratio),
+    "too_short": lambda t, c: len(t) < c.min_chars,
+    "too_long": lambda t, c: len(t) > c.max_chars,
+    "low_alpha": lambda t, c: features(t)["letters"] / max(features(t)["word_chars"], 1)
+    < c.min_alpha_ratio,
+    "line_punctuation": lambda t, c: features(t)["punct_lines"] / max(features(t)["lines"], 1)
+    < c.min_punct_line_fraction,
+    "short_lines": lambda t, c: _over(sum(len(x) <= c.short_line_chars for x in _full(t)),
+                                      len(_full(t)), c.max_short_line_fraction),
+    "repeated_lines": lambda t, c: _over(_repeats(_full(t))[0], len(_full(t)),
+                                         c.max_dup_line_fraction),
+    "repeated_line_chars": lambda t, c: _over(_repeats(_full(t))[1], len(t),
+                                              c.max_dup_line_char_fraction),
+    "repeated_paragraphs": lambda t, c: _over(_repeats(t.split("\n\n"))[0],
+                                              len(t.split("\n\n")), c.max_dup_para_fraction),
+    "repeated_paragraph_chars": lambda t, c: _over(_repeats(t.split("\n\n"))[1], len(t),
+                                                   c.max_dup_para_char_fraction),
+    "char_duplicates": lambda t, c: _over(_repeats(_full(t))[1], len(t) - t.count("\n"),
+                                          c.max_char_dup_fraction),
+    "bullet_lines": lambda t, c: _over(
+        sum(x.lstrip().startswith(("\u2022", "-")) for x in t.split("\n")),
+        len(t.split("\n")), c.max_bullet_line_fraction),
+    "ellipsis_lines": lambda t, c: _over(
+        sum(x.rstrip().endswith(("...", "\u2026")) for x in t.split("\n")),
+        len(t.split("\n")), c.max_ellipsis_line_fraction),
+    "too_few_words": lambda t, c: len(_words(t)) < c.min_words or not _words(t),
+    "too_many_words": lambda t, c: len(_words(t)) > c.max_words,
+    "word_length": lambda t, c: bool(_words(t)) and not (
+        c.min_mean_word_length <= sum(map(len, _words(t))) / len(_words(t))
+        <= c.max_mean_word_length),
+    "symbol_ratio": lambda t, c: _over(t.count("#"), len(tokenize(t)), c.max_symbol_ratio)
+    or _over(t.count("...") + t.count("\u2026"), len(tokenize(t)), c.max_symbol_ratio),
+    "alpha_words": lambda t, c: bool(tokenize(t)) and sum(
+        any(ch.isalpha() for ch in x) for x in tokenize(t)) / len(tokenize(t))
+    < c.min_alpha_word_fraction,
+    "stop_words": lambda t, c: len(set(tokenize(t)) & set(STOP_WORDS)) < c.min_stop_words,
+    "newline_ratio": lambda t, c: _over(t.count("\n"), len(tokenize(t)), c.max_newline_ratio),
+    "lorem_ipsum": lambda t, c: c.reject_lorem_ipsum and any(
+        "lorem ipsum" in x.lower() for x in _c4_lines(t, c)),
+    "curly_bracket": lambda t, c: c.reject_curly_brackets and any(
+        "{" in x and "javascript" not in x.lower() for x in _c4_lines(t, c)),
+    "too_few_sentences": lambda t, c: _c4_sentences(t, c) < c.min_sentences,
+    "top_ngram": lambda t, c: any(_over(_top_ngram(tokenize(t), n), len(t), f)
+                                  for n, f in c.max_top_ngram_fraction),
+    "repeated_ngrams": lambda t, c: any(_over(_repeated_ngrams(tokenize(t), n), len(t), f)
+                                        for n, f in c.max_dup_ngram_fraction),
+}
+
+
 def quality_reason(text: str, cfg: CleanConfig, url: str = "") -> str | None:
-    """The first filter a normalised text fails, or None."""
-    if url and cfg.url_blocklist and url_blocked(url, cfg):
-        return "url_blocked"
-    if not text.isascii() and text.count("\ufffd") / len(text) > cfg.max_invalid_ratio:
-        return "invalid_utf8"
-    f = features(text)
-    if f["chars"] < cfg.min_chars:
-        return "too_short"
-    if f["chars"] > cfg.max_chars:
-        return "too_long"
-    if f["words"] < cfg.min_words or f["words"] == 0:
-        return "too_few_words"
-    if f["words"] > cfg.max_words:
-        return "too_many_words"
-    if not cfg.min_mean_word_length <= f["word_chars"] / f["words"] <= cfg.max_mean_word_length:
-        return "word_length"
-    if f["symbols"] / f["words"] > cfg.max_symbol_ratio:
-        return "symbol_ratio"
-    if f["letters"] / f["word_chars"] < cfg.min_alpha_ratio:
-        return "low_alpha"
-    if f["punct_lines"] / f["lines"] < cfg.min_punct_line_fraction:
-        return "line_punctuation"
-    lines = [line for line in text.split("\n") if line]
-    if (len(lines) - len(set(lines))) / len(lines) > cfg.max_dup_line_fraction:
-        return "repeated_lines"
-    if cfg.languages:
-        code, prob = language(text)
-        if code not in cfg.languages or prob < cfg.min_language_score:
-            return f"language={code}"
+    """The first filter a normalised text fails (in the table's order), or None."""
+    from gpt.data.clean.filters import QUALITY_FILTERS
+
+    for reason in QUALITY_FILTERS:
+        if reason.name == "url_blocked":
+            if url and cfg.url_blocklist and url_blocked(url, cfg):
+                return "url_blocked"
+        elif reason.name == "language":
+            if cfg.languages:
+                code, prob = language(text)
+                if code not in cfg.languages or prob < cfg.min_language_score:
+                    return f"language={code}"
+        elif RULES[reason.name](text, cfg):
+            return reason.name
     return None
 
 

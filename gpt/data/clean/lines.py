@@ -123,15 +123,8 @@ class C4Lines:
 
     def __init__(self, lines: Lines) -> None:
         self.lines = lines
-        w = lines.words
-        n_lines = len(lines.lines)
-        self.line_words = np.bincount(w.chunk_line, minlength=n_lines)
-        chunk_chars = np.zeros(len(w.count), dtype=np.int64)
-        if len(w.count):
-            chunk_chars = np.add.reduceat(w.lengths, w.start[:-1])
-            chunk_chars[w.count == 0] = 0
-        self.longest_word = np.zeros(n_lines, dtype=np.int64)
-        np.maximum.at(self.longest_word, w.chunk_line, chunk_chars[w.occ])
+        self.line_words = lines.words.line_words
+        self.longest_word = lines.words.line_longest
         cited = lines.matches(_CITATION_RE2)
         self.cited = np.flatnonzero(cited)
         judged = lines.lines

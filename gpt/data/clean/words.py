@@ -116,22 +116,30 @@ def _affixes(s: str, specials: bool = True) -> list[str]:
     return out
 
 
-# spaCy's special-case matcher: special cases that affixes would split are found again among a
-# chunk's tokens (e.g. ":)" in "word:)") and put back together.
+# spaCy's special-case matcher: after the affixes, special cases they split are found again
+# among the text's tokens (":)" in "word:)") and put back together, longest first, then
+# leftmost. A match across a space (": )") has no special case and changes nothing, but it
+# still keeps overlapping matches from applying: so the tokens of a chunk with such a special
+# case can depend on its neighbours.
 _MATCHED: dict[tuple[str, ...], str] = {}
 for _key in _SPECIAL:
     if _PREFIX(_key) or _SUFFIX(_key) or any(True for _ in _INFIX(_key)) or " " in _key:
         _MATCHED.setdefault(tuple(_affixes(_key, False)), _key)
 _MATCH_LENGTHS = sorted({len(p) for p in _MATCHED if len(p) > 1})
 _MATCH_FIRST = frozenset(p[0] for p in _MATCHED if len(p) > 1)
+_NON_SPACE = re.compile(r"\S+")
 
 
-def _special_spans(tokens: list[str]) -> list[str]:
-    """Special cases among a chunk's tokens, longest first, then leftmost (spaCy's filter)."""
+def _special_spans(tokens: list[str], joins: list[str | None]) -> tuple[list[str], bool]:
+    """The matcher over a run of tokens; ``joins[i]`` is what separates token ``i`` from the one
+    before: "" (same chunk), " " (one space) or ``None`` (other whitespace: spaCy has a
+    whitespace token there, so nothing matches across it). Returns the tokens and whether a
+    special case applied."""
     found = [(i, i + n) for i, t in enumerate(tokens) if t in _MATCH_FIRST
-             for n in _MATCH_LENGTHS if tuple(tokens[i:i + n]) in _MATCHED]
+             for n in _MATCH_LENGTHS if i + n <= len(tokens) and tuple(tokens[i:i + n]) in
+             _MATCHED and all(joins[k] is not None for k in range(i + 1, i + n))]
     if not found:
-        return tokens
+        return tokens, False
     found.sort(key=lambda s: (s[1] - s[0], -s[0]))
     seen: set[int] = set()
     keep = []
@@ -140,26 +148,46 @@ def _special_spans(tokens: list[str]) -> list[str]:
             keep.append((a, b))
         seen.update(range(a, b))
     out: list[str] = []
-    at = 0
+    at, merged = 0, False
     for a, b in sorted(keep):
-        out += tokens[at:a]
-        out += _SPECIAL[_MATCHED[tuple(tokens[a:b])]]
-        at = b
-    return out + tokens[at:]
+        text = tokens[a] + "".join(f"{joins[k]}{tokens[k]}" for k in range(a + 1, b))
+        if text in _SPECIAL:
+            out += tokens[at:a]
+            out += _SPECIAL[text]
+            at, merged = b, True
+    return out + tokens[at:], merged
+
+
+def _chunk_affixes(chunk: str) -> list[str]:
+    return list(_SPECIAL[chunk]) if chunk in _SPECIAL else _affixes(chunk)
 
 
 @functools.lru_cache(maxsize=1 << 18)
+def _chunk(chunk: str) -> tuple[tuple[str, ...], bool]:
+    tokens = _chunk_affixes(chunk)
+    if len(tokens) < 2:
+        return tuple(tokens), False
+    out, merged = _special_spans(tokens, [""] * len(tokens))
+    return tuple(out), merged
+
+
 def tokenize_chunk(chunk: str) -> tuple[str, ...]:
-    """spaCy's English tokens of one whitespace-free chunk."""
-    if chunk in _SPECIAL:
-        return _SPECIAL[chunk]
-    tokens = _affixes(chunk)
-    return tuple(_special_spans(tokens) if len(tokens) > 1 else tokens)
+    """spaCy's English tokens of one whitespace-free chunk on its own."""
+    return _chunk(chunk)[0]
 
 
 def tokenize(text: str) -> list[str]:
     """datatrove's ``split_into_words(text, "en")``: spaCy's tokens, whitespace left out."""
-    return [t for chunk in text.split() for t in tokenize_chunk(chunk)]
+    tokens: list[str] = []
+    joins: list[str | None] = []
+    end = -1
+    for m in _NON_SPACE.finditer(text):
+        chunk = _chunk_affixes(m.group())
+        joins += [" " if end >= 0 and text[end:m.start()] == " " else None] + [""] * (
+            len(chunk) - 1)
+        tokens += chunk
+        end = m.end()
+    return _special_spans(tokens, joins)[0]
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -208,6 +236,9 @@ _BYTE_FLAGS = np.array([token_flags(chr(b)) if b else 0 for b in range(128)], dt
 class Words:
     """The tokens of a batch's lines, per distinct chunk, and where the chunks occur.
 
+    A line whose tokens depend on more than its chunks one by one (a special case the matcher
+    merged inside a chunk, which a neighbouring chunk could block) is one "chunk" of its own.
+
     Attributes:
         n_docs: documents in the batch.
         chunk_line: per chunk occurrence (in text order), its line.
@@ -217,7 +248,9 @@ class Words:
         ids: per token, an id (equal tokens, equal ids within the batch).
         lengths: per token, its length in characters.
         flags: per token, ``token_flags``.
-        stops: per token, ``stop_bits``.
+        stops: per token, its bit in ``STOP_WORDS`` (0 for the others).
+        line_words: per line, its whitespace-separated words.
+        line_longest: per line, the characters of its longest whitespace-separated word.
     """
 
     n_docs: int
@@ -229,6 +262,8 @@ class Words:
     lengths: np.ndarray
     flags: np.ndarray
     stops: np.ndarray
+    line_words: np.ndarray
+    line_longest: np.ndarray
 
     @property
     def count(self) -> np.ndarray:
@@ -237,9 +272,10 @@ class Words:
 
     def per_doc(self, per_token: np.ndarray) -> np.ndarray:
         """Per document, the sum of ``per_token`` over its tokens."""
-        per_chunk = np.add.reduceat(per_token.astype(np.int64), self.start[:-1]) if len(
-            per_token) else np.zeros(0, np.int64)
-        per_chunk[self.count == 0] = 0
+        per_chunk = np.zeros(len(self.count), dtype=np.int64)
+        if len(per_token):
+            per_chunk = np.add.reduceat(per_token.astype(np.int64), self.start[:-1])
+            per_chunk[self.count == 0] = 0
         return np.bincount(self.line_doc[self.chunk_line], weights=per_chunk[self.occ],
                            minlength=self.n_docs).astype(np.int64)
 
@@ -257,28 +293,35 @@ class Words:
     def stream(self) -> tuple[np.ndarray, np.ndarray]:
         """Every token occurrence in text order: its index in the token arrays, and its line."""
         n = self.count[self.occ]
-        total = int(n.sum())
-        first = np.cumsum(n) - n
-        at = np.repeat(self.start[:-1][self.occ] - first, n) + np.arange(total)
-        return at, np.repeat(self.chunk_line, n)
+        return _ragged(self.start[:-1][self.occ], n), np.repeat(self.chunk_line, n)
 
 
-@functools.lru_cache(maxsize=1 << 18)
-def _chunk_tokens(chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...],
-                                        tuple[int, ...], tuple[str, ...]]:
-    """A chunk's tokens as ``words`` stores them: lengths, flags, stop bits, ids of the
-    one-character ASCII tokens (0 for the others), and the other tokens."""
-    tokens = tokenize_chunk(chunk)
+#: How ``words`` stores a chunk's tokens: lengths, flags, stop bits, the byte of each
+#: one-character ASCII token (0 for the others), the others, and whether the matcher merged.
+_Info = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...],
+              tuple[str, ...], bool]
+
+
+def _info(tokens: tuple[str, ...] | list[str], merged: bool) -> _Info:
     byte = tuple(ord(t) if len(t) == 1 and t < "\x80" else 0 for t in tokens)
     return (tuple(map(len, tokens)), tuple(map(token_flags, tokens)),
             tuple(_STOP_BITS.get(t, 0) for t in tokens), byte,
-            tuple(t for t, b in zip(tokens, byte, strict=True) if not b))
+            tuple(t for t, b in zip(tokens, byte, strict=True) if not b), merged)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _chunk_info(chunk: str) -> _Info:
+    return _info(*_chunk(chunk))
 
 
 def _ragged(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])``, vectorised."""
     total = int(counts.sum())
     return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+
+
+def _np(arr: pa.Array) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
@@ -294,13 +337,16 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     """
     split = pc.ascii_split_whitespace(lines)  # normalised texts: all whitespace is ASCII
     chunks = pc.list_flatten(split)
-    chunk_line = pc.list_parent_indices(split)
     filled = pc.greater(pc.binary_length(chunks), 0)  # "" around leading whitespace, blank lines
-    chunks, chunk_line = chunks.filter(filled), chunk_line.filter(filled)
-    chunk_line = chunk_line.to_numpy(zero_copy_only=False).astype(np.int64)
+    chunks = chunks.filter(filled)
+    chunk_line = _np(pc.list_parent_indices(split).filter(filled))
     encoded = chunks.dictionary_encode()
-    occ = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    occ = _np(encoded.indices)
     distinct: pa.Array = encoded.dictionary
+    line_words = np.bincount(chunk_line, minlength=len(lines))
+    line_longest = np.zeros(len(lines), dtype=np.int64)
+    np.maximum.at(line_longest, chunk_line, _np(pc.utf8_length(distinct))[occ])
+
     m = pc.extract_regex(distinct, _EASY)
     alt1 = pc.greater(pc.binary_length(m.field("c1")), 0)
     core = pc.if_else(alt1, m.field("c1"), m.field("c2"))
@@ -313,14 +359,30 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     pre = m.field("p").filter(easy_mask)
     suf = pc.if_else(alt1, m.field("s1"), m.field("s2")).filter(easy_mask)
     core = core.filter(easy_mask)
-    hard_info = [_chunk_tokens(c) for c in distinct.filter(pc.invert(easy_mask)).to_pylist()]
+    hard_info = [_chunk_info(c) for c in distinct.filter(pc.invert(easy_mask)).to_pylist()]
+    n_units = len(distinct)
 
-    pre_n = pc.binary_length(pre).to_numpy(zero_copy_only=False).astype(np.int64)
-    suf_n = pc.binary_length(suf).to_numpy(zero_copy_only=False).astype(np.int64)
-    count = np.zeros(len(distinct), dtype=np.int64)
+    # Lines with a chunk the matcher merged inside: the whole line is one unit.
+    merged = hard[np.array([info[5] for info in hard_info], dtype=bool)]
+    if len(merged):
+        whole = np.unique(chunk_line[np.isin(occ, merged)])
+        if len(whole):
+            line_text = lines.take(pa.array(whole)).to_pylist()
+            hard_info += [_info(tokenize(t), False) for t in line_text]
+            hard = np.r_[hard, n_units + np.arange(len(whole))]
+            in_whole = np.isin(chunk_line, whole)
+            lead = in_whole & np.r_[True, chunk_line[1:] != chunk_line[:-1]]
+            occ[lead] = n_units + np.searchsorted(whole, chunk_line[lead])
+            keep = ~in_whole | lead
+            occ, chunk_line = occ[keep], chunk_line[keep]
+            n_units += len(whole)
+
+    pre_n = _np(pc.binary_length(pre))
+    suf_n = _np(pc.binary_length(suf))
+    count = np.zeros(n_units, dtype=np.int64)
     count[easy] = pre_n + 1 + suf_n
     count[hard] = [len(info[0]) for info in hard_info]
-    start = np.zeros(len(distinct) + 1, dtype=np.int64)
+    start = np.zeros(n_units + 1, dtype=np.int64)
     np.cumsum(count, out=start[1:])
     total = int(start[-1])
     ids = np.zeros(total, dtype=np.int64)
@@ -338,11 +400,10 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
 
     # The cores (letters): word and alpha tokens, stop words among them.
     core_at = start[easy] + pre_n
-    core_len = pc.binary_length(core).to_numpy(zero_copy_only=False).astype(np.int64)
+    core_len = _np(pc.binary_length(core))
     lengths[core_at] = core_len
     flags[core_at] = WORD | ALPHA
-    stop = pc.index_in(core, value_set=_STOP_ARRAY).fill_null(-1).to_numpy(
-        zero_copy_only=False).astype(np.int64)
+    stop = _np(pc.index_in(core, value_set=_STOP_ARRAY).fill_null(-1))
     stops[core_at[stop >= 0]] = 1 << stop[stop >= 0]
 
     # The other chunks' tokens, from tokenize_chunk.
@@ -367,7 +428,7 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
         core.filter(pa.array(~single)).cast(pa.large_string()),
         pa.array(list(itertools.chain.from_iterable(info[4] for info in hard_info)),
                  type=pa.large_string())])
-    codes = longer.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    ids[np.concatenate([core_at[~single], hard_at[byte_of == 0]])] = 128 + codes
+    ids[np.concatenate([core_at[~single], hard_at[byte_of == 0]])] = 128 + _np(
+        longer.dictionary_encode().indices)
     return Words(n_docs, chunk_line, np.asarray(line_doc, dtype=np.int64), occ, start, ids,
-                 lengths, flags, stops)
+                 lengths, flags, stops, line_words, line_longest)
