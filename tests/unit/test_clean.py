@@ -67,7 +67,8 @@ def test_good_document_is_kept(cfg: CleanConfig) -> None:
 
 @pytest.mark.parametrize(("text", "reason"), [
     ("Too short.", "too_short"),
-    ("x" * 50, "too_few_words"),
+    ("x" * 50 + ".", "too_few_words"),
+    ("Paragraphs, sentences; (words)!? - (everywhere).", "too_few_words"),  # "-" is no word
     ("Shortwords a b c d e f g h i j k l m n o p q r s t u v w x y z.", "word_length"),
     ("Antidisestablishmentarianism supercalifragilisticexpialidocious "
      "pneumonoultramicroscopicsilicovolcanoconiosis floccinaucinihilipilification "
@@ -77,8 +78,14 @@ def test_good_document_is_kept(cfg: CleanConfig) -> None:
     ("1234 5678 9012 3456 7890 1234 5678 9012 3456 7890 1234 5678 9012 the end.", "low_alpha"),
     ("A line of text without an end\nanother line of text without an end\n"
      "and a third line of text too", "line_punctuation"),
-    ("The same line is here again.\nThe same line is here again.\n"
-     "The same line is here again.\nAnd one different line at last.", "repeated_lines"),
+    ("The same line is here again, long enough.\nThe same line is here again, long enough.\n"
+     "The same line is here again, long enough.\nAnd one different line at last, long too.",
+     "repeated_lines"),
+    ("Home\nAbout us\nContact\nA line of prose that is long enough to count.", "short_lines"),
+    ("- the first item of the list here.\n- the second item of the list here.\n"
+     "- the third item of the list here.", "bullet_lines"),
+    ("It went on and on, and on and on...\nAnd on and on, further than before...\n"
+     "Until it stopped, some time later.", "ellipsis_lines"),
     ("Bad bytes \ufffd\ufffd\ufffd in this document which otherwise reads fine.", "invalid_utf8"),
 ])
 def test_each_filter_has_its_reason(text: str, reason: str, cfg: CleanConfig) -> None:
