@@ -71,5 +71,6 @@ def test_params_yaml_comments_name_the_right_reasons() -> None:
 
 def test_dvc_clean_stage_depends_on_every_module() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gpt/data/clean").glob("*.py")}
+    modules = {p.relative_to(ROOT).as_posix() for pattern in ("*.py", "*.json")
+               for p in (ROOT / "gpt/data/clean").glob(pattern)}
     assert modules <= set(stages["clean"]["deps"])

@@ -335,7 +335,8 @@ REASONS: tuple[Reason, ...] = (
            _word_rule(_alpha_words)),
     Reason("stop_words", ("min_stop_words",),
            "fewer than `min_stop_words` of Gopher's stop words (the, be, to, of, and, that, "
-           "have, with) (Gopher)", _word_rule(lambda t, c: t.words.stop_words() < c.min_stop_words)),
+           "have, with) (Gopher)",
+           _word_rule(lambda t, c: t.words.stop_words() < c.min_stop_words)),
     Reason("newline_ratio", ("max_newline_ratio",),
            "more than `max_newline_ratio` line breaks per token (FineWeb)",
            _word_rule(_newline_ratio)),

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpt.data.clean.arrow import byte_offsets, raw_bytes
+from gpt.data.clean.arrow import raw_bytes
 
 TABLES: dict = json.loads(resources.files("gpt.data.clean").joinpath("fineweb.json").read_text(
     encoding="utf-8"))
