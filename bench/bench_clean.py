@@ -20,7 +20,7 @@ original) and measures:
   near-dedup.
 
 Run: ``.venv/bin/python bench/bench_clean.py --mb 20`` (default 200); ``--no-near`` times only
-the cleaning without near-dedup (the throughput part).
+the cleaning without near-dedup (the throughput part); ``--rule-shares`` times each quality rule.
 """
 
 from __future__ import annotations
@@ -248,6 +248,45 @@ def _language_rows(label: str, docs: pd.DataFrame, cfg: CleanConfig, languages: 
             f"difference, {judged_mb / alone:.2f} MB/s/core lid.176 alone"]
 
 
+def rule_shares(docs: pd.DataFrame, cfg: CleanConfig) -> list[str]:
+    """CPU seconds of each quality rule over the corpus, as the engine runs them (4 MB batches,
+    each rule judging the rows no earlier rule rejected), with the normalisation and the byte
+    counts every rule shares; and how many documents each judged and rejected."""
+    import numpy as np
+
+    from gpt.data.clean import features
+    from gpt.data.clean.engine import _batches
+    from gpt.data.clean.filters import QUALITY_FILTERS, Batch
+
+    arr = pa.array(docs["text"].tolist(), type=pa.large_string())
+    cpu: dict[str, float] = {"normalise": 0.0, "byte counts": 0.0}
+    judged: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    for lo, hi in _batches(arr):
+        t = time.process_time()
+        batch_arr = normalize_batch(arr.slice(lo, hi - lo))
+        cpu["normalise"] += time.process_time() - t
+        t = time.process_time()
+        batch = Batch(batch_arr, features(batch_arr), np.ones(hi - lo, dtype=bool))
+        cpu["byte counts"] += time.process_time() - t
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for reason in QUALITY_FILTERS:
+                assert reason.rejects is not None
+                t = time.process_time()
+                hit = reason.rejects(batch, cfg) & batch.pending
+                cpu[reason.name] = cpu.get(reason.name, 0.0) + time.process_time() - t
+                judged[reason.name] = judged.get(reason.name, 0) + int(batch.pending.sum())
+                rejected[reason.name] = rejected.get(reason.name, 0) + int(hit.sum())
+                batch.pending &= ~hit
+    total = sum(cpu.values())
+    out = [f"| {'step':26} | {'CPU s':>6} | {'share':>6} | {'judged':>8} | {'rejected':>8} |",
+           f"|{'-' * 28}|{'-' * 7}:|{'-' * 7}:|{'-' * 9}:|{'-' * 9}:|"]
+    for name, sec in cpu.items():
+        out.append(f"| {name:26} | {sec:6.2f} | {sec / total:6.1%} | "
+                   f"{judged.get(name, len(docs)):8,} | {rejected.get(name, 0):8,} |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=200.0, help="corpus size in MB")
@@ -263,6 +302,8 @@ def main() -> None:
                         help="also time clean.languages=[these] (comma-separated, e.g. en), "
                              "alternating with the run without, and language ID alone")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--rule-shares", action="store_true",
+                        help="also time each quality rule on the web-page-sized corpus")
     args = parser.parse_args()
 
     cfg = load_params(args.params).clean
@@ -272,6 +313,7 @@ def main() -> None:
     lid_rows: list[str] = []
     repaired: list[tuple[str, int, float]] = []
     near = corpus = None
+    shares: list[str] = []
     for per_doc in [1] + ([args.merge] if args.merge > 1 else []):
         built, (build_s, _) = timed(build_corpus, args.mb, 0, 0.02, per_doc)
         docs = built.docs
@@ -284,6 +326,8 @@ def main() -> None:
         if args.languages:
             lid_rows.extend(_language_rows(label, docs, plain_cfg, args.languages.split(","),
                                            plain, plain_s, mb))
+        if args.rule_shares and per_doc == max(1, args.merge):
+            shares = [f"each rule's CPU time ({label}, near-dedup off):", *rule_shares(docs, cfg)]
         if args.mojibake > 0:
             bad_docs, intended = with_mojibake(docs, args.mojibake)
             bad_mb = sum(len(t.encode()) for t in bad_docs["text"]) / 1e6
@@ -313,6 +357,8 @@ def main() -> None:
     for name, _cores, (wall, cpu), mb, res, target in rows:
         print(f"| {name:44} | {wall:7.2f} | {cpu:7.2f} | {mb / wall:7.1f} | {mb / cpu:9.1f} | "
               f"{target:6.1f} | {len(res.kept):8,} |")
+    for line in shares:
+        print(line)
     for line in lid_rows:
         print(line)
     for label, n, share in repaired:

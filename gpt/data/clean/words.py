@@ -49,12 +49,33 @@ STOP_WORDS: tuple[str, ...] = tuple(TABLES["stop_words"])
 WORD, ALPHA, SENTENCE_END, PUNCT = 1, 2, 4, 8
 
 
+# Shortcuts, checked over every letter and digit by test_clean_words: no prefix starts with a
+# letter or digit but "US$", "C$" and "A$"; a suffix ends in a letter only as "'s" (four
+# spellings) or as a unit (at most six characters) right after a digit. Prefixes and suffixes
+# are at most a few characters (with a character of context) unless they are runs of dots, so
+# the patterns need only look at a chunk's ends.
+_LETTER_PREFIXES = ("US$", "C$", "A$")
+_HEAD, _TAIL = 6, 12
+# An infix is a run of dots, an ellipsis, a symbol (Unicode So) or one of these between letters
+# or digits: a chunk without any of them has none.
+_MAYBE_INFIX = re.compile("[.,:<>=/+*^~\\-\u2013\u2014\u2026]|[^\\x00-\\x7f\\w]")
+
+
 def _prefix_len(s: str) -> int:
-    m = _PREFIX(s)
+    if s[0].isalnum() and not s.startswith(_LETTER_PREFIXES):
+        return 0
+    m = _PREFIX(s if s.startswith("..") else s[:_HEAD])
     return m.end() - m.start() if m else 0
 
 
 def _suffix_len(s: str) -> int:
+    if not s or s[-1].isalpha() and s[-2:-1] not in ("'", "\u2019") and not any(
+            c.isdigit() for c in s[-8:-1]):
+        return 0
+    if len(s) > _TAIL and not s.endswith(".."):
+        m = _SUFFIX(s[-_TAIL:])  # a match starting at 2 or later has its context in the tail
+        if m is None or m.start() >= 2:
+            return m.end() - m.start() if m else 0
     m = _SUFFIX(s)
     return m.end() - m.start() if m else 0
 
@@ -96,7 +117,7 @@ def _affixes(s: str, specials: bool = True) -> list[str]:
     if s:
         if specials and s in _SPECIAL:
             out.extend(_SPECIAL[s])
-        elif _URL(s):
+        elif not _MAYBE_INFIX.search(s) or "." in s and _URL(s):
             out.append(s)
         else:
             start = 0
@@ -124,8 +145,10 @@ _MATCHED: dict[tuple[str, ...], str] = {}
 for _key in _SPECIAL:
     if _PREFIX(_key) or _SUFFIX(_key) or any(True for _ in _INFIX(_key)) or " " in _key:
         _MATCHED.setdefault(tuple(_affixes(_key, False)), _key)
-_MATCH_LENGTHS = sorted({len(p) for p in _MATCHED if len(p) > 1})
-_MATCH_FIRST = frozenset(p[0] for p in _MATCHED if len(p) > 1)
+_BY_PAIR: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+for _pattern in _MATCHED:
+    if len(_pattern) > 1:
+        _BY_PAIR.setdefault(_pattern[:2], []).append(_pattern)
 _NON_SPACE = re.compile(r"\S+")
 
 
@@ -134,9 +157,9 @@ def _special_spans(tokens: list[str], joins: list[str | None]) -> tuple[list[str
     before: "" (same chunk), " " (one space) or ``None`` (other whitespace: spaCy has a
     whitespace token there, so nothing matches across it). Returns the tokens and whether a
     special case applied."""
-    found = [(i, i + n) for i, t in enumerate(tokens) if t in _MATCH_FIRST
-             for n in _MATCH_LENGTHS if i + n <= len(tokens) and tuple(tokens[i:i + n]) in
-             _MATCHED and all(joins[k] is not None for k in range(i + 1, i + n))]
+    found = [(i, i + len(p)) for i, pair in enumerate(zip(tokens, tokens[1:]))
+             if pair in _BY_PAIR for p in _BY_PAIR[pair] if tuple(tokens[i:i + len(p)]) == p
+             and all(joins[k] is not None for k in range(i + 1, i + len(p)))]
     if not found:
         return tokens, False
     found.sort(key=lambda s: (s[1] - s[0], -s[0]))
@@ -157,16 +180,34 @@ def _special_spans(tokens: list[str], joins: list[str | None]) -> tuple[list[str
     return out + tokens[at:], merged
 
 
-def _chunk_affixes(chunk: str) -> list[str]:
-    return list(_SPECIAL[chunk]) if chunk in _SPECIAL else _affixes(chunk)
+@functools.lru_cache(maxsize=1 << 16)
+def _chunk_affixes(chunk: str) -> tuple[str, ...]:
+    """A chunk's tokens before the matcher (its special case, or its affixes)."""
+    return _SPECIAL[chunk] if chunk in _SPECIAL else tuple(_affixes(chunk))
+
+
+# Prefixes (of two tokens or more) of the matcher's patterns: whether a match could run from one
+# chunk into the next.
+_OPENINGS = frozenset(p[:k] for p in _MATCHED if len(p) > 1 for k in range(2, len(p) + 1))
+_LONGEST = max(map(len, _OPENINGS), default=0)
+
+
+def _crosses(left: tuple[str, ...], right: tuple[str, ...]) -> bool:
+    """Whether a pattern of the matcher could start in ``left`` and go on into ``right``."""
+    for k in range(max(0, len(left) - _LONGEST + 1), len(left)):
+        tail = left[k:]
+        for m in range(1, min(len(right), _LONGEST - len(tail)) + 1):
+            if tail + right[:m] in _OPENINGS:
+                return True
+    return False
 
 
 @functools.lru_cache(maxsize=1 << 18)
 def _chunk(chunk: str) -> tuple[tuple[str, ...], bool]:
     tokens = _chunk_affixes(chunk)
     if len(tokens) < 2:
-        return tuple(tokens), False
-    out, merged = _special_spans(tokens, [""] * len(tokens))
+        return tokens, False
+    out, merged = _special_spans(list(tokens), [""] * len(tokens))
     return tuple(out), merged
 
 
@@ -181,7 +222,7 @@ def tokenize(text: str) -> list[str]:
     joins: list[str | None] = []
     end = -1
     for m in _NON_SPACE.finditer(text):
-        chunk = _chunk_affixes(m.group())
+        chunk = list(_chunk_affixes(m.group()))
         joins += [" " if end >= 0 and text[end:m.start()] == " " else None] + [""] * (
             len(chunk) - 1)
         tokens += chunk
@@ -198,10 +239,12 @@ def token_flags(token: str) -> int:
             | (PUNCT if all(unicodedata.category(c).startswith("P") for c in token) else 0))
 
 
-# The chunks tokenized in bulk: ASCII letters (with "_" inside), each prefix and suffix a single
-# punctuation character that spaCy always splits off on its own, a suffix "." only where spaCy
-# splits it (after a lowercase letter, two capitals, or a split-off character), no special case
-# near. ``_PRE_CHARS``/``_SUF_CHARS`` are found from spaCy's patterns.
+# The chunks tokenized in bulk, in RE2 and numpy: prefixes and suffixes that are single
+# punctuation characters spaCy always splits off one by one (``_PRE_CHARS``, ``_SUF_CHARS``,
+# found from spaCy's patterns), a suffix "." only where spaCy splits it, and between them one
+# token: ASCII, starting with a letter, with no character an infix, URL or affix pattern could
+# act on inside (``_INNER``), ending in a letter (no digit in it: no unit to split) or a digit,
+# and no special case that could reach it.
 _ASCII_PUNCT = "".join(c for c in map(chr, range(33, 127)) if not c.isalnum())
 
 
@@ -214,14 +257,25 @@ def _splits_last(s: str) -> bool:
 _PRE_CHARS = "".join(c for c in _ASCII_PUNCT if _prefix_len(c + "ab") == 1
                      and _prefix_len(c + c + "ab") == 1)
 _SUF_CHARS = "".join(c for c in _ASCII_PUNCT if c != "." and all(
-    _splits_last(s) for s in ("ab" + c, "AB" + c, "aB" + c, "a" + c + c, "a" + c + ".")))
-_P, _S = re.escape(_PRE_CHARS), re.escape(_SUF_CHARS)
-_EASY = (rf"^(?P<p>[{_P}]*)(?:"
-         rf"(?P<c1>(?:[A-Za-z][A-Za-z_]*)?(?:[a-z]|[A-Z][A-Z]))(?P<s1>\.?(?:[{_S}]\.?)*)|"
-         rf"(?P<c2>(?:(?:[A-Za-z][A-Za-z_]*)?[a-z_])?[A-Z])(?P<s2>(?:[{_S}]\.?)*))$")
-# Cores a special case could reach (its letter runs): chunks with one go through tokenize_chunk.
-_RISKY_CORES = pa.array(sorted({run for key in _SPECIAL for run in
-                                re.findall(r"[A-Za-z](?:[A-Za-z_]*[A-Za-z])?", key)}))
+    _splits_last(s) for s in ("ab" + c, "AB" + c, "aB" + c, "a5" + c, "a" + c + c,
+                              "a" + c + ".")))
+_INNER = "!\"#%&()?;@[\\]_`{|}"  # no infix ., :<>=/+*^~- nor ' $ (affixes) nor whitespace
+_P, _S, _I = (re.escape(x) for x in (_PRE_CHARS, _SUF_CHARS, _INNER))
+_CORE = (rf"[A-Za-z](?:[A-Za-z{_I}]*[a-z])?|(?:[A-Za-z][A-Za-z{_I}]*)?[A-Z][A-Z]|"
+         rf"[A-Za-z][A-Za-z0-9{_I}]*[0-9]|(?:[A-Za-z]|[A-Za-z][A-Za-z{_I}]*[a-z{_I}])?[A-Z]")
+# A "." right after the core splits after a lowercase letter, two capitals or a digit (the
+# first three forms of _CORE), not after another capital.
+_EASY = (rf"^(?P<p>[{_P}]*)(?:(?P<c1>(?:[A-Za-z](?:[A-Za-z{_I}]*[a-z])?|"
+         rf"(?:[A-Za-z][A-Za-z{_I}]*)?[A-Z][A-Z]|[A-Za-z][A-Za-z0-9{_I}]*[0-9]))"
+         rf"(?P<s1>\.?(?:[{_S}]\.?)*)|"
+         rf"(?P<c2>(?:[A-Za-z]|[A-Za-z][A-Za-z{_I}]*[a-z{_I}])?[A-Z])(?P<s2>(?:[{_S}]\.?)*))$")
+# Cores a special case could reach (any piece of a special case shaped like a core): chunks with
+# one go through tokenize_chunk.
+_CORE_SHAPE = re.compile(_CORE)
+_RISKY_CORES = pa.array(sorted({key[a:b] for key in _SPECIAL for a in range(len(key))
+                                if key[a].isascii() and key[a].isalpha()
+                                for b in range(a + 1, len(key) + 1)
+                                if _CORE_SHAPE.fullmatch(key[a:b])}))
 # Special cases made only of the split-off characters (":)", "''"): chunks with one, likewise.
 _PUNCT_SPECIALS = "|".join(re.escape(k) for k in _SPECIAL if len(k) > 1 and all(
     c in _PRE_CHARS + _SUF_CHARS + "." for c in k))
@@ -295,28 +349,55 @@ class Words:
         return _ragged(self.start[:-1][self.occ], n), np.repeat(self.chunk_line, n)
 
 
-#: How ``words`` stores a chunk's tokens: lengths, flags, stop bits, the byte of each
-#: one-character ASCII token (0 for the others), the others, and whether the matcher merged.
-_Info = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...],
-              tuple[str, ...], bool]
+# ASCII tokens' flags from regexes over a batch's tokens (the others: ``token_flags``).
+_ASCII_PUNCT_P = "".join(c for c in _ASCII_PUNCT if unicodedata.category(c).startswith("P"))
+_ALL_PUNCT_RE2 = "^[" + re.escape(_ASCII_PUNCT_P) + "]+$"
+_ASCII_ENDS = pa.array(sorted(c for c in SENTENCE_PUNCTUATION if c.isascii()))
 
 
-def _info(tokens: tuple[str, ...] | list[str], merged: bool) -> _Info:
-    byte = tuple(ord(t) if len(t) == 1 and t < "\x80" else 0 for t in tokens)
-    return (tuple(map(len, tokens)), tuple(map(token_flags, tokens)),
-            tuple(_STOP_BITS.get(t, 0) for t in tokens), byte,
-            tuple(t for t, b in zip(tokens, byte, strict=True) if not b), merged)
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def _chunk_info(chunk: str) -> _Info:
-    return _info(*_chunk(chunk))
+def _token_columns(tokens: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per token: length, ``token_flags``, stop bit, and its byte if it is one ASCII
+    character (else 0)."""
+    lengths = _np(pc.utf8_length(tokens))
+    is_ascii = pc.string_is_ascii(tokens)
+    flags = (_np(pc.match_substring_regex(tokens, "[A-Za-z0-9]")) * WORD
+             + _np(pc.match_substring_regex(tokens, "[A-Za-z]")) * ALPHA
+             + _np(pc.is_in(tokens, value_set=_ASCII_ENDS)) * SENTENCE_END
+             + _np(pc.match_substring_regex(tokens, _ALL_PUNCT_RE2)) * PUNCT)
+    others = np.flatnonzero(~is_ascii.to_numpy(zero_copy_only=False))
+    if len(others):
+        flags[others] = [token_flags(t) for t in tokens.take(pa.array(others)).to_pylist()]
+    stop = _np(pc.index_in(tokens, value_set=_STOP_ARRAY).fill_null(-1))
+    stops = np.where(stop >= 0, 1 << np.maximum(stop, 0), 0)
+    byte = np.zeros(len(tokens), dtype=np.int64)
+    single = np.flatnonzero(_np(pc.binary_length(tokens)) == 1)
+    if len(single):
+        byte[single] = np.frombuffer(raw_bytes(tokens.take(pa.array(single))), dtype=np.uint8)
+    return lengths, flags, stops, byte
 
 
 def _ragged(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])``, vectorised."""
     total = int(counts.sum())
     return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+
+
+def _entangled(distinct: pa.Array, occ: np.ndarray, chunk_line: np.ndarray,
+               merged: np.ndarray) -> np.ndarray:
+    """The lines where a merged chunk meets a neighbour (on its line) that a matcher pattern
+    could run into (a match across the space could keep the merge from applying)."""
+    lines: set[int] = set()
+    for i in np.flatnonzero(np.isin(occ, merged)).tolist():
+        line = int(chunk_line[i])
+        if line in lines:
+            continue
+        here = _chunk_affixes(distinct[int(occ[i])].as_py())
+        for j, before in ((i - 1, True), (i + 1, False)):
+            if 0 <= j < len(occ) and chunk_line[j] == line:
+                there = _chunk_affixes(distinct[int(occ[j])].as_py())
+                if _crosses(there, here) if before else _crosses(here, there):
+                    lines.add(line)
+    return np.array(sorted(lines), dtype=np.int64)
 
 
 def _np(arr: pa.Array) -> np.ndarray:
@@ -358,16 +439,17 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     pre = m.field("p").filter(easy_mask)
     suf = pc.if_else(alt1, m.field("s1"), m.field("s2")).filter(easy_mask)
     core = core.filter(easy_mask)
-    hard_info = [_chunk_info(c) for c in distinct.filter(pc.invert(easy_mask)).to_pylist()]
+    hard_tokens = [_chunk(c) for c in distinct.filter(pc.invert(easy_mask)).to_pylist()]
     n_units = len(distinct)
 
-    # Lines with a chunk the matcher merged inside: the whole line is one unit.
-    merged = hard[np.array([info[5] for info in hard_info], dtype=bool)]
+    # Lines where a chunk the matcher merged inside has a neighbour a match could run into:
+    # the whole line is one unit.
+    merged = hard[np.array([m for _, m in hard_tokens], dtype=bool)]
+    token_lists = [t for t, _ in hard_tokens]
     if len(merged):
-        whole = np.unique(chunk_line[np.isin(occ, merged)])
+        whole = _entangled(distinct, occ, chunk_line, merged)
         if len(whole):
-            line_text = lines.take(pa.array(whole)).to_pylist()
-            hard_info += [_info(tokenize(t), False) for t in line_text]
+            token_lists += [tuple(tokenize(t)) for t in lines.take(pa.array(whole)).to_pylist()]
             hard = np.r_[hard, n_units + np.arange(len(whole))]
             in_whole = np.isin(chunk_line, whole)
             lead = in_whole & np.r_[True, chunk_line[1:] != chunk_line[:-1]]
@@ -380,7 +462,7 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     suf_n = _np(pc.binary_length(suf))
     count = np.zeros(n_units, dtype=np.int64)
     count[easy] = pre_n + 1 + suf_n
-    count[hard] = [len(info[0]) for info in hard_info]
+    count[hard] = [len(t) for t in token_lists]
     start = np.zeros(n_units + 1, dtype=np.int64)
     np.cumsum(count, out=start[1:])
     total = int(start[-1])
@@ -407,15 +489,9 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
 
     # The other chunks' tokens, from tokenize_chunk.
     hard_at = _ragged(start[hard], count[hard])
-
-    def column(k: int) -> np.ndarray:
-        return np.fromiter(itertools.chain.from_iterable(info[k] for info in hard_info),
-                           dtype=np.int64, count=len(hard_at))
-
-    lengths[hard_at] = column(0)
-    flags[hard_at] = column(1)
-    stops[hard_at] = column(2)
-    byte_of = column(3)
+    hard_flat = pa.array(list(itertools.chain.from_iterable(token_lists)),
+                         type=pa.large_string())
+    lengths[hard_at], flags[hard_at], stops[hard_at], byte_of = _token_columns(hard_flat)
     ids[hard_at] = byte_of
 
     # Ids: a one-character ASCII token's byte; 128 + its place among the other distinct tokens.
@@ -423,10 +499,8 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     if single.any():
         ids[core_at[single]] = np.frombuffer(raw_bytes(core.filter(pa.array(single))),
                                              dtype=np.uint8)
-    longer = pa.concat_arrays([
-        core.filter(pa.array(~single)).cast(pa.large_string()),
-        pa.array(list(itertools.chain.from_iterable(info[4] for info in hard_info)),
-                 type=pa.large_string())])
+    longer = pa.concat_arrays([core.filter(pa.array(~single)).cast(pa.large_string()),
+                               hard_flat.filter(pa.array(byte_of == 0))])
     ids[np.concatenate([core_at[~single], hard_at[byte_of == 0]])] = 128 + _np(
         longer.dictionary_encode().indices)
     return Words(n_docs, chunk_line, np.asarray(line_doc, dtype=np.int64), occ, start, ids,
