@@ -93,6 +93,8 @@ class CleanConfig(_Strict):
         description="[n, fraction] pairs: cap on the top n-gram's characters; [] = off")
     max_dup_ngram_fraction: list[tuple[_NgramSize, _Fraction]] = Field(
         description="[n, fraction] pairs: cap on repeated n-grams' characters; [] = off")
+    decontaminate_ngram: int = Field(ge=0, description="words per n-gram a document may not "
+                                     "share with an evaluation item; 0 = off")
     near_dedup: bool = Field(description="reject MinHash-LSH near duplicates")
     near_dedup_threshold: float = Field(gt=0, le=1, description="estimated Jaccard similarity")
     near_dedup_num_perm: int = Field(ge=16, le=1024, description="MinHash permutations")

@@ -26,7 +26,7 @@ import pandas as pd
 
 from gpt import progress
 from gpt.config import HF_PREFIX, Params
-from gpt.data.clean import Mapper, clean_parts, language, render_report
+from gpt.data.clean import Mapper, clean_parts, decontam, language, render_report
 from gpt.data.clean import urls as url_lists
 from gpt.data.clean.engine import validated_docs
 from gpt.data.loader import encode_shard, is_val_doc, write_meta
@@ -280,10 +280,11 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
     url_lists.load(tuple(cfg.url_blocklist))  # a missing list stops here, before any work
     if cfg.languages:
         language.model()
+    evals = decontam.load(params)  # likewise an unreadable evaluation file
     print_ = fingerprint("clean", cfg.model_dump(), _inputs_state(workdir / RAW),
-                         url_lists.digest(cfg.url_blocklist))
+                         url_lists.digest(cfg.url_blocklist), evals.digest if evals else "")
     with _output(workdir / CLEAN, "clean", print_) as out:
-        done = clean_parts(raw, out, cfg, workers or default_workers(), mapper)
+        done = clean_parts(raw, out, cfg, workers or default_workers(), mapper, evals)
         stats = done.stats
         stats["bad_records"] = int(manifest.get("bad_records", 0))
         stats["skipped_records"] = manifest.get("skipped_records", {})

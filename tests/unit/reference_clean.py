@@ -243,12 +243,45 @@ RULES = {
 }
 
 
-def quality_reason(text: str, cfg: CleanConfig, url: str = "") -> str | None:
+def eval_words(text: str) -> list[str]:
+    """Runs of word characters, ASCII letters lowercased."""
+    return re.findall(r"\w+", text.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                                                           "abcdefghijklmnopqrstuvwxyz")))
+
+
+def contamination(text: str, sets: list[tuple[str, list[str]]], n: int) -> str | None:
+    """The evaluation set of the first word n-gram of ``text`` (leftmost, then longest) that an
+    item of ``sets`` has (an item shorter than ``n`` words: whole; a gram in several sets: the
+    first listed)."""
+    table: dict[tuple[str, ...], str] = {}
+    for name, items in sets:
+        for item in items:
+            words = eval_words(item)
+            k = min(n, len(words))
+            for j in range(len(words) - k + 1 if words else 0):
+                table.setdefault(tuple(words[j:j + k]), name)
+    words = eval_words(text)
+    sizes = sorted({len(g) for g in table}, reverse=True)
+    for p in range(len(words)):
+        for k in sizes:
+            gram = tuple(words[p:p + k])
+            if len(gram) == k and gram in table:
+                return table[gram]
+    return None
+
+
+def quality_reason(text: str, cfg: CleanConfig, url: str = "",
+                   sets: list[tuple[str, list[str]]] | None = None) -> str | None:
     """The first filter a normalised text fails (in the table's order), or None."""
     from gpt.data.clean.filters import QUALITY_FILTERS
 
     for reason in QUALITY_FILTERS:
-        if reason.name == "url_blocked":
+        if reason.name == "contaminated":
+            found = contamination(text, sets, cfg.decontaminate_ngram) if sets and \
+                cfg.decontaminate_ngram > 0 else None
+            if found:
+                return f"contaminated={found}"
+        elif reason.name == "url_blocked":
             if url and cfg.url_blocklist and url_blocked(url, cfg):
                 return "url_blocked"
         elif reason.name == "language":
@@ -261,7 +294,8 @@ def quality_reason(text: str, cfg: CleanConfig, url: str = "") -> str | None:
     return None
 
 
-def filter_documents(texts: list[str], cfg: CleanConfig, urls: list[str] | None = None
+def filter_documents(texts: list[str], cfg: CleanConfig, urls: list[str] | None = None,
+                     sets: list[tuple[str, list[str]]] | None = None,
                      ) -> list[tuple[str, str | None]]:
     """(cleaned text, reason or None) per text: normalise, filter, scrub PII, exact URL and
     text dedup (a URL's first copy that is a copy of another text: its copies name that one)."""
@@ -269,7 +303,7 @@ def filter_documents(texts: list[str], cfg: CleanConfig, urls: list[str] | None 
     out: list[tuple[str, str | None]] = []
     for raw, url in zip(texts, urls, strict=True):
         text = normalize(raw)
-        reason = quality_reason(text, cfg, url)
+        reason = quality_reason(text, cfg, url, sets)
         out.append((scrub_pii(text, tuple(cfg.pii))[0] if reason is None else text, reason))
     if not cfg.exact_dedup:
         return out

@@ -37,8 +37,11 @@ import pyarrow.parquet as pq
 
 from gpt.config import CleanConfig
 from gpt.data.clean.arrow import byte_offsets, chunked, raw_bytes, system_allocator
+from gpt.data.clean.decontam import EvalSets
 from gpt.data.clean.features import features
 from gpt.data.clean.filters import (
+    CONTAMINATED,
+    CONTAMINATED_CODE,
     DUPLICATE_ID,
     DUPLICATE_OF,
     DUPLICATE_URL_OF,
@@ -99,8 +102,8 @@ def _batches(arr: pa.Array) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _filter_part(texts: pa.ChunkedArray, cfg: CleanConfig, urls: list[str] | None = None
-                 ) -> _Part:
+def _filter_part(texts: pa.ChunkedArray, cfg: CleanConfig, urls: list[str] | None = None,
+                 evals: EvalSets | None = None) -> _Part:
     """Normalise, filter and scrub one shard; sign the survivors when near-dedup is on."""
     pieces: list[pa.Array] = []
     code_parts: list[np.ndarray] = []
@@ -114,7 +117,7 @@ def _filter_part(texts: pa.ChunkedArray, cfg: CleanConfig, urls: list[str] | Non
         for lo, hi in _batches(chunk):
             arr = normalize_batch(chunk.slice(lo, hi - lo))
             codes, columns = quality_codes(arr, features(arr), cfg, None if urls is None else
-                                           urls[base + lo:base + hi])
+                                           urls[base + lo:base + hi], evals)
             for name, values in columns.items():
                 column_parts.setdefault(name, []).append(values)
             arr, counts_at = scrub_batch(arr, kinds, np.flatnonzero(codes == 0))
@@ -176,21 +179,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def filter_shard(job: tuple[str, str, str, CleanConfig]) -> dict[str, int]:
+def filter_shard(job: tuple[str, str, str, CleanConfig, EvalSets | None]) -> dict[str, int]:
     """Pass 1 for one shard: filter, scrub, hash and sign it into scratch files.
 
     Args:
-        job: ``(raw shard, scratch folder, shard stem, clean config)``.
+        job: ``(raw shard, scratch folder, shard stem, clean config, evaluation sets)``.
 
     Returns:
         ``{"docs": n, "passed": m}``.
     """
-    raw, scratch, stem, cfg = job
+    raw, scratch, stem, cfg, evals = job
     files = _Files(Path(scratch), stem)
     frame = validated_docs(read_part(Path(raw), "ingest"))
     urls = frame["url"].tolist() if "url" in frame.columns else None
     with system_allocator():
-        part = _filter_part(chunked(frame["text"]), cfg, urls)
+        part = _filter_part(chunked(frame["text"]), cfg, urls, evals)
     passed = part.codes == 0
     cleaned = part.cleaned
     write_parquet(pa.table({"text": cleaned}), files["text"])
@@ -214,7 +217,8 @@ def filter_shard(job: tuple[str, str, str, CleanConfig]) -> dict[str, int]:
                  url_hash=hash16(pa.array(urls or [], pa.large_string())),
                  has_url=np.array([bool(u) for u in urls or []], dtype=bool),
                  language=np.array(part.columns.get("language", []), dtype=str),
-                 language_score=part.columns.get("language_score", np.zeros(0)))
+                 language_score=part.columns.get("language_score", np.zeros(0)),
+                 contaminated=np.array(part.columns.get(CONTAMINATED, []), dtype=str))
     os.replace(tmp, files["meta"])
     mark_done(files["meta"])  # written last: the shard's pass 1 is complete
     return {"docs": len(frame), "passed": int(passed.sum())}
@@ -262,6 +266,9 @@ class _Corpus:
              for m in metas]) if metas else np.zeros(0, bool)
         # Per shard (empty when clean.languages is off).
         self.language = [(m["language"], m["language_score"]) for m in metas]
+        # Per shard: the evaluation set of each contaminated document (empty when none).
+        self.contaminated = [m["contaminated"] if "contaminated" in m else np.zeros(0, str)
+                             for m in metas]
 
     def shard_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, rows, "right") - 1
@@ -373,6 +380,10 @@ def _reasons(corpus: _Corpus, kind: np.ndarray, target: np.ndarray, ids: dict[in
     language = corpus.language[s][0]
     for i in np.flatnonzero((k == _QUALITY) & (corpus.codes[lo:hi] == LANGUAGE_CODE)).tolist():
         reasons[i] = f"{LANGUAGE}={language[i]}"
+    evalset = corpus.contaminated[s]
+    for i in np.flatnonzero((k == _QUALITY)
+                            & (corpus.codes[lo:hi] == CONTAMINATED_CODE)).tolist():
+        reasons[i] = f"{CONTAMINATED}={evalset[i]}"
     prefixes = {_DUP_OF: DUPLICATE_OF, _NEAR_OF: NEAR_DUPLICATE_OF, _DUP_URL: DUPLICATE_URL_OF}
     dup = np.flatnonzero((k == _DUP_OF) | (k == _NEAR_OF) | (k == _DUP_URL))
     for i in dup.tolist():
@@ -434,7 +445,7 @@ class CleanedParts:
 
 
 def clean_parts(raw: list[Path], out: ShardedOutput, cfg: CleanConfig, workers: int = 1,
-                mapper: Mapper | None = None) -> CleanedParts:
+                mapper: Mapper | None = None, evals: EvalSets | None = None) -> CleanedParts:
     """Clean raw shards into ``out`` (``part-NNNNN.parquet`` kept, ``rejected-NNNNN.parquet``).
 
     Shards already completed in ``out`` (a resumed run) are not cleaned again.
@@ -445,13 +456,14 @@ def clean_parts(raw: list[Path], out: ShardedOutput, cfg: CleanConfig, workers: 
         cfg: the ``clean`` section of the params.
         workers: processes for pass 1 (1 = this process).
         mapper: runs pass 1 instead of the local pool (e.g. Prefect tasks on Dask).
+        evals: the evaluation sets documents are checked against (``decontam.load``).
 
     Returns:
         The stats over all shards (see ``clean_documents``) and the lengths for the plot.
     """
     files = [_Files(out.scratch, f"f1-{i:05d}") for i in range(len(raw))]
-    todo = [(str(r), str(f.scratch), f.stem, cfg) for r, f in zip(raw, files, strict=True)
-            if not is_done(f["meta"])]
+    todo = [(str(r), str(f.scratch), f.stem, cfg, evals) for r, f in
+            zip(raw, files, strict=True) if not is_done(f["meta"])]
     _run(filter_shard, todo, workers, mapper)
     corpus = _Corpus(files)
     kind, target, duplicates, reached = _dedup(corpus, cfg)
@@ -478,20 +490,21 @@ def _merge(shard_stats: list[dict[str, Any]], duplicates: int, reached: int) -> 
     for st in shard_stats:
         for key in ("docs_in", "docs_kept", "docs_rejected", "bytes_in", "bytes_out"):
             stats[key] += st[key]
-        for group in ("rejected_by_reason", "pii_replacements"):
-            for k, v in st[group].items():
-                stats[group][k] = stats[group].get(k, 0) + v
+        for group in ("rejected_by_reason", "pii_replacements", "contaminated_by_eval_set"):
+            for k, v in st.get(group, {}).items():
+                stats.setdefault(group, {})[k] = stats.get(group, {}).get(k, 0) + v
         lengths_in += st["lengths_in"]
         lengths_out += st["lengths_out"]
-    for group in ("rejected_by_reason", "pii_replacements"):
-        stats[group] = dict(sorted(stats[group].items()))
+    for group in ("rejected_by_reason", "pii_replacements", "contaminated_by_eval_set"):
+        if group in stats:
+            stats[group] = dict(sorted(stats[group].items()))
     return CleanedParts(stats, np.asarray(lengths_in), np.asarray(lengths_out),
                         [st["docs_kept"] for st in shard_stats],
                         [st["bytes_out"] for st in shard_stats])
 
 
 def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
-                 mapper: Mapper | None = None) -> CleanResult:
+                 mapper: Mapper | None = None, evals: EvalSets | None = None) -> CleanResult:
     """Clean several shards as one corpus: filters in parallel, dedup across all shards.
 
     The same engine as the clean stage (``clean_parts``), run through a temp folder. Kept and
@@ -504,6 +517,7 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
         workers: processes for the per-shard work; 1 (or one shard) runs in this process.
         mapper: runs the per-shard work instead of the local pool, e.g. as Prefect tasks on a
             Dask cluster (``flows.clean_flow``); it must return results in job order.
+        evals: the evaluation sets documents are checked against (``decontam.load``).
 
     Returns:
         The kept and rejected documents with ``stats`` (see ``clean_documents``).
@@ -519,7 +533,7 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
             write_parquet(frame, path)
         final = Path(tmp) / "clean"
         with sharded_output(final, "clean_shards") as out:
-            done = clean_parts(raw, out, cfg, workers, mapper)
+            done = clean_parts(raw, out, cfg, workers, mapper, evals)
         kept = pd.concat([read_part(p, "clean") for p in parts(final)], ignore_index=True)
         rejected = pd.concat([read_part(p, "clean") for p in parts(final, "rejected-")],
                              ignore_index=True)
@@ -530,24 +544,27 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
     return CleanResult(kept=kept, rejected=rejected, stats=done.stats)
 
 
-def clean_documents(docs: pd.DataFrame, cfg: CleanConfig) -> CleanResult:
+def clean_documents(docs: pd.DataFrame, cfg: CleanConfig, evals: EvalSets | None = None
+                    ) -> CleanResult:
     """Clean a frame of documents.
 
     Args:
         docs: a frame with ``DOC_COLUMNS`` (extra columns are ignored).
         cfg: the ``clean`` section of the params.
+        evals: the evaluation sets documents are checked against (``decontam.load``).
 
     Returns:
         The kept and rejected documents and ``stats``: ``docs_in``, ``docs_kept``,
         ``docs_rejected``, ``rejected_by_reason`` (reason without its ``=<id>`` part -> count),
         ``bytes_in`` (UTF-8 bytes of every input text), ``bytes_out`` (of the kept cleaned texts),
         ``dedup_rate`` (exact + near duplicates / documents that passed the filters),
-        ``pii_replacements`` (kind -> placeholders written into kept texts).
+        ``pii_replacements`` (kind -> placeholders written into kept texts),
+        ``contaminated_by_eval_set`` (evaluation set -> documents rejected as contaminated).
 
     Raises:
         DataError: ``docs`` is not a frame with the document columns.
     """
-    return clean_shards([docs], cfg, workers=1)
+    return clean_shards([docs], cfg, workers=1, evals=evals)
 
 
 def validated_docs(docs: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from gpt.config import CleanConfig
 from gpt.data.clean.arrow import pick
+from gpt.data.clean.decontam import EvalSets
 from gpt.data.clean.features import Features
 from gpt.data.clean.language import identify
 from gpt.data.clean.lines import Lines
@@ -43,8 +44,10 @@ class Batch:
         pending: per text, whether no earlier filter has rejected it. A costly filter may
             judge only these rows: its answer for the others is not used.
         urls: the documents' URLs ("" for none; ``None``: the source has no ``url`` column).
-        columns: per-text values a filter measured, kept as columns of the kept documents
-            (``language``, ``language_score``).
+        columns: per-text values a filter measured: the detail of a reason (``language``,
+            ``contaminated``), and columns of the kept documents (``language``,
+            ``language_score``).
+        evals: the evaluation sets to check documents against (``None``: none).
     """
 
     arr: pa.Array
@@ -52,6 +55,7 @@ class Batch:
     pending: np.ndarray
     urls: list[str] | None = None
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    evals: EvalSets | None = None
     _lines: dict[str, Lines] = field(default_factory=dict)
     _tokens: Tokens | None = None
 
@@ -254,6 +258,19 @@ def _url_blocked(b: Batch, cfg: CleanConfig) -> np.ndarray:
     return blocked(b.urls, tuple(cfg.url_blocklist))
 
 
+def _contaminated(b: Batch, cfg: CleanConfig) -> np.ndarray:
+    """The texts still pending that share an n-gram with an evaluation item."""
+    hit = np.zeros(len(b.arr), dtype=bool)
+    if b.evals is None or cfg.decontaminate_ngram <= 0:
+        return hit
+    rows = np.flatnonzero(b.pending)
+    found = b.evals.find(pick(b.arr, rows).to_pylist()) if len(rows) else np.zeros(0, np.int64)
+    names = np.full(len(b.arr), "", dtype=object)
+    names[rows[found >= 0]] = np.array(b.evals.names, dtype=object)[found[found >= 0]]
+    b.columns["contaminated"] = names
+    return names != ""
+
+
 def _language(b: Batch, cfg: CleanConfig) -> np.ndarray:
     """fastText lid.176 on the texts still pending only (it is the costliest filter)."""
     hit = np.zeros(len(b.arr), dtype=bool)
@@ -358,6 +375,12 @@ REASONS: tuple[Reason, ...] = (
            "for a `[n, fraction]` of `max_dup_ngram_fraction`, n-grams of tokens repeating an "
            "earlier one hold more than that fraction of the characters (Gopher)",
            _repeated_ngrams),
+    Reason("contaminated", ("decontaminate_ngram",),
+           "shares a word n-gram (`decontaminate_ngram` words; an item shorter than that, whole) "
+           "with an item of the evaluation set `<set>`: the data of the "
+           "`evaluate.benchmark_dirs` tasks (`bench:<task>`), the fine-tuning classifier's test "
+           "rows (`finetune_test`) or the SFT test pairs (`sft_test`) when they come from files",
+           _contaminated, detail="<set>"),
     Reason("language", ("languages", "min_language_score"),
            "fastText's lid.176 names a language `<code>` not in `languages`, or one in it with a "
            "probability below `min_language_score` (if `languages` is set)", _language,
@@ -385,13 +408,17 @@ DUPLICATE_ID = BY_NAME["duplicate_id"].name
 DUPLICATE_OF = BY_NAME["duplicate_of"].name
 DUPLICATE_URL_OF = BY_NAME["duplicate_url_of"].name
 LANGUAGE = BY_NAME["language"].name
+CONTAMINATED = BY_NAME["contaminated"].name
+#: The quality code of the decontamination filter (its reason carries the evaluation set).
+CONTAMINATED_CODE = QUALITY_REASONS.index(CONTAMINATED)
 #: The quality code of the language filter (its reason carries the language code).
 LANGUAGE_CODE = QUALITY_REASONS.index(LANGUAGE)
 NEAR_DUPLICATE_OF = BY_NAME["near_duplicate_of"].name
 
 
 def quality_codes(arr: pa.Array, f: Features, cfg: CleanConfig,
-                  urls: list[str] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  urls: list[str] | None = None, evals: EvalSets | None = None,
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The first quality filter each (normalised) text fails, as a ``QUALITY_REASONS`` code.
 
     Args:
@@ -399,13 +426,14 @@ def quality_codes(arr: pa.Array, f: Features, cfg: CleanConfig,
         f: their ``features``.
         cfg: the ``clean`` section of the params.
         urls: the documents' URLs (``None`` when the source has none).
+        evals: the evaluation sets (``decontam.load``; ``None``: no decontamination).
 
     Returns:
         ``int8`` codes, 0 for the texts that pass every filter, and the columns the filters
         measured (``Batch.columns``; e.g. ``language``: the code of each text judged, "" else).
     """
     codes = np.zeros(len(arr), dtype=np.int8)
-    batch = Batch(arr, f, np.ones(len(arr), dtype=bool), urls)
+    batch = Batch(arr, f, np.ones(len(arr), dtype=bool), urls, evals=evals)
     with np.errstate(divide="ignore", invalid="ignore"):
         for code, reason in enumerate(QUALITY_FILTERS, start=1):
             assert reason.rejects is not None

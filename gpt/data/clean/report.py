@@ -92,9 +92,12 @@ def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarr
     rejected["reason"] = pd.Series(reasons[~keep].tolist(), dtype="str")
     rejected["excerpt"] = scrubbed_excerpts(originals.filter(pa.array(~keep)), pii_kinds)
     by_reason: dict[str, int] = {}
+    by_eval_set: dict[str, int] = {}
     for r in rejected["reason"].tolist():
-        key = r.split("=", 1)[0]
+        key, _, detail = r.partition("=")
         by_reason[key] = by_reason.get(key, 0) + 1
+        if key == "contaminated":
+            by_eval_set[detail] = by_eval_set.get(detail, 0) + 1
     stats = {
         "docs_in": len(frame),
         "docs_kept": len(kept),
@@ -105,6 +108,8 @@ def assemble(frame: pd.DataFrame, kept_texts: pa.ChunkedArray, reasons: np.ndarr
         "dedup_rate": round(duplicates / reached_dedup, 6) if reached_dedup else 0.0,
         "pii_replacements": dict(sorted(pii.items())),
     }
+    if by_eval_set:
+        stats["contaminated_by_eval_set"] = dict(sorted(by_eval_set.items()))
     return CleanResult(kept=kept, rejected=rejected, stats=stats)
 
 
@@ -115,8 +120,8 @@ def render_report(stats: dict[str, Any]) -> str:
         stats: ``CleanResult.stats``.
 
     Returns:
-        Markdown with document and byte counts, the dedup rate, a table of rejections per reason
-        and a table of PII replacements.
+        Markdown with document and byte counts, the dedup rate, a table of rejections per reason,
+        one of contaminated documents per evaluation set (if any) and one of PII replacements.
     """
     docs_in = stats.get("docs_in", 0) or 0
     kept = stats.get("docs_kept", 0) or 0
@@ -143,6 +148,10 @@ def render_report(stats: dict[str, Any]) -> str:
         lines.append(f"| {reason} | {count:,} | {pct(count, docs_in)} |")
     if not by_reason:
         lines.append("| (none) | 0 | 0.0% |")
+    evalsets = stats.get("contaminated_by_eval_set", {}) or {}
+    if evalsets:
+        lines += ["", "| evaluation set | contaminated documents |", "|---|---:|"]
+        lines += [f"| {name} | {count:,} |" for name, count in sorted(evalsets.items())]
     skipped = stats.get("skipped_records", {}) or {}
     if skipped:
         lines += ["", "| skipped record (not a document) | records |", "|---|---:|"]

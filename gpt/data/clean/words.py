@@ -157,7 +157,7 @@ def _special_spans(tokens: list[str], joins: list[str | None]) -> tuple[list[str
     before: "" (same chunk), " " (one space) or ``None`` (other whitespace: spaCy has a
     whitespace token there, so nothing matches across it). Returns the tokens and whether a
     special case applied."""
-    found = [(i, i + len(p)) for i, pair in enumerate(zip(tokens, tokens[1:]))
+    found = [(i, i + len(p)) for i, pair in enumerate(zip(tokens, tokens[1:], strict=False))
              if pair in _BY_PAIR for p in _BY_PAIR[pair] if tuple(tokens[i:i + len(p)]) == p
              and all(joins[k] is not None for k in range(i + 1, i + len(p)))]
     if not found:
