@@ -32,6 +32,7 @@ TIGHT = CFG.model_copy(update={
     "max_bullet_line_fraction": 0.2, "max_ellipsis_line_fraction": 0.1,
     "min_alpha_word_fraction": 0.95, "min_stop_words": 5, "max_newline_ratio": 0.05,
     "min_sentences": 3, "min_line_words": 1, "max_line_word_chars": 8,
+    "reject_lorem_ipsum": True, "reject_curly_brackets": True,
     "max_top_ngram_fraction": [[1, 0.05], [2, 0.08]],
     "max_dup_ngram_fraction": [[3, 0.02], [5, 0.01]]})
 #: The rules stated in ``reference_clean.RULES`` (URL blocking and language have their own tests).
@@ -92,3 +93,37 @@ def test_rules_reject_and_keep_the_example_pages() -> None:
         hits = [sum(bool(ref.RULES[rule](t, cfg)) for t in texts) for cfg in (CFG, TIGHT)]
         assert any(0 < h < len(texts) for h in hits), (rule, hits)
     _judge(texts, np.ones(len(texts), dtype=bool))
+
+
+#: Every rule on (FineWeb's values), and a decontamination set.
+ALL_ON = CFG.model_copy(update={
+    "near_dedup": False, "max_char_dup_fraction": 0.01, "min_alpha_word_fraction": 0.8,
+    "min_stop_words": 2, "reject_curly_brackets": True, "min_sentences": 5,
+    "max_top_ngram_fraction": [[2, 0.20], [3, 0.18], [4, 0.16]],
+    "max_dup_ngram_fraction": [[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11],
+                               [10, 0.10]], "decontaminate_ngram": 6})
+EVAL_SETS = [("bench:pieces", ["the value of the data is returned to the caller",
+                               "read our privacy policy and terms"])]
+
+
+@SETTINGS
+@given(pages)
+def test_the_engine_with_every_rule_on_matches_the_plain_statement(raw: list[str]) -> None:
+    import pandas as pd
+
+    from gpt.data.clean import clean_documents
+    from gpt.data.clean.decontam import build
+    from gpt.data.sources import DOC_COLUMNS
+
+    ids = [str(i) for i in range(len(raw))]
+    docs = pd.DataFrame({"doc_id": ids, "source": "prop", "name": ids, "text": raw},
+                        columns=DOC_COLUMNS, dtype=object)
+    for cfg in (ALL_ON, TIGHT.model_copy(update={"near_dedup": False})):
+        res = clean_documents(docs, cfg, build(EVAL_SETS, cfg.decontaminate_ngram))
+        kept = dict(zip(res.kept["doc_id"], res.kept["text"], strict=True))
+        rejected = dict(zip(res.rejected["doc_id"], res.rejected["reason"], strict=True))
+        for i, (text, reason) in enumerate(ref.filter_documents(raw, cfg, sets=EVAL_SETS)):
+            if reason is None:
+                assert kept.get(str(i)) == text
+            else:
+                assert rejected.get(str(i)) == reason, (raw[i], reason)
