@@ -314,7 +314,8 @@ def test_params_are_finewebs_values_or_off() -> None:
 def test_every_quality_rule_but_gptops_own_has_an_oracle() -> None:
     from gpt.data.clean.filters import QUALITY_FILTERS
 
-    own = {"url_blocked", "invalid_utf8", "too_short", "too_long", "low_alpha", "language"}
+    own = {"url_blocked", "invalid_utf8", "too_short", "too_long", "low_alpha", "contaminated",
+           "language"}
     assert {r.name for r in QUALITY_FILTERS} - own == set(ORACLES)
 
 
