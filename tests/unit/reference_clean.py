@@ -19,7 +19,13 @@ import ftfy
 
 from gpt.config import CleanConfig
 from gpt.data.clean.normalize import REPAIR_ROUNDS
-from gpt.data.clean.words import PUNCTUATION, SENTENCE_PUNCTUATION, STOP_WORDS, tokenize
+from gpt.data.clean.words import (
+    PUNCTUATION,
+    SENTENCE_PUNCTUATION,
+    STOP_WORDS,
+    TABLES,
+    tokenize,
+)
 from gpt.data.pii import scrub_pii
 
 _NEWLINES = re.compile("[\x0b\x0c\x85\u2028\u2029]")
@@ -111,7 +117,7 @@ def url_blocked(url: str, cfg: CleanConfig) -> bool:
 
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
            "use cookies")
-_CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+_CITATION = re.compile(TABLES["citation"])
 
 
 def _repeats(items: list[str]) -> tuple[int, int]:

@@ -18,14 +18,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpt.data.clean.words import TABLES, Words, words
+from gpt.data.clean.arrow import pick
+from gpt.data.clean.words import (
+    PUNCT,
+    SENTENCE_END,
+    TABLES,
+    Words,
+    token_flags,
+    tokenize,
+    words,
+)
 
 #: C4's policy/cookie phrases (a line with one does not count).
 POLICY_PHRASES: tuple[str, ...] = tuple(TABLES["policy_phrases"])
-#: C4 drops Wikipedia-style citations (``[1]``, ``[edit]``) from a line before judging it.
-CITATION = re.compile(TABLES["citation"])
 _POLICY_RE2 = "(?i)" + "|".join(re.escape(p) for p in POLICY_PHRASES)
-# CITATION in RE2 (Python's \d is any Unicode decimal digit).
+# C4 drops Wikipedia-style citations (``[1]``, ``[edit]``) from a line before judging it:
+# datatrove's pattern (``TABLES["citation"]``) in RE2 (Python's \d is any Unicode digit).
 _CITATION_RE2 = r"\[\p{Nd}*\]|\[edit\]|\[citation needed\]"
 
 
@@ -51,7 +59,7 @@ class Lines:
 
     def __init__(self, arr: pa.Array, rows: np.ndarray) -> None:
         self.rows = rows
-        self.texts = arr if len(rows) == len(arr) else arr.take(pa.array(rows))
+        self.texts = pick(arr, rows)
         split = pc.split_pattern(self.texts, "\n")
         self.lines: pa.Array = pc.list_flatten(split)
         self.line_doc = pc.list_parent_indices(split).to_numpy(zero_copy_only=False).astype(
@@ -154,8 +162,6 @@ class C4Lines:
 
 def count_sentences(line: str) -> int:
     """spaCy's sentencizer on one line's tokens: how many sentences (the plain statement)."""
-    from gpt.data.clean.words import PUNCT, SENTENCE_END, token_flags, tokenize
-
     flags = [token_flags(t) for t in tokenize(line)]
     if not flags:
         return 0
@@ -171,8 +177,6 @@ def count_sentences(line: str) -> int:
 
 def sentences_per_line(w: Words, n_lines: int) -> np.ndarray:
     """``count_sentences`` of every line at once, from the batch's tokens."""
-    from gpt.data.clean.words import PUNCT, SENTENCE_END
-
     at, line = w.stream()
     flags = w.flags[at]
     ends = (flags & SENTENCE_END) > 0
