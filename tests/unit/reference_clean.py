@@ -83,6 +83,8 @@ def features(text: str) -> dict[str, int]:
         "chars": len(text),
         "word_chars": len(text) - text.count(" ") - text.count("\n") - text.count("\t"),
         "letters": sum(c.isalpha() for c in text),
+        "hashes": text.count("#"),
+        "ellipses": text.count("...") + text.count("\u2026"),
         "lines": len(lines),
         "punct_lines": sum(line.endswith(_PUNCT_END) for line in lines),
     }

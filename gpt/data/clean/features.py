@@ -17,10 +17,10 @@ import pyarrow.compute as pc
 from gpt.data.clean.arrow import byte_offsets, raw_bytes, text_at
 from gpt.data.clean.normalize import REPLACEMENT_CHAR
 
-# Byte classes (one bytes.translate over the batch): 0 other, 1 ASCII letter, 4 ASCII
+# Byte classes (one bytes.translate over the batch): 0 other, 1 ASCII letter, 3 "#", 4 ASCII
 # line-ending punctuation other than ".", 5 ".", 8 " ", 9 "\n", 10 "\t", 11 other ASCII
 # whitespace. Whitespace classes are >= 8.
-_LETTER, _PUNCT, _DOT = 1, 4, 5
+_LETTER, _HASH, _PUNCT, _DOT = 1, 3, 4, 5
 _SPACE, _NEWLINE, _TAB, _OTHER_WS = 8, 9, 10, 11
 
 
@@ -30,7 +30,7 @@ def _byte_class(i: int) -> int:
         return 0
     if c.isalpha():
         return _LETTER
-    return {".": _DOT, " ": _SPACE, "\n": _NEWLINE, "\t": _TAB,
+    return {"#": _HASH, ".": _DOT, " ": _SPACE, "\n": _NEWLINE, "\t": _TAB,
             "\r": _OTHER_WS, "\x0b": _OTHER_WS, "\x0c": _OTHER_WS}.get(
         c, _PUNCT if c in "!?:;\"')]}>" else 0)
 
@@ -50,6 +50,8 @@ class Features:
     chars: np.ndarray
     word_chars: np.ndarray  # non-whitespace characters
     letters: np.ndarray
+    hashes: np.ndarray  # "#"
+    ellipses: np.ndarray  # "..." (str.count) and U+2026
     lines: np.ndarray  # non-empty lines
     punct_lines: np.ndarray  # non-empty lines ending in punctuation
     invalid: np.ndarray  # U+FFFD characters
@@ -103,12 +105,15 @@ def features(arr: pa.Array) -> Features:
     line_end[b.offsets[1:][b.nonempty] - 1] = True
     punct_end = (cls >= _PUNCT) & (cls <= _DOT)
     non_ascii = ~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
-    invalid = np.zeros(b.n, dtype=np.int64)
+    ellipses = invalid = np.zeros(b.n, dtype=np.int64)
     if non_ascii.any():
         found = _multibyte_marks(b.raw)
         for mark in _PUNCT_MULTI:
             punct_end[found[mark]] = True
+        ellipses = b.per_doc_at(found["\u2026"])
         invalid = b.per_doc_at(found[REPLACEMENT_CHAR])
+    if b"..." in b.raw:
+        ellipses = ellipses + _ellipses(b, arr)
     n_newlines = b.per_doc(newline)
     blanks = b.per_doc_at(np.flatnonzero(newline[:-1] & newline[1:]))
     chars = pc.utf8_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -117,6 +122,8 @@ def features(arr: pa.Array) -> Features:
         chars=chars,
         word_chars=chars - b.per_doc(ws),  # normalised: " ", "\t" and "\n" are all the whitespace
         letters=letters,
+        hashes=b.per_doc_at(np.flatnonzero(cls == _HASH)),
+        ellipses=ellipses,
         lines=(n_newlines + 1 - blanks) * (b.nbytes > 0),
         punct_lines=b.per_doc(punct_end & line_end),
         invalid=invalid,
@@ -147,3 +154,17 @@ def _letters(b: _Bytes, non_ascii: np.ndarray) -> np.ndarray:
         others = b.raw[start:stop].translate(None, _ASCII_BYTES).decode("utf-8")  # non-ASCII only
         letters[i] += sum(map(str.isalpha, others))
     return letters
+
+
+def _ellipses(b: _Bytes, arr: pa.Array) -> np.ndarray:
+    """``str.count("...")`` per text: runs of three dots, from the byte classes."""
+    dots = np.flatnonzero(b.cls == _DOT)
+    triple = dots[:-2][(dots[1:-1] == dots[:-2] + 1) & (dots[2:] == dots[:-2] + 2)]
+    text = text_at(b.offsets, triple)
+    triple = triple[triple + 2 < b.offsets[1:][text]]  # a run may not reach into the next text
+    counts = b.per_doc_at(triple)
+    # Overlapping triples overcount runs of four or more dots: count those texts exactly.
+    quads = triple[1:][triple[1:] == triple[:-1] + 1]
+    for i in np.unique(text_at(b.offsets, quads)).tolist():
+        counts[i] = arr[i].as_py().count("...")
+    return counts

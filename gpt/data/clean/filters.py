@@ -31,7 +31,6 @@ from gpt.data.clean.language import identify
 from gpt.data.clean.lines import Lines
 from gpt.data.clean.repetition import Tokens
 from gpt.data.clean.urls import blocked
-from gpt.data.clean.words import ALPHA, WORD
 
 
 @dataclass
@@ -166,45 +165,41 @@ def _repeated_paragraph_chars(t: Lines, cfg: CleanConfig) -> np.ndarray:
 
 
 def _char_duplicates(t: Lines, cfg: CleanConfig) -> np.ndarray:
-    newlines = t.per_doc(np.ones(len(t.chars), dtype=np.int64)) - 1
-    return _share(t.per_doc(t.chars * t.repeated), t.text_chars - newlines) > \
+    return _share(t.per_doc(t.chars * t.repeated), t.text_chars - t.line_count + 1) > \
         cfg.max_char_dup_fraction
 
 
 def _bullet_lines(t: Lines, cfg: CleanConfig) -> np.ndarray:
-    bullets = t.per_doc(t.matches(r"^[ \t]*(?:\x{2022}|-)"))
-    return _share(bullets, t.per_doc(np.ones(len(t.chars)))) > cfg.max_bullet_line_fraction
+    return _share(t.per_doc(t.bullets), t.line_count) > cfg.max_bullet_line_fraction
 
 
 def _ellipsis_lines(t: Lines, cfg: CleanConfig) -> np.ndarray:
-    ends = t.per_doc(t.matches(r"(?:\.\.\.|\x{2026})$"))
-    return _share(ends, t.per_doc(np.ones(len(t.chars)))) > cfg.max_ellipsis_line_fraction
+    return _share(t.per_doc(t.ellipsis_ends), t.line_count) > cfg.max_ellipsis_line_fraction
 
 
 def _word_count(t: Lines) -> np.ndarray:
-    return t.words.per_doc((t.words.flags & WORD) > 0)
+    return t.words.totals.words
 
 
 def _mean_word_length(t: Lines) -> np.ndarray:
-    w = t.words
-    return _share(w.per_doc(w.lengths * ((w.flags & WORD) > 0)), _word_count(t))
+    return _share(t.words.totals.word_chars, t.words.totals.words)
 
 
-def _symbol_ratio(t: Lines, cfg: CleanConfig) -> np.ndarray:
-    tokens = t.words.per_doc(np.ones(len(t.words.ids), dtype=np.int64))
-    return (_share(t.count("#"), tokens) > cfg.max_symbol_ratio) | \
-        (_share(t.count("...") + t.count("\u2026"), tokens) > cfg.max_symbol_ratio)
+def _symbol_ratio(b: Batch, cfg: CleanConfig) -> np.ndarray:
+    lines = b.lines("words")
+    tokens = lines.words.totals.tokens
+    rows = lines.rows
+    return b.spread(rows, (_share(b.f.hashes[rows], tokens) > cfg.max_symbol_ratio)
+                    | (_share(b.f.ellipses[rows], tokens) > cfg.max_symbol_ratio))
 
 
 def _alpha_words(t: Lines, cfg: CleanConfig) -> np.ndarray:
-    w = t.words
-    return _share(w.per_doc((w.flags & ALPHA) > 0), w.per_doc(np.ones(len(w.ids)))) < \
+    return _share(t.words.totals.alpha, t.words.totals.tokens) < \
         cfg.min_alpha_word_fraction
 
 
 def _newline_ratio(t: Lines, cfg: CleanConfig) -> np.ndarray:
-    newlines = t.per_doc(np.ones(len(t.chars), dtype=np.int64)) - 1
-    return _share(newlines, t.words.per_doc(np.ones(len(t.words.ids)))) > cfg.max_newline_ratio
+    return _share(t.line_count - 1, t.words.totals.tokens) > cfg.max_newline_ratio
 
 
 def _c4_counted(t: Lines, cfg: CleanConfig) -> np.ndarray:
@@ -346,7 +341,7 @@ REASONS: tuple[Reason, ...] = (
                                   | (_mean_word_length(t) > c.max_mean_word_length))),
     Reason("symbol_ratio", ("max_symbol_ratio",),
            "more than `max_symbol_ratio` `#` per token, or as many ellipses (`...`, `…`) "
-           "(Gopher)", _word_rule(_symbol_ratio)),
+           "(Gopher)", _symbol_ratio),
     Reason("alpha_words", ("min_alpha_word_fraction",),
            "less than `min_alpha_word_fraction` of the tokens have a letter (Gopher)",
            _word_rule(_alpha_words)),

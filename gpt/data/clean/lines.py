@@ -37,6 +37,10 @@ _POLICY_RE2 = "(?i)" + "|".join(re.escape(p) for p in POLICY_PHRASES)
 _CITATION_RE2 = r"\[\p{Nd}*\]|\[edit\]|\[citation needed\]"
 
 
+def _np_bool(arr: pa.Array) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False).astype(bool)
+
+
 def first_seen(keys: np.ndarray) -> np.ndarray:
     """Per key, whether no earlier entry has the same key."""
     codes, _ = pd.factorize(keys)
@@ -73,6 +77,29 @@ class Lines:
             np.int64)
 
     @functools.cached_property
+    def line_count(self) -> np.ndarray:
+        """Per covered text, its lines (blank ones included: newlines + 1)."""
+        return np.bincount(self.line_doc, minlength=len(self.rows)).astype(np.int64)
+
+    @functools.cached_property
+    def bullets(self) -> np.ndarray:
+        """Per line, whether it starts (after spaces and tabs) with "-" or U+2022."""
+        out = _np_bool(pc.or_(pc.starts_with(self.lines, "-"),
+                              pc.starts_with(self.lines, "\u2022")))
+        indented = np.flatnonzero(_np_bool(pc.or_(pc.starts_with(self.lines, " "),
+                                                  pc.starts_with(self.lines, "\t"))))
+        if len(indented):
+            out[indented] = _np_bool(pc.match_substring_regex(
+                self.lines.take(pa.array(indented)), r"^[ \t]*(?:-|\x{2022})"))
+        return out
+
+    @functools.cached_property
+    def ellipsis_ends(self) -> np.ndarray:
+        """Per line, whether it ends in "..." or U+2026 (no line ends in whitespace)."""
+        return _np_bool(pc.or_(pc.ends_with(self.lines, "..."),
+                               pc.ends_with(self.lines, "\u2026")))
+
+    @functools.cached_property
     def text_chars(self) -> np.ndarray:
         """Per covered text, its length in characters."""
         return pc.utf8_length(self.texts).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -99,14 +126,9 @@ class Lines:
         return (np.bincount(doc, minlength=n), np.bincount(doc, weights=repeat, minlength=n),
                 np.bincount(doc, weights=chars * repeat, minlength=n))
 
-    def count(self, sub: str) -> np.ndarray:
-        """Per covered text, ``text.count(sub)`` (non-overlapping occurrences)."""
-        return pc.count_substring(self.texts, sub).to_numpy(zero_copy_only=False).astype(
-            np.int64)
-
     def matches(self, pattern: str) -> np.ndarray:
         """Per line, whether the RE2 ``pattern`` matches it."""
-        return pc.match_substring_regex(self.lines, pattern).to_numpy(zero_copy_only=False)
+        return _np_bool(pc.match_substring_regex(self.lines, pattern))
 
     @functools.cached_property
     def words(self) -> Words:
@@ -133,17 +155,24 @@ class C4Lines:
         self.lines = lines
         self.line_words = lines.words.line_words
         self.longest_word = lines.words.line_longest
-        cited = lines.matches(_CITATION_RE2)
+        cited = np.zeros(len(lines.lines), dtype=bool)
+        bracket = np.flatnonzero(_np_bool(pc.match_substring(lines.lines, "[")))
+        if len(bracket):
+            cited[bracket] = _np_bool(pc.match_substring_regex(
+                lines.lines.take(pa.array(bracket)), _CITATION_RE2))
         self.cited = np.flatnonzero(cited)
         judged = lines.lines
         if len(self.cited):
             judged = pc.replace_with_mask(judged, pa.array(cited), pc.replace_substring_regex(
                 judged.filter(pa.array(cited)), _CITATION_RE2, ""))
         self.judged = judged
+        self._has: dict[str, np.ndarray] = {}
 
     def has(self, pattern: str) -> np.ndarray:
         """Per line, whether ``pattern`` (RE2) occurs in it with its citations removed."""
-        return pc.match_substring_regex(self.judged, pattern).to_numpy(zero_copy_only=False)
+        if pattern not in self._has:
+            self._has[pattern] = _np_bool(pc.match_substring_regex(self.judged, pattern))
+        return self._has[pattern]
 
     def counted(self, min_words: int, max_word_chars: int) -> np.ndarray:
         """Per line, whether C4 judges it (enough words, none longer than ``max_word_chars``)."""

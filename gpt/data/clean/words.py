@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpt.data.clean.arrow import raw_bytes
+from gpt.data.clean.arrow import byte_offsets, raw_bytes
 
 TABLES: dict = json.loads(resources.files("gpt.data.clean").joinpath("fineweb.json").read_text(
     encoding="utf-8"))
@@ -192,6 +192,7 @@ _OPENINGS = frozenset(p[:k] for p in _MATCHED if len(p) > 1 for k in range(2, le
 _LONGEST = max(map(len, _OPENINGS), default=0)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _crosses(left: tuple[str, ...], right: tuple[str, ...]) -> bool:
     """Whether a pattern of the matcher could start in ``left`` and go on into ``right``."""
     for k in range(max(0, len(left) - _LONGEST + 1), len(left)):
@@ -286,6 +287,16 @@ _BYTE_FLAGS = np.array([token_flags(chr(b)) if b else 0 for b in range(128)], dt
 
 
 @dataclass
+class Totals:
+    """Per-document token counts (``Words.totals``)."""
+
+    tokens: np.ndarray
+    words: np.ndarray
+    word_chars: np.ndarray
+    alpha: np.ndarray
+
+
+@dataclass
 class Words:
     """The tokens of a batch's lines, per distinct chunk, and where the chunks occur.
 
@@ -322,6 +333,20 @@ class Words:
     def count(self) -> np.ndarray:
         """Tokens per distinct chunk."""
         return np.diff(self.start)
+
+    @functools.cached_property
+    def totals(self) -> Totals:
+        """Per document: tokens, words (``WORD`` tokens), their characters, ``ALPHA`` tokens."""
+        word = (self.flags & WORD) > 0
+        columns = np.stack([np.ones(len(self.ids), dtype=np.int64), word,
+                            self.lengths * word, (self.flags & ALPHA) > 0], axis=1)
+        per_chunk = np.zeros((len(self.count), 4), dtype=np.int64)
+        if len(self.ids):
+            per_chunk = np.add.reduceat(columns, self.start[:-1], axis=0)
+        doc = self.line_doc[self.chunk_line]
+        per_doc = [np.bincount(doc, weights=per_chunk[self.occ, k], minlength=self.n_docs)
+                   .astype(np.int64) for k in range(4)]
+        return Totals(*per_doc)
 
     def per_doc(self, per_token: np.ndarray) -> np.ndarray:
         """Per document, the sum of ``per_token`` over its tokens."""
@@ -400,6 +425,19 @@ def _entangled(distinct: pa.Array, occ: np.ndarray, chunk_line: np.ndarray,
     return np.array(sorted(lines), dtype=np.int64)
 
 
+def _mask(arr: pa.Array) -> np.ndarray:
+    return arr.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _substrings(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """A string array of the byte ranges ``[start, start + length)`` of ``data``."""
+    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = data[_ragged(starts, lengths)].tobytes()
+    return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets.tobytes()),
+                                            pa.py_buffer(out))
+
+
 def _np(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -427,19 +465,26 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     line_longest = np.zeros(len(lines), dtype=np.int64)
     np.maximum.at(line_longest, chunk_line, _np(pc.utf8_length(distinct))[occ])
 
-    m = pc.extract_regex(distinct, _EASY)
-    alt1 = pc.greater(pc.binary_length(m.field("c1")), 0)
-    core = pc.if_else(alt1, m.field("c1"), m.field("c2"))
-    is_easy = pc.and_kleene(pc.is_valid(m), pc.invert(pc.is_in(core, value_set=_RISKY_CORES)))
+    # The easy chunks: their prefix and suffix are their leading and trailing runs of split-off
+    # characters (the core starts with a letter and ends with a letter or digit).
+    fits = _mask(pc.match_substring_regex(distinct, _EASY))
     if _PUNCT_SPECIALS:
-        is_easy = pc.and_not_kleene(is_easy, pc.match_substring_regex(distinct, _PUNCT_SPECIALS))
-    easy_mask = is_easy.fill_null(False)
-    easy = np.flatnonzero(easy_mask.to_numpy(zero_copy_only=False))
-    hard = np.setdiff1d(np.arange(len(distinct)), easy, assume_unique=True)
-    pre = m.field("p").filter(easy_mask)
-    suf = pc.if_else(alt1, m.field("s1"), m.field("s2")).filter(easy_mask)
-    core = core.filter(easy_mask)
-    hard_tokens = [_chunk(c) for c in distinct.filter(pc.invert(easy_mask)).to_pylist()]
+        fits &= ~_mask(pc.match_substring_regex(distinct, _PUNCT_SPECIALS))
+    cand = distinct.filter(pa.array(fits))
+    size = _np(pc.binary_length(cand))
+    pre_n = size - _np(pc.binary_length(pc.utf8_ltrim(cand, characters=_PRE_CHARS)))
+    suf_n = size - _np(pc.binary_length(pc.utf8_rtrim(cand, characters=_SUF_CHARS + ".")))
+    data = np.frombuffer(raw_bytes(cand), dtype=np.uint8)
+    first = byte_offsets(cand)[:-1]
+    core = _substrings(data, first + pre_n, size - pre_n - suf_n)
+    ok = ~_mask(pc.is_in(core, value_set=_RISKY_CORES))
+    easy = np.flatnonzero(fits)[ok]
+    core, first, size, pre_n, suf_n = core.filter(pa.array(ok)), first[ok], size[ok], \
+        pre_n[ok], suf_n[ok]
+    is_easy = np.zeros(len(distinct), dtype=bool)
+    is_easy[easy] = True
+    hard = np.flatnonzero(~is_easy)
+    hard_tokens = [_chunk(c) for c in distinct.filter(pa.array(~is_easy)).to_pylist()]
     n_units = len(distinct)
 
     # Lines where a chunk the matcher merged inside has a neighbour a match could run into:
@@ -458,8 +503,6 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
             occ, chunk_line = occ[keep], chunk_line[keep]
             n_units += len(whole)
 
-    pre_n = _np(pc.binary_length(pre))
-    suf_n = _np(pc.binary_length(suf))
     count = np.zeros(n_units, dtype=np.int64)
     count[easy] = pre_n + 1 + suf_n
     count[hard] = [len(t) for t in token_lists]
@@ -472,12 +515,13 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     stops = np.zeros(total, dtype=np.int64)
 
     # One-character prefixes and suffixes of the easy chunks: their byte is their id.
-    for part, n_part, at in ((pre, pre_n, start[easy]), (suf, suf_n, start[easy] + pre_n + 1)):
+    for from_, n_part, at in ((first, pre_n, start[easy]),
+                              (first + size - suf_n, suf_n, start[easy] + pre_n + 1)):
         if n_part.any():
-            data = np.frombuffer(raw_bytes(part), dtype=np.uint8).astype(np.int64)
+            byte = data[_ragged(from_, n_part)].astype(np.int64)
             pos = _ragged(at, n_part)
-            ids[pos] = data
-            flags[pos] = _BYTE_FLAGS[data]
+            ids[pos] = byte
+            flags[pos] = _BYTE_FLAGS[byte]
 
     # The cores (letters): word and alpha tokens, stop words among them.
     core_at = start[easy] + pre_n
