@@ -87,9 +87,10 @@ def test_batch_tokens_match_the_plain_statement(batch: list[str]) -> None:
 
 
 def test_batch_tokens_on_prose_and_code() -> None:
-    from gpt.data.sources import read_builtin
+    from gpt.data.sources import read_source
+    from tests.conftest import data_config
 
-    _check_batch(read_builtin(max_docs=300)["text"].tolist() + [
+    _check_batch(read_source(data_config("builtin", max_docs=300))["text"].tolist() + [
         "The U.S. didn't (really) say \"no,\" did it? Well... maybe: see https://x.org/a.",
         "Items: (a), [b]; {c}! e.g. x.y.z, 3.5km, $10, 50%, #tag, @user, don't-stop.",
     ])
