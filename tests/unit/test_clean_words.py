@@ -94,3 +94,19 @@ def test_batch_tokens_on_prose_and_code() -> None:
         "The U.S. didn't (really) say \"no,\" did it? Well... maybe: see https://x.org/a.",
         "Items: (a), [b]; {c}! e.g. x.y.z, 3.5km, $10, 50%, #tag, @user, don't-stop.",
     ])
+
+
+def test_prefix_and_suffix_shortcuts_hold_for_every_letter_and_digit() -> None:
+    """words._prefix_len/_suffix_len skip spaCy's patterns for chunks that start with a letter
+    or digit (no prefix but "US$", "C$", "A$") or end in a letter with no digit before it and
+    no "'s" (no suffix): true of every such character."""
+    from gpt.data.clean import words as w
+
+    for cp in range(0x110000):
+        c = chr(cp)
+        if 0xD800 <= cp <= 0xDFFF or not c.isalnum():
+            continue
+        assert w._PREFIX(c + "x") is None or (c + "x").startswith(w._LETTER_PREFIXES), c
+        if c.isalpha():
+            for before in ("x", "xy", "x.", "-", "Ab"):
+                assert w._SUFFIX(before + c) is None, (before, c)

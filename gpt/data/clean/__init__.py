@@ -11,10 +11,13 @@ batch (per-document counts are segment sums), so the per-document Python cost is
 candidates (rows where a cheap, vectorised pre-filter finds something a PII pattern could
 match) go through Python.
 
-Modules: ``normalize`` (Unicode and whitespace), ``features`` (the counts the filters judge),
-``filters`` (the table of reasons), ``scrub`` (PII), ``engine`` (shards, workers, exact and
-MinHash dedup across shards, ``clean_parts``/``clean_shards``), ``report`` (result frames, stats,
-markdown report), and ``arrow`` (the byte-level helpers they share).
+Modules: ``normalize`` (Unicode and whitespace), ``features`` (the per-byte counts the cheapest
+filters judge), ``lines`` (lines, paragraphs and C4's line checks), ``words`` (spaCy's English
+tokens, as FineWeb's rules count words; ``fineweb.json`` holds spaCy's and datatrove's tables),
+``repetition`` (Gopher's n-gram repetition), ``decontam`` (evaluation sets' n-grams), ``filters``
+(the table of reasons), ``scrub`` (PII), ``engine`` (shards, workers, exact and MinHash dedup
+across shards, ``clean_parts``/``clean_shards``), ``report`` (result frames, stats, markdown
+report), and ``arrow`` (the byte-level helpers they share).
 """
 
 from __future__ import annotations
