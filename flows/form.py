@@ -79,7 +79,6 @@ FIELDS = (
           "evaluation (the built-in suite and `evaluate.benchmarks`); 0 = all. Fewer = a faster "
           "evaluation, noisier scores."),
 )
-_BY_NAME = {f.name: f for f in FIELDS}
 
 
 def shown(params: Params) -> dict[str, Any]:
@@ -116,4 +115,4 @@ def overrides(values: dict[str, Any], defaults: dict[str, Any],
     if changed:
         theirs = workspace()
         changed = {n: v for n, v in changed.items() if v != theirs.get(n)}
-    return [o for n, v in changed.items() for o in _BY_NAME[n].override(v)]
+    return [o for f in FIELDS if f.name in changed for o in f.override(changed[f.name])]

@@ -178,11 +178,12 @@ def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
     from prefect.states import Crashed
 
     running = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+    ws = os.path.realpath(ws)
     names = []
     now = datetime.now(UTC)
     with get_client(sync_client=True) as client:
         for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(state=running)):
-            here = os.path.abspath(str(fr.parameters.get("workdir", "."))) == ws
+            here = os.path.realpath(str(fr.parameters.get("workdir", "."))) == ws
             if str(fr.id) == current or fr.flow_id is None or not here:
                 continue
             alive = run_alive(ws, str(fr.id))
