@@ -55,7 +55,7 @@ def _corpus(out: Path) -> Path:
 
 
 def main() -> None:
-    from gpt.launch import World, run
+    from gpt.launch import Job, World, run
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
@@ -67,11 +67,11 @@ def main() -> None:
         tokens = _corpus(Path(tmp) / "tokens")
         for n in args.procs:
             t0 = time.perf_counter()
-            run("bench", f"empty-{n}", World(n), "cpu", _nothing)
+            run(Job("bench", f"empty-{n}", World(n), "cpu", _nothing))
             fixed = time.perf_counter() - t0
             t0 = time.perf_counter()
-            r = run("bench", f"train-{n}", World(n), "cpu", _pretrain, str(tokens),
-                    f"{tmp}/out-{n}", args.steps, args.batch)
+            r = run(Job("bench", f"train-{n}", World(n), "cpu", _pretrain), tokens=str(tokens),
+                    out=f"{tmp}/out-{n}", steps=args.steps, batch=args.batch)
             rows.append({"procs": n, "launch_s": fixed, "wall_s": time.perf_counter() - t0, **r})
     base = rows[0]
     print(f"\n{args.steps} steps, global batch {args.batch} x 64 tokens, 2 layers x 64 wide")

@@ -68,40 +68,28 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
     """Check every input, then run the flow on the workspace's Prefect server."""
     from flows.server import workspace_api
     from gpt import stopping
-    from gpt.config import PROJECT_PARAMS, load_params
-    from gpt.pipeline.base import parse as parse_base
-    from gpt.preflight import check_run, check_workdir, check_writable
-    from gpt.registry import resolve_tracking_uri
+    from gpt.pipeline.context import handed_over, prepare_run
 
-    check_workdir(workdir, init)  # before anything is written there (the Prefect database)
-    check_writable(workdir)
-    ws = Path(workdir).resolve()
-    if init:
-        from gpt.workspace import ensure_workspace
-
-        ensure_workspace(ws, init=True)
     extra = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
-    # Every input is checked before the Prefect server, DVC or torch start.
-    params_file = ws / "params.yaml" if (ws / "params.yaml").is_file() else PROJECT_PARAMS
-    params = load_params(params_file, profile, extra)
-    check_run(params, resolve_tracking_uri(params.registry.tracking_uri, ws))
-    parse_base(base)
+    # Every input is checked before the Prefect server, DVC or torch start; the flow takes
+    # these checks (handed_over) instead of repeating them.
+    ctx = prepare_run(workdir, profile, extra, base, init=init)
     team = os.environ.get("PREFECT_API_URL", "")
-    with workspace_api(ws):
+    with workspace_api(ctx.workdir), handed_over(ctx):
         from prefect.exceptions import CancelledRun
 
         from flows.pipeline import training_pipeline
 
         try:
             result = training_pipeline(profile=profile, reclean=reclean, save_overrides=save,
-                                       overrides=extra, base=base, workdir=str(ws),
+                                       overrides=extra, base=base, workdir=str(ctx.workdir),
                                        wait=not no_wait)
         except CancelledRun as exc:  # the flow run ended Cancelled by a stop: its one line
             stop = stopping.stopped()
             if stop is None:
                 raise
             raise stop from exc
-    return result, team, ws
+    return result, team, ctx.workdir
 
 
 def _where_to_look(uri: str, team_api: str, ws: Path, flow_run_id: str | None = None) -> None:

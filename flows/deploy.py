@@ -67,13 +67,14 @@ def build_deployments(workdir: str, cron: str = NIGHTLY_CRON, timezone: str = NI
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
-    from flows.pipeline import form_defaults, training_pipeline
+    from flows.form import workspace_defaults
+    from flows.pipeline import training_pipeline
 
     limit = ConcurrencyLimitConfig(limit=1,
                                    collision_strategy=ConcurrencyLimitStrategy(collision))
     ws = os.path.abspath(workdir)
     # The form shows this workspace's own values (its params.yaml under the default profile).
-    params = {**form_defaults(os.path.join(ws, "params.yaml")), "workdir": ws}
+    params = {**workspace_defaults(ws), "workdir": ws}
     nightly = training_pipeline.to_deployment(
         name="nightly", schedules=[Cron(cron, timezone=timezone)], parameters=params,
         concurrency_limit=limit, tags=["gptops", "scheduled"],

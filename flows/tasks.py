@@ -19,15 +19,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, State
 
-from gpt import registry, stopping, workspace
-from gpt.config import Params, load_params
+from gpt import stopping, workspace
 from gpt.data.stages import CLEAN
 from gpt.errors import GptopsError, Interrupted
 from gpt.evaluate import ModelEval
-from gpt.pipeline import steps
+from gpt.pipeline import context, steps
+from gpt.pipeline.context import RunContext
 from gpt.pipeline.steps import StepResult
-from gpt.preflight import check_run, check_tasks_on_data
-from gpt.registry import Registration, Tracking
+from gpt.preflight import check_tasks_on_data
+from gpt.registry import Registration
 
 
 class _StoppableTask(Task):
@@ -65,14 +65,9 @@ def not_input_error(task, task_run, state) -> bool:
 
 
 @task(name="prepare-workspace", task_run_name="prepare-workspace", cache_policy=NO_CACHE)
-def prepare_workspace(workdir: str, profile: str, overrides: list[str],
-                      save: bool = False) -> Params:
-    """Make the folder a DVC workspace, check every input, write this run's data overrides."""
-    ws = workspace.ensure_workspace(Path(workdir))
-    params = load_params(ws / "params.yaml", profile, overrides)  # bad input: fail before work
-    check_run(params, registry.resolve_tracking_uri(params.registry.tracking_uri, ws))
-    rest = workspace.apply_run_overrides(ws, overrides, save=save)
-    return load_params(ws / "params.yaml", profile, rest)
+def prepare_workspace(ctx: RunContext, save: bool = False) -> RunContext:
+    """Make the folder a DVC workspace and write this run's data overrides into params.yaml."""
+    return context.open_workspace(ctx, save)
 
 
 @task(name="restore-params", task_run_name="restore-params", cache_policy=NO_CACHE)
@@ -93,9 +88,9 @@ def data_stage(workdir: str, stage: str, force: bool = False) -> dict[str, Any]:
 
 
 @task(name="check-tasks", task_run_name="check-tasks", cache_policy=NO_CACHE)
-def check_tasks(workdir: str, params: Params) -> None:
+def check_tasks(ctx: RunContext) -> None:
     """Check the built-in fine-tuning/SFT tasks can be built from the cleaned data."""
-    check_tasks_on_data(params, Path(workdir))
+    check_tasks_on_data(ctx.params, ctx.workdir)
 
 
 @task(name="version-data", task_run_name="version-data", retries=2, retry_delay_seconds=5,
@@ -108,57 +103,50 @@ def version_data(workdir: str) -> str:
 
 @task(name="pin-base", task_run_name="pin-base", retries=2, retry_delay_seconds=5,
       cache_policy=NO_CACHE)
-def pin_base(workdir: str, params: Params, data_version: str, base: str) -> str:
+def pin_base(ctx: RunContext) -> RunContext:
     """Resolve a registered base's alias once, so every step of the run tunes that version."""
-    return steps.resolve_base(Path(workdir), params, data_version, base).pinned
+    return context.pin_base(ctx)
 
 
 @task(name="pretrain", task_run_name="pretrain", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
-def pretrain(workdir: str, params: Params, data_version: str,
-             tracking: Tracking) -> StepResult:
+def pretrain(ctx: RunContext) -> StepResult:
     """Pretrain the base GPT by next-token prediction (reused when its key is unchanged)."""
-    return steps.pretrain_step(Path(workdir), params, data_version, tracking)
+    return steps.pretrain_step(ctx)
 
 
 @task(name="finetune", task_run_name="finetune", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
-def finetune(workdir: str, params: Params, data_version: str, tracking: Tracking,
-             base: str = "") -> StepResult:
+def finetune(ctx: RunContext) -> StepResult:
     """Fine-tune the base as a classifier (reused when its key is unchanged)."""
-    return steps.finetune_step(Path(workdir), params, data_version, tracking, base)
+    return steps.finetune_step(ctx)
 
 
 @task(name="sft", task_run_name="sft", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
-def sft(workdir: str, params: Params, data_version: str, tracking: Tracking,
-        base: str = "") -> StepResult:
+def sft(ctx: RunContext) -> StepResult:
     """Supervised fine-tuning of the base LM on prompt/completion pairs."""
-    return steps.sft_step(Path(workdir), params, data_version, tracking, base)
+    return steps.sft_step(ctx)
 
 
 @task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
-def evaluate(workdir: str, params: Params, data_version: str,
-             base: str = "") -> dict[str, ModelEval]:
+def evaluate(ctx: RunContext) -> dict[str, ModelEval]:
     """Each model's metrics next to its trivial baseline (reused when its key is unchanged)."""
-    return steps.evaluate_step(Path(workdir), params, data_version, base)
+    return steps.evaluate_step(ctx)
 
 
 @task(name="register", task_run_name="register", retries=1, retry_delay_seconds=5,
       cache_policy=NO_CACHE)
-def register(workdir: str, params: Params, data_version: str, tracking: Tracking,
-             evaluation: dict[str, ModelEval], base: str = "") -> dict[str, Registration]:
+def register(ctx: RunContext, evaluation: dict[str, ModelEval]) -> dict[str, Registration]:
     """Register the models in MLflow and apply the promotion gate."""
-    return steps.register_step(Path(workdir), params, data_version, tracking, evaluation,
-                               base)
+    return steps.register_step(ctx, evaluation)
 
 
 @task(name="tune-study", task_run_name="tune-study", cache_policy=NO_CACHE)
-def tune_study(workdir: str, params: Params, data_version: str, tracking: Tracking,
-               study: str = "") -> dict[str, Any]:
+def tune_study(ctx: RunContext, study: str = "") -> dict[str, Any]:
     """Run or resume the Optuna study of tune.space; register the best trial's model."""
     from dataclasses import asdict
 
     from gpt.tune import run_study
 
-    return asdict(run_study(Path(workdir), params, data_version, tracking, study))
+    return asdict(run_study(ctx, study))

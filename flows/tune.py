@@ -6,23 +6,23 @@ Wiring only: the workspace lock, the MLflow parent run of the study, and one tas
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import tasks
-from flows.pipeline import ProfileName, _gpt_logs_to_prefect
+from flows.pipeline import _gpt_logs_to_prefect
 from gpt.config import DEFAULT_PROFILE
-from gpt.pipeline.steps import lineage
-from gpt.registry import Tracking, cli_run_name, pipeline_run, resolve_tracking_uri
+from gpt.pipeline.context import RunContext
+from gpt.registry import cli_run_name, pipeline_run
 from gpt.registry.tracking import workspace_id
 from gpt.workspace import data_version, workspace_lock
 
 
 @flow(name="tune", log_prints=True)
-def tune(profile: ProfileName = DEFAULT_PROFILE, overrides: list[str] | None = None,
+def tune(profile: str = DEFAULT_PROFILE, overrides: list[str] | None = None,
          study: str = "", workdir: str = ".") -> dict[str, Any]:
     """Search tune.space of params.yaml with an Optuna study (TPE, median pruner).
 
@@ -35,14 +35,10 @@ def tune(profile: ProfileName = DEFAULT_PROFILE, overrides: list[str] | None = N
     from gpt.tune import load_params
 
     _gpt_logs_to_prefect()
-    ws = os.path.abspath(workdir)
-    with workspace_lock(ws, f"flow run '{flow_run.name}'"):
-        params = load_params(ws, profile, overrides)
-        version = data_version(ws)
-        tracking = Tracking(resolve_tracking_uri(params.registry.tracking_uri, ws),
-                            params.registry.experiment,
-                            tags=lineage(params, version, str(flow_run.id) if flow_run.id
-                                         else None))
-        with pipeline_run(tracking, flow_run.name or cli_run_name("tune"),
-                          workspace_id(ws)) as tracking:
-            return tasks.tune_study(ws, params, version, tracking, study)
+    with workspace_lock(workdir, f"flow run '{flow_run.name}'"):
+        ctx = RunContext.of(workdir, load_params(workdir, profile, overrides),
+                            data_version=data_version(workdir))
+        fr_id = str(flow_run.id) if flow_run.id else None
+        with pipeline_run(ctx.tracked(fr_id), flow_run.name or cli_run_name("tune"),
+                          workspace_id(ctx.workdir)) as tracking:
+            return tasks.tune_study(replace(ctx, tracking=tracking), study)

@@ -253,29 +253,26 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
 
 
 def _step_locked(name: str, workdir: Path, params, as_json: bool, base: str) -> None:
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from gpt import registry, workspace
     from gpt.pipeline import steps
+    from gpt.pipeline.context import RunContext
+    from gpt.preflight import check_tracking_uri
 
-    version = workspace.data_version(workdir)
+    ctx = RunContext.of(workdir, params, base, workspace.data_version(workdir))
     out: dict
     if name == "evaluate":
-        out = {k: asdict(e) for k, e in
-               steps.evaluate_step(workdir, params, version, base).items()}
+        out = {k: asdict(e) for k, e in steps.evaluate_step(ctx).items()}
     else:
-        tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
-                                     tags=steps.lineage(params, version, None))
+        check_tracking_uri(ctx.tracking_uri)
         # On the other nodes of a multi-node world, node 0 records the step: no MLflow run here.
         with (contextlib.nullcontext(None) if params.launch.node_rank else
-              registry.pipeline_run(tracking, registry.cli_run_name(name),
+              registry.pipeline_run(ctx.tracked(), registry.cli_run_name(name),
                                     registry.tracking.workspace_id(workdir))) as tracking:
-            if name == "pretrain":
-                result = steps.pretrain_step(workdir, params, version, tracking)
-            else:
-                fn = steps.finetune_step if name == "finetune" else steps.sft_step
-                result = fn(workdir, params, version, tracking, base)
-            out = asdict(result)
+            run = {"pretrain": steps.pretrain_step, "finetune": steps.finetune_step,
+                   "sft": steps.sft_step}[name]
+            out = asdict(run(replace(ctx, tracking=tracking)))
     if as_json:
         console.print_json(json.dumps(out, default=str))
     elif name == "evaluate":
@@ -337,22 +334,22 @@ def tune(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
          as_json: JsonFlag = False) -> None:
     """Search tune.space (params.yaml) with an Optuna study of pretraining trials (TPE, median
     pruner), then register the best trial's model through the gate. A killed study resumes."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from gpt import registry, workspace
     from gpt import tune as tuning
-    from gpt.pipeline import steps
+    from gpt.pipeline.context import RunContext
+    from gpt.preflight import check_tracking_uri
 
     setup_logging()
     # A bad tune.space (unknown key, refused value): one line, before any work.
     params = tuning.load_params(workdir, profile, overrides)
     with workspace.workspace_lock(workdir, "gptops tune"):
-        version = workspace.data_version(workdir)
-        tracking = registry.Tracking(_tracking_uri(workdir, params), params.registry.experiment,
-                                     tags=steps.lineage(params, version, None))
-        with registry.pipeline_run(tracking, registry.cli_run_name("tune"),
+        ctx = RunContext.of(workdir, params, data_version=workspace.data_version(workdir))
+        check_tracking_uri(ctx.tracking_uri)
+        with registry.pipeline_run(ctx.tracked(), registry.cli_run_name("tune"),
                                    registry.tracking.workspace_id(workdir)) as tracking:
-            result = tuning.run_study(workdir, params, version, tracking, study)
+            result = tuning.run_study(replace(ctx, tracking=tracking), study)
     out = asdict(result)
     if as_json:
         console.print_json(json.dumps(out, default=str))
@@ -416,32 +413,32 @@ def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder
     A new folder becomes a workspace, and the data stages run first when their inputs changed,
     as `gptops run` does.
     """
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from gpt import registry, workspace
     from gpt.hf import resolve
     from gpt.pipeline import steps
-    from gpt.preflight import check_benchmarks, check_workdir
+    from gpt.pipeline.context import RunContext
+    from gpt.preflight import check_benchmarks, check_tracking_uri
 
     setup_logging()
     resolve(spec, key="gptops import")  # the checkpoint itself first: a missing folder is named
-    check_workdir(workdir, init)
-    ws = workspace.ensure_workspace(workdir, init=init)
+    ws = workspace.ensure_workspace(workdir, init=init)  # checks the folder first
     params = _params(ws, profile, [*(overrides or []), f"model.init_from={spec}"])
     check_benchmarks(params)
-    uri = _tracking_uri(ws, params)
+    ctx = RunContext.of(ws, params)
+    check_tracking_uri(ctx.tracking_uri)
     with workspace.workspace_lock(ws, f"gptops import {spec}"):
         workspace.apply_run_overrides(ws, overrides)
         try:
             for stage in workspace.STAGES:  # DVC reuses them when nothing changed
                 workspace.run_stage(ws, stage)
-            version = workspace.data_version(ws)
+            ctx = replace(ctx, data_version=workspace.data_version(ws))
             log.info("import: evaluating %s on data version %s (validation split of data "
-                     "source %s)", spec, version, params.data.source)
-            tracking = registry.Tracking(uri, params.registry.experiment,
-                                         tags=steps.lineage(params, version, None))
-            with registry.pipeline_run(tracking, registry.cli_run_name("import")) as tracking:
-                out = asdict(steps.import_step(ws, params, version, tracking, spec))
+                     "source %s)", spec, ctx.data_version, params.data.source)
+            with registry.pipeline_run(ctx.tracked(),
+                                       registry.cli_run_name("import")) as tracking:
+                out = asdict(steps.import_step(replace(ctx, tracking=tracking), spec))
         finally:
             workspace.restore_params(ws)
     if as_json:

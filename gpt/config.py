@@ -644,6 +644,20 @@ def add_missing(tree: Any, template: dict[str, Any]) -> list[str]:
     return keys
 
 
+_PROJECT_CACHE: dict[tuple[int, int], dict[str, Any]] = {}
+
+
+def project_params() -> dict[str, Any]:
+    """The project's params.yaml as a plain dict, parsed once per state of the file (shared:
+    read it, never change it)."""
+    st = PROJECT_PARAMS.stat()
+    stamp = (st.st_mtime_ns, st.st_size)
+    if stamp not in _PROJECT_CACHE:
+        _PROJECT_CACHE.clear()
+        _PROJECT_CACHE[stamp] = read_params_file(PROJECT_PARAMS)
+    return _PROJECT_CACHE[stamp]
+
+
 def upgrade_tree(tree: Any) -> tuple[list[str], list[str]]:
     """Bring a workspace's params (a dict, or ruamel's round-trip mapping) to this gptops' keys,
     in place: the moved keys to their new place (:func:`upgrade_moved`), then the keys it lacks
@@ -651,7 +665,7 @@ def upgrade_tree(tree: Any) -> tuple[list[str], list[str]]:
     moved = upgrade_moved(tree)
     if not PROJECT_PARAMS.is_file():
         return moved, []
-    return moved, add_missing(tree, read_params_file(PROJECT_PARAMS))
+    return moved, add_missing(tree, project_params())
 
 
 def with_project_defaults(raw: dict[str, Any], path: Path | None = None) -> dict[str, Any]:

@@ -98,8 +98,8 @@ def _config(world: World, run_id: str, log_dir: Path):
                         rdzv_configs={"rank": world.node_rank, "timeout": 900}, **common)
 
 
-def _rank_entry(label: str, device_name: str, fn: Callable[..., Any], args: tuple) -> Any:
-    """What each launched process runs: log to stderr for the relay, join, call ``fn``."""
+def _rank_entry(job: Job, kwargs: dict[str, Any]) -> Any:
+    """What each launched process runs: log to stderr for the relay, join, call ``job.fn``."""
     import torch
 
     handler = logging.StreamHandler(sys.stderr)
@@ -112,11 +112,11 @@ def _rank_entry(label: str, device_name: str, fn: Callable[..., Any], args: tupl
     from gpt import distributed
     from gpt.train import resolve_device
 
-    group = distributed.join(resolve_device(device_name))
-    logging.getLogger(__name__).info("%s: rank %d of %d is pid %d on %s", label,
+    group = distributed.join(resolve_device(job.device))
+    logging.getLogger(__name__).info("%s: rank %d of %d is pid %d on %s", job.label,
                                      distributed.rank(), distributed.world(), os.getpid(),
                                      group.device)
-    result = fn(*args)  # on an error, no barrier: the launcher stops the other ranks
+    result = job.fn(**kwargs)  # on an error, no barrier: the launcher stops the other ranks
     group.leave()
     return result if distributed.rank() == 0 else None
 
@@ -204,20 +204,29 @@ def _error(label: str, world: World, exc: Exception) -> Exception:
                       "a re-run resumes from the last checkpoint")
 
 
-def run(label: str, run_id: str, world: World, device_name: str, fn: Callable[..., Any],
-        *args: Any) -> Any:
-    """``fn(*args)`` on ``world``'s processes; rank 0's result (None on nodes other than 0).
+@dataclass(frozen=True)
+class Job:
+    """A step's training function and the processes it runs on (see :func:`run`)."""
 
-    ``run_id`` names the rendezvous (the step key: every node must train the same step).
-    ``fn`` and ``args`` must be picklable (module-level function, plain values): the ranks are
-    started with ``spawn``.
+    label: str  #: the step, in log lines and errors ("pretrain")
+    run_id: str  #: names the rendezvous (the step key: every node must train the same step)
+    world: World
+    device: str  #: ``launch.device``, joined by each process
+    fn: Callable[..., Any]  #: module level: the ranks are started with ``spawn``
+
+
+def run(job: Job, **kwargs: Any) -> Any:
+    """``job.fn(**kwargs)`` on ``job.world``'s processes; rank 0's result (None on nodes other
+    than 0). ``kwargs`` must be picklable (plain values, dataclasses): the ranks are spawned.
     """
+    world, label = job.world, job.label
     if world.size == 1:
-        return fn(*args)
+        return job.fn(**kwargs)
     from torch.distributed.launcher.api import elastic_launch
 
     with tempfile.TemporaryDirectory(prefix="gptops-ranks-") as tmp:
-        config = _config(world, re.sub(r"[^A-Za-z0-9_-]", "-", f"{label}-{run_id}"), Path(tmp))
+        config = _config(world, re.sub(r"[^A-Za-z0-9_-]", "-", f"{label}-{job.run_id}"),
+                         Path(tmp))
         where = (f"{world.nproc} processes" if world.nnodes == 1 else
                  f"{world.nproc} processes on node {world.node_rank} of {world.nnodes} "
                  f"(rendezvous {world.endpoint})")
@@ -225,7 +234,7 @@ def run(label: str, run_id: str, world: World, device_name: str, fn: Callable[..
         t0 = time.perf_counter()
         try:
             with _Relay(Path(tmp), world.node_rank * world.nproc):
-                results = elastic_launch(config, _rank_entry)(label, device_name, fn, args)
+                results = elastic_launch(config, _rank_entry)(job, kwargs)
         except Exception as exc:  # ChildFailedError, rendezvous errors
             raise _error(label, world, exc) from exc
         log.info("%s: %d processes finished in %.1f s", label, world.nproc,

@@ -30,6 +30,7 @@ from gpt.config import TUNE_OBJECTIVES, Params, TuneRange, get_dotted, resolve_p
 from gpt.errors import ConfigError, StoppedEarly, TrainingError
 from gpt.kinds import BASE
 from gpt.pipeline import keys, steps
+from gpt.pipeline.context import RunContext
 from gpt.pipeline.paths import RunPaths
 from gpt.registry import Tracking
 
@@ -174,12 +175,13 @@ class _Pruning:
             raise StoppedEarly(self.record.stopped)
 
 
-def _objective(workdir: Path, params: Params, data_version: str, tracking: Tracking,
-               study: str, trained: list[int]) -> Callable[[Any], float]:
+def _objective(ctx: RunContext, study: str, trained: list[int]) -> Callable[[Any], float]:
     import optuna
 
+    params, data_version, tracking = ctx.params, ctx.data_version, ctx.tracking
+    assert tracking is not None
     metric = params.tune.objective
-    paths = RunPaths(Path(workdir))
+    paths = ctx.paths
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, params)
@@ -201,7 +203,7 @@ def _objective(workdir: Path, params: Params, data_version: str, tracking: Track
         run = replace(tracking, tags={**tracking.tags, "gptops.study": study,
                                       "gptops.trial": str(trial.number)})
         try:
-            result = steps.pretrain_step(workdir, tp, data_version, run, monitor)
+            result = steps.pretrain_step(replace(ctx, params=tp, tracking=run), monitor)
         except StoppedEarly as exc:
             trained.append(trial.number)
             log.info("%s", exc)
@@ -290,18 +292,20 @@ def open_study(workdir: Path, params: Params, data_version: str, name: str = "")
     return study
 
 
-def run_study(workdir: Path, params: Params, data_version: str, tracking: Tracking,
-              name: str = "") -> TuneResult:
-    """Run (or resume) the study of ``params.tune`` until it holds ``tune.trials`` finished
+def run_study(ctx: RunContext, name: str = "") -> TuneResult:
+    """Run (or resume) the study of ``ctx.params.tune`` until it holds ``tune.trials`` finished
     trials, then register the best trial's model through the gate.
 
-    ``tracking`` must carry the study's parent run (:func:`gpt.registry.pipeline_run`).
+    ``ctx.tracking`` must carry the study's parent run (:func:`gpt.registry.pipeline_run`).
 
     Raises:
         ConfigError: a trial's values the model refuses.
     """
     from optuna.trial import TrialState
 
+    workdir, params, data_version, tracking = ctx.workdir, ctx.params, ctx.data_version, \
+        ctx.tracking
+    assert tracking is not None
     from gpt.launch import World
     from gpt.train import resolve_device
 
@@ -324,8 +328,8 @@ def run_study(workdir: Path, params: Params, data_version: str, tracking: Tracki
         log.info("tune: study %s: %d of %d trials finished; running %d (%s, %d steps each)",
                  study.study_name, finished, t.trials, t.trials - finished, t.objective,
                  t.steps_per_trial)
-        study.optimize(_objective(workdir, params, data_version, tracking, study.study_name,
-                                  trained), n_trials=t.trials - finished, catch=())
+        study.optimize(_objective(ctx, study.study_name, trained),
+                       n_trials=t.trials - finished, catch=())
     out = TuneResult(study.study_name, storage_url(workdir), t.objective,
                      TUNE_OBJECTIVES[t.objective], trained=len(trained),
                      mlflow_run_id=tracking.parent_run_id, rows=_rows(study))
@@ -336,7 +340,7 @@ def run_study(workdir: Path, params: Params, data_version: str, tracking: Tracki
         best = study.best_trial
         out.best_trial, out.best_value = best.number, float(best.value)
         out.best_params = dict(best.params)
-        out.registered = _register_best(workdir, params, data_version, tracking, study, best)
+        out.registered = _register_best(ctx, study, best)
     else:
         log.warning("tune: no trial of study %s completed (all pruned): nothing to register",
                     study.study_name)
@@ -345,17 +349,17 @@ def run_study(workdir: Path, params: Params, data_version: str, tracking: Tracki
     return out
 
 
-def _register_best(workdir: Path, params: Params, data_version: str, tracking: Tracking,
-                   study: Any, best: Any) -> dict[str, Any]:
+def _register_best(ctx: RunContext, study: Any, best: Any) -> dict[str, Any]:
     """The best trial's model as a base candidate, through the gate like any other."""
     from gpt import progress
 
-    tp = trial_params(params, best.params)
-    evaluation = steps.evaluate_base_step(workdir, tp, data_version)
-    run = replace(tracking, tags={**tracking.tags, "gptops.study": study.study_name,
-                                  "gptops.trial": str(best.number)})
+    assert ctx.tracking is not None
+    run = replace(ctx.tracking, tags={**ctx.tracking.tags, "gptops.study": study.study_name,
+                                      "gptops.trial": str(best.number)})
+    trial = replace(ctx, params=trial_params(ctx.params, best.params), tracking=run)
+    evaluation = steps.evaluate_base_step(trial)
     with progress.phase(f"tune: register trial {best.number}"):
-        reg = steps.register_step(workdir, tp, data_version, run, {BASE.name: evaluation})
+        reg = steps.register_step(trial, {BASE.name: evaluation})
     return asdict(reg[BASE.name])
 
 

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +29,18 @@ from gpt.errors import ConfigError
 from gpt.evaluate import ModelEval
 from gpt.kinds import BASE, KINDS, SFT, TASK, of_step
 from gpt.launch import World
-from gpt.pipeline import base as base_mod
 from gpt.pipeline import candidates, keys
 from gpt.pipeline.base import Base
+from gpt.pipeline.context import RunContext, pin_base
 from gpt.pipeline.keys import StepKey
-from gpt.pipeline.paths import Inputs, RunPaths
+from gpt.pipeline.paths import Inputs
 from gpt.registry import (
     Dataset,
     MetricsLogger,
     Registration,
-    Tracking,
     child_run,
     register,
     require_finite,
-    resolve_tracking_uri,
 )
 from gpt.registry import tags as tag
 from gpt.workspace import verify_outputs
@@ -96,15 +94,15 @@ def _flat(reads: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _tracked(tracking: Tracking | None, key: StepKey, paths: RunPaths,
-             data_version: str) -> Iterator[tuple[str | None, Any]]:
+def _tracked(ctx: RunContext, key: StepKey) -> Iterator[tuple[str | None, Any]]:
     """(run id, metrics callback) of the step's child run; (None, None) without tracking."""
+    tracking = ctx.tracking
     if tracking is None:
         yield None, None
         return
     tags = {tag.STEP_TAG: key.step, tag.STEP_KEY: key.digest}
-    data = Dataset(name=f"tokens-{data_version}", digest=data_version,
-                   source=str(paths.tokens.resolve()))
+    data = Dataset(name=f"tokens-{ctx.data_version}", digest=ctx.data_version,
+                   source=str(ctx.paths.tokens.resolve()))
     with child_run(tracking, f"{key.step} {key.short}", tags, _flat(key.reads), data) as run_id:
         callback = MetricsLogger(tracking.uri, run_id, prefix=of_step(key.step).metric_prefix)
         try:
@@ -132,16 +130,21 @@ class _Both:
             self.first.flush()
 
 
-def _train(key: StepKey, paths: RunPaths, params: Params, data_version: str,
-           tracking: Tracking | None, world: World, fit: Callable[..., dict[str, Any]],
-           *args: Any, monitor: Callable[[int, dict[str, float]], None] | None = None,
-           ) -> StepResult:
-    """Reuse the finished step ``key``, or run ``fit(*args, out, callback)`` on ``world``'s
-    processes (:mod:`gpt.launch`) inside the step's MLflow run and record its result.
+#: A step's training function, run in each of its processes: ``fit(ctx, out, callback, **more)``
+#: returns the :class:`StepResult` fields (module level: the ranks are spawned).
+Fit = Callable[..., dict[str, Any]]
+
+
+def _train(ctx: RunContext, key: StepKey, world: World, fit: Fit,
+           monitor: Callable[[int, dict[str, float]], None] | None = None,
+           **more: Any) -> StepResult:
+    """Reuse the finished step ``key``, or run ``fit(ctx=, out=, callback=, **more)`` on
+    ``world``'s processes (:mod:`gpt.launch`) inside the step's MLflow run and record its result.
 
     ``monitor(step, metrics)`` sees what the loop reports (one process only); it may raise
     :class:`~gpt.errors.StoppedEarly` to end the step, which is then not recorded as finished.
     """
+    paths = ctx.paths
     done = paths.read_result(key)
     if done is not None:
         log.info("%s: reused (key %s): finished earlier in %s", key.step, key.short,
@@ -149,20 +152,21 @@ def _train(key: StepKey, paths: RunPaths, params: Params, data_version: str,
         # out_dir: where it is now (the workspace may have been copied or moved since)
         return StepResult(**{**done, "reused": True, "out_dir": str(paths.step(key))})
     out = paths.step(key)
-    device = params.launch.device
+    job = launch.Job(key.step, key.digest, world, ctx.params.launch.device, fit)
     if world.node_rank > 0:  # node 0 tracks and records the step; this node lends processes
-        launch.run(key.step, key.digest, world, device, fit, *args, out, None)
+        launch.run(job, ctx=ctx, out=out, callback=None, **more)
         return StepResult(step=key.step, key=key.digest, reused=False, out_dir=str(out),
                           info={"node_rank": world.node_rank, "nnodes": world.nnodes})
-    with _tracked(tracking, key, paths, data_version) as (run_id, callback):
+    with _tracked(ctx, key) as (run_id, callback):
         if monitor is not None:
             callback = _Both(callback, monitor)
-        fields = launch.run(key.step, key.digest, world, device, fit, *args, out, callback)
+        fields = launch.run(job, ctx=ctx, out=out, callback=callback, **more)
     if world.size > 1:
         fields["info"] = {**fields.get("info", {}), "processes": world.size,
                           "strategy": world.strategy}
     result = StepResult(step=key.step, key=key.digest, reused=False, out_dir=str(out),
-                        run_id=run_id, tracking_uri=tracking.uri if tracking else "", **fields)
+                        run_id=run_id, tracking_uri=ctx.tracking.uri if ctx.tracking else "",
+                        **fields)
     paths.write_result(key, asdict(result))
     return result
 
@@ -174,11 +178,12 @@ def _loop_fields(loop: Any, info: dict[str, Any] | None = None, **extra: Any) ->
             "loss": loop.final_loss, "info": info, **extra}
 
 
-def _fit_pretrain(paths: RunPaths, params: Params, out: Path, callback: Any) -> dict[str, Any]:
-    """Pretraining in one process of the step's world (module level: ranks are spawned)."""
+def _fit_pretrain(ctx: RunContext, out: Path, callback: Any) -> dict[str, Any]:
+    """Pretraining in one process of the step's world."""
     from gpt.train import pretrain
 
-    r = pretrain(params.model, params.train, params.launch, paths.tokens, out, resume=True,
+    p = ctx.params
+    r = pretrain(p.model, p.train, p.launch, ctx.paths.tokens, out, resume=True,
                  callback=callback)
     if callback is not None:
         callback.flush()
@@ -186,49 +191,42 @@ def _fit_pretrain(paths: RunPaths, params: Params, out: Path, callback: Any) -> 
         "skipped_steps": r.loop.skipped_steps}), "loss": r.val_loss}
 
 
-def pretrain_step(workdir: Path, params: Params, data_version: str,
-                  tracking: Tracking | None = None,
+def pretrain_step(ctx: RunContext,
                   monitor: Callable[[int, dict[str, float]], None] | None = None) -> StepResult:
     """Pretrain the base model (or reuse / resume the one trained with this key).
 
     ``monitor``: sees each step's metrics (``val_loss`` at evaluation points) and may stop the
     step early (a pruned tuning trial); it needs one training process.
     """
-    paths = RunPaths(Path(workdir))
+    params = ctx.params
     world = World.of(params.launch, get_dotted(params, BASE.batch_key), BASE.batch_key)
     if monitor is not None and world.size > 1:
         raise ConfigError(f"a monitored pretraining step runs in one process, not {world.size}"
                           ": set launch.nproc_per_node=1")
-    verify_outputs(Path(workdir))
-    return _train(keys.pretrain(params, data_version), paths, params, data_version, tracking,
-                  world, _fit_pretrain, paths, params, monitor=monitor)
+    verify_outputs(ctx.workdir)
+    return _train(ctx, keys.pretrain(params, ctx.data_version), world, _fit_pretrain, monitor)
 
 
 #: tune(inputs, params, base model, output folder, metrics callback) -> StepResult fields
 Tune = Callable[[Inputs, Params, Any, Path, Any], dict[str, Any]]
 
 
-def resolve_base(workdir: Path, params: Params, data_version: str, spec: str) -> Base:
-    """``spec`` ("" = this run's pretraining, or ``models:/...``) pinned to one model."""
-    uri = resolve_tracking_uri(params.registry.tracking_uri, Path(workdir))
-    return base_mod.resolve(spec, params, data_version, uri)
-
-
-def _base_model(inputs: Inputs, params: Params, data_version: str, base: Base):
+def _base_model(ctx: RunContext, inputs: Inputs, base: Base):
     """The base LM a tuned model starts from (a fresh copy: tuning changes it in place)."""
     if base.pretrained_here:
-        return inputs.language_model(keys.pretrain(params, data_version))
-    uri = resolve_tracking_uri(params.registry.tracking_uri, inputs.paths.workdir)
-    return base_mod.load(base, uri, params, inputs.vocab_size)
+        return inputs.language_model(keys.pretrain(ctx.params, ctx.data_version))
+    from gpt.pipeline import base as base_mod
+
+    return base_mod.load(base, ctx.tracking_uri, ctx.params, inputs.vocab_size)
 
 
-def _fit_tuned(tune: Tune, paths: RunPaths, params: Params, data_version: str, base: Base,
-               out: Path, callback: Any) -> dict[str, Any]:
-    """Tuning in one process of the step's world (module level: ranks are spawned)."""
+def _fit_tuned(ctx: RunContext, out: Path, callback: Any, tune: Tune) -> dict[str, Any]:
+    """Tuning in one process of the step's world (``ctx``'s base is pinned)."""
     from gpt.train import resolve_device
 
-    inputs = Inputs(paths, params)
-    fields = tune(inputs, params, _base_model(inputs, params, data_version, base), out, callback)
+    params, base = ctx.params, ctx.base
+    inputs = Inputs(ctx.paths, params)
+    fields = tune(inputs, params, _base_model(ctx, inputs, base), out, callback)
     if callback is not None:
         callback.flush()
     return {**fields, "device": str(resolve_device(params.launch.device)),
@@ -236,24 +234,23 @@ def _fit_tuned(tune: Tune, paths: RunPaths, params: Params, data_version: str, b
                      "base_version": base.lineage}}
 
 
-def _on_base(workdir: Path, params: Params, data_version: str, tracking: Tracking | None,
-             step: Callable[..., StepKey], tune: Tune, batch: str, spec: str) -> StepResult:
+def _on_base(ctx: RunContext, step: Callable[..., StepKey], tune: Tune, batch: str) -> StepResult:
     """A step that tunes a base; without a finished or registered base it fails before a run.
 
     ``batch`` names the step's global batch size (``finetune.batch_size``...).
     """
-    paths = RunPaths(Path(workdir))
+    params = ctx.params
     world = World.of(params.launch, get_dotted(params, batch), batch)
-    base = resolve_base(workdir, params, data_version, spec)
-    key = step(params, data_version, base.digest)
-    verify_outputs(Path(workdir))
-    if paths.read_result(key) is None:
+    ctx = pin_base(ctx)
+    base = ctx.base
+    key = step(params, ctx.data_version, base.digest)
+    verify_outputs(ctx.workdir)
+    if ctx.paths.read_result(key) is None:
         if base.pretrained_here:
-            Inputs(paths, params).weights(keys.pretrain(params, data_version))
+            Inputs(ctx.paths, params).weights(keys.pretrain(params, ctx.data_version))
         else:
             log.info("%s: starting from %s (v%s)", key.step, base.name, base.version)
-    return _train(key, paths, params, data_version, tracking, world, _fit_tuned, tune, paths,
-                  params, data_version, base)
+    return _train(ctx, key, world, _fit_tuned, tune=tune)
 
 
 def _tune_classifier(inputs: Inputs, params: Params, model: Any, out: Path,
@@ -278,22 +275,18 @@ def _tune_sft(inputs: Inputs, params: Params, model: Any, out: Path,
                                       "test_pairs": len(task.test)})
 
 
-def finetune_step(workdir: Path, params: Params, data_version: str,
-                  tracking: Tracking | None = None, base: str = "") -> StepResult:
+def finetune_step(ctx: RunContext) -> StepResult:
     """Fine-tune a base as a classifier (finetune.task: package or file).
 
-    ``base``: "" = this run's pretrained base; ``models:/<name>@<alias>`` or ``/<version>`` = a
-    registered one (no pretraining needed).
+    The base is ``ctx.base_spec``: "" = this run's pretrained base; ``models:/<name>@<alias>``
+    or ``/<version>`` = a registered one (no pretraining needed).
     """
-    return _on_base(workdir, params, data_version, tracking, keys.finetune, _tune_classifier,
-                    TASK.batch_key, base)
+    return _on_base(ctx, keys.finetune, _tune_classifier, TASK.batch_key)
 
 
-def sft_step(workdir: Path, params: Params, data_version: str,
-             tracking: Tracking | None = None, base: str = "") -> StepResult:
+def sft_step(ctx: RunContext) -> StepResult:
     """Supervised fine-tuning of a base LM on prompt/completion pairs (prompt masked)."""
-    return _on_base(workdir, params, data_version, tracking, keys.sft, _tune_sft,
-                    SFT.batch_key, base)
+    return _on_base(ctx, keys.sft, _tune_sft, SFT.batch_key)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -376,27 +369,27 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _perplexity_eval(inputs: Inputs, params: Params, data_version: str, model: Any,
-                     key: str, where: Path) -> ModelEval:
+def _perplexity_eval(ctx: RunContext, inputs: Inputs, model: Any, key: str,
+                     where: Path) -> ModelEval:
     """A language model's perplexity on this workspace's validation split, its benchmarks and
     samples (``where``: a folder for the evaluation's scratch files)."""
+    params, version = ctx.params, ctx.data_version
     e = params.evaluate
     metrics = ev.perplexity(model, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed)
     meta = json.loads(inputs.paths.token_meta.read_text())
-    bench = _benchmarks(inputs, params, data_version, model, where)
+    bench = _benchmarks(inputs, params, version, model, where)
     return ModelEval(BASE.name, {**metrics, **bench.get("metrics", {})},
-                     f"val-{data_version}-{meta['val_tokens']}-{e.ppl_batches}x{e.batch_size}"
-                     f"{bench_hash(params, data_version)}",
+                     f"val-{version}-{meta['val_tokens']}-{e.ppl_batches}x{e.batch_size}"
+                     f"{bench_hash(params, version)}",
                      key, examples=ev.sample_generations(model, inputs.tokenizer, seed=e.seed),
                      higher_is_better=bench.get("higher_is_better", {}),
                      benchmarks=bench.get("benchmarks", {}))
 
 
-def _evaluate_base(inputs: Inputs, params: Params, data_version: str, key: StepKey,
-                   _from: Base) -> ModelEval:
-    base = inputs.language_model(keys.pretrain(params, data_version))
-    out = _perplexity_eval(inputs, params, data_version, base, key.digest,
-                           inputs.paths.step(key))
+def _evaluate_base(ctx: RunContext, inputs: Inputs, key: StepKey) -> ModelEval:
+    params = ctx.params
+    base = inputs.language_model(keys.pretrain(params, ctx.data_version))
+    out = _perplexity_eval(ctx, inputs, base, key.digest, inputs.paths.step(key))
     e = params.evaluate
     if params.model.init_from:
         # Continued pretraining must beat where it started, on the same batches.
@@ -409,12 +402,12 @@ def _evaluate_base(inputs: Inputs, params: Params, data_version: str, key: StepK
     return out
 
 
-def _evaluate_task(inputs: Inputs, params: Params, data_version: str, key: StepKey,
-                   base: Base) -> ModelEval:
+def _evaluate_task(ctx: RunContext, inputs: Inputs, key: StepKey) -> ModelEval:
     from gpt.finetune import encode_texts, predict
 
+    params = ctx.params
     task = inputs.task
-    clf = inputs.classifier(keys.finetune(params, data_version, base.digest))
+    clf = inputs.classifier(keys.finetune(params, ctx.data_version, ctx.base.digest))
     ids, lengths = encode_texts(inputs.tokenizer, task.test.text.tolist(),
                                 params.model.block_size)
     y_pred = predict(clf, ids, lengths).tolist()
@@ -426,29 +419,29 @@ def _evaluate_task(inputs: Inputs, params: Params, data_version: str, key: StepK
                      confusion_matrix=ev.confusion_matrix(y_true, y_pred, len(task.labels)))
 
 
-def _evaluate_sft(inputs: Inputs, params: Params, data_version: str, key: StepKey,
-                  base: Base) -> ModelEval:
+def _evaluate_sft(ctx: RunContext, inputs: Inputs, key: StepKey) -> ModelEval:
     """SFT metrics on held-out pairs, next to the base model prompted the same way."""
+    params, version, base = ctx.params, ctx.data_version, ctx.base
     task = inputs.sft_task
     test = task.test[:params.sft.eval_examples]
     prompts, refs = [p for p, _ in test], [c for _, c in test]
     n = params.sft.max_new_tokens
-    tuned_model = inputs.language_model(keys.sft(params, data_version, base.digest))
+    tuned_model = inputs.language_model(keys.sft(params, version, base.digest))
     bs = params.evaluate.batch_size
     completions = ev.complete(tuned_model, inputs.tokenizer, prompts, n,
                               label="evaluate: SFT completions", batch_size=bs)
-    before_model = _base_model(inputs, params, data_version, base)
+    before_model = _base_model(ctx, inputs, base)
     task_type = params.sft.task_type
     before = ev.generation_metrics(ev.complete(before_model, inputs.tokenizer, prompts, n,
                                                label="evaluate: base-model completions",
                                                batch_size=bs), refs, task_type)
-    bench = _benchmarks(inputs, params, data_version, tuned_model, inputs.paths.step(key))
+    bench = _benchmarks(inputs, params, version, tuned_model, inputs.paths.step(key))
     metrics = {**ev.generation_metrics(completions, refs, task_type),
                **{f"baseline_{k}": v for k, v in before.items()}, **bench.get("metrics", {})}
     examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
                 zip(prompts[:10], refs[:10], completions[:10], strict=True)]
     return ModelEval(SFT.name, metrics,
-                     f"{task.eval_hash()}-{len(test)}{bench_hash(params, data_version)}",
+                     f"{task.eval_hash()}-{len(test)}{bench_hash(params, version)}",
                      key.digest, test_examples=len(test), examples=examples,
                      higher_is_better=bench.get("higher_is_better", {}),
                      benchmarks=bench.get("benchmarks", {}))
@@ -464,69 +457,65 @@ def model_kinds(params: Params, base: str = "") -> tuple[str, ...]:
                  and (k is not SFT or params.sft.enabled))
 
 
-def evaluate_step(workdir: Path, params: Params, data_version: str,
-                  base: str = "") -> dict[str, ModelEval]:
+def evaluate_step(ctx: RunContext) -> dict[str, ModelEval]:
     """Evaluate each model (reusing evaluations whose key is unchanged).
 
-    ``base``: as for :func:`finetune_step`; a registered base is not evaluated again.
+    A registered base (``ctx.base_spec``, as for :func:`finetune_step`) is not evaluated again.
 
     Raises:
         RegistryError: a non-finite metric (nothing downstream may register it).
     """
-    paths = RunPaths(Path(workdir))
-    inputs = Inputs(paths, params)
-    start = resolve_base(workdir, params, data_version, base)
-    verify_outputs(Path(workdir))
+    ctx = pin_base(ctx)
+    paths = ctx.paths
+    inputs = Inputs(paths, ctx.params)
+    start = ctx.base
+    verify_outputs(ctx.workdir)
     out: dict[str, ModelEval] = {}
-    for kind in model_kinds(params, base):
-        key = keys.evaluation(kind, params, data_version, start.digest)
+    for kind in model_kinds(ctx.params, ctx.base_spec):
+        key = keys.evaluation(kind, ctx.params, ctx.data_version, start.digest)
         done = paths.read_result(key)
         if done is not None:
             log.info("evaluate %s: reused (key %s)", kind, key.short)
             out[kind] = ModelEval(**done)
         else:
-            out[kind] = EVALUATORS[kind](inputs, params, data_version, key, start)
+            out[kind] = EVALUATORS[kind](ctx, inputs, key)
             require_finite(out[kind].metrics, f"{kind} model evaluation")
             paths.write_result(key, asdict(out[kind]))
-    _write_dvc_views(Path(workdir), params, data_version, out, start)
+    _write_dvc_views(ctx, out)
     return out
 
 
-def _write_dvc_views(workdir: Path, params: Params, data_version: str,
-                     evaluation: dict[str, ModelEval], start: Base) -> None:
+def _write_dvc_views(ctx: RunContext, evaluation: dict[str, ModelEval]) -> None:
     """The metrics and the pretraining curve as the files dvc.yaml declares (dvc_views)."""
     from gpt.pipeline import dvc_views
-    from gpt.registry import resolve_tracking_uri
 
-    dvc_views.write_metrics(workdir, evaluation)
-    if start.pretrained_here:
-        done = RunPaths(workdir).read_result(keys.pretrain(params, data_version))
-        dvc_views.write_curve(workdir, resolve_tracking_uri(params.registry.tracking_uri,
-                                                            workdir), (done or {}).get("run_id"))
+    dvc_views.write_metrics(ctx.workdir, evaluation)
+    if ctx.base.pretrained_here:
+        done = ctx.paths.read_result(keys.pretrain(ctx.params, ctx.data_version))
+        dvc_views.write_curve(ctx.workdir, ctx.tracking_uri, (done or {}).get("run_id"))
 
 
-def evaluate_base_step(workdir: Path, params: Params, data_version: str) -> ModelEval:
+def evaluate_base_step(ctx: RunContext) -> ModelEval:
     """Evaluate this run's pretrained base only (reused when its key is unchanged): what
     :func:`evaluate_step` computes for it, e.g. for each trial of a study."""
-    paths = RunPaths(Path(workdir))
-    key = keys.evaluation(BASE.name, params, data_version)
+    paths = ctx.paths
+    key = keys.evaluation(BASE.name, ctx.params, ctx.data_version)
     done = paths.read_result(key)
     if done is not None:
         log.info("evaluate base: reused (key %s)", key.short)
         return ModelEval(**done)
-    start = Base("", keys.pretrain(params, data_version).digest)
-    out = _evaluate_base(Inputs(paths, params), params, data_version, key, start)
+    out = _evaluate_base(ctx, Inputs(paths, ctx.params), key)
     require_finite(out.metrics, "base model evaluation")
     paths.write_result(key, asdict(out))
     return out
 
 
-def import_step(workdir: Path, params: Params, data_version: str, tracking: Tracking,
-                spec: str) -> Registration:
+def import_step(ctx: RunContext, spec: str) -> Registration:
     """Register the pretrained checkpoint ``spec`` (``hf:<dir or id>``) as a base version.
 
     It is evaluated on this workspace's validation split like a trained base, so a later
     continued pretraining from it is compared with it (same evaluation set) and must beat it.
+    ``ctx.tracking`` must be set.
 
     Raises:
         ConfigError: the checkpoint's shape or tokenizer does not match the workspace.
@@ -535,32 +524,36 @@ def import_step(workdir: Path, params: Params, data_version: str, tracking: Trac
     from gpt.hf import checkpoint_digest
     from gpt.train import initial_model
 
-    params = params.model_copy(update={"model": params.model.model_copy(
+    assert ctx.tracking is not None
+    params = ctx.params.model_copy(update={"model": ctx.params.model.model_copy(
         update={"init_from": spec})})
-    ctx = candidates.Context(RunPaths(Path(workdir)), params, data_version, tracking)
+    ctx = replace(ctx, params=params)
+    built = candidates.Context(ctx.paths, params, ctx.data_version, ctx.tracking)
     model = initial_model(params.model, TokenData(ctx.paths.tokens)).eval()
     eval_key = f"import-{checkpoint_digest(spec)[:16]}"
-    e = _perplexity_eval(ctx.inputs, params, data_version, model, eval_key,
-                         ctx.paths.runs / "import" / eval_key)
-    tags = {**tracking.tags, **lineage(params, data_version,
-                                       tracking.tags.get(tag.FLOW_RUN))}
-    c = candidates.imported(ctx, e, model, tags)
+    e = _perplexity_eval(ctx, built.inputs, model, eval_key, ctx.paths.runs / "import" / eval_key)
+    tags = {**ctx.tracking.tags, **lineage(params, ctx.data_version,
+                                           ctx.tracking.tags.get(tag.FLOW_RUN))}
+    c = candidates.imported(built, e, model, tags)
     with progress.phase(f"register {c.name}"):
-        return register(c, tracking)
+        return register(c, ctx.tracking)
 
 
-def register_step(workdir: Path, params: Params, data_version: str, tracking: Tracking,
-                  evaluation: dict[str, ModelEval], base: str = "") -> dict[str, Registration]:
-    """Register every evaluated model (base first: the others name it as their parent)."""
-    start = resolve_base(workdir, params, data_version, base)
-    ctx = candidates.Context(RunPaths(Path(workdir)), params, data_version, tracking,
-                             None if start.pretrained_here else start.digest)
+def register_step(ctx: RunContext, evaluation: dict[str, ModelEval]) -> dict[str, Registration]:
+    """Register every evaluated model (base first: the others name it as their parent).
+
+    ``ctx.tracking`` must be set."""
+    assert ctx.tracking is not None
+    ctx = pin_base(ctx)
+    start = ctx.base
+    built = candidates.Context(ctx.paths, ctx.params, ctx.data_version, ctx.tracking,
+                               None if start.pretrained_here else start.digest)
     results: dict[str, Registration] = {}
     for kind, e in evaluation.items():
         here = results.get(BASE.name)
-        parent = f"{candidates.model_name(BASE.name, params)}/{here.version}" if here \
+        parent = f"{candidates.model_name(BASE.name, ctx.params)}/{here.version}" if here \
             else start.lineage
-        c = candidates.build(ctx, e, parent or None)
+        c = candidates.build(built, e, parent or None)
         with progress.phase(f"register {c.name}"):
-            results[kind] = register(c, tracking)
+            results[kind] = register(c, ctx.tracking)
     return results

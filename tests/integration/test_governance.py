@@ -36,6 +36,7 @@ def test_compare_promote_rollback_on_real_versions(pipeline_run, tmp_path, monke
     from gpt.config import load_params
     from gpt.evaluate import ModelEval
     from gpt.pipeline import steps
+    from gpt.pipeline.context import RunContext
     from tests.conftest import RUN_OVERRIDES
 
     ws, first, _ = pipeline_run
@@ -43,14 +44,14 @@ def test_compare_promote_rollback_on_real_versions(pipeline_run, tmp_path, monke
     uri = registry.default_tracking_uri(tmp_path)
     tracking = registry.Tracking(uri, "governance")
     evaluation = {k: ModelEval(**v) for k, v in first["evaluation"].items()}
-    one = steps.register_step(ws, params, first["data_version"], tracking, evaluation)
+    ctx = RunContext.of(ws, params, data_version=first["data_version"], tracking=tracking)
+    one = steps.register_step(ctx, evaluation)
     # The same weights are one version: a second registration reuses it ...
-    assert all(r.reused for r in steps.register_step(ws, params, first["data_version"],
-                                                     tracking, evaluation).values())
+    assert all(r.reused for r in steps.register_step(ctx, evaluation).values())
     # ... unless forced, and then equal metrics do not beat the champion.
     monkeypatch.setattr("gpt.registry.registration._versions_with_key",
                         lambda *a: (None, None))  # no version with these weights, gated or not
-    two = steps.register_step(ws, params, first["data_version"], tracking, evaluation)
+    two = steps.register_step(ctx, evaluation)
     name = two["task"].name
     assert one["task"].champion and not two["task"].champion
 

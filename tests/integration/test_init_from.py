@@ -29,6 +29,7 @@ def test_pretrain_continues_from_a_gpt2_checkpoint(tmp_path):
     from gpt.config import load_params
     from gpt.data.loader import TokenData, is_val_doc
     from gpt.data.shards import read_parts
+    from gpt.pipeline.context import RunContext
     from gpt.pipeline.steps import pretrain_step
     from gpt.train import initial_model
     from gpt.workspace import apply_data_overrides, data_version, run_stage
@@ -72,7 +73,7 @@ def test_pretrain_continues_from_a_gpt2_checkpoint(tmp_path):
         ours = start.logits(start.hidden_states(x)[0])
         assert (ours - theirs(x).logits).abs().max() < 1e-4
 
-    result = pretrain_step(ws, params, version)
+    result = pretrain_step(RunContext.of(ws, params, data_version=version))
     assert result.steps == STEPS and not result.reused and np.isfinite(result.loss)
     trained = hf.load_checkpoint(spec, block_size=64)
     ckpt_io.load_weights(trained, ws / ".gptops" / "runs" / "pretrain" / result.key /

@@ -11,6 +11,7 @@ def test_register_on_postgres(pipeline_run, postgres_uri, tmp_path, monkeypatch)
     from gpt.config import load_params
     from gpt.evaluate import ModelEval
     from gpt.pipeline import steps
+    from gpt.pipeline.context import RunContext
     from gpt.registry import Tracking, list_versions, load_champion_components
     from tests.conftest import RUN_OVERRIDES
 
@@ -20,8 +21,8 @@ def test_register_on_postgres(pipeline_run, postgres_uri, tmp_path, monkeypatch)
     evaluation = {k: ModelEval(**v) for k, v in first["evaluation"].items()}
     tracking = Tracking(postgres_uri, "pg", tags={"prefect_flow_run_id": "pg-test",
                                                   "data_version": first["data_version"]})
-    reg = {k: asdict(r) for k, r in steps.register_step(
-        ws, params, first["data_version"], tracking, evaluation).items()}
+    ctx = RunContext.of(ws, params, data_version=first["data_version"], tracking=tracking)
+    reg = {k: asdict(r) for k, r in steps.register_step(ctx, evaluation).items()}
     assert reg["base"]["champion"] and reg["task"]["champion"]
     versions = list_versions(postgres_uri)
     assert {(v["name"], v["version"]) for v in versions} == {
