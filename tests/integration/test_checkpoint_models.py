@@ -127,9 +127,10 @@ def test_register_checkpoint_registers_a_non_last_one_through_the_gate(trained):
 
     unknown = _gptops(ws, "register-checkpoint", "7")
     assert unknown.returncode == 2
-    lines = [ln for ln in unknown.stderr.splitlines() if "step 7" in ln]
-    assert lines and "kept: 21, 28, 30" in lines[0], unknown.stderr[-2000:]
-    assert "Traceback" not in unknown.stderr + unknown.stdout
+    text = unknown.stdout + unknown.stderr
+    lines = [ln for ln in text.splitlines() if "step 7" in ln]
+    assert lines and "kept: 21, 28, 30" in lines[0], text[-2000:]
+    assert "Traceback" not in text
 
     step = 21
     out = _gptops(ws, "register-checkpoint", str(step), "--json")
