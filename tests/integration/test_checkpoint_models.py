@@ -31,8 +31,13 @@ GPTOPS = str(Path(sys.executable).parent / "gptops")
 def _gptops(ws: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     sets = [a for o in OVERRIDES for a in ("--set", o)]
-    return subprocess.run([GPTOPS, *args, "--workdir", str(ws), *sets], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [GPTOPS, *args, "--workdir", str(ws), *sets],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +68,9 @@ def test_each_kept_checkpoint_is_a_logged_model_with_its_step_val_loss_and_datas
 
     ctx, result, key = trained
     folder = Path(result.out_dir) / "checkpoints"
-    assert [int(p.name.removeprefix("ckpt-")) for p in ckpt.list_checkpoints(folder)] == \
-        sorted(KEPT, reverse=True)
+    assert [int(p.name.removeprefix("ckpt-")) for p in ckpt.list_checkpoints(folder)] == sorted(
+        KEPT, reverse=True
+    )
     c = client(ctx.tracking.uri)
     history = {m.step: m.value for m in c.get_metric_history(result.run_id, "train/val_loss")}
     assert {7, 14, 15, 21, 28, 30} <= set(history)  # evaluated at every checkpoint
@@ -82,8 +88,9 @@ def test_each_kept_checkpoint_is_a_logged_model_with_its_step_val_loss_and_datas
         assert val[0].dataset_name == f"tokens-{ctx.data_version}"
         assert val[0].dataset_digest == ctx.data_version
         # linked, not copied: the model's artifacts are the manifest only
-        local = mlflow.artifacts.download_artifacts(f"{m.artifact_location}",
-                                                    tracking_uri=ctx.tracking.uri)
+        local = mlflow.artifacts.download_artifacts(
+            f"{m.artifact_location}", tracking_uri=ctx.tracking.uri
+        )
         assert sorted(os.listdir(local)) == ["manifest.json"]
     # the run's curve holds each point once (the model's metrics are the run's own points)
     assert len(c.get_metric_history(result.run_id, "train/val_loss")) == len(history)
@@ -93,7 +100,8 @@ def test_each_kept_checkpoint_is_a_logged_model_with_its_step_val_loss_and_datas
             experiment_ids=[c.get_run(result.run_id).info.experiment_id],
             filter_string=f"tags.step_key = '{key.digest}'",
             order_by=[{"field_name": "metrics.train/val_loss", "ascending": True}],
-            output_format="list")
+            output_format="list",
+        )
     best = min(KEPT, key=lambda s: history[s])
     assert [checkpoints.step_of(m) for m in ranked][0] == best
     assert checkpoints.step_of(models[0]) == best
@@ -139,8 +147,11 @@ def test_register_checkpoint_registers_a_non_last_one_through_the_gate(trained):
     c = client(ctx.tracking.uri)
     mv = c.get_model_version(reg["name"], reg["version"])
     t = VersionTags.from_tags(mv.tags)
-    model = next(m for m in checkpoints.kept(ctx.tracking.uri, ctx.tracking.experiment,
-                                             key.digest) if checkpoints.step_of(m) == step)
+    model = next(
+        m
+        for m in checkpoints.kept(ctx.tracking.uri, ctx.tracking.experiment, key.digest)
+        if checkpoints.step_of(m) == step
+    )
     assert t.model_key == f"{key.digest}-step{step}"
     assert t.lineage[CHECKPOINT_STEP] == str(step)
     assert t.lineage[CHECKPOINT_MODEL] == model.model_id
