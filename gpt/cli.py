@@ -447,6 +447,62 @@ def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder
         _print_rows(f"imported {spec}", [(k, _fmt(v)) for k, v in out.items()])
 
 
+@app.command("register-checkpoint")
+def register_checkpoint(
+        step: Annotated[int | None, typer.Argument(
+            min=1, help="the checkpoint's optimizer step (default: the kept checkpoint with the "
+            "lowest validation loss)", show_default=False)] = None,
+        workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
+        overrides: Overrides = None, as_json: JsonFlag = False,
+        list_: Annotated[bool, typer.Option("--list", help="list the kept checkpoints (step, "
+                                            "validation loss, MLflow model id); register "
+                                            "nothing")] = False) -> None:
+    """Register a kept pretraining checkpoint, not only the final weights, as a base version.
+
+    The checkpoints are those of the pretraining that these data and params (--profile, --set)
+    select; each is an MLflow logged model ranked by its validation loss. The one chosen is
+    evaluated, tagged and gated like any base model.
+    """
+    from dataclasses import asdict, replace
+
+    from gpt import registry, stopping, workspace
+    from gpt.pipeline import keys, steps
+    from gpt.pipeline.context import RunContext
+    from gpt.preflight import check_benchmarks, check_tracking_uri
+    from gpt.registry import checkpoints
+
+    setup_logging()
+    params = _params(workdir, profile, overrides)
+    ctx = RunContext.of(workdir, params, data_version=workspace.data_version(workdir))
+    check_tracking_uri(ctx.tracking_uri)
+    if list_:
+        key = keys.pretrain(params, ctx.data_version)
+        rows = [checkpoints.describe(m) for m in checkpoints.kept(
+            ctx.tracking_uri, params.registry.experiment, key.digest)]
+        if as_json:
+            console.print_json(json.dumps(rows, default=str))
+            return
+        table = Table(title=f"kept checkpoints of pretrain {key.short}, best first",
+                      title_justify="left")
+        for col in ("step", "val_loss", "model id", "run"):
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            table.add_row(str(r["step"]), "" if r["val_loss"] is None else
+                          f"{r['val_loss']:.4f}", r["model_id"], r["run_id"] or "")
+        console.print(table)
+        return
+    check_benchmarks(params)
+    with stopping.on_signals("register-checkpoint"), \
+            workspace.workspace_lock(workdir, "gptops register-checkpoint"), \
+            registry.pipeline_run(ctx.tracked(), registry.cli_run_name("register-checkpoint"),
+                                  registry.tracking.workspace_id(workdir)) as tracking:
+        out = asdict(steps.register_checkpoint_step(replace(ctx, tracking=tracking), step))
+    if as_json:
+        console.print_json(json.dumps(out, default=str))
+    else:
+        _print_rows("registered checkpoint", [(k, _fmt(v)) for k, v in out.items()])
+
+
 ModelName = Annotated[str, typer.Option("--model", "-m", help="registered model name "
                                         "(default: from params.yaml's registry section)")]
 #: "" = the champion (:data:`gpt.registry.CHAMPION`, looked up when a command runs: the

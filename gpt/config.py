@@ -291,6 +291,8 @@ class RegistryConfig(_Strict):
     sft_model: str
     min_improvement: float = Field(ge=0, description="margin a challenger must beat champion by")
     license: str = Field(min_length=1, description="licence id declared in the model cards")
+    system_metrics_interval: float = Field(
+        ge=0, description="seconds between system metrics samples of a training run; 0 = off")
     gate: GateConfig
 
 

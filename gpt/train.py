@@ -33,7 +33,9 @@ from gpt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
 
-#: callback(step, metrics) — e.g. an MLflow logger that batches metrics.
+#: callback(step, metrics) — e.g. an MLflow logger that batches metrics. One that also has a
+#: ``checkpoint(step, path)`` method is told of each checkpoint written (rank 0, after the step's
+#: metrics, which then include the validation loss: evaluation is due at every checkpoint).
 MetricsCallback = Callable[[int, dict[str, float]], None]
 #: loss_fn(model, step, micro_step) -> scalar loss for one micro-batch.
 LossFn = Callable[[nn.Module, int, int], torch.Tensor]
@@ -176,25 +178,27 @@ class CheckpointPolicy:
         return step
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-             device: torch.device, meta: dict[str, Any]) -> None:
-        """Every process calls it (a sharded model is gathered); rank 0 writes."""
+             device: torch.device, meta: dict[str, Any]) -> Path | None:
+        """Every process calls it (a sharded model is gathered); rank 0 writes, and gets the
+        checkpoint's folder (the others None)."""
         sharded = distributed.is_sharded(model)
         tensors = distributed.full_state_dict(model) if sharded else None
         optim = (distributed.full_optimizer_state(model, optimizer) if sharded
                  else optimizer.state_dict())
         if distributed.rank() != 0:
-            return
+            return None
         state = {"optimizer": optim, "rng_cpu": torch.get_rng_state()}
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        ckpt.save_checkpoint(self.directory, step, model, state,
-                             {**meta, "optimizer": "by-name" if sharded else "by-index"},
-                             tensors=tensors)
+        return ckpt.save_checkpoint(self.directory, step, model, state,
+                                    {**meta, "optimizer": "by-name" if sharded else "by-index"},
+                                    tensors=tensors)
 
 
 @dataclass
 class Evaluation:
-    """``fn(model)`` every ``interval`` steps and at the last step; its metrics join the step's."""
+    """``fn(model)`` every ``interval`` steps, at each checkpoint and at the last step; its
+    metrics join the step's."""
 
     fn: Callable[[nn.Module], dict[str, float]]
     interval: int
@@ -418,7 +422,11 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
             metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
             if throughput is not None:
                 metrics.update(throughput.tick(done, total_steps))
-            if evaluation is not None and _due(done, evaluation.interval, total_steps):
+            checkpoint_due = checkpoints is not None and _due(done, checkpoints.interval,
+                                                              total_steps)
+            # A checkpoint carries its validation loss (its MLflow model is ranked by it).
+            if evaluation is not None and (checkpoint_due or _due(done, evaluation.interval,
+                                                                  total_steps)):
                 metrics.update(evaluation.fn(raw))
                 model.train()
             if rank0:
@@ -428,10 +436,11 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                     callback(done, metrics)
                 history.append({"step": done, **metrics})
             signum = stop.requested()  # SIGTERM/SIGINT: checkpoint this step, then stop
-            if checkpoints is not None and (signum or _due(done, checkpoints.interval,
-                                                           total_steps)):
-                checkpoints.save(done, raw, optimizer, device,
-                                 {"kind": settings.kind, "world": distributed.world()})
+            if checkpoints is not None and (signum or checkpoint_due):
+                path = checkpoints.save(done, raw, optimizer, device,
+                                        {"kind": settings.kind, "world": distributed.world()})
+                if path is not None and hasattr(callback, "checkpoint"):
+                    callback.checkpoint(done, path)  # type: ignore[union-attr]
             if signum:
                 name = signal.Signals(signum).name
                 where = "checkpoint saved; a re-run resumes here" if checkpoints is not None \

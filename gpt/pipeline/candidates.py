@@ -247,6 +247,23 @@ def imported(ctx: Context, e: ModelEval, model: Any, tags: dict[str, str]) -> Ca
                      license=ctx.params.registry.license, **fields)
 
 
+def checkpoint(ctx: Context, e: ModelEval, model: Any, key: keys.StepKey, step: int,
+               tags: dict[str, str]) -> Candidate:
+    """The candidate ``gptops register-checkpoint`` registers: a base whose weights are the
+    kept checkpoint of pretraining ``key`` at optimizer step ``step`` (``model``, as loaded).
+
+    Its model key is ``<pretrain key>-step<N>``; ``tags`` carry the checkpoint's step, logged
+    model and run beside the pipeline run's lineage. It is registered in a run of its own, so
+    the training run's metrics stay those of its final weights."""
+    fields = _base_fields(ctx, e, lambda: model)
+    tags = {**tags, CODE_HASH: key.code_hash}
+    c_keys = {MODEL_KEY: f"{key.digest}-step{step}", EVAL_KEY: e.key}
+    card = model_card(f"{BASE.name} (checkpoint)", fields["name"], {**tags, **c_keys},
+                      fields["metrics"], ctx.params)
+    return Candidate(kind=BASE.name, eval_hash=e.eval_hash, keys=c_keys, tags=tags, card=card,
+                     license=ctx.params.registry.license, **fields)
+
+
 def model_card(kind: str, name: str, tags: dict[str, str], metrics: dict[str, float],
                params: Params) -> str:
     """The version's description: architecture, metrics, lineage, how to reproduce it."""

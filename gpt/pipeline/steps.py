@@ -43,6 +43,8 @@ from gpt.registry import (
     require_finite,
 )
 from gpt.registry import tags as tag
+from gpt.registry.checkpoints import CheckpointModels
+from gpt.registry.tracking import system_metrics
 from gpt.workspace import verify_outputs
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,14 @@ def _tracked(ctx: RunContext, key: StepKey) -> Iterator[tuple[str | None, Any]]:
     tags = {tag.STEP_TAG: key.step, tag.STEP_KEY: key.digest}
     data = Dataset(name=f"tokens-{ctx.data_version}", digest=ctx.data_version,
                    source=str(ctx.paths.tokens.resolve()))
-    with child_run(tracking, f"{key.step} {key.short}", tags, _flat(key.reads), data) as run_id:
-        callback = MetricsLogger(tracking.uri, run_id, prefix=of_step(key.step).metric_prefix)
+    with child_run(tracking, f"{key.step} {key.short}", tags, _flat(key.reads), data) as run_id, \
+            system_metrics(tracking.uri, run_id, ctx.params.registry.system_metrics_interval):
+        # Pretraining's checkpoints become MLflow logged models (gpt.registry.checkpoints).
+        models = CheckpointModels(tracking.uri, run_id, key.step, key.digest,
+                                  (data.name, data.digest), dict(tracking.tags)
+                                  ) if key.step == BASE.step else None
+        callback = MetricsLogger(tracking.uri, run_id, prefix=of_step(key.step).metric_prefix,
+                                 checkpoints=models)
         try:
             yield run_id, callback
         except BaseException:
@@ -128,6 +136,10 @@ class _Both:
     def flush(self) -> None:
         if self.first is not None:
             self.first.flush()
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        if self.first is not None:
+            self.first.checkpoint(step, path)
 
 
 #: A step's training function, run in each of its processes: ``fit(ctx, out, callback, **more)``
@@ -536,6 +548,64 @@ def import_step(ctx: RunContext, spec: str) -> Registration:
                                            ctx.tracking.tags.get(tag.FLOW_RUN))}
     c = candidates.imported(built, e, model, tags)
     with progress.phase(f"register {c.name}"):
+        return register(c, ctx.tracking)
+
+
+def register_checkpoint_step(ctx: RunContext, step: int | None = None) -> Registration:
+    """Register a kept checkpoint of this workspace's pretraining (for its data and params) as
+    a version of the base model: the one at optimizer ``step``, or (None) the one whose logged
+    model (:mod:`gpt.registry.checkpoints`) has the lowest validation loss.
+
+    It is evaluated as a trained base is (the same evaluation set), tagged with the pipeline
+    run's lineage and its step, logged model and run, and gated like any candidate.
+    ``ctx.tracking`` must be set.
+
+    Raises:
+        ConfigError: no checkpoints of this pretraining, none at ``step`` or none with a logged
+            validation loss (listing the kept steps).
+        CheckpointError: the checkpoint's files do not match their manifest.
+    """
+    from gpt import checkpoint as ckpt
+    from gpt.registry import checkpoints as logged
+    from gpt.train import build_model
+
+    assert ctx.tracking is not None
+    params = ctx.params
+    key = keys.pretrain(params, ctx.data_version)
+    folder = ctx.paths.step(key) / "checkpoints"
+    on_disk = {int(p.name.removeprefix("ckpt-")): p for p in ckpt.list_checkpoints(folder)}
+    if not on_disk:
+        raise ConfigError(f"no checkpoints of pretrain (key {key.short}) for these data and "
+                          f"params in {folder}: run `gptops pretrain` (or `gptops run`) with "
+                          "the same --profile and --set values first")
+    steps_kept = ", ".join(map(str, sorted(on_disk)))
+    models = {logged.step_of(m): m for m in reversed(
+        logged.kept(ctx.tracking.uri, ctx.tracking.experiment, key.digest))}
+    if step is None:
+        ranked = sorted((m for s, m in models.items() if s in on_disk and
+                         logged.metric(m) is not None), key=logged.metric)
+        if not ranked:
+            raise ConfigError(f"no kept checkpoint of pretrain (key {key.short}) has a logged "
+                              f"validation loss; name one: gptops register-checkpoint STEP "
+                              f"(kept: {steps_kept})")
+        step = logged.step_of(ranked[0])
+    if step not in on_disk:
+        raise ConfigError(f"pretrain (key {key.short}) has no kept checkpoint at step {step}; "
+                          f"kept: {steps_kept}")
+    inputs = Inputs(ctx.paths, params)
+    model = build_model(params.model, inputs.vocab_size)
+    ckpt.load_checkpoint(on_disk[step], model)
+    model.eval()
+    eval_key = f"{keys.evaluation(BASE.name, params, ctx.data_version).digest}-step{step}"
+    e = _perplexity_eval(ctx, inputs, model, eval_key,
+                         ctx.paths.runs / "register-checkpoint" / eval_key)
+    found = models.get(step)
+    tags = {**ctx.tracking.tags, tag.CHECKPOINT_STEP: str(step),
+            **({tag.CHECKPOINT_MODEL: found.model_id, tag.CHECKPOINT_RUN: found.source_run_id}
+               if found is not None else {})}
+    built = candidates.Context(ctx.paths, params, ctx.data_version, ctx.tracking)
+    c = candidates.checkpoint(built, e, model, key, step, tags)
+    with progress.phase(f"register {c.name} (pretrain checkpoint at step {step})"):
         return register(c, ctx.tracking)
 
 

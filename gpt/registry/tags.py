@@ -56,6 +56,16 @@ PROFILE = "profile"
 INIT_FROM = "init_from"
 INIT_FROM_SHA = "init_from_sha"
 
+# --- on a checkpoint's logged model (:mod:`gpt.registry.checkpoints`) and its version ------------
+#: The optimizer step the checkpoint was written at.
+CHECKPOINT_STEP = "checkpoint_step"
+#: The checkpoint's folder: its weights stay there (the logged model links them, not copies).
+CHECKPOINT_PATH = "checkpoint_path"
+#: On a version registered from a checkpoint: the checkpoint's logged model (``m-...``).
+CHECKPOINT_MODEL = "checkpoint_model_id"
+#: On a version registered from a checkpoint: the run that trained it.
+CHECKPOINT_RUN = "checkpoint_run_id"
+
 # --- on a registered model ----------------------------------------------------------------------
 #: Its transformers task (``text-generation``, ``text-classification``).
 TASK_TAG = "gptops.task"

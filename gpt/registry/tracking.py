@@ -361,29 +361,47 @@ class MetricsLogger:
     """A training callback that sends metrics to MLflow in batches (not one call per scalar).
 
     Picklable (the client is rebuilt), so a launched rank 0 logs into the step's run itself.
+    With ``checkpoints`` (:class:`gpt.registry.checkpoints.CheckpointModels`), each checkpoint
+    the loop writes becomes a logged model holding that step's metrics.
     """
 
     def __init__(self, tracking_uri: str, run_id: str, prefix: str = "",
-                 flush_every: int = 200) -> None:
+                 flush_every: int = 200, checkpoints: Any = None) -> None:
         self.uri = tracking_uri
         self.client = client(tracking_uri)
         self.run_id = run_id
         self.prefix = prefix
         self.flush_every = flush_every
+        self.checkpoints = checkpoints
         self._pending: list = []
+        self._last: list = []  # the newest step's metrics
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self._pending.append(Metric(f"{self.prefix}{k}", float(v), now, step))
+        self._last = [Metric(f"{self.prefix}{k}", float(v), now, step)
+                      for k, v in metrics.items()
+                      if isinstance(v, (int, float)) and math.isfinite(v)]
+        self._pending.extend(self._last)
         if len(self._pending) >= self.flush_every:
             self.flush()
 
+    def checkpoint(self, step: int, path: Path) -> None:
+        """The loop wrote checkpoint ``path`` at ``step``: log it as a model (with
+        ``checkpoints``), linked to the step's metrics. A failure is logged, never raised:
+        training goes on, the checkpoint is on disk."""
+        if self.checkpoints is None:
+            return
+        try:
+            self.flush()
+            self.checkpoints.log(step, path, [m for m in self._last if m.step == step])
+        except Exception as exc:  # noqa: BLE001 - the store is down, full...: keep training
+            log.warning("checkpoint %s not logged as an MLflow model: %s", Path(path).name,
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "client": None, "_pending": []}
+        return {**self.__dict__, "client": None, "_pending": [], "_last": []}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -393,6 +411,31 @@ class MetricsLogger:
         for i in range(0, len(self._pending), 1000):
             self.client.log_batch(self.run_id, metrics=self._pending[i:i + 1000])
         self._pending = []
+
+
+@contextmanager
+def system_metrics(tracking_uri: str, run_id: str, interval: float) -> Iterator[None]:
+    """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk, network;
+    GPU with ``nvidia-ml-py``) sampled every ``interval`` seconds into ``run_id`` while the
+    block runs (0: none). A block shorter than ``interval`` still logs one sample at its end."""
+    if interval <= 0:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval,
+                                   tracking_uri=tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+        with contextlib.suppress(Exception):  # a lost store is the step's to report
+            logged = client(tracking_uri).get_run(run_id).data.metrics
+            if not any(k.startswith("system/") for k in logged):  # ended before a sample
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-COMMANDS = [[], ["run"], ["export"], ["promote"], ["generate"], ["data", "clean"], ["serve"]]
+COMMANDS = [[], ["run"], ["export"], ["promote"], ["generate"], ["data", "clean"], ["serve"],
+            ["register-checkpoint"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "gptops")
