@@ -215,3 +215,23 @@ def test_classifier_predict_reports_per_batch(caplog):
     out = predict(Clf(), ids, torch.ones(5, dtype=torch.long), batch_size=2)
     assert out.shape == (5,)
     assert _lines(caplog)[-1].startswith("evaluate: classify: batch 3/3 (100%)")
+
+
+def test_a_counted_phase_s_records_carry_their_count_and_its_lines_parse_back(caplog):
+    """A handler follows a step by the count on its records (the Prefect progress artifact),
+    and a line relayed from another rank parses back to the same count."""
+    import logging
+
+    from gpt import progress
+
+    with caplog.at_level(logging.INFO, logger="gpt.progress"):
+        with progress.phase("pretrain", total=4, unit="step", bar=False) as p:
+            p.update(3, loss=1.0)
+            p.update(4, loss=0.5)
+        with progress.phase("register m", bar=False):
+            pass
+    counted = [progress.done_of(r) for r in caplog.records]
+    assert counted[-2] == progress.Done("pretrain", "step", 4, 4) and counted[-1] is None
+    assert counted[-2].percent == 100.0
+    assert progress.parse_line(caplog.records[-2].getMessage()) == counted[-2]
+    assert progress.parse_line("register m: elapsed 0s | done") is None
