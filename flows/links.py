@@ -23,9 +23,11 @@ MLFLOW_UI_ENV = "GPTOPS_MLFLOW_UI"
 
 
 def answers(url: str, timeout: float = 3.0) -> bool:
-    """Whether ``url`` answers 200 (a page or an API call a UI serves)."""
+    """Whether ``url`` answers 200 to a browser's request (a page or an API call a UI serves;
+    Prefect's UI serves a deep link's page only to a request that accepts HTML)."""
+    req = urllib.request.Request(url, headers={"Accept": "text/html,application/json,*/*"})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - a UI's address
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - a UI's address
             return r.status == 200
     except (OSError, ValueError):
         return False

@@ -235,3 +235,19 @@ def test_a_counted_phase_s_records_carry_their_count_and_its_lines_parse_back(ca
     assert counted[-2].percent == 100.0
     assert progress.parse_line(caplog.records[-2].getMessage()) == counted[-2]
     assert progress.parse_line("register m: elapsed 0s | done") is None
+
+
+def test_rank_0_s_relayed_progress_lines_keep_their_count(caplog):
+    """A step on several processes: the launcher relays rank 0's lines with their count, so the
+    Prefect progress artifact follows it; other ranks' lines carry none."""
+    import logging
+
+    from gpt import launch, progress
+
+    with caplog.at_level(logging.INFO, logger="gpt.launch"):
+        for rank in (0, 1):
+            launch._Relay._emit(rank, "INFO\tgpt.progress\tpretrain: step 3/4 (75%) | elapsed 1s")
+        launch._Relay._emit(0, "INFO\tgpt.train\tpretrain: step 3/4 (75%) said elsewhere")
+    counted = [progress.done_of(r) for r in caplog.records]
+    assert counted == [progress.Done("pretrain", "step", 3, 4), None, None]
+    assert caplog.records[0].getMessage().startswith("[rank0] pretrain: step 3/4")
