@@ -16,11 +16,11 @@ from dataclasses import asdict, replace
 from typing import Any, Literal
 
 from prefect import Flow, flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
-from flows import form, tasks
+from flows import artifacts, form, links, tasks
 from flows.deploy import FLOW_NAME
 from flows.report import summary_markdown
 from gpt import stopping
@@ -28,7 +28,7 @@ from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, load_params, profile_nam
 from gpt.errors import Interrupted
 from gpt.pipeline.context import RunContext, prepare_run
 from gpt.registry import cli_run_name, pipeline_run
-from gpt.registry.tracking import describe_pipeline_run, workspace_id
+from gpt.registry.tracking import describe_pipeline_run, experiment_id, workspace_id
 from gpt.workspace import STAGES, live_run, run_alive, sweep_live_runs, workspace_lock
 
 
@@ -41,19 +41,6 @@ def _gpt_logs_to_prefect() -> None:
         logger.setLevel(logging.INFO)
     if not any(isinstance(h, APILogHandler) for h in logger.handlers):
         logger.addHandler(APILogHandler())
-
-
-def _link_model_versions(mlflow_ui: str, registered: dict[str, Any]) -> None:
-    """A link artifact per registered model version, to its page in the MLflow UI."""
-    for kind, reg in registered.items():
-        name, version = reg.get("name"), reg.get("version")
-        if not name or not version:
-            continue
-        create_link_artifact(f"{mlflow_ui.rstrip('/')}/#/models/{name}/versions/{version}",
-                             link_text=f"MLflow: {name} version {version}",
-                             key=f"mlflow-{kind}-model",
-                             description=f"the {kind} model version this run registered "
-                                         "(or reused) in the MLflow registry")
 
 
 def _stops_cancel(fn: Any) -> Any:
@@ -115,7 +102,8 @@ def _training_pipeline(*, profile: str = DEFAULT_PROFILE, base: str = "", reclea
                                      ", ".join(stale))
         ctx = tasks.prepare_workspace(ctx, save_overrides)
         try:
-            result = _run(ctx, reclean, fr_id)
+            with artifacts.training_progress():
+                result = _run(ctx, reclean, fr_id)
         finally:
             tasks.restore_params(ws)
     return _report({**result, "seconds": time.perf_counter() - t0})
@@ -215,9 +203,11 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None) -> dict[str, A
     if reused:
         get_run_logger().info("data stages reused from the DVC cache (inputs unchanged): %s",
                               ", ".join(reused))
-    # One MLflow parent run per flow run; each training step nests its own run under it.
-    with pipeline_run(ctx.tracked(flow_run_id), flow_run.name or cli_run_name("run"),
-                      workspace_id(ws)) as tracking:
+    # One MLflow parent run per flow run; each training step nests its own run under it. Each
+    # run and version links to this flow run's page when a Prefect UI serves it.
+    flow_run_url = links.flow_run_page(flow_run_id)
+    with pipeline_run(ctx.tracked(flow_run_id, flow_run_url),
+                      flow_run.name or cli_run_name("run"), workspace_id(ws)) as tracking:
         ctx = tasks.pin_base(replace(ctx, tracking=tracking))  # an alias read once
         trained = {} if ctx.base_spec else {"pretrain": tasks.pretrain(ctx)}
         trained["finetune"] = tasks.finetune(ctx)
@@ -230,18 +220,22 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None) -> dict[str, A
             "evaluation": {k: asdict(e) for k, e in evaluation.items()},
             "registered": {k: asdict(r) for k, r in registered.items()},
             "tracking_uri": tracking.uri, "mlflow_run_id": tracking.parent_run_id,
-            "mlflow_ui": os.environ.get("GPTOPS_MLFLOW_UI", ""), "flow_run_id": flow_run_id}
+            "mlflow_experiment_id": experiment_id(tracking.uri, tracking.experiment),
+            "flow_run_id": flow_run_id, "prefect_flow_run_url": flow_run_url}
 
 
 def _report(result: dict[str, Any]) -> dict[str, Any]:
-    """The run's summary as a Prefect artifact and on its MLflow parent run, and a link to each
-    registered version."""
+    """The run's summary as a Prefect artifact and on its MLflow parent run, a table per
+    evaluated model, and links to the MLflow pages when an MLflow UI serves them."""
+    result["mlflow_pages"] = links.mlflow_pages(
+        links.mlflow_ui(), result["mlflow_experiment_id"], result["mlflow_run_id"],
+        result["registered"])
     summary = summary_markdown(result)
     create_markdown_artifact(summary, key="pipeline-summary",
                              description="metrics, data version and promotion decisions")
     if result["mlflow_run_id"]:  # the runs table compares pipeline runs by these
         describe_pipeline_run(result["tracking_uri"], result["mlflow_run_id"], summary,
                               result["evaluation"], result["registered"])
-    if result["mlflow_ui"]:
-        _link_model_versions(result["mlflow_ui"], result["registered"])
+    artifacts.evaluation_tables(result["evaluation"], result["registered"])
+    artifacts.link_artifacts(result["mlflow_pages"], result["registered"])
     return result

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gpt.progress import fmt_rate
 
+#: Per-class classifier metrics: in the model's artifacts, not in a summary table.
+PER_CLASS = ("precision_", "recall_", "f1_")
 #: The SFT metrics a summary shows, those of the model's task type in this order.
 SFT_SHOWN = ("rouge_l", "chrf", "bleu", "token_f1")
 
@@ -82,11 +85,49 @@ def summary_markdown(result: dict[str, Any]) -> str:
     """The run summary as a markdown table (a Prefect artifact and an MLflow artifact)."""
     lines = ["# gptops pipeline run", "", "| item | value |", "|---|---|"]
     lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in summary_rows(result)]
-    if result.get("mlflow_ui"):
-        lines += ["", f"MLflow: {result['mlflow_ui']}"]
+    lines += link_lines(result)
     samples = result["evaluation"].get("base", {}).get("examples") or []
     if samples:
         lines += ["", "## Sample generations (base model)", ""]
         lines += [f"- **{s['prompt']}**{s['completion'].replace(chr(10), ' ')[:200]}"
                   for s in samples]
     return "\n".join(lines) + "\n"
+
+
+def link_lines(result: dict[str, Any]) -> list[str]:
+    """Markdown links to the run's pages in the UIs that serve them (none: no lines)."""
+    lines = []
+    if result.get("prefect_flow_run_url"):
+        url = result["prefect_flow_run_url"]
+        lines.append(f"- Prefect flow run: [{url}]({url})")
+    pages = result.get("mlflow_pages") or {}
+    if pages.get("run"):
+        lines.append(f"- MLflow pipeline run: [{pages['run']}]({pages['run']})")
+    for kind, reg in result["registered"].items():
+        if pages.get(kind):
+            lines.append(f"- MLflow {reg['name']} version {reg['version']}: "
+                         f"[{pages[kind]}]({pages[kind]})")
+    return ["", "## Links", "", *lines] if lines else []
+
+
+def evaluation_rows(evaluation: dict[str, Any],
+                    registered: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per metric of one model's evaluation: its value, its trivial baseline and the
+    champion's value it was compared with (None where there is none)."""
+    metrics = evaluation["metrics"]
+    champion = (registered or {}).get("champion_metrics") or {}
+    rows = []
+    for name, value in metrics.items():
+        if name.startswith(("baseline_", *PER_CLASS)):
+            continue
+        rows.append({"metric": name, "value": _num(value),
+                     "baseline": _num(metrics.get(f"baseline_{name}")),
+                     "champion": _num(champion.get(name))})
+    return rows
+
+
+def _num(value: Any) -> float | None:
+    """A metric at 4 significant digits (None stays None)."""
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(f"{float(value):.4g}")

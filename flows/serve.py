@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from flows.deploy import NIGHTLY_CRON, NIGHTLY_TIMEZONE
+from flows.links import MLFLOW_UI_ENV
 from flows.server import (
     SERVE_FILE,
     database_url,
@@ -70,7 +71,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     backend = mlflow_backend or resolve_tracking_uri(params.registry.tracking_uri, ws)
     env = prefect_env(host, prefect_port, db, state / "prefect-home")
     mlflow_ui = f"http://{host}:{mlflow_port}"
-    env.update({"MLFLOW_TRACKING_URI": backend, "GPTOPS_MLFLOW_UI": mlflow_ui})
+    env.update({"MLFLOW_TRACKING_URI": backend, MLFLOW_UI_ENV: mlflow_ui})
     # The job runner (online scoring, trace archival) is several worker processes we don't use.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     procs: list[tuple[str, subprocess.Popen]] = []

@@ -29,6 +29,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from flows.links import MLFLOW_UI_ENV
 from gpt import stopping
 from gpt.errors import GptopsError, Interrupted
 
@@ -235,7 +236,7 @@ def workspace_api(workdir: Path) -> Iterator[str]:
     if live and api:
         log.info("using the Prefect server of `gptops serve` on this workspace: %s", api)
         if live["mlflow_ui"]:  # the run's summary links to its model versions there
-            os.environ.setdefault("GPTOPS_MLFLOW_UI", live["mlflow_ui"])
+            os.environ.setdefault(MLFLOW_UI_ENV, live["mlflow_ui"])
         os.environ.update(prefect_env("127.0.0.1", int(api.rsplit(":", 1)[1].split("/")[0]),
                                       database_url(ws), state / "prefect-home"))
         with _watch(api, "the Prefect server of `gptops serve`"):

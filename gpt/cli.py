@@ -608,16 +608,15 @@ def predict(texts: Annotated[list[str] | None, typer.Argument(help="texts to cla
             version: Version = "", tracking_uri: TrackingUri = "",
             as_json: JsonFlag = False) -> None:
     """Classify texts with a registered classifier (default: the task model's champion)."""
-    from gpt.registry import classify, load_components
-
     items = list(texts or []) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not items:
         raise GptopsError("predict: no text given; pass texts as arguments or one per line on "
                           "stdin")
     ref = _ref(workdir, tracking_uri, model, TASK.name, alias, version)
     _quiet_libraries()
-    comps = load_components(ref, expect_task="text-classification")
-    results = classify(comps, items)
+    from gpt.registry.models import predict_labels
+
+    results = predict_labels(ref, items)
     if as_json:
         console.print_json(json.dumps(results))
         return

@@ -180,6 +180,27 @@ def _from_hf_state(config: Mapping[str, Any], state: Mapping[str, torch.Tensor],
     return model.eval()
 
 
+def load_classifier(spec: str, key: str = "model"):  # -> (gpt.finetune.GPTClassifier, labels)
+    """Our classifier (eval mode) and its label names from a ``GPT2ForSequenceClassification``
+    folder: the body as :func:`load_checkpoint` reads it, the ``score`` head, ``id2label``.
+    Same logits as the source on an unpadded sequence (both pool the last token)."""
+    from gpt.finetune import GPTClassifier
+
+    ck = resolve(spec, key)
+    config = ck.config()
+    state = _read_state(weight_files(ck))
+    id2label = config.get("id2label") or {}
+    if "score.weight" not in state or not id2label:
+        raise ConfigError(f"{ck.where}: not a sequence classifier (no score head or id2label); "
+                          "pass a folder written from GPT2ForSequenceClassification")
+    labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    model = GPTClassifier(_from_hf_state(config, state, ck.where), len(labels),
+                          int(config.get("pad_token_id") or 0))
+    with torch.no_grad():
+        model.score.weight.copy_(state["score.weight"].to(torch.float32))
+    return model.eval(), labels
+
+
 def from_hf_lm(hf, vocab_multiple: int = 1) -> GPT:
     """Our ``GPT`` from a ``GPT2LMHeadModel`` (e.g. one loaded from the registry)."""
     return _from_hf_state(hf.config.to_dict(), hf.transformer.state_dict(), "the model",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt import errors
+from gpt import errors, progress
 from gpt.config import LaunchConfig
 from gpt.errors import ConfigError, GptopsError, RankFailed
 
@@ -167,7 +167,11 @@ class _Relay:
             return
         parts = line.split("\t", 2)
         if len(parts) == 3 and parts[0] in _LEVELS:
-            log.log(logging.getLevelName(parts[0]), "[rank%d] %s", rank, parts[2])
+            # Rank 0's progress lines keep their count (a handler follows the step by it).
+            done = progress.parse_line(parts[2]) if rank == 0 and parts[1] == progress.log.name \
+                else None
+            log.log(logging.getLevelName(parts[0]), "[rank%d] %s", rank, parts[2],
+                    extra={progress.DONE_RECORD_ATTR: done} if done else None)
         else:  # torch's own prints, tracebacks
             log.info("[rank%d] %s", rank, line)
 

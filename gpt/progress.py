@@ -36,6 +36,11 @@ not the duplicate lines, while other handlers (Prefect's API log handler, files)
 terminal handler that does not garble the live bar, build it on :func:`get_console` (e.g.
 ``rich.logging.RichHandler(console=progress.get_console())``).
 
+Each line of a phase with a known size also carries its count as a :class:`Done` (attribute
+:data:`DONE_RECORD_ATTR`, read with :func:`done_of`), so a handler can follow a phase without
+parsing text: ``flows`` turns the training steps' counts into Prefect progress artifacts. A line
+relayed from another process (:mod:`gpt.launch`) is parsed back with :func:`parse_line`.
+
 Under ``torch.distributed`` only rank 0 shows or logs progress. Importing this module has no side
 effects and does not import torch or rich.
 """
@@ -45,10 +50,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -66,6 +73,8 @@ MODE_ENV = "GPTOPS_PROGRESS"
 INTERVAL_ENV = "GPTOPS_PROGRESS_INTERVAL"
 #: Attribute set (True) on progress records that a live bar already shows.
 BAR_RECORD_ATTR = "gptops_bar"
+#: Attribute set on the records of a phase with a known size: its :class:`Done`.
+DONE_RECORD_ATTR = "gptops_done"
 #: Seconds of history behind the rate shown on the bar.
 _BAR_RATE_WINDOW = 5.0
 
@@ -106,6 +115,39 @@ def fmt_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m {s % 60:02d}s"
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+@dataclass(frozen=True)
+class Done:
+    """How far a phase with a known size is: ``done`` of ``total`` ``unit``s."""
+
+    name: str  #: the phase, e.g. ``pretrain``
+    unit: str  #: e.g. ``step``
+    done: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        """0 to 100 (100 for an empty phase)."""
+        return 100.0 * min(self.done, self.total) / self.total if self.total > 0 else 100.0
+
+
+#: The head of a plain line of a phase with a known size (:meth:`Phase.line`).
+_COUNTED = re.compile(r"^(?P<name>.+?): (?P<unit>\S+) (?P<done>\d+)/(?P<total>\d+) \(\d+%\)")
+
+
+def parse_line(text: str) -> Done | None:
+    """The count a plain progress line states (``pretrain: step 120/600 (20%) ...``), if any."""
+    m = _COUNTED.match(text)
+    if m is None:
+        return None
+    return Done(m["name"], m["unit"], int(m["done"]), int(m["total"]))
+
+
+def done_of(record: logging.LogRecord) -> Done | None:
+    """The count a progress record carries (None: not a counted phase's line)."""
+    done = getattr(record, DONE_RECORD_ATTR, None)
+    return done if isinstance(done, Done) else None
 
 
 def _fmt_metric(value: Any) -> str:
@@ -351,8 +393,10 @@ class Phase:
 
     def _emit(self, final: bool, ok: bool = True, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
-        extra = {BAR_RECORD_ATTR: True} if self._progress is not None else None
-        self._log.info("%s", self.line(final=final, ok=ok, now=now), extra=extra)
+        extra: dict[str, Any] = {BAR_RECORD_ATTR: True} if self._progress is not None else {}
+        if self.total is not None:
+            extra[DONE_RECORD_ATTR] = Done(self.name, self.unit, self.done, self.total)
+        self._log.info("%s", self.line(final=final, ok=ok, now=now), extra=extra or None)
         self._t_log, self._tokens_log = now, self._tokens
 
 

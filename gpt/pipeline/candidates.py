@@ -25,7 +25,7 @@ from gpt.errors import ConfigError
 from gpt.kinds import BASE, SFT, SFT_TASK_METRICS, TASK, named
 from gpt.pipeline import keys
 from gpt.registry import Bar, Candidate, GateSpec, Tracking
-from gpt.registry.tags import CODE_HASH, EVAL_HASH, EVAL_KEY, MODEL_KEY, PARENT
+from gpt.registry.tags import CODE_HASH, EVAL_HASH, EVAL_KEY, FLOW_RUN_URL, MODEL_KEY, PARENT
 
 if TYPE_CHECKING:  # heavy (torch, matplotlib): imported where used, so `gptops predict` and
     # `generate` can ask model_name() without them
@@ -268,7 +268,8 @@ def model_card(kind: str, name: str, tags: dict[str, str], metrics: dict[str, fl
                params: Params) -> str:
     """The version's description: architecture, metrics, lineage, how to reproduce it."""
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()))
-    lineage = "\n".join(f"- **{k}**: `{v}`" for k, v in sorted(tags.items()))
+    lineage = "\n".join(f"- **{k}**: [{v}]({v})" if k == FLOW_RUN_URL else f"- **{k}**: `{v}`"
+                         for k, v in sorted(tags.items()))
     m = params.model
     return (f"# {name} ({kind})\n\nGPT decoder, {m.n_layer} layers, {m.n_head} heads, "
             f"{m.n_embd} dims, context {m.block_size}; profile `{params.profile}`.\n\n"

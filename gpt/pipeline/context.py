@@ -64,12 +64,13 @@ class RunContext:
             return self.pinned_base
         return base_mod.resolve(self.base_spec, self.params, self.data_version, self.tracking_uri)
 
-    def tracked(self, flow_run_id: str | None = None) -> Tracking:
-        """Where this run's MLflow runs go, tagged with its lineage (no parent run yet)."""
+    def tracked(self, flow_run_id: str | None = None, flow_run_url: str = "") -> Tracking:
+        """Where this run's MLflow runs go, tagged with its lineage (no parent run yet);
+        ``flow_run_url``: the flow run's page, when a Prefect UI serves it."""
         from gpt.pipeline.steps import lineage
 
         return Tracking(self.tracking_uri, self.params.registry.experiment,
-                        tags=lineage(self.params, self.data_version, flow_run_id))
+                        tags=lineage(self.params, self.data_version, flow_run_id, flow_run_url))
 
 
 def pin_base(ctx: RunContext) -> RunContext:

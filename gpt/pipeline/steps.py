@@ -69,15 +69,19 @@ class StepResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def lineage(params: Params, data_version: str, flow_run_id: str | None) -> dict[str, str]:
+def lineage(params: Params, data_version: str, flow_run_id: str | None,
+            flow_run_url: str = "") -> dict[str, str]:
     """Tags every run and model version of a pipeline run carries (``git_dirty``: the tracked
-    code differs from ``git_commit``; each version adds its step's ``code_hash``)."""
+    code differs from ``git_commit``; each version adds its step's ``code_hash``;
+    ``flow_run_url``: the flow run's page, when a Prefect UI serves it)."""
     from gpt.workspace import git_state
 
     commit, dirty = git_state()
     tags = {tag.DATA_VERSION: data_version, tag.GIT_COMMIT: commit, tag.GIT_DIRTY: dirty,
             tag.FLOW_RUN: flow_run_id or "none", tag.PROFILE: params.profile,
             tag.INIT_FROM: params.model.init_from or "scratch"}
+    if flow_run_url:
+        tags[tag.FLOW_RUN_URL] = flow_run_url
     if params.model.init_from:
         from gpt.hf import checkpoint_digest
 
@@ -545,7 +549,8 @@ def import_step(ctx: RunContext, spec: str) -> Registration:
     eval_key = f"import-{checkpoint_digest(spec)[:16]}"
     e = _perplexity_eval(ctx, built.inputs, model, eval_key, ctx.paths.runs / "import" / eval_key)
     tags = {**ctx.tracking.tags, **lineage(params, ctx.data_version,
-                                           ctx.tracking.tags.get(tag.FLOW_RUN))}
+                                           ctx.tracking.tags.get(tag.FLOW_RUN),
+                                           ctx.tracking.tags.get(tag.FLOW_RUN_URL, ""))}
     c = candidates.imported(built, e, model, tags)
     with progress.phase(f"register {c.name}"):
         return register(c, ctx.tracking)

@@ -221,6 +221,37 @@ def load_champion_components(tracking_uri: str, name: str, alias: str = CHAMPION
     return load_components(ModelRef(tracking_uri, name, alias))
 
 
+def predict_labels(ref: ModelRef, texts: list[str]) -> list[dict[str, Any]]:
+    """Label and probability per text from a registered classifier, for `gptops predict`:
+    gptops' own classifier on the version's safetensors and the ``tokenizers`` library when
+    its files are on this disk (no transformers, no MLflow), else through MLflow. Inputs
+    longer than the context are cut to it.
+
+    Raises:
+        RegistryError: unknown model/alias/version, or not a text-classification model.
+    """
+    local = local_version(ref)
+    if local is None or not (local.tokenizer_dir / "tokenizer.json").is_file():
+        return classify(load_components(ref, expect_task="text-classification"), texts)
+    _require_task(ref, local.task, "text-classification")
+    import torch
+    from tokenizers import Tokenizer
+
+    from gpt.hf import load_classifier
+
+    model, labels = load_classifier(f"hf:{local.model_dir}", key=ref.describe())
+    tok = Tokenizer.from_file(str(local.tokenizer_dir / "tokenizer.json"))
+    block = model.body.config.block_size
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tok.encode(text).ids[:block] or [model.pad_id]
+            probs = model(torch.tensor([ids]), torch.tensor([len(ids)])).softmax(-1)[0]
+            i = int(probs.argmax())
+            out.append({"text": text, "label": labels[i], "score": float(probs[i])})
+    return out
+
+
 def classify(components: dict, texts: list[str]) -> list[dict[str, Any]]:
     """Label and probability per text; inputs longer than the context are truncated."""
     import torch

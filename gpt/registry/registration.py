@@ -76,6 +76,9 @@ class Registration:
     previous_champion: str | None
     reused: bool = False
     rejected: bool = False  #: worse than its trivial baseline: no alias, tagged ``rejected``
+    #: the stored metrics of the champion the gate compared it with (empty: no champion, or one
+    #: evaluated on another set); a reused version: of the champion now
+    champion_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _pip_requirements() -> list[str]:
@@ -154,13 +157,21 @@ def register(c: Candidate, tracking: Tracking) -> Registration:
 
 def _reused(c: Candidate, uri: str, found) -> Registration:
     # search results carry no aliases; the version itself does
-    mv = client(uri).get_model_version(c.name, found.version)
+    cl = client(uri)
+    mv = cl.get_model_version(c.name, found.version)
     log.info("%s: reused v%s (model key %s unchanged)", c.name, found.version,
              c.keys[MODEL_KEY][:8])
     return Registration(c.name, str(found.version), found.run_id, CHAMPION in set(mv.aliases),
                         f"same model key ({c.keys[MODEL_KEY][:8]}): existing version "
                         "reused, nothing registered", None, reused=True,
-                        rejected=VersionTags.from_tags(mv.tags or {}).rejected is not None)
+                        rejected=VersionTags.from_tags(mv.tags or {}).rejected is not None,
+                        champion_metrics=_comparable(gate.read_champion(cl, c.name),
+                                                     c.eval_hash))
+
+
+def _comparable(champion: gate.Champion | None, eval_hash: str) -> dict[str, float]:
+    """The champion's stored metrics when it was evaluated on ``eval_hash`` too, else none."""
+    return dict(champion.metrics) if champion and champion.eval_hash == eval_hash else {}
 
 
 def _settle(c: Candidate, uri: str) -> Registration | None:
@@ -221,7 +232,8 @@ def _gate(c: Candidate, uri: str, version: str, run_id: str) -> Registration:
                                               d.reason)
     return Registration(c.name, version, run_id, d.promote, d.reason,
                         verdict.previous.version if verdict.previous else None,
-                        rejected=d.rejected)
+                        rejected=d.rejected,
+                        champion_metrics=_comparable(verdict.previous, c.eval_hash))
 
 
 def _log_model(c: Candidate, uri: str, run_id: str) -> tuple[str, str]:

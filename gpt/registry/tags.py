@@ -52,6 +52,9 @@ GIT_DIRTY = "git_dirty"
 #: The digest of the source files the version's step executed (``gpt.pipeline.keys.CODE``).
 CODE_HASH = "code_hash"
 FLOW_RUN = "prefect_flow_run_id"
+#: The flow run's page in the Prefect UI; only when a UI served it while the run ran (absent
+#: otherwise: no dead link, the id above still names the run).
+FLOW_RUN_URL = "prefect_flow_run_url"
 PROFILE = "profile"
 INIT_FROM = "init_from"
 INIT_FROM_SHA = "init_from_sha"
@@ -123,6 +126,10 @@ class VersionTags:
     @property
     def code_hash(self) -> str:
         return self.lineage.get(CODE_HASH, "")
+
+    @property
+    def flow_run_url(self) -> str:
+        return self.lineage.get(FLOW_RUN_URL, "")
 
     def to_tags(self) -> dict[str, str]:
         """The tags to write: lineage first, so a schema field is never overwritten by it;

@@ -24,10 +24,12 @@ from typing import Any
 
 from gpt.errors import Interrupted, StoppedEarly
 from gpt.registry.listing import sqlite_path
-from gpt.registry.tags import capped
+from gpt.registry.tags import FLOW_RUN_URL, capped
 
 #: The tag MLflow's UI nests child runs by.
 PARENT_TAG = "mlflow.parentRunId"
+#: MLflow's run description (shown on the run's page and as a column of the runs table).
+NOTE_TAG = "mlflow.note.content"
 #: The tag of a step's run that a callback stopped on purpose (a pruned trial): why.
 STOPPED_EARLY_TAG = "gptops.stopped_early"
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -236,6 +238,9 @@ def _create_run(t: Tracking, name: str, tags: dict[str, str]) -> str:
     all_tags = {**t.tags, **tags}
     if t.parent_run_id:
         all_tags[PARENT_TAG] = t.parent_run_id
+    url = all_tags.get(FLOW_RUN_URL)
+    if url:  # a tag's value is plain text in the MLflow UI; the description is markdown
+        all_tags.setdefault(NOTE_TAG, f"Prefect flow run: [{url}]({url})")
     run = client(t.uri).create_run(experiment_id(t.uri, t.experiment), run_name=name,
                                    tags={k: str(v) for k, v in all_tags.items() if v is not None})
     return run.info.run_id
@@ -443,9 +448,6 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
     logger(step, metrics)
     logger.flush()
 
-
-#: MLflow's run description (shown on the run's page and as a column of the runs table).
-NOTE_TAG = "mlflow.note.content"
 
 
 def describe_pipeline_run(tracking_uri: str, run_id: str, description: str,

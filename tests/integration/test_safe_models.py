@@ -225,10 +225,11 @@ LIBRARY_LINE = ("INFO", "WARNING", "Warning:", "mlflow", "resolved as", "will ov
 
 def gptops(ws: Path, *args: str, probe: bool = False) -> subprocess.CompletedProcess:
     """``gptops ARGS -w ws`` in a new process; ``probe`` adds a last stderr line saying whether
-    the command imported MLflow."""
+    the command imported MLflow and transformers."""
     code = ("import sys\nfrom gpt.cli import main\nsys.argv = ['gptops', *sys.argv[1:]]\n"
             "try:\n    main()\nfinally:\n"
-            "    print('imported mlflow:', 'mlflow' in sys.modules, file=sys.stderr)")
+            "    print('imported mlflow:', 'mlflow' in sys.modules, 'transformers:',"
+            " 'transformers' in sys.modules, file=sys.stderr)")
     cmd = [sys.executable, "-c", code] if probe else [str(Path(sys.executable).parent / "gptops")]
     return subprocess.run([*cmd, *args, "-w", str(ws)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
@@ -236,7 +237,7 @@ def gptops(ws: Path, *args: str, probe: bool = False) -> subprocess.CompletedPro
 
 def test_generate_predict_export_read_the_files_and_print_no_library_lines(store, tmp_path):
     """The commands a user types after a run print only their own output, and read the
-    registered files directly (MLflow is not even imported)."""
+    registered files directly (neither MLflow nor transformers is even imported)."""
     (tmp_path / "ws").mkdir()
     ws = workspace(tmp_path / "ws", store,
                    finetune={"task": "file", "task_path": "data/tickets.csv"})
@@ -247,7 +248,7 @@ def test_generate_predict_export_read_the_files_and_print_no_library_lines(store
     for command, r in runs.items():
         assert r.returncode == 0, (command, r.stderr)
         *lines, probe = r.stderr.splitlines()
-        assert probe == "imported mlflow: False", command
+        assert probe == "imported mlflow: False transformers: False", command
         output = r.stdout.splitlines() + lines
         assert not [ln for ln in output if any(w in ln for w in LIBRARY_LINE)], (command, output)
     assert runs["generate"].stdout.startswith("Return the")
@@ -255,6 +256,20 @@ def test_generate_predict_export_read_the_files_and_print_no_library_lines(store
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
         "tokenizer_config.json"]
+
+
+def test_predict_on_the_files_matches_the_transformers_classifier(store):
+    """`gptops predict`'s own classifier (gptops' GPT + tokenizers on the version's files) gives
+    the label and score the registered transformers model gives, long inputs included."""
+    from gpt.registry.models import predict_labels
+
+    ref = registry.ModelRef(store, CLF)
+    texts = [LONG, "my invoice is wrong", "I cannot log in"]
+    ours = predict_labels(ref, texts)
+    theirs = registry.classify(registry.load_components(ref), texts)
+    assert [r["label"] for r in ours] == [r["label"] for r in theirs]
+    assert [round(r["score"], 5) for r in ours] == [round(r["score"], 5) for r in theirs]
+    assert predict_labels(ref, [""])[0]["label"] in LABELS  # transformers' own fails on ""
 
 
 def test_a_mistyped_alias_or_version_is_one_line_exit_2(store, tmp_path):

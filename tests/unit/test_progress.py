@@ -215,3 +215,39 @@ def test_classifier_predict_reports_per_batch(caplog):
     out = predict(Clf(), ids, torch.ones(5, dtype=torch.long), batch_size=2)
     assert out.shape == (5,)
     assert _lines(caplog)[-1].startswith("evaluate: classify: batch 3/3 (100%)")
+
+
+def test_a_counted_phase_s_records_carry_their_count_and_its_lines_parse_back(caplog):
+    """A handler follows a step by the count on its records (the Prefect progress artifact),
+    and a line relayed from another rank parses back to the same count."""
+    import logging
+
+    from gpt import progress
+
+    with caplog.at_level(logging.INFO, logger="gpt.progress"):
+        with progress.phase("pretrain", total=4, unit="step", bar=False) as p:
+            p.update(3, loss=1.0)
+            p.update(4, loss=0.5)
+        with progress.phase("register m", bar=False):
+            pass
+    counted = [progress.done_of(r) for r in caplog.records]
+    assert counted[-2] == progress.Done("pretrain", "step", 4, 4) and counted[-1] is None
+    assert counted[-2].percent == 100.0
+    assert progress.parse_line(caplog.records[-2].getMessage()) == counted[-2]
+    assert progress.parse_line("register m: elapsed 0s | done") is None
+
+
+def test_rank_0_s_relayed_progress_lines_keep_their_count(caplog):
+    """A step on several processes: the launcher relays rank 0's lines with their count, so the
+    Prefect progress artifact follows it; other ranks' lines carry none."""
+    import logging
+
+    from gpt import launch, progress
+
+    with caplog.at_level(logging.INFO, logger="gpt.launch"):
+        for rank in (0, 1):
+            launch._Relay._emit(rank, "INFO\tgpt.progress\tpretrain: step 3/4 (75%) | elapsed 1s")
+        launch._Relay._emit(0, "INFO\tgpt.train\tpretrain: step 3/4 (75%) said elsewhere")
+    counted = [progress.done_of(r) for r in caplog.records]
+    assert counted == [progress.Done("pretrain", "step", 3, 4), None, None]
+    assert caplog.records[0].getMessage().startswith("[rank0] pretrain: step 3/4")

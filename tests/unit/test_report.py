@@ -23,3 +23,13 @@ def test_the_sft_row_follows_the_metrics_of_its_task_type(task_type, label, valu
                               "seconds": 1.0,
                               "evaluation": {"task": TASK, "sft": {"metrics": sft}}}))
     assert rows[label] == value
+
+
+def test_an_evaluation_table_has_value_baseline_and_champion_per_metric():
+    from flows.report import evaluation_rows
+
+    e = {"metrics": {"accuracy": 0.81234567, "baseline_accuracy": 0.5, "macro_f1": 0.7,
+                     "baseline_macro_f1": 0.3, "precision_billing": 0.9}}
+    rows = evaluation_rows(e, {"champion_metrics": {"accuracy": 0.8}})
+    assert rows == [{"metric": "accuracy", "value": 0.8123, "baseline": 0.5, "champion": 0.8},
+                    {"metric": "macro_f1", "value": 0.7, "baseline": 0.3, "champion": None}]
