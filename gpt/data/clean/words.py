@@ -442,23 +442,53 @@ def _np(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
-    """The tokens of a batch's lines (``tokenize`` of each line, in order).
+@dataclass
+class Chunks:
+    """A batch's lines split on whitespace, the distinct chunks, and which are easy.
 
-    Args:
-        lines: the lines (no ``"\\n"`` in them), in document order.
-        line_doc: per line, its document (non-decreasing).
-        n_docs: documents in the batch.
-
-    Returns:
-        The tokens per distinct chunk and the chunks' occurrences.
+    Attributes:
+        lines: the lines.
+        chunk_line: per chunk occurrence (in text order), its line.
+        occ: per chunk occurrence, its distinct chunk.
+        distinct: the distinct chunks.
+        line_words: per line, its whitespace-separated words.
+        line_longest: per line, the characters of its longest whitespace-separated word.
+        easy: the distinct chunks tokenized in RE2 and numpy (the others: ``tokenize_chunk``).
+        core, first, size, pre_n, suf_n: per easy chunk, its core token, where it starts in
+            ``data``, its bytes, and its one-character prefix and suffix tokens.
+        data: the bytes the easy chunks are read from.
     """
+
+    lines: pa.Array
+    chunk_line: np.ndarray
+    occ: np.ndarray
+    distinct: pa.Array
+    line_words: np.ndarray
+    line_longest: np.ndarray
+    easy: np.ndarray
+    core: pa.Array
+    first: np.ndarray
+    size: np.ndarray
+    pre_n: np.ndarray
+    suf_n: np.ndarray
+    data: np.ndarray
+
+    @property
+    def hard(self) -> np.ndarray:
+        """Per distinct chunk, whether it goes through ``tokenize_chunk``."""
+        out = np.ones(len(self.distinct), dtype=bool)
+        out[self.easy] = False
+        return out
+
+
+def chunks(lines: pa.Array) -> Chunks:
+    """Split a batch's lines (no ``"\\n"`` in them) into chunks and find the easy ones."""
     split = pc.ascii_split_whitespace(lines)  # normalised texts: all whitespace is ASCII
-    chunks = pc.list_flatten(split)
-    filled = pc.greater(pc.binary_length(chunks), 0)  # "" around leading whitespace, blank lines
-    chunks = chunks.filter(filled)
+    flat = pc.list_flatten(split)
+    filled = pc.greater(pc.binary_length(flat), 0)  # "" around leading whitespace, blank lines
+    flat = flat.filter(filled)
     chunk_line = _np(pc.list_parent_indices(split).filter(filled))
-    encoded = chunks.dictionary_encode()
+    encoded = flat.dictionary_encode()
     occ = _np(encoded.indices)
     distinct: pa.Array = encoded.dictionary
     line_words = np.bincount(chunk_line, minlength=len(lines))
@@ -478,13 +508,103 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     first = byte_offsets(cand)[:-1]
     core = _substrings(data, first + pre_n, size - pre_n - suf_n)
     ok = ~_mask(pc.is_in(core, value_set=_RISKY_CORES))
-    easy = np.flatnonzero(fits)[ok]
-    core, first, size, pre_n, suf_n = core.filter(pa.array(ok)), first[ok], size[ok], \
-        pre_n[ok], suf_n[ok]
-    is_easy = np.zeros(len(distinct), dtype=bool)
-    is_easy[easy] = True
-    hard = np.flatnonzero(~is_easy)
-    hard_tokens = [_chunk(c) for c in distinct.filter(pa.array(~is_easy)).to_pylist()]
+    return Chunks(lines, chunk_line, occ, distinct, line_words, line_longest,
+                  np.flatnonzero(fits)[ok], core.filter(pa.array(ok)), first[ok], size[ok],
+                  pre_n[ok], suf_n[ok], data)
+
+
+@dataclass
+class Bounds:
+    """Per document, lower and upper bounds of what the word rules count, without running
+    ``tokenize_chunk``: exact over the easy chunks; for a chunk that is not easy, only that its
+    tokens split its characters (each character in one token, at least one token).
+
+    Attributes:
+        tokens, words, word_chars, alpha: ``(low, high)`` of ``Totals``' counts.
+        stops: the distinct ``STOP_WORDS`` among the easy chunks' tokens (a lower bound).
+        exact: the documents without a chunk that is not easy (low == high, ``stops`` exact).
+    """
+
+    tokens: tuple[np.ndarray, np.ndarray]
+    words: tuple[np.ndarray, np.ndarray]
+    word_chars: tuple[np.ndarray, np.ndarray]
+    alpha: tuple[np.ndarray, np.ndarray]
+    stops: np.ndarray
+    exact: np.ndarray
+
+
+# ASCII characters that are datatrove punctuation (a token of only these is not a word).
+_ASCII_PUNCTUATION_RE2 = "[" + "".join(
+    f"\\x{{{ord(c):02x}}}" for c in sorted(c for c in PUNCTUATION if c.isascii())) + "]"
+
+
+def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
+    """``Bounds`` of each document of a batch (``line_doc``: per line, its document)."""
+    n = len(c.distinct)
+    lo = np.zeros((n, 4), dtype=np.int64)  # tokens, words, word chars, alpha
+    hi = np.zeros((n, 4), dtype=np.int64)
+    # Easy chunks: a core (a word with a letter) and one-character prefixes and suffixes.
+    k = len(c.easy)
+    core_len = _np(pc.binary_length(c.core))
+    affix = np.zeros((k, 2), dtype=np.int64)  # words, alpha among the affixes
+    for from_, n_part in ((c.first, c.pre_n), (c.first + c.size - c.suf_n, c.suf_n)):
+        if n_part.any():
+            fl = _BYTE_FLAGS[c.data[_ragged(from_, n_part)]]
+            owner = np.repeat(np.arange(k), n_part)
+            affix[:, 0] += np.bincount(owner, weights=(fl & WORD) > 0, minlength=k).astype(
+                np.int64)
+            affix[:, 1] += np.bincount(owner, weights=(fl & ALPHA) > 0, minlength=k).astype(
+                np.int64)
+    lo[c.easy] = hi[c.easy] = np.stack([c.pre_n + 1 + c.suf_n, 1 + affix[:, 0],
+                                        core_len + affix[:, 0], 1 + affix[:, 1]], axis=1)
+    # The others: every character is in one token; a word has a character other than
+    # punctuation, an alpha token a letter (ASCII chunks; others only the character count).
+    hard = c.hard
+    others = c.distinct.filter(pa.array(hard))
+    chars = _np(pc.utf8_length(others))
+    is_ascii = _mask(pc.string_is_ascii(others))
+    plain = np.where(is_ascii, chars - _np(pc.utf8_length(pc.replace_substring_regex(
+        others, _ASCII_PUNCTUATION_RE2, ""))), 0)
+    letters = np.where(is_ascii, chars - _np(pc.utf8_length(pc.replace_substring_regex(
+        others, "[A-Za-z]", ""))), 0)
+    lo[hard] = np.stack([np.ones(len(chars), dtype=np.int64), plain > 0, plain, letters > 0],
+                        axis=1)
+    hi[hard] = np.stack([chars, np.where(is_ascii, plain, chars),
+                         np.where(is_ascii & (plain == 0), 0, chars),
+                         np.where(is_ascii, letters, chars)], axis=1)
+    doc = np.asarray(line_doc, dtype=np.int64)[c.chunk_line]
+    per = [[np.bincount(doc, weights=m[c.occ, j], minlength=n_docs).astype(np.int64)
+            for j in range(4)] for m in (lo, hi)]
+    exact = np.bincount(doc, weights=hard[c.occ], minlength=n_docs) == 0
+    stop = _np(pc.index_in(c.core, value_set=_STOP_ARRAY).fill_null(-1))
+    chunk_bits = np.zeros(n, dtype=np.int64)
+    chunk_bits[c.easy[stop >= 0]] = 1 << stop[stop >= 0]
+    doc_bits = np.zeros(n_docs, dtype=np.int64)
+    has = np.flatnonzero(chunk_bits[c.occ])
+    np.bitwise_or.at(doc_bits, doc[has], chunk_bits[c.occ[has]])
+    stops = np.bitwise_count(doc_bits.astype(np.uint64)).astype(np.int64)
+    return Bounds(*zip(per[0], per[1], strict=True), stops, exact)
+
+
+def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int,
+          split: Chunks | None = None) -> Words:
+    """The tokens of a batch's lines (``tokenize`` of each line, in order).
+
+    Args:
+        lines: the lines (no ``"\\n"`` in them), in document order.
+        line_doc: per line, its document (non-decreasing).
+        n_docs: documents in the batch.
+        split: ``chunks(lines)``, if already made.
+
+    Returns:
+        The tokens per distinct chunk and the chunks' occurrences.
+    """
+    c = split if split is not None else chunks(lines)
+    chunk_line, occ, distinct = c.chunk_line.copy(), c.occ.copy(), c.distinct
+    easy, core, first, size, pre_n, suf_n, data = (c.easy, c.core, c.first, c.size, c.pre_n,
+                                                   c.suf_n, c.data)
+    hard = np.flatnonzero(c.hard)
+    hard_tokens = [_chunk(t) for t in distinct.take(pa.array(hard, pa.int64())).to_pylist()]
     n_units = len(distinct)
 
     # Lines where a chunk the matcher merged inside has a neighbour a match could run into:
@@ -548,4 +668,4 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     ids[np.concatenate([core_at[~single], hard_at[byte_of == 0]])] = 128 + _np(
         longer.dictionary_encode().indices)
     return Words(n_docs, chunk_line, np.asarray(line_doc, dtype=np.int64), occ, start, ids,
-                 lengths, flags, stops, line_words, line_longest)
+                 lengths, flags, stops, c.line_words, c.line_longest)
