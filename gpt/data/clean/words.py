@@ -563,7 +563,7 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     others = c.distinct.filter(pa.array(hard))
     chars = _np(pc.utf8_length(others))
     is_ascii = _mask(pc.string_is_ascii(others))
-    plain = np.where(is_ascii, chars - _np(pc.utf8_length(pc.replace_substring_regex(
+    plain = np.where(is_ascii, _np(pc.utf8_length(pc.replace_substring_regex(
         others, _ASCII_PUNCTUATION_RE2, ""))), 0)
     letters = np.where(is_ascii, chars - _np(pc.utf8_length(pc.replace_substring_regex(
         others, "[A-Za-z]", ""))), 0)
