@@ -533,9 +533,31 @@ class Bounds:
     exact: np.ndarray
 
 
+def _counts_of(tokens: tuple[str, ...]) -> tuple[list[int], int]:
+    """``Totals``' counts of one chunk's tokens, and their ``STOP_WORDS`` bits."""
+    flags = [token_flags(t) for t in tokens]
+    return [len(tokens), sum(1 for f in flags if f & WORD),
+            sum(len(t) for t, f in zip(tokens, flags, strict=True) if f & WORD),
+            sum(1 for f in flags if f & ALPHA)], functools.reduce(
+        lambda bits, t: bits | _STOP_BITS.get(t, 0), tokens, 0)
+
+
+# The risky cores as whole chunks: their counts (a special case the matcher merged inside one,
+# which a neighbour could block, would make them unknown: there is none, checked here).
+_RISKY_TOKENS = [_chunk(c) for c in _RISKY_CORES.to_pylist()]
+assert not any(merged for _, merged in _RISKY_TOKENS)
+_RISKY_COUNTS = np.array([_counts_of(t)[0] for t, _ in _RISKY_TOKENS],
+                         dtype=np.int64).reshape(-1, 4)
+_RISKY_STOPS = np.array([_counts_of(t)[1] for t, _ in _RISKY_TOKENS], dtype=np.int64)
+
 # ASCII characters that are datatrove punctuation (a token of only these is not a word).
 _ASCII_PUNCTUATION_RE2 = "[" + "".join(
     f"\\x{{{ord(c):02x}}}" for c in sorted(c for c in PUNCTUATION if c.isascii())) + "]"
+
+
+def _run_count(arr: pa.Array, pattern: str) -> np.ndarray:
+    """Per string, how many (non-overlapping) matches of the RE2 ``pattern`` it has."""
+    return _np(pc.count_substring_regex(arr, pattern))
 
 
 def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
@@ -572,6 +594,27 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     hi[hard] = np.stack([chars, np.where(is_ascii, plain, chars),
                          np.where(is_ascii & (plain == 0), 0, chars),
                          np.where(is_ascii, letters, chars)], axis=1)
+    # In an ASCII chunk, only a special case splits a run of letters (and none a run of digits,
+    # checked below): without a letter run a special case could reach, each letter or digit run
+    # is inside one token, so a token with a letter or digit (a word) holds at least one run.
+    runs = pc.split_pattern_regex(others, "[^A-Za-z]+")
+    pieces = pc.list_flatten(runs)
+    risky = np.bincount(_np(pc.list_parent_indices(runs)), minlength=len(chars),
+                        weights=_mask(pc.is_in(pieces, value_set=_RISKY_CORES))) > 0
+    letter_runs = _run_count(others, "[A-Za-z]+")
+    alnum_runs = letter_runs + _run_count(others, "[0-9]+")
+    tight = np.flatnonzero(hard)[is_ascii & ~risky]
+    sel = (is_ascii & ~risky)
+    hi[tight, 0] = alnum_runs[sel] + (chars - plain)[sel]
+    hi[tight, 1] = alnum_runs[sel]
+    hi[tight, 3] = letter_runs[sel]
+    # Unless they are one of the letter chunks a special case could reach (common words:
+    # "the", "a", "is"), whose counts are known.
+    known = _np(pc.index_in(others, value_set=_RISKY_CORES).fill_null(-1))
+    at = np.flatnonzero(hard)[known >= 0]
+    known = known[known >= 0]
+    lo[at] = hi[at] = _RISKY_COUNTS[known]
+    hard[at] = False
     doc = np.asarray(line_doc, dtype=np.int64)[c.chunk_line]
     per = [[np.bincount(doc, weights=m[c.occ, j], minlength=n_docs).astype(np.int64)
             for j in range(4)] for m in (lo, hi)]
@@ -579,6 +622,7 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     stop = _np(pc.index_in(c.core, value_set=_STOP_ARRAY).fill_null(-1))
     chunk_bits = np.zeros(n, dtype=np.int64)
     chunk_bits[c.easy[stop >= 0]] = 1 << stop[stop >= 0]
+    chunk_bits[at] = _RISKY_STOPS[known]
     doc_bits = np.zeros(n_docs, dtype=np.int64)
     has = np.flatnonzero(chunk_bits[c.occ])
     np.bitwise_or.at(doc_bits, doc[has], chunk_bits[c.occ[has]])
@@ -669,3 +713,26 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int,
         longer.dictionary_encode().indices)
     return Words(n_docs, chunk_line, np.asarray(line_doc, dtype=np.int64), occ, start, ids,
                  lengths, flags, stops, c.line_words, c.line_longest)
+
+
+
+def _check_special_cases() -> None:
+    """What ``bounds`` rests on: no special case splits a run of digits, and those that split a
+    run of letters have that run among the risky cores (checked on import)."""
+    risky = set(_RISKY_CORES.to_pylist())
+    for key, orth in _SPECIAL.items():
+        for cut in list(itertools.accumulate(len(t) for t in orth))[:-1]:
+            pair = key[cut - 1:cut + 1]
+            if not pair.isascii() or not pair.isalnum():
+                continue
+            assert not pair.isdigit(), key
+            if pair.isalpha():
+                a, b = cut - 1, cut + 1
+                while a > 0 and key[a - 1].isascii() and key[a - 1].isalpha():
+                    a -= 1
+                while b < len(key) and key[b].isascii() and key[b].isalpha():
+                    b += 1
+                assert key[a:b] in risky, key
+
+
+_check_special_cases()
