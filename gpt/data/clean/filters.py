@@ -295,10 +295,18 @@ _COUNT_RULES: dict[str, Callable[[Counts, Lines, Batch, CleanConfig], Verdict]] 
 
 def _count_rule(name: str) -> Predicate:
     """A word-count rule: judged from ``Batch.counts`` (exact wherever its verdict needs)."""
+    verdict = _COUNT_RULES[name]
+
     def rejects(b: Batch, cfg: CleanConfig) -> np.ndarray:
         c = b.counts(cfg)
         lines = b.lines("words")
-        return b.spread(lines.rows, _COUNT_RULES[name](c, lines, b, cfg)[0])
+        surely, passes = verdict(c, lines, b, cfg)
+        # Texts an earlier rule surely rejects were left undecided; if still pending, count.
+        undecided = ~surely & ~passes & ~c.exact & b.pending[lines.rows]
+        if undecided.any():
+            c.resolve(undecided, Lines(b.arr, lines.rows[undecided]).words)
+            surely = verdict(c, lines, b, cfg)[0]
+        return b.spread(lines.rows, surely)
     return rejects
 
 
