@@ -110,7 +110,8 @@ def _check_bounds(batch: list[str]) -> None:
         bad = np.flatnonzero((lo > exact) | (exact > hi) | (b.exact & (lo != hi)))
         assert not len(bad), (name, [arr[int(i)].as_py() for i in bad[:3]])
     stops = w.stop_words()
-    assert (b.stops <= stops).all() and (b.stops[b.exact] == stops[b.exact]).all()
+    lo, hi = b.stops
+    assert (lo <= stops).all() and (stops <= hi).all() and (lo[b.exact] == hi[b.exact]).all()
 
 
 # Chunks of letters, digits and the marks between them (units, contractions, code, numbers).

@@ -31,7 +31,7 @@ from gpt.data.clean.language import identify
 from gpt.data.clean.lines import Lines
 from gpt.data.clean.repetition import Tokens
 from gpt.data.clean.urls import blocked
-from gpt.data.clean.words import STOP_WORDS, Bounds, Words
+from gpt.data.clean.words import Bounds, Words
 
 
 @dataclass
@@ -82,15 +82,35 @@ class Batch:
                 undecided |= alive & ~surely & ~passes
                 alive &= ~surely
             undecided &= ~c.exact
-            if undecided.any():
-                c.resolve(undecided, Lines(self.arr, lines.rows[undecided]).words)
             self._counts = c
+            self.resolve(undecided)
         return self._counts
+
+    def resolve(self, undecided: np.ndarray) -> None:
+        """Count the tokens of the texts ``undecided`` (a mask over the word-count rules'
+        texts): of those texts alone, or, when they are most, of every text (the split into
+        chunks is made already, and the rules that need every token use it too)."""
+        if not undecided.any():
+            return
+        assert self._counts is not None
+        lines = self.lines("words")
+        if undecided.sum() * 2 > len(undecided):
+            self._counts.resolve(undecided, lines.words, undecided)
+        else:
+            self._counts.resolve(undecided, Lines(self.arr, lines.rows[undecided]).words)
+
+    def token_lines(self) -> Lines:
+        """Lines whose tokens the rules that need every token count: those the word-count rules
+        counted already, or the lines of the texts pending when first asked."""
+        words = self._lines.get("words")
+        if words is not None and "words" in words.__dict__:  # tokens counted (a cached_property)
+            return words
+        return self.lines("tokens")
 
     def tokens(self) -> Tokens:
         """The tokens, in text order, of the texts pending when first asked."""
         if self._tokens is None:
-            lines = self.lines("tokens")
+            lines = self.token_lines()
             keep = self.pending[lines.rows]
             at, line = lines.words.stream()
             doc = lines.line_doc[line]
@@ -122,17 +142,17 @@ class Counts:
 
     @classmethod
     def of(cls, b: Bounds) -> Counts:
-        stops_hi = np.where(b.exact, b.stops, len(STOP_WORDS))
-        return cls(b.tokens, b.words, b.word_chars, b.alpha, (b.stops, stops_hi), b.exact.copy())
+        return cls(b.tokens, b.words, b.word_chars, b.alpha, b.stops, b.exact.copy())
 
-    def resolve(self, at: np.ndarray, w: Words) -> None:
-        """Set the counts of the texts ``at`` (a mask) to those of their tokens ``w``."""
+    def resolve(self, at: np.ndarray, w: Words, of: np.ndarray | None = None) -> None:
+        """Set the counts of the texts ``at`` (a mask) to those of their tokens ``w`` (of
+        the texts ``at``, or of all the texts; ``of``: pick ``at`` from them)."""
         t = w.totals
         for name, exact in (("tokens", t.tokens), ("words", t.words),
                             ("word_chars", t.word_chars), ("alpha", t.alpha),
                             ("stops", w.stop_words())):
             lo, hi = (x.copy() for x in getattr(self, name))
-            lo[at] = hi[at] = exact
+            lo[at] = hi[at] = exact if of is None else exact[of]
             setattr(self, name, (lo, hi))
         self.exact[at] = True
 
@@ -304,7 +324,7 @@ def _count_rule(name: str) -> Predicate:
         # Texts an earlier rule surely rejects were left undecided; if still pending, count.
         undecided = ~surely & ~passes & ~c.exact & b.pending[lines.rows]
         if undecided.any():
-            c.resolve(undecided, Lines(b.arr, lines.rows[undecided]).words)
+            b.resolve(undecided)
             surely = verdict(c, lines, b, cfg)[0]
         return b.spread(lines.rows, surely)
     return rejects
@@ -330,7 +350,7 @@ def _curly_bracket(t: Lines, cfg: CleanConfig) -> np.ndarray:
 def _too_few_sentences(b: Batch, cfg: CleanConfig) -> np.ndarray:
     if cfg.min_sentences <= 0:
         return np.zeros(len(b.arr), dtype=bool)
-    t = b.lines("tokens")
+    t = b.token_lines()
     return b.spread(t.rows, t.c4.sentences(_c4_counted(t, cfg)) < cfg.min_sentences)
 
 

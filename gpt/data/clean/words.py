@@ -521,7 +521,8 @@ class Bounds:
 
     Attributes:
         tokens, words, word_chars, alpha: ``(low, high)`` of ``Totals``' counts.
-        stops: the distinct ``STOP_WORDS`` among the easy chunks' tokens (a lower bound).
+        stops: ``(low, high)`` of the distinct ``STOP_WORDS``: those among the easy chunks'
+            tokens, and those also found inside the other chunks.
         exact: the documents without a chunk that is not easy (low == high, ``stops`` exact).
     """
 
@@ -529,7 +530,7 @@ class Bounds:
     words: tuple[np.ndarray, np.ndarray]
     word_chars: tuple[np.ndarray, np.ndarray]
     alpha: tuple[np.ndarray, np.ndarray]
-    stops: np.ndarray
+    stops: tuple[np.ndarray, np.ndarray]
     exact: np.ndarray
 
 
@@ -626,8 +627,18 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     doc_bits = np.zeros(n_docs, dtype=np.int64)
     has = np.flatnonzero(chunk_bits[c.occ])
     np.bitwise_or.at(doc_bits, doc[has], chunk_bits[c.occ[has]])
-    stops = np.bitwise_count(doc_bits.astype(np.uint64)).astype(np.int64)
-    return Bounds(*zip(per[0], per[1], strict=True), stops, exact)
+    stops_lo = np.bitwise_count(doc_bits.astype(np.uint64)).astype(np.int64)
+    # A token of a chunk is a piece of it: a stop word can only come from a chunk holding it.
+    maybe = np.zeros(n, dtype=np.int64)
+    unknown = np.flatnonzero(hard)
+    if len(unknown):
+        pieces = c.distinct.take(pa.array(unknown))
+        for word, bit in _STOP_BITS.items():
+            maybe[unknown] |= np.where(_mask(pc.match_substring(pieces, word)), bit, 0)
+    has = np.flatnonzero(maybe[c.occ])
+    np.bitwise_or.at(doc_bits, doc[has], maybe[c.occ[has]])
+    stops_hi = np.bitwise_count(doc_bits.astype(np.uint64)).astype(np.int64)
+    return Bounds(*zip(per[0], per[1], strict=True), (stops_lo, stops_hi), exact)
 
 
 def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int,
