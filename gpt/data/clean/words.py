@@ -429,15 +429,6 @@ def _mask(arr: pa.Array) -> np.ndarray:
     return arr.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def _substrings(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """A string array of the byte ranges ``[start, start + length)`` of ``data``."""
-    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    out = data[_ragged(starts, lengths)].tobytes()
-    return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets.tobytes()),
-                                            pa.py_buffer(out))
-
-
 def _np(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -493,7 +484,10 @@ def chunks(lines: pa.Array) -> Chunks:
     distinct: pa.Array = encoded.dictionary
     line_words = np.bincount(chunk_line, minlength=len(lines))
     line_longest = np.zeros(len(lines), dtype=np.int64)
-    np.maximum.at(line_longest, chunk_line, _np(pc.utf8_length(distinct))[occ])
+    if len(chunk_line):  # chunk_line is non-decreasing: the maximum over each line's run
+        lead = np.flatnonzero(np.r_[True, chunk_line[1:] != chunk_line[:-1]])
+        line_longest[chunk_line[lead]] = np.maximum.reduceat(
+            _np(pc.utf8_length(distinct))[occ], lead)
 
     # The easy chunks: their prefix and suffix are their leading and trailing runs of split-off
     # characters (the core starts with a letter and ends with a letter or digit).
@@ -502,11 +496,12 @@ def chunks(lines: pa.Array) -> Chunks:
         fits &= ~_mask(pc.match_substring_regex(distinct, _PUNCT_SPECIALS))
     cand = distinct.filter(pa.array(fits))
     size = _np(pc.binary_length(cand))
-    pre_n = size - _np(pc.binary_length(pc.utf8_ltrim(cand, characters=_PRE_CHARS)))
-    suf_n = size - _np(pc.binary_length(pc.utf8_rtrim(cand, characters=_SUF_CHARS + ".")))
+    after_pre = pc.utf8_ltrim(cand, characters=_PRE_CHARS)
+    pre_n = size - _np(pc.binary_length(after_pre))
+    core = pc.utf8_rtrim(after_pre, characters=_SUF_CHARS + ".")  # (a core starts with a letter)
+    suf_n = size - pre_n - _np(pc.binary_length(core))
     data = np.frombuffer(raw_bytes(cand), dtype=np.uint8)
     first = byte_offsets(cand)[:-1]
-    core = _substrings(data, first + pre_n, size - pre_n - suf_n)
     ok = ~_mask(pc.is_in(core, value_set=_RISKY_CORES))
     return Chunks(lines, chunk_line, occ, distinct, line_words, line_longest,
                   np.flatnonzero(fits)[ok], core.filter(pa.array(ok)), first[ok], size[ok],
@@ -617,9 +612,13 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     lo[at] = hi[at] = _RISKY_COUNTS[known]
     hard[at] = False
     doc = np.asarray(line_doc, dtype=np.int64)[c.chunk_line]
-    per = [[np.bincount(doc, weights=m[c.occ, j], minlength=n_docs).astype(np.int64)
-            for j in range(4)] for m in (lo, hi)]
-    exact = np.bincount(doc, weights=hard[c.occ], minlength=n_docs) == 0
+    # Per document, the sums over its chunks (doc is non-decreasing): differences of cumsums.
+    cum = np.zeros((len(doc) + 1, 9), dtype=np.int64)
+    np.cumsum(np.concatenate([lo, hi, hard[:, None]], axis=1)[c.occ], axis=0, out=cum[1:])
+    ends = np.searchsorted(doc, np.arange(n_docs + 1), "left")
+    sums = cum[ends[1:]] - cum[ends[:-1]]
+    per = [[sums[:, j] for j in range(4)], [sums[:, 4 + j] for j in range(4)]]
+    exact = sums[:, 8] == 0
     stop = _np(pc.index_in(c.core, value_set=_STOP_ARRAY).fill_null(-1))
     chunk_bits = np.zeros(n, dtype=np.int64)
     chunk_bits[c.easy[stop >= 0]] = 1 << stop[stop >= 0]
