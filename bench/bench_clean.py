@@ -20,7 +20,8 @@ original) and measures:
   near-dedup.
 
 Run: ``.venv/bin/python bench/bench_clean.py --mb 20`` (default 200); ``--no-near`` times only
-the cleaning without near-dedup (the throughput part); ``--rule-shares`` times each quality rule.
+the cleaning without near-dedup (the throughput part); ``--rule-shares`` times each quality rule;
+``--every-rule`` sets every rule at FineWeb's value (docs/data.md's block for a web crawl).
 """
 
 from __future__ import annotations
@@ -287,6 +288,17 @@ def rule_shares(docs: pd.DataFrame, cfg: CleanConfig) -> list[str]:
     return out
 
 
+def fineweb_values(docs_md: Path = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+                   ) -> dict:
+    """The ``clean:`` values docs/data.md gives for a web crawl (FineWeb's value for every rule,
+    the block after "set FineWeb's values"): the benchmark's "every rule on"."""
+    import yaml
+
+    text = docs_md.read_text(encoding="utf-8")
+    block = text.split("set FineWeb's values", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(block)["clean"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=200.0, help="corpus size in MB")
@@ -302,11 +314,15 @@ def main() -> None:
                         help="also time clean.languages=[these] (comma-separated, e.g. en), "
                              "alternating with the run without, and language ID alone")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--every-rule", action="store_true",
+                        help="every rule at FineWeb's value (docs/data.md's web-crawl block)")
     parser.add_argument("--rule-shares", action="store_true",
                         help="also time each quality rule on the web-page-sized corpus")
     args = parser.parse_args()
 
     cfg = load_params(args.params).clean
+    if args.every_rule:
+        cfg = cfg.model_copy(update=fineweb_values())
     plain_cfg = cfg.model_copy(update={"near_dedup": False})
     near_cfg = cfg.model_copy(update={"near_dedup": True})
     rows = []

@@ -47,7 +47,7 @@ BUILTIN_TASKS = Path(__file__).parent / "bench_tasks"
 CLOZE, CHOICE = "gptops_cloze", "gptops_choice"
 BUILTIN = (CLOZE, CHOICE)
 #: Bumped when item building changes: part of the evaluation key and the evaluation set's hash.
-ITEMS_VERSION = 3
+ITEMS_VERSION = 4
 #: Words of context before a cloze target / choice ending, and words per ending.
 CONTEXT_WORDS, MIN_CONTEXT_WORDS, ENDING_WORDS, CHOICES = 32, 12, 10, 4
 #: Chance level of the built-in multiple-choice task (its trivial baseline).
@@ -109,34 +109,6 @@ def _choice_part(doc_id: str, text: str, seed: int) -> tuple[str, str] | None:
     return text[start:words[cut - 1].end()], ending
 
 
-#: Words per n-gram of the contamination check (GPT-3's decontamination used 13-grams).
-NGRAM = 13
-
-
-def _ngrams(text: str) -> set[tuple[str, ...]]:
-    words = text.split()
-    return {tuple(words[i:i + NGRAM]) for i in range(max(1, len(words) - NGRAM + 1))}
-
-
-def seen_in(train_texts: Iterable[str], candidates: Sequence[str]) -> set[int]:
-    """Indexes of ``candidates`` sharing a word ``NGRAM``-gram with any training text (a text
-    shorter than that: occurring whole). One pass over the training texts."""
-    wanted: dict[tuple[str, ...], list[int]] = {}
-    for i, text in enumerate(candidates):
-        for g in _ngrams(text):
-            wanted.setdefault(g, []).append(i)
-    sizes = {len(g) for g in wanted}
-    hit: set[int] = set()
-    for text in train_texts:
-        words = text.split()
-        for n in sizes:
-            for j in range(len(words) - n + 1):
-                found = wanted.get(tuple(words[j:j + n]))
-                if found:
-                    hit.update(found)
-    return hit
-
-
 #: An ending is cut to fit a small model's context, but never below this many words.
 MIN_ENDING_WORDS = 3
 
@@ -154,7 +126,7 @@ def _fitted(ending: str, fits: Callable[[str], bool]) -> str:
 
 def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
                 train_texts: Iterable[str] = (),
-                fits: Callable[[str], bool] = lambda _text: True,
+                fits: Callable[[str], bool] = lambda _text: True, ngram: int = 0,
                 ) -> dict[str, list[dict[str, Any]]]:
     """The built-in suite's items from validation documents ``(doc_id, text)``.
 
@@ -162,10 +134,12 @@ def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
     their position in the corpus), at most one item per document and task, ``limit`` per task
     (0 = one per usable document). A choice item's 3 wrong endings are true endings of other
     validation documents, so every word of every item is held-out text. A passage that shares a
-    word 13-gram with any of ``train_texts`` (the training split: documents can quote each
-    other) is left out. An ending that does not ``fit`` (the model's context must hold a
-    continuation: lm-eval refuses a longer one) is cut to the words that do, and a cloze target
-    that does not fit leaves its item out.
+    word ``ngram``-gram (``clean.decontaminate_ngram``; 0: none is checked) with any of
+    ``train_texts`` (the training split: documents can quote each other) is left out, the words
+    compared as decontamination compares them (``gpt.data.clean.decontam.seen_in``). An ending
+    that does not ``fit`` (the model's context must hold a continuation: lm-eval refuses a
+    longer one) is cut to the words that do, and a cloze target that does not fit leaves its
+    item out.
     """
     docs = list(docs)
     cloze_all = [c for doc_id, text in sorted(docs, key=lambda d: _order(d[0], seed, "cloze"))
@@ -177,7 +151,9 @@ def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
                  and (ending := _fitted(p[1], fits))]
     texts = ([f"{c['context']} {c['target']}" for c in cloze_all]
              + [f"{context} {ending}" for _, context, ending in parts_all])
-    leaked = seen_in(train_texts, texts)
+    from gpt.data.clean.decontam import seen_in
+
+    leaked = seen_in(train_texts, texts, ngram)
     cloze = [c for i, c in enumerate(cloze_all) if i not in leaked][:limit or None]
     parts = [p for i, p in enumerate(parts_all) if len(cloze_all) + i not in leaked]
     if len(parts) < CHOICES:
@@ -239,7 +215,8 @@ def write_builtin(items: dict[str, list[dict[str, Any]]], out: Path,
 # --- the user's task folders and hub tasks -----------------------------------------------------
 
 
-def _yaml_files(folder: Path) -> list[Path]:
+def yaml_files(folder: Path) -> list[Path]:
+    """The task YAMLs under ``folder``, sorted."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix in (".yaml", ".yml"))
 
 
@@ -263,7 +240,7 @@ def task_names(folder: Path) -> list[str]:
     import yaml
 
     names = []
-    for p in _yaml_files(folder):
+    for p in yaml_files(folder):
         try:
             spec = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError:  # lm-eval's own tags (!function): read the name line only
@@ -289,7 +266,7 @@ def _cached(dataset: str) -> bool:
             or (hub_cache / f"datasets--{dataset.replace('/', '--')}").is_dir())
 
 
-def _lenient_yaml(text: str) -> dict[str, Any]:
+def lenient_yaml(text: str) -> dict[str, Any]:
     """A task YAML as a dict, lm-eval's ``!function`` tags read as plain strings."""
     import yaml
 
@@ -321,9 +298,9 @@ def _task_datasets(name: str, roots: Sequence[Path]) -> list[str] | bool:
             if not line.search(text):
                 named = named or bool(word.search(text))
                 continue
-            spec = _lenient_yaml(text)
+            spec = lenient_yaml(text)
             if "dataset_path" not in spec and isinstance(spec.get("include"), str):
-                spec = {**_lenient_yaml((path.parent / spec["include"]).read_text(
+                spec = {**lenient_yaml((path.parent / spec["include"]).read_text(
                     errors="replace")), **spec}
             ds = spec.get("dataset_path")
             return [] if not ds or ds in ("json", "csv", "parquet", "text", "arrow") else [ds]

@@ -192,6 +192,7 @@ def benchmarks(params: Params) -> dict[str, Any]:
     if e.builtin_benchmarks:  # the items fit the model's context (gpt.benchmarks.build_items)
         reads["items_version"] = ITEMS_VERSION
         reads["items_block_size"] = params.model.block_size
+        reads["items_ngram"] = params.clean.decontaminate_ngram
     return reads
 
 

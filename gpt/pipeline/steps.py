@@ -323,7 +323,7 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     block = params.model.block_size
     digest = keys.digest_of({"data_version": data_version, "limit": e.benchmark_limit,
                              "seed": e.seed, "items_version": bm.ITEMS_VERSION,
-                             "block_size": block})
+                             "block_size": block, "ngram": params.clean.decontaminate_ngram})
     folder = inputs.paths.runs / "bench-items" / digest
     if (folder / "items.json").is_file():
         return folder
@@ -332,7 +332,8 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     with progress.phase("evaluate: benchmark items (validation documents, decontaminated)"):
         items = bm.build_items(bm.validation_docs(*split), e.benchmark_limit, e.seed,
                                (t for _, t in bm.split_docs(*split, val=False)),
-                               fits=bench_fits(inputs.hf_tokenizer, block))
+                               fits=bench_fits(inputs.hf_tokenizer, block),
+                               ngram=params.clean.decontaminate_ngram)
     tmp = folder.with_name(f".{digest}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     bm.write_builtin(items, tmp, folder)

@@ -44,7 +44,8 @@ def test_no_item_text_occurs_in_the_training_split(pipeline_run):
     params = _ws_params(ws)
     fits = bench_fits(Inputs(RunPaths(ws), params).hf_tokenizer, params.model.block_size)
     items = bm.build_items(bm.validation_docs(*split), 0, 1337,
-                           (t for _, t in bm.split_docs(*split, val=False)), fits=fits)
+                           (t for _, t in bm.split_docs(*split, val=False)), fits=fits,
+                           ngram=params.clean.decontaminate_ngram)
     # the items this run scored are the first of these
     built = next((ws / ".gptops/runs/bench-items").iterdir())
     for task in bm.BUILTIN:

@@ -66,12 +66,15 @@ def test_a_passage_the_training_split_quotes_is_left_out():
     items = bm.build_items(docs, limit=0, seed=3)
     quoted = items[bm.CLOZE][0]
     train = ["Some training text. " + quoted["context"][-80:] + " " + quoted["target"] + " more"]
-    clean = bm.build_items(docs, limit=0, seed=3, train_texts=train)
+    ngram = load_params("params.yaml").clean.decontaminate_ngram
+    assert ngram == 13
+    clean = bm.build_items(docs, limit=0, seed=3, train_texts=train, ngram=ngram)
     ids = {it["doc_id"] for it in clean[bm.CLOZE]}
     assert quoted["doc_id"] not in ids and len(ids) == len(items[bm.CLOZE]) - 1
     # 12 shared words are not a 13-gram: nothing is dropped for them
     twelve = " ".join(f"{quoted['context']} {quoted['target']}".split()[-12:])
-    assert bm.build_items(docs, limit=0, seed=3, train_texts=[twelve]) == items
+    assert bm.build_items(docs, limit=0, seed=3, train_texts=[twelve], ngram=ngram) == items
+    assert bm.build_items(docs, limit=0, seed=3, train_texts=train, ngram=0) == items  # off
 
 
 def test_too_few_documents_is_one_clear_error():

@@ -13,7 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt.data.clean import normalize_batch
-from gpt.data.clean.words import STOP_WORDS, WORD, token_flags, tokenize, words
+from gpt.data.clean.words import (
+    STOP_WORDS,
+    WORD,
+    bounds,
+    chunks,
+    token_flags,
+    tokenize,
+    words,
+)
 from tests.unit.fineweb_tables import TABLES, build
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -86,14 +94,49 @@ def test_batch_tokens_match_the_plain_statement(batch: list[str]) -> None:
     _check_batch(batch)
 
 
+def _check_bounds(batch: list[str]) -> None:
+    """``words.bounds`` holds each document's exact counts, and equals them where it says so."""
+    arr = normalize_batch(pa.array(batch, type=pa.large_string()))
+    split = pc.split_pattern(arr, "\n")
+    lines = pc.list_flatten(split)
+    line_doc = pc.list_parent_indices(split).to_numpy(zero_copy_only=False)
+    c = chunks(lines)
+    b = bounds(c, line_doc, len(arr))
+    w = words(lines, line_doc, len(arr), c)
+    t = w.totals
+    for name in ("tokens", "words", "word_chars", "alpha"):
+        lo, hi = getattr(b, name)
+        exact = getattr(t, name)
+        bad = np.flatnonzero((lo > exact) | (exact > hi) | (b.exact & (lo != hi)))
+        assert not len(bad), (name, [arr[int(i)].as_py() for i in bad[:3]])
+    stops = w.stop_words()
+    lo, hi = b.stops
+    assert (lo <= stops).all() and (stops <= hi).all() and (lo[b.exact] == hi[b.exact]).all()
+
+
+# Chunks of letters, digits and the marks between them (units, contractions, code, numbers).
+RUNS = ["ab", "Ab", "AB", "x", "s", "km", "12", "3", "the", "cannot", "gonna", "am", "pm", "US",
+        "n't", "'s", "-", ".", ",", "'", "(", ")", "$", "%", "_", "/", ":", "=", "+", "#", "é"]
+run_chunk = st.lists(st.sampled_from(RUNS), min_size=1, max_size=6).map("".join)
+run_texts = st.lists(run_chunk, max_size=30).map(" ".join)
+
+
+@SETTINGS
+@given(st.lists(st.one_of(texts, run_texts), min_size=1, max_size=12))
+def test_word_bounds_hold(batch: list[str]) -> None:
+    _check_bounds(batch)
+
+
 def test_batch_tokens_on_prose_and_code() -> None:
     from gpt.data.sources import read_source
     from tests.conftest import data_config
 
-    _check_batch(read_source(data_config("builtin", max_docs=300))["text"].tolist() + [
+    batch = read_source(data_config("builtin", max_docs=300))["text"].tolist() + [
         "The U.S. didn't (really) say \"no,\" did it? Well... maybe: see https://x.org/a.",
         "Items: (a), [b]; {c}! e.g. x.y.z, 3.5km, $10, 50%, #tag, @user, don't-stop.",
-    ])
+    ]
+    _check_batch(batch)
+    _check_bounds(batch)
 
 
 def test_prefix_and_suffix_shortcuts_hold_for_every_letter_and_digit() -> None:

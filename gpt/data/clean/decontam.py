@@ -14,9 +14,10 @@ The evaluation sets are what the evaluations score that is not built from the co
 - ``sft_test``: the held-out prompt/completion pairs when SFT trains on a file
   (``sft.task_path``).
 
-The built-in benchmark items are built later, from validation documents only, and those sharing a
-13-gram with a training document are left out there (``gpt.benchmarks.build_items``); the
-built-in fine-tuning tasks are built from the cleaned corpus itself. Neither can be checked here.
+The built-in benchmark items are built later, from validation documents only, and those sharing an
+``n``-gram with a training document are left out there (``seen_in``, the same words and ``n``,
+from ``gpt.benchmarks.build_items``); the built-in fine-tuning tasks are built from the cleaned
+corpus itself. Neither can be checked here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,30 @@ class EvalSets:
 
 
 
+def seen_in(texts: Iterable[str], candidates: Sequence[str], n: int) -> set[int]:
+    """Indexes of ``candidates`` sharing a word ``n``-gram (``eval_words``; a candidate shorter
+    than ``n`` words: occurring whole) with any of ``texts``; none when ``n`` is 0 (off). One
+    pass over ``texts`` (the built-in benchmark's check of its items against the training split,
+    ``gpt.benchmarks.build_items``)."""
+    if n <= 0:
+        return set()
+    wanted: dict[tuple[str, ...], list[int]] = {}
+    for i, text in enumerate(candidates):
+        words = eval_words(text)
+        for j in range(max(1, len(words) - n + 1)):
+            wanted.setdefault(tuple(words[j:j + n]), []).append(i)
+    sizes = {len(g) for g in wanted}
+    hit: set[int] = set()
+    for text in texts:
+        words = eval_words(text)
+        for k in sizes:
+            for j in range(len(words) - k + 1):
+                found = wanted.get(tuple(words[j:j + k]))
+                if found:
+                    hit.update(found)
+    return hit
+
+
 def _hash(grams: np.ndarray) -> np.ndarray:
     """Per row of word ids, its n-gram hash (as ``EvalSets.find`` computes it)."""
     h = np.zeros(len(grams), dtype=np.uint64)
@@ -185,7 +210,7 @@ def benchmark_sets(dirs: Sequence[str]) -> list[tuple[str, list[str]]]:
     """``(bench:<task>, items)`` for the JSON data of the task folders' YAMLs (a file several
     tasks read: under the first task by name), and ``bench:<file>`` for the folders' other
     JSON files."""
-    from gpt.benchmarks import _lenient_yaml, _yaml_files
+    from gpt.benchmarks import lenient_yaml, yaml_files
 
     owner: dict[Path, str] = {}
     for d in dirs:
@@ -194,8 +219,8 @@ def benchmark_sets(dirs: Sequence[str]) -> list[tuple[str, list[str]]]:
             raise DataError(f"evaluate.benchmark_dirs: {d} is not a folder; give a folder of "
                             "lm-eval task YAMLs")
         found = []
-        for y in _yaml_files(root):
-            spec = _lenient_yaml(y.read_text(encoding="utf-8"))
+        for y in yaml_files(root):
+            spec = lenient_yaml(y.read_text(encoding="utf-8"))
             if isinstance(spec.get("task"), str):
                 found += [(spec["task"], f.resolve()) for f in _data_files(spec, y)]
         for task, f in sorted(found):

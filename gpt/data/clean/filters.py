@@ -31,6 +31,7 @@ from gpt.data.clean.language import identify
 from gpt.data.clean.lines import Lines
 from gpt.data.clean.repetition import Tokens
 from gpt.data.clean.urls import blocked
+from gpt.data.clean.words import Bounds, Words
 
 
 @dataclass
@@ -57,18 +58,59 @@ class Batch:
     evals: EvalSets | None = None
     _lines: dict[str, Lines] = field(default_factory=dict)
     _tokens: Tokens | None = None
+    _counts: Counts | None = None
 
     def lines(self, purpose: str = "lines") -> Lines:
         """The lines of the texts pending when ``purpose`` first asked: the line rules split
-        once, the word rules (which come later and judge fewer texts) once more."""
+        once, the word-count rules (which come later and judge fewer texts) once more, the
+        rules that need every token ("tokens": sentences, n-grams) once more."""
         if purpose not in self._lines:
             self._lines[purpose] = Lines(self.arr, np.flatnonzero(self.pending))
         return self._lines[purpose]
 
+    def counts(self, cfg: CleanConfig) -> Counts:
+        """The word-count rules' counts of the texts pending when first asked: ``Bounds``
+        where they decide every such rule, spaCy's tokens (``Lines.words``) only for the
+        texts where they do not."""
+        if self._counts is None:
+            lines = self.lines("words")
+            c = Counts.of(lines.bounds)
+            alive = np.ones(len(lines.rows), dtype=bool)
+            undecided = np.zeros(len(lines.rows), dtype=bool)
+            for verdict in _COUNT_RULES.values():
+                surely, passes = verdict(c, lines, self, cfg)
+                undecided |= alive & ~surely & ~passes
+                alive &= ~surely
+            undecided &= ~c.exact
+            self._counts = c
+            self.resolve(undecided)
+        return self._counts
+
+    def resolve(self, undecided: np.ndarray) -> None:
+        """Count the tokens of the texts ``undecided`` (a mask over the word-count rules'
+        texts): of those texts alone, or, when they are most, of every text (the split into
+        chunks is made already, and the rules that need every token use it too)."""
+        if not undecided.any():
+            return
+        assert self._counts is not None
+        lines = self.lines("words")
+        if undecided.sum() * 2 > len(undecided):
+            self._counts.resolve(undecided, lines.words, undecided)
+        else:
+            self._counts.resolve(undecided, Lines(self.arr, lines.rows[undecided]).words)
+
+    def token_lines(self) -> Lines:
+        """Lines whose tokens the rules that need every token count: those the word-count rules
+        counted already, or the lines of the texts pending when first asked."""
+        words = self._lines.get("words")
+        if words is not None and "words" in words.__dict__:  # tokens counted (a cached_property)
+            return words
+        return self.lines("tokens")
+
     def tokens(self) -> Tokens:
         """The tokens, in text order, of the texts pending when first asked."""
         if self._tokens is None:
-            lines = self.lines("words")
+            lines = self.token_lines()
             keep = self.pending[lines.rows]
             at, line = lines.words.stream()
             doc = lines.line_doc[line]
@@ -83,6 +125,36 @@ class Batch:
         out = np.zeros(len(self.arr), dtype=values.dtype)
         out[rows] = values
         return out
+
+
+@dataclass
+class Counts:
+    """Per text pending at the first word-count rule, ``(low, high)`` of what those rules
+    count (``words.Totals``' counts and the distinct stop words); low == high where ``exact``.
+    """
+
+    tokens: tuple[np.ndarray, np.ndarray]
+    words: tuple[np.ndarray, np.ndarray]
+    word_chars: tuple[np.ndarray, np.ndarray]
+    alpha: tuple[np.ndarray, np.ndarray]
+    stops: tuple[np.ndarray, np.ndarray]
+    exact: np.ndarray
+
+    @classmethod
+    def of(cls, b: Bounds) -> Counts:
+        return cls(b.tokens, b.words, b.word_chars, b.alpha, b.stops, b.exact.copy())
+
+    def resolve(self, at: np.ndarray, w: Words, of: np.ndarray | None = None) -> None:
+        """Set the counts of the texts ``at`` (a mask) to those of their tokens ``w`` (of
+        the texts ``at``, or of all the texts; ``of``: pick ``at`` from them)."""
+        t = w.totals
+        for name, exact in (("tokens", t.tokens), ("words", t.words),
+                            ("word_chars", t.word_chars), ("alpha", t.alpha),
+                            ("stops", w.stop_words())):
+            lo, hi = (x.copy() for x in getattr(self, name))
+            lo[at] = hi[at] = exact if of is None else exact[of]
+            setattr(self, name, (lo, hi))
+        self.exact[at] = True
 
 
 #: ``rejects(batch, cfg)``: per text of the batch, whether the filter rejects it.
@@ -177,29 +249,85 @@ def _ellipsis_lines(t: Lines, cfg: CleanConfig) -> np.ndarray:
     return _share(t.per_doc(t.ellipsis_ends), t.line_count) > cfg.max_ellipsis_line_fraction
 
 
-def _word_count(t: Lines) -> np.ndarray:
-    return t.words.totals.words
+# The word-count rules. Each states its test on the counts and gives, from their bounds,
+# ``(surely, passes)``: the texts it rejects whatever the exact counts are (its test at the
+# bounds that reject least; the test itself where the counts are exact) and those it surely
+# keeps (at the bounds that reject most). Each test is monotone in each count (nan, from a
+# count of 0, only where the bounds are exact or the text is left undecided), and the
+# divisions are IEEE's, which are monotone too.
+Verdict = tuple[np.ndarray, np.ndarray]
+_LO, _HI = 0, 1
 
 
-def _mean_word_length(t: Lines) -> np.ndarray:
-    return _share(t.words.totals.word_chars, t.words.totals.words)
+def _too_few_words(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+    def test(w: np.ndarray) -> np.ndarray:
+        return (w < cfg.min_words) | (w == 0)
+    return test(c.words[_HI]), ~test(c.words[_LO])
 
 
-def _symbol_ratio(b: Batch, cfg: CleanConfig) -> np.ndarray:
-    lines = b.lines("words")
-    tokens = lines.words.totals.tokens
-    rows = lines.rows
-    return b.spread(rows, (_share(b.f.hashes[rows], tokens) > cfg.max_symbol_ratio)
-                    | (_share(b.f.ellipses[rows], tokens) > cfg.max_symbol_ratio))
+def _too_many_words(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+    return c.words[_LO] > cfg.max_words, c.words[_HI] <= cfg.max_words
 
 
-def _alpha_words(t: Lines, cfg: CleanConfig) -> np.ndarray:
-    return _share(t.words.totals.alpha, t.words.totals.tokens) < \
-        cfg.min_alpha_word_fraction
+def _word_length(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+    def short(chars: np.ndarray, words: np.ndarray) -> np.ndarray:
+        return _share(chars, words) < cfg.min_mean_word_length
+
+    def long(chars: np.ndarray, words: np.ndarray) -> np.ndarray:
+        return _share(chars, words) > cfg.max_mean_word_length
+    (c_lo, c_hi), (w_lo, w_hi) = c.word_chars, c.words
+    surely = short(c_hi, w_lo) | long(c_lo, w_hi)
+    return surely, (w_lo > 0) & ~short(c_lo, w_hi) & ~long(c_hi, w_lo)
 
 
-def _newline_ratio(t: Lines, cfg: CleanConfig) -> np.ndarray:
-    return _share(t.line_count - 1, t.words.totals.tokens) > cfg.max_newline_ratio
+def _symbol_ratio(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+    rows = t.rows
+
+    def test(tokens: np.ndarray) -> np.ndarray:
+        return (_share(b.f.hashes[rows], tokens) > cfg.max_symbol_ratio) | \
+            (_share(b.f.ellipses[rows], tokens) > cfg.max_symbol_ratio)
+    return test(c.tokens[_HI]), (c.tokens[_LO] > 0) & ~test(c.tokens[_LO])
+
+
+def _alpha_words(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+    def test(alpha: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        return _share(alpha, tokens) < cfg.min_alpha_word_fraction
+    (a_lo, a_hi), (t_lo, t_hi) = c.alpha, c.tokens
+    return test(a_hi, t_lo), (t_lo > 0) & ~test(a_lo, t_hi)
+
+
+def _stop_words(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+    return c.stops[_HI] < cfg.min_stop_words, c.stops[_LO] >= cfg.min_stop_words
+
+
+def _newline_ratio(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+    def test(tokens: np.ndarray) -> np.ndarray:
+        return _share(t.line_count - 1, tokens) > cfg.max_newline_ratio
+    return test(c.tokens[_HI]), (c.tokens[_LO] > 0) & ~test(c.tokens[_LO])
+
+
+#: The word-count rules, in checking order (their rows of ``REASONS`` name them).
+_COUNT_RULES: dict[str, Callable[[Counts, Lines, Batch, CleanConfig], Verdict]] = {
+    "too_few_words": _too_few_words, "too_many_words": _too_many_words,
+    "word_length": _word_length, "symbol_ratio": _symbol_ratio, "alpha_words": _alpha_words,
+    "stop_words": _stop_words, "newline_ratio": _newline_ratio}
+
+
+def _count_rule(name: str) -> Predicate:
+    """A word-count rule: judged from ``Batch.counts`` (exact wherever its verdict needs)."""
+    verdict = _COUNT_RULES[name]
+
+    def rejects(b: Batch, cfg: CleanConfig) -> np.ndarray:
+        c = b.counts(cfg)
+        lines = b.lines("words")
+        surely, passes = verdict(c, lines, b, cfg)
+        # Texts an earlier rule surely rejects were left undecided; if still pending, count.
+        undecided = ~surely & ~passes & ~c.exact & b.pending[lines.rows]
+        if undecided.any():
+            b.resolve(undecided)
+            surely = verdict(c, lines, b, cfg)[0]
+        return b.spread(lines.rows, surely)
+    return rejects
 
 
 def _c4_counted(t: Lines, cfg: CleanConfig) -> np.ndarray:
@@ -219,10 +347,11 @@ def _curly_bracket(t: Lines, cfg: CleanConfig) -> np.ndarray:
     return t.per_doc(hit) > 0
 
 
-def _too_few_sentences(t: Lines, cfg: CleanConfig) -> np.ndarray:
+def _too_few_sentences(b: Batch, cfg: CleanConfig) -> np.ndarray:
     if cfg.min_sentences <= 0:
-        return np.zeros(len(t.rows), dtype=bool)
-    return t.c4.sentences(_c4_counted(t, cfg)) < cfg.min_sentences
+        return np.zeros(len(b.arr), dtype=bool)
+    t = b.token_lines()
+    return b.spread(t.rows, t.c4.sentences(_c4_counted(t, cfg)) < cfg.min_sentences)
 
 
 def _top_ngram(b: Batch, cfg: CleanConfig) -> np.ndarray:
@@ -331,27 +460,25 @@ REASONS: tuple[Reason, ...] = (
            _line_rule(_ellipsis_lines)),
     Reason("too_few_words", ("min_words",),
            "fewer than `min_words` words (spaCy tokens with a character other than "
-           "punctuation), or none (Gopher)", _word_rule(
-               lambda t, c: (_word_count(t) < c.min_words) | (_word_count(t) == 0))),
+           "punctuation), or none (Gopher)", _count_rule("too_few_words")),
     Reason("too_many_words", ("max_words",), "more than `max_words` words (Gopher)",
-           _word_rule(lambda t, c: _word_count(t) > c.max_words)),
+           _count_rule("too_many_words")),
     Reason("word_length", ("min_mean_word_length", "max_mean_word_length"),
            "mean word length below `min_mean_word_length` or above `max_mean_word_length` "
-           "(Gopher)", _word_rule(lambda t, c: (_mean_word_length(t) < c.min_mean_word_length)
-                                  | (_mean_word_length(t) > c.max_mean_word_length))),
+           "(Gopher)", _count_rule("word_length")),
     Reason("symbol_ratio", ("max_symbol_ratio",),
            "more than `max_symbol_ratio` `#` per token, or as many ellipses (`...`, `…`) "
-           "(Gopher)", _symbol_ratio),
+           "(Gopher)", _count_rule("symbol_ratio")),
     Reason("alpha_words", ("min_alpha_word_fraction",),
            "less than `min_alpha_word_fraction` of the tokens have a letter (Gopher)",
-           _word_rule(_alpha_words)),
+           _count_rule("alpha_words")),
     Reason("stop_words", ("min_stop_words",),
            "fewer than `min_stop_words` of Gopher's stop words (the, be, to, of, and, that, "
            "have, with) (Gopher)",
-           _word_rule(lambda t, c: t.words.stop_words() < c.min_stop_words)),
+           _count_rule("stop_words")),
     Reason("newline_ratio", ("max_newline_ratio",),
            "more than `max_newline_ratio` line breaks per token (FineWeb)",
-           _word_rule(_newline_ratio)),
+           _count_rule("newline_ratio")),
     Reason("lorem_ipsum", ("reject_lorem_ipsum", *_C4_LINES),
            f"\"lorem ipsum\" in one of the {_C4_COUNTED} (if `reject_lorem_ipsum`; C4)",
            _word_rule(_lorem_ipsum)),
@@ -361,7 +488,7 @@ REASONS: tuple[Reason, ...] = (
     Reason("too_few_sentences", ("min_sentences", *_C4_LINES),
            f"fewer than `min_sentences` sentences (spaCy's sentencizer) in the {_C4_COUNTED}, "
            "leaving out lines that mention \"javascript\" or a policy or cookie phrase (C4)",
-           _word_rule(_too_few_sentences)),
+           _too_few_sentences),
     Reason("top_ngram", ("max_top_ngram_fraction",),
            "for a `[n, fraction]` of `max_top_ngram_fraction`, the most frequent n-gram of "
            "tokens times its count holds more than that fraction of the characters (Gopher)",

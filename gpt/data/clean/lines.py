@@ -23,7 +23,11 @@ from gpt.data.clean.words import (
     PUNCT,
     SENTENCE_END,
     TABLES,
+    Bounds,
+    Chunks,
     Words,
+    bounds,
+    chunks,
     token_flags,
     tokenize,
     words,
@@ -131,9 +135,19 @@ class Lines:
         return _np_bool(pc.match_substring_regex(self.lines, pattern))
 
     @functools.cached_property
+    def chunks(self) -> Chunks:
+        """The lines' whitespace-separated chunks."""
+        return chunks(self.lines)
+
+    @functools.cached_property
     def words(self) -> Words:
         """The tokens of the covered texts, line by line."""
-        return words(self.lines, self.line_doc, len(self.rows))
+        return words(self.lines, self.line_doc, len(self.rows), self.chunks)
+
+    @functools.cached_property
+    def bounds(self) -> Bounds:
+        """Bounds of the covered texts' word counts, without the costly tokenization."""
+        return bounds(self.chunks, self.line_doc, len(self.rows))
 
     @functools.cached_property
     def c4(self) -> C4Lines:
@@ -153,8 +167,8 @@ class C4Lines:
 
     def __init__(self, lines: Lines) -> None:
         self.lines = lines
-        self.line_words = lines.words.line_words
-        self.longest_word = lines.words.line_longest
+        self.line_words = lines.chunks.line_words
+        self.longest_word = lines.chunks.line_longest
         cited = np.zeros(len(lines.lines), dtype=bool)
         bracket = np.flatnonzero(_np_bool(pc.match_substring(lines.lines, "[")))
         if len(bracket):

@@ -429,41 +429,65 @@ def _mask(arr: pa.Array) -> np.ndarray:
     return arr.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def _substrings(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """A string array of the byte ranges ``[start, start + length)`` of ``data``."""
-    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    out = data[_ragged(starts, lengths)].tobytes()
-    return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets.tobytes()),
-                                            pa.py_buffer(out))
-
-
 def _np(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
-    """The tokens of a batch's lines (``tokenize`` of each line, in order).
+@dataclass
+class Chunks:
+    """A batch's lines split on whitespace, the distinct chunks, and which are easy.
 
-    Args:
-        lines: the lines (no ``"\\n"`` in them), in document order.
-        line_doc: per line, its document (non-decreasing).
-        n_docs: documents in the batch.
-
-    Returns:
-        The tokens per distinct chunk and the chunks' occurrences.
+    Attributes:
+        lines: the lines.
+        chunk_line: per chunk occurrence (in text order), its line.
+        occ: per chunk occurrence, its distinct chunk.
+        distinct: the distinct chunks.
+        line_words: per line, its whitespace-separated words.
+        line_longest: per line, the characters of its longest whitespace-separated word.
+        easy: the distinct chunks tokenized in RE2 and numpy (the others: ``tokenize_chunk``).
+        core, first, size, pre_n, suf_n: per easy chunk, its core token, where it starts in
+            ``data``, its bytes, and its one-character prefix and suffix tokens.
+        data: the bytes the easy chunks are read from.
     """
+
+    lines: pa.Array
+    chunk_line: np.ndarray
+    occ: np.ndarray
+    distinct: pa.Array
+    line_words: np.ndarray
+    line_longest: np.ndarray
+    easy: np.ndarray
+    core: pa.Array
+    first: np.ndarray
+    size: np.ndarray
+    pre_n: np.ndarray
+    suf_n: np.ndarray
+    data: np.ndarray
+
+    @property
+    def hard(self) -> np.ndarray:
+        """Per distinct chunk, whether it goes through ``tokenize_chunk``."""
+        out = np.ones(len(self.distinct), dtype=bool)
+        out[self.easy] = False
+        return out
+
+
+def chunks(lines: pa.Array) -> Chunks:
+    """Split a batch's lines (no ``"\\n"`` in them) into chunks and find the easy ones."""
     split = pc.ascii_split_whitespace(lines)  # normalised texts: all whitespace is ASCII
-    chunks = pc.list_flatten(split)
-    filled = pc.greater(pc.binary_length(chunks), 0)  # "" around leading whitespace, blank lines
-    chunks = chunks.filter(filled)
+    flat = pc.list_flatten(split)
+    filled = pc.greater(pc.binary_length(flat), 0)  # "" around leading whitespace, blank lines
+    flat = flat.filter(filled)
     chunk_line = _np(pc.list_parent_indices(split).filter(filled))
-    encoded = chunks.dictionary_encode()
+    encoded = flat.dictionary_encode()
     occ = _np(encoded.indices)
     distinct: pa.Array = encoded.dictionary
     line_words = np.bincount(chunk_line, minlength=len(lines))
     line_longest = np.zeros(len(lines), dtype=np.int64)
-    np.maximum.at(line_longest, chunk_line, _np(pc.utf8_length(distinct))[occ])
+    if len(chunk_line):  # chunk_line is non-decreasing: the maximum over each line's run
+        lead = np.flatnonzero(np.r_[True, chunk_line[1:] != chunk_line[:-1]])
+        line_longest[chunk_line[lead]] = np.maximum.reduceat(
+            _np(pc.utf8_length(distinct))[occ], lead)
 
     # The easy chunks: their prefix and suffix are their leading and trailing runs of split-off
     # characters (the core starts with a letter and ends with a letter or digit).
@@ -472,19 +496,169 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
         fits &= ~_mask(pc.match_substring_regex(distinct, _PUNCT_SPECIALS))
     cand = distinct.filter(pa.array(fits))
     size = _np(pc.binary_length(cand))
-    pre_n = size - _np(pc.binary_length(pc.utf8_ltrim(cand, characters=_PRE_CHARS)))
-    suf_n = size - _np(pc.binary_length(pc.utf8_rtrim(cand, characters=_SUF_CHARS + ".")))
+    after_pre = pc.utf8_ltrim(cand, characters=_PRE_CHARS)
+    pre_n = size - _np(pc.binary_length(after_pre))
+    core = pc.utf8_rtrim(after_pre, characters=_SUF_CHARS + ".")  # (a core starts with a letter)
+    suf_n = size - pre_n - _np(pc.binary_length(core))
     data = np.frombuffer(raw_bytes(cand), dtype=np.uint8)
     first = byte_offsets(cand)[:-1]
-    core = _substrings(data, first + pre_n, size - pre_n - suf_n)
     ok = ~_mask(pc.is_in(core, value_set=_RISKY_CORES))
-    easy = np.flatnonzero(fits)[ok]
-    core, first, size, pre_n, suf_n = core.filter(pa.array(ok)), first[ok], size[ok], \
-        pre_n[ok], suf_n[ok]
-    is_easy = np.zeros(len(distinct), dtype=bool)
-    is_easy[easy] = True
-    hard = np.flatnonzero(~is_easy)
-    hard_tokens = [_chunk(c) for c in distinct.filter(pa.array(~is_easy)).to_pylist()]
+    return Chunks(lines, chunk_line, occ, distinct, line_words, line_longest,
+                  np.flatnonzero(fits)[ok], core.filter(pa.array(ok)), first[ok], size[ok],
+                  pre_n[ok], suf_n[ok], data)
+
+
+@dataclass
+class Bounds:
+    """Per document, lower and upper bounds of what the word rules count, without running
+    ``tokenize_chunk``: exact over the easy chunks; for a chunk that is not easy, only that its
+    tokens split its characters (each character in one token, at least one token).
+
+    Attributes:
+        tokens, words, word_chars, alpha: ``(low, high)`` of ``Totals``' counts.
+        stops: ``(low, high)`` of the distinct ``STOP_WORDS``: those among the easy chunks'
+            tokens, and those also found inside the other chunks.
+        exact: the documents without a chunk that is not easy (low == high, ``stops`` exact).
+    """
+
+    tokens: tuple[np.ndarray, np.ndarray]
+    words: tuple[np.ndarray, np.ndarray]
+    word_chars: tuple[np.ndarray, np.ndarray]
+    alpha: tuple[np.ndarray, np.ndarray]
+    stops: tuple[np.ndarray, np.ndarray]
+    exact: np.ndarray
+
+
+def _counts_of(tokens: tuple[str, ...]) -> tuple[list[int], int]:
+    """``Totals``' counts of one chunk's tokens, and their ``STOP_WORDS`` bits."""
+    flags = [token_flags(t) for t in tokens]
+    return [len(tokens), sum(1 for f in flags if f & WORD),
+            sum(len(t) for t, f in zip(tokens, flags, strict=True) if f & WORD),
+            sum(1 for f in flags if f & ALPHA)], functools.reduce(
+        lambda bits, t: bits | _STOP_BITS.get(t, 0), tokens, 0)
+
+
+# The risky cores as whole chunks: their counts (a special case the matcher merged inside one,
+# which a neighbour could block, would make them unknown: there is none, checked here).
+_RISKY_TOKENS = [_chunk(c) for c in _RISKY_CORES.to_pylist()]
+assert not any(merged for _, merged in _RISKY_TOKENS)
+_RISKY_COUNTS = np.array([_counts_of(t)[0] for t, _ in _RISKY_TOKENS],
+                         dtype=np.int64).reshape(-1, 4)
+_RISKY_STOPS = np.array([_counts_of(t)[1] for t, _ in _RISKY_TOKENS], dtype=np.int64)
+
+# ASCII characters that are datatrove punctuation (a token of only these is not a word).
+_ASCII_PUNCTUATION_RE2 = "[" + "".join(
+    f"\\x{{{ord(c):02x}}}" for c in sorted(c for c in PUNCTUATION if c.isascii())) + "]"
+
+
+def _run_count(arr: pa.Array, pattern: str) -> np.ndarray:
+    """Per string, how many (non-overlapping) matches of the RE2 ``pattern`` it has."""
+    return _np(pc.count_substring_regex(arr, pattern))
+
+
+def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
+    """``Bounds`` of each document of a batch (``line_doc``: per line, its document)."""
+    n = len(c.distinct)
+    lo = np.zeros((n, 4), dtype=np.int64)  # tokens, words, word chars, alpha
+    hi = np.zeros((n, 4), dtype=np.int64)
+    # Easy chunks: a core (a word with a letter) and one-character prefixes and suffixes.
+    k = len(c.easy)
+    core_len = _np(pc.binary_length(c.core))
+    affix = np.zeros((k, 2), dtype=np.int64)  # words, alpha among the affixes
+    for from_, n_part in ((c.first, c.pre_n), (c.first + c.size - c.suf_n, c.suf_n)):
+        if n_part.any():
+            fl = _BYTE_FLAGS[c.data[_ragged(from_, n_part)]]
+            owner = np.repeat(np.arange(k), n_part)
+            affix[:, 0] += np.bincount(owner, weights=(fl & WORD) > 0, minlength=k).astype(
+                np.int64)
+            affix[:, 1] += np.bincount(owner, weights=(fl & ALPHA) > 0, minlength=k).astype(
+                np.int64)
+    lo[c.easy] = hi[c.easy] = np.stack([c.pre_n + 1 + c.suf_n, 1 + affix[:, 0],
+                                        core_len + affix[:, 0], 1 + affix[:, 1]], axis=1)
+    # The others: every character is in one token; a word has a character other than
+    # punctuation, an alpha token a letter (ASCII chunks; others only the character count).
+    hard = c.hard
+    others = c.distinct.filter(pa.array(hard))
+    chars = _np(pc.utf8_length(others))
+    is_ascii = _mask(pc.string_is_ascii(others))
+    plain = np.where(is_ascii, _np(pc.utf8_length(pc.replace_substring_regex(
+        others, _ASCII_PUNCTUATION_RE2, ""))), 0)
+    letters = np.where(is_ascii, chars - _np(pc.utf8_length(pc.replace_substring_regex(
+        others, "[A-Za-z]", ""))), 0)
+    lo[hard] = np.stack([np.ones(len(chars), dtype=np.int64), plain > 0, plain, letters > 0],
+                        axis=1)
+    hi[hard] = np.stack([chars, np.where(is_ascii, plain, chars),
+                         np.where(is_ascii & (plain == 0), 0, chars),
+                         np.where(is_ascii, letters, chars)], axis=1)
+    # In an ASCII chunk, only a special case splits a run of letters (and none a run of digits,
+    # checked below): without a letter run a special case could reach, each letter or digit run
+    # is inside one token, so a token with a letter or digit (a word) holds at least one run.
+    runs = pc.split_pattern_regex(others, "[^A-Za-z]+")
+    pieces = pc.list_flatten(runs)
+    risky = np.bincount(_np(pc.list_parent_indices(runs)), minlength=len(chars),
+                        weights=_mask(pc.is_in(pieces, value_set=_RISKY_CORES))) > 0
+    letter_runs = _run_count(others, "[A-Za-z]+")
+    alnum_runs = letter_runs + _run_count(others, "[0-9]+")
+    tight = np.flatnonzero(hard)[is_ascii & ~risky]
+    sel = (is_ascii & ~risky)
+    hi[tight, 0] = alnum_runs[sel] + (chars - plain)[sel]
+    hi[tight, 1] = alnum_runs[sel]
+    hi[tight, 3] = letter_runs[sel]
+    # Unless they are one of the letter chunks a special case could reach (common words:
+    # "the", "a", "is"), whose counts are known.
+    known = _np(pc.index_in(others, value_set=_RISKY_CORES).fill_null(-1))
+    at = np.flatnonzero(hard)[known >= 0]
+    known = known[known >= 0]
+    lo[at] = hi[at] = _RISKY_COUNTS[known]
+    hard[at] = False
+    doc = np.asarray(line_doc, dtype=np.int64)[c.chunk_line]
+    # Per document, the sums over its chunks (doc is non-decreasing): differences of cumsums.
+    cum = np.zeros((len(doc) + 1, 9), dtype=np.int64)
+    np.cumsum(np.concatenate([lo, hi, hard[:, None]], axis=1)[c.occ], axis=0, out=cum[1:])
+    ends = np.searchsorted(doc, np.arange(n_docs + 1), "left")
+    sums = cum[ends[1:]] - cum[ends[:-1]]
+    per = [[sums[:, j] for j in range(4)], [sums[:, 4 + j] for j in range(4)]]
+    exact = sums[:, 8] == 0
+    stop = _np(pc.index_in(c.core, value_set=_STOP_ARRAY).fill_null(-1))
+    chunk_bits = np.zeros(n, dtype=np.int64)
+    chunk_bits[c.easy[stop >= 0]] = 1 << stop[stop >= 0]
+    chunk_bits[at] = _RISKY_STOPS[known]
+    doc_bits = np.zeros(n_docs, dtype=np.int64)
+    has = np.flatnonzero(chunk_bits[c.occ])
+    np.bitwise_or.at(doc_bits, doc[has], chunk_bits[c.occ[has]])
+    stops_lo = np.bitwise_count(doc_bits.astype(np.uint64)).astype(np.int64)
+    # A token of a chunk is a piece of it: a stop word can only come from a chunk holding it.
+    maybe = np.zeros(n, dtype=np.int64)
+    unknown = np.flatnonzero(hard)
+    if len(unknown):
+        pieces = c.distinct.take(pa.array(unknown))
+        for word, bit in _STOP_BITS.items():
+            maybe[unknown] |= np.where(_mask(pc.match_substring(pieces, word)), bit, 0)
+    has = np.flatnonzero(maybe[c.occ])
+    np.bitwise_or.at(doc_bits, doc[has], maybe[c.occ[has]])
+    stops_hi = np.bitwise_count(doc_bits.astype(np.uint64)).astype(np.int64)
+    return Bounds(*zip(per[0], per[1], strict=True), (stops_lo, stops_hi), exact)
+
+
+def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int,
+          split: Chunks | None = None) -> Words:
+    """The tokens of a batch's lines (``tokenize`` of each line, in order).
+
+    Args:
+        lines: the lines (no ``"\\n"`` in them), in document order.
+        line_doc: per line, its document (non-decreasing).
+        n_docs: documents in the batch.
+        split: ``chunks(lines)``, if already made.
+
+    Returns:
+        The tokens per distinct chunk and the chunks' occurrences.
+    """
+    c = split if split is not None else chunks(lines)
+    chunk_line, occ, distinct = c.chunk_line.copy(), c.occ.copy(), c.distinct
+    easy, core, first, size, pre_n, suf_n, data = (c.easy, c.core, c.first, c.size, c.pre_n,
+                                                   c.suf_n, c.data)
+    hard = np.flatnonzero(c.hard)
+    hard_tokens = [_chunk(t) for t in distinct.take(pa.array(hard, pa.int64())).to_pylist()]
     n_units = len(distinct)
 
     # Lines where a chunk the matcher merged inside has a neighbour a match could run into:
@@ -548,4 +722,27 @@ def words(lines: pa.Array, line_doc: np.ndarray, n_docs: int) -> Words:
     ids[np.concatenate([core_at[~single], hard_at[byte_of == 0]])] = 128 + _np(
         longer.dictionary_encode().indices)
     return Words(n_docs, chunk_line, np.asarray(line_doc, dtype=np.int64), occ, start, ids,
-                 lengths, flags, stops, line_words, line_longest)
+                 lengths, flags, stops, c.line_words, c.line_longest)
+
+
+
+def _check_special_cases() -> None:
+    """What ``bounds`` rests on: no special case splits a run of digits, and those that split a
+    run of letters have that run among the risky cores (checked on import)."""
+    risky = set(_RISKY_CORES.to_pylist())
+    for key, orth in _SPECIAL.items():
+        for cut in list(itertools.accumulate(len(t) for t in orth))[:-1]:
+            pair = key[cut - 1:cut + 1]
+            if not pair.isascii() or not pair.isalnum():
+                continue
+            assert not pair.isdigit(), key
+            if pair.isalpha():
+                a, b = cut - 1, cut + 1
+                while a > 0 and key[a - 1].isascii() and key[a - 1].isalpha():
+                    a -= 1
+                while b < len(key) and key[b].isascii() and key[b].isalpha():
+                    b += 1
+                assert key[a:b] in risky, key
+
+
+_check_special_cases()
