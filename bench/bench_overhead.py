@@ -28,6 +28,10 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gpt.layout import Workspace  # noqa: E402
+
 TRAINING = ("pretrain", "finetune", "sft")
 DATA = ("ingest", "clean", "tokenize")
 
@@ -52,7 +56,7 @@ def _stamp(text: str) -> datetime:
 
 def task_seconds(ws: Path) -> dict[str, float]:
     """Seconds of each task of the workspace's latest flow run (its Prefect database)."""
-    con = sqlite3.connect(f"file:{ws / '.gptops' / 'prefect.db'}?mode=ro", uri=True)
+    con = sqlite3.connect(f"file:{Workspace(ws).prefect_db}?mode=ro", uri=True)
     try:
         (flow_run,) = con.execute("SELECT id FROM flow_run ORDER BY start_time DESC "
                                   "LIMIT 1").fetchone()
@@ -70,7 +74,7 @@ def loop_seconds(ws: Path) -> dict[str, float]:
     """The training loops' own seconds, per step (their result.json)."""
     out = {}
     for step in TRAINING:
-        for result in (ws / ".gptops" / "runs" / step).glob("*/result.json"):
+        for result in Workspace(ws).runs.joinpath(step).glob("*/result.json"):
             out[step] = out.get(step, 0.0) + float(json.loads(result.read_text())["seconds"])
     return out
 

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import write_corpus  # noqa: E402
 from gpt.data.shards import read_parts  # noqa: E402
+from gpt.layout import Workspace  # noqa: E402
 
 STAGES = ("ingest", "clean", "tokenize")
 TARGET_RSS_GB = 2.5
@@ -89,7 +90,7 @@ def jaccard(a: str, b: str) -> float:
 
 def dedup_quality(ws: Path, corpus: Path, injected: dict[str, tuple[str, float]],
                   threshold: float) -> dict[str, float]:
-    rejected = read_parts(ws / "data/clean", "clean", "rejected-", ["doc_id", "name", "reason"])
+    rejected = read_parts(Workspace(ws).clean, "clean", "rejected-", ["doc_id", "name", "reason"])
     reason = dict(zip(rejected["name"], rejected["reason"], strict=True))
     out: dict[str, float] = {}
     for share in SHARES:
@@ -124,7 +125,8 @@ def main() -> None:
     cores = os.cpu_count() or 1
     base = Path(args.keep or tempfile.mkdtemp(prefix="gptops-scale-"))
     rows, quality = [], {}
-    from gpt.workspace import apply_data_overrides, ensure_workspace
+    from gpt.dvc_repo import ensure_workspace
+    from gpt.params_file import apply_data_overrides
 
     for gb in args.sizes:
         corpus, ws = base / f"corpus-{gb}", base / f"ws-{gb}"
@@ -147,7 +149,7 @@ def main() -> None:
                   f"peak RSS {rss / 2**30:5.2f} GB", flush=True)
         from gpt.config import load_params
 
-        threshold = load_params(ws / "params.yaml").clean.near_dedup_threshold
+        threshold = load_params(Workspace(ws).params_yaml).clean.near_dedup_threshold
         quality[gb] = dedup_quality(ws, corpus, written.injected, threshold)
         shutil.rmtree(corpus)
         if not args.keep:

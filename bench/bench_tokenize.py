@@ -29,7 +29,9 @@ from gpt.config import load_params  # noqa: E402
 from gpt.data import stages  # noqa: E402
 from gpt.data.shards import parts, read_part  # noqa: E402
 from gpt.data.tokenizer import save_tokenizer, train_tokenizer  # noqa: E402
-from gpt.workspace import apply_data_overrides, ensure_workspace  # noqa: E402
+from gpt.dvc_repo import ensure_workspace  # noqa: E402
+from gpt.layout import Workspace  # noqa: E402
+from gpt.params_file import apply_data_overrides  # noqa: E402
 
 TARGET = 0.8
 
@@ -51,10 +53,10 @@ def main() -> None:
         write_corpus(Path(tmp) / "corpus", args.mb, file_mb=25)
         apply_data_overrides(ws, [f"data.source={Path(tmp) / 'corpus'}",
                                   f"data.shard_mb={args.shard_mb}"])
-        params = load_params(ws / "params.yaml")
+        params = load_params(Workspace(ws).params_yaml)
         stages.ingest(params, ws)
         stages.clean(params, ws)
-        files = parts(ws / "data/clean")
+        files = parts(Workspace(ws).clean)
         texts = [t for f in files for t in read_part(f, "clean", ["text"])["text"].tolist()]
         mb = sum(len(t.encode()) for t in texts) / 1e6
         tok = train_tokenizer(texts[:20_000], args.vocab)

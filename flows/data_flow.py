@@ -25,6 +25,7 @@ from prefect_dask import DaskTaskRunner
 from gpt.config import load_params
 from gpt.data import stages
 from gpt.data.clean import render_report
+from gpt.layout import Workspace
 
 #: The stages ``data_flow`` can run, in order.
 STAGES = ("clean", "tokenize")
@@ -60,7 +61,7 @@ def data_flow(workdir: str = ".", stages_: list[str] | None = None) -> dict[str,
         stages_: the stages to run (default both, in order).
     """
     ws = Path(workdir)
-    params = load_params(ws / "params.yaml")
+    params = load_params(Workspace(ws).params_yaml)
     out: dict[str, Any] = {}
     for stage in stages_ or list(STAGES):
         if stage == "clean":

@@ -25,11 +25,12 @@ from flows.deploy import FLOW_NAME
 from flows.report import summary_markdown
 from gpt import stopping
 from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, load_params, profile_names
+from gpt.dvc_repo import STAGES
 from gpt.errors import Interrupted
 from gpt.pipeline.context import RunContext, prepare_run
 from gpt.registry import cli_run_name, pipeline_run
 from gpt.registry.tracking import describe_pipeline_run, experiment_id, workspace_id
-from gpt.workspace import STAGES, live_run, run_alive, sweep_live_runs, workspace_lock
+from gpt.workspace_lock import live_run, run_alive, sweep_live_runs, workspace_lock
 
 
 def _gpt_logs_to_prefect() -> None:
@@ -146,7 +147,7 @@ def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
     """Flow runs of this workspace still RUNNING whose process is provably dead: set to Crashed
     (and their RUNNING task runs); their names are returned.
 
-    Dead means its live-run record (:func:`gpt.workspace.live_run`) is no longer locked (its
+    Dead means its live-run record (:func:`gpt.workspace_lock.live_run`) is no longer locked (its
     process was killed, or ended while the server could not record it), or it
     has none and started over ``NO_RECORD_GRACE_S`` ago (a run of an older gptops). A run
     waiting for the workspace holds its record and is left alone.

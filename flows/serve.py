@@ -17,13 +17,13 @@ from pathlib import Path
 from flows.deploy import NIGHTLY_CRON, NIGHTLY_TIMEZONE
 from flows.links import MLFLOW_UI_ENV
 from flows.server import (
-    SERVE_FILE,
     database_url,
     port_free,
     prefect_env,
     release_orphan_slots,
     stop_group,
     wait_http,
+    workspace,
     write_serve_file,
 )
 from gpt.errors import GptopsError
@@ -57,26 +57,25 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
               mlflow_backend: str, cron: str = NIGHTLY_CRON,
               timezone: str = NIGHTLY_TIMEZONE, init: bool = False) -> None:
     from gpt.config import load_params
-    from gpt.workspace import ensure_workspace
+    from gpt.dvc_repo import ensure_workspace
 
     ws = ensure_workspace(Path(workdir), init)
     for name, port in (("Prefect", prefect_port), ("MLflow", mlflow_port)):
         if not port_free(host, port):
             raise GptopsError(f"{host}:{port} ({name}) is already in use; stop what uses it or "
                               f"pass --{name.lower()}-port")
-    state = ws / ".gptops"
-    state.mkdir(exist_ok=True)
+    layout = workspace(ws)
     db = prefect_db or database_url(ws)
-    params = load_params(ws / "params.yaml")
+    params = load_params(layout.params_yaml)
     backend = mlflow_backend or resolve_tracking_uri(params.registry.tracking_uri, ws)
-    env = prefect_env(host, prefect_port, db, state / "prefect-home")
+    env = prefect_env(host, prefect_port, db, layout.prefect_home)
     mlflow_ui = f"http://{host}:{mlflow_port}"
     env.update({"MLFLOW_TRACKING_URI": backend, MLFLOW_UI_ENV: mlflow_ui})
     # The job runner (online scoring, trace archival) is several worker processes we don't use.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     procs: list[tuple[str, subprocess.Popen]] = []
 
-    logs = state / "logs"
+    logs = layout.logs
     logs.mkdir(exist_ok=True)
 
     def start(name: str, cmd: list[str], quiet: bool = False) -> subprocess.Popen:
@@ -141,6 +140,6 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the shutdown
             signal.signal(sig, signal.SIG_IGN)
-        (state / SERVE_FILE).unlink(missing_ok=True)
+        layout.serve_file.unlink(missing_ok=True)
         stop()
         print("stopped.", flush=True)

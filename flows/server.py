@@ -32,24 +32,25 @@ from pathlib import Path
 from flows.links import MLFLOW_UI_ENV
 from gpt import stopping
 from gpt.errors import GptopsError, Interrupted
+from gpt.layout import Workspace
 
 log = logging.getLogger("gpt.prefect")
 
-SERVE_FILE = "serve.json"
 STARTUP_TIMEOUT_ENV = "GPTOPS_PREFECT_STARTUP_TIMEOUT"
 #: Seconds the server gets to stop after a deliberate stop of the run, before it is killed.
 STOP_GRACE_S = 1.0
 
 
-def state_dir(workdir: Path) -> Path:
-    path = Path(workdir).resolve() / ".gptops"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def workspace(workdir: Path) -> Workspace:
+    """The workspace's layout, its ``.gptops/`` folder made."""
+    ws = Workspace(Path(workdir).resolve())
+    ws.state.mkdir(parents=True, exist_ok=True)
+    return ws
 
 
 def database_url(workdir: Path) -> str:
     """The workspace's Prefect database (SQLite under ``.gptops/``)."""
-    return f"sqlite+aiosqlite:///{state_dir(workdir) / 'prefect.db'}"
+    return f"sqlite+aiosqlite:///{workspace(workdir).prefect_db}"
 
 
 def port_free(host: str, port: int) -> bool:
@@ -138,7 +139,7 @@ def prefect_env(host: str, port: int, db_url: str, home: Path) -> dict[str, str]
 
 def write_serve_file(workdir: Path, api: str, mlflow_ui: str = "") -> Path:
     """Leave the live ``gptops serve``'s addresses for the workspace's other commands."""
-    path = state_dir(workdir) / SERVE_FILE
+    path = workspace(workdir).serve_file
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"api": api, "mlflow_ui": mlflow_ui, "pid": os.getpid()}),
                    encoding="utf-8")
@@ -148,7 +149,7 @@ def write_serve_file(workdir: Path, api: str, mlflow_ui: str = "") -> Path:
 
 def served(workdir: Path) -> dict[str, str] | None:
     """``{"api", "ui", "mlflow_ui"}`` of a live ``gptops serve`` on this workspace, or None."""
-    path = Path(workdir).resolve() / ".gptops" / SERVE_FILE
+    path = Workspace(Path(workdir).resolve()).serve_file
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         os.kill(int(info["pid"]), 0)
@@ -230,7 +231,7 @@ def workspace_api(workdir: Path) -> Iterator[str]:
             yield os.environ["PREFECT_API_URL"]
         return
     ws = Path(workdir).resolve()
-    state = state_dir(ws)
+    layout = workspace(ws)
     live = served(ws)
     api = live["api"] if live else None
     if live and api:
@@ -238,29 +239,29 @@ def workspace_api(workdir: Path) -> Iterator[str]:
         if live["mlflow_ui"]:  # the run's summary links to its model versions there
             os.environ.setdefault(MLFLOW_UI_ENV, live["mlflow_ui"])
         os.environ.update(prefect_env("127.0.0.1", int(api.rsplit(":", 1)[1].split("/")[0]),
-                                      database_url(ws), state / "prefect-home"))
+                                      database_url(ws), layout.prefect_home))
         with _watch(api, "the Prefect server of `gptops serve`"):
             yield api
         return
     port = free_port()
-    env = prefect_env("127.0.0.1", port, database_url(ws), state / "prefect-home")
+    env = prefect_env("127.0.0.1", port, database_url(ws), layout.prefect_home)
     # The server lives as long as the run; its runs are seen later in `gptops serve`'s UI.
     # It has no UI, so Prefect must print no "View at <UI>/runs/..." link (it would be dead):
     # `gptops serve` shows these runs, and the run's summary says how to open it.
     env.setdefault("PREFECT_UI_URL", "")
-    first = not (state / "prefect.db").exists()
+    first = not layout.prefect_db.exists()
     log.info("starting the workspace's Prefect server%s",
              " (first start: creating its database, ~30 s)" if first else "")
     # The run-only server needs no scheduler (no deployments run from it) and no UI.
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
            "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler", "--no-late-runs",
            "--analytics-off"]
-    server_log = state / "prefect-server.log"
+    server_log = layout.prefect_server_log
 
     def start() -> subprocess.Popen:
         # One server starts at a time per workspace: two runs started together would both
         # migrate the database, and one of them fails ("Online migration expected to match").
-        with _start_lock(state), server_log.open("ab") as out:
+        with _start_lock(layout.prefect_start_lock), server_log.open("ab") as out:
             proc = subprocess.Popen(cmd, env=env, cwd=ws, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
             try:
@@ -394,11 +395,11 @@ def _drop_prefect_queues() -> int:
 
 
 @contextlib.contextmanager
-def _start_lock(state: Path) -> Iterator[None]:
+def _start_lock(path: Path) -> Iterator[None]:
     """Held while a run's Prefect server starts (and may migrate the workspace's database)."""
     import fcntl
 
-    with (state / "prefect-server.start.lock").open("a") as fh:
+    with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # freed by the kernel if this process dies
         yield
 

@@ -19,10 +19,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, State
 
-from gpt import stopping, workspace
-from gpt.data.stages import CLEAN
+from gpt import dvc_repo, params_file, stopping
 from gpt.errors import GptopsError, Interrupted
 from gpt.evaluate import ModelEval
+from gpt.layout import Workspace
 from gpt.pipeline import context, steps
 from gpt.pipeline.context import RunContext
 from gpt.pipeline.steps import StepResult
@@ -73,14 +73,14 @@ def prepare_workspace(ctx: RunContext, save: bool = False) -> RunContext:
 @task(name="restore-params", task_run_name="restore-params", cache_policy=NO_CACHE)
 def restore_params(workdir: str) -> bool:
     """Put the workspace's params.yaml back as it was before this run's one-off overrides."""
-    return workspace.restore_params(Path(workdir))
+    return params_file.restore_params(Path(workdir))
 
 
 @task(name="data-stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def data_stage(workdir: str, stage: str, force: bool = False) -> dict[str, Any]:
     """Reproduce one DVC stage (ingest, clean or tokenize) if its inputs changed."""
-    outcome = workspace.run_stage(Path(workdir), stage, force=force)
-    report = Path(workdir) / CLEAN / "report.md"
+    outcome = dvc_repo.run_stage(Path(workdir), stage, force=force)
+    report = Workspace(Path(workdir)).clean_report
     if stage == "clean" and report.is_file():
         create_markdown_artifact(report.read_text(encoding="utf-8"), key="cleaning-report",
                                  description="documents kept/rejected per reason, PII, dedup")
@@ -97,8 +97,8 @@ def check_tasks(ctx: RunContext) -> None:
       cache_policy=NO_CACHE)
 def version_data(workdir: str) -> str:
     """Push the data outputs to the DVC remote and return the data version."""
-    workspace.push(Path(workdir))
-    return workspace.data_version(Path(workdir))
+    dvc_repo.push(Path(workdir))
+    return dvc_repo.data_version(Path(workdir))
 
 
 @task(name="pin-base", task_run_name="pin-base", retries=2, retry_delay_seconds=5,

@@ -15,10 +15,11 @@ from prefect.runtime import flow_run
 from flows import tasks
 from flows.pipeline import _gpt_logs_to_prefect
 from gpt.config import DEFAULT_PROFILE
+from gpt.dvc_repo import data_version
 from gpt.pipeline.context import RunContext
 from gpt.registry import cli_run_name, pipeline_run
 from gpt.registry.tracking import workspace_id
-from gpt.workspace import data_version, workspace_lock
+from gpt.workspace_lock import workspace_lock
 
 
 @flow(name="tune", log_prints=True)

@@ -26,6 +26,7 @@ from rich.table import Table
 from gpt.defaults import DEFAULT_PROFILE
 from gpt.errors import ERROR_FILE_ENV, GptopsError, Interrupted, RankFailed
 from gpt.kinds import BASE, TASK
+from gpt.layout import Workspace
 
 app = typer.Typer(help="Train GPT models end to end: data → pretrain → fine-tune → evaluate → "
                        "register (MLflow), orchestrated by Prefect.",
@@ -161,7 +162,7 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", "-s", help="overri
 def _params(workdir: Path, profile: str = DEFAULT_PROFILE, overrides: list[str] | None = None):
     from gpt.config import load_params
 
-    return load_params(Path(workdir) / "params.yaml", profile, overrides)
+    return load_params(Workspace(Path(workdir)).params_yaml, profile, overrides)
 
 
 def _tracking_uri(workdir: Path, params=None, given: str = "", check: bool = True) -> str:
@@ -186,11 +187,12 @@ NoWait = Annotated[bool, typer.Option("--no-wait", help="fail at once when anoth
 def _data_command(workdir: Path, stage: str, no_wait: bool):
     """A data stage writes the workspace: it holds the workspace's lock (unless the run that
     started it through DVC holds it), and SIGTERM/SIGINT stop it in one line."""
-    from gpt import stopping, workspace
+    from gpt import stopping
+    from gpt.workspace_lock import workspace_lock
 
     setup_logging()
     with stopping.on_signals(f"data {stage}"), \
-            workspace.workspace_lock(workdir, f"gptops data {stage}", wait=not no_wait):
+            workspace_lock(workdir, f"gptops data {stage}", wait=not no_wait):
         yield
 
 
@@ -235,8 +237,9 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
           as_json: bool, base: str = "") -> None:
     """Run one step of ``gpt.pipeline.steps`` on the workspace's current data version."""
 
-    from gpt import stopping, workspace
+    from gpt import stopping
     from gpt.preflight import check_benchmarks, check_tasks
+    from gpt.workspace_lock import workspace_lock
 
     setup_logging()
     params = _params(workdir, profile, overrides)
@@ -247,7 +250,7 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
     # One writer per workspace: a pipeline run or another training step waits (nodes > 0 of a
     # multi-node world share node 0's workspace, and only lend their processes).
     lock = (contextlib.nullcontext() if params.launch.node_rank else
-            workspace.workspace_lock(workdir, f"gptops {name}"))
+            workspace_lock(workdir, f"gptops {name}"))
     with stopping.on_signals(name), lock:
         _step_locked(name, workdir, params, as_json, base)
 
@@ -255,12 +258,13 @@ def _step(name: str, workdir: Path, profile: str, overrides: list[str] | None,
 def _step_locked(name: str, workdir: Path, params, as_json: bool, base: str) -> None:
     from dataclasses import asdict, replace
 
-    from gpt import registry, workspace
+    from gpt import registry
+    from gpt.dvc_repo import data_version
     from gpt.pipeline import steps
     from gpt.pipeline.context import RunContext
     from gpt.preflight import check_tracking_uri
 
-    ctx = RunContext.of(workdir, params, base, workspace.data_version(workdir))
+    ctx = RunContext.of(workdir, params, base, data_version(workdir))
     out: dict
     if name == "evaluate":
         out = {k: asdict(e) for k, e in steps.evaluate_step(ctx).items()}
@@ -336,16 +340,18 @@ def tune(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
     pruner), then register the best trial's model through the gate. A killed study resumes."""
     from dataclasses import asdict, replace
 
-    from gpt import registry, workspace
+    from gpt import registry
     from gpt import tune as tuning
+    from gpt.dvc_repo import data_version
     from gpt.pipeline.context import RunContext
     from gpt.preflight import check_tracking_uri
+    from gpt.workspace_lock import workspace_lock
 
     setup_logging()
     # A bad tune.space (unknown key, refused value): one line, before any work.
     params = tuning.load_params(workdir, profile, overrides)
-    with workspace.workspace_lock(workdir, "gptops tune"):
-        ctx = RunContext.of(workdir, params, data_version=workspace.data_version(workdir))
+    with workspace_lock(workdir, "gptops tune"):
+        ctx = RunContext.of(workdir, params, data_version=data_version(workdir))
         check_tracking_uri(ctx.tracking_uri)
         with registry.pipeline_run(ctx.tracked(), registry.cli_run_name("tune"),
                                    registry.tracking.workspace_id(workdir)) as tracking:
@@ -415,32 +421,34 @@ def import_(spec: Annotated[str, typer.Argument(help="hf:<save_pretrained folder
     """
     from dataclasses import asdict, replace
 
-    from gpt import registry, workspace
+    from gpt import dvc_repo, registry
     from gpt.hf import resolve
+    from gpt.params_file import apply_run_overrides, restore_params
     from gpt.pipeline import steps
     from gpt.pipeline.context import RunContext
     from gpt.preflight import check_benchmarks, check_tracking_uri
+    from gpt.workspace_lock import workspace_lock
 
     setup_logging()
     resolve(spec, key="gptops import")  # the checkpoint itself first: a missing folder is named
-    ws = workspace.ensure_workspace(workdir, init=init)  # checks the folder first
+    ws = dvc_repo.ensure_workspace(workdir, init=init)  # checks the folder first
     params = _params(ws, profile, [*(overrides or []), f"model.init_from={spec}"])
     check_benchmarks(params)
     ctx = RunContext.of(ws, params)
     check_tracking_uri(ctx.tracking_uri)
-    with workspace.workspace_lock(ws, f"gptops import {spec}"):
-        workspace.apply_run_overrides(ws, overrides)
+    with workspace_lock(ws, f"gptops import {spec}"):
+        apply_run_overrides(ws, overrides)
         try:
-            for stage in workspace.STAGES:  # DVC reuses them when nothing changed
-                workspace.run_stage(ws, stage)
-            ctx = replace(ctx, data_version=workspace.data_version(ws))
+            for stage in dvc_repo.STAGES:  # DVC reuses them when nothing changed
+                dvc_repo.run_stage(ws, stage)
+            ctx = replace(ctx, data_version=dvc_repo.data_version(ws))
             log.info("import: evaluating %s on data version %s (validation split of data "
                      "source %s)", spec, ctx.data_version, params.data.source)
             with registry.pipeline_run(ctx.tracked(),
                                        registry.cli_run_name("import")) as tracking:
                 out = asdict(steps.import_step(replace(ctx, tracking=tracking), spec))
         finally:
-            workspace.restore_params(ws)
+            restore_params(ws)
     if as_json:
         console.print_json(json.dumps(out, default=str))
     else:
@@ -465,15 +473,17 @@ def register_checkpoint(
     """
     from dataclasses import asdict, replace
 
-    from gpt import registry, stopping, workspace
+    from gpt import registry, stopping
+    from gpt.dvc_repo import data_version
     from gpt.pipeline import keys, steps
     from gpt.pipeline.context import RunContext
     from gpt.preflight import check_benchmarks, check_tracking_uri
     from gpt.registry import checkpoints
+    from gpt.workspace_lock import workspace_lock
 
     setup_logging()
     params = _params(workdir, profile, overrides)
-    ctx = RunContext.of(workdir, params, data_version=workspace.data_version(workdir))
+    ctx = RunContext.of(workdir, params, data_version=data_version(workdir))
     check_tracking_uri(ctx.tracking_uri)
     if list_:
         key = keys.pretrain(params, ctx.data_version)
@@ -493,7 +503,7 @@ def register_checkpoint(
         return
     check_benchmarks(params)
     with stopping.on_signals("register-checkpoint"), \
-            workspace.workspace_lock(workdir, "gptops register-checkpoint"), \
+            workspace_lock(workdir, "gptops register-checkpoint"), \
             registry.pipeline_run(ctx.tracked(), registry.cli_run_name("register-checkpoint"),
                                   registry.tracking.workspace_id(workdir)) as tracking:
         out = asdict(steps.register_checkpoint_step(replace(ctx, tracking=tracking), step))
@@ -778,8 +788,9 @@ def doctor(workdir: Workdir = Path(".")) -> None:
     console.print(f"python {sys.version.split()[0]}  cpus: {os.cpu_count()}  NVIDIA driver: "
                   f"{'yes' if Path('/proc/driver/nvidia/version').exists() else 'no'} "
                   "(torch decides at training time)", highlight=False, soft_wrap=True)
-    for f in ("params.yaml", "dvc.yaml", ".dvc"):
-        console.print(f"{f}: {'ok' if (Path(workdir) / f).exists() else 'missing'}")
+    ws = Workspace(Path(workdir))
+    for f in (ws.params_yaml, ws.dvc_yaml, ws.dvc_dir):
+        console.print(f"{f.name}: {'ok' if f.exists() else 'missing'}")
     console.print(f"dvc.lock: {_lock_state(Path(workdir))}", soft_wrap=True, highlight=False)
     try:
         uri = _tracking_uri(workdir, _params(workdir), check=False)
@@ -806,7 +817,7 @@ def _lock_state(workdir: Path) -> str:
     """``dvc.lock`` against git: committed, changed since the last commit, or not in git."""
     import subprocess
 
-    lock = workdir / "dvc.lock"
+    lock = Workspace(workdir).dvc_lock
     if not lock.is_file():
         return "missing (the data stages have not run here yet)"
     try:

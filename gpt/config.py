@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gpt.defaults import DEFAULT_PROFILE
 from gpt.errors import ConfigError
+from gpt.layout import PROJECT_ROOT, Workspace
 
 #: Sections a profile may change. Data sections are excluded on purpose: DVC reads them from
 #: params.yaml, so a profile changing them would make the data version lie.
@@ -27,7 +28,7 @@ PROFILE_SECTIONS = ("model", "train", "launch", "finetune", "sft", "evaluate")
 #: Sections read by the DVC data stages (dvc.yaml lists the same keys).
 DATA_SECTIONS = ("data", "clean", "tokenizer")
 #: The project's own params.yaml (the template new workspaces start from).
-PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+PROJECT_PARAMS = Workspace(PROJECT_ROOT).params_yaml
 
 
 class _Strict(BaseModel):

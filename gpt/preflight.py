@@ -26,6 +26,7 @@ from gpt.config import HF_PREFIX, Params
 from gpt.defaults import MLFLOW_PORT
 from gpt.errors import ConfigError, DataError, RegistryError
 from gpt.kinds import KINDS
+from gpt.layout import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,13 @@ def check_tasks_on_data(params: Params, workdir: Path) -> None:
         DataError: too few documents for a built-in task, naming ``data.max_docs`` and the fix.
     """
     from gpt.data.shards import read_parts
-    from gpt.data.stages import CLEAN
     from gpt.finetune import build_docsummary_task, build_package_task
 
     check_task_corpus(params)
     tasks = _builtin_tasks(params, ("finetune", "sft"))
     if not tasks:
         return
-    docs = read_parts(Path(workdir) / CLEAN, "clean", columns=["doc_id", "source", "name",
+    docs = read_parts(Workspace(Path(workdir)).clean, "clean", columns=["doc_id", "source", "name",
                                                                  "text"])
     ft, sft = params.finetune, params.sft
     for step, task in tasks.items():
@@ -368,9 +368,7 @@ def check_pretrained(params: Params) -> None:
 
 #: What a folder may hold and still count as empty: a fresh `git init` (DVC versions the data
 #: in git), and gptops' own folder.
-_EMPTY_OK = {".git", ".gptops"}
-#: Files that mark a gptops workspace.
-_WORKSPACE_FILES = ("params.yaml", "dvc.yaml")
+_EMPTY_OK = {".git", Workspace.relative().state.name}
 
 
 def check_workdir(workdir: Path, init: bool = False) -> None:
@@ -386,7 +384,8 @@ def check_workdir(workdir: Path, init: bool = False) -> None:
         raise ConfigError(f"--workdir {path} is your home folder: gptops writes params.yaml, "
                           "dvc.yaml, .dvc/ and .gptops/ into its workspace; use a folder of its "
                           "own, e.g. -w ~/gptops-ws")
-    if init or not path.is_dir() or any((path / f).is_file() for f in _WORKSPACE_FILES):
+    ws = Workspace(path)
+    if init or not path.is_dir() or ws.params_yaml.is_file() or ws.dvc_yaml.is_file():
         return
     others = sorted(p.name for p in path.iterdir() if p.name not in _EMPTY_OK)
     if others:
@@ -445,7 +444,7 @@ def check_writable(workdir: Path) -> None:
     import tempfile
 
     ws = Path(workdir).expanduser().resolve()
-    probe = next(p for p in (ws / ".gptops", ws, *ws.parents) if p.is_dir())
+    probe = next(p for p in (Workspace(ws).state, ws, *ws.parents) if p.is_dir())
     try:
         with tempfile.TemporaryFile(dir=probe, prefix=".gptops-write-check-"):
             pass

@@ -6,7 +6,7 @@ prints it as its one line and exits with 128 + the signal (143, 130). Later sign
 while the command cleans up (locks released, params.yaml put back), which takes seconds.
 
 Code that must not be cut at an arbitrary bytecode does not run in the main thread: the data
-stages run DVC in a worker thread (``gpt.workspace.run_stage``), so an exception raised by the
+stages run DVC in a worker thread (``gpt.dvc_repo.run_stage``), so an exception raised by the
 handler never lands inside DVC's lock-file writes; the training loop defers the stop to the end
 of its step (``gpt.train``), where it saves a checkpoint.
 """

@@ -29,6 +29,7 @@ from typing import Any
 from gpt.config import TUNE_OBJECTIVES, Params, TuneRange, get_dotted, resolve_params
 from gpt.errors import ConfigError, StoppedEarly, TrainingError
 from gpt.kinds import BASE
+from gpt.layout import Workspace
 from gpt.pipeline import keys, steps
 from gpt.pipeline.context import RunContext
 from gpt.pipeline.paths import RunPaths
@@ -36,8 +37,6 @@ from gpt.registry import Tracking
 
 log = logging.getLogger(__name__)
 
-#: The study database, in the workspace (Optuna's RDB storage on SQLite).
-STORAGE = Path(".gptops") / "optuna.db"
 #: What a trial reported, kept in its pretraining step's folder.
 RECORD = "tune.json"
 #: The loop's metric a trial reports at each evaluation point (pruning compares it).
@@ -70,7 +69,7 @@ def load_params(workdir: Path, profile: str, overrides: list[str] | None) -> Par
     project's section (said once), so its older params.yaml need not be edited first."""
     from gpt.config import read_params_file, with_project_defaults
 
-    path = Path(workdir) / "params.yaml"
+    path = Workspace(Path(workdir)).params_yaml
     raw = read_params_file(path)
     if "tune" not in raw:
         log.info("tune: %s has no tune: section; using the project's (copy it there to change "
@@ -80,7 +79,7 @@ def load_params(workdir: Path, profile: str, overrides: list[str] | None) -> Par
 
 def storage_url(workdir: Path) -> str:
     """``sqlite:///<workdir>/.gptops/optuna.db`` (its folder created)."""
-    path = Path(workdir).resolve() / STORAGE
+    path = Workspace(Path(workdir).resolve()).optuna_db
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 

@@ -14,7 +14,7 @@ fi
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'PY'
 from pathlib import Path
 
-from gpt.workspace import STAGES, ensure_workspace, run_stage
+from gpt.dvc_repo import STAGES, ensure_workspace, run_stage
 
 ws = ensure_workspace(Path("."))
 for stage in STAGES:

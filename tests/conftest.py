@@ -80,10 +80,10 @@ def migrated_prefect_db() -> Path:
 
 
 def _blank_workspace() -> Path:
-    """``git init`` + :func:`gpt.workspace.ensure_workspace` (four DVC commands, ~2 CPU seconds)
+    """``git init`` + :func:`gpt.dvc_repo.ensure_workspace` (four DVC commands, ~2 CPU seconds)
     once per session, with a migrated Prefect database in ``.gptops/``."""
     if "ws" not in _BLANK:
-        from gpt.workspace import ensure_workspace
+        from gpt.dvc_repo import ensure_workspace
 
         path = _session_folder("gptops-blank-ws-") / "ws"
         path.mkdir()
@@ -102,7 +102,7 @@ def make_workspace(path: Path, overrides: list[str] | None = None) -> Path:
     already created and migrated, as after a workspace's first run: the first start on a new
     database is tested on fresh clones (tests/e2e/test_first_run.py), not in every test.
     """
-    from gpt.workspace import apply_data_overrides
+    from gpt.params_file import apply_data_overrides
 
     shutil.copytree(_blank_workspace(), path, symlinks=True, dirs_exist_ok=True)
     ws = path.resolve()

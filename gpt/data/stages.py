@@ -46,13 +46,10 @@ from gpt.data.shards import (
 from gpt.data.sources import BAD_COLUMNS, iter_source, local_paths
 from gpt.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from gpt.errors import DataError, NoSpaceError, no_space
+from gpt.layout import Workspace
 
 log = logging.getLogger(__name__)
 
-RAW = Path("data/raw")
-CLEAN = Path("data/clean")
-CLEAN_STATS = Path("data/clean_stats.json")
-TOKENS = Path("data/tokens")
 #: Bad records of the source (``data.on_bad_record: reject``), in ``data/raw``.
 BAD_RECORDS = "rejected.parquet"
 
@@ -203,7 +200,7 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     bad: list[pd.DataFrame] = []
     pii: dict[str, int] = {}
     skipped: dict[str, int] = {}
-    with _output(Path(workdir) / RAW, "ingest", print_) as out:
+    with _output(Workspace(Path(workdir)).raw, "ingest", print_) as out:
         writer = _ShardWriter(out, int(d.shard_mb * 2**20))
         with progress.phase("ingest", unit="doc") as bar:
             for batch in iter_source(d):
@@ -225,7 +222,7 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     info["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s%s%s",
              info["docs"], len(writer.shards), info["bytes"] / 1e6, d.source, len(rejected),
-             f" (see {RAW / BAD_RECORDS})" if len(rejected) else "",
+             f" (see {Workspace.relative().raw / BAD_RECORDS})" if len(rejected) else "",
              f"; skipped records {info['skipped_records']}" if skipped else "",
              f"; PII scrubbed (data.scrub_raw): {pii or 'none found'}" if d.scrub_raw else "")
     return info
@@ -258,7 +255,7 @@ def default_workers() -> int:
 
 
 def _raw_parts(workdir: Path) -> tuple[list[Path], dict[str, Any]]:
-    raw_dir = workdir / RAW
+    raw_dir = Workspace(workdir).raw
     files = parts(raw_dir)
     if not files or not (raw_dir / MANIFEST).is_file():
         raise DataError(f"{raw_dir} holds no shards; run the 'ingest' stage first "
@@ -275,15 +272,16 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
     is the same either way, and for a killed run resumed.
     """
     workdir = Path(workdir)
+    ws = Workspace(workdir)
     raw, manifest = _raw_parts(workdir)
     cfg = params.clean
     url_lists.load(tuple(cfg.url_blocklist))  # a missing list stops here, before any work
     if cfg.languages:
         language.model()
     evals = decontam.load(params)  # likewise an unreadable evaluation file
-    print_ = fingerprint("clean", cfg.model_dump(), _inputs_state(workdir / RAW),
+    print_ = fingerprint("clean", cfg.model_dump(), _inputs_state(ws.raw),
                          url_lists.digest(cfg.url_blocklist), evals.digest if evals else "")
-    with _output(workdir / CLEAN, "clean", print_) as out:
+    with _output(ws.clean, "clean", print_) as out:
         done = clean_parts(raw, out, cfg, workers or default_workers(), mapper, evals)
         stats = done.stats
         stats["bad_records"] = int(manifest.get("bad_records", 0))
@@ -306,7 +304,7 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
                         zip(parts(out.path), done.shard_docs, done.shard_bytes, strict=True)]},
             indent=2))
         length_plot(done.lengths_in, done.lengths_out, out.path / "lengths.png")
-    _write_atomic(workdir / CLEAN_STATS, json.dumps(stats, indent=2, sort_keys=True))
+    _write_atomic(ws.clean_stats, json.dumps(stats, indent=2, sort_keys=True))
     log.info("clean: kept %d, rejected %d %s", stats["docs_kept"], stats["docs_rejected"],
              stats.get("rejected_by_reason", {}))
     return stats
@@ -390,14 +388,15 @@ def tokenize(params: Params, workdir: Path, mapper: Mapper | None = None) -> dic
     resumes at the shards not yet encoded.
     """
     workdir = Path(workdir)
-    files = parts(workdir / CLEAN)
+    ws = Workspace(workdir)
+    files = parts(ws.clean)
     if not files:
-        raise DataError(f"{workdir / CLEAN} holds no shards; run the 'clean' stage first "
+        raise DataError(f"{ws.clean} holds no shards; run the 'clean' stage first "
                         "(`gptops data clean`)")
     t = params.tokenizer
     extra: dict[str, Any] = {}
-    print_ = fingerprint("tokenize", t.model_dump(), _inputs_state(workdir / CLEAN))
-    with _output(workdir / TOKENS, "tokenize", print_) as out:
+    print_ = fingerprint("tokenize", t.model_dump(), _inputs_state(ws.clean))
+    with _output(ws.tokens, "tokenize", print_) as out:
         tok_file = out.path / "tokenizer.json"
         if t.pretrained:
             from gpt.hf import load_tokenizer as load_pretrained
@@ -441,7 +440,7 @@ def tokenize(params: Params, workdir: Path, mapper: Mapper | None = None) -> dic
 
 def _clean_bytes(workdir: Path) -> list[int]:
     """UTF-8 bytes of each clean shard's kept texts (``data/clean/manifest.json``)."""
-    path = workdir / CLEAN / MANIFEST
+    path = Workspace(workdir).clean / MANIFEST
     if not path.is_file():
         raise DataError(f"{path} not found; re-run the 'clean' stage (`gptops data clean`)")
     return [int(sh["bytes"]) for sh in json.loads(path.read_text())["shards"]]

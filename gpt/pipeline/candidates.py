@@ -23,6 +23,7 @@ from gpt.config import PROJECT_PARAMS, Params, read_params_file
 from gpt.data.tokenizer import EOT
 from gpt.errors import ConfigError
 from gpt.kinds import BASE, SFT, SFT_TASK_METRICS, TASK, named
+from gpt.layout import Workspace
 from gpt.pipeline import keys
 from gpt.registry import Bar, Candidate, GateSpec, Tracking
 from gpt.registry.tags import CODE_HASH, EVAL_HASH, EVAL_KEY, FLOW_RUN_URL, MODEL_KEY, PARENT
@@ -220,10 +221,10 @@ def build(ctx: Context, e: ModelEval, parent: str | None) -> Candidate:
     done = ctx.paths.read_result(key) or {}
     # A copied or moved workspace's own store holds the step's run under the same id (the
     # registration checks that the run exists): the result's old store URI names it too.
-    own = "/.gptops/mlflow.db"
+    own = "/" + Workspace.relative().mlflow_db.as_posix()
     same_store = done.get("tracking_uri") == ctx.tracking.uri or (
         str(done.get("tracking_uri", "")).endswith(own)
-        and ctx.tracking.uri == f"sqlite:///{ctx.paths.workdir.resolve()}{own}")
+        and ctx.tracking.uri == f"sqlite:///{Workspace(ctx.paths.root.resolve()).mlflow_db}")
     c_keys = {MODEL_KEY: key.digest, EVAL_KEY: e.key}
     card = model_card(e.kind, fields["name"], {**tags, **c_keys, EVAL_HASH: e.eval_hash},
                       fields["metrics"], params)

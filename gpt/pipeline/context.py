@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gpt.config import PROJECT_PARAMS, Params, load_params
+from gpt.layout import Workspace
 from gpt.pipeline import base as base_mod
 from gpt.pipeline.base import Base
 from gpt.pipeline.paths import RunPaths
@@ -84,7 +85,7 @@ def pin_base(ctx: RunContext) -> RunContext:
 def _params_file(ws: Path) -> Path:
     """The workspace's params.yaml, or the project's for a folder that is not a workspace yet
     (it gets a copy of that one)."""
-    own = ws / "params.yaml"
+    own = Workspace(ws).params_yaml
     return own if own.is_file() else PROJECT_PARAMS
 
 
@@ -141,7 +142,7 @@ def prepare_run(workdir: Path | str, profile: str, overrides: list[str] | None =
     check_workdir(ws, init)  # nothing (not even a lock file) is written into a refused folder
     check_writable(ws)
     if init:
-        from gpt.workspace import ensure_workspace
+        from gpt.dvc_repo import ensure_workspace
 
         ensure_workspace(ws, init=True)
     return _load(ws, profile, wanted, base)
@@ -154,12 +155,13 @@ def open_workspace(ctx: RunContext, save: bool = False) -> RunContext:
     The params stay those :func:`prepare_run` loaded, unless the file changed since (a killed
     run's one-off overrides put back, keys of a newer gptops added): then they are loaded again.
     """
-    from gpt import workspace
+    from gpt.dvc_repo import ensure_workspace
+    from gpt.params_file import apply_run_overrides, restore_params
 
-    ws = workspace.ensure_workspace(ctx.workdir)
-    workspace.restore_params(ws)
-    if _digest(ws / "params.yaml") != ctx.params_digest:
+    ws = ensure_workspace(ctx.workdir)
+    restore_params(ws)
+    if _digest(Workspace(ws).params_yaml) != ctx.params_digest:
         log.info("params.yaml changed since the run was checked: loading it again")
         ctx = _load(ws, ctx.params.profile, ctx.overrides, ctx.base_spec)
-    workspace.apply_run_overrides(ws, list(ctx.overrides), save=save)
+    apply_run_overrides(ws, list(ctx.overrides), save=save)
     return ctx

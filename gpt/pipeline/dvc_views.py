@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-#: The workspace folder of these files (declared in dvc.yaml; small, kept in git, not DVC).
-METRICS_DIR = "metrics"
+from gpt.layout import Workspace
+
 #: The pretraining curve: one row per logged step.
 CURVE = "pretrain_loss.csv"
 
@@ -37,7 +37,7 @@ def write_metrics(workdir: Path, evaluation: dict[str, Any]) -> list[Path]:
         metrics = e["metrics"] if isinstance(e, dict) else e.metrics
         finite = {k: float(v) for k, v in sorted(metrics.items())
                   if isinstance(v, int | float) and math.isfinite(float(v))}
-        path = Path(workdir) / METRICS_DIR / f"{kind}.json"
+        path = Workspace(Path(workdir)).metrics / f"{kind}.json"
         _atomic_write(path, json.dumps(finite, indent=2) + "\n")
         written.append(path)
     return written
@@ -61,6 +61,6 @@ def write_curve(workdir: Path, tracking_uri: str, run_id: str | None) -> Path | 
     rows = ["step,loss,val_loss"] + [
         f"{step},{loss[step]:.6g},{val[step]:.6g}" if step in val else f"{step},{loss[step]:.6g},"
         for step in sorted(loss)]
-    path = Path(workdir) / METRICS_DIR / CURVE
+    path = Workspace(Path(workdir)).metrics / CURVE
     _atomic_write(path, "\n".join(rows) + "\n")
     return path

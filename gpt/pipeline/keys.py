@@ -106,6 +106,7 @@ NOT_COMPUTING = {
     "gpt/defaults.py": "the default profile's name (its values are in the key), serve's ports",
     "gpt/errors.py": "error messages",
     "gpt/kinds.py": "the names of the model kinds (labels, the keys messages name)",
+    "gpt/layout.py": "where a workspace keeps its files (the files' contents are in the key)",
     "gpt/progress.py": "progress lines",
     "gpt/stopping.py": "signal handling",
     "gpt/launch.py": "starting the processes (like the launch section, in no key)",

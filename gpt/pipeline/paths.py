@@ -1,8 +1,9 @@
-"""Every artifact path of a workspace, and the inputs a step loads once.
+"""The paths a run's steps use, and the inputs a step loads once.
 
-``RunPaths`` is the one place that spells out where things live: the DVC outputs under ``data/``
-and each step's folder ``.gptops/runs/<step>/<key>/`` (checkpoints, ``model.safetensors``,
-``key.json`` = what the key was made of, ``result.json`` = the finished step's result).
+``RunPaths`` is the workspace's layout (:class:`gpt.layout.Workspace`: the DVC outputs under
+``data/``, the state under ``.gptops/``) with each step's outputs by key: its folder
+``.gptops/runs/<step>/<key>/`` (checkpoints, ``model.safetensors``, ``key.json`` = what the key
+was made of, ``result.json`` = the finished step's result).
 ``Inputs`` loads the tokenizer, the cleaned documents and the fine-tuning tasks at most once per
 step.
 """
@@ -21,49 +22,18 @@ import pandas as pd
 from gpt import checkpoint as ckpt
 from gpt.config import Params
 from gpt.data.shards import read_parts
-from gpt.data.stages import CLEAN, CLEAN_STATS, TOKENS
 from gpt.data.tokenizer import load_hf_tokenizer, load_tokenizer, pad_id
 from gpt.errors import TrainingError
+from gpt.layout import Workspace
 from gpt.pipeline.keys import StepKey
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    """Where a workspace keeps its data outputs and step outputs."""
-
-    workdir: Path
-
-    @property
-    def tokens(self) -> Path:
-        return self.workdir / TOKENS
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.tokens / "tokenizer.json"
-
-    @property
-    def token_meta(self) -> Path:
-        return self.tokens / "meta.json"
-
-    @property
-    def clean(self) -> Path:
-        """The kept documents' shards (``part-NNNNN.parquet``)."""
-        return self.workdir / CLEAN
-
-    @property
-    def clean_report(self) -> Path:
-        return self.workdir / CLEAN / "report.md"
-
-    @property
-    def clean_stats(self) -> Path:
-        return self.workdir / CLEAN_STATS
-
-    @property
-    def runs(self) -> Path:
-        return self.workdir / ".gptops" / "runs"
+class RunPaths(Workspace):
+    """The workspace's paths (:class:`gpt.layout.Workspace`) and each step's outputs by key."""
 
     def step(self, key: StepKey) -> Path:
-        return self.runs / key.step / key.digest
+        return self.step_dir(key.step, key.digest)
 
     def weights(self, key: StepKey) -> Path:
         return self.step(key) / "model.safetensors"

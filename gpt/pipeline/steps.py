@@ -25,6 +25,7 @@ from typing import Any
 from gpt import evaluate as ev
 from gpt import launch, progress
 from gpt.config import Params, get_dotted
+from gpt.dvc_repo import verify_outputs
 from gpt.errors import ConfigError
 from gpt.evaluate import ModelEval
 from gpt.kinds import BASE, KINDS, SFT, TASK, of_step
@@ -45,7 +46,6 @@ from gpt.registry import (
 from gpt.registry import tags as tag
 from gpt.registry.checkpoints import CheckpointModels
 from gpt.registry.tracking import system_metrics
-from gpt.workspace import verify_outputs
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def lineage(params: Params, data_version: str, flow_run_id: str | None,
     """Tags every run and model version of a pipeline run carries (``git_dirty``: the tracked
     code differs from ``git_commit``; each version adds its step's ``code_hash``;
     ``flow_run_url``: the flow run's page, when a Prefect UI serves it)."""
-    from gpt.workspace import git_state
+    from gpt.gitinfo import git_state
 
     commit, dirty = git_state()
     tags = {tag.DATA_VERSION: data_version, tag.GIT_COMMIT: commit, tag.GIT_DIRTY: dirty,
@@ -324,7 +324,7 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     digest = keys.digest_of({"data_version": data_version, "limit": e.benchmark_limit,
                              "seed": e.seed, "items_version": bm.ITEMS_VERSION,
                              "block_size": block, "ngram": params.clean.decontaminate_ngram})
-    folder = inputs.paths.runs / "bench-items" / digest
+    folder = inputs.paths.step_dir("bench-items", digest)
     if (folder / "items.json").is_file():
         return folder
     meta = json.loads(inputs.paths.token_meta.read_text())
@@ -548,7 +548,7 @@ def import_step(ctx: RunContext, spec: str) -> Registration:
     built = candidates.Context(ctx.paths, params, ctx.data_version, ctx.tracking)
     model = initial_model(params.model, TokenData(ctx.paths.tokens)).eval()
     eval_key = f"import-{checkpoint_digest(spec)[:16]}"
-    e = _perplexity_eval(ctx, built.inputs, model, eval_key, ctx.paths.runs / "import" / eval_key)
+    e = _perplexity_eval(ctx, built.inputs, model, eval_key, ctx.paths.step_dir("import", eval_key))
     tags = {**ctx.tracking.tags, **lineage(params, ctx.data_version,
                                            ctx.tracking.tags.get(tag.FLOW_RUN),
                                            ctx.tracking.tags.get(tag.FLOW_RUN_URL, ""))}
@@ -604,7 +604,7 @@ def register_checkpoint_step(ctx: RunContext, step: int | None = None) -> Regist
     model.eval()
     eval_key = f"{keys.evaluation(BASE.name, params, ctx.data_version).digest}-step{step}"
     e = _perplexity_eval(ctx, inputs, model, eval_key,
-                         ctx.paths.runs / "register-checkpoint" / eval_key)
+                         ctx.paths.step_dir("register-checkpoint", eval_key))
     found = models.get(step)
     tags = {**ctx.tracking.tags, tag.CHECKPOINT_STEP: str(step),
             **({tag.CHECKPOINT_MODEL: found.model_id, tag.CHECKPOINT_RUN: found.source_run_id}

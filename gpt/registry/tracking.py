@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.errors import Interrupted, StoppedEarly
+from gpt.layout import Workspace
 from gpt.registry.listing import sqlite_path
 from gpt.registry.tags import FLOW_RUN_URL, capped
 
@@ -37,10 +38,6 @@ _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 log = logging.getLogger(__name__)
 
 
-#: Where a workspace's own MLflow store keeps its artifacts, under the workspace.
-WORKSPACE_ARTIFACTS = Path(".gptops") / "mlartifacts"
-
-
 def default_tracking_uri(workdir: Path) -> str:
     """SQLite under ``<workdir>/.gptops/mlflow.db`` (created on first use).
 
@@ -48,7 +45,7 @@ def default_tracking_uri(workdir: Path) -> str:
     now (:func:`adopt_workspace_store`).
     """
     root = Path(workdir).resolve()
-    path = root / ".gptops" / "mlflow.db"
+    path = Workspace(root).mlflow_db
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         adopt_workspace_store(root, path)
@@ -94,7 +91,7 @@ def adopt_workspace_store(root: Path, db: Path) -> list[str]:
     if olds:
         log.warning("this workspace was copied or moved from %s: its MLflow store now points "
                     "at its own artifacts under %s (%d values updated; the original is "
-                    "untouched)", ", ".join(olds), root / WORKSPACE_ARTIFACTS, changed)
+                    "untouched)", ", ".join(olds), Workspace(root).mlartifacts, changed)
     return olds
 
 
@@ -102,7 +99,7 @@ def _old_roots(conn: sqlite3.Connection, root: Path) -> list[str]:
     """Workspace roots other than ``root`` that the store's experiments keep artifacts under."""
     from urllib.parse import unquote, urlparse
 
-    suffix = "/" + WORKSPACE_ARTIFACTS.as_posix()
+    suffix = "/" + Workspace.relative().mlartifacts.as_posix()
     try:
         rows = conn.execute("SELECT artifact_location FROM experiments").fetchall()
     except sqlite3.OperationalError:  # no tables yet

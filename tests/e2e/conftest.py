@@ -18,7 +18,7 @@ def make_small_workspace(path: Path, data_ready: Callable[[Path], Path]) -> Path
     from ruamel.yaml import YAML
 
     from gpt.config import parse_overrides
-    from gpt.workspace import apply_data_overrides
+    from gpt.params_file import apply_data_overrides
 
     ws = data_ready(path)
     rest = apply_data_overrides(ws, SMALL)  # the data settings it has: its stages stay done

@@ -101,9 +101,9 @@ def test_a_user_task_folder_runs_through_the_real_harness(pipeline_run, tmp_path
     scored on the run's base model: every metric comes back as bench.<task>.<metric>, and a
     task whose answer is always right scores 1.0 where one always wrong scores 0."""
     from gpt import benchmarks as bm
+    from gpt.dvc_repo import data_version
     from gpt.pipeline import keys, steps
     from gpt.pipeline.paths import Inputs, RunPaths
-    from gpt.workspace import data_version
 
     ws, *_ = pipeline_run
     tasks = tmp_path / "tasks"

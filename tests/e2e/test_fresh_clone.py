@@ -1,7 +1,7 @@
 """A fresh clone's first run leaves the clone's tracked files as they were.
 
 The data stages are what write a tracked file (``dvc.lock``): they run here as ``gptops run``
-runs them (:func:`gpt.workspace.run_stage`, through ``scripts/lock-data.sh``), in a new clone
+runs them (:func:`gpt.dvc_repo.run_stage`, through ``scripts/lock-data.sh``), in a new clone
 with a new ``HOME`` and ``PREFECT_HOME`` and the committed params. Gitignored outputs (``data/``,
 ``.gptops/``, DVC's cache) are fine; a modified ``dvc.lock`` means the committed one was stale.
 """

@@ -111,7 +111,7 @@ def test_library_log_lines_reach_the_prefect_run_log(pipeline_run):
 
 
 def test_dvc_outputs_exist_match_lock_and_are_pushed(pipeline_run):
-    from gpt.workspace import lock_outs
+    from gpt.dvc_repo import lock_outs
 
     ws, first, _ = pipeline_run
     outs = lock_outs(ws)
@@ -165,7 +165,7 @@ def test_generate_samples_from_the_champion(pipeline_run):
 
 
 def test_changing_a_training_param_does_not_rerun_data(pipeline_run):
-    from gpt.workspace import run_stage
+    from gpt.dvc_repo import run_stage
 
     ws, *_ = pipeline_run
     assert [run_stage(ws, s).ran for s in ("ingest", "clean", "tokenize")] == [False] * 3

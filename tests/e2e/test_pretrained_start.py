@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 
 def test_a_pretrained_start_runs_end_to_end_with_honest_lineage(tmp_path, prefect_server):
     from flows.pipeline import training_pipeline
+    from gpt.dvc_repo import STAGES, run_stage
     from gpt.hf import checkpoint_digest
     from gpt.registry import list_versions
-    from gpt.workspace import STAGES, run_stage
     from tests.unit.test_hf import make_gpt2_folder
 
     spec = f"hf:{make_gpt2_folder(tmp_path / 'tiny-gpt2')}"  # 2 layers, 64 wide, 128 positions

@@ -42,7 +42,7 @@ def _gptops(ws: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(data_ready, tmp_path_factory):
-    from gpt import registry, workspace
+    from gpt import dvc_repo, registry
     from gpt.config import load_params
     from gpt.pipeline import keys
     from gpt.pipeline.context import RunContext
@@ -50,7 +50,7 @@ def trained(data_ready, tmp_path_factory):
 
     ws = data_ready(tmp_path_factory.mktemp("ckpt-models") / "ws")
     params = load_params(ws / "params.yaml", overrides=OVERRIDES)
-    ctx = RunContext.of(ws, params, data_version=workspace.data_version(ws))
+    ctx = RunContext.of(ws, params, data_version=dvc_repo.data_version(ws))
     with registry.pipeline_run(ctx.tracked(), "pretrain-with-checkpoints") as tracking:
         ctx = replace(ctx, tracking=tracking)
         result = pretrain_step(ctx)

@@ -23,7 +23,8 @@ def dvc(ws, *args):
 
 
 def test_threshold_change_reruns_only_downstream_and_pull_restores(tmp_path):
-    from gpt.workspace import apply_data_overrides, data_version, push, run_stage
+    from gpt.dvc_repo import data_version, push, run_stage
+    from gpt.params_file import apply_data_overrides
 
     ws = make_workspace(tmp_path / "ws", SMALL_DATA)
     assert [run_stage(ws, s).ran for s in ("ingest", "clean", "tokenize")] == [True] * 3
@@ -62,7 +63,7 @@ def test_dask_clean_and_tokenize_equal_the_stages(tmp_path, prefect_server):
     from flows.data_flow import dask_runner, data_flow
     from gpt.config import load_params
     from gpt.data import stages
-    from gpt.workspace import run_stage
+    from gpt.dvc_repo import run_stage
 
     ws = make_workspace(tmp_path / "ws", [*SMALL_DATA, "data.shard_mb=0.05"])
     run_stage(ws, "ingest")

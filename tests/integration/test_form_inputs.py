@@ -14,7 +14,7 @@ from tests.conftest import DATA_OVERRIDES, PROJECT_ROOT, make_workspace
 
 HOLD = """
 import sys, time
-from gpt.workspace import workspace_lock
+from gpt.workspace_lock import workspace_lock
 with workspace_lock(sys.argv[1], "another run"):
     print("held", flush=True)
     time.sleep(600)

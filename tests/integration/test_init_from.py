@@ -29,10 +29,11 @@ def test_pretrain_continues_from_a_gpt2_checkpoint(tmp_path):
     from gpt.config import load_params
     from gpt.data.loader import TokenData, is_val_doc
     from gpt.data.shards import read_parts
+    from gpt.dvc_repo import data_version, run_stage
+    from gpt.params_file import apply_data_overrides
     from gpt.pipeline.context import RunContext
     from gpt.pipeline.steps import pretrain_step
     from gpt.train import initial_model
-    from gpt.workspace import apply_data_overrides, data_version, run_stage
 
     ckpt = make_gpt2_folder(tmp_path / "tiny-gpt2")  # 2 layers, 64 wide, 128 positions
     spec = f"hf:{ckpt}"

@@ -123,7 +123,7 @@ def test_a_run_left_running_by_a_killed_serve_is_re_run_when_the_next_run_crashe
 
     from flows.deploy import build_deployments
     from flows.pipeline import crash_stale_flow_runs
-    from gpt.workspace import LIVE_RUNS
+    from gpt.layout import Workspace
 
     ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
     monkeypatch.chdir(PROJECT_ROOT)  # the deployments' entrypoint is relative to the project
@@ -137,8 +137,8 @@ def test_a_run_left_running_by_a_killed_serve_is_re_run_when_the_next_run_crashe
             dep_id, parameters={"overrides": ["train.max_steps=5"]})
         client.set_flow_run_state(left.id, Running(), force=True)
         # What its killed process left: its live-run record, locked by nobody.
-        (ws / LIVE_RUNS).mkdir(parents=True, exist_ok=True)
-        (ws / LIVE_RUNS / f"{left.id}.lock").write_text("flow run (pid 1)\n")
+        Workspace(ws).live_runs.mkdir(parents=True, exist_ok=True)
+        Workspace(ws).live_run(str(left.id)).write_text("flow run (pid 1)\n")
         assert crash_stale_flow_runs(str(ws), current=None) == [left.name]
         deadline = time.time() + 60
         while not (reruns := [r for r in _runs_of(client, dep_id)

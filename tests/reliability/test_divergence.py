@@ -93,7 +93,7 @@ def test_lr_5_through_the_cli_says_the_loss_diverged(tmp_path):
     import subprocess
     import sys
 
-    from gpt.workspace import STAGES, run_stage
+    from gpt.dvc_repo import STAGES, run_stage
     from tests.conftest import PROJECT_ROOT, make_workspace
 
     ws = make_workspace(tmp_path / "ws", ["data.max_docs=1500"])

@@ -26,25 +26,25 @@ def ws(pipeline_run, tmp_path):
 
 
 def test_a_broken_remote_shows_dvcs_real_error(ws):
-    from gpt import workspace
+    from gpt import dvc_repo
 
     remote = ws / ".gptops" / "dvc-remote"
     shutil.rmtree(remote)
     remote.write_text("not a folder")
     with pytest.raises(DataError) as err:
-        workspace.push(ws)
+        dvc_repo.push(ws)
     msg = str(err.value)
     assert "Not a directory" in msg and "Having any troubles" not in msg
     assert "\n" not in msg
 
 
 def test_a_deleted_remote_is_reported_as_lost_history(ws, caplog):
-    from gpt import workspace
+    from gpt import dvc_repo
 
-    workspace.push(ws)  # the fixture's run pushed before; this one marks it too
+    dvc_repo.push(ws)  # the fixture's run pushed before; this one marks it too
     shutil.rmtree(ws / ".gptops" / "dvc-remote")
-    with caplog.at_level(logging.WARNING, logger="gpt.workspace"):
-        workspace.push(ws)
+    with caplog.at_level(logging.WARNING, logger="gpt.dvc_repo"):
+        dvc_repo.push(ws)
     (warning,) = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
     assert "can no longer be restored with `dvc pull`" in warning
     assert (ws / ".gptops" / "dvc-remote").is_dir()  # the current version is pushed again

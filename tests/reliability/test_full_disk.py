@@ -74,7 +74,7 @@ def _one_line(out: str, needle: str) -> str:
 
 def test_outputs_that_do_not_fit_in_the_dvc_cache_fail_the_run(pipeline_run, tmp_path,
                                                                small_fs, prefect_server):
-    from gpt import workspace
+    from gpt import dvc_repo, params_file
     from gpt.registry import list_versions, resolve_tracking_uri
 
     ws = tmp_path / "ws"
@@ -102,22 +102,22 @@ def test_outputs_that_do_not_fit_in_the_dvc_cache_fail_the_run(pipeline_run, tmp
     assert (ws / "dvc.lock").read_bytes() == lock
     assert {(v["name"], v["version"]) for v in list_versions(uri)} == versions
     with pytest.raises(DataError, match="data/clean does not match dvc.lock"):
-        workspace.verify_outputs(ws)  # the uncached outputs are not taken for the locked ones
+        dvc_repo.verify_outputs(ws)  # the uncached outputs are not taken for the locked ones
 
     filler.unlink()  # space again: the same version is written and cached
-    workspace.apply_data_overrides(ws, [RECLEAN])
-    assert workspace.run_stage(ws, "clean").ran
+    params_file.apply_data_overrides(ws, [RECLEAN])
+    assert dvc_repo.run_stage(ws, "clean").ran
     assert (ws / "dvc.lock").read_bytes() != lock
-    workspace.verify_outputs(ws)
-    workspace.push(ws)  # every object of dvc.lock is in the cache (else: "missing cache files")
+    dvc_repo.verify_outputs(ws)
+    dvc_repo.push(ws)  # every object of dvc.lock is in the cache (else: "missing cache files")
 
 
 def test_a_stage_that_runs_out_of_space_writing_its_outputs_fails_in_one_line(tmp_path,
                                                                              small_fs):
-    from gpt import workspace
+    from gpt import dvc_repo
 
     ws = make_workspace(tmp_path / "ws", DATA_OVERRIDES)
-    workspace.run_stage(ws, "ingest")
+    dvc_repo.run_stage(ws, "ingest")
     data = ws / "data"
     shutil.move(data, tmp_path / "data")
     small_fs(data)  # the workspace's data folder on the small disk
@@ -126,7 +126,7 @@ def test_a_stage_that_runs_out_of_space_writing_its_outputs_fails_in_one_line(tm
     lock = (ws / "dvc.lock").read_bytes()
 
     with pytest.raises(DataError) as err:
-        workspace.run_stage(ws, "clean")
+        dvc_repo.run_stage(ws, "clean")
     msg = str(err.value)
     assert msg.startswith(f"data stage 'clean' failed: no space left on {data}"), msg
     assert "\n" not in msg and "Traceback" not in msg
@@ -135,5 +135,5 @@ def test_a_stage_that_runs_out_of_space_writing_its_outputs_fails_in_one_line(tm
     assert not list(data.glob(".clean.partial/.*.tmp-*"))  # nor half-written shard files
 
     filler.unlink()
-    assert workspace.run_stage(ws, "clean").ran
+    assert dvc_repo.run_stage(ws, "clean").ran
     assert "up to date" in _dvc(ws, "status", "clean")  # outputs match dvc.lock

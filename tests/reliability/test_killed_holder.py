@@ -42,7 +42,7 @@ def _wait_for(cond, timeout: float, what: str, procs=()) -> None:
 
 
 def test_a_dead_holder_never_blocks_and_a_waiter_is_never_crashed(tmp_path, data_ready):
-    from gpt.workspace import workspace_lock
+    from gpt.workspace_lock import workspace_lock
 
     ws = data_ready(tmp_path / "ws")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

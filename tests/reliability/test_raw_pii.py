@@ -53,7 +53,8 @@ def _found(folder: Path) -> list[str]:
 
 @pytest.mark.timeout(300)
 def test_scrub_raw_keeps_pii_out_of_raw_shards_the_dvc_cache_and_the_remote(tmp_path):
-    from gpt.workspace import apply_data_overrides, push, run_stage
+    from gpt.dvc_repo import push, run_stage
+    from gpt.params_file import apply_data_overrides
     from tests.conftest import make_workspace
 
     corpus = _corpus(tmp_path / "corpus.jsonl")

@@ -63,7 +63,8 @@ def test_the_next_flow_run_marks_stale_flow_runs_crashed(prefect_server, tmp_pat
     from prefect.states import Running
 
     from flows.pipeline import crash_stale_flow_runs
-    from gpt.workspace import LIVE_RUNS, live_run
+    from gpt.layout import Workspace
+    from gpt.workspace_lock import live_run
 
     @flow(name="stale-probe")
     def probe(workdir: str) -> None:  # never run: only its runs are created
@@ -77,15 +78,15 @@ def test_the_next_flow_run_marks_stale_flow_runs_crashed(prefect_server, tmp_pat
         task = client.create_task_run(task=_probe_task(), flow_run_id=dead.id,
                                       dynamic_key="0", state=Running())
         # A killed process's record: the file is there, nobody holds its lock.
-        (tmp_path / "ws" / LIVE_RUNS).mkdir(parents=True)
-        (tmp_path / "ws" / LIVE_RUNS / f"{dead.id}.lock").write_text("flow run (pid 1)\n")
+        Workspace(tmp_path / "ws").live_runs.mkdir(parents=True)
+        Workspace(tmp_path / "ws").live_run(str(dead.id)).write_text("flow run (pid 1)\n")
         with live_run(ws, str(waiting.id), "flow run 'waiting'"):
             assert crash_stale_flow_runs(ws, current=None) == [dead.name]
         assert client.read_flow_run(dead.id).state.type.value == "CRASHED"
         assert client.read_task_run(task.id).state.type.value == "CRASHED"
         for fr in (waiting, new, theirs):
             assert client.read_flow_run(fr.id).state.type.value == "RUNNING"
-        records = tmp_path / "ws" / LIVE_RUNS
+        records = Workspace(tmp_path / "ws").live_runs
         assert not (records / f"{dead.id}.lock").exists()  # the dead record is swept
         assert crash_stale_flow_runs(ws, current=None) == [waiting.name]  # its process ended
         assert not list(records.iterdir())

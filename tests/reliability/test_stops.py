@@ -227,7 +227,7 @@ def test_a_corrupt_rwlock_is_repaired_and_dvcs_own_errors_reach_the_user(pipelin
     refuses (nothing to repair safely): before, only "failed to reproduce 'ingest'"."""
     import logging
 
-    from gpt import workspace
+    from gpt import dvc_repo
     from gpt.errors import DataError
 
     ws = tmp_path / "ws"
@@ -235,8 +235,8 @@ def test_a_corrupt_rwlock_is_repaired_and_dvcs_own_errors_reach_the_user(pipelin
     rwlock = ws / ".dvc" / "tmp" / "rwlock"
     rwlock.parent.mkdir(parents=True, exist_ok=True)
     rwlock.write_text('{"write": {"data/raw": {"pid": 1')  # cut in the middle of a write
-    with caplog.at_level(logging.WARNING, logger="gpt.workspace"):
-        outcome = workspace.run_stage(ws, "ingest")
+    with caplog.at_level(logging.WARNING, logger="gpt.dvc_repo"):
+        outcome = dvc_repo.run_stage(ws, "ingest")
     assert not outcome.ran
     assert json.loads(rwlock.read_text()) is not None
     (repaired,) = [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()]
@@ -244,7 +244,7 @@ def test_a_corrupt_rwlock_is_repaired_and_dvcs_own_errors_reach_the_user(pipelin
 
     rwlock.write_text('{"write": []}')
     with pytest.raises(DataError) as err:
-        workspace.run_stage(ws, "ingest")
+        dvc_repo.run_stage(ws, "ingest")
     msg = str(err.value)
     assert "RWLock-file" in msg and "format error" in msg, msg
     assert "\n" not in msg

@@ -241,7 +241,7 @@ def test_a_registered_base_is_converted_by_hf_py(code_copy):
 def test_git_state_names_the_commit_and_whether_tracked_code_changed(tmp_path):
     import subprocess
 
-    from gpt.workspace import git_state
+    from gpt.gitinfo import git_state
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from gpt.config import PROJECT_PARAMS, load_params, missing_keys, read_params_file
-from gpt.workspace import upgrade_params
+from gpt.params_file import upgrade_params
 
 
 def _older(tmp_path: Path) -> Path:
@@ -69,7 +69,7 @@ def test_a_params_file_from_before_the_launch_section_loads_as_the_same_run(tmp_
 
 def test_upgrade_moves_the_old_keys_in_the_file_and_says_so_in_one_line(tmp_path, caplog):
     path = _before_launch(tmp_path)
-    caplog.set_level("WARNING", logger="gpt.workspace")
+    caplog.set_level("WARNING", logger="gpt.params_file")
     changed = upgrade_params(path)
     assert "train.device -> launch.device" in changed
     assert "train.min_lr -> train.min_lr_factor=0.1" in changed

@@ -1,8 +1,11 @@
-"""The DVC workspace: initialisation, stage reproduction, remote push, data version, lineage.
+"""The workspace's DVC repository: initialisation, the data stages, their outputs, the remote.
 
-A workspace is a folder holding ``params.yaml`` and ``dvc.yaml`` (the project root by default).
-``ensure_workspace`` makes any folder one: it copies the project's templates when absent,
-runs ``dvc init`` and configures a local default remote under ``.gptops/dvc-remote``.
+``ensure_workspace`` makes any folder a workspace: it copies the project's templates
+(``params.yaml``, ``dvc.yaml``) when absent, runs ``dvc init`` and configures a local default
+remote (:attr:`gpt.layout.Workspace.dvc_remote`). ``run_stage`` reproduces one data stage
+(``dvc repro``) with one-line errors and clean stops; ``verify_outputs`` holds the outputs to
+``dvc.lock``; ``push`` sends them to the remote; ``data_version`` is the hash of ``dvc.lock``'s
+outputs.
 """
 
 from __future__ import annotations
@@ -25,20 +28,20 @@ from typing import Any
 import yaml
 
 from gpt import stopping
-from gpt.config import DATA_SECTIONS, parse_overrides, read_params_file, set_dotted
 from gpt.errors import (
     ERROR_FILE_ENV,
     ConfigError,
     DataError,
-    GptopsError,
     Interrupted,
     NoSpaceError,
     no_space,
 )
+from gpt.gitinfo import in_git
+from gpt.layout import PROJECT_ROOT, Workspace
+from gpt.params_file import upgrade_params
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "clean", "tokenize")
 
 
@@ -73,10 +76,6 @@ def _dvc(workdir: Path, *args: str) -> str:
     return proc.stdout
 
 
-def _in_git(workdir: Path) -> bool:
-    return subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=workdir,
-                          capture_output=True).returncode == 0
-
 
 def ensure_workspace(workdir: Path, init: bool = False) -> Path:
     """Make ``workdir`` a DVC workspace with a local default remote; return its absolute path.
@@ -89,293 +88,28 @@ def ensure_workspace(workdir: Path, init: bool = False) -> Path:
     check_workdir(workdir, init)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("params.yaml", "dvc.yaml"):
-        if not (workdir / name).exists():
-            src = PROJECT_ROOT / name
+    ws, project = Workspace(workdir), Workspace(PROJECT_ROOT)
+    for own, src in ((ws.params_yaml, project.params_yaml), (ws.dvc_yaml, project.dvc_yaml)):
+        if not own.exists():
             if not src.is_file():
-                raise ConfigError(f"{workdir / name} is missing and no template was found at "
+                raise ConfigError(f"{own} is missing and no template was found at "
                                   f"{src}; copy params.yaml and dvc.yaml into {workdir}")
             text = src.read_text(encoding="utf-8")
-            if name == "dvc.yaml" and workdir != PROJECT_ROOT:
+            if own == ws.dvc_yaml and workdir != PROJECT_ROOT:
                 # Stages depend on the code that runs them; outside the project, by absolute path.
                 text = text.replace("- gpt/", f"- {PROJECT_ROOT}/gpt/")
-            (workdir / name).write_text(text, encoding="utf-8")
-    upgrade_params(workdir / "params.yaml")
-    if not (workdir / ".dvc").is_dir():
-        _dvc(workdir, "init", "-q", *([] if _in_git(workdir) else ["--no-scm"]))
+            own.write_text(text, encoding="utf-8")
+    upgrade_params(ws.params_yaml)
+    if not ws.dvc_dir.is_dir():
+        _dvc(workdir, "init", "-q", *([] if in_git(workdir) else ["--no-scm"]))
         _dvc(workdir, "config", "core.analytics", "false")
     if not _dvc(workdir, "remote", "list").strip():
-        remote = workdir / ".gptops" / "dvc-remote"
+        remote = ws.dvc_remote
         remote.mkdir(parents=True, exist_ok=True)
         _dvc(workdir, "remote", "add", "-d", "local", os.path.relpath(remote, workdir))
     return workdir
 
 
-def upgrade_params(path: Path) -> list[str]:
-    """Bring a workspace's params.yaml to this gptops' keys (:func:`gpt.config.upgrade_tree`:
-    moved keys carried to their new place, missing keys added with the project's defaults),
-    keeping the file's comments and layout; say so in one line. Returns what changed."""
-    from gpt.config import PROJECT_PARAMS, upgrade_tree
-
-    if not path.is_file() or path.resolve() == PROJECT_PARAMS:
-        return []
-    if not any(upgrade_tree(read_params_file(path))):
-        return []
-    from ruamel.yaml import YAML
-
-    rt = YAML()
-    raw = rt.load(path.read_text(encoding="utf-8"))
-    moved, added = upgrade_tree(raw)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        rt.dump(raw, fh)
-    os.replace(tmp, path)
-    said = ([f"moved {', '.join(moved)}"] if moved else []) + (
-        [f"added {', '.join(added)} with the project's defaults"] if added else [])
-    log.warning("%s: upgraded to this gptops' keys: %s", path, "; ".join(said))
-    return moved + added
-
-
-#: The file whose lock one pipeline (or training step) holds on a workspace at a time.
-WORKSPACE_LOCK = ".gptops/workspace.lock"
-#: Seconds between two "waiting for workspace" lines (a waiting run never waits silently).
-WAIT_LOG_ENV = "GPTOPS_WAIT_LOG_S"
-
-
-def wait_log_period() -> float:
-    """``GPTOPS_WAIT_LOG_S`` (30 s when unset): how often a waiting run says whom it waits for."""
-    raw = os.environ.get(WAIT_LOG_ENV, "30")
-    try:
-        return max(float(raw), 0.1)
-    except ValueError as exc:
-        raise ConfigError(f"{WAIT_LOG_ENV}={raw!r} is not a number of seconds") from exc
-
-
-def _holder_line(holder: str) -> str:
-    """``holder (pid N on HOST, since TIME)``: who holds a lock, for the one waiting on it."""
-    import socket
-    import time
-
-    return (f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
-
-
-#: Set while a process holds a workspace (``<folder>|<pid>``): its children (the data stages
-#: DVC runs for it) write the workspace on its behalf and do not wait for it.
-HELD_ENV = "GPTOPS_WORKSPACE_HELD"
-
-
-def _held_by_ancestor(ws: Path) -> bool:
-    """Whether this process or one of its ancestors holds workspace ``ws`` (:data:`HELD_ENV`)."""
-    import psutil
-
-    folder, _, pid = os.environ.get(HELD_ENV, "").rpartition("|")
-    if folder != str(ws) or not pid.isdigit():
-        return False
-    try:
-        lineage = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    except psutil.Error:
-        return False
-    return int(pid) in lineage
-
-
-@contextlib.contextmanager
-def workspace_lock(workdir: Path, holder: str, wait: bool = True,
-                   poll_s: float = 1.0) -> Any:
-    """Hold the workspace for one pipeline run (or one command that writes it) at a time.
-
-    An exclusive ``flock`` on ``.gptops/workspace.lock``, released by the kernel when the holder
-    dies (a killed run never leaves it locked). The holder writes who it is into the file, so a
-    second run says whom it waits for (again every ``GPTOPS_WAIT_LOG_S``), or with
-    ``wait=False`` fails at once naming it. A process started by the holder (a data stage that
-    DVC runs for ``gptops run``) works under the holder's lock (:data:`HELD_ENV`).
-
-    Raises:
-        GptopsError: ``wait`` is False and another process holds the workspace.
-    """
-    import fcntl
-    import time
-
-    ws = Path(workdir).resolve()
-    if _held_by_ancestor(ws):
-        yield
-        return
-    path = ws / WORKSPACE_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    period = wait_log_period()
-    with open(path, "a+") as fh:
-        since, told = time.strftime("%Y-%m-%d %H:%M:%S"), 0.0
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                fh.seek(0)
-                other = fh.read().strip() or "another process"
-                if not wait:
-                    raise GptopsError(f"workspace {ws} is busy: {other}; wait for it to finish "
-                                      "(or run without --no-wait to queue)") from None
-                if time.monotonic() - told >= period:
-                    log.info("waiting for workspace %s: held by %s; waiting since %s",
-                             ws, other, since)
-                    told = time.monotonic()
-                time.sleep(min(poll_s, period))
-        fh.seek(0)
-        fh.truncate()
-        fh.write(_holder_line(holder) + "\n")
-        fh.flush()
-        before = os.environ.get(HELD_ENV)
-        os.environ[HELD_ENV] = f"{ws}|{os.getpid()}"
-        try:
-            yield
-        finally:
-            if before is None:
-                os.environ.pop(HELD_ENV, None)
-            else:
-                os.environ[HELD_ENV] = before
-            fh.seek(0)
-            fh.truncate()
-            fh.flush()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-#: One file per live run of the workspace (``<run id>.lock``), locked by its process for as long
-#: as it lives: the kernel frees the lock when the process dies, whoever looks and whenever.
-LIVE_RUNS = ".gptops/live-runs"
-
-
-def _start_time() -> str:
-    """This process's start time in clock ticks since boot (``/proc``), or ``unknown``."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "unknown"
-
-
-@contextlib.contextmanager
-def live_run(workdir: Path, run_id: str, holder: str) -> Any:
-    """Record run ``run_id`` as alive in this process for the length of the block.
-
-    ``.gptops/live-runs/<run_id>.lock`` holds who it is (pid, host, process start time) and is
-    locked by this process; :func:`run_alive` tells from the lock whether its process lives.
-    """
-    import fcntl
-
-    folder = Path(workdir).resolve() / LIVE_RUNS
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{run_id}.lock"
-    tmp = folder / f".{run_id}.{os.getpid()}.tmp"
-    # Locked before it gets its name: whoever opens the name finds it locked.
-    fh = open(tmp, "w")  # noqa: SIM115 - closed below; the lock lives as long as the file is open
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fh.write(f"{_holder_line(holder)} process start {_start_time()}\n")
-        fh.flush()
-        os.replace(tmp, path)
-        yield path
-    finally:
-        # The record stays, unlocked: a run that ends while its Prefect server is down leaves
-        # its flow run RUNNING, and the next run must find it dead (sweep_live_runs removes it).
-        tmp.unlink(missing_ok=True)
-        fh.close()
-
-
-def sweep_live_runs(workdir: Path) -> int:
-    """Remove the live-run records whose process has ended; return how many."""
-    folder = Path(workdir).resolve() / LIVE_RUNS
-    ids = [p.stem for p in folder.glob("*.lock")] if folder.is_dir() else []
-    return sum(run_alive(workdir, run_id) is False for run_id in ids)
-
-
-def run_alive(workdir: Path, run_id: str) -> bool | None:
-    """Whether the process of run ``run_id`` (see :func:`live_run`) is alive.
-
-    True: its record is locked (its process lives); False: the record is there and unlocked
-    (its process ended; the record is removed); None: no record.
-    """
-    import fcntl
-
-    path = Path(workdir).resolve() / LIVE_RUNS / f"{run_id}.lock"
-    try:
-        fh = open(path)  # noqa: SIM115
-    except FileNotFoundError:
-        return None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        path.unlink(missing_ok=True)
-        return False
-
-
-#: Where a run keeps the workspace's own params.yaml while its one-off overrides are in place.
-PARAMS_BACKUP = ".gptops/params.before-run.yaml"
-
-
-def restore_params(workdir: Path) -> bool:
-    """Put back the params.yaml a run saved before writing one-off data overrides.
-
-    Also called when a run starts, so a run that was killed cannot leave its overrides behind.
-    Returns whether anything was restored.
-    """
-    backup = Path(workdir) / PARAMS_BACKUP
-    if not backup.is_file():
-        return False
-    os.replace(backup, Path(workdir) / "params.yaml")
-    log.info("params.yaml restored: the run's one-off overrides no longer apply (keep them "
-             "with --save)")
-    return True
-
-
-def apply_run_overrides(workdir: Path, overrides: list[str] | None,
-                        save: bool = False) -> list[str]:
-    """Write a run's data overrides into params.yaml (DVC reads them there), for this run only.
-
-    Unless ``save``, the file's previous content is kept aside and :func:`restore_params` puts
-    it back when the run ends (``dvc exp run --set-param`` semantics). Returns the non-data
-    overrides, which never touch the file.
-    """
-    workdir = Path(workdir)
-    restore_params(workdir)
-    params = workdir / "params.yaml"
-    before = params.read_bytes() if params.is_file() else None
-    rest = apply_data_overrides(workdir, overrides)
-    if not save and before is not None and params.read_bytes() != before:
-        backup = workdir / PARAMS_BACKUP
-        backup.parent.mkdir(parents=True, exist_ok=True)
-        tmp = backup.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(before)
-        os.replace(tmp, backup)
-    return rest
-
-
-def apply_data_overrides(workdir: Path, overrides: list[str] | None) -> list[str]:
-    """Write overrides of data sections into the workspace's params.yaml (DVC must see them).
-
-    Returns the remaining (non-data) overrides. Like ``dvc exp run --set-param``.
-    """
-    rest: list[str] = []
-    data: dict[str, Any] = {}
-    for key, value in parse_overrides(overrides).items():
-        if key.split(".")[0] in DATA_SECTIONS:
-            data[key] = value
-        else:
-            rest.append(f"{key}={json.dumps(value)}")
-    if data:
-        from ruamel.yaml import YAML  # round-trip: keeps the file's comments and layout
-
-        path = Path(workdir) / "params.yaml"
-        read_params_file(path)  # clear error if missing or invalid
-        rt = YAML()
-        raw = rt.load(path.read_text(encoding="utf-8"))
-        for key, value in data.items():
-            set_dotted(raw, key, value)
-        with path.open("w", encoding="utf-8") as fh:
-            rt.dump(raw, fh)
-        log.info("wrote data overrides to %s: %s", path, data)
-    return rest
 
 
 @contextlib.contextmanager
@@ -516,7 +250,7 @@ def repair_dvc_locks(workdir: Path) -> bool:
     """
     from dvc.lock import LockError, make_lock
 
-    tmp = Path(workdir) / ".dvc" / "tmp"
+    tmp = Workspace(Path(workdir)).dvc_dir / "tmp"
     path = tmp / "rwlock"
 
     def invalid() -> str:
@@ -646,11 +380,12 @@ def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
     if stage not in STAGES:
         raise ConfigError(f"unknown data stage '{stage}' (known: {', '.join(STAGES)})")
     workdir = Path(workdir).resolve()
-    err_file = workdir / ".gptops" / f"{stage}.error"
+    ws = Workspace(workdir)
+    err_file = ws.stage_error(stage)
     err_file.parent.mkdir(parents=True, exist_ok=True)
     err_file.unlink(missing_ok=True)
     repair_dvc_locks(workdir)
-    lock = workdir / "dvc.lock"
+    lock = ws.dvc_lock
     lock_before = lock.read_bytes() if lock.is_file() else None
     saved = {k: os.environ.get(k) for k in ("PATH", ERROR_FILE_ENV)}
     os.environ["PATH"] = _env()["PATH"]
@@ -691,7 +426,8 @@ def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
 
 
 #: The data outputs training and evaluation read, and the stage that writes each.
-READ_BY_STEPS = {"data/clean": "clean", "data/tokens": "tokenize"}
+READ_BY_STEPS = {Workspace.relative().clean.as_posix(): "clean",
+                 Workspace.relative().tokens.as_posix(): "tokenize"}
 
 
 def verify_outputs(workdir: Path) -> None:
@@ -706,8 +442,8 @@ def verify_outputs(workdir: Path) -> None:
     from dvc.repo import Repo
 
     workdir = Path(workdir).resolve()
-    if not (workdir / "dvc.lock").is_file():
-        raise DataError(f"{workdir / 'dvc.lock'} not found; run the data stages first "
+    if not Workspace(workdir).dvc_lock.is_file():
+        raise DataError(f"{Workspace(workdir).dvc_lock} not found; run the data stages first "
                         "(`gptops run`)")
     with contextlib.chdir(workdir), Repo(str(workdir)) as repo, _quiet_dvc():
         status = repo.status(targets=sorted(set(READ_BY_STEPS.values())))
@@ -721,8 +457,6 @@ def verify_outputs(workdir: Path) -> None:
                                 f"(`gptops data {stage}`)")
 
 
-#: Written after a push succeeds, so that a remote found missing later is known to be lost.
-PUSHED_MARK = ".gptops/dvc-remote.pushed"
 
 
 def _local_remote(workdir: Path) -> Path | None:
@@ -738,7 +472,7 @@ def _local_remote(workdir: Path) -> Path | None:
     if not url or "://" in url:
         return None
     path = Path(url)
-    return path if path.is_absolute() else (Path(workdir) / ".dvc" / path).resolve()
+    return path if path.is_absolute() else (Workspace(Path(workdir)).dvc_dir / path).resolve()
 
 
 def push(workdir: Path) -> None:
@@ -748,19 +482,20 @@ def push(workdir: Path) -> None:
     say that the data versions pushed there before cannot be pulled any more.
     """
     workdir = Path(workdir)
+    mark = Workspace(workdir).pushed_mark
     remote = _local_remote(workdir)
-    if remote is not None and not remote.exists() and (workdir / PUSHED_MARK).is_file():
+    if remote is not None and not remote.exists() and mark.is_file():
         log.warning("the DVC remote %s is gone: the data versions pushed there before can no "
                     "longer be restored with `dvc pull`; pushing the current one to a new, empty "
                     "remote (restore the folder from a backup to keep the history)", remote)
     _dvc(workdir, "push")
-    (workdir / PUSHED_MARK).parent.mkdir(parents=True, exist_ok=True)
-    (workdir / PUSHED_MARK).write_text(f"{remote or 'remote'}\n", encoding="utf-8")
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text(f"{remote or 'remote'}\n", encoding="utf-8")
 
 
 def data_version(workdir: Path) -> str:
     """Short hash over the output hashes recorded in ``dvc.lock`` (the data version)."""
-    lock = Path(workdir) / "dvc.lock"
+    lock = Workspace(Path(workdir)).dvc_lock
     if not lock.is_file():
         raise DataError(f"{lock} not found; run the data stages first (`gptops run`)")
     doc: dict[str, Any] = yaml.safe_load(lock.read_text())
@@ -771,22 +506,6 @@ def data_version(workdir: Path) -> str:
 
 def lock_outs(workdir: Path) -> dict[str, str]:
     """``{path: md5}`` of every stage output in ``dvc.lock``."""
-    doc = yaml.safe_load((Path(workdir) / "dvc.lock").read_text())
+    doc = yaml.safe_load(Workspace(Path(workdir)).dvc_lock.read_text())
     return {o["path"]: o.get("md5") for body in doc.get("stages", {}).values()
             for o in body.get("outs", [])}
-
-
-def git_state(path: Path = PROJECT_ROOT) -> tuple[str, str]:
-    """The code's git commit and whether tracked files have uncommitted changes: ``(sha,
-    "true"|"false")``, or ``("unknown", "unknown")`` outside a git checkout."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        # dvc.lock and params.yaml are recorded as data_version and the step keys: a run that
-        # updates them does not make the *code* dirty.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":!dvc.lock", ":!params.yaml"],
-                               cwd=path, capture_output=True, text=True).stdout.strip()
-        return sha, "true" if dirty else "false"
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown", "unknown"
