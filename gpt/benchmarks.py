@@ -136,7 +136,7 @@ def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
     validation documents, so every word of every item is held-out text. A passage that shares a
     word ``ngram``-gram (``clean.decontaminate_ngram``; 0: none is checked) with any of
     ``train_texts`` (the training split: documents can quote each other) is left out, the words
-    compared as decontamination compares them (``gpt.data.clean.decontam.seen_in``). An ending
+    compared as decontamination compares them (``gpt.data.ngrams.seen_in``). An ending
     that does not ``fit`` (the model's context must hold a continuation: lm-eval refuses a
     longer one) is cut to the words that do, and a cloze target that does not fit leaves its
     item out.
@@ -151,7 +151,7 @@ def build_items(docs: Iterable[tuple[str, str]], limit: int, seed: int,
                  and (ending := _fitted(p[1], fits))]
     texts = ([f"{c['context']} {c['target']}" for c in cloze_all]
              + [f"{context} {ending}" for _, context, ending in parts_all])
-    from gpt.data.clean.decontam import seen_in
+    from gpt.data.ngrams import seen_in
 
     leaked = seen_in(train_texts, texts, ngram)
     cloze = [c for i, c in enumerate(cloze_all) if i not in leaked][:limit or None]

@@ -14,19 +14,17 @@ The evaluation sets are what the evaluations score that is not built from the co
 - ``sft_test``: the held-out prompt/completion pairs when SFT trains on a file
   (``sft.task_path``).
 
-The built-in benchmark items are built later, from validation documents only, and those sharing an
-``n``-gram with a training document are left out there (``seen_in``, the same words and ``n``,
-from ``gpt.benchmarks.build_items``); the built-in fine-tuning tasks are built from the cleaned
-corpus itself. Neither can be checked here.
+The built-in benchmark items are built later, from validation documents only, and those sharing
+an ``n``-gram with a training document are left out there (``gpt.data.ngrams.seen_in``, the same
+words and ``n``, from ``gpt.benchmarks.build_items``); the built-in fine-tuning tasks are built
+from the cleaned corpus itself. Neither can be checked here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,17 +32,11 @@ from typing import Any
 import numpy as np
 
 from gpt.config import Params
+from gpt.data.ngrams import eval_words
 from gpt.errors import DataError
 
-_WORD = re.compile(r"\w+")
-_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 #: Multiplier of the n-gram hashes (odd: a bijection modulo 2**64).
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def eval_words(text: str) -> list[str]:
-    """The words the check compares: runs of ``\\w``, ASCII letters lowercased."""
-    return _WORD.findall(text.translate(_LOWER))
 
 
 @dataclass(frozen=True)
@@ -107,30 +99,6 @@ class EvalSets:
                     out[d] = self.grams[tuple(word[p:p + k].tolist())]
         return out
 
-
-
-def seen_in(texts: Iterable[str], candidates: Sequence[str], n: int) -> set[int]:
-    """Indexes of ``candidates`` sharing a word ``n``-gram (``eval_words``; a candidate shorter
-    than ``n`` words: occurring whole) with any of ``texts``; none when ``n`` is 0 (off). One
-    pass over ``texts`` (the built-in benchmark's check of its items against the training split,
-    ``gpt.benchmarks.build_items``)."""
-    if n <= 0:
-        return set()
-    wanted: dict[tuple[str, ...], list[int]] = {}
-    for i, text in enumerate(candidates):
-        words = eval_words(text)
-        for j in range(max(1, len(words) - n + 1)):
-            wanted.setdefault(tuple(words[j:j + n]), []).append(i)
-    sizes = {len(g) for g in wanted}
-    hit: set[int] = set()
-    for text in texts:
-        words = eval_words(text)
-        for k in sizes:
-            for j in range(len(words) - k + 1):
-                found = wanted.get(tuple(words[j:j + k]))
-                if found:
-                    hit.update(found)
-    return hit
 
 
 def _hash(grams: np.ndarray) -> np.ndarray:
