@@ -180,12 +180,11 @@ def _from_hf_state(config: Mapping[str, Any], state: Mapping[str, torch.Tensor],
     return model.eval()
 
 
-def load_classifier(spec: str, key: str = "model"):  # -> (gpt.finetune.GPTClassifier, labels)
-    """Our classifier (eval mode) and its label names from a ``GPT2ForSequenceClassification``
-    folder: the body as :func:`load_checkpoint` reads it, the ``score`` head, ``id2label``.
-    Same logits as the source on an unpadded sequence (both pool the last token)."""
-    from gpt.finetune import GPTClassifier
-
+def read_classifier(spec: str, key: str = "model") -> tuple[GPT, torch.Tensor, list[str], int]:
+    """The parts of a ``GPT2ForSequenceClassification`` folder: the body as
+    :func:`load_checkpoint` reads it, the ``score`` head's weight, the label names (``id2label``)
+    and the pad id (``gpt.finetune.GPTClassifier`` puts them together; both pool the last token,
+    so it gives the source's logits on an unpadded sequence)."""
     ck = resolve(spec, key)
     config = ck.config()
     state = _read_state(weight_files(ck))
@@ -194,11 +193,9 @@ def load_classifier(spec: str, key: str = "model"):  # -> (gpt.finetune.GPTClass
         raise ConfigError(f"{ck.where}: not a sequence classifier (no score head or id2label); "
                           "pass a folder written from GPT2ForSequenceClassification")
     labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
-    model = GPTClassifier(_from_hf_state(config, state, ck.where), len(labels),
-                          int(config.get("pad_token_id") or 0))
-    with torch.no_grad():
-        model.score.weight.copy_(state["score.weight"].to(torch.float32))
-    return model.eval(), labels
+    body = _from_hf_state(config, state, ck.where)
+    pad = int(config.get("pad_token_id") or 0)
+    return body, state["score.weight"].to(torch.float32), labels, pad
 
 
 def from_hf_lm(hf, vocab_multiple: int = 1) -> GPT:

@@ -237,9 +237,13 @@ def predict_labels(ref: ModelRef, texts: list[str]) -> list[dict[str, Any]]:
     import torch
     from tokenizers import Tokenizer
 
-    from gpt.hf import load_classifier
+    from gpt.finetune import GPTClassifier
+    from gpt.hf import read_classifier
 
-    model, labels = load_classifier(f"hf:{local.model_dir}", key=ref.describe())
+    body, score, labels, pad = read_classifier(f"hf:{local.model_dir}", key=ref.describe())
+    model = GPTClassifier(body, len(labels), pad).eval()
+    with torch.no_grad():
+        model.score.weight.copy_(score)
     tok = Tokenizer.from_file(str(local.tokenizer_dir / "tokenizer.json"))
     block = model.body.config.block_size
     out = []
