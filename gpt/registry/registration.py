@@ -76,6 +76,8 @@ class Registration:
     previous_champion: str | None
     reused: bool = False
     rejected: bool = False  #: worse than its trivial baseline: no alias, tagged ``rejected``
+    metric: str = ""  #: the gate's primary metric
+    value: float | None = None  #: its value for this version
 
 
 def _pip_requirements() -> list[str]:
@@ -160,7 +162,8 @@ def _reused(c: Candidate, uri: str, found) -> Registration:
     return Registration(c.name, str(found.version), found.run_id, CHAMPION in set(mv.aliases),
                         f"same model key ({c.keys[MODEL_KEY][:8]}): existing version "
                         "reused, nothing registered", None, reused=True,
-                        rejected=VersionTags.from_tags(mv.tags or {}).rejected is not None)
+                        rejected=VersionTags.from_tags(mv.tags or {}).rejected is not None,
+                        metric=c.spec.metric, value=c.metrics.get(c.spec.metric))
 
 
 def _settle(c: Candidate, uri: str) -> Registration | None:
@@ -221,7 +224,8 @@ def _gate(c: Candidate, uri: str, version: str, run_id: str) -> Registration:
                                               d.reason)
     return Registration(c.name, version, run_id, d.promote, d.reason,
                         verdict.previous.version if verdict.previous else None,
-                        rejected=d.rejected)
+                        rejected=d.rejected, metric=c.spec.metric,
+                        value=c.metrics.get(c.spec.metric))
 
 
 def _log_model(c: Candidate, uri: str, run_id: str) -> tuple[str, str]:
