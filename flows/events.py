@@ -1,8 +1,9 @@
 """gptops's own Prefect events, and the automations ``gptops serve`` makes of them.
 
 - ``gptops.model.promoted`` / ``.challenger`` / ``.rejected`` (resource ``gptops.model.<name>``):
-  each gate decision of a run (``flows.pipeline``, ``flows.tune``), and the MLflow registry
-  webhooks of versions registered or aliases moved outside gptops (:mod:`flows.watch`);
+  each gate decision of a run (``flows.pipeline``, ``flows.tune``), and an alias moved outside
+  gptops (MLflow registry webhooks, :mod:`flows.watch`);
+- ``gptops.model.registered``: a version registered outside gptops (MLflow registry webhooks);
 - ``gptops.run.failed`` (``gptops.run.<flow run id>``): a pipeline run failed or crashed (hooks);
 - ``gptops.data.changed`` (``gptops.workspace.<workspace>``): the files of ``data.source``
   changed (the watcher of ``gptops serve``, :mod:`flows.watch`).
@@ -25,17 +26,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from prefect.automations import Automation
+    from prefect.automations import AutomationCore
 
 log = logging.getLogger(__name__)
 
 PROMOTED = "gptops.model.promoted"
 CHALLENGER = "gptops.model.challenger"
 REJECTED = "gptops.model.rejected"
+#: A version registered outside gptops (in the MLflow UI or API): no gate decided it.
+REGISTERED = "gptops.model.registered"
 RUN_FAILED = "gptops.run.failed"
 DATA_CHANGED = "gptops.data.changed"
 #: The events a notification webhook gets.
-NOTIFIED = (PROMOTED, CHALLENGER, REJECTED, RUN_FAILED)
+NOTIFIED = (PROMOTED, CHALLENGER, REJECTED, REGISTERED, RUN_FAILED)
 #: The automations of ``gptops serve --notify`` are named with this prefix (replaced at each start).
 NOTIFY_PREFIX = "gptops: notify "
 #: The webhook's body: Slack/Teams-compatible JSON, rendered by the Prefect server.
@@ -63,6 +66,30 @@ def decision_event(kind: str, reg: dict[str, Any]) -> tuple[str, dict[str, str],
     ui = os.environ.get("GPTOPS_MLFLOW_UI", "")
     if ui:
         payload["url"] = f"{ui.rstrip('/')}/#/models/{name}/versions/{version}"
+    resource = {"prefect.resource.id": f"gptops.model.{name}", "prefect.resource.name": name,
+                "gptops.model.version": version}
+    return event, resource, payload
+
+
+def mlflow_event(message: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]] | None:
+    """(event, resource, payload) of an MLflow registry webhook delivery (its JSON body), for a
+    version registered or an alias moved outside gptops; None for what gptops does not tell."""
+    entity, action, data = message.get("entity"), message.get("action"), message.get("data")
+    if action != "created" or not isinstance(data, dict) or not data.get("name"):
+        return None
+    name, version = str(data["name"]), str(data.get("version", ""))
+    if entity == "model_version":
+        event, what = REGISTERED, "registered"
+    elif entity == "model_version_alias" and data.get("alias") == "champion":
+        event, what = PROMOTED, "promoted to champion"
+    elif entity == "model_version_alias" and data.get("alias") == "challenger":
+        event, what = CHALLENGER, "challenger"
+    else:
+        return None
+    payload = {"model": name, "version": version, "source": "mlflow",
+               "champion": version if event == PROMOTED else None,
+               "alias": data.get("alias"), "run_id": data.get("run_id"),
+               "text": f"gptops: {name} v{version} {what} outside gptops (MLflow registry)"}
     resource = {"prefect.resource.id": f"gptops.model.{name}", "prefect.resource.name": name,
                 "gptops.model.version": version}
     return event, resource, payload
@@ -105,11 +132,11 @@ def run_failed(flow: Any, flow_run: Any, state: Any) -> None:
                payload=payload)
 
 
-def notify_automation(url: str, block_id: UUID) -> Automation:
+def notify_automation(url: str, block_id: UUID) -> AutomationCore:
     """The automation that POSTs each of :data:`NOTIFIED` to ``url`` (its Webhook block)."""
-    from prefect.automations import Automation, CallWebhook, EventTrigger
+    from prefect.automations import AutomationCore, CallWebhook, EventTrigger
 
-    return Automation(
+    return AutomationCore(
         name=f"{NOTIFY_PREFIX}{_label(url)}",
         description="Gate decisions and failed runs, as {\"text\": ...} (Slack/Teams), to a "
                     "webhook (gptops serve --notify / params.yaml notify.webhooks).",
@@ -123,7 +150,7 @@ def _label(url: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc} [{hashlib.sha256(url.encode()).hexdigest()[:8]}]"
+    return f"{parts.scheme}://{parts.netloc} (#{hashlib.sha256(url.encode()).hexdigest()[:8]})"
 
 
 def install_notifications(urls: list[str]) -> list[str]:

@@ -80,6 +80,8 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     env = prefect_env(host, prefect_port, db, state / "prefect-home")
     mlflow_ui = f"http://{host}:{mlflow_port}"
     env.update({"MLFLOW_TRACKING_URI": backend, "GPTOPS_MLFLOW_UI": mlflow_ui})
+    if params.notify.mlflow_webhooks:  # its deliveries go to our receiver on 127.0.0.1
+        env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
     # The job runner (online scoring, trace archival) is several worker processes we don't use.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     procs: list[tuple[str, subprocess.Popen]] = []
@@ -142,8 +144,10 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
                 raise GptopsError("could not create the notification automations: "
                                   f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
         watching = params.watch.enabled and watchable(params.data.source)
-        if watching:
-            start("watch", [sys.executable, "-m", "flows.watch", "watch", "--workdir", str(ws)])
+        hooks = params.notify.mlflow_webhooks
+        if watching or hooks:
+            start("events", [sys.executable, "-m", "flows.watch", "run", "--workdir", str(ws),
+                             *(("--mlflow", mlflow_ui) if hooks else ())])
         if not prefect_db:  # `gptops run` on this workspace records its runs here too
             write_serve_file(ws, env["PREFECT_API_URL"], mlflow_ui)
         print(f"\nPrefect UI:  http://{host}:{prefect_port}   (deployments: "
