@@ -60,7 +60,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
               timezone: str = NIGHTLY_TIMEZONE, init: bool = False,
               notify: tuple[str, ...] = ()) -> None:
     from gpt.config import load_params
-    from gpt.data.watch import watchable
+    from gpt.data.watch import SourceWatch, watchable
     from gpt.workspace import ensure_workspace
 
     for url in notify:
@@ -81,7 +81,8 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     mlflow_ui = f"http://{host}:{mlflow_port}"
     env.update({"MLFLOW_TRACKING_URI": backend, "GPTOPS_MLFLOW_UI": mlflow_ui})
     if params.notify.mlflow_webhooks:  # its deliveries go to our receiver on 127.0.0.1
-        env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+        env.update({"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "https,http"})
     # The job runner (online scoring, trace archival) is several worker processes we don't use.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     procs: list[tuple[str, subprocess.Popen]] = []
@@ -144,6 +145,8 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
                 raise GptopsError("could not create the notification automations: "
                                   f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
         watching = params.watch.enabled and watchable(params.data.source)
+        if watching:  # what "unchanged" is, before anyone is told serve is up
+            SourceWatch.open(ws, params.data.source, params.watch.quiet_period_s, time.monotonic())
         hooks = params.notify.mlflow_webhooks
         if watching or hooks:
             start("events", [sys.executable, "-m", "flows.watch", "run", "--workdir", str(ws),

@@ -175,6 +175,17 @@ def test_a_dropped_file_retrains_and_decisions_and_failures_are_notified(tmp_pat
                 time.sleep(0.5)
             failed = [r["body"]["text"] for r in received if bad.name in r["body"]["text"]]
             assert failed and "failed" in failed[0] and "no_such_key" in failed[0], failed
+
+            # An alias moved in the MLflow server (as its UI does): its registry webhook becomes
+            # the same event, and the same notification.
+            mlflow.set_registered_model_alias("gptops-package-clf", "champion", "1")
+            deadline = time.time() + 60
+            while not any("outside gptops" in r["body"]["text"] for r in received):
+                assert time.time() < deadline, (received, log.read_text()[-3000:])
+                time.sleep(0.5)
+            (moved,) = [r["body"]["text"] for r in received if "outside gptops" in
+                        r["body"]["text"]]
+            assert moved.startswith("gptops: gptops-package-clf v1 promoted to champion"), moved
         print(f"\nfile dropped -> retrain-on-data run created: {latency:.1f}s "
               f"(quiet period {QUIET_S}s)")
     except BaseException:
