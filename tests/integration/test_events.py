@@ -40,8 +40,8 @@ class _Hook(BaseHTTPRequestHandler):
         type(self).received.append({"type": self.headers.get("Content-Type"),
                                     "body": json.loads(body or b"null")})
         self.send_response(200)
+        self.send_header("Content-Length", "0")
         self.end_headers()
-        self.wfile.write(b"ok")
 
     def log_message(self, *args: object) -> None:
         pass
@@ -178,14 +178,16 @@ def test_a_dropped_file_retrains_and_decisions_and_failures_are_notified(tmp_pat
 
             # An alias moved in the MLflow server (as its UI does): its registry webhook becomes
             # the same event, and the same notification.
-            mlflow.set_registered_model_alias("gptops-package-clf", "champion", "1")
+            mlflow.set_registered_model_alias("gptops-base", "champion", mine.version)
             deadline = time.time() + 60
             while not any("outside gptops" in r["body"]["text"] for r in received):
                 assert time.time() < deadline, (received, log.read_text()[-3000:])
                 time.sleep(0.5)
             (moved,) = [r["body"]["text"] for r in received if "outside gptops" in
                         r["body"]["text"]]
-            assert moved.startswith("gptops: gptops-package-clf v1 promoted to champion"), moved
+            assert moved.startswith(f"gptops: gptops-base v{mine.version} promoted to champion")
+        print("\nnotifications received:\n" + "\n".join(r["body"]["text"][:150]
+                                                      for r in received))
         print(f"\nfile dropped -> retrain-on-data run created: {latency:.1f}s "
               f"(quiet period {QUIET_S}s)")
     except BaseException:
