@@ -152,14 +152,18 @@ def serve(workdir: Workdir = Path("."),
           timezone: Annotated[str, typer.Option(help="schedule timezone")] = NIGHTLY_TIMEZONE,
           init: Annotated[bool, typer.Option("--init", help="make a non-empty folder that is "
                                              "not a workspace into one")] = False,
+          notify: Annotated[list[str] | None, typer.Option(
+              "--notify", help="webhook URL for gate decisions and failed runs (Slack/Teams "
+              "JSON; repeatable; adds to params.yaml notify.webhooks)")] = None,
           ) -> None:
-    """Start the Prefect server + deployments (nightly, retrain) and the MLflow UI."""
+    """Start the Prefect server + deployments (nightly, retrain, retrain-on-data), the data
+    watcher, notifications and the MLflow UI."""
     setup_logging()
     from flows.serve import serve_all
 
     serve_all(workdir=workdir, host=host, prefect_port=prefect_port, mlflow_port=mlflow_port,
               prefect_db=prefect_db, mlflow_backend=mlflow_backend, cron=cron,
-              timezone=timezone, init=init)
+              timezone=timezone, init=init, notify=tuple(notify or ()))
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""Deployments of ``training_pipeline``: ``nightly`` (cron) and ``retrain`` (Run button).
+"""Deployments of ``training_pipeline``: ``nightly`` (cron), ``retrain`` (Run button) and
+``retrain-on-data`` (the event ``gptops.data.changed``, :mod:`flows.watch`).
 
-``python -m flows.deploy`` serves both from this process (what ``gptops serve`` starts);
-``prefect.yaml`` declares the same two for ``prefect deploy`` to a work pool.
+``python -m flows.deploy`` serves the three from this process (what ``gptops serve`` starts);
+``prefect.yaml`` declares the same three for ``prefect deploy`` to a work pool.
 
 Each deployment carries a trigger (a Prefect automation the server runs, re-created with the
 deployment): when one of its runs crashes (its process was killed), the deployment runs again with
@@ -36,6 +37,34 @@ RERUN_PARAMETERS: dict[str, Any] = {
     "__prefect_kind": "json",
     "value": {"__prefect_kind": "jinja", "template": "{{ flow_run.parameters | tojson }}"}}
 FLOW_NAME = "training_pipeline"
+#: The deployment that the watcher's event runs. Its runs re-read the source (``reingest``: DVC
+#: does not track local source files) and are told why they started (their name, an MLflow tag).
+ON_DATA = "retrain-on-data"
+ON_DATA_PARAMETERS: dict[str, Any] = {
+    "trigger": {"__prefect_kind": "jinja", "template": "data changed: {{ event.payload.summary }}"}}
+
+
+def retrain_on_data() -> DeploymentEventTrigger:
+    """The trigger of ``retrain-on-data``: each ``gptops.data.changed`` runs it once. The watcher
+    sends the event only after the files were left alone for ``watch.quiet_period_s``, so a copy
+    of many files is one event; the deployment's limit queues a run behind a running one.
+
+    prefect.yaml states the same under ``retrain-on-data``'s ``triggers:``.
+    """
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"{FLOW_NAME}/{ON_DATA}: data changed",
+        description="The files of data.source changed (gptops serve's watcher, after its quiet "
+                    "period): retrain on them.",
+        expect={"gptops.data.changed"}, match={"prefect.resource.id": "gptops.workspace.*"},
+        posture="Reactive", threshold=1, parameters=ON_DATA_PARAMETERS)
+
+
+def deployment_triggers(deployment: str, flow: str = FLOW_NAME) -> list[DeploymentEventTrigger]:
+    """Every trigger of ``deployment``: the crash re-run, and for retrain-on-data its event."""
+    own = [retrain_on_data()] if deployment == ON_DATA else []
+    return [*own, rerun_on_crash(deployment, flow)]
 
 
 def rerun_on_crash(deployment: str, flow: str = FLOW_NAME) -> DeploymentEventTrigger:
@@ -61,8 +90,9 @@ def rerun_on_crash(deployment: str, flow: str = FLOW_NAME) -> DeploymentEventTri
 
 def build_deployments(workdir: str, cron: str = NIGHTLY_CRON, timezone: str = NIGHTLY_TIMEZONE,
                       collision: str = DEFAULT_COLLISION) -> list:
-    """The two deployments; one run at a time each (a second trigger waits in the queue), and a
-    crashed run re-run once (``rerun_on_crash``)."""
+    """The three deployments; one run at a time each (a second trigger waits in the queue), and a
+    crashed run re-run once (``rerun_on_crash``). All hold the workspace's lock while they run,
+    so no two pipelines of the workspace overlap, whichever deployment started them."""
     # Imported here so that the constants above load without Prefect (e.g. for CLI defaults).
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
@@ -86,7 +116,13 @@ def build_deployments(workdir: str, cron: str = NIGHTLY_CRON, timezone: str = NI
         triggers=[rerun_on_crash("retrain", training_pipeline.name)],
         description="Manual retraining from the Run button (profile, steps, learning rate, "
                     "data source, re-clean).")
-    return [nightly, retrain]
+    on_data = training_pipeline.to_deployment(
+        name=ON_DATA, parameters={**params, "reingest": True}, concurrency_limit=limit,
+        tags=["gptops", "data-changed"], triggers=deployment_triggers(ON_DATA, FLOW_NAME),
+        description="Retraining when the files of data.source change (gptops serve watches "
+                    "them; the run is named data-changed-... and its MLflow runs are tagged "
+                    "gptops.trigger).")
+    return [nightly, retrain, on_data]
 
 
 def main() -> None:

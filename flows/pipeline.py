@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
-from flows import artifacts, form, links, tasks
+from flows import artifacts, events, form, links, tasks
 from flows.deploy import FLOW_NAME
 from flows.report import summary_markdown
 from gpt import stopping
@@ -63,9 +63,9 @@ def _stops_cancel(fn: Any) -> Any:
 
 
 def _training_pipeline(*, profile: str = DEFAULT_PROFILE, base: str = "", reclean: bool = False,
-                       save_overrides: bool = False, wait: bool = True,
+                       reingest: bool = False, save_overrides: bool = False, wait: bool = True,
                        overrides: list[str] | None = None, workdir: str = ".",
-                       **fields: Any) -> dict[str, Any]:
+                       trigger: str = "", **fields: Any) -> dict[str, Any]:
     """Train, evaluate and register GPT models end to end.
 
     A field left at its default takes the profile's own value.
@@ -76,12 +76,18 @@ def _training_pipeline(*, profile: str = DEFAULT_PROFILE, base: str = "", reclea
         base: fine-tune a registered base instead of pretraining, e.g.
             `models:/gptops-base@champion` or `models:/gptops-base/3`; empty = pretrain.
         reclean: re-run the cleaning stage even if DVC finds it unchanged.
+        reingest: re-read data.source even if DVC finds ingest unchanged (new or changed local
+            files; DVC does not track them). retrain-on-data sets it.
         save_overrides: keep this run's data overrides in params.yaml (default: this run only).
         wait: when another run holds the workspace, wait for it (False: fail at once, naming it).
         overrides: more `section.key=value` overrides, e.g. `finetune.lr=0.0005`.
         workdir: the gptops workspace folder (params.yaml, dvc.yaml, data/).
+        trigger: why this run started, when an event started it (retrain-on-data: the files
+            that changed); it prefixes the run's name and tags its MLflow runs.
     """
     _gpt_logs_to_prefect()
+    if trigger:
+        _name_after(trigger)
     t0 = time.perf_counter()
     asked = form.overrides(fields, _project_form(), lambda: form.workspace_defaults(workdir))
     # Every input (a Run form's or `prefect deployment run`'s overrides too) is checked before
@@ -104,7 +110,7 @@ def _training_pipeline(*, profile: str = DEFAULT_PROFILE, base: str = "", reclea
         ctx = tasks.prepare_workspace(ctx, save_overrides)
         try:
             with artifacts.training_progress():
-                result = _run(ctx, reclean, fr_id)
+                result = _run(ctx, reclean, fr_id, reingest, trigger)
         finally:
             tasks.restore_params(ws)
     return _report({**result, "seconds": time.perf_counter() - t0})
@@ -128,7 +134,27 @@ def _build() -> Flow:
         [profile, *form.parameters(_project_form()), *rest],
         return_annotation=dict[str, Any])
     run.__name__ = run.__qualname__ = FLOW_NAME
-    return flow(name=FLOW_NAME, log_prints=True)(run)
+    # A failed or crashed run is an event (gptops.run.failed) that notifications listen to.
+    return flow(name=FLOW_NAME, log_prints=True, on_failure=[events.run_failed],
+                on_crashed=[events.run_failed])(run)
+
+
+def _name_after(trigger: str) -> None:
+    """Rename this flow run after why it started (``data-changed-<its name>``), in Prefect and
+    for the MLflow parent run named after it."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    prefix = "-".join(trigger.split(":", 1)[0].lower().split())
+    if ctx.flow_run.name.startswith(f"{prefix}-"):
+        return
+    name = f"{prefix}-{ctx.flow_run.name}"
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(ctx.flow_run.id, name=name)
+    ctx.flow_run.name = name
 
 
 def __getattr__(name: str) -> Any:
@@ -138,6 +164,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: The MLflow tag saying why an event-started run started (its ``trigger``).
+TRIGGER_TAG = "gptops.trigger"
 #: A RUNNING flow run with no live-run record is taken for dead only this long after it started
 #: (a run writes its record first thing; a waiting run is never within reach of this).
 NO_RECORD_GRACE_S = 120.0
@@ -192,12 +220,13 @@ def crash_stale_flow_runs(ws: str, current: str | None) -> list[str]:
     return names
 
 
-def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None) -> dict[str, Any]:
+def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None, reingest: bool = False,
+         trigger: str = "") -> dict[str, Any]:
     """The data stages, then each model trained, evaluated and registered (holding the
     workspace)."""
     ws = str(ctx.workdir)
-    stages = [tasks.data_stage(ws, stage, force=reclean and stage == "clean")
-              for stage in STAGES]
+    forced = {"ingest": reingest, "clean": reclean}
+    stages = [tasks.data_stage(ws, stage, force=forced.get(stage, False)) for stage in STAGES]
     tasks.check_tasks(ctx)  # too few documents for a built-in task: before any training
     ctx = replace(ctx, data_version=tasks.version_data(ws))
     reused = [s["stage"] for s in stages if not s["ran"]]
@@ -207,8 +236,11 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None) -> dict[str, A
     # One MLflow parent run per flow run; each training step nests its own run under it. Each
     # run and version links to this flow run's page when a Prefect UI serves it.
     flow_run_url = links.flow_run_page(flow_run_id)
-    with pipeline_run(ctx.tracked(flow_run_id, flow_run_url),
-                      flow_run.name or cli_run_name("run"), workspace_id(ws)) as tracking:
+    tracked = ctx.tracked(flow_run_id, flow_run_url)
+    if trigger:  # why the run started, on the parent run and every step's run
+        tracked = replace(tracked, tags={**tracked.tags, TRIGGER_TAG: trigger[:5000]})
+    with pipeline_run(tracked, flow_run.name or cli_run_name("run"),
+                      workspace_id(ws)) as tracking:
         ctx = tasks.pin_base(replace(ctx, tracking=tracking))  # an alias read once
         trained = {} if ctx.base_spec else {"pretrain": tasks.pretrain(ctx)}
         trained["finetune"] = tasks.finetune(ctx)
@@ -216,6 +248,7 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None) -> dict[str, A
             trained["sft"] = tasks.sft(ctx)
         evaluation = tasks.evaluate(ctx)
         registered = tasks.register(ctx, evaluation)
+    events.emit_decisions({k: asdict(r) for k, r in registered.items()})
     return {"data_version": ctx.data_version, "stages": stages,
             **{step: asdict(r) for step, r in trained.items()},
             "evaluation": {k: asdict(e) for k, e in evaluation.items()},

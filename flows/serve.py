@@ -2,6 +2,9 @@
 
 All three bind 127.0.0.1 by default, start in order (each waits for the previous to answer), and
 stop together on Ctrl-C/SIGTERM or when any of them dies. A port in use is refused up front.
+Beside them (:mod:`flows.watch`): the notification automations for ``--notify`` and
+``notify.webhooks``, and the watcher of a local ``data.source`` (``watch:``), whose event runs
+the deployment ``retrain-on-data``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from flows.server import (
 from gpt.errors import GptopsError
 from gpt.registry import resolve_tracking_uri
 
-DEPLOYMENTS = ("nightly", "retrain")
+DEPLOYMENTS = ("nightly", "retrain", "retrain-on-data")
 
 
 def wait_deployments(api: str, proc: subprocess.Popen, names: tuple[str, ...],
@@ -55,10 +58,16 @@ def wait_deployments(api: str, proc: subprocess.Popen, names: tuple[str, ...],
 
 def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, prefect_db: str,
               mlflow_backend: str, cron: str = NIGHTLY_CRON,
-              timezone: str = NIGHTLY_TIMEZONE, init: bool = False) -> None:
+              timezone: str = NIGHTLY_TIMEZONE, init: bool = False,
+              notify: tuple[str, ...] = ()) -> None:
     from gpt.config import load_params
+    from gpt.data.watch import SourceWatch, watchable
     from gpt.dvc_repo import ensure_workspace
 
+    for url in notify:
+        if not url.startswith(("http://", "https://")):
+            raise GptopsError(f"--notify {url!r} is not an http(s):// URL; give the webhook's "
+                              "address, e.g. https://hooks.slack.com/services/...")
     ws = ensure_workspace(Path(workdir), init)
     for name, port in (("Prefect", prefect_port), ("MLflow", mlflow_port)):
         if not port_free(host, port):
@@ -71,6 +80,9 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     env = prefect_env(host, prefect_port, db, layout.prefect_home)
     mlflow_ui = f"http://{host}:{mlflow_port}"
     env.update({"MLFLOW_TRACKING_URI": backend, MLFLOW_UI_ENV: mlflow_ui})
+    if params.notify.mlflow_webhooks:  # its deliveries go to our receiver on 127.0.0.1
+        env.update({"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "https,http"})
     # The job runner (online scoring, trace archival) is several worker processes we don't use.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     procs: list[tuple[str, subprocess.Popen]] = []
@@ -124,10 +136,31 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
         proc = start("runner", [sys.executable, "-m", "flows.deploy", "--workdir", str(ws),
                                 "--cron", cron, "--timezone", timezone])
         wait_deployments(f"http://{host}:{prefect_port}/api", proc, DEPLOYMENTS)
+        urls = [*params.notify.webhooks, *notify]
+        if urls:  # automations on the server: they outlive a crash of this process
+            done = subprocess.run([sys.executable, "-m", "flows.watch", "notify", "--workdir",
+                                   str(ws), *(a for u in notify for a in ("--url", u))],
+                                  env=env, cwd=ws, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise GptopsError("could not create the notification automations: "
+                                  f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        watching = params.watch.enabled and watchable(params.data.source)
+        if watching:  # what "unchanged" is, before anyone is told serve is up
+            SourceWatch.open(ws, params.data.source, params.watch.quiet_period_s, time.monotonic())
+        hooks = params.notify.mlflow_webhooks
+        if watching or hooks:
+            start("events", [sys.executable, "-m", "flows.watch", "run", "--workdir", str(ws),
+                             *(("--mlflow", mlflow_ui) if hooks else ())])
         if not prefect_db:  # `gptops run` on this workspace records its runs here too
             write_serve_file(ws, env["PREFECT_API_URL"], mlflow_ui)
         print(f"\nPrefect UI:  http://{host}:{prefect_port}   (deployments: "
-              f"training_pipeline/nightly [{cron} {timezone}], training_pipeline/retrain)")
+              f"training_pipeline/nightly [{cron} {timezone}], training_pipeline/retrain, "
+              "training_pipeline/retrain-on-data)")
+        print("Data watch:  " + (f"{params.data.source} (quiet period "
+                                 f"{params.watch.quiet_period_s:g}s)" if watching else
+                                 "off (watch.enabled, or a builtin/hf: data.source)"))
+        if urls:
+            print(f"Notify:      {len(urls)} webhook(s): gate decisions and failed runs")
         print(f"MLflow UI:   {mlflow_ui}   (backend {backend})")
         print(f"Server logs: {logs}/prefect-server.log, {logs}/mlflow-server.log")
         print("Press Ctrl-C to stop.\n", flush=True)

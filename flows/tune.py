@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows import tasks
+from flows import events, tasks
 from flows.pipeline import _gpt_logs_to_prefect
 from gpt.config import DEFAULT_PROFILE
 from gpt.dvc_repo import data_version
@@ -22,7 +22,8 @@ from gpt.registry.tracking import workspace_id
 from gpt.workspace_lock import workspace_lock
 
 
-@flow(name="tune", log_prints=True)
+@flow(name="tune", log_prints=True, on_failure=[events.run_failed],
+      on_crashed=[events.run_failed])
 def tune(profile: str = DEFAULT_PROFILE, overrides: list[str] | None = None,
          study: str = "", workdir: str = ".") -> dict[str, Any]:
     """Search tune.space of params.yaml with an Optuna study (TPE, median pruner).
@@ -42,4 +43,6 @@ def tune(profile: str = DEFAULT_PROFILE, overrides: list[str] | None = None,
         fr_id = str(flow_run.id) if flow_run.id else None
         with pipeline_run(ctx.tracked(fr_id), flow_run.name or cli_run_name("tune"),
                           workspace_id(ctx.workdir)) as tracking:
-            return tasks.tune_study(replace(ctx, tracking=tracking), study)
+            result = tasks.tune_study(replace(ctx, tracking=tracking), study)
+    events.emit_decisions({"base": result.get("registered") or {}})
+    return result

@@ -341,6 +341,30 @@ class TuneConfig(_Strict):
         return self
 
 
+class WatchConfig(_Strict):
+    """What ``gptops serve`` watches: the local files of ``data.source``."""
+
+    enabled: bool = Field(description="a change of data.source's files runs retrain-on-data")
+    interval_s: float = Field(gt=0, description="seconds between two looks at the files")
+    quiet_period_s: float = Field(ge=0, description="the change is announced once the files "
+                                  "were left alone this long")
+
+
+class NotifyConfig(_Strict):
+    """Where ``gptops serve`` sends gate decisions and failed runs."""
+
+    webhooks: list[str] = Field(description="URLs receiving Slack/Teams-compatible JSON")
+    mlflow_webhooks: bool = Field(description="MLflow registry webhooks for versions registered "
+                                  "and aliases moved outside gptops")
+
+    @model_validator(mode="after")
+    def _urls(self) -> NotifyConfig:
+        for url in self.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook {url!r} is not an http(s):// URL")
+        return self
+
+
 class Params(_Strict):
     """Every run value, validated once."""
 
@@ -355,6 +379,8 @@ class Params(_Strict):
     evaluate: EvaluateConfig
     registry: RegistryConfig
     tune: TuneConfig
+    watch: WatchConfig
+    notify: NotifyConfig
     profile: str = Field(description="the profile applied (resolve_params sets it)")
 
 

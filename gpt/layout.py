@@ -141,6 +141,11 @@ class Workspace:
         return self.state / "optuna.db"
 
     @property
+    def watch_state(self) -> Path:
+        """The data source's files as ``gptops serve``'s watcher last announced them."""
+        return self.state / "watch.json"
+
+    @property
     def lock_file(self) -> Path:
         """Locked by the one pipeline (or command writing the workspace) at a time."""
         return self.state / "workspace.lock"

@@ -23,14 +23,16 @@ def free_port() -> int:
 
 
 def start_serve(ws: Path, log: Path, cron: str = CRON, tz: str = TZ,
-                timeout: float = 150.0) -> tuple[subprocess.Popen, str, str]:
-    """Start ``gptops serve`` and wait for its "Press Ctrl-C" line; returns (proc, api, mlflow)."""
+                timeout: float = 150.0, extra: tuple[str, ...] = ()
+                ) -> tuple[subprocess.Popen, str, str]:
+    """Start ``gptops serve`` (with ``extra`` options) and wait for its "Press Ctrl-C" line;
+    returns (proc, api, mlflow)."""
     pp, mp = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update({"HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"})
     out = log.open("w")
     proc = subprocess.Popen([GPTOPS, "serve", "--workdir", str(ws), "--prefect-port", str(pp),
-                             "--mlflow-port", str(mp), "--cron", cron, "--timezone", tz],
+                             "--mlflow-port", str(mp), "--cron", cron, "--timezone", tz, *extra],
                             stdout=out, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     out.close()

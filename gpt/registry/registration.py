@@ -79,6 +79,8 @@ class Registration:
     #: the stored metrics of the champion the gate compared it with (empty: no champion, or one
     #: evaluated on another set); a reused version: of the champion now
     champion_metrics: dict[str, float] = field(default_factory=dict)
+    metric: str = ""  #: the gate's primary metric
+    value: float | None = None  #: its value for this version
 
 
 def _pip_requirements() -> list[str]:
@@ -165,6 +167,7 @@ def _reused(c: Candidate, uri: str, found) -> Registration:
                         f"same model key ({c.keys[MODEL_KEY][:8]}): existing version "
                         "reused, nothing registered", None, reused=True,
                         rejected=VersionTags.from_tags(mv.tags or {}).rejected is not None,
+                        metric=c.spec.metric, value=c.metrics.get(c.spec.metric),
                         champion_metrics=_comparable(gate.read_champion(cl, c.name),
                                                      c.eval_hash))
 
@@ -232,7 +235,8 @@ def _gate(c: Candidate, uri: str, version: str, run_id: str) -> Registration:
                                               d.reason)
     return Registration(c.name, version, run_id, d.promote, d.reason,
                         verdict.previous.version if verdict.previous else None,
-                        rejected=d.rejected,
+                        rejected=d.rejected, metric=c.spec.metric,
+                        value=c.metrics.get(c.spec.metric),
                         champion_metrics=_comparable(verdict.previous, c.eval_hash))
 
 

@@ -20,7 +20,7 @@ def prefect_yaml() -> dict:
 
 
 #: The deployments `gptops serve` also serves (process pool); the others run on GPU workers.
-SERVED = {"nightly", "retrain"}
+SERVED = {"nightly", "retrain", "retrain-on-data"}
 
 
 def test_prefect_yaml_declares_the_deployments(prefect_yaml):
@@ -45,8 +45,8 @@ def test_prefect_yaml_is_valid_for_prefect_deploy(prefect_yaml):
     from prefect.cli.deploy._models import PrefectYamlModel, RawScheduleConfig
 
     model = PrefectYamlModel.model_validate(prefect_yaml)
-    assert [d.name for d in model.deployments] == ["nightly", "retrain", "retrain-gpu",
-                                                   "retrain-k8s"]
+    assert [d.name for d in model.deployments] == ["nightly", "retrain", "retrain-on-data",
+                                                   "retrain-gpu", "retrain-k8s"]
     for d in model.deployments:
         for s in d.schedules or []:
             RawScheduleConfig.model_validate(s if isinstance(s, dict) else s.model_dump())
@@ -105,7 +105,7 @@ def _serve_defaults() -> dict:
 
 def test_prefect_yaml_matches_serve(prefect_yaml, monkeypatch):
     """prefect.yaml states exactly what `gptops serve` deploys (flows/deploy.py builds it)."""
-    from flows.deploy import build_deployments, rerun_on_crash
+    from flows.deploy import build_deployments, deployment_triggers
     from flows.serve import DEPLOYMENTS
 
     monkeypatch.chdir(PROJECT_ROOT)  # entrypoints are relative to the project root in both
@@ -118,7 +118,8 @@ def test_prefect_yaml_matches_serve(prefect_yaml, monkeypatch):
         assert _yaml_spec(declared[name]) == _built_spec(dep), name
         # prefect.yaml fills workdir from the environment; serve adds the workspace's form values.
         assert set(declared[name].get("parameters") or {}) <= set(dep.parameters), name
-        assert [_automation(t) for t in dep.triggers] == [_automation(rerun_on_crash(name))]
+        assert [_automation(t) for t in dep.triggers] == [_automation(t) for t in
+                                                          deployment_triggers(name)]
         assert dep.flow_name == "training_pipeline"
 
 
@@ -131,15 +132,17 @@ def _automation(trigger) -> dict:
 
 
 def test_every_deployment_re_runs_a_crashed_run(prefect_yaml):
-    """Each deployment's triggers, as `prefect deploy` reads them, are rerun_on_crash's."""
+    """Each deployment's triggers, as `prefect deploy` reads them, are deployment_triggers'
+    (rerun_on_crash for all; retrain-on-data's event first for that one)."""
     from prefect.cli.deploy._triggers import _initialize_deployment_triggers
 
-    from flows.deploy import rerun_on_crash
+    from flows.deploy import deployment_triggers, rerun_on_crash
 
     for d in prefect_yaml["deployments"]:
         triggers = _initialize_deployment_triggers(d["name"], d.get("triggers") or [])
-        assert [_automation(t) for t in triggers] == [_automation(rerun_on_crash(d["name"]))], \
-            d["name"]
+        assert [_automation(t) for t in triggers] == [
+            _automation(t) for t in deployment_triggers(d["name"])], d["name"]
+        assert _automation(triggers[-1]) == _automation(rerun_on_crash(d["name"]))
 
 
 def test_deploy_defaults_are_serve_defaults():

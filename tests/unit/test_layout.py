@@ -44,6 +44,7 @@ PINNED = {
     "serve_file": ".gptops/serve.json",
     "logs": ".gptops/logs",
     "optuna_db": ".gptops/optuna.db",
+    "watch_state": ".gptops/watch.json",
     "lock_file": ".gptops/workspace.lock",
     "live_runs": ".gptops/live-runs",
     "params_backup": ".gptops/params.before-run.yaml",
