@@ -160,3 +160,13 @@ def test_a_weight_is_in_the_pretrain_key_and_in_no_data_stage(tmp_path: Path) ->
     dvc = yaml.safe_load((PARAMS.parent / "dvc.yaml").read_text())["stages"]
     assert not [p for s in ("clean", "tokenize") for p in dvc[s]["params"]
                 if str(p).startswith("data")]
+
+
+def test_preflight_names_the_mixture_source_that_matches_nothing(tmp_path: Path) -> None:
+    from gpt.preflight import check_run
+
+    params = load_params(PARAMS, overrides=[
+        'data.source=""', "data.sources=[{source: builtin, weight: 1}, "
+                          f"{{source: '{tmp_path / 'none' / '*.jsonl'}', weight: 1}}]"])
+    with pytest.raises(DataError, match=r"data.sources\[1\] '.*none/\*.jsonl' matches no"):
+        check_run(params, f"sqlite:///{tmp_path / 'm.db'}")
