@@ -67,9 +67,6 @@ class DataConfig(_Strict):
             raise ValueError(f"data.source '{self.source}' and data.sources are both set; set "
                              'data.source: "" to mix data.sources, or data.sources: [] for one '
                              "source")
-        if not self.sources and not self.source.strip():
-            raise ValueError("data.source is empty and data.sources lists nothing; set "
-                             "data.source (e.g. builtin) or data.sources")
         names = [s.source for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources lists a source twice ({names}); list each once")

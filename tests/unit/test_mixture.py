@@ -99,7 +99,6 @@ def test_sources_the_tokens_do_not_hold_are_named(tmp_path: Path) -> None:
     (['data.source=""', "data.sources=[{source: a, weight: -1}]"], "greater than 0"),
     (['data.source=""', "data.sources=[{source: a, weight: 1}, {source: a, weight: 2}]"],
      "lists a source twice"),
-    (['data.source=""'], "data.source is empty and data.sources lists nothing"),
 ])
 def test_bad_mixtures_are_one_line(overrides: list[str], says: str) -> None:
     with pytest.raises(ConfigError, match=says) as err:
