@@ -401,6 +401,11 @@ def _is_web(path: Path) -> bool:
     return suffix in WEB_SUFFIXES and compression != ".zst"
 
 
+#: Web files smaller than this in all are read in this process: starting a pool (each worker
+#: imports trafilatura) costs seconds, more than extracting a few MB of pages.
+PARALLEL_WEB_BYTES = 16 * 2**20
+
+
 def web_file(job: tuple[str, str]) -> tuple[list[Row], list[tuple[str, ...]], list[str],
                                             dict[str, int]]:
     """One WARC/WET file's documents, read whole (a pool worker's job; HTML extraction is
@@ -421,7 +426,8 @@ def _web_files(paths: list[Path], bad: BadRecords) -> Iterator[Row]:
     """
     from gpt.data.stages import default_workers
 
-    workers = min(default_workers(), len(paths))
+    small = sum(p.stat().st_size for p in paths) < PARALLEL_WEB_BYTES
+    workers = 1 if small else min(default_workers(), len(paths))
     jobs = [(str(p), bad.mode) for p in paths]
     if workers <= 1:
         results: Iterator[Any] = map(web_file, jobs)

@@ -15,7 +15,7 @@ from warcio.warcwriter import WARCWriter
 
 from bench.webpages import BOILERPLATE, make_pages, write_warc, write_wet
 from gpt.config import load_params
-from gpt.data import stages
+from gpt.data import sources, stages
 from gpt.data.sources import iter_source
 from gpt.data.web import decode_html
 from tests.conftest import data_config
@@ -132,6 +132,8 @@ def test_web_files_are_extracted_in_parallel_in_file_order(tmp_path: Path, monke
         write_warc(tmp_path / f"c{i}.warc.gz", make_pages(4, seed=10 + i))
     write_wet(tmp_path / "d.wet.gz", [(p.url, p.main) for p in make_pages(3, seed=99)])
     (tmp_path / "c2.warc.gz").write_bytes((tmp_path / "c2.warc.gz").read_bytes()[:-40])
+
+    monkeypatch.setattr(sources, "PARALLEL_WEB_BYTES", 0)  # these few pages in parallel too
 
     def read(workers: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
         monkeypatch.setenv("GPTOPS_DATA_WORKERS", workers)
