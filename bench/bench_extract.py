@@ -135,6 +135,9 @@ def main() -> None:
 def parallel(pages: list[Page], files: int, repeats: int) -> None:
     """Wall-clock MB/s of WARC over ``files`` files: one process vs a worker per core
     (``GPTOPS_DATA_WORKERS``), alternated, median of ``repeats``; same documents either way."""
+    from gpt.data import sources
+
+    sources.PARALLEL_WEB_BYTES = 0  # the pool whatever the size (a real crawl is GBs)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(files):
