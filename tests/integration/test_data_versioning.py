@@ -82,7 +82,8 @@ def test_dask_clean_and_tokenize_equal_the_stages(tmp_path, prefect_server):
 def test_a_mixture_weight_change_reruns_no_data_stage(tmp_path):
     """The weights of ``data.sources`` are read by training only: a weight change leaves the
     data version as it was (ingest's change is recorded, not re-run), a source change does not."""
-    from gpt.workspace import apply_data_overrides, data_version, lock_outs, run_stage
+    from gpt.dvc_repo import data_version, lock_outs, run_stage
+    from gpt.params_file import apply_data_overrides
 
     folders = []
     for name, topic in (("prose", "river"), ("notes", "garden")):

@@ -153,7 +153,7 @@ def test_a_weight_is_in_the_pretrain_key_and_in_no_data_stage(tmp_path: Path) ->
     # One source: the pretrain key holds no mixture (it stays what it was before mixtures).
     one = load_params(PARAMS)
     assert "mixture" not in keys.pretrain(one, "v1").reads
-    # DVC: ingest lists the data section (weights included; gpt.workspace records a
+    # DVC: ingest lists the data section (weights included; gpt.dvc_repo records a
     # weight-only change without re-running it: tests/integration/test_data_versioning.py);
     # clean and tokenize list no data key.
     dvc = yaml.safe_load((PARAMS.parent / "dvc.yaml").read_text())["stages"]
