@@ -17,12 +17,16 @@ the share of pages with reader comments that keep them, and MB of HTML per CPU s
 process, so per core). Then the whole WARC -> documents path (``gpt.data.sources.iter_source``
 on a gzipped WARC with request/metadata records) in MB of WARC per CPU second.
 
+Last, ``--parallel-pages`` pages split over ``--files`` WARC files read with one process and
+with a worker per core (files are extracted in parallel, in file order): wall-clock MB/s of WARC.
+
 Run: ``.venv/bin/python bench/bench_extract.py --pages 300``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -89,6 +93,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--files", type=int, default=8,
+                    help="WARC files for the parallel read (0 = skip it)")
+    ap.add_argument("--parallel-pages", type=int, default=3000,
+                    help="pages over those files")
     args = ap.parse_args()
     pages = make_pages(args.pages, seed=7)
     mb = sum(len(p.html.encode()) for p in pages) / 1e6
@@ -120,6 +128,38 @@ def main() -> None:
     print(f"\nWARC -> documents (iter_source, gptops's extractor): {docs} documents, "
           f"{size:.2f} MB of gzipped WARC ({mb:.2f} MB of HTML) in {dt:.2f} CPU s: "
           f"{size / dt:.2f} MB/s of WARC.gz, {mb / dt:.2f} MB/s of HTML per core")
+    if args.files > 1:
+        parallel(make_pages(args.parallel_pages, seed=11), args.files, args.repeats)
+
+
+def parallel(pages: list[Page], files: int, repeats: int) -> None:
+    """Wall-clock MB/s of WARC over ``files`` files: one process vs a worker per core
+    (``GPTOPS_DATA_WORKERS``), alternated, median of ``repeats``; same documents either way."""
+    from gpt.data import sources
+
+    sources.PARALLEL_WEB_BYTES = 0  # the pool whatever the size (a real crawl is GBs)
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(files):
+            write_warc(Path(tmp) / f"crawl-{i:03d}.warc.gz", pages[i::files])
+        size = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 1e6
+        data = load_params(PROJECT_PARAMS).data.model_copy(update={"source": f"{tmp}/*"})
+        walls: dict[int, list[float]] = {1: [], cores: []}
+        ids: dict[int, list[str]] = {}
+        for _ in range(repeats):
+            for workers in walls:
+                os.environ["GPTOPS_DATA_WORKERS"] = str(workers)
+                t0 = time.perf_counter()
+                ids[workers] = [d for b in iter_source(data) for d in b.docs["doc_id"]]
+                walls[workers].append(time.perf_counter() - t0)
+        os.environ.pop("GPTOPS_DATA_WORKERS", None)
+    assert ids[1] == ids[cores], "parallel extraction changed the documents or their order"
+    print(f"\nWARC files in parallel ({files} files, {size:.2f} MB of WARC.gz, {cores} cores, "
+          f"median wall of {repeats}):")
+    print("| workers | wall s | MB/s of WARC.gz |\n|---:|---:|---:|")
+    for workers, w in walls.items():
+        med = sorted(w)[len(w) // 2]
+        print(f"| {workers} | {med:.2f} | {size / med:.2f} |")
 
 
 if __name__ == "__main__":

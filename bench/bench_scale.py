@@ -14,6 +14,13 @@ tree (its workers included) every 50 ms. Printed side by side:
   Jaccard similarity to the flagged document is below the threshold, over all kept + flagged).
 
     .venv/bin/python bench/bench_scale.py --sizes 0.15 0.6 2.4    # GB; 2.4 takes ~30 min here
+
+``--warc`` writes gzipped WARC crawls instead (``bench/webpages.py``: pages with boilerplate,
+request and metadata records, files of ``--file-mb``), sized in MB of WARC, and skips the
+dedup quality (nothing is injected); ``--shard-mb`` sets ``data.shard_mb``, so small corpora
+span several shards, as large ones do at the default:
+
+    .venv/bin/python bench/bench_scale.py --warc --sizes 0.04 0.16 --shard-mb 4
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.corpora import write_corpus  # noqa: E402
+from bench.webpages import write_warc_corpus  # noqa: E402
 from gpt.data.shards import read_parts  # noqa: E402
 from gpt.layout import Workspace  # noqa: E402
 
@@ -48,7 +56,11 @@ SHARES = (0.0, 0.01, 0.03, 0.05)
 
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    try:
+        tree = [proc, *proc.children(recursive=True)]
+    except psutil.Error:  # the stage just ended
+        return 0
+    for p in tree:
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total
@@ -121,6 +133,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=float, nargs="+", default=[0.15, 0.6, 2.4], help="GB")
     ap.add_argument("--inject", type=int, default=400, help="duplicates injected per size")
     ap.add_argument("--keep", default="", help="keep the workspaces under this folder")
+    ap.add_argument("--warc", action="store_true", help="WARC crawls instead of jsonl")
+    ap.add_argument("--file-mb", type=float, default=0, help="MB per file (jsonl 50, WARC 10)")
+    ap.add_argument("--shard-mb", type=float, default=0, help="data.shard_mb (0 = params.yaml)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     base = Path(args.keep or tempfile.mkdtemp(prefix="gptops-scale-"))
@@ -133,15 +148,21 @@ def main() -> None:
         shutil.rmtree(corpus, ignore_errors=True)
         shutil.rmtree(ws, ignore_errors=True)
         t0 = time.perf_counter()
-        written = write_corpus(corpus, mb=gb * 1000, file_mb=50, inject=args.inject,
-                               shares=SHARES)
-        print(f"{gb} GB: wrote {written.bytes / 1e9:.2f} GB in {len(written.files)} files "
+        if args.warc:
+            files = write_warc_corpus(corpus, gb * 1000, args.file_mb or 10.0)
+            size, count, injected = sum(f.stat().st_size for f in files), len(files), None
+        else:
+            written = write_corpus(corpus, mb=gb * 1000, file_mb=args.file_mb or 50,
+                                   inject=args.inject, shares=SHARES)
+            size, count, injected = written.bytes, len(written.files), written.injected
+        print(f"{gb} GB: wrote {size / 1e9:.3f} GB in {count} files "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
         ws.mkdir(parents=True)
         subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
         ensure_workspace(ws)
-        apply_data_overrides(ws, [f"data.source={corpus}"])
-        mb = written.bytes / 1e6
+        apply_data_overrides(ws, [f"data.source={corpus}", *(
+            [f"data.shard_mb={args.shard_mb}"] if args.shard_mb else [])])
+        mb = size / 1e6
         for stage in STAGES:
             wall, rss = run_stage(ws, stage)
             rows.append((gb, stage, wall, mb / wall / cores, rss / 2**30))
@@ -150,7 +171,8 @@ def main() -> None:
         from gpt.config import load_params
 
         threshold = load_params(Workspace(ws).params_yaml).clean.near_dedup_threshold
-        quality[gb] = dedup_quality(ws, corpus, written.injected, threshold)
+        if injected is not None:
+            quality[gb] = dedup_quality(ws, corpus, injected, threshold)
         shutil.rmtree(corpus)
         if not args.keep:
             shutil.rmtree(ws)

@@ -166,3 +166,23 @@ def write_wet(path: Path, texts: list[tuple[str, str]], date: str = "2026-01-02T
                                                 payload=io.BytesIO(text.encode("utf-8")),
                                                 warc_content_type="text/plain",
                                                 warc_headers_dict={"WARC-Date": date}))
+
+
+def write_warc_corpus(folder: Path, mb: float, file_mb: float = 10.0, seed: int = 0
+                      ) -> list[Path]:
+    """About ``mb`` MB of gzipped WARC in files of about ``file_mb`` MB (``crawl-NNNN.warc.gz``),
+    pages drawn with a seed per file (for the scale bench: corpus size vs memory)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".probe.warc.gz"
+    write_warc(probe, make_pages(200, seed=seed))
+    per_page = probe.stat().st_size / 200
+    probe.unlink()
+    files, written, i = [], 0.0, 0
+    while written < mb * 1e6:
+        path = folder / f"crawl-{i:04d}.warc.gz"
+        want = min(file_mb * 1e6, mb * 1e6 - written)
+        write_warc(path, make_pages(max(1, int(want / per_page)), seed=seed * 100_003 + i))
+        written += path.stat().st_size
+        files.append(path)
+        i += 1
+    return files

@@ -35,9 +35,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MixSource(_Strict):
+    """One corpus of a mixture (``data.sources``)."""
+
+    source: str = Field(description="what data.source takes: builtin, a glob, hf:<dataset>")
+    weight: float = Field(gt=0, description="its share of pretraining tokens (weights are "
+                          "normalised to sum to 1); read by training only, not the data stages")
+
+
 class DataConfig(_Strict):
     source: str = Field(description='"builtin", a glob of local .txt/.md/.jsonl/.parquet/.csv '
-                        '(optionally .gz/.zst), or "hf:<dataset folder or name>"')
+                        '(optionally .gz/.zst), or "hf:<dataset folder or name>"; "" with '
+                        "data.sources")
+    sources: list[MixSource] = Field(description="a mixture instead of data.source: "
+                                     "[{source, weight}, ...]; [] = data.source alone")
     text_field: str = Field(description="field holding the text in structured sources")
     max_docs: int = Field(ge=0, description="0 = all documents, else N spread evenly")
     seed: int
@@ -49,6 +60,27 @@ class DataConfig(_Strict):
     scrub_raw: bool = Field(description="replace the PII kinds of clean.pii at ingest "
                             "already, so data/raw (and the DVC cache and remote keeping it) "
                             "holds none; false = data/raw keeps the source's text as read")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.sources and self.source.strip():
+            raise ValueError(f"data.source '{self.source}' and data.sources are both set; set "
+                             'data.source: "" to mix data.sources, or data.sources: [] for one '
+                             "source")
+        names = [s.source for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources lists a source twice ({names}); list each once")
+        return self
+
+    @property
+    def mixture(self) -> tuple[tuple[str, float], ...]:
+        """``(source, share)`` of each mixture source, shares summing to 1; () for one source."""
+        total = sum(s.weight for s in self.sources)
+        return tuple((s.source, s.weight / total) for s in self.sources)
+
+    def single(self, source: str) -> DataConfig:
+        """This section reading ``source`` alone (one corpus of a mixture)."""
+        return self.model_copy(update={"source": source, "sources": []})
 
 
 _NgramSize = Annotated[int, Field(ge=1, le=64)]
@@ -550,6 +582,9 @@ def resolve_params(raw: dict[str, Any], profile: str = DEFAULT_PROFILE,
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "value_error":  # a check of several fields: its message says all
+            raise ConfigError(f"invalid parameter '{where}': "
+                              f"{first['msg'].removeprefix('Value error, ')}") from exc
         raise ConfigError(f"invalid parameter '{where}': {first['msg']} "
                           f"(got {first.get('input')!r}); fix params.yaml or the override") from exc
     if params.model.n_embd % params.model.n_head:

@@ -360,6 +360,26 @@ def _in_worker_thread(fn: Any, stage: str) -> Any:
     return box.get("value")
 
 
+def _unweighted(data: Any) -> Any:
+    """The ``data`` section without the mixture's weights (what ingest reads of it)."""
+    if not isinstance(data, dict):
+        return data
+    return {**data, "sources": [{k: v for k, v in s.items() if k != "weight"}
+                                if isinstance(s, dict) else s for s in data.get("sources") or []]}
+
+
+def _weights_only(repo: Any, workdir: Path) -> bool:
+    """True when the ingest stage changed in nothing but ``data.sources``' weights (its code,
+    other params and outputs as ``dvc.lock`` records them)."""
+    if repo.status(targets=["ingest"]).get("ingest") != [
+            {"changed deps": {"params.yaml": {"data": "modified"}}}]:
+        return False
+    lock = yaml.safe_load((workdir / "dvc.lock").read_text())
+    recorded = lock["stages"]["ingest"]["params"]["params.yaml"].get("data")
+    now = yaml.safe_load((workdir / "params.yaml").read_text()).get("data")
+    return recorded != now and _unweighted(recorded) == _unweighted(now)
+
+
 def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
     """``dvc repro --single-item <stage>``: runs it only if its deps/params/outs changed
     (always with ``force``).
@@ -396,6 +416,13 @@ def run_stage(workdir: Path, stage: str, force: bool = False) -> StageOutcome:
         with contextlib.chdir(workdir), Repo(str(workdir)) as repo, _quiet_dvc(), \
                 _CacheErrors() as cache_errors:
             repo.scm_context.quiet = True  # no "git add dvc.lock" hints: we track dvc.lock
+            if stage == "ingest" and not force and _weights_only(repo, workdir):
+                # ingest lists the data section, yet reads no weight: record the new weights
+                # with the outputs as they are (dvc commit), so nothing downstream re-runs
+                repo.commit(stage, force=True)
+                log.info("stage ingest: only data.sources weights changed (training reads "
+                         "them): recorded, not re-run")
+                return [], [], repo.cache.local_cache_dir, cache_errors
             ran = repo.reproduce(stage, single_item=True, force=force)
             return ran, _uncached_outs(repo, ran or []), repo.cache.local_cache_dir, cache_errors
 

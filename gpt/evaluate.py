@@ -45,9 +45,11 @@ DEFAULT_PROMPTS = ["The", "Return a new", "This module provides", "If the argume
 
 
 def perplexity(model: GPT, tokens_dir: Path, batches: int, batch_size: int, seed: int,
-               split: str = "val") -> dict[str, float]:
-    """Validation loss and perplexity over fixed, seeded batches of held-out documents."""
-    data = TokenData(tokens_dir)
+               split: str = "val",
+               mixture: tuple[tuple[str, float], ...] = ()) -> dict[str, float]:
+    """Validation loss and perplexity over fixed, seeded batches of held-out documents (a
+    mixture's sources by their shares, as in training)."""
+    data = TokenData(tokens_dir, mixture)
     device = next(model.parameters()).device
     loss = estimate_loss(model, data, split, batches, batch_size, model.config.block_size, seed,
                          device, label="evaluate: perplexity")

@@ -35,24 +35,30 @@ TRACKING_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+ps
                     "mysql+pymysql", "mssql", "http", "https", "file", "databricks")
 
 
-def check_source(source: str) -> None:
-    """``data.source``: the built-in corpus, an existing ``hf:`` folder or name, or a glob."""
+def sources(params: Params) -> list[str]:
+    """The corpora a run reads: ``data.source``, or each of a mixture's ``data.sources``."""
+    return [s.source for s in params.data.sources] or [params.data.source]
+
+
+def check_source(source: str, key: str = "data.source") -> None:
+    """``data.source`` (or one of ``data.sources``): the built-in corpus, an existing ``hf:``
+    folder or name, or a glob."""
     if not source.strip():
-        raise DataError("data.source is empty; set it to 'builtin', 'hf:<dataset>' or a glob of "
+        raise DataError(f"{key} is empty; set it to 'builtin', 'hf:<dataset>' or a glob of "
                         "local files")
     if source == "builtin":
         return
     if source.startswith(HF_PREFIX):
         spec = source.removeprefix(HF_PREFIX).split(":", 1)[0]
         if not spec:
-            raise DataError("data.source 'hf:' names no dataset; write hf:<folder> or hf:<name>")
+            raise DataError(f"{key} 'hf:' names no dataset; write hf:<folder> or hf:<name>")
         looks_local = spec.startswith((".", "/", "~"))  # else a hub name such as user/data
         if looks_local and not Path(os.path.expanduser(spec)).exists():
-            raise DataError(f"data.source '{source}': dataset folder '{spec}' does not exist; "
+            raise DataError(f"{key} '{source}': dataset folder '{spec}' does not exist; "
                             "check the path")
         return
     if not glob.glob(os.path.expanduser(source), recursive=True):
-        raise DataError(f"data.source '{source}' matches no files; check the path or set "
+        raise DataError(f"{key} '{source}' matches no files; check the path or set "
                         "data.source=builtin")
 
 
@@ -80,7 +86,7 @@ def check_task_corpus(params: Params, steps: tuple[str, ...] = ("finetune", "sft
     first sentence): with any other ``data.source`` they have nothing to learn from, which
     used to show only after pretraining. Known from the params alone, so checked first."""
     tasks = _builtin_tasks(params, steps)
-    if params.data.source == "builtin" or not tasks:
+    if "builtin" in sources(params) or not tasks:
         return
     fixes = ", and ".join(_OWN_DATA[step] for step in tasks)
     raise ConfigError(f"{' and '.join(tasks.values())} need{'s' if len(tasks) == 1 else ''} the "
@@ -427,7 +433,8 @@ def check_run(params: Params, tracking_uri: str) -> None:
     """Every input of a pipeline run (the params themselves are already valid)."""
     from gpt.pipeline.candidates import model_name
 
-    check_source(params.data.source)
+    for i, source in enumerate(sources(params)):
+        check_source(source, f"data.sources[{i}]" if params.data.sources else "data.source")
     check_pretrained(params)
     check_tasks(params)
     check_benchmarks(params)

@@ -530,15 +530,17 @@ def capacity_warning(train_tokens: int, n_params: int,
 
 def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, launch_cfg: LaunchConfig,
              tokens_dir: Path, out_dir: Path, resume: bool = True,
-             callback: MetricsCallback | None = None) -> PretrainResult:
-    """Pretrain a GPT by next-token prediction on ``tokens_dir`` shards.
+             callback: MetricsCallback | None = None,
+             mixture: tuple[tuple[str, float], ...] = ()) -> PretrainResult:
+    """Pretrain a GPT by next-token prediction on ``tokens_dir`` shards (a mixture's sources
+    by their shares: ``DataConfig.mixture``).
 
     Writes checkpoints to ``out_dir/checkpoints`` and the final weights to
     ``out_dir/model.safetensors``. Under ``torchrun`` trains with DDP (or FSDP2:
     ``launch_cfg.strategy``) on ``launch_cfg.device``.
     """
     out_dir = Path(out_dir)
-    data = TokenData(tokens_dir)
+    data = TokenData(tokens_dir, mixture)
     group = distributed.join(resolve_device(launch_cfg.device))
     device = group.device
     if device.type == "cuda":

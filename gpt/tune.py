@@ -236,7 +236,8 @@ def _metrics(paths: RunPaths, params: Params, data_version: str, key: keys.StepK
     if eval_key not in record.metrics:
         e = params.evaluate
         model = Inputs(paths, params).language_model(key)
-        metrics = ev.perplexity(model, paths.tokens, e.ppl_batches, e.batch_size, e.seed)
+        metrics = ev.perplexity(model, paths.tokens, e.ppl_batches, e.batch_size, e.seed,
+                                mixture=params.data.mixture)
         require_finite(metrics, f"trial evaluation (key {key.short})")
         record.metrics[eval_key] = metrics
         record.save()

@@ -99,8 +99,13 @@ def encode_shard(texts: Sequence[str], doc_ids: Sequence[str], tok: Tokenizer, o
 
 
 def write_meta(out_dir: Path, shards: list[dict[str, dict[str, Any]]], tok: Tokenizer,
-               val_fraction: float, seed: int, **extra: Any) -> dict[str, Any]:
+               val_fraction: float, seed: int, sources: list[str] | None = None,
+               shard_sources: list[int] | None = None, **extra: Any) -> dict[str, Any]:
     """``meta.json``: totals and the manifest of token shards (per-shard tokens and SHA-256).
+
+    A mixture (``sources``: its sources in ``data.sources`` order; ``shard_sources``: each
+    shard's index among them) adds ``sources`` with their token counts, and each shard's
+    ``source``, so training draws each source's share from its own shards.
 
     Raises:
         DataError: a split has no documents (too few to split).
@@ -112,11 +117,20 @@ def write_meta(out_dir: Path, shards: list[dict[str, dict[str, Any]]], tok: Toke
         n = totals["train_docs"] + totals["val_docs"]
         raise DataError(f"{n} documents are too few to split into train and val with "
                         f"tokenizer.val_fraction={val_fraction}; add documents")
+    tagged = [{} for _ in shards] if shard_sources is None else \
+        [{"source": i} for i in shard_sources]
+    mixed: dict[str, Any] = {}
+    if sources is not None and shard_sources is not None:
+        mixed["sources"] = [{"source": name, **{
+            f"{s}_tokens": sum(sh[s]["tokens"] for sh, i in zip(shards, shard_sources,
+                                                                 strict=True) if i == k)
+            for s in SPLITS}} for k, name in enumerate(sources)]
     meta = {"vocab_size": vocab, "dtype": token_dtype(vocab).name,
             "eot_id": tok.token_to_id(EOT), **totals, "val_fraction": val_fraction,
-            "seed": seed, **extra,
-            "shards": {s: [{k: sh[s][k] for k in ("file", "tokens", "sha256")}
-                           for sh in shards if sh[s]["file"]] for s in SPLITS}}
+            "seed": seed, **extra, **mixed,
+            "shards": {s: [{**{k: sh[s][k] for k in ("file", "tokens", "sha256")}, **tag}
+                           for sh, tag in zip(shards, tagged, strict=True) if sh[s]["file"]]
+                       for s in SPLITS}}
     tmp = Path(out_dir) / f".{META}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, Path(out_dir) / META)
@@ -174,9 +188,16 @@ class TokenData:
     The shards of a split are read as one sequence (their order in ``meta.json``), so the
     windows, hence the batches, depend only on the data and (seed, step): a resumed run sees
     the batches an uninterrupted run would have.
+
+    A mixture (``mixture``: ``(source, share)`` pairs, ``DataConfig.mixture``) draws each
+    batch's rows from the sources by share: systematic sampling puts ``floor`` or ``ceil`` of
+    ``share x batch_size`` rows on each source (so over a run the token shares match within
+    a fraction of a row per batch), the rows in a seeded order, each a window of its own
+    source's shards. The draw still depends only on (seed, step).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path,
+                 mixture: Sequence[tuple[str, float]] = ()) -> None:
         directory = Path(directory)
         meta_path = directory / META
         if not meta_path.is_file():
@@ -189,6 +210,26 @@ class TokenData:
             raise DataError(f"{meta_path} lists no token shards (made by an older gptops); "
                             "re-run `gptops data tokenize`")
         self.splits = {s: _Split(directory, self.meta["shards"][s], dtype) for s in SPLITS}
+        self.mixture = self._mixture(mixture, dtype)
+
+    def _mixture(self, mixture: Sequence[tuple[str, float]],
+                 dtype: np.dtype) -> dict[str, list[tuple[str, _Split, float]]]:
+        """Per split, each source's shards as one sequence with its share ({} for none)."""
+        made = [m["source"] for m in self.meta.get("sources", [])]
+        if not mixture:
+            return {}  # one source, or a mixture read as one corpus (its natural shares)
+        wanted = [name for name, _ in mixture]
+        if sorted(made) != sorted(wanted):
+            held = made or "of data.source"
+            raise DataError(f"the token shards in {self.dir} hold the sources {held}, "
+                            f"data.sources names {wanted}; re-run the data stages (`gptops run` "
+                            "or `dvc repro`)")
+        out: dict[str, list[tuple[str, _Split, float]]] = {}
+        for split in SPLITS:
+            out[split] = [(name, _Split(self.dir, [sh for sh in self.meta["shards"][split]
+                                                   if sh["source"] == made.index(name)], dtype),
+                           share) for name, share in mixture]
+        return out
 
     @property
     def vocab_size(self) -> int:
@@ -202,17 +243,56 @@ class TokenData:
         ``rows``: only these rows of the ``batch_size`` drawn (one process's share of a global
         batch: the draw, hence every row, is the same whatever the share).
         """
-        data = self.splits[split]
-        if len(data) <= block_size + 1:
-            raise DataError(f"the {split} split has {len(data)} tokens, fewer than "
-                            f"model.block_size+2={block_size + 2}; add data or lower block_size")
-        ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
-        if rows is not None:
-            ix = ix[rows]
-        windows = [data.window(int(i), block_size + 1).astype(np.int64) for i in ix]
+        if self.mixture:
+            windows = self._mixed_windows(split, batch_size, block_size, generator, rows)
+        else:
+            data = self.splits[split]
+            if len(data) <= block_size + 1:
+                raise DataError(f"the {split} split has {len(data)} tokens, fewer than "
+                                f"model.block_size+2={block_size + 2}; add data or lower "
+                                "block_size")
+            ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+            if rows is not None:
+                ix = ix[rows]
+            windows = [data.window(int(i), block_size + 1).astype(np.int64) for i in ix]
         x = torch.stack([torch.from_numpy(w[:-1]) for w in windows])
         y = torch.stack([torch.from_numpy(w[1:]) for w in windows])
         return x, y
+
+
+    def row_sources(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """The mixture source (index in ``data.sources``) of each row of one batch.
+
+        Systematic sampling: ``batch_size`` points ``(u + j) / batch_size`` on the shares laid
+        end to end, ``u`` drawn once; then the rows in a seeded random order.
+        """
+        shares = torch.tensor([share for _, _, share in self.mixture["train"]],
+                              dtype=torch.float64)
+        u = torch.rand(1, generator=generator, dtype=torch.float64)
+        points = (u + torch.arange(batch_size, dtype=torch.float64)) / batch_size
+        edges = torch.cumsum(shares, 0)
+        picked = torch.searchsorted(edges, points, right=True).clamp_(max=len(shares) - 1)
+        return picked[torch.randperm(batch_size, generator=generator)]
+
+    def _mixed_windows(self, split: str, batch_size: int, block_size: int,
+                       generator: torch.Generator, rows: slice | None) -> list[np.ndarray]:
+        sources = self.mixture[split]
+        for name, data, _ in sources:
+            if len(data) <= block_size + 1:
+                raise DataError(f"the {split} split of data.sources '{name}' has {len(data)} "
+                                f"tokens, fewer than model.block_size+2={block_size + 2}; add "
+                                "documents to it or lower model.block_size")
+        which = self.row_sources(batch_size, generator)
+        where = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        picks = list(zip(which.tolist(), where.tolist(), strict=True))
+        if rows is not None:
+            picks = picks[rows]
+        out = []
+        for k, r in picks:
+            data = sources[k][1]
+            i = min(int(r * (len(data) - block_size - 1)), len(data) - block_size - 2)
+            out.append(data.window(i, block_size + 1).astype(np.int64))
+        return out
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:

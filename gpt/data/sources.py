@@ -24,6 +24,7 @@ reads a dataset with ``datasets`` (the optional ``hf`` extra).
 from __future__ import annotations
 
 import ast
+import collections
 import contextlib
 import functools
 import glob
@@ -38,7 +39,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pandas as pd
 
@@ -395,9 +396,90 @@ def local_paths(pattern: str) -> list[Path]:
     return paths
 
 
+def _is_web(path: Path) -> bool:
+    suffix, compression = _split_suffix(path)
+    return suffix in WEB_SUFFIXES and compression != ".zst"
+
+
+#: Web files smaller than this in all are read in this process: starting a pool (each worker
+#: imports trafilatura) costs seconds, more than extracting a few MB of pages.
+PARALLEL_WEB_BYTES = 16 * 2**20
+
+
+def web_file(job: tuple[str, str]) -> tuple[list[Row], list[tuple[str, ...]], list[str],
+                                            dict[str, int]]:
+    """One WARC/WET file's documents, read whole (a pool worker's job; HTML extraction is
+    CPU-bound). ``job``: ``(path, on_bad_record)``. Returns the rows, the bad records
+    (``reject``) or the bad-record lines (``fail``), and the skipped records by kind."""
+    path, mode = Path(job[0]), job[1]
+    bad = BadRecords(mode)
+    rows = list(iter_web(path, bad, bad.skipped))
+    return rows, bad.rows, bad._file, bad.skipped
+
+
+def _web_files(paths: list[Path], bad: BadRecords) -> Iterator[Row]:
+    """The documents of several web files in file order, extracted on every core.
+
+    A spawn pool (as cleaning's first pass) runs :func:`web_file` per file; results are taken
+    in submission order, so the output is the same whatever the number of workers, and at
+    most two files per worker are in flight, so memory follows the file size, not the count.
+    """
+    from gpt.data.stages import default_workers
+
+    small = sum(p.stat().st_size for p in paths) < PARALLEL_WEB_BYTES
+    workers = 1 if small else min(default_workers(), len(paths))
+    jobs = [(str(p), bad.mode) for p in paths]
+    if workers <= 1:
+        results: Iterator[Any] = map(web_file, jobs)
+        yield from _merge_web(paths, results, bad)
+        return
+    import multiprocessing
+
+    from gpt.data.clean.engine import _ignore_ctrl_c
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_ignore_ctrl_c) as pool:
+        yield from _merge_web(paths, _bounded(pool, jobs, 2 * workers), bad)
+        pool.close()
+        pool.join()
+
+
+def _bounded(pool: Any, jobs: list[tuple[str, str]], ahead: int) -> Iterator[Any]:
+    """``pool.imap(web_file, jobs)`` in order, with at most ``ahead`` jobs submitted and not
+    yet taken (``imap`` submits every job at once and buffers every result)."""
+    pending: collections.deque = collections.deque()
+    for job in jobs:
+        pending.append(pool.apply_async(web_file, (job,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _merge_web(paths: list[Path], results: Iterator[Any], bad: BadRecords) -> Iterator[Row]:
+    for path, (rows, bad_rows, fail, skipped) in zip(paths, results, strict=True):
+        yield from rows
+        bad.rows.extend(bad_rows)
+        bad._file.extend(fail)
+        for kind, n in skipped.items():
+            bad.skipped[kind] = bad.skipped.get(kind, 0) + n
+        bad.end_file(path)
+
+
 def _iter_local(pattern: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
-    for p in local_paths(pattern):
-        yield from _iter_file(p, text_field, bad)
+    paths = local_paths(pattern)
+    i = 0
+    while i < len(paths):
+        # A run of web files (a crawl's WARC/WET files) is extracted in parallel, in order.
+        j = i
+        while j < len(paths) and _is_web(paths[j]):
+            j += 1
+        if j - i > 1:
+            yield from _web_files(paths[i:j], bad)
+            i = j
+        else:
+            yield from _iter_file(paths[i], text_field, bad)
+            i += 1
 
 
 def _hf_parts(spec: str, text_field: str) -> list[tuple[str, str, object]]:

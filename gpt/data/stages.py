@@ -138,6 +138,9 @@ class _ShardWriter:
         self.frames: list[pd.DataFrame] = []
         self.bytes = 0
         self.shards: list[dict[str, Any]] = []
+        #: The mixture source (its index in ``data.sources``) of the shards written now; None
+        #: for one source (its manifest stays as it was before mixtures).
+        self.source: int | None = None
 
     def add(self, docs: pd.DataFrame) -> None:
         while len(docs):
@@ -158,7 +161,8 @@ class _ShardWriter:
         if not self.out.done(name):
             write_parquet(validated_docs(frame), self.out.path / name)
             self.out.complete(name)
-        self.shards.append({"file": name, "docs": len(frame), "bytes": self.bytes})
+        self.shards.append({"file": name, "docs": len(frame), "bytes": self.bytes,
+                            **({} if self.source is None else {"source": self.source})})
         self.frames, self.bytes = [], 0
 
 
@@ -196,36 +200,53 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     d = params.data
     kinds = tuple(params.clean.pii) if d.scrub_raw else ()
-    print_ = fingerprint("ingest", d.model_dump(), list(kinds), _source_state(d.source))
+    # A mixture's sources are read one after another, each into shards of its own (so the
+    # tokens keep their source); the weights are no input here: training reads them.
+    corpora = [d.single(s) for s, _ in d.mixture] or [d]
+    state = [_source_state(c.source) for c in corpora]
+    print_ = fingerprint("ingest", d.model_dump(exclude={"sources"}), list(kinds),
+                         state if d.sources else state[0], [c.source for c in corpora])
     bad: list[pd.DataFrame] = []
     pii: dict[str, int] = {}
     skipped: dict[str, int] = {}
     with _output(Workspace(Path(workdir)).raw, "ingest", print_) as out:
         writer = _ShardWriter(out, int(d.shard_mb * 2**20))
         with progress.phase("ingest", unit="doc") as bar:
-            for batch in iter_source(d):
-                writer.add(scrub_docs(batch.docs, kinds, pii))
-                bar.advance(len(batch.docs))
-                if len(batch.bad):
-                    bad.append(batch.bad)
-                for kind, n in batch.skipped.items():
-                    skipped[kind] = skipped.get(kind, 0) + n
-        writer.flush()
+            for index, corpus in enumerate(corpora):
+                writer.source = index if d.sources else None
+                for batch in iter_source(corpus):
+                    writer.add(scrub_docs(batch.docs, kinds, pii))
+                    bar.advance(len(batch.docs))
+                    if len(batch.bad):
+                        bad.append(batch.bad)
+                    for kind, n in batch.skipped.items():
+                        skipped[kind] = skipped.get(kind, 0) + n
+                writer.flush()  # a shard holds one source's documents
         rejected = pd.concat(bad, ignore_index=True) if bad else pd.DataFrame(
             columns=BAD_COLUMNS)
         write_parquet(rejected.astype("str"), out.path / BAD_RECORDS)
         info = {"docs": sum(s["docs"] for s in writer.shards), "bad_records": len(rejected),
                 "skipped_records": dict(sorted(skipped.items())),
                 "bytes": sum(s["bytes"] for s in writer.shards), "shards": writer.shards,
-                **({"pii_scrubbed": pii} if d.scrub_raw else {})}
+                **({"pii_scrubbed": pii} if d.scrub_raw else {}),
+                **({"sources": _per_source(corpora, writer.shards)} if d.sources else {})}
         (out.path / MANIFEST).write_text(json.dumps(info, indent=2))
     info["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s%s%s",
-             info["docs"], len(writer.shards), info["bytes"] / 1e6, d.source, len(rejected),
+             info["docs"], len(writer.shards), info["bytes"] / 1e6,
+             d.source or ", ".join(c.source for c in corpora), len(rejected),
              f" (see {Workspace.relative().raw / BAD_RECORDS})" if len(rejected) else "",
              f"; skipped records {info['skipped_records']}" if skipped else "",
              f"; PII scrubbed (data.scrub_raw): {pii or 'none found'}" if d.scrub_raw else "")
     return info
+
+
+def _per_source(corpora: list[Any], shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each mixture source with its documents and bytes (the manifest's ``sources``)."""
+    return [{"source": c.source,
+             "docs": sum(sh["docs"] for sh in shards if sh.get("source") == i),
+             "bytes": sum(sh["bytes"] for sh in shards if sh.get("source") == i)}
+            for i, c in enumerate(corpora)]
 
 
 def length_plot(before: np.ndarray, after: np.ndarray, path: Path) -> None:
@@ -298,11 +319,21 @@ def clean(params: Params, workdir: Path, mapper: Mapper | None = None,
                             f"({stats.get('rejected_by_reason', {})}); check data.source or "
                             "relax the clean.* thresholds in params.yaml")
         (out.path / "report.md").write_text(render_report(stats), encoding="utf-8")
+        shards = [{"file": p.name, "docs": d, "bytes": b} for p, d, b in
+                  zip(parts(out.path), done.shard_docs, done.shard_bytes, strict=True)]
+        mixed = {}
+        if "sources" in manifest:  # a mixture: each shard keeps its raw shard's source
+            for shard, raw_shard in zip(shards, manifest["shards"], strict=True):
+                shard["source"] = raw_shard["source"]
+            mixed = {"sources": [
+                {"source": m["source"],
+                 "docs": sum(sh["docs"] for sh in shards if sh["source"] == i),
+                 "bytes": sum(sh["bytes"] for sh in shards if sh["source"] == i)}
+                for i, m in enumerate(manifest["sources"])]}
+            stats["kept_by_source"] = {m["source"]: m["docs"] for m in mixed["sources"]}
         (out.path / MANIFEST).write_text(json.dumps(
             {"docs_kept": stats["docs_kept"], "bytes_out": stats["bytes_out"],
-             "shards": [{"file": p.name, "docs": d, "bytes": b} for p, d, b in
-                        zip(parts(out.path), done.shard_docs, done.shard_bytes, strict=True)]},
-            indent=2))
+             "shards": shards, **mixed}, indent=2))
         length_plot(done.lengths_in, done.lengths_out, out.path / "lengths.png")
     _write_atomic(ws.clean_stats, json.dumps(stats, indent=2, sort_keys=True))
     log.info("clean: kept %d, rejected %d %s", stats["docs_kept"], stats["docs_rejected"],
@@ -431,6 +462,11 @@ def tokenize(params: Params, workdir: Path, mapper: Mapper | None = None) -> dic
                 for i, f in enumerate(files) if not is_done(_token_info(out.path, i))]
         encode_all(jobs, mapper)
         shards = {i: json.loads(_token_info(out.path, i).read_text()) for i in range(len(files))}
+        manifest = json.loads((ws.clean / MANIFEST).read_text()) \
+            if (ws.clean / MANIFEST).is_file() else {}
+        if "sources" in manifest:  # a mixture: the token shards keep their source
+            extra["sources"] = [m["source"] for m in manifest["sources"]]
+            extra["shard_sources"] = [sh["source"] for sh in manifest["shards"]]
         meta = write_meta(out.path, [shards[i] for i in range(len(files))], tok,
                           t.val_fraction, t.seed, **extra)
     log.info("tokenize: vocab %d, %d train / %d val tokens in %d shard(s)", meta["vocab_size"],

@@ -89,7 +89,14 @@ def iter_web(path: Path, bad: BadRecords, skipped: dict[str, int]) -> Iterator[W
     src = str(path)
     wet = ".wet" in [s.lower() for s in path.suffixes]
     doc_type = "conversion" if wet else "response"
-    with open(path, "rb") as fh:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        from gpt.errors import DataError
+
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}; check the path and its "
+                        "permissions") from exc
+    with fh:
         records = _Records(fh, arc2warc=True)
         offset, cut = 0, False
         try:

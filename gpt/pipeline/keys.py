@@ -2,7 +2,8 @@
 
 DVC keys the data stages by the params and code each one lists; training follows the same rule:
 
-- pretrain = data version + the ``model`` and ``train`` sections (a ``model.init_from``
+- pretrain = data version + the ``model`` and ``train`` sections + a mixture's shares
+  (``data.sources`` weights, which no data stage reads) (a ``model.init_from``
   checkpoint by the hash of its weights); the ``launch`` section (device, processes) is in no
   key: the global batch is the same whatever the world (:mod:`gpt.distributed`);
 - fine-tune = the pretrain key + the ``finetune`` section + the content of its task files;
@@ -147,6 +148,10 @@ def pretrain(params: Params, data_version: str) -> StepKey:
              if not (k in _MODEL_NEUTRAL and v == _MODEL_NEUTRAL[k])}
     reads: dict[str, Any] = {"data_version": data_version, "model": model,
                              "train": _section(params, "train"),
+                             # a mixture's shares: what pretraining draws from each source
+                             # (the data stages never read them); absent for one source
+                             **({"mixture": [list(m) for m in params.data.mixture]}
+                                if params.data.sources else {}),
                              "code": code(BASE.step, *(("hf",) if params.model.init_from
                                                         else ()))}
     if params.model.init_from:

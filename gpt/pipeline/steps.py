@@ -200,7 +200,7 @@ def _fit_pretrain(ctx: RunContext, out: Path, callback: Any) -> dict[str, Any]:
 
     p = ctx.params
     r = pretrain(p.model, p.train, p.launch, ctx.paths.tokens, out, resume=True,
-                 callback=callback)
+                 callback=callback, mixture=p.data.mixture)
     if callback is not None:
         callback.flush()
     return {**_loop_fields(r.loop, device=r.device, info={
@@ -392,7 +392,8 @@ def _perplexity_eval(ctx: RunContext, inputs: Inputs, model: Any, key: str,
     samples (``where``: a folder for the evaluation's scratch files)."""
     params, version = ctx.params, ctx.data_version
     e = params.evaluate
-    metrics = ev.perplexity(model, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed)
+    metrics = ev.perplexity(model, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed,
+                            mixture=params.data.mixture)
     meta = json.loads(inputs.paths.token_meta.read_text())
     bench = _benchmarks(inputs, params, version, model, where)
     return ModelEval(BASE.name, {**metrics, **bench.get("metrics", {})},
@@ -414,7 +415,8 @@ def _evaluate_base(ctx: RunContext, inputs: Inputs, key: StepKey) -> ModelEval:
         from gpt.train import initial_model
 
         start = initial_model(params.model, TokenData(inputs.paths.tokens)).eval()
-        before = ev.perplexity(start, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed)
+        before = ev.perplexity(start, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed,
+                               mixture=params.data.mixture)
         out.metrics.update({f"baseline_{k}": v for k, v in before.items()})
     return out
 

@@ -77,3 +77,38 @@ def test_dask_clean_and_tokenize_equal_the_stages(tmp_path, prefect_server):
     on_dask = data_flow.with_options(task_runner=dask_runner(n_workers=2))(str(ws))
     assert on_dask == local
     assert {d: _digests(ws / "data" / d) for d in ("clean", "tokens")} == expected
+
+
+def test_a_mixture_weight_change_reruns_no_data_stage(tmp_path):
+    """The weights of ``data.sources`` are read by training only: a weight change leaves the
+    data version as it was (ingest's change is recorded, not re-run), a source change does not."""
+    from gpt.dvc_repo import data_version, lock_outs, run_stage
+    from gpt.params_file import apply_data_overrides
+
+    folders = []
+    for name, topic in (("prose", "river"), ("notes", "garden")):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(30):
+            (folder / f"{i}.md").write_text(
+                f"A note about the {topic} number {i}. It says where the {topic} lies and "
+                f"why people walk along it in the morning. The {topic} {i} is old, and the "
+                "town keeps a record of each visit in a small book.\n")
+        folders.append(folder)
+
+    def mixture(w0, w1, second=folders[1]):
+        return ['data.source=""', f"data.sources=[{{source: '{folders[0]}', weight: {w0}}}, "
+                                  f"{{source: '{second}', weight: {w1}}}]"]
+
+    ws = make_workspace(tmp_path / "ws", [*mixture(0.7, 0.3), "tokenizer.vocab_size=300",
+                                          "clean.near_dedup=false"])
+    stages = ("ingest", "clean", "tokenize")
+    assert [run_stage(ws, s).ran for s in stages] == [True] * 3
+    v1, outs = data_version(ws), lock_outs(ws)
+    apply_data_overrides(ws, mixture(0.2, 0.8))
+    assert [run_stage(ws, s).ran for s in stages] == [False] * 3
+    assert data_version(ws) == v1 and lock_outs(ws) == outs
+    assert "weight: 0.8" in (ws / "dvc.lock").read_text()  # the lock records the new weights
+    assert "changed" not in dvc(ws, "status")
+    apply_data_overrides(ws, mixture(0.2, 0.8, folders[1] / "1*.md"))
+    assert run_stage(ws, "ingest").ran

@@ -15,7 +15,7 @@ from warcio.warcwriter import WARCWriter
 
 from bench.webpages import BOILERPLATE, make_pages, write_warc, write_wet
 from gpt.config import load_params
-from gpt.data import stages
+from gpt.data import sources, stages
 from gpt.data.sources import iter_source
 from gpt.data.web import decode_html
 from tests.conftest import data_config
@@ -123,3 +123,25 @@ def test_warc_ingest_and_clean_keep_url_and_date(tmp_path: Path) -> None:
     assert "| request | 6 |" in (tmp_path / "data" / "clean" / "report.md").read_text()
     assert json.loads((tmp_path / "data" / "clean_stats.json").read_text())[
         "skipped_records"]["metadata"] == 6
+
+
+def test_web_files_are_extracted_in_parallel_in_file_order(tmp_path: Path, monkeypatch) -> None:
+    """Several WARC/WET files go through a spawn pool, one file per job: the documents, bad
+    records and counts are those of reading the files one by one, in the same order."""
+    for i in range(5):
+        write_warc(tmp_path / f"c{i}.warc.gz", make_pages(4, seed=10 + i))
+    write_wet(tmp_path / "d.wet.gz", [(p.url, p.main) for p in make_pages(3, seed=99)])
+    (tmp_path / "c2.warc.gz").write_bytes((tmp_path / "c2.warc.gz").read_bytes()[:-40])
+
+    monkeypatch.setattr(sources, "PARALLEL_WEB_BYTES", 0)  # these few pages in parallel too
+
+    def read(workers: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+        monkeypatch.setenv("GPTOPS_DATA_WORKERS", workers)
+        return _all(str(tmp_path / "*"))
+
+    one, many = read("1"), read("3")
+    pd.testing.assert_frame_equal(one[0], many[0])
+    pd.testing.assert_frame_equal(one[1], many[1])
+    assert one[2] == many[2] and len(one[0]) >= 20 and len(one[1]) >= 1
+    assert one[0]["source"].drop_duplicates().tolist() == sorted(
+        str(p) for p in tmp_path.iterdir())
