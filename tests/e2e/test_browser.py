@@ -19,7 +19,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.e2e.conftest import make_small_workspace
 from tests.serving import start_serve, stop_serve
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.serial]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import PROJECT_ROOT, RUN_OVERRIDES, migrated_prefect_db
 from tests.reliability.test_server_lifetime import _server_of
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.serial,
+              pytest.mark.timeout(600)]
 #: Tiny training (30 steps) that still writes a checkpoint (at step 15) to resume from; no
 #: built-in benchmarks (evaluation still runs, after the server is back).
 QUICK = [*RUN_OVERRIDES, "finetune.max_steps=10", "sft.enabled=false",

@@ -31,7 +31,7 @@ import pytest
 
 from tests.conftest import DATA_OVERRIDES, PROJECT_ROOT, RUN_OVERRIDES, make_workspace
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.serial]
 
 #: Seconds from the signal to the exit of ``gptops run`` (the issue's bound).
 STOP_S = 5.0
