@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.corpora import cipher  # noqa: E402
 from gpt.config import CleanConfig, load_params  # noqa: E402
 from gpt.data.clean import CleanResult, clean_documents, clean_shards, normalize_batch  # noqa: E402
-from gpt.data.sources import DOC_COLUMNS, read_builtin  # noqa: E402
+from gpt.data.records import DOC_COLUMNS  # noqa: E402
+from gpt.data.sources import read_builtin  # noqa: E402
 
 TARGET_PLAIN_MBS = 20.0
 TARGET_NEAR_MBS = 5.0

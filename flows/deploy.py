@@ -20,6 +20,8 @@ import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from flows.form import FLOW_NAME
+
 if TYPE_CHECKING:
     from prefect.events import DeploymentEventTrigger
 
@@ -36,7 +38,6 @@ RERUN_WINDOW = timedelta(hours=24)
 RERUN_PARAMETERS: dict[str, Any] = {
     "__prefect_kind": "json",
     "value": {"__prefect_kind": "jinja", "template": "{{ flow_run.parameters | tojson }}"}}
-FLOW_NAME = "training_pipeline"
 #: The deployment that the watcher's event runs. Its runs re-read the source (``reingest``: DVC
 #: does not track local source files) and are told why they started (their name, an MLflow tag).
 ON_DATA = "retrain-on-data"

@@ -21,6 +21,9 @@ import pydantic
 from gpt.config import DEFAULT_PROFILE, Params, get_dotted, load_params
 from gpt.errors import ConfigError
 
+#: The pipeline flow's name (deployments are ``<FLOW_NAME>/<deployment>``).
+FLOW_NAME = "training_pipeline"
+
 
 def _count_or_auto(value: str) -> int | str:
     return int(value) if value.strip().isdigit() else value

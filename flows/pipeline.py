@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from flows import artifacts, events, form, links, tasks
-from flows.deploy import FLOW_NAME
+from flows.form import FLOW_NAME
 from flows.report import summary_markdown
 from gpt import stopping
 from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, load_params, profile_names

@@ -44,12 +44,10 @@ from typing import Any, BinaryIO
 import pandas as pd
 
 from gpt.config import HF_PREFIX, DataConfig
+from gpt.data.records import DOC_COLUMNS, WEB_COLUMNS, BadRecords
 from gpt.data.web import WEB_SUFFIXES, iter_web
+from gpt.data.workers import default_workers, ignore_ctrl_c
 from gpt.errors import DataError
-
-DOC_COLUMNS = ["doc_id", "source", "name", "text"]
-#: Columns a web source (WARC/WET) adds: the page's URL and its crawl date (``WARC-Date``).
-WEB_COLUMNS = ["url", "date"]
 
 # Packages and modules left out: tests, GUI, demos, installers, platform-only, the corpus's own
 # source (pydoc_data is read as topics).
@@ -166,60 +164,6 @@ def _split_suffix(path: Path) -> tuple[str, str]:
     return (suffixes[-1] if suffixes else ""), ""
 
 
-class BadRecords:
-    """Records that are not documents (invalid JSON, a missing, empty or non-string text field).
-
-    ``on_bad_record``: ``"reject"`` keeps them as rejected records (file, line and reason; no
-    excerpt, so no PII), ``"fail"`` raises one error per file listing its bad lines (up to
-    ``FAIL_LIMIT``).
-    """
-
-    FAIL_LIMIT = 20
-
-    def __init__(self, on_bad_record: str) -> None:
-        if on_bad_record not in BAD_RECORD_MODES:
-            raise DataError(f"data.on_bad_record '{on_bad_record}' is not one of "
-                            f"{', '.join(BAD_RECORD_MODES)}")
-        self.mode = on_bad_record
-        self.rows: list[tuple[str, str, str, str, str]] = []
-        self._file: list[str] = []
-        #: Records that are not documents by design (a WARC request ...), counted by kind.
-        self.skipped: dict[str, int] = {}
-
-    def add(self, path: Path, line: int, reason: str) -> None:
-        if self.mode == "fail":
-            self._file.append(f"{path.name}:{line} {reason}")
-        else:
-            self.rows.append((f"{path}:{line}", str(path), f"{path.name}:{line}",
-                              f"{BAD_RECORD}={reason}", ""))
-
-    def end_file(self, path: Path) -> None:
-        if self._file:
-            shown = "; ".join(self._file[:self.FAIL_LIMIT])
-            more = len(self._file) - self.FAIL_LIMIT
-            self._file = []
-            shown += f" (and {more} more)" if more > 0 else ""
-            raise DataError(f"{path} has bad records: {shown}; "
-                            "fix them, or set data.on_bad_record=reject to keep them as rejected "
-                            "records")
-
-    def take(self) -> pd.DataFrame:
-        out = pd.DataFrame(self.rows, columns=BAD_COLUMNS)
-        self.rows = []
-        return out
-
-    def take_skipped(self) -> dict[str, int]:
-        out = dict(self.skipped)
-        self.skipped.clear()  # in place: readers hold this dict
-        return out
-
-
-#: ``data.on_bad_record`` values.
-BAD_RECORD_MODES = ("reject", "fail")
-#: The reason prefix of a bad record (``bad_record=invalid_json`` ...).
-BAD_RECORD = "bad_record"
-#: Columns of bad records (those of rejected documents).
-BAD_COLUMNS = ["doc_id", "source", "name", "reason", "excerpt"]
 
 
 def _open_binary(path: Path, compression: str) -> BinaryIO:
@@ -424,8 +368,6 @@ def _web_files(paths: list[Path], bad: BadRecords) -> Iterator[Row]:
     in submission order, so the output is the same whatever the number of workers, and at
     most two files per worker are in flight, so memory follows the file size, not the count.
     """
-    from gpt.data.stages import default_workers
-
     small = sum(p.stat().st_size for p in paths) < PARALLEL_WEB_BYTES
     workers = 1 if small else min(default_workers(), len(paths))
     jobs = [(str(p), bad.mode) for p in paths]
@@ -435,10 +377,8 @@ def _web_files(paths: list[Path], bad: BadRecords) -> Iterator[Row]:
         return
     import multiprocessing
 
-    from gpt.data.clean.engine import _ignore_ctrl_c
-
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_ignore_ctrl_c) as pool:
+    with ctx.Pool(workers, initializer=ignore_ctrl_c) as pool:
         yield from _merge_web(paths, _bounded(pool, jobs, 2 * workers), bad)
         pool.close()
         pool.join()

@@ -30,6 +30,7 @@ from gpt.data.clean import Mapper, clean_parts, decontam, language, render_repor
 from gpt.data.clean import urls as url_lists
 from gpt.data.clean.engine import validated_docs
 from gpt.data.loader import encode_shard, is_val_doc, write_meta
+from gpt.data.records import BAD_COLUMNS
 from gpt.data.shards import (
     MANIFEST,
     PART,
@@ -43,8 +44,9 @@ from gpt.data.shards import (
     sharded_output,
     write_parquet,
 )
-from gpt.data.sources import BAD_COLUMNS, iter_source, local_paths
+from gpt.data.sources import iter_source, local_paths
 from gpt.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from gpt.data.workers import default_workers
 from gpt.errors import DataError, NoSpaceError, no_space
 from gpt.layout import Workspace
 
@@ -267,12 +269,6 @@ def length_plot(before: np.ndarray, after: np.ndarray, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-def default_workers() -> int:
-    """Processes for the per-shard work: every core (``GPTOPS_DATA_WORKERS`` overrides)."""
-    env = os.environ.get("GPTOPS_DATA_WORKERS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
 
 
 def _raw_parts(workdir: Path) -> tuple[list[Path], dict[str, Any]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
-    from gpt.data.sources import BadRecords
+    from gpt.data.records import BadRecords
 
 #: File formats read here (each may end in ``.gz``: records are gzipped one by one).
 WEB_SUFFIXES = (".warc", ".wet")

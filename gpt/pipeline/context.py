@@ -25,6 +25,7 @@ from gpt.pipeline import base as base_mod
 from gpt.pipeline.base import Base
 from gpt.pipeline.paths import RunPaths
 from gpt.registry import Tracking, resolve_tracking_uri
+from gpt.registry import tags as tag
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ class RunContext:
     def tracked(self, flow_run_id: str | None = None, flow_run_url: str = "") -> Tracking:
         """Where this run's MLflow runs go, tagged with its lineage (no parent run yet);
         ``flow_run_url``: the flow run's page, when a Prefect UI serves it."""
-        from gpt.pipeline.steps import lineage
-
         return Tracking(self.tracking_uri, self.params.registry.experiment,
                         tags=lineage(self.params, self.data_version, flow_run_id, flow_run_url))
 
@@ -165,3 +164,23 @@ def open_workspace(ctx: RunContext, save: bool = False) -> RunContext:
         ctx = _load(ws, ctx.params.profile, ctx.overrides, ctx.base_spec)
     apply_run_overrides(ws, list(ctx.overrides), save=save)
     return ctx
+
+
+def lineage(params: Params, data_version: str, flow_run_id: str | None,
+            flow_run_url: str = "") -> dict[str, str]:
+    """Tags every run and model version of a pipeline run carries (``git_dirty``: the tracked
+    code differs from ``git_commit``; each version adds its step's ``code_hash``;
+    ``flow_run_url``: the flow run's page, when a Prefect UI serves it)."""
+    from gpt.gitinfo import git_state
+
+    commit, dirty = git_state()
+    tags = {tag.DATA_VERSION: data_version, tag.GIT_COMMIT: commit, tag.GIT_DIRTY: dirty,
+            tag.FLOW_RUN: flow_run_id or "none", tag.PROFILE: params.profile,
+            tag.INIT_FROM: params.model.init_from or "scratch"}
+    if flow_run_url:
+        tags[tag.FLOW_RUN_URL] = flow_run_url
+    if params.model.init_from:
+        from gpt.hf import checkpoint_digest
+
+        tags[tag.INIT_FROM_SHA] = checkpoint_digest(params.model.init_from)
+    return tags

@@ -32,7 +32,7 @@ from gpt.kinds import BASE, KINDS, SFT, TASK, of_step
 from gpt.launch import World
 from gpt.pipeline import candidates, keys
 from gpt.pipeline.base import Base
-from gpt.pipeline.context import RunContext, pin_base
+from gpt.pipeline.context import RunContext, lineage, pin_base
 from gpt.pipeline.keys import StepKey
 from gpt.pipeline.paths import Inputs
 from gpt.registry import (
@@ -67,26 +67,6 @@ class StepResult:
     run_id: str | None = None  #: the MLflow run that trained it
     tracking_uri: str = ""
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def lineage(params: Params, data_version: str, flow_run_id: str | None,
-            flow_run_url: str = "") -> dict[str, str]:
-    """Tags every run and model version of a pipeline run carries (``git_dirty``: the tracked
-    code differs from ``git_commit``; each version adds its step's ``code_hash``;
-    ``flow_run_url``: the flow run's page, when a Prefect UI serves it)."""
-    from gpt.gitinfo import git_state
-
-    commit, dirty = git_state()
-    tags = {tag.DATA_VERSION: data_version, tag.GIT_COMMIT: commit, tag.GIT_DIRTY: dirty,
-            tag.FLOW_RUN: flow_run_id or "none", tag.PROFILE: params.profile,
-            tag.INIT_FROM: params.model.init_from or "scratch"}
-    if flow_run_url:
-        tags[tag.FLOW_RUN_URL] = flow_run_url
-    if params.model.init_from:
-        from gpt.hf import checkpoint_digest
-
-        tags[tag.INIT_FROM_SHA] = checkpoint_digest(params.model.init_from)
-    return tags
 
 
 def _flat(reads: dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ DECISION = "promotion_decision"
 REJECTED = "rejected"
 #: Lineage: the version it was tuned from (``<name>/<version>``; tuned models only).
 PARENT = "parent_model_version"
-#: Lineage every run and version of a pipeline run carries (``gpt.pipeline.steps.lineage``).
+#: Lineage every run and version of a pipeline run carries (``gpt.pipeline.context.lineage``).
 DATA_VERSION = "data_version"
 GIT_COMMIT = "git_commit"
 #: ``true`` when the tracked code differed from ``git_commit``.

@@ -12,7 +12,7 @@ import pytest
 
 from gpt.config import load_params
 from gpt.data.clean import clean_documents
-from gpt.data.sources import DOC_COLUMNS
+from gpt.data.records import DOC_COLUMNS
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.reliability

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from gpt.config import load_params
+from gpt.data.records import DOC_COLUMNS
 from gpt.data.shards import read_parts
-from gpt.data.sources import DOC_COLUMNS
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.reliability

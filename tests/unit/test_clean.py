@@ -17,7 +17,7 @@ from gpt.data.clean import (
     normalize_text,
     render_report,
 )
-from gpt.data.sources import DOC_COLUMNS
+from gpt.data.records import DOC_COLUMNS
 from gpt.errors import DataError
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gpt.config import load_params
 from gpt.data.clean import clean_documents, render_report
 from gpt.data.clean.decontam import build, eval_sets, load
-from gpt.data.sources import DOC_COLUMNS
+from gpt.data.records import DOC_COLUMNS
 from gpt.errors import DataError
 from tests.unit import reference_clean as ref
 

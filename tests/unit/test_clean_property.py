@@ -21,7 +21,7 @@ from gpt.data.clean import (
     normalize_batch,
     normalize_text,
 )
-from gpt.data.sources import DOC_COLUMNS
+from gpt.data.records import DOC_COLUMNS
 from tests.unit import reference_clean as ref
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"

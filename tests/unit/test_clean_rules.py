@@ -113,7 +113,7 @@ def test_the_engine_with_every_rule_on_matches_the_plain_statement(raw: list[str
 
     from gpt.data.clean import clean_documents
     from gpt.data.clean.decontam import build
-    from gpt.data.sources import DOC_COLUMNS
+    from gpt.data.records import DOC_COLUMNS
 
     ids = [str(i) for i in range(len(raw))]
     docs = pd.DataFrame({"doc_id": ids, "source": "prop", "name": ids, "text": raw},

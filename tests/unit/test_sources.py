@@ -14,7 +14,8 @@ import pytest
 
 from gpt.config import load_params
 from gpt.data.clean import clean_documents
-from gpt.data.sources import DOC_COLUMNS, read_source
+from gpt.data.records import DOC_COLUMNS
+from gpt.data.sources import read_source
 from gpt.errors import DataError
 from tests.conftest import data_config
 

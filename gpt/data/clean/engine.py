@@ -23,7 +23,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from gpt.data.clean.normalize import REPLACEMENT_CHAR, SURROGATES, normalize_bat
 from gpt.data.clean.report import CleanResult, assemble
 from gpt.data.clean.scrub import scrub_batch
 from gpt.data.minhash import band_keys, lsh_bands, minhash_signatures, near_duplicates_banded
+from gpt.data.records import DOC_COLUMNS, WEB_COLUMNS
 from gpt.data.shards import (
     PART,
     ShardedOutput,
@@ -65,7 +65,7 @@ from gpt.data.shards import (
     sharded_output,
     write_parquet,
 )
-from gpt.data.sources import DOC_COLUMNS, WEB_COLUMNS
+from gpt.data.workers import ignore_ctrl_c
 from gpt.errors import DataError
 
 #: Texts per batch are cut at about this many bytes (numpy temporaries stay in cache).
@@ -224,11 +224,6 @@ def filter_shard(job: tuple[str, str, str, CleanConfig, EvalSets | None]) -> dic
     return {"docs": len(frame), "passed": int(passed.sum())}
 
 
-def _ignore_ctrl_c() -> None:
-    """In a pool worker: Ctrl-C reaches the whole terminal group; the parent stops the pool."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _run(fn: Callable[[Any], Any], jobs: list, workers: int, mapper: Mapper | None) -> list:
     """Per-shard work: through ``mapper``, a local process pool, or in this process."""
     if not jobs:
@@ -237,7 +232,7 @@ def _run(fn: Callable[[Any], Any], jobs: list, workers: int, mapper: Mapper | No
         return list(mapper(fn, jobs))
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, len(jobs)), initializer=_ignore_ctrl_c) as pool:
+        with ctx.Pool(min(workers, len(jobs)), initializer=ignore_ctrl_c) as pool:
             out = pool.map(fn, jobs, chunksize=1)
             pool.close()
             pool.join()

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from gpt.data.clean.arrow import str_series, utf8_bytes
 from gpt.data.clean.scrub import scrub_batch
-from gpt.data.sources import DOC_COLUMNS, WEB_COLUMNS
+from gpt.data.records import DOC_COLUMNS, WEB_COLUMNS
 
 REJECTED_COLUMNS = ["doc_id", "source", "name", "reason", "excerpt"]
 EXCERPT_CHARS = 200
