@@ -45,6 +45,7 @@ def run(ws: Path, sets: list[str]) -> float:
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=ws.parent, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    (ws.parent / "run.log").open("a").write(out.stdout + out.stderr)
     if out.returncode != 0:
         sys.exit(f"gptops run failed ({out.returncode}):\n{(out.stdout + out.stderr)[-3000:]}")
     return wall
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="keep the workspace here (default: a temp folder)")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="gptops-overhead-"))
+    base.mkdir(parents=True, exist_ok=True)
     ws = base / "ws"
     shutil.rmtree(ws, ignore_errors=True)
     first = run(ws, args.sets)
