@@ -78,9 +78,9 @@ FIELDS = (
           "started by torch's launcher.", text=True),
     Field("strategy", "launch.strategy", "`ddp` (a model per process) or `fsdp` (FSDP2 "
           "sharding, for large models)."),
-    Field("benchmark_items", "evaluate.benchmark_limit", "items per benchmark task in the "
-          "evaluation (the built-in suite and `evaluate.benchmarks`); 0 = all. Fewer = a faster "
-          "evaluation, noisier scores."),
+    Field("eval_items", "evaluate.max_items", "the evaluation size: held-out SFT pairs "
+          "generated and items per benchmark task (the built-in suite and `evaluate.benchmarks`); "
+          "0 = all. Fewer = a faster evaluation, noisier scores."),
 )
 
 

@@ -284,18 +284,18 @@ class SFTConfig(_TuneConfig):
         description="what the pairs are, which picks the metrics (gpt.kinds.SFT_TASK_METRICS): "
                     "summarise = ROUGE-1/2/L, qa = SQuAD exact match/F1, translate = BLEU/chrF, "
                     "generic = all; the gate's standard metric is ROUGE-L, F1, chrF, ROUGE-L")
-    eval_examples: int = Field(gt=0, description="held-out pairs generated for the metrics")
     max_new_tokens: int = Field(gt=0, description="generation length at evaluation")
 
 
 class EvaluateConfig(_Strict):
+    max_items: int = Field(ge=0, description="the evaluation size: held-out SFT pairs generated "
+                           "and items per benchmark task (0 = all)")
     ppl_batches: int = Field(gt=0, description="validation batches for perplexity")
     batch_size: int = Field(gt=0)
     seed: int
     # Benchmarks (gpt.benchmarks).
     builtin_benchmarks: bool = Field(description="score the built-in offline suite "
                                      "(items from validation documents)")
-    benchmark_limit: int = Field(ge=0, description="items per benchmark task (0 = all)")
     benchmarks: list[str] = Field(description="lm-eval task names")
     benchmark_dirs: list[str] = Field(description="folders of your own lm-eval task YAMLs")
 
@@ -416,8 +416,9 @@ class Params(_Strict):
     profile: str = Field(description="the profile applied (resolve_params sets it)")
 
 
-#: Keys that moved (old dotted key -> new one): the ``launch`` settings left ``train``, and
-#: pretraining took the schedule and checkpoint shape of fine-tuning and SFT. A workspace's
+#: Keys that moved (old dotted key -> new one): the ``launch`` settings left ``train``,
+#: pretraining took the schedule and checkpoint shape of fine-tuning and SFT, and the SFT pairs
+#: and benchmark items scored became one evaluation size. A workspace's
 #: params.yaml is carried over (:func:`upgrade_moved`); an old key in ``--set``, a profile or
 #: ``tune.space`` is refused with a line naming the new one.
 MOVED: dict[str, str] = {
@@ -425,6 +426,8 @@ MOVED: dict[str, str] = {
                                              "rdzv_endpoint", "strategy")},
     "train.min_lr": "train.min_lr_factor",
     "train.checkpoint_interval": "train.checkpoints",
+    "sft.eval_examples": "evaluate.max_items",
+    "evaluate.benchmark_limit": "evaluate.max_items",
 }
 #: The moved keys whose value changed meaning, and what the new key holds.
 _MOVED_MEANING = {

@@ -238,25 +238,34 @@ def complete(model: GPT, tok: Tokenizer, prompts: Sequence[str], max_new_tokens:
     """Greedy completions (stopping at end-of-text) with the KV cache, ``batch_size`` prompts
     at a time.
 
-    Prompts are batched with others of the same token length, so no padding (and no attention
-    mask) is needed and each row computes what it would alone; a row that has stopped idles
-    until its batch is done. ``label`` names the progress phase (one unit per prompt).
+    Prompts are batched in order of token length, left-padded to the longest of their batch
+    (``GPT.generate``'s ``pad``: each row computes what it would alone); a row that has stopped
+    idles until its batch is done. A prompt whose window would slide (prompt + new tokens over
+    ``block_size``) is batched only with prompts of its own length, which need no padding.
+    ``label`` names the progress phase (one unit per prompt).
     """
     device = next(model.parameters()).device
     eot = tok.token_to_id(EOT)
-    ids = [tok.encode(p).ids[-(model.config.block_size - 1):] or [eot] for p in prompts]
-    by_length: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        by_length.setdefault(len(row), []).append(i)
+    block = model.config.block_size
+    ids = [tok.encode(p).ids[-(block - 1):] or [eot] for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    slides = {i for i in order if len(ids[i]) + max_new_tokens > block}
+    groups = [[i for i in order if i not in slides],
+              *([i for i in order if i in slides and len(ids[i]) == n]
+                for n in sorted({len(ids[i]) for i in slides}))]
+    size = max(1, batch_size)
+    batches = [rows[s:s + size] for rows in groups for s in range(0, len(rows), size)]
     out = [""] * len(prompts)
     with progress.phase(label, total=len(prompts), unit="prompt") as p:
-        for length, rows in sorted(by_length.items()):
-            for start in range(0, len(rows), max(1, batch_size)):
-                chunk = rows[start:start + max(1, batch_size)]
-                x = torch.tensor([ids[i] for i in chunk], device=device)
-                y = model.generate(x, max_new_tokens, temperature=0, stop_token=eot)
-                for r, i in enumerate(chunk):
-                    new = [t for t in y[r, length:].tolist() if t != eot]
-                    out[i] = tok.decode(new).strip()
-                p.advance(len(chunk))
+        for chunk in batches:
+            width = max(len(ids[i]) for i in chunk)
+            pad = torch.tensor([width - len(ids[i]) for i in chunk], device=device)
+            x = torch.tensor([[eot] * (width - len(ids[i])) + ids[i] for i in chunk],
+                             device=device)
+            y = model.generate(x, max_new_tokens, temperature=0, stop_token=eot,
+                               pad=pad if bool(pad.any()) else None)
+            for r, i in enumerate(chunk):
+                new = [t for t in y[r, width:].tolist() if t != eot]
+                out[i] = tok.decode(new).strip()
+            p.advance(len(chunk))
     return out

@@ -3,8 +3,8 @@
 Token + learned position embeddings, pre-LN blocks with causal self-attention through
 ``scaled_dot_product_attention`` (flash/memory-efficient kernels where available), a GELU MLP,
 weight tying and GPT-2's scaled residual init. ``generate`` samples with a preallocated KV
-cache. For training, the output layer and the loss are fused (``gpt.loss``): one (N, vocab)
-buffer and a lean backward.
+cache, a batch of prompts of different lengths at once (left padding). For training, the
+output layer and the loss are fused (``gpt.loss``): one (N, vocab) buffer and a lean backward.
 
 The embedding may hold more rows than the vocabulary (``vocab_multiple``, e.g. GPT-2's 50257
 rounded up to 50304 for GPU-friendly shapes). Padded rows are never looked up, and their logits
@@ -58,24 +58,15 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                ) -> torch.Tensor:
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (True = may attend) replaces the plain causal mask (see ``attention_mask``)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        past = 0
         if cache is not None:
-            past = cache.length
             k, v = cache.update(layer, k, v)
-        # With a cache, the T new queries sit at the end of the key sequence; a plain causal mask
-        # would align them to the start, so build the offset mask explicitly when T > 1.
-        if past == 0 or T == 1:
-            mask, causal = None, T > 1
-        else:
-            S = past + T
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            causal = False
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
             dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -102,8 +93,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -132,6 +123,28 @@ class KVCache:
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def attention_mask(past: int, T: int, pad: torch.Tensor | None, device: torch.device,
+                   ) -> torch.Tensor | None:
+    """Which keys each of ``T`` new queries may attend to (True), after ``past`` cached ones.
+
+    None when the plain causal mask is right: no cache before them, or one new query that sees
+    everything cached. With a cache, the new queries sit at the end of the key sequence (a plain
+    causal mask would align them to the start), so the offset mask is built explicitly. With
+    ``pad`` (B,), row b's first ``pad[b]`` positions are left padding: no query attends to them,
+    except a padding query to itself (a row of nothing but masked keys would give NaN; padding
+    outputs are never read). Returns (T, S) or, with ``pad``, (B, 1, T, S).
+    """
+    if pad is None and (past == 0 or T == 1):
+        return None
+    S = past + T
+    q = torch.arange(past, S, device=device)[:, None]
+    k = torch.arange(S, device=device)[None, :]
+    causal = k <= q
+    if pad is None:
+        return causal
+    return (causal & ((k >= pad[:, None, None]) | (k == q)))[:, None]
 
 
 class GPT(nn.Module):
@@ -174,10 +187,12 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
-                      ) -> tuple[torch.Tensor, KVCache | None]:
+                      pad: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache | None]:
         """Final-layer-norm hidden states (B, T, C) and the cache, updated in place.
 
         With a ``cache``, ``idx`` continues the ``cache.length`` positions it already holds.
+        ``pad`` (B,) counts each row's left padding: its real tokens take positions from 0 and
+        never attend to the padding, so a padded row computes what it would alone.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -188,9 +203,12 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens exceeds the cache's capacity "
                              f"{cache.capacity}")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        if pad is not None:
+            pos = (pos - pad[:, None]).clamp(min=0)  # (B, T): padding sits at position 0
+        mask = attention_mask(past, T, pad, idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, mask)
         if cache is not None:
             cache.length += T
         return self.transformer.ln_f(x), cache
@@ -247,12 +265,16 @@ class GPT(nn.Module):
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None,
                         stop_token: int | None = None, use_cache: bool = True,
-                        generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                        generator: torch.Generator | None = None,
+                        pad: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Yield the next token (B, 1) of each prompt in the batch, one step at a time.
 
         With ``use_cache`` the prompt is encoded once and each step feeds one token; when the
         context would exceed ``block_size`` the window slides and the cache is rebuilt.
         Rows that produced ``stop_token`` keep yielding it; iteration ends when all have.
+        ``pad`` (B,): prompts of different lengths, left-padded to one (see ``hidden_states``).
+        A padded row generates what it would alone while padding + prompt + new tokens fit in
+        ``block_size`` (beyond it, its window slides earlier than it would alone).
         """
         was_training = self.training
         self.eval()
@@ -268,13 +290,15 @@ class GPT(nn.Module):
         try:
             for _ in range(max_new_tokens):
                 if cache is not None and 0 < cache.length < cache.capacity:
-                    x, _ = self.hidden_states(tokens[:, n - 1:n], cache)
+                    x, _ = self.hidden_states(tokens[:, n - 1:n], cache, pad)
                 else:
                     # First step, no cache, or a full window: (re)encode the last block_size
                     # tokens. Once the window is full it slides, so each step re-encodes.
                     if cache is not None:
                         cache.length = 0
-                    x, _ = self.hidden_states(tokens[:, max(0, n - block):n], cache)
+                    start = max(0, n - block)
+                    left = None if pad is None else (pad - start).clamp(min=0)
+                    x, _ = self.hidden_states(tokens[:, start:n], cache, left)
                 logits = self.logits(x[:, -1, :])
                 nxt = self._sample(logits, temperature, top_k, top_p, generator)
                 if stop_token is not None:
@@ -292,8 +316,9 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  stop_token: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None,
+                 pad: torch.Tensor | None = None) -> torch.Tensor:
         """Return the prompts (B, T) followed by up to ``max_new_tokens`` sampled tokens."""
         steps = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p,
-                                          stop_token, use_cache, generator))
+                                          stop_token, use_cache, generator, pad))
         return torch.cat([idx, *steps], dim=1) if steps else idx

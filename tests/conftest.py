@@ -27,9 +27,8 @@ SMALL = [
     "model.n_head=2", "model.block_size=64", "train.max_steps=30", "train.eval_interval=15",
     "train.eval_batches=4", "train.checkpoints=2", "finetune.max_steps=60",
     "finetune.warmup_steps=5", "finetune.lr=0.003", "finetune.base_lr_factor=1.0",
-    "sft.max_steps=30", "sft.warmup_steps=5", "sft.eval_examples=10",
-    "sft.max_new_tokens=8",
-    "evaluate.ppl_batches=4", "evaluate.benchmark_limit=8",
+    "sft.max_steps=30", "sft.warmup_steps=5", "sft.max_new_tokens=8",
+    "evaluate.ppl_batches=4", "evaluate.max_items=8",  # SFT pairs and benchmark items
 ]
 
 

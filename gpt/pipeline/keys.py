@@ -32,7 +32,7 @@ from gpt.config import Params
 from gpt.kinds import BASE, SFT, SFT_TASK_METRICS, TASK, named
 
 #: SFT fields only the evaluation reads (the rest of the section shapes training).
-SFT_EVAL_FIELDS = ("eval_examples", "max_new_tokens", "task_type")
+SFT_EVAL_FIELDS = ("max_new_tokens", "task_type")
 #: Fields that name a file: the key holds the file's content hash instead of its path.
 _FILE_FIELDS = ("task_path", "test_path")
 
@@ -182,7 +182,7 @@ def sft(params: Params, data_version: str, base: str | None = None) -> StepKey:
 
 
 #: ``evaluate`` fields of the benchmarks (the SFT evaluation reads these and no others).
-BENCH_FIELDS = ("builtin_benchmarks", "benchmark_limit", "benchmarks", "benchmark_dirs")
+BENCH_FIELDS = ("builtin_benchmarks", "max_items", "benchmarks", "benchmark_dirs")
 
 
 def benchmarks(params: Params) -> dict[str, Any]:
@@ -222,7 +222,8 @@ def evaluation(kind: str, params: Params, data_version: str,
     if which is TASK:
         return _key("evaluate-task", {"model": finetune(params, data_version, base).digest,
                                       "code": code("evaluate")})
-    sft_reads = {k: getattr(params.sft, k) for k in SFT_EVAL_FIELDS}
+    sft_reads = {**{k: getattr(params.sft, k) for k in SFT_EVAL_FIELDS},
+                 "max_items": params.evaluate.max_items}  # the pairs generated
     # the metrics its task type computes (gpt/kinds.py, a file no key hashes, holds the table)
     metrics = list(SFT_TASK_METRICS[params.sft.task_type])
     return _key("evaluate-sft", {"model": sft(params, data_version, base).digest,

@@ -301,7 +301,7 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
 
     e = params.evaluate
     block = params.model.block_size
-    digest = keys.digest_of({"data_version": data_version, "limit": e.benchmark_limit,
+    digest = keys.digest_of({"data_version": data_version, "limit": e.max_items,
                              "seed": e.seed, "items_version": bm.ITEMS_VERSION,
                              "block_size": block, "ngram": params.clean.decontaminate_ngram})
     folder = inputs.paths.step_dir("bench-items", digest)
@@ -310,7 +310,7 @@ def _bench_items(inputs: Inputs, params: Params, data_version: str) -> Path:
     meta = json.loads(inputs.paths.token_meta.read_text())
     split = (inputs.paths.clean, meta["val_fraction"], meta["seed"])
     with progress.phase("evaluate: benchmark items (validation documents, decontaminated)"):
-        items = bm.build_items(bm.validation_docs(*split), e.benchmark_limit, e.seed,
+        items = bm.build_items(bm.validation_docs(*split), e.max_items, e.seed,
                                (t for _, t in bm.split_docs(*split, val=False)),
                                fits=bench_fits(inputs.hf_tokenizer, block),
                                ngram=params.clean.decontaminate_ngram)
@@ -347,7 +347,7 @@ def _benchmarks(inputs: Inputs, params: Params, data_version: str, model: Any,
     from gpt.train import resolve_device
 
     builtin = _bench_items(inputs, params, data_version) if e.builtin_benchmarks else None
-    s = bm.suite(builtin, e.benchmarks, e.benchmark_dirs, e.benchmark_limit)
+    s = bm.suite(builtin, e.benchmarks, e.benchmark_dirs, e.max_items)
     tok = inputs.hf_tokenizer
     with progress.phase(f"evaluate: benchmarks ({', '.join(s.tasks)})"), \
             tempfile.TemporaryDirectory(prefix="hf-", dir=_mkdir(where)) as tmp:
@@ -422,7 +422,8 @@ def _evaluate_sft(ctx: RunContext, inputs: Inputs, key: StepKey) -> ModelEval:
     """SFT metrics on held-out pairs, next to the base model prompted the same way."""
     params, version, base = ctx.params, ctx.data_version, ctx.base
     task = inputs.sft_task
-    test = task.test[:params.sft.eval_examples]
+    size = params.evaluate.max_items
+    test = task.test[:size] if size else task.test
     prompts, refs = [p for p, _ in test], [c for _, c in test]
     n = params.sft.max_new_tokens
     tuned_model = inputs.language_model(keys.sft(params, version, base.digest))

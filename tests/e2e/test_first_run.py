@@ -26,7 +26,7 @@ TINY = ["--set", "data.max_docs=400", "--set", "tokenizer.vocab_size=512",
         "--set", "model.n_layer=1", "--set", "model.n_embd=32", "--set", "model.n_head=2",
         "--set", "model.block_size=32", "--max-steps", "10", "--set", "train.eval_interval=5",
         "--set", "train.eval_batches=2", "--set", "finetune.max_steps=5",
-        "--set", "sft.max_steps=5", "--set", "sft.eval_examples=4",
+        "--set", "sft.max_steps=5", "--set", "evaluate.max_items=4",
         "--set", "sft.max_new_tokens=4", "--set", "evaluate.ppl_batches=2"]
 TRIES = 3
 

@@ -115,7 +115,7 @@ def test_evaluation_keys_follow_benchmark_settings_and_task_files(tmp_path):
     p = _params(f"evaluate.benchmark_dirs=[{folder}]")
     for kind in ("base", "sft"):
         k = keys.evaluation(kind, p, "v1").digest
-        assert keys.evaluation(kind, _params("evaluate.benchmark_limit=7"), "v1").digest != \
+        assert keys.evaluation(kind, _params("evaluate.max_items=7"), "v1").digest != \
             keys.evaluation(kind, _params(), "v1").digest
         (folder / "t.yaml").write_text("task: mine\nnum_fewshot: 1\n")
         assert keys.evaluation(kind, p, "v1").digest != k

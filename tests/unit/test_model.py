@@ -177,3 +177,32 @@ def test_training_head_falls_back_to_logits_when_the_output_layer_is_wrapped():
     logits, loss = m(x, x)
     _, fused_loss = m(x, x, return_logits=False)
     assert torch.allclose(loss, fused_loss)
+
+
+def test_left_padded_batch_generates_what_each_prompt_would_alone():
+    """Prompts of different lengths, left-padded into one batch (``pad``), give each prompt's own
+    greedy tokens, with and without the cache, and the real positions' logits of each alone."""
+    m = tiny()
+    torch.manual_seed(1)
+    prompts = [torch.randint(1, 97, (n,)) for n in (1, 4, 9, 5)]
+    width = max(len(p) for p in prompts)
+    pad = torch.tensor([width - len(p) for p in prompts])
+    x = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p])
+                     for p in prompts])
+    cached = m.generate(x, 12, temperature=0, pad=pad)[:, width:]
+    uncached = m.generate(x, 12, temperature=0, pad=pad, use_cache=False)[:, width:]
+    alone = [m.generate(p[None], 12, temperature=0, use_cache=False)[0, len(p):] for p in prompts]
+    assert torch.equal(cached, torch.stack(alone)) and torch.equal(uncached, cached)
+    h, _ = m.hidden_states(x, pad=pad)
+    for r, p in enumerate(prompts):
+        assert torch.allclose(m.lm_head(h[r, pad[r]:]), full_logits(m, p[None])[0], atol=1e-5)
+    assert torch.isfinite(h).all()  # padding queries attend to themselves: no NaN
+
+
+def test_left_padded_window_slides_alike_with_and_without_cache():
+    m = tiny()
+    x = torch.randint(1, 97, (2, 30))
+    pad = torch.tensor([0, 20])
+    a = m.generate(x, 12, temperature=0, pad=pad)  # past block_size 32: the window slides
+    b = m.generate(x, 12, temperature=0, pad=pad, use_cache=False)
+    assert torch.equal(a, b)

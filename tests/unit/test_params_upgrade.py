@@ -84,3 +84,15 @@ def test_upgrade_moves_the_old_keys_in_the_file_and_says_so_in_one_line(tmp_path
     assert load_params(path) == load_params(PROJECT_PARAMS, overrides=[
         "launch.device=cpu", "launch.strategy=fsdp"])
     assert upgrade_params(path) == []  # said once
+
+
+def test_the_sft_pairs_and_benchmark_items_scored_carry_over_as_the_evaluation_size(tmp_path):
+    raw = yaml.safe_load(PROJECT_PARAMS.read_text(encoding="utf-8"))
+    del raw["evaluate"]["max_items"]
+    raw["sft"]["eval_examples"], raw["evaluate"]["benchmark_limit"] = 40, 100
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    assert load_params(path) == load_params(PROJECT_PARAMS, overrides=["evaluate.max_items=40"])
+    assert sorted(upgrade_params(path)) == ["evaluate.benchmark_limit -> evaluate.max_items",
+                                            "sft.eval_examples -> evaluate.max_items"]
+    assert read_params_file(path)["evaluate"]["max_items"] == 40

@@ -95,13 +95,16 @@ def test_loss_decreases_on_toy_set_and_a_resumed_run_only_runs_the_remaining_ste
 
 
 def test_batched_completions_equal_one_prompt_at_a_time(tok):
-    """Prompts batched by token length (no padding): each row computes what it would alone."""
+    """Prompts of different lengths batched with left padding: each row computes what it would
+    alone; prompts whose window slides (prompt + new tokens over block_size) too."""
     from gpt.evaluate import complete
 
     model = _toy_model(tok).eval()
-    prompts = [p for p, _ in PAIRS[:20]] + ["Q:", "Q: what"]
+    long = [" ".join([p] * 3) for p, _ in PAIRS[:3]]  # over 20 tokens: 12 new ones slide
+    prompts = [p for p, _ in PAIRS[:20]] + ["Q:", "Q: what", *long]
     one = complete(model, tok, prompts, 12, batch_size=1)
     many = complete(model, tok, prompts, 12, batch_size=8)
     assert many == one
-    assert len({len(tok.encode(p).ids) for p in prompts}) > 1  # several length groups
+    assert len({len(tok.encode(p).ids) for p in prompts}) > 2  # padding in a batch
+    assert all(len(tok.encode(p).ids) + 12 > 32 for p in long)
     assert any(one)  # a random model still generates something to compare
