@@ -224,11 +224,11 @@ class SourceWatch:
             current = snapshot(self.source)
         except PollError as exc:
             if self.outage is None:
-                log.warning("data watch: %s; no event until it answers (retrying quietly)", exc)
+                log.warning("%s; no event until it answers (retrying quietly)", exc)
             self.outage = str(exc)
             return None
         if self.outage is not None:
-            log.warning("data watch: %s answers again", self.source)
+            log.warning("%s answers again: watching it", self.source)
             self.outage = None
         return current
 
