@@ -30,6 +30,9 @@ def run(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
         max_steps: Annotated[int | None, typer.Option(help="pretraining steps (default: the "
                                                       "profile's train.max_steps)")] = None,
         reclean: Annotated[bool, typer.Option(help="re-run cleaning even if unchanged")] = False,
+        reingest: Annotated[bool, typer.Option(help="re-read data.source even if unchanged "
+                                               "(DVC does not track a local source's files: "
+                                               "new ones are read only so)")] = False,
         save: Annotated[bool, typer.Option("--save", help="keep --set data overrides in "
                                            "params.yaml (default: this run only)")] = False,
         base: BaseOpt = "",
@@ -50,7 +53,7 @@ def run(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
     # SIGTERM/SIGINT at any point: one line naming the step, exit 143/130, locks released.
     with stopping.on_signals("gptops run"):
         result, team, ws = _run(workdir, profile, overrides, max_steps, reclean, save, base,
-                                init, no_wait)
+                                init, no_wait, reingest)
     from flows.report import summary_rows
 
     table = Table(title="gptops run summary", show_header=False)
@@ -64,7 +67,7 @@ def run(workdir: Workdir = Path("."), profile: Profile = DEFAULT_PROFILE,
 
 def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: int | None,
          reclean: bool, save: bool, base: str, init: bool, no_wait: bool,
-         ) -> tuple[dict, str, Path]:
+         reingest: bool = False) -> tuple[dict, str, Path]:
     """Check every input, then run the flow on the workspace's Prefect server."""
     from flows.server import workspace_api
     from gpt import stopping
@@ -81,7 +84,8 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
         from flows.pipeline import training_pipeline
 
         try:
-            result = training_pipeline(profile=profile, reclean=reclean, save_overrides=save,
+            result = training_pipeline(profile=profile, reclean=reclean, reingest=reingest,
+                                       save_overrides=save,
                                        overrides=extra, base=base, workdir=str(ctx.workdir),
                                        wait=not no_wait)
         except CancelledRun as exc:  # the flow run ended Cancelled by a stop: its one line

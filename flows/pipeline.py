@@ -25,6 +25,7 @@ from flows.form import FLOW_NAME
 from flows.report import summary_markdown
 from gpt import stopping
 from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, load_params, profile_names
+from gpt.data.watch import unread_change
 from gpt.dvc_repo import STAGES
 from gpt.errors import Interrupted
 from gpt.pipeline.context import RunContext, prepare_run
@@ -233,6 +234,10 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None, reingest: bool
     if reused:
         get_run_logger().info("data stages reused from the DVC cache (inputs unchanged): %s",
                               ", ".join(reused))
+    unread = unread_change(ctx.workdir, ctx.params.data) if "ingest" in reused else None
+    if unread is not None:  # DVC does not track a local source's files
+        get_run_logger().warning("data.source changed since the last ingest (%s); "
+                                 "--reingest reads it", unread.summary)
     # One MLflow parent run per flow run; each training step nests its own run under it. Each
     # run and version links to this flow run's page when a Prefect UI serves it.
     flow_run_url = links.flow_run_page(flow_run_id)

@@ -3,7 +3,7 @@
 All three bind 127.0.0.1 by default, start in order (each waits for the previous to answer), and
 stop together on Ctrl-C/SIGTERM or when any of them dies. A port in use is refused up front.
 Beside them (:mod:`flows.watch`): the notification automations for ``--notify`` and
-``notify.webhooks``, and the watcher of a local ``data.source`` (``watch:``), whose event runs
+``notify.webhooks``, and the watcher of ``data.source`` (``watch:``), whose event runs
 the deployment ``retrain-on-data``.
 """
 
@@ -61,7 +61,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
               timezone: str = NIGHTLY_TIMEZONE, init: bool = False,
               notify: tuple[str, ...] = ()) -> None:
     from gpt.config import load_params
-    from gpt.data.watch import SourceWatch, watchable
+    from gpt.data.watch import SourceWatch, remote, watchable
     from gpt.dvc_repo import ensure_workspace
 
     for url in notify:
@@ -145,7 +145,8 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
                 raise GptopsError("could not create the notification automations: "
                                   f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
         watching = params.watch.enabled and watchable(params.data.source)
-        if watching:  # what "unchanged" is, before anyone is told serve is up
+        if watching and not remote(params.data.source):  # what "unchanged" is, before
+            # anyone is told serve is up (a hub's revision: the watcher asks, saying why not)
             SourceWatch.open(ws, params.data.source, params.watch.quiet_period_s, time.monotonic())
         hooks = params.notify.mlflow_webhooks
         if watching or hooks:
@@ -158,7 +159,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
               "training_pipeline/retrain-on-data)")
         print("Data watch:  " + (f"{params.data.source} (quiet period "
                                  f"{params.watch.quiet_period_s:g}s)" if watching else
-                                 "off (watch.enabled, or a builtin/hf: data.source)"))
+                                 "off (watch.enabled, or a builtin data.source)"))
         if urls:
             print(f"Notify:      {len(urls)} webhook(s): gate decisions and failed runs")
         print(f"MLflow UI:   {mlflow_ui}   (backend {backend})")

@@ -4,9 +4,10 @@
   for ``notify.webhooks`` of params.yaml and the ``--url`` options, then exit.
 - ``run``: until stopped,
 
-  - poll the files of ``data.source`` every ``watch.interval_s`` and emit
-    ``gptops.data.changed`` once they were left alone for ``watch.quiet_period_s``
-    (:class:`gpt.data.watch.SourceWatch`); the deployment ``retrain-on-data`` runs on it;
+  - poll ``data.source`` (its files every ``watch.interval_s``; an ``hf:`` hub dataset's
+    revision every ``watch.remote_interval_s``) and emit ``gptops.data.changed`` once it was
+    left alone for ``watch.quiet_period_s`` (:class:`gpt.data.watch.SourceWatch`); the
+    deployment ``retrain-on-data`` runs on it;
   - with ``--mlflow URL`` (``notify.mlflow_webhooks``): register an MLflow registry webhook
     (signed with a secret made at each start) pointing at a receiver on 127.0.0.1, which turns
     versions registered and aliases moved through the MLflow server (its UI, its REST API: not
@@ -31,8 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from flows.events import DATA_CHANGED, install_notifications, mlflow_event
+from gpt.cli import setup_logging
 from gpt.config import load_params
-from gpt.data.watch import Change, SourceWatch, watchable
+from gpt.data.watch import Change, SourceWatch, remote, watchable
 
 #: The MLflow webhook of a ``gptops serve`` (replaced at each start: its port and secret change).
 MLFLOW_HOOK = "gptops-serve"
@@ -47,15 +49,18 @@ def data_changed(workdir: Path, source: str, change: Change) -> None:
     emit_event(DATA_CHANGED, {"prefect.resource.id": f"gptops.workspace.{ws}",
                               "prefect.resource.name": ws},
                payload={"workdir": ws, "source": source, "files": change.files,
-                        "removed": change.removed, "summary": change.summary,
+                        "removed": change.removed, "revision": change.revision,
+                        "summary": change.summary,
                         "text": f"gptops: data changed in {ws}: {change.summary}"})
 
 
 def watch(workdir: Path, source: str, interval_s: float, quiet_s: float) -> None:
     """Poll ``source`` until stopped, emitting an event per quiet change."""
     state = SourceWatch.open(Path(workdir), source, quiet_s, time.monotonic())
-    print(f"watching data.source {source} ({len(state.seen)} file(s); a change runs "
-          f"retrain-on-data after {quiet_s:g}s of quiet)", flush=True)
+    what = (f"its hub revision every {interval_s:g}s" if remote(source)
+            else f"{len(state.seen)} file(s)")
+    print(f"watching data.source {source} ({what}; a change runs retrain-on-data after "
+          f"{quiet_s:g}s of quiet)", flush=True)
     while True:
         time.sleep(interval_s)
         change = state.poll(time.monotonic())
@@ -132,6 +137,7 @@ def main() -> None:
             print(f"notifications: {name}", flush=True)
         return
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    setup_logging()  # the watcher's warnings (a hub that does not answer) on the terminal
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: gptops serve stops us too
         if args.mlflow:
             try:
@@ -142,7 +148,8 @@ def main() -> None:
                       "does nothing here", flush=True)
         source, w = params.data.source, params.watch
         if w.enabled and watchable(source):
-            watch(ws, source, w.interval_s, w.quiet_period_s)
+            watch(ws, source, w.remote_interval_s if remote(source) else w.interval_s,
+                  w.quiet_period_s)
         while True:
             time.sleep(3600)
 

@@ -374,10 +374,12 @@ class TuneConfig(_Strict):
 
 
 class WatchConfig(_Strict):
-    """What ``gptops serve`` watches: the local files of ``data.source``."""
+    """What ``gptops serve`` watches: ``data.source``'s files, or its hub revision."""
 
-    enabled: bool = Field(description="a change of data.source's files runs retrain-on-data")
+    enabled: bool = Field(description="a change of data.source runs retrain-on-data")
     interval_s: float = Field(gt=0, description="seconds between two looks at the files")
+    remote_interval_s: float = Field(gt=0, description="seconds between two checks of an "
+                                     "hf: hub dataset's revision (a request to the hub)")
     quiet_period_s: float = Field(ge=0, description="the change is announced once the files "
                                   "were left alone this long")
 

@@ -146,6 +146,12 @@ class Workspace:
         return self.state / "watch.json"
 
     @property
+    def ingest_state(self) -> Path:
+        """The local source's files as the ingest stage last read them (``gptops run`` says
+        when they changed since: a plain run does not re-read them)."""
+        return self.state / "ingested.json"
+
+    @property
     def lock_file(self) -> Path:
         """Locked by the one pipeline (or command writing the workspace) at a time."""
         return self.state / "workspace.lock"

@@ -422,6 +422,18 @@ def _iter_local(pattern: str, text_field: str, bad: BadRecords) -> Iterator[Row]
             i += 1
 
 
+def hf_dataset(spec: str) -> tuple[str, str, bool]:
+    """``(name, split, local)`` of an ``hf:`` source (``spec`` without the prefix): a folder
+    written by ``save_to_disk`` (``local``; ``~`` expanded, no split; it may not exist yet), or
+    a hub dataset's name with an optional ``:split``."""
+    name, _, split = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    if not name:
+        raise DataError("data.source 'hf:' names no dataset; write hf:<folder> or hf:<name>")
+    folder = name.startswith(("/", "./", "../", "~"))
+    name = os.path.expanduser(name) if name.startswith("~") else name
+    return name, split, folder or Path(name).exists()
+
+
 def _hf_parts(spec: str, text_field: str) -> list[tuple[str, str, object]]:
     """``(dataset name, split, dataset)``: local ``save_to_disk`` folders memory-mapped, hub
     datasets streamed."""
@@ -430,15 +442,12 @@ def _hf_parts(spec: str, text_field: str) -> list[tuple[str, str, object]]:
     except ImportError as exc:
         raise DataError(f"data.source 'hf:{spec}' needs the 'datasets' package; pip install "
                         "'gptops[hf]'") from exc
-    name, _, split = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
-    if not name:
-        raise DataError("data.source 'hf:' names no dataset; write hf:<folder> or hf:<name>")
-    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+    name, split, local = hf_dataset(spec)
+    if local and not Path(name).exists():
         raise DataError(f"dataset folder '{name}' does not exist; check the path in "
                         "data.source (hf:<folder written by save_to_disk>)")
-    name = os.path.expanduser(name) if name.startswith("~") else name
     try:
-        if Path(name).exists():
+        if local:
             loaded = datasets.load_from_disk(name)
         else:
             loaded = datasets.load_dataset(name, split=split or "train", streaming=True)

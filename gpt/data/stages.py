@@ -46,6 +46,7 @@ from gpt.data.shards import (
 )
 from gpt.data.sources import iter_source, local_paths
 from gpt.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from gpt.data.watch import save_ingest, source_files
 from gpt.data.workers import default_workers
 from gpt.errors import DataError, NoSpaceError, no_space
 from gpt.layout import Workspace
@@ -206,6 +207,7 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
     # tokens keep their source); the weights are no input here: training reads them.
     corpora = [d.single(s) for s, _ in d.mixture] or [d]
     state = [_source_state(c.source) for c in corpora]
+    files = source_files(d)  # what this run reads: `gptops run` tells when it changed since
     print_ = fingerprint("ingest", d.model_dump(exclude={"sources"}), list(kinds),
                          state if d.sources else state[0], [c.source for c in corpora])
     bad: list[pd.DataFrame] = []
@@ -233,6 +235,7 @@ def ingest(params: Params, workdir: Path) -> dict[str, Any]:
                 **({"pii_scrubbed": pii} if d.scrub_raw else {}),
                 **({"sources": _per_source(corpora, writer.shards)} if d.sources else {})}
         (out.path / MANIFEST).write_text(json.dumps(info, indent=2))
+    save_ingest(workdir, d, files)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("ingest: %d documents (%d shards), %.1f MB from %s; %d bad records%s%s%s",
              info["docs"], len(writer.shards), info["bytes"] / 1e6,

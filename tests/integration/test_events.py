@@ -195,3 +195,40 @@ def test_a_dropped_file_retrains_and_decisions_and_failures_are_notified(tmp_pat
         raise
     finally:
         stop_serve(proc)
+
+
+def test_gptops_run_reingest_reads_a_new_file_and_a_plain_run_says_it_does_not(tmp_path):
+    """DVC does not track a local source's files: a plain `gptops run` keeps the data it has
+    and says the source changed; `gptops run --reingest` reads the new file."""
+    import pandas as pd
+
+    ws, corpus = _workspace(tmp_path)  # ingested from a.jsonl alone
+    before = _ingested(ws)
+    with (corpus / "b.jsonl").open("w") as fh:
+        for i in range(40):
+            fh.write(json.dumps({"text": f"The {MARKER} number {i} is a new document that "
+                                         "arrived after the last run, with words enough to "
+                                         "pass every cleaning rule."}) + "\n")
+    gptops = str(Path(sys.executable).parent / "gptops")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    fast = ["--max-steps", "5", "--set", "finetune.max_steps=5"]
+
+    def raw_markers() -> int:
+        return int(sum(pd.read_parquet(p)["text"].str.contains(MARKER).sum()
+                       for p in (ws / "data/raw").glob("part-*")))
+
+    def run(*extra: str) -> str:
+        done = subprocess.run([gptops, "run", "-w", str(ws), *fast, *extra], cwd=ws, env=env,
+                              capture_output=True, text=True, timeout=900)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-4000:]
+        return out
+
+    out = run()
+    assert _ingested(ws) == before and raw_markers() == 0
+    assert ("data.source changed since the last ingest (1 new or changed file (b.jsonl)); "
+            "--reingest reads it") in " ".join(out.split()), out[-4000:]
+    out = run("--reingest")
+    assert _ingested(ws) != before and raw_markers() == 40
+    assert "--reingest reads it" not in out

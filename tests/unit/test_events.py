@@ -49,7 +49,7 @@ def test_a_change_made_while_nobody_watched_is_announced_at_the_next_start(tmp_p
 def test_removed_files_and_sources_without_files():
     assert diff({"a": (1, 1), "b": (1, 1)}, {"b": (1, 2)}).removed == ["a"]
     assert diff({"a": (1, 1), "b": (1, 1)}, {"b": (1, 2)}).files == ["b"]
-    assert not watchable("builtin") and not watchable("hf:some/dataset")
+    assert not watchable("builtin") and watchable("hf:some/dataset")  # its hub revision
     assert watchable("data/*.jsonl")
 
 
