@@ -45,6 +45,7 @@ PINNED = {
     "logs": ".gptops/logs",
     "optuna_db": ".gptops/optuna.db",
     "watch_state": ".gptops/watch.json",
+    "ingest_state": ".gptops/ingested.json",
     "lock_file": ".gptops/workspace.lock",
     "live_runs": ".gptops/live-runs",
     "params_backup": ".gptops/params.before-run.yaml",
