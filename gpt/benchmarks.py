@@ -1,8 +1,12 @@
 """Benchmarks through EleutherAI's lm-evaluation-harness (lm-eval), as litgpt's ``evaluate`` does.
 
-A language model is written as a Hugging Face folder (:func:`gpt.hf.to_hf_lm`, the same export
-every registered version gets) and scored by ``lm_eval.simple_evaluate`` with lm-eval's own
-``HFLM``: gptops writes no scorer, so its numbers are the harness's by construction.
+A language model is scored in place by ``lm_eval.simple_evaluate`` through gptops' own lm-eval
+model, :class:`gpt.harness.GPTLM` (no export round-trip; contexts encoded once, the output layer
+only where a token is scored, batched generation with the KV cache). lm-eval builds the requests
+and computes the metrics; ``GPTLM`` answers the requests exactly as lm-eval's ``HFLM`` does on the
+model's Hugging Face export (:func:`gpt.hf.export_lm_folder`, the conversion every registered
+version gets),
+which tests/integration/test_harness_parity.py checks.
 
 Three kinds of tasks:
 
@@ -417,8 +421,11 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
-def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) -> BenchResult:
-    """Score the HF folder on ``s``'s tasks with lm-eval's ``HFLM`` (no downloads when offline).
+def score(model: Any, hf_tokenizer: Any, s: Suite, batch_size: int, device: str | None,
+          seed: int) -> BenchResult:
+    """Score ``model`` (a :class:`gpt.model.GPT`, moved to ``device`` unless None) with its
+    tokenizer (a ``transformers`` fast tokenizer) on ``s``'s tasks through
+    :class:`gpt.harness.GPTLM` (no downloads when offline).
 
     Raises:
         ConfigError: lm-eval cannot load a task (naming it).
@@ -428,9 +435,10 @@ def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) ->
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers.utils import logging as hf_logging
+
+    from gpt.harness import GPTLM
 
     # lm-eval logs each request it truncates to the context window (a warning per item on a
     # small model) and every step at INFO: errors only, the summary line is ours.
@@ -443,7 +451,7 @@ def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) ->
         with _stderr_aside() as aside:
             tm = TaskManager(include_path=[str(p) for p in s.include] or None,
                              include_defaults=s.hub)
-            lm = HFLM(pretrained=str(hf_folder), batch_size=batch_size, device=device)
+            lm = GPTLM(model, hf_tokenizer, batch_size=batch_size, device=device)
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=s.tasks, limit=s.limit, task_manager=tm, log_samples=False,
                 bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
@@ -491,14 +499,3 @@ def _stderr_aside() -> Iterator[list[str]]:
 def _tail(aside: list[str]) -> str:
     text = "".join(aside).strip()
     return f" (its output: ...{text[-500:]})" if text else ""
-
-
-def export_folder(model: Any, hf_tokenizer: Any, eot_id: int, pad_id: int, out: Path) -> Path:
-    """``model`` (a :class:`gpt.model.GPT`) as the HF folder lm-eval loads."""
-    from gpt.hf import to_hf_lm
-
-    out.mkdir(parents=True, exist_ok=True)
-    to_hf_lm(model, eot_id, pad_id).save_pretrained(out)
-    hf_tokenizer.model_max_length = model.config.block_size
-    hf_tokenizer.save_pretrained(out)
-    return out

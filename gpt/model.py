@@ -58,7 +58,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                ) -> torch.Tensor:
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -67,8 +67,11 @@ class CausalSelfAttention(nn.Module):
             past = cache.length
             k, v = cache.update(layer, k, v)
         # With a cache, the T new queries sit at the end of the key sequence; a plain causal mask
-        # would align them to the start, so build the offset mask explicitly when T > 1.
-        if past == 0 or T == 1:
+        # would align them to the start, so build the offset mask explicitly when T > 1. A given
+        # ``mask`` (rows of different lengths in one batch) replaces both.
+        if mask is not None:
+            causal = False
+        elif past == 0 or T == 1:
             mask, causal = None, T > 1
         else:
             S = past + T
@@ -102,8 +105,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -174,10 +177,14 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                       ) -> tuple[torch.Tensor, KVCache | None]:
         """Final-layer-norm hidden states (B, T, C) and the cache, updated in place.
 
         With a ``cache``, ``idx`` continues the ``cache.length`` positions it already holds.
+        Rows of different lengths in one batch (padded, e.g. lm-eval's requests in
+        ``gpt.harness``) give each token its position ``pos`` (B, T) and which keys each query
+        sees, ``mask`` (B, 1, T, keys; True = attend), instead of one causal sequence.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -187,10 +194,11 @@ class GPT(nn.Module):
         if cache is not None and past + T > cache.capacity:
             raise ValueError(f"sequence of {past + T} tokens exceeds the cache's capacity "
                              f"{cache.capacity}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        if pos is None:
+            pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, mask)
         if cache is not None:
             cache.length += T
         return self.transformer.ln_f(x), cache

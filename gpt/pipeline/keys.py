@@ -96,8 +96,8 @@ CODE: dict[str, tuple[str, ...]] = {
     TASK.step: _TUNE,
     SFT.step: _TUNE,
     "evaluate": ("gpt/evaluate.py",),
-    "benchmarks": ("gpt/benchmarks.py", "gpt/data/ngrams.py", "gpt/hf.py", "gpt/data/shards.py",
-                   "gpt/bench_tasks/"),
+    "benchmarks": ("gpt/benchmarks.py", "gpt/data/ngrams.py", "gpt/harness.py",
+                   "gpt/data/shards.py", "gpt/bench_tasks/"),
     "hf": ("gpt/hf.py",),
 }
 #: Library files the steps import that no key hashes: how a step runs, not what it computes.
