@@ -179,21 +179,15 @@ class GPTLM(TemplateLM):
             full = (ctx + cont)[-(L + 1) :]
             groups.setdefault(tuple(full[: len(full) - len(cont)]), []).append(i)
             conts.append(cont)
-        order = sorted(groups, key=lambda p: (-len(p), -max(len(conts[i]) for i in groups[p])))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         batch: list[tuple[int, ...]] = []
-        rows = longest = 0
-        for prefix in order:
-            need = max(len(conts[i]) for i in groups[prefix]) - 1
-            width = max(len(batch[0]) if batch else len(prefix), len(prefix))
-            if batch and (
-                rows + len(groups[prefix]) > self.batch_size or width + max(longest, need) > L
-            ):
+        rows = 0
+        for prefix in sorted(groups, key=lambda p: (-len(p), p)):
+            if batch and rows + len(groups[prefix]) > self.batch_size:
                 self._score(batch, groups, conts, out)
-                batch, rows, longest = [], 0, 0
+                batch, rows = [], 0
             batch.append(prefix)
             rows += len(groups[prefix])
-            longest = max(longest, need)
         if batch:
             self._score(batch, groups, conts, out)
         return out
@@ -205,7 +199,13 @@ class GPTLM(TemplateLM):
         conts: list[list[int]],
         out: list[tuple[float, bool]],
     ) -> None:
-        """Score the continuations of ``prefixes`` (longest first) into ``out``."""
+        """Score the continuations of ``prefixes`` (longest first) into ``out``.
+
+        The prefixes run as one batch (right-padded: causal, so padding is never seen), their
+        keys and values kept; then every continuation's tokens but its last, packed in one row
+        without padding, attend to their own prefix's cached keys and to their own earlier
+        tokens. The output layer runs on the scored positions only.
+        """
         model, dev = self.model, self.device
         P, Tp = len(prefixes), len(prefixes[0])
         plen = torch.tensor([len(p) for p in prefixes], device=dev)
@@ -213,24 +213,19 @@ class GPTLM(TemplateLM):
         for r, p in enumerate(prefixes):
             idx[r, : len(p)] = torch.tensor(p, device=dev)
         reqs = [(r, i) for r, p in enumerate(prefixes) for i in groups[p]]
-        Tc = max(len(conts[i]) for _, i in reqs) - 1
         cache = KVCache(model.config, P, dev, model.lm_head.weight.dtype, capacity=Tp)
-        hp, _ = model.hidden_states(idx, cache)  # right padding: causal, so never seen
+        hp, _ = model.hidden_states(idx, cache)
         last = hp[torch.arange(P, device=dev), plen - 1]  # predicts each continuation's first
-        parts = [last[[r for r, _ in reqs]]]  # (R, C): the first token of every continuation
-        if Tc > 0:
-            parts.append(
-                self._continue(
-                    cache, [r for r, _ in reqs], plen, [conts[i][:-1] for _, i in reqs], Tp, Tc
-                )
-            )
-        # The output layer at scored positions only: row-major (request, token).
-        hidden, targets, owner = [], [], []
-        for k, (_, i) in enumerate(reqs):
+        rest = [conts[i][:-1] for _, i in reqs]
+        packed = self._continue(cache, plen, [r for r, _ in reqs], rest) if any(rest) else None
+        # (request, token) in order: the first from its prefix, the others from the packed row
+        hidden, targets, owner, at = [], [], [], 0
+        for k, (r, i) in enumerate(reqs):
             n = len(conts[i])
-            hidden.append(parts[0][k : k + 1])
+            hidden.append(last[r : r + 1])
             if n > 1:
-                hidden.append(parts[1][k, : n - 1])
+                hidden.append(packed[at : at + n - 1])
+                at += n - 1
             targets.extend(conts[i])
             owner.extend([k] * n)
         logp = F.log_softmax(model.logits(torch.cat(hidden)).float(), dim=-1)
@@ -244,38 +239,29 @@ class GPTLM(TemplateLM):
             out[i] = (s, m == 0)
 
     def _continue(
-        self,
-        cache: KVCache,
-        rows: list[int],
-        plen: torch.Tensor,
-        tokens: list[list[int]],
-        Tp: int,
-        Tc: int,
+        self, cache: KVCache, plen: torch.Tensor, rows: list[int], tokens: list[list[int]]
     ) -> torch.Tensor:
-        """Hidden states (R, Tc, C) of each continuation's tokens after its prefix's cached keys
-        (row ``rows[k]`` of ``cache``), right-padded to ``Tc``."""
+        """Hidden states (N, C) of ``tokens`` (one list per request, packed in that order),
+        request ``k`` continuing prefix row ``rows[k]`` of ``cache``."""
         model, dev = self.model, self.device
-        R = len(rows)
-        grown = KVCache(model.config, R, dev, cache.k.dtype, capacity=Tp + Tc)
-        sel = torch.tensor(rows, device=dev)
-        grown.k[:, :, :, :Tp] = cache.k[:, sel]
-        grown.v[:, :, :, :Tp] = cache.v[:, sel]
-        grown.length = Tp
-        idx = torch.zeros(R, Tc, dtype=torch.long, device=dev)
-        for k, t in enumerate(tokens):
-            if t:
-                idx[k, : len(t)] = torch.tensor(t, device=dev)
-        start = plen[sel]
-        steps = torch.arange(Tc, device=dev)
-        pos = (start[:, None] + steps).clamp(max=model.config.block_size - 1)
-        keys = torch.arange(Tp + Tc, device=dev)
-        mask = torch.where(
-            keys < Tp,
-            keys[None, None, :] < start[:, None, None],
-            (keys - Tp)[None, None, :] <= steps[None, :, None],
-        )
-        x, _ = model.hidden_states(idx, grown, pos, mask[:, None])
-        return x
+        nl, P, H, Tp, hd = cache.k.shape
+        N = sum(len(t) for t in tokens)
+        flat = KVCache(model.config, 1, dev, cache.k.dtype, capacity=P * Tp + N, packed=True)
+        # the P prefixes' keys side by side in one row: prefix r at [r * Tp, r * Tp + plen[r])
+        flat.k[:, 0, :, : P * Tp] = cache.k.transpose(1, 2).reshape(nl, H, P * Tp, hd)
+        flat.v[:, 0, :, : P * Tp] = cache.v.transpose(1, 2).reshape(nl, H, P * Tp, hd)
+        flat.length = P * Tp
+        idx = torch.tensor([t for ts in tokens for t in ts], device=dev)[None]
+        req = torch.tensor([k for k, ts in enumerate(tokens) for _ in ts], device=dev)
+        off = torch.tensor([j for ts in tokens for j in range(len(ts))], device=dev)
+        row = torch.tensor(rows, device=dev)[req]
+        pos = plen[row] + off
+        keys = torch.arange(P * Tp, device=dev)
+        own_prefix = (keys[None] // Tp == row[:, None]) & (keys[None] % Tp < plen[row][:, None])
+        own_past = (req[None] == req[:, None]) & (off[None] <= off[:, None])
+        mask = torch.cat([own_prefix, own_past], dim=1)
+        x, _ = model.hidden_states(idx, flat, pos[None], mask[None, None])
+        return x[0]
 
     def loglikelihood_rolling(
         self,

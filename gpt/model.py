@@ -119,9 +119,13 @@ class KVCache:
     """
 
     def __init__(self, cfg: GPTConfig, batch: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32, capacity: int | None = None) -> None:
-        """Empty buffers for ``capacity`` positions (default and maximum: ``block_size``)."""
-        size = min(capacity or cfg.block_size, cfg.block_size)
+                 dtype: torch.dtype = torch.float32, capacity: int | None = None,
+                 packed: bool = False) -> None:
+        """Empty buffers for ``capacity`` positions (default and maximum: ``block_size``;
+        ``packed``: no maximum, for several sequences packed in one row, each token given its
+        own position and mask by :meth:`GPT.hidden_states`)."""
+        size = capacity or cfg.block_size
+        size = size if packed else min(size, cfg.block_size)
         shape = (cfg.n_layer, batch, cfg.n_head, size, cfg.n_embd // cfg.n_head)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
@@ -182,13 +186,17 @@ class GPT(nn.Module):
         """Final-layer-norm hidden states (B, T, C) and the cache, updated in place.
 
         With a ``cache``, ``idx`` continues the ``cache.length`` positions it already holds.
-        Rows of different lengths in one batch (padded, e.g. lm-eval's requests in
-        ``gpt.harness``) give each token its position ``pos`` (B, T) and which keys each query
-        sees, ``mask`` (B, 1, T, keys; True = attend), instead of one causal sequence.
+        Rows of different lengths in one batch (padded), or several sequences packed in one row
+        (e.g. lm-eval's requests in ``gpt.harness``), give each token its position ``pos``
+        (B, T) and which keys each query sees, ``mask`` (B, 1, T, keys; True = attend), instead
+        of one causal sequence.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.config.block_size:
+        if pos is not None and int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} exceeds block_size "
+                             f"{self.config.block_size}")
+        if pos is None and past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size "
                              f"{self.config.block_size}")
         if cache is not None and past + T > cache.capacity:

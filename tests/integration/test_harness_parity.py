@@ -143,7 +143,7 @@ def _evaluate(lm, tasks: Path) -> dict[str, float]:
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(bm.BUILTIN),
-        task_manager=TaskManager(include_path=[str(tasks)]),
+        task_manager=TaskManager(include_path=[str(tasks)], include_defaults=False),
         log_samples=False,
         bootstrap_iters=0,
         random_seed=0,
