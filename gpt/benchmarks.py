@@ -425,7 +425,9 @@ def score(model: Any, hf_tokenizer: Any, s: Suite, batch_size: int, device: str 
           seed: int) -> BenchResult:
     """Score ``model`` (a :class:`gpt.model.GPT`, moved to ``device`` unless None) with its
     tokenizer (a ``transformers`` fast tokenizer) on ``s``'s tasks through
-    :class:`gpt.harness.GPTLM` (no downloads when offline).
+    :class:`gpt.harness.GPTLM` (no downloads when offline). The random state of the caller
+    (Python's, numpy's, torch's; lm-eval seeds them all) is as it was: scoring during
+    pretraining changes no training result.
 
     Raises:
         ConfigError: lm-eval cannot load a task (naming it).
@@ -448,7 +450,7 @@ def score(model: Any, hf_tokenizer: Any, s: Suite, batch_size: int, device: str 
     try:
         # What else lm-eval's children print (`git describe` outside a git repo: "fatal: not a
         # git repository") is kept aside and shown only with an error.
-        with _stderr_aside() as aside:
+        with _stderr_aside() as aside, _random_state_kept():
             tm = TaskManager(include_path=[str(p) for p in s.include] or None,
                              include_defaults=s.hub)
             lm = GPTLM(model, hf_tokenizer, batch_size=batch_size, device=device)
@@ -473,6 +475,22 @@ def score(model: Any, hf_tokenizer: Any, s: Suite, batch_size: int, device: str 
     table = [{"task": name.split(".")[1], "metric": name.split(".", 2)[2], "value": v,
               "higher_is_better": better.get(name)} for name, v in sorted(metrics.items())]
     return BenchResult(metrics, better, results, time.perf_counter() - t0, table)
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Python's, numpy's and torch's random states (CPU and CUDA) put back after the block."""
+    import numpy as np
+    import torch
+
+    state, np_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
 
 
 @contextlib.contextmanager

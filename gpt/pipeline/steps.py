@@ -193,17 +193,40 @@ def _loop_fields(loop: Any, info: dict[str, Any] | None = None, **extra: Any) ->
             "loss": loop.final_loss, "info": info, **extra}
 
 
-def _fit_pretrain(ctx: RunContext, out: Path, callback: Any) -> dict[str, Any]:
-    """Pretraining in one process of the step's world."""
+def _fit_pretrain(ctx: RunContext, out: Path, callback: Any, bench_dir: str = "",
+                  ) -> dict[str, Any]:
+    """Pretraining in one process of the step's world (``bench_dir``: the built-in benchmark
+    items scored every ``train.bench_interval`` steps; "" = none)."""
     from gpt.train import pretrain
 
     p = ctx.params
+    bench = _training_bench(ctx, Path(bench_dir)) if bench_dir else None
     r = pretrain(p.model, p.train, p.launch, ctx.paths.tokens, out, resume=True,
-                 callback=callback, mixture=p.data.mixture)
+                 callback=callback, mixture=p.data.mixture, bench=bench)
     if callback is not None:
         callback.flush()
     return {**_loop_fields(r.loop, device=r.device, info={
         "skipped_steps": r.loop.skipped_steps}), "loss": r.val_loss}
+
+
+def _training_bench(ctx: RunContext, folder: Path) -> Callable[[Any], dict[str, float]]:
+    """``bench(model)``: the built-in suite's first ``train.bench_limit`` items per task scored
+    on the live model, ``bench.<task>.<metric>`` (process 0 scores and reports; every process
+    of a sharded model takes part, its forward needs them all)."""
+    from gpt import benchmarks as bm
+    from gpt import distributed
+
+    p = ctx.params
+    tokenizer = Inputs(ctx.paths, p).hf_tokenizer
+    s = bm.suite(folder, [], [], p.train.bench_limit)
+
+    def bench(model: Any) -> dict[str, float]:
+        if distributed.rank() != 0 and not distributed.is_sharded(model):
+            return {}
+        r = bm.score(model, tokenizer, s, p.evaluate.batch_size, None, p.evaluate.seed)
+        return r.metrics if distributed.rank() == 0 else {}
+
+    return bench
 
 
 def pretrain_step(ctx: RunContext,
@@ -219,7 +242,11 @@ def pretrain_step(ctx: RunContext,
         raise ConfigError(f"a monitored pretraining step runs in one process, not {world.size}"
                           ": set launch.nproc_per_node=1")
     verify_outputs(ctx.workdir)
-    return _train(ctx, keys.pretrain(params, ctx.data_version), world, _fit_pretrain, monitor)
+    key = keys.pretrain(params, ctx.data_version)
+    bench_dir = ""
+    if params.train.bench_interval and ctx.paths.read_result(key) is None:
+        bench_dir = str(_bench_items(Inputs(ctx.paths, params), params, ctx.data_version))
+    return _train(ctx, key, world, _fit_pretrain, monitor, bench_dir=bench_dir)
 
 
 #: tune(inputs, params, base model, output folder, metrics callback) -> StepResult fields
