@@ -41,6 +41,9 @@ BASE = all_keys([])
     ("launch.strategy=fsdp", set()),
     ("launch.device=cpu", set()),
     ("train.checkpoints=6", set(BASE)),  # pretraining reads it (as fine-tuning reads its own)
+    # The benchmark curve watches pretraining and changes no weight (test_pretrain_bench.py).
+    ("train.bench_interval=5", set()),
+    ("train.bench_limit=5", set()),
     ("train.min_lr_factor=0.2", set(BASE)),
     ("model.n_layer=2", set(BASE)),
 ])
