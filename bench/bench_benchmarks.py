@@ -7,8 +7,8 @@ same documents, and ``evaluate.batch_size``. Each repeat scores the suite both w
 which goes first:
 
 - **GPTLM**: ``lm_eval.simple_evaluate`` on the live model (what ``gpt/benchmarks.py`` does now);
-- **HFLM**: the model exported (``gpt.hf.export_lm_folder``), loaded by ``HFLM`` and scored by the
-  same ``simple_evaluate`` call (what it did before); the export and load are timed apart.
+- **HFLM**: the model exported (``gpt.harness.export_lm_folder``), loaded by ``HFLM`` and scored
+  by the same ``simple_evaluate`` call (what it did before); the export and load timed apart.
 
 It prints the median seconds, the ratio, and whether the two gave the same metrics (1e-4).
 
@@ -37,7 +37,7 @@ from gpt.data.tokenizer import (  # noqa: E402
     save_tokenizer,
     train_tokenizer,
 )
-from gpt.hf import export_lm_folder  # noqa: E402
+from gpt.harness import export_lm_folder  # noqa: E402
 from gpt.train import build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

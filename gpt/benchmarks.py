@@ -4,7 +4,7 @@ A language model is scored in place by ``lm_eval.simple_evaluate`` through gptop
 model, :class:`gpt.harness.GPTLM` (no export round-trip; contexts encoded once, the output layer
 only where a token is scored, batched generation with the KV cache). lm-eval builds the requests
 and computes the metrics; ``GPTLM`` answers the requests exactly as lm-eval's ``HFLM`` does on the
-model's Hugging Face export (:func:`gpt.hf.export_lm_folder`, the conversion every registered
+model's Hugging Face export (:func:`gpt.harness.export_lm_folder`, the conversion every registered
 version gets),
 which tests/integration/test_harness_parity.py checks.
 

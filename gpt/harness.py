@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -370,3 +371,16 @@ class GPTLM(TemplateLM):
             nxt_pos = nxt_pos + 1
             h = x[:, -1]
         return [self.tok_decode(m) for m in made]
+
+
+def export_lm_folder(model: GPT, hf_tokenizer: Any, eot_id: int, pad_id: int, out: Path) -> Path:
+    """``model`` and its tokenizer as a ``save_pretrained`` folder (:func:`gpt.hf.to_hf_lm`, the
+    conversion every registered version gets): what lm-eval's ``HFLM`` loads, which ``GPTLM``
+    is held to (tests) and benchmarked against (``bench/bench_benchmarks.py``)."""
+    from gpt.hf import to_hf_lm
+
+    out.mkdir(parents=True, exist_ok=True)
+    to_hf_lm(model, eot_id, pad_id).save_pretrained(out)
+    hf_tokenizer.model_max_length = model.config.block_size
+    hf_tokenizer.save_pretrained(out)
+    return out

@@ -101,16 +101,6 @@ def to_hf_lm(model: GPT, eot_id: int, pad_id: int):  # -> transformers.GPT2LMHea
     return hf.eval()
 
 
-def export_lm_folder(model: GPT, hf_tokenizer: Any, eot_id: int, pad_id: int, out: Path) -> Path:
-    """``model`` and its tokenizer as a ``save_pretrained`` folder: what lm-eval's ``HFLM``
-    loads (:class:`gpt.harness.GPTLM` is held to its numbers, and benchmarked against it)."""
-    out.mkdir(parents=True, exist_ok=True)
-    to_hf_lm(model, eot_id, pad_id).save_pretrained(out)
-    hf_tokenizer.model_max_length = model.config.block_size
-    hf_tokenizer.save_pretrained(out)
-    return out
-
-
 def to_hf_classifier(body: GPT, score: torch.nn.Linear, labels: list[str], eot_id: int,
                      pad_id: int):  # -> transformers.GPT2ForSequenceClassification
     """A ``GPT2ForSequenceClassification`` (last non-pad token pooling, like ours)."""

@@ -1,9 +1,9 @@
 """gptops' own lm-eval model (:class:`gpt.harness.GPTLM`) gives lm-eval's ``HFLM`` numbers.
 
 A tiny GPT is trained for a few seconds on the stdlib's help topics, exported with gptops' own
-export (:func:`gpt.hf.export_lm_folder`, the conversion registered versions get) and scored both
-ways, with the real lm-eval: every request type's answers agree within 1e-4 (is_greedy exactly),
-and ``lm_eval.simple_evaluate`` on the built-in task YAMLs gives the same metrics.
+export (:func:`gpt.harness.export_lm_folder`, the conversion registered versions get) and scored
+both ways, with the real lm-eval: every request type's answers agree within 1e-4 (is_greedy
+exactly), and ``lm_eval.simple_evaluate`` on the built-in task YAMLs gives the same metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from gpt import benchmarks as bm
 from gpt.data.tokenizer import EOT, load_hf_tokenizer, save_tokenizer, train_tokenizer
-from gpt.hf import export_lm_folder
+from gpt.harness import export_lm_folder
 from gpt.model import GPT, GPTConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore")

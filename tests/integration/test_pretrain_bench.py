@@ -18,6 +18,7 @@ STEPS, EVERY, LIMIT = 6, 3, 4
 
 
 def test_pretraining_logs_the_benchmark_curve_and_trains_the_same(data_ready, tmp_path):
+    from gpt.workspace import data_version
     from mlflow import MlflowClient
     from safetensors.torch import load_file
 
@@ -28,20 +29,25 @@ def test_pretraining_logs_the_benchmark_curve_and_trains_the_same(data_ready, tm
     from gpt.pipeline.context import RunContext
     from gpt.pipeline.steps import pretrain_step
     from gpt.train import pretrain
-    from gpt.workspace import data_version
 
     ws = data_ready(tmp_path / "ws")
-    run = [*RUN_OVERRIDES, f"train.max_steps={STEPS}", "train.eval_interval=3",
-           "train.checkpoints=1", "model.dropout=0.1"]
-    params = load_params(ws / "params.yaml", overrides=[
-        *run, f"train.bench_interval={EVERY}", f"train.bench_limit={LIMIT}"])
+    run = [
+        *RUN_OVERRIDES,
+        f"train.max_steps={STEPS}",
+        "train.eval_interval=3",
+        "train.checkpoints=1",
+        "model.dropout=0.1",
+    ]
+    params = load_params(
+        ws / "params.yaml",
+        overrides=[*run, f"train.bench_interval={EVERY}", f"train.bench_limit={LIMIT}"],
+    )
     plain = load_params(ws / "params.yaml", overrides=run)
     version = data_version(ws)
     assert keys.pretrain(params, version) == keys.pretrain(plain, version)  # in no key
 
     ctx = RunContext.of(ws, params, data_version=version)
-    result = pretrain_step(RunContext.of(ws, params, data_version=version,
-                                         tracking=ctx.tracked()))
+    result = pretrain_step(RunContext.of(ws, params, data_version=version, tracking=ctx.tracked()))
     assert result.steps == STEPS and result.run_id
     client = MlflowClient(result.tracking_uri)
     bench = f"{BASE.metric_prefix}bench."  # train/bench.<task>.<metric>, next to train/loss
@@ -55,11 +61,18 @@ def test_pretraining_logs_the_benchmark_curve_and_trains_the_same(data_ready, tm
     assert all(v.value * LIMIT == round(v.value * LIMIT) for v in acc)  # LIMIT items scored
 
     # The same training without the scorings: the same weights, bit for bit.
-    alone = pretrain(plain.model, plain.train, plain.launch, ws / "data" / "tokens",
-                     tmp_path / "alone", resume=False)
+    alone = pretrain(
+        plain.model,
+        plain.train,
+        plain.launch,
+        ws / "data" / "tokens",
+        tmp_path / "alone",
+        resume=False,
+    )
     assert alone.loop.steps == STEPS
-    with_bench = load_file(str(ws / ".gptops" / "runs" / "pretrain" / result.key /
-                               "model.safetensors"))
+    with_bench = load_file(
+        str(ws / ".gptops" / "runs" / "pretrain" / result.key / "model.safetensors")
+    )
     without = load_file(str(tmp_path / "alone" / "model.safetensors"))
     assert with_bench.keys() == without.keys()
     assert all(torch.equal(with_bench[k], without[k]) for k in with_bench)
