@@ -18,12 +18,12 @@ STEPS, EVERY, LIMIT = 6, 3, 4
 
 
 def test_pretraining_logs_the_benchmark_curve_and_trains_the_same(data_ready, tmp_path):
-    from gpt.workspace import data_version
     from mlflow import MlflowClient
     from safetensors.torch import load_file
 
     from gpt import benchmarks as bm
     from gpt.config import load_params
+    from gpt.dvc_repo import data_version
     from gpt.kinds import BASE
     from gpt.pipeline import keys
     from gpt.pipeline.context import RunContext
