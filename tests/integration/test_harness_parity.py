@@ -19,7 +19,7 @@ from gpt.data.tokenizer import EOT, load_hf_tokenizer, save_tokenizer, train_tok
 from gpt.harness import export_lm_folder
 from gpt.model import GPT, GPTConfig
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 BLOCK = 64
 TOL = 1e-4
 
