@@ -34,7 +34,8 @@ def _pretrain(tokens: str, out: str, steps: int, batch: int) -> dict:
                       warmup_steps=10, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
                       eval_interval=10_000, eval_batches=2, checkpoints=1,
                       compile=False, seed=1337, max_nonfinite_steps=5,
-                      log_interval=10, divergence_factor=0.0, divergence_steps=10)
+                      log_interval=10, divergence_factor=0.0, divergence_steps=10,
+                      bench_interval=0, bench_limit=1)
     launch = LaunchConfig(device="cpu", nproc_per_node=1, nnodes=1, node_rank=0,
                           rdzv_endpoint="", strategy="ddp")
     r = train.pretrain(model, cfg, launch, Path(tokens), Path(out), resume=False)

@@ -1,8 +1,12 @@
 """Benchmarks through EleutherAI's lm-evaluation-harness (lm-eval), as litgpt's ``evaluate`` does.
 
-A language model is written as a Hugging Face folder (:func:`gpt.hf.to_hf_lm`, the same export
-every registered version gets) and scored by ``lm_eval.simple_evaluate`` with lm-eval's own
-``HFLM``: gptops writes no scorer, so its numbers are the harness's by construction.
+A language model is scored in place by ``lm_eval.simple_evaluate`` through gptops' own lm-eval
+model, :class:`gpt.harness.GPTLM` (no export round-trip; contexts encoded once, the output layer
+only where a token is scored, batched generation with the KV cache). lm-eval builds the requests
+and computes the metrics; ``GPTLM`` answers the requests exactly as lm-eval's ``HFLM`` does on the
+model's Hugging Face export (:func:`gpt.harness.export_lm_folder`, the conversion every registered
+version gets),
+which tests/integration/test_harness_parity.py checks.
 
 Three kinds of tasks:
 
@@ -417,8 +421,13 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
-def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) -> BenchResult:
-    """Score the HF folder on ``s``'s tasks with lm-eval's ``HFLM`` (no downloads when offline).
+def score(model: Any, hf_tokenizer: Any, s: Suite, batch_size: int, device: str | None,
+          seed: int) -> BenchResult:
+    """Score ``model`` (a :class:`gpt.model.GPT`, moved to ``device`` unless None) with its
+    tokenizer (a ``transformers`` fast tokenizer) on ``s``'s tasks through
+    :class:`gpt.harness.GPTLM` (no downloads when offline). The random state of the caller
+    (Python's, numpy's, torch's; lm-eval seeds them all) is as it was: scoring during
+    pretraining changes no training result.
 
     Raises:
         ConfigError: lm-eval cannot load a task (naming it).
@@ -428,9 +437,10 @@ def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) ->
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers.utils import logging as hf_logging
+
+    from gpt.harness import GPTLM
 
     # lm-eval logs each request it truncates to the context window (a warning per item on a
     # small model) and every step at INFO: errors only, the summary line is ours.
@@ -440,10 +450,10 @@ def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) ->
     try:
         # What else lm-eval's children print (`git describe` outside a git repo: "fatal: not a
         # git repository") is kept aside and shown only with an error.
-        with _stderr_aside() as aside:
+        with _stderr_aside() as aside, _random_state_kept():
             tm = TaskManager(include_path=[str(p) for p in s.include] or None,
                              include_defaults=s.hub)
-            lm = HFLM(pretrained=str(hf_folder), batch_size=batch_size, device=device)
+            lm = GPTLM(model, hf_tokenizer, batch_size=batch_size, device=device)
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=s.tasks, limit=s.limit, task_manager=tm, log_samples=False,
                 bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
@@ -465,6 +475,22 @@ def score(hf_folder: Path, s: Suite, batch_size: int, device: str, seed: int) ->
     table = [{"task": name.split(".")[1], "metric": name.split(".", 2)[2], "value": v,
               "higher_is_better": better.get(name)} for name, v in sorted(metrics.items())]
     return BenchResult(metrics, better, results, time.perf_counter() - t0, table)
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Python's, numpy's and torch's random states (CPU and CUDA) put back after the block."""
+    import numpy as np
+    import torch
+
+    state, np_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
 
 
 @contextlib.contextmanager
@@ -491,14 +517,3 @@ def _stderr_aside() -> Iterator[list[str]]:
 def _tail(aside: list[str]) -> str:
     text = "".join(aside).strip()
     return f" (its output: ...{text[-500:]})" if text else ""
-
-
-def export_folder(model: Any, hf_tokenizer: Any, eot_id: int, pad_id: int, out: Path) -> Path:
-    """``model`` (a :class:`gpt.model.GPT`) as the HF folder lm-eval loads."""
-    from gpt.hf import to_hf_lm
-
-    out.mkdir(parents=True, exist_ok=True)
-    to_hf_lm(model, eot_id, pad_id).save_pretrained(out)
-    hf_tokenizer.model_max_length = model.config.block_size
-    hf_tokenizer.save_pretrained(out)
-    return out

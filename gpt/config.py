@@ -219,6 +219,12 @@ class TrainConfig(_Schedule):
                                      "warmup: the run diverged; 0 = off")
     divergence_steps: int = Field(gt=0, description="steps in a row above the divergence "
                                   "ceiling before training stops")
+    bench_interval: int = Field(ge=0, description="steps between scorings of the built-in "
+                                "benchmark suite on the live model (and at the last step), "
+                                "logged as bench.<task>.<metric> step metrics of the pretrain "
+                                "run; 0 = off. Changes no result: in no key")
+    bench_limit: int = Field(gt=0, description="items per built-in task scored during "
+                             "pretraining (the first ones: the same subset every time)")
 
 
 class LaunchConfig(_Strict):

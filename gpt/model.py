@@ -107,9 +107,13 @@ class KVCache:
     """
 
     def __init__(self, cfg: GPTConfig, batch: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32, capacity: int | None = None) -> None:
-        """Empty buffers for ``capacity`` positions (default and maximum: ``block_size``)."""
-        size = min(capacity or cfg.block_size, cfg.block_size)
+                 dtype: torch.dtype = torch.float32, capacity: int | None = None,
+                 packed: bool = False) -> None:
+        """Empty buffers for ``capacity`` positions (default and maximum: ``block_size``;
+        ``packed``: no maximum, for several sequences packed in one row, each token given its
+        own position and mask by :meth:`GPT.hidden_states`)."""
+        size = capacity or cfg.block_size
+        size = size if packed else min(size, cfg.block_size)
         shape = (cfg.n_layer, batch, cfg.n_head, size, cfg.n_embd // cfg.n_head)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
@@ -187,25 +191,34 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
-                      pad: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache | None]:
+                      pad: torch.Tensor | None = None, pos: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache | None]:
         """Final-layer-norm hidden states (B, T, C) and the cache, updated in place.
 
         With a ``cache``, ``idx`` continues the ``cache.length`` positions it already holds.
         ``pad`` (B,) counts each row's left padding: its real tokens take positions from 0 and
-        never attend to the padding, so a padded row computes what it would alone.
+        never attend to the padding, so a padded row computes what it would alone. Several
+        sequences packed in one row (e.g. lm-eval's requests in ``gpt.harness``) give instead
+        each token its position ``pos`` (B, T) and which keys each query sees, ``mask``
+        (B, 1, T, keys; True = attend).
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.config.block_size:
+        if pos is not None and int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} exceeds block_size "
+                             f"{self.config.block_size}")
+        if pos is None and past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size "
                              f"{self.config.block_size}")
         if cache is not None and past + T > cache.capacity:
             raise ValueError(f"sequence of {past + T} tokens exceeds the cache's capacity "
                              f"{cache.capacity}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        if pad is not None:
-            pos = (pos - pad[:, None]).clamp(min=0)  # (B, T): padding sits at position 0
-        mask = attention_mask(past, T, pad, idx.device)
+        if pos is None:
+            pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+            if pad is not None:
+                pos = (pos - pad[:, None]).clamp(min=0)  # (B, T): padding sits at position 0
+        if mask is None:
+            mask = attention_mask(past, T, pad, idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i, mask)

@@ -14,7 +14,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,11 +197,12 @@ class CheckpointPolicy:
 
 @dataclass
 class Evaluation:
-    """``fn(model)`` every ``interval`` steps, at each checkpoint and at the last step; its
-    metrics join the step's."""
+    """``fn(model)`` every ``interval`` steps, at each checkpoint (``at_checkpoints``) and at
+    the last step; its metrics join the step's."""
 
     fn: Callable[[nn.Module], dict[str, float]]
     interval: int
+    at_checkpoints: bool = True
 
 
 class Throughput:
@@ -366,15 +367,18 @@ _STEP_METRICS = frozenset({"loss", "lr", "grad_norm", "tokens_per_sec"})
 
 def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
              settings: LoopSettings, device: torch.device,
-             checkpoints: CheckpointPolicy | None = None, evaluation: Evaluation | None = None,
+             checkpoints: CheckpointPolicy | None = None,
+             evaluation: Evaluation | Sequence[Evaluation] | None = None,
              throughput: Throughput | None = None, callback: MetricsCallback | None = None,
              ) -> LoopResult:
     """Run optimizer steps ``[start, max_steps)``, ``start`` being the resumed checkpoint's step.
 
     ``model`` may be DDP-wrapped; checkpoints store the unwrapped module. Only rank 0 logs,
-    reports metrics and writes checkpoints.
+    reports metrics and writes checkpoints. ``evaluation``: one or several, each on its own
+    interval.
     """
     raw = model.module if hasattr(model, "module") else model
+    evaluations = [evaluation] if isinstance(evaluation, Evaluation) else list(evaluation or ())
     rank0 = distributed.rank() == 0
     start = checkpoints.restore(raw, optimizer, device) if checkpoints is not None else 0
     total_steps = settings.max_steps
@@ -424,11 +428,11 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 metrics.update(throughput.tick(done, total_steps))
             checkpoint_due = checkpoints is not None and _due(done, checkpoints.interval,
                                                               total_steps)
-            # A checkpoint carries its validation loss (its MLflow model is ranked by it).
-            if evaluation is not None and (checkpoint_due or _due(done, evaluation.interval,
-                                                                  total_steps)):
-                metrics.update(evaluation.fn(raw))
-                model.train()
+            for e in evaluations:
+                # A checkpoint carries its validation loss (its MLflow model is ranked by it).
+                if _due(done, e.interval, total_steps) or (checkpoint_due and e.at_checkpoints):
+                    metrics.update(e.fn(raw))
+                    model.train()
             if rank0:
                 bar.update(done, loss=loss, tokens=tokens_per_step,
                            **{k: v for k, v in metrics.items() if k not in _STEP_METRICS})
@@ -531,13 +535,15 @@ def capacity_warning(train_tokens: int, n_params: int,
 def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, launch_cfg: LaunchConfig,
              tokens_dir: Path, out_dir: Path, resume: bool = True,
              callback: MetricsCallback | None = None,
-             mixture: tuple[tuple[str, float], ...] = ()) -> PretrainResult:
+             mixture: tuple[tuple[str, float], ...] = (),
+             bench: Callable[[GPT], dict[str, float]] | None = None) -> PretrainResult:
     """Pretrain a GPT by next-token prediction on ``tokens_dir`` shards (a mixture's sources
     by their shares: ``DataConfig.mixture``).
 
     Writes checkpoints to ``out_dir/checkpoints`` and the final weights to
     ``out_dir/model.safetensors``. Under ``torchrun`` trains with DDP (or FSDP2:
-    ``launch_cfg.strategy``) on ``launch_cfg.device``.
+    ``launch_cfg.strategy``) on ``launch_cfg.device``. ``bench(model)`` (benchmark metrics of
+    the live model; every process calls it) runs every ``train_cfg.bench_interval`` steps.
     """
     out_dir = Path(out_dir)
     data = TokenData(tokens_dir, mixture)
@@ -586,7 +592,9 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, launch_cfg: LaunchC
         device,
         checkpoints=CheckpointPolicy(out_dir / "checkpoints", train_cfg.checkpoint_interval,
                                      resume),
-        evaluation=Evaluation(eval_fn, train_cfg.eval_interval),
+        evaluation=[Evaluation(eval_fn, train_cfg.eval_interval),
+                    *([Evaluation(lambda _m: bench(model), train_cfg.bench_interval, False)]
+                      if bench is not None and train_cfg.bench_interval else [])],
         throughput=Throughput(tokens_per_step, train_cfg.log_interval),
         callback=callback)
     val_loss = next((h["val_loss"] for h in reversed(result.history) if "val_loss" in h),

@@ -96,8 +96,8 @@ CODE: dict[str, tuple[str, ...]] = {
     TASK.step: _TUNE,
     SFT.step: _TUNE,
     "evaluate": ("gpt/evaluate.py",),
-    "benchmarks": ("gpt/benchmarks.py", "gpt/data/ngrams.py", "gpt/hf.py", "gpt/data/shards.py",
-                   "gpt/bench_tasks/"),
+    "benchmarks": ("gpt/benchmarks.py", "gpt/data/ngrams.py", "gpt/harness.py",
+                   "gpt/data/shards.py", "gpt/bench_tasks/"),
     "hf": ("gpt/hf.py",),
 }
 #: Library files the steps import that no key hashes: how a step runs, not what it computes.
@@ -139,6 +139,9 @@ def _section(params: Params, name: str, drop: tuple[str, ...] = ()) -> dict[str,
 #: ``model`` fields at these values are left out of the pretrain key: they mean "feature off",
 #: so a run keeps the key it had before the field existed.
 _MODEL_NEUTRAL = {"init_from": "", "vocab_multiple": 1}
+#: ``train`` fields that watch pretraining without changing its weights (the benchmark curve:
+#: its scoring keeps the random state): in no key.
+TRAIN_WATCH_FIELDS = ("bench_interval", "bench_limit")
 
 
 def pretrain(params: Params, data_version: str) -> StepKey:
@@ -147,7 +150,7 @@ def pretrain(params: Params, data_version: str) -> StepKey:
     model = {k: v for k, v in _section(params, "model").items()
              if not (k in _MODEL_NEUTRAL and v == _MODEL_NEUTRAL[k])}
     reads: dict[str, Any] = {"data_version": data_version, "model": model,
-                             "train": _section(params, "train"),
+                             "train": _section(params, "train", TRAIN_WATCH_FIELDS),
                              # a mixture's shares: what pretraining draws from each source
                              # (the data stages never read them); absent for one source
                              **({"mixture": [list(m) for m in params.data.mixture]}

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -174,17 +173,40 @@ def _loop_fields(loop: Any, info: dict[str, Any] | None = None, **extra: Any) ->
             "loss": loop.final_loss, "info": info, **extra}
 
 
-def _fit_pretrain(ctx: RunContext, out: Path, callback: Any) -> dict[str, Any]:
-    """Pretraining in one process of the step's world."""
+def _fit_pretrain(ctx: RunContext, out: Path, callback: Any, bench_dir: str = "",
+                  ) -> dict[str, Any]:
+    """Pretraining in one process of the step's world (``bench_dir``: the built-in benchmark
+    items scored every ``train.bench_interval`` steps; "" = none)."""
     from gpt.train import pretrain
 
     p = ctx.params
+    bench = _training_bench(ctx, Path(bench_dir)) if bench_dir else None
     r = pretrain(p.model, p.train, p.launch, ctx.paths.tokens, out, resume=True,
-                 callback=callback, mixture=p.data.mixture)
+                 callback=callback, mixture=p.data.mixture, bench=bench)
     if callback is not None:
         callback.flush()
     return {**_loop_fields(r.loop, device=r.device, info={
         "skipped_steps": r.loop.skipped_steps}), "loss": r.val_loss}
+
+
+def _training_bench(ctx: RunContext, folder: Path) -> Callable[[Any], dict[str, float]]:
+    """``bench(model)``: the built-in suite's first ``train.bench_limit`` items per task scored
+    on the live model, ``bench.<task>.<metric>`` (process 0 scores and reports; every process
+    of a sharded model takes part, its forward needs them all)."""
+    from gpt import benchmarks as bm
+    from gpt import distributed
+
+    p = ctx.params
+    tokenizer = Inputs(ctx.paths, p).hf_tokenizer
+    s = bm.suite(folder, [], [], p.train.bench_limit)
+
+    def bench(model: Any) -> dict[str, float]:
+        if distributed.rank() != 0 and not distributed.is_sharded(model):
+            return {}
+        r = bm.score(model, tokenizer, s, p.evaluate.batch_size, None, p.evaluate.seed)
+        return r.metrics if distributed.rank() == 0 else {}
+
+    return bench
 
 
 def pretrain_step(ctx: RunContext,
@@ -200,7 +222,11 @@ def pretrain_step(ctx: RunContext,
         raise ConfigError(f"a monitored pretraining step runs in one process, not {world.size}"
                           ": set launch.nproc_per_node=1")
     verify_outputs(ctx.workdir)
-    return _train(ctx, keys.pretrain(params, ctx.data_version), world, _fit_pretrain, monitor)
+    key = keys.pretrain(params, ctx.data_version)
+    bench_dir = ""
+    if params.train.bench_interval and ctx.paths.read_result(key) is None:
+        bench_dir = str(_bench_items(Inputs(ctx.paths, params), params, ctx.data_version))
+    return _train(ctx, key, world, _fit_pretrain, monitor, bench_dir=bench_dir)
 
 
 #: tune(inputs, params, base model, output folder, metrics callback) -> StepResult fields
@@ -335,7 +361,7 @@ def bench_hash(params: Params, data_version: str) -> str:
 
 
 def _benchmarks(inputs: Inputs, params: Params, data_version: str, model: Any,
-                where: Path) -> dict[str, Any]:
+                ) -> dict[str, Any]:
     """The model's benchmark numbers as :class:`ModelEval` fields (``{}`` when none runs):
     ``metrics`` (``bench.*`` and the built-in choice task's chance as its baseline),
     ``higher_is_better`` and lm-eval's ``benchmarks`` results."""
@@ -343,17 +369,13 @@ def _benchmarks(inputs: Inputs, params: Params, data_version: str, model: Any,
     if not e.any_benchmarks:
         return {}
     from gpt import benchmarks as bm
-    from gpt.data.tokenizer import EOT
     from gpt.train import resolve_device
 
     builtin = _bench_items(inputs, params, data_version) if e.builtin_benchmarks else None
     s = bm.suite(builtin, e.benchmarks, e.benchmark_dirs, e.max_items)
-    tok = inputs.hf_tokenizer
-    with progress.phase(f"evaluate: benchmarks ({', '.join(s.tasks)})"), \
-            tempfile.TemporaryDirectory(prefix="hf-", dir=_mkdir(where)) as tmp:
-        folder = bm.export_folder(model, tok, tok.convert_tokens_to_ids(EOT), tok.pad_token_id,
-                                  Path(tmp))
-        r = bm.score(folder, s, e.batch_size, str(resolve_device(params.launch.device)), e.seed)
+    with progress.phase(f"evaluate: benchmarks ({', '.join(s.tasks)})"):
+        r = bm.score(model, inputs.hf_tokenizer, s, e.batch_size,
+                     str(resolve_device(params.launch.device)), e.seed)
     log.info("evaluate: benchmarks %s in %.1fs: %s", ", ".join(s.tasks), r.seconds,
              ", ".join(f"{k.removeprefix('bench.')}={v:.4g}" for k, v in r.metrics.items()))
     chance = {f"baseline_{k}": v for k, v in bm.CHANCE.items() if k in r.metrics}
@@ -361,21 +383,15 @@ def _benchmarks(inputs: Inputs, params: Params, data_version: str, model: Any,
             "benchmarks": {**r.results, "seconds": round(r.seconds, 2), "table": r.table}}
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _perplexity_eval(ctx: RunContext, inputs: Inputs, model: Any, key: str,
-                     where: Path) -> ModelEval:
+def _perplexity_eval(ctx: RunContext, inputs: Inputs, model: Any, key: str) -> ModelEval:
     """A language model's perplexity on this workspace's validation split, its benchmarks and
-    samples (``where``: a folder for the evaluation's scratch files)."""
+    samples."""
     params, version = ctx.params, ctx.data_version
     e = params.evaluate
     metrics = ev.perplexity(model, inputs.paths.tokens, e.ppl_batches, e.batch_size, e.seed,
                             mixture=params.data.mixture)
     meta = json.loads(inputs.paths.token_meta.read_text())
-    bench = _benchmarks(inputs, params, version, model, where)
+    bench = _benchmarks(inputs, params, version, model)
     return ModelEval(BASE.name, {**metrics, **bench.get("metrics", {})},
                      f"val-{version}-{meta['val_tokens']}-{e.ppl_batches}x{e.batch_size}"
                      f"{bench_hash(params, version)}",
@@ -387,7 +403,7 @@ def _perplexity_eval(ctx: RunContext, inputs: Inputs, model: Any, key: str,
 def _evaluate_base(ctx: RunContext, inputs: Inputs, key: StepKey) -> ModelEval:
     params = ctx.params
     base = inputs.language_model(keys.pretrain(params, ctx.data_version))
-    out = _perplexity_eval(ctx, inputs, base, key.digest, inputs.paths.step(key))
+    out = _perplexity_eval(ctx, inputs, base, key.digest)
     e = params.evaluate
     if params.model.init_from:
         # Continued pretraining must beat where it started, on the same batches.
@@ -435,7 +451,7 @@ def _evaluate_sft(ctx: RunContext, inputs: Inputs, key: StepKey) -> ModelEval:
     before = ev.generation_metrics(ev.complete(before_model, inputs.tokenizer, prompts, n,
                                                label="evaluate: base-model completions",
                                                batch_size=bs), refs, task_type)
-    bench = _benchmarks(inputs, params, version, tuned_model, inputs.paths.step(key))
+    bench = _benchmarks(inputs, params, version, tuned_model)
     metrics = {**ev.generation_metrics(completions, refs, task_type),
                **{f"baseline_{k}": v for k, v in before.items()}, **bench.get("metrics", {})}
     examples = [{"prompt": p, "reference": r, "completion": c} for p, r, c in
@@ -531,7 +547,7 @@ def import_step(ctx: RunContext, spec: str) -> Registration:
     built = candidates.Context(ctx.paths, params, ctx.data_version, ctx.tracking)
     model = initial_model(params.model, TokenData(ctx.paths.tokens)).eval()
     eval_key = f"import-{checkpoint_digest(spec)[:16]}"
-    e = _perplexity_eval(ctx, built.inputs, model, eval_key, ctx.paths.step_dir("import", eval_key))
+    e = _perplexity_eval(ctx, built.inputs, model, eval_key)
     tags = {**ctx.tracking.tags, **lineage(params, ctx.data_version,
                                            ctx.tracking.tags.get(tag.FLOW_RUN),
                                            ctx.tracking.tags.get(tag.FLOW_RUN_URL, ""))}
@@ -586,8 +602,7 @@ def register_checkpoint_step(ctx: RunContext, step: int | None = None) -> Regist
     ckpt.load_checkpoint(on_disk[step], model)
     model.eval()
     eval_key = f"{keys.evaluation(BASE.name, params, ctx.data_version).digest}-step{step}"
-    e = _perplexity_eval(ctx, inputs, model, eval_key,
-                         ctx.paths.step_dir("register-checkpoint", eval_key))
+    e = _perplexity_eval(ctx, inputs, model, eval_key)
     found = models.get(step)
     tags = {**ctx.tracking.tags, tag.CHECKPOINT_STEP: str(step),
             **({tag.CHECKPOINT_MODEL: found.model_id, tag.CHECKPOINT_RUN: found.source_run_id}

@@ -128,7 +128,7 @@ def test_a_user_task_folder_runs_through_the_real_harness(pipeline_run, tmp_path
     version = data_version(ws)
     model = inputs.language_model(keys.pretrain(params, version))
     t0 = time.perf_counter()
-    out = steps._benchmarks(inputs, params, version, model, tmp_path / "scratch")
+    out = steps._benchmarks(inputs, params, version, model)
     seconds = time.perf_counter() - t0
     m = out["metrics"]
     assert set(m) == {"bench.my_choice.acc", "bench.my_pick.acc", "bench.my_cloze.acc",

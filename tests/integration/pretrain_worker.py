@@ -86,7 +86,8 @@ def main() -> None:
         warmup_steps=5, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
         eval_interval=1000, eval_batches=2,
         checkpoints=args.max_steps // args.checkpoint_interval, compile=False, seed=1337,
-        max_nonfinite_steps=5, log_interval=10, divergence_factor=0.0, divergence_steps=10)
+        max_nonfinite_steps=5, log_interval=10, divergence_factor=0.0, divergence_steps=10,
+        bench_interval=0, bench_limit=1)
     launch_cfg = LaunchConfig(device="cpu", nproc_per_node=1, nnodes=1, node_rank=0,
                               rdzv_endpoint="", strategy=args.strategy)
 

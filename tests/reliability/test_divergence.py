@@ -25,7 +25,7 @@ def _cfg(lr: float, factor: float):
                         grad_clip=1.0, eval_interval=1000, eval_batches=1,
                         checkpoints=1, compile=False, seed=0,
                         max_nonfinite_steps=5, log_interval=0, divergence_factor=factor,
-                        divergence_steps=10)
+                        divergence_steps=10, bench_interval=0, bench_limit=1)
     launch = LaunchConfig(device="cpu", nproc_per_node=1, nnodes=1, node_rank=0,
                           rdzv_endpoint="", strategy="ddp")
     return model, train, launch

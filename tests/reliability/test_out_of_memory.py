@@ -33,7 +33,7 @@ cfg = TrainConfig(max_steps=5, batch_size=20000, grad_accum=1, lr=1e-3, min_lr_f
                   warmup_steps=1, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
                   eval_interval=100, eval_batches=1, checkpoints=1, compile=False,
                   seed=0, max_nonfinite_steps=5, log_interval=0, divergence_factor=0.0,
-                  divergence_steps=10)
+                  divergence_steps=10, bench_interval=0, bench_limit=1)
 launch = LaunchConfig(device="cpu", nproc_per_node=1, nnodes=1, node_rank=0, rdzv_endpoint="",
                       strategy="ddp")
 try:

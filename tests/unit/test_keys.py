@@ -41,6 +41,9 @@ BASE = all_keys([])
     ("launch.strategy=fsdp", set()),
     ("launch.device=cpu", set()),
     ("train.checkpoints=6", set(BASE)),  # pretraining reads it (as fine-tuning reads its own)
+    # The benchmark curve watches pretraining and changes no weight (test_pretrain_bench.py).
+    ("train.bench_interval=5", set()),
+    ("train.bench_limit=5", set()),
     ("train.min_lr_factor=0.2", set(BASE)),
     ("model.n_layer=2", set(BASE)),
 ])
@@ -160,7 +163,7 @@ def test_each_step_declares_the_library_files_it_executes(step):
     entries, upstream = STEP_ENTRIES[step]
     executed = _closure(entries)
     declared = {f for s in (step, *upstream) for f in keys.CODE[s]}
-    # hf.py: keyed where a checkpoint is converted (init_from, a registered base, benchmarks)
+    # hf.py: keyed where a checkpoint is converted (init_from, a registered base)
     missing = executed - declared - set(keys.NOT_COMPUTING) - set(keys.CODE["hf"])
     assert not missing, (f"{step} executes {sorted(missing)}: add them to keys.CODE[{step!r}] "
                          "(or, if they compute nothing, to keys.NOT_COMPUTING, saying why)")
@@ -216,7 +219,8 @@ BENCH = {"eval-base", "eval-sft"}
     ("gpt/evaluate.py", EVALS),
     ("gpt/benchmarks.py", BENCH),
     ("gpt/bench_tasks/gptops_cloze.yaml", BENCH),
-    ("gpt/hf.py", BENCH),  # without init_from, only the benchmarks' export runs it
+    ("gpt/harness.py", BENCH),
+    ("gpt/hf.py", set()),  # only where a checkpoint is converted (init_from, a registered base)
     ("gpt/cli.py", set()),
     ("gpt/config.py", set()),
     ("gpt/registry/gate.py", set()),
