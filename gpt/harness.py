@@ -261,7 +261,7 @@ class GPTLM(TemplateLM):
         own_prefix = (keys[None] // Tp == row[:, None]) & (keys[None] % Tp < plen[row][:, None])
         own_past = (req[None] == req[:, None]) & (off[None] <= off[:, None])
         mask = torch.cat([own_prefix, own_past], dim=1)
-        x, _ = model.hidden_states(idx, flat, pos[None], mask[None, None])
+        x, _ = model.hidden_states(idx, flat, pos=pos[None], mask=mask[None, None])
         return x[0]
 
     def loglikelihood_rolling(
@@ -342,7 +342,7 @@ class GPTLM(TemplateLM):
             (keys[None, None, :T] >= pad[:, None, None]) | (keys[:T] == steps[:, None])[None]
         )
         cache = KVCache(model.config, B, dev, model.lm_head.weight.dtype, capacity=T + n_new)
-        x, _ = model.hidden_states(idx, cache, pos, mask[:, None])
+        x, _ = model.hidden_states(idx, cache, pos=pos, mask=mask[:, None])
         temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
         gen = torch.Generator(device=dev).manual_seed(int(kwargs.get("seed", 1234)))
         made: list[list[int]] = [[] for _ in range(B)]
@@ -367,7 +367,7 @@ class GPTLM(TemplateLM):
                 break
             S = T + step + 1
             mask = (keys[None, None, :S] >= pad[:, None, None])[:, None]
-            x, _ = model.hidden_states(nxt, cache, nxt_pos[:, None], mask)
+            x, _ = model.hidden_states(nxt, cache, pos=nxt_pos[:, None], mask=mask)
             nxt_pos = nxt_pos + 1
             h = x[:, -1]
         return [self.tok_decode(m) for m in made]

@@ -191,7 +191,7 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
-                      pad: torch.Tensor | None = None, pos: torch.Tensor | None = None,
+                      *, pad: torch.Tensor | None = None, pos: torch.Tensor | None = None,
                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache | None]:
         """Final-layer-norm hidden states (B, T, C) and the cache, updated in place.
 
@@ -303,7 +303,7 @@ class GPT(nn.Module):
         try:
             for _ in range(max_new_tokens):
                 if cache is not None and 0 < cache.length < cache.capacity:
-                    x, _ = self.hidden_states(tokens[:, n - 1:n], cache, pad)
+                    x, _ = self.hidden_states(tokens[:, n - 1:n], cache, pad=pad)
                 else:
                     # First step, no cache, or a full window: (re)encode the last block_size
                     # tokens. Once the window is full it slides, so each step re-encodes.
@@ -311,7 +311,7 @@ class GPT(nn.Module):
                         cache.length = 0
                     start = max(0, n - block)
                     left = None if pad is None else (pad - start).clamp(min=0)
-                    x, _ = self.hidden_states(tokens[:, start:n], cache, left)
+                    x, _ = self.hidden_states(tokens[:, start:n], cache, pad=left)
                 logits = self.logits(x[:, -1, :])
                 nxt = self._sample(logits, temperature, top_k, top_p, generator)
                 if stop_token is not None:
