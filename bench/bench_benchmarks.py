@@ -59,22 +59,7 @@ def _timed(lm) -> list[float]:
 
 
 def _simple_evaluate(lm, tasks: Path, limit: int | None) -> dict[str, float]:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(bm.BUILTIN),
-        limit=limit,
-        task_manager=TaskManager(include_path=[str(tasks)], include_defaults=False),
-        log_samples=False,
-        bootstrap_iters=0,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
-    )
-    return bm.flatten(out)[0]
+    return bm.flatten(bm.run_tasks(lm, list(bm.BUILTIN), [tasks], limit, seed=0))[0]
 
 
 def main() -> None:

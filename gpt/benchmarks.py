@@ -421,6 +421,21 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
+def run_tasks(lm: Any, tasks: list[str], include: Sequence[Path | str], limit: int | None,
+              seed: int, hub: bool = False) -> dict[str, Any]:
+    """``lm_eval.simple_evaluate`` of ``lm`` on ``tasks`` (task YAMLs in the ``include`` folders,
+    and lm-eval's own tasks when ``hub``), seeded with ``seed`` everywhere, no samples kept, no
+    bootstrap: what ``score`` runs, and what the parity test and the bench run on ``HFLM``."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=[str(p) for p in include] or None, include_defaults=hub)
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=list(tasks), limit=limit, task_manager=tm, log_samples=False,
+        bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+        fewshot_random_seed=seed)
+
+
 def score(model: Any, hf_tokenizer: Any, s: Suite, batch_size: int, device: str | None,
           seed: int) -> BenchResult:
     """Score ``model`` (a :class:`gpt.model.GPT`, moved to ``device`` unless None) with its
@@ -436,8 +451,6 @@ def score(model: Any, hf_tokenizer: Any, s: Suite, batch_size: int, device: str 
     # lm-eval's and datasets' progress bars (tqdm) are not ours: the phase line is.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    import lm_eval
-    from lm_eval.tasks import TaskManager
     from transformers.utils import logging as hf_logging
 
     from gpt.harness import GPTLM
@@ -451,13 +464,8 @@ def score(model: Any, hf_tokenizer: Any, s: Suite, batch_size: int, device: str 
         # What else lm-eval's children print (`git describe` outside a git repo: "fatal: not a
         # git repository") is kept aside and shown only with an error.
         with _stderr_aside() as aside, _random_state_kept():
-            tm = TaskManager(include_path=[str(p) for p in s.include] or None,
-                             include_defaults=s.hub)
             lm = GPTLM(model, hf_tokenizer, batch_size=batch_size, device=device)
-            out = lm_eval.simple_evaluate(
-                model=lm, tasks=s.tasks, limit=s.limit, task_manager=tm, log_samples=False,
-                bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
-                torch_random_seed=seed, fewshot_random_seed=seed)
+            out = run_tasks(lm, s.tasks, s.include, s.limit, seed, hub=s.hub)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"lm-eval could not run the benchmarks {s.tasks}: {exc}; check "
                           "evaluate.benchmarks and the YAMLs in evaluate.benchmark_dirs"

@@ -137,21 +137,7 @@ def _greedy(model: GPT, ids: list[int], n: int) -> list[int]:
 
 
 def _evaluate(lm, tasks: Path) -> dict[str, float]:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(bm.BUILTIN),
-        task_manager=TaskManager(include_path=[str(tasks)], include_defaults=False),
-        log_samples=False,
-        bootstrap_iters=0,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
-    )
-    return bm.flatten(out)[0]
+    return bm.flatten(bm.run_tasks(lm, list(bm.BUILTIN), [tasks], None, seed=0))[0]
 
 
 def test_builtin_task_metrics_match_hflm(setup: dict) -> None:
