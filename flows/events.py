@@ -74,15 +74,17 @@ def decision_event(kind: str, reg: dict[str, Any]) -> tuple[str, dict[str, str],
 def mlflow_event(message: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]] | None:
     """(event, resource, payload) of an MLflow registry webhook delivery (its JSON body), for a
     version registered or an alias moved outside gptops; None for what gptops does not tell."""
+    from gpt.registry import governance
+
     entity, action, data = message.get("entity"), message.get("action"), message.get("data")
     if action != "created" or not isinstance(data, dict) or not data.get("name"):
         return None
     name, version = str(data["name"]), str(data.get("version", ""))
     if entity == "model_version":
         event, what = REGISTERED, "registered"
-    elif entity == "model_version_alias" and data.get("alias") == "champion":
+    elif entity == "model_version_alias" and data.get("alias") == governance.CHAMPION:
         event, what = PROMOTED, "promoted to champion"
-    elif entity == "model_version_alias" and data.get("alias") == "challenger":
+    elif entity == "model_version_alias" and data.get("alias") == governance.CHALLENGER:
         event, what = CHALLENGER, "challenger"
     else:
         return None

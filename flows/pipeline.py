@@ -30,6 +30,7 @@ from gpt.dvc_repo import STAGES
 from gpt.errors import Interrupted
 from gpt.pipeline.context import RunContext, prepare_run
 from gpt.registry import cli_run_name, pipeline_run
+from gpt.registry import tags as tag
 from gpt.registry.tracking import describe_pipeline_run, experiment_id, workspace_id
 from gpt.workspace_lock import live_run, run_alive, sweep_live_runs, workspace_lock
 
@@ -165,8 +166,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: The MLflow tag saying why an event-started run started (its ``trigger``).
-TRIGGER_TAG = "gptops.trigger"
 #: A RUNNING flow run with no live-run record is taken for dead only this long after it started
 #: (a run writes its record first thing; a waiting run is never within reach of this).
 NO_RECORD_GRACE_S = 120.0
@@ -243,7 +242,7 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None, reingest: bool
     flow_run_url = links.flow_run_page(flow_run_id)
     tracked = ctx.tracked(flow_run_id, flow_run_url)
     if trigger:  # why the run started, on the parent run and every step's run
-        tracked = replace(tracked, tags={**tracked.tags, TRIGGER_TAG: trigger[:5000]})
+        tracked = replace(tracked, tags={**tracked.tags, tag.TRIGGER: trigger[:tag.VALUE_CAP]})
     with pipeline_run(tracked, flow_run.name or cli_run_name("run"),
                       workspace_id(ws)) as tracking:
         ctx = tasks.pin_base(replace(ctx, tracking=tracking))  # an alias read once

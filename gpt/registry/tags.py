@@ -56,6 +56,9 @@ FLOW_RUN = "prefect_flow_run_id"
 #: otherwise: no dead link, the id above still names the run).
 FLOW_RUN_URL = "prefect_flow_run_url"
 PROFILE = "profile"
+#: Why a run started when something other than a person or the schedule started it (e.g.
+#: "data changed: 1 new or changed file (b.jsonl)"); on the parent run and every step's run.
+TRIGGER = "gptops.trigger"
 INIT_FROM = "init_from"
 INIT_FROM_SHA = "init_from_sha"
 
