@@ -49,8 +49,10 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   say "gptops and its dependencies: up to date"
 else
-  say "gptops and its dependencies: installing (editable, with the dev extras; a few minutes)"
-  step "${PIP[@]}" install -e '.[dev]'
+  extras=dev
+  command -v nvidia-smi >/dev/null 2>&1 && extras=dev,gpu  # GPU system metrics (NVML)
+  say "gptops and its dependencies: installing (editable, extras: $extras; a few minutes)"
+  step "${PIP[@]}" install -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
 say "done in $((SECONDS - start)) s; run .venv/bin/gptops, or source .venv/bin/activate first"
