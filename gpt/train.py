@@ -365,6 +365,78 @@ class _StopRequest:
 _STEP_METRICS = frozenset({"loss", "lr", "grad_norm", "tokens_per_sec"})
 
 
+class _Guard:
+    """The loop's guards on each step's outcome: a skipped update (non-finite loss or
+    gradients) is tolerated ``max_nonfinite_steps - 1`` times in a row, a loss above
+    ``max_loss`` after warm-up ``max_loss_steps - 1`` times in a row; then training stops with
+    one line saying what to change."""
+
+    def __init__(self, settings: LoopSettings) -> None:
+        self.settings = settings
+        self.bad_in_row = self.skipped = self.high_in_row = 0
+
+    def check(self, step: int, loss: float, grad_norm: float, applied: bool) -> bool:
+        """Whether the step's update counts (False: it was skipped)."""
+        s = self.settings
+        if not applied:
+            self.bad_in_row += 1
+            self.skipped += 1
+            what = (f"loss {loss:.4g} but gradient norm {grad_norm} (the gradients "
+                    "overflowed)" if math.isfinite(loss) else f"non-finite loss ({loss})")
+            log.warning("step %d: %s, update skipped (%d in a row)", step + 1, what,
+                        self.bad_in_row)
+            if self.bad_in_row >= s.max_nonfinite_steps:
+                raise TrainingError(_nonfinite_message(s, step, loss, grad_norm,
+                                                       self.bad_in_row))
+            return False
+        self.bad_in_row = 0
+        self.high_in_row = self.high_in_row + 1 if (step >= s.warmup_steps
+                                                    and loss > s.max_loss) else 0
+        if self.high_in_row >= s.max_loss_steps:
+            raise TrainingError(
+                f"{s.kind}: the loss diverged: {loss:.4g} at step {step + 1} stayed "
+                f"above {s.max_loss:.3g} (train.divergence_factor x ln(vocab), a "
+                f"uniform guess) for {self.high_in_row} steps; {_lower_lr(s)}")
+        return True
+
+
+def _stopped(signum: int, settings: LoopSettings, done: int, checkpointed: bool,
+             rank0: bool) -> Interrupted:
+    """The stop by ``signum`` after step ``done`` (its checkpoint saved when ``checkpointed``),
+    logged for the run's log (Prefect); the terminal gets the CLI's one line."""
+    name = signal.Signals(signum).name
+    where = "checkpoint saved; a re-run resumes here" if checkpointed \
+        else "no checkpoints in this run"
+    if rank0:
+        log.warning("%s: %s at step %d: %s", settings.kind, name, done, where,
+                    extra={progress.BAR_RECORD_ATTR: True})
+    return stopping.remember(Interrupted(
+        signum, f"{settings.kind}: stopped by {name} at step {done} of "
+                f"{settings.max_steps} ({where})"))
+
+
+def _evaluate_due(evaluations: Sequence[Evaluation], model: nn.Module, done: int, total: int,
+                  checkpoint_due: bool) -> dict[str, float]:
+    """The metrics of the evaluations due after step ``done``; ``model`` back in training mode.
+    A checkpoint carries its validation loss (its MLflow model is ranked by it)."""
+    raw = model.module if hasattr(model, "module") else model
+    metrics: dict[str, float] = {}
+    for e in evaluations:
+        if _due(done, e.interval, total) or (checkpoint_due and e.at_checkpoints):
+            metrics.update(e.fn(raw))
+            model.train()
+    return metrics
+
+
+def _same_weights(raw: nn.Module) -> list[str]:
+    """Every process's weight digest; different digests are a bug, said in one line."""
+    digests = distributed.digests(raw)
+    if len(set(digests)) > 1:
+        raise TrainingError(f"the {len(digests)} training processes ended with different "
+                            "weights; re-run with launch.nproc_per_node=1 and report this")
+    return digests
+
+
 def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
              settings: LoopSettings, device: torch.device,
              checkpoints: CheckpointPolicy | None = None,
@@ -383,7 +455,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
     start = checkpoints.restore(raw, optimizer, device) if checkpoints is not None else 0
     total_steps = settings.max_steps
     tokens_per_step = throughput.tokens_per_step if throughput is not None else 0
-    bad_in_row = skipped = high_in_row = 0
+    guard = _Guard(settings)
     loss = float("nan")
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -402,37 +474,16 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 if not _out_of_memory(exc):
                     raise
                 raise TrainingError(_oom_message(settings.kind, step, device)) from None
-            if not applied:
-                bad_in_row += 1
-                skipped += 1
-                what = (f"loss {loss:.4g} but gradient norm {grad_norm} (the gradients "
-                        "overflowed)" if math.isfinite(loss) else f"non-finite loss ({loss})")
-                log.warning("step %d: %s, update skipped (%d in a row)", step + 1, what,
-                            bad_in_row)
-                if bad_in_row >= settings.max_nonfinite_steps:
-                    raise TrainingError(_nonfinite_message(settings, step, loss, grad_norm,
-                                                           bad_in_row))
+            if not guard.check(step, loss, grad_norm, applied):
                 bar.update(step + 1)
                 continue
-            bad_in_row = 0
-            high_in_row = high_in_row + 1 if (step >= settings.warmup_steps
-                                              and loss > settings.max_loss) else 0
-            if high_in_row >= settings.max_loss_steps:
-                raise TrainingError(
-                    f"{settings.kind}: the loss diverged: {loss:.4g} at step {step + 1} stayed "
-                    f"above {settings.max_loss:.3g} (train.divergence_factor x ln(vocab), a "
-                    f"uniform guess) for {high_in_row} steps; {_lower_lr(settings)}")
             done = step + 1
             metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
             if throughput is not None:
                 metrics.update(throughput.tick(done, total_steps))
             checkpoint_due = checkpoints is not None and _due(done, checkpoints.interval,
                                                               total_steps)
-            for e in evaluations:
-                # A checkpoint carries its validation loss (its MLflow model is ranked by it).
-                if _due(done, e.interval, total_steps) or (checkpoint_due and e.at_checkpoints):
-                    metrics.update(e.fn(raw))
-                    model.train()
+            metrics.update(_evaluate_due(evaluations, model, done, total_steps, checkpoint_due))
             if rank0:
                 bar.update(done, loss=loss, tokens=tokens_per_step,
                            **{k: v for k, v in metrics.items() if k not in _STEP_METRICS})
@@ -446,22 +497,11 @@ def run_loop(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer
                 if path is not None and hasattr(callback, "checkpoint"):
                     callback.checkpoint(done, path)  # type: ignore[union-attr]
             if signum:
-                name = signal.Signals(signum).name
-                where = "checkpoint saved; a re-run resumes here" if checkpoints is not None \
-                    else "no checkpoints in this run"
-                if rank0:  # for the run's log (Prefect); the terminal gets the CLI's one line
-                    log.warning("%s: %s at step %d: %s", settings.kind, name, done, where,
-                                extra={progress.BAR_RECORD_ATTR: True})
-                raise stopping.remember(Interrupted(
-                    signum, f"{settings.kind}: stopped by {name} at step {done} of "
-                            f"{total_steps} ({where})"))
+                raise _stopped(signum, settings, done, checkpoints is not None, rank0)
     seconds = time.perf_counter() - t0
     steps_run = total_steps - start
-    digests = distributed.digests(raw)
-    if len(set(digests)) > 1:
-        raise TrainingError(f"the {len(digests)} training processes ended with different "
-                            "weights; re-run with launch.nproc_per_node=1 and report this")
-    return LoopResult(steps=steps_run, resumed_from=start, skipped_steps=skipped,
+    digests = _same_weights(raw)
+    return LoopResult(steps=steps_run, resumed_from=start, skipped_steps=guard.skipped,
                       final_loss=loss, history=history, seconds=seconds,
                       tokens_per_sec=tokens_per_step * steps_run / max(seconds, 1e-9),
                       rank_digests=digests)
