@@ -196,7 +196,7 @@ def filter_shard(job: tuple[str, str, str, CleanConfig, EvalSets | None]) -> dic
         part = _filter_part(chunked(frame["text"]), cfg, urls, evals)
     passed = part.codes == 0
     cleaned = part.cleaned
-    write_parquet(pa.table({"text": cleaned}), files["text"])
+    write_parquet(pa.table({"text": cleaned}), files["text"], scratch=True)
     if cfg.near_dedup:
         sigs = part.sigs if part.sigs is not None else np.zeros((0, cfg.near_dedup_num_perm))
         sigs = sigs.astype(np.uint32)
@@ -525,7 +525,7 @@ def clean_shards(shards: list[pd.DataFrame], cfg: CleanConfig, workers: int,
     with tempfile.TemporaryDirectory(prefix="gptops-clean-") as tmp:
         raw = [Path(tmp) / PART.format(i) for i in range(len(frames))]
         for frame, path in zip(frames, raw, strict=True):
-            write_parquet(frame, path)
+            write_parquet(frame, path, scratch=True)
         final = Path(tmp) / "clean"
         with sharded_output(final, "clean_shards") as out:
             done = clean_parts(raw, out, cfg, workers, mapper, evals)

@@ -556,6 +556,12 @@ def _run_count(arr: pa.Array, pattern: str) -> np.ndarray:
     return _np(pc.count_substring_regex(arr, pattern))
 
 
+def _doc_sums(doc: np.ndarray, values: np.ndarray, n_docs: int) -> np.ndarray:
+    """Per document, the sum of ``values`` (integers: float64 sums them exactly below 2**53)
+    over the entries of ``doc``."""
+    return np.bincount(doc, weights=values, minlength=n_docs).astype(np.int64)
+
+
 def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     """``Bounds`` of each document of a batch (``line_doc``: per line, its document)."""
     n = len(c.distinct)
@@ -612,13 +618,14 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     lo[at] = hi[at] = _RISKY_COUNTS[known]
     hard[at] = False
     doc = np.asarray(line_doc, dtype=np.int64)[c.chunk_line]
-    # Per document, the sums over its chunks (doc is non-decreasing): differences of cumsums.
-    cum = np.zeros((len(doc) + 1, 9), dtype=np.int64)
-    np.cumsum(np.concatenate([lo, hi, hard[:, None]], axis=1)[c.occ], axis=0, out=cum[1:])
-    ends = np.searchsorted(doc, np.arange(n_docs + 1), "left")
-    sums = cum[ends[1:]] - cum[ends[:-1]]
-    per = [[sums[:, j] for j in range(4)], [sums[:, 4 + j] for j in range(4)]]
-    exact = sums[:, 8] == 0
+    # Per document, the sums over its chunks: the lows over every chunk; the highs differ only
+    # for the chunks still unknown (few), so only theirs are added.
+    low = [_doc_sums(doc, lo[:, j][c.occ], n_docs) for j in range(4)]
+    at_unknown = np.flatnonzero(hard[c.occ])
+    u_doc, u_occ = doc[at_unknown], c.occ[at_unknown]
+    per = [low, [low[j] + _doc_sums(u_doc, (hi[:, j] - lo[:, j])[u_occ], n_docs)
+                 for j in range(4)]]
+    exact = np.bincount(u_doc, minlength=n_docs) == 0
     stop = _np(pc.index_in(c.core, value_set=_STOP_ARRAY).fill_null(-1))
     chunk_bits = np.zeros(n, dtype=np.int64)
     chunk_bits[c.easy[stop >= 0]] = 1 << stop[stop >= 0]
