@@ -546,9 +546,11 @@ _RISKY_COUNTS = np.array([_counts_of(t)[0] for t, _ in _RISKY_TOKENS],
                          dtype=np.int64).reshape(-1, 4)
 _RISKY_STOPS = np.array([_counts_of(t)[1] for t, _ in _RISKY_TOKENS], dtype=np.int64)
 
-# ASCII characters that are datatrove punctuation (a token of only these is not a word).
-_ASCII_PUNCTUATION_RE2 = "[" + "".join(
-    f"\\x{{{ord(c):02x}}}" for c in sorted(c for c in PUNCTUATION if c.isascii())) + "]"
+# Per byte: 1 if an ASCII character that is datatrove punctuation (a token of only these is
+# not a word), 2 if an ASCII letter.
+_BYTE_CLASS = np.array([(1 if b < 128 and chr(b) in PUNCTUATION else 0)
+                        + (2 if chr(b).isascii() and chr(b).isalpha() else 0)
+                        for b in range(256)], dtype=np.uint8)
 
 
 def _run_count(arr: pa.Array, pattern: str) -> np.ndarray:
@@ -587,10 +589,15 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     others = c.distinct.filter(pa.array(hard))
     chars = _np(pc.utf8_length(others))
     is_ascii = _mask(pc.string_is_ascii(others))
-    plain = np.where(is_ascii, _np(pc.utf8_length(pc.replace_substring_regex(
-        others, _ASCII_PUNCTUATION_RE2, ""))), 0)
-    letters = np.where(is_ascii, chars - _np(pc.utf8_length(pc.replace_substring_regex(
-        others, "[A-Za-z]", ""))), 0)
+    # Per ASCII chunk, its characters that are not punctuation, and its letters (from a table
+    # of the bytes: in an ASCII chunk each byte is a character).
+    byte_class = _BYTE_CLASS[np.frombuffer(raw_bytes(others), dtype=np.uint8)]
+    cum = np.zeros((len(byte_class) + 1, 2), dtype=np.int64)
+    np.cumsum(np.stack([byte_class & 1, byte_class >> 1], axis=1), axis=0, out=cum[1:])
+    offsets = byte_offsets(others)
+    per_chunk = cum[offsets[1:]] - cum[offsets[:-1]]
+    plain = np.where(is_ascii, chars - per_chunk[:, 0], 0)
+    letters = np.where(is_ascii, per_chunk[:, 1], 0)
     lo[hard] = np.stack([np.ones(len(chars), dtype=np.int64), plain > 0, plain, letters > 0],
                         axis=1)
     hi[hard] = np.stack([chars, np.where(is_ascii, plain, chars),
