@@ -50,19 +50,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_parquet(table: pa.Table | pd.DataFrame, path: Path, scratch: bool = False) -> None:
-    """Write a parquet file under a temp name, then rename it into place.
-
-    ``scratch``: a file only this run reads back (temp and scratch files), written without
-    compression or dictionary (several times faster to write and read, and larger).
-    """
+def write_parquet(table: pa.Table | pd.DataFrame, path: Path) -> None:
+    """Write a parquet file under a temp name, then rename it into place."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if scratch:
-        pq.write_table(table, tmp, compression="none", use_dictionary=False)
-    else:
-        pq.write_table(table, tmp)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
