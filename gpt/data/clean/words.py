@@ -343,10 +343,8 @@ class Words:
         per_chunk = np.zeros((len(self.count), 4), dtype=np.int64)
         if len(self.ids):
             per_chunk = np.add.reduceat(columns, self.start[:-1], axis=0)
-        doc = self.line_doc[self.chunk_line]
-        per_doc = [np.bincount(doc, weights=per_chunk[self.occ, k], minlength=self.n_docs)
-                   .astype(np.int64) for k in range(4)]
-        return Totals(*per_doc)
+        per_doc = _doc_sums(self.line_doc[self.chunk_line], per_chunk[self.occ], self.n_docs)
+        return Totals(*(per_doc[:, k] for k in range(4)))
 
     def per_doc(self, per_token: np.ndarray) -> np.ndarray:
         """Per document, the sum of ``per_token`` over its tokens."""
@@ -559,9 +557,14 @@ def _run_count(arr: pa.Array, pattern: str) -> np.ndarray:
 
 
 def _doc_sums(doc: np.ndarray, values: np.ndarray, n_docs: int) -> np.ndarray:
-    """Per document, the sum of ``values`` (integers: float64 sums them exactly below 2**53)
-    over the entries of ``doc``."""
-    return np.bincount(doc, weights=values, minlength=n_docs).astype(np.int64)
+    """Per document, the column sums of ``values`` (``(len(doc), k)`` integers) over its
+    entries (``doc``: non-decreasing)."""
+    ends = np.searchsorted(doc, np.arange(n_docs + 1), "left")
+    some = ends[1:] > ends[:-1]
+    out = np.zeros((n_docs, values.shape[1]), dtype=np.int64)
+    if some.any():
+        out[some] = np.add.reduceat(values, ends[:-1][some], axis=0, dtype=np.int64)
+    return out
 
 
 def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
@@ -627,11 +630,11 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     doc = np.asarray(line_doc, dtype=np.int64)[c.chunk_line]
     # Per document, the sums over its chunks: the lows over every chunk; the highs differ only
     # for the chunks still unknown (few), so only theirs are added.
-    low = [_doc_sums(doc, lo[:, j][c.occ], n_docs) for j in range(4)]
+    low = _doc_sums(doc, lo[c.occ], n_docs)
     at_unknown = np.flatnonzero(hard[c.occ])
     u_doc, u_occ = doc[at_unknown], c.occ[at_unknown]
-    per = [low, [low[j] + _doc_sums(u_doc, (hi[:, j] - lo[:, j])[u_occ], n_docs)
-                 for j in range(4)]]
+    high = low + _doc_sums(u_doc, (hi - lo)[u_occ], n_docs)
+    per = [[low[:, j] for j in range(4)], [high[:, j] for j in range(4)]]
     exact = np.bincount(u_doc, minlength=n_docs) == 0
     stop = _np(pc.index_in(c.core, value_set=_STOP_ARRAY).fill_null(-1))
     chunk_bits = np.zeros(n, dtype=np.int64)
