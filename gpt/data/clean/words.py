@@ -23,6 +23,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from importlib import resources
+from re import _constants as sre_constants  # the suffix pattern's structure
+from re import _parser as sre_parse
 
 import numpy as np
 import pyarrow as pa
@@ -68,16 +70,64 @@ def _prefix_len(s: str) -> int:
     return m.end() - m.start() if m else 0
 
 
+def _alternatives(pattern: str) -> list[str]:
+    """The top-level alternatives of a regex (split at each ``|`` outside groups and sets)."""
+    out, depth, in_set, start, i = [], 0, False, 0, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 1
+        elif in_set:
+            in_set = ch != "]"
+        elif ch == "[":
+            in_set = True
+            # a "]" first in a set is one of its characters
+            i += 2 if pattern.startswith("^]", i + 1) else int(pattern.startswith("]", i + 1))
+        elif ch in "()":
+            depth += 1 if ch == "(" else -1
+        elif ch == "|" and not depth:
+            out.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return [*out, pattern[start:]]
+
+
+# Every alternative of the suffix pattern matches one character or more up to the end: the
+# leftmost match is where the first alternative that matches at all starts. Those of one
+# character can only start at the last one, so the search over every start position needs only
+# the few longer ones (checked here).
+_SUFFIX_ALTERNATIVES = _alternatives(TABLES["suffix"])
+assert "|".join(_SUFFIX_ALTERNATIVES) == TABLES["suffix"]
+_WIDTHS = [sre_parse.parse(a).getwidth() for a in _SUFFIX_ALTERNATIVES]
+assert all(lo >= 1 and sre_parse.parse(a)[-1] == (sre_constants.AT, sre_constants.AT_END)
+           for a, (lo, _) in zip(_SUFFIX_ALTERNATIVES, _WIDTHS, strict=True))
+_SUFFIX_LONG = re.compile("|".join(a for a, (_, hi) in zip(_SUFFIX_ALTERNATIVES, _WIDTHS,
+                                                           strict=True) if hi > 1)).search
+_SUFFIX_ONE = re.compile("|".join(a for a, (_, hi) in zip(_SUFFIX_ALTERNATIVES, _WIDTHS,
+                                                          strict=True) if hi == 1)).match
+
+
+def _suffix_span(s: str) -> tuple[int, int] | None:
+    """``_SUFFIX(s).span()`` (``None``: no match)."""
+    if "\n" in s:  # "$" also matches before a final newline: the whole pattern then
+        m = _SUFFIX(s)
+        return m.span() if m else None
+    m = _SUFFIX_LONG(s)
+    if m is not None and m.start() < len(s) - 1:
+        return m.start(), len(s)
+    return (len(s) - 1, len(s)) if m is not None or (s and _SUFFIX_ONE(s, len(s) - 1)) else None
+
+
 def _suffix_len(s: str) -> int:
     if not s or s[-1].isalpha() and s[-2:-1] not in ("'", "\u2019") and not any(
             c.isdigit() for c in s[-8:-1]):
         return 0
     if len(s) > _TAIL and not s.endswith(".."):
-        m = _SUFFIX(s[-_TAIL:])  # a match starting at 2 or later has its context in the tail
-        if m is None or m.start() >= 2:
-            return m.end() - m.start() if m else 0
-    m = _SUFFIX(s)
-    return m.end() - m.start() if m else 0
+        span = _suffix_span(s[-_TAIL:])  # a match starting at 2 or later has its context there
+        if span is None or span[0] >= 2:
+            return span[1] - span[0] if span else 0
+    span = _suffix_span(s)
+    return span[1] - span[0] if span else 0
 
 
 def _affixes(s: str, specials: bool = True) -> list[str]:
