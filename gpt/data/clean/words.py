@@ -61,6 +61,8 @@ _HEAD, _TAIL = 6, 12
 # An infix is a run of dots, an ellipsis, a symbol (Unicode So) or one of these between letters
 # or digits: a chunk without any of them has none.
 _MAYBE_INFIX = re.compile("[.,:<>=/+*^~\\-\u2013\u2014\u2026]|[^\\x00-\\x7f\\w]")
+# The infix pattern, trying its alternatives only where a match can start (_check_infix_starts).
+_INFIX_AT = re.compile(f"(?=(?:{_MAYBE_INFIX.pattern}))(?:{TABLES['infix']})").finditer
 
 
 def _prefix_len(s: str) -> int:
@@ -171,7 +173,7 @@ def _affixes(s: str, specials: bool = True) -> list[str]:
             out.append(s)
         else:
             start = 0
-            for m in _INFIX(s):
+            for m in _INFIX_AT(s):
                 a, b = m.start(), m.end()
                 if a == 0:
                     continue
@@ -200,6 +202,7 @@ for _pattern in _MATCHED:
     if len(_pattern) > 1:
         _BY_PAIR.setdefault(_pattern[:2], []).append(_pattern)
 _NON_SPACE = re.compile(r"\S+")
+_PAIR_FIRSTS = frozenset(pair[0] for pair in _BY_PAIR)
 
 
 def _special_spans(tokens: list[str], joins: list[str | None]) -> tuple[list[str], bool]:
@@ -256,7 +259,7 @@ def _crosses(left: tuple[str, ...], right: tuple[str, ...]) -> bool:
 @functools.lru_cache(maxsize=1 << 18)
 def _chunk(chunk: str) -> tuple[tuple[str, ...], bool]:
     tokens = _chunk_affixes(chunk)
-    if len(tokens) < 2:
+    if len(tokens) < 2 or _PAIR_FIRSTS.isdisjoint(tokens[:-1]):  # no pattern can start here
         return tokens, False
     out, merged = _special_spans(list(tokens), [""] * len(tokens))
     return tuple(out), merged
@@ -812,4 +815,37 @@ def _check_special_cases() -> None:
                 assert key[a:b] in risky, key
 
 
+
+def _first_codes(item: tuple) -> list[int]:
+    """The code points a parsed regex item (``sre_parse``) can start a match with."""
+    op, arg = item
+    if op == sre_constants.LITERAL:
+        return [arg]
+    if op == sre_constants.IN:
+        codes: list[int] = []
+        for kind, value in arg:
+            assert kind in (sre_constants.LITERAL, sre_constants.RANGE), kind
+            codes += [value] if kind == sre_constants.LITERAL else range(value[0], value[1] + 1)
+        return codes
+    if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT):
+        assert arg[0] >= 1, arg
+        return _first_codes(arg[2][0])
+    if op == sre_constants.SUBPATTERN:
+        return _first_codes(arg[3][0])
+    assert op == sre_constants.BRANCH, op
+    return [c for branch in arg[1] for c in _first_codes(branch[0])]
+
+
+def _check_infix_starts() -> None:
+    """What ``_INFIX_AT`` rests on: each alternative of the infix pattern matches at least one
+    character, and its first is one ``_MAYBE_INFIX`` matches (checked on import)."""
+    for alternative in _alternatives(TABLES["infix"]):
+        parsed = sre_parse.parse(alternative)
+        assert parsed.getwidth()[0] >= 1, alternative
+        first = next(it for it in parsed
+                     if it[0] not in (sre_constants.ASSERT, sre_constants.ASSERT_NOT))
+        assert all(_MAYBE_INFIX.match(chr(c)) for c in _first_codes(first)), alternative
+
+
 _check_special_cases()
+_check_infix_starts()
