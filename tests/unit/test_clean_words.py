@@ -153,3 +153,18 @@ def test_prefix_and_suffix_shortcuts_hold_for_every_letter_and_digit() -> None:
         if c.isalpha():
             for before in ("x", "xy", "x.", "-", "Ab"):
                 assert w._SUFFIX(before + c) is None, (before, c)
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(PIECES + ["\n", "5", "m", "km²", ".."]), min_size=1,
+                max_size=8).map("".join))
+def test_affix_searches_are_the_patterns(s: str) -> None:
+    """words._suffix_len (the suffix pattern's longer alternatives at every position, those of
+    one character at the last) and the infix search started only where _MAYBE_INFIX matches
+    give what spaCy's whole patterns give."""
+    from gpt.data.clean import words as w
+
+    for part in {s, s[1:], s[:-1], s[-12:]}:
+        m = w._SUFFIX(part)
+        assert w._suffix_span(part) == (m.span() if m else None), part
+        assert [m.span() for m in w._INFIX_AT(part)] == [m.span() for m in w._INFIX(part)], part

@@ -23,6 +23,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from importlib import resources
+from re import _constants as sre_constants  # the suffix pattern's structure
+from re import _parser as sre_parse
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +61,8 @@ _HEAD, _TAIL = 6, 12
 # An infix is a run of dots, an ellipsis, a symbol (Unicode So) or one of these between letters
 # or digits: a chunk without any of them has none.
 _MAYBE_INFIX = re.compile("[.,:<>=/+*^~\\-\u2013\u2014\u2026]|[^\\x00-\\x7f\\w]")
+# The infix pattern, trying its alternatives only where a match can start (_check_infix_starts).
+_INFIX_AT = re.compile(f"(?=(?:{_MAYBE_INFIX.pattern}))(?:{TABLES['infix']})").finditer
 
 
 def _prefix_len(s: str) -> int:
@@ -68,16 +72,64 @@ def _prefix_len(s: str) -> int:
     return m.end() - m.start() if m else 0
 
 
+def _alternatives(pattern: str) -> list[str]:
+    """The top-level alternatives of a regex (split at each ``|`` outside groups and sets)."""
+    out, depth, in_set, start, i = [], 0, False, 0, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 1
+        elif in_set:
+            in_set = ch != "]"
+        elif ch == "[":
+            in_set = True
+            # a "]" first in a set is one of its characters
+            i += 2 if pattern.startswith("^]", i + 1) else int(pattern.startswith("]", i + 1))
+        elif ch in "()":
+            depth += 1 if ch == "(" else -1
+        elif ch == "|" and not depth:
+            out.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return [*out, pattern[start:]]
+
+
+# Every alternative of the suffix pattern matches one character or more up to the end: the
+# leftmost match is where the first alternative that matches at all starts. Those of one
+# character can only start at the last one, so the search over every start position needs only
+# the few longer ones (checked here).
+_SUFFIX_ALTERNATIVES = _alternatives(TABLES["suffix"])
+assert "|".join(_SUFFIX_ALTERNATIVES) == TABLES["suffix"]
+_WIDTHS = [sre_parse.parse(a).getwidth() for a in _SUFFIX_ALTERNATIVES]
+assert all(lo >= 1 and sre_parse.parse(a)[-1] == (sre_constants.AT, sre_constants.AT_END)
+           for a, (lo, _) in zip(_SUFFIX_ALTERNATIVES, _WIDTHS, strict=True))
+_SUFFIX_LONG = re.compile("|".join(a for a, (_, hi) in zip(_SUFFIX_ALTERNATIVES, _WIDTHS,
+                                                           strict=True) if hi > 1)).search
+_SUFFIX_ONE = re.compile("|".join(a for a, (_, hi) in zip(_SUFFIX_ALTERNATIVES, _WIDTHS,
+                                                          strict=True) if hi == 1)).match
+
+
+def _suffix_span(s: str) -> tuple[int, int] | None:
+    """``_SUFFIX(s).span()`` (``None``: no match)."""
+    if "\n" in s:  # "$" also matches before a final newline: the whole pattern then
+        m = _SUFFIX(s)
+        return m.span() if m else None
+    m = _SUFFIX_LONG(s)
+    if m is not None and m.start() < len(s) - 1:
+        return m.start(), len(s)
+    return (len(s) - 1, len(s)) if m is not None or (s and _SUFFIX_ONE(s, len(s) - 1)) else None
+
+
 def _suffix_len(s: str) -> int:
     if not s or s[-1].isalpha() and s[-2:-1] not in ("'", "\u2019") and not any(
             c.isdigit() for c in s[-8:-1]):
         return 0
     if len(s) > _TAIL and not s.endswith(".."):
-        m = _SUFFIX(s[-_TAIL:])  # a match starting at 2 or later has its context in the tail
-        if m is None or m.start() >= 2:
-            return m.end() - m.start() if m else 0
-    m = _SUFFIX(s)
-    return m.end() - m.start() if m else 0
+        span = _suffix_span(s[-_TAIL:])  # a match starting at 2 or later has its context there
+        if span is None or span[0] >= 2:
+            return span[1] - span[0] if span else 0
+    span = _suffix_span(s)
+    return span[1] - span[0] if span else 0
 
 
 def _affixes(s: str, specials: bool = True) -> list[str]:
@@ -121,7 +173,7 @@ def _affixes(s: str, specials: bool = True) -> list[str]:
             out.append(s)
         else:
             start = 0
-            for m in _INFIX(s):
+            for m in _INFIX_AT(s):
                 a, b = m.start(), m.end()
                 if a == 0:
                     continue
@@ -150,6 +202,7 @@ for _pattern in _MATCHED:
     if len(_pattern) > 1:
         _BY_PAIR.setdefault(_pattern[:2], []).append(_pattern)
 _NON_SPACE = re.compile(r"\S+")
+_PAIR_FIRSTS = frozenset(pair[0] for pair in _BY_PAIR)
 
 
 def _special_spans(tokens: list[str], joins: list[str | None]) -> tuple[list[str], bool]:
@@ -206,7 +259,7 @@ def _crosses(left: tuple[str, ...], right: tuple[str, ...]) -> bool:
 @functools.lru_cache(maxsize=1 << 18)
 def _chunk(chunk: str) -> tuple[tuple[str, ...], bool]:
     tokens = _chunk_affixes(chunk)
-    if len(tokens) < 2:
+    if len(tokens) < 2 or _PAIR_FIRSTS.isdisjoint(tokens[:-1]):  # no pattern can start here
         return tokens, False
     out, merged = _special_spans(list(tokens), [""] * len(tokens))
     return tuple(out), merged
@@ -343,10 +396,8 @@ class Words:
         per_chunk = np.zeros((len(self.count), 4), dtype=np.int64)
         if len(self.ids):
             per_chunk = np.add.reduceat(columns, self.start[:-1], axis=0)
-        doc = self.line_doc[self.chunk_line]
-        per_doc = [np.bincount(doc, weights=per_chunk[self.occ, k], minlength=self.n_docs)
-                   .astype(np.int64) for k in range(4)]
-        return Totals(*per_doc)
+        per_doc = _doc_sums(self.line_doc[self.chunk_line], per_chunk[self.occ], self.n_docs)
+        return Totals(*(per_doc[:, k] for k in range(4)))
 
     def per_doc(self, per_token: np.ndarray) -> np.ndarray:
         """Per document, the sum of ``per_token`` over its tokens."""
@@ -546,14 +597,27 @@ _RISKY_COUNTS = np.array([_counts_of(t)[0] for t, _ in _RISKY_TOKENS],
                          dtype=np.int64).reshape(-1, 4)
 _RISKY_STOPS = np.array([_counts_of(t)[1] for t, _ in _RISKY_TOKENS], dtype=np.int64)
 
-# ASCII characters that are datatrove punctuation (a token of only these is not a word).
-_ASCII_PUNCTUATION_RE2 = "[" + "".join(
-    f"\\x{{{ord(c):02x}}}" for c in sorted(c for c in PUNCTUATION if c.isascii())) + "]"
+# Per byte: 1 if an ASCII character that is datatrove punctuation (a token of only these is
+# not a word), 2 if an ASCII letter.
+_BYTE_CLASS = np.array([(1 if b < 128 and chr(b) in PUNCTUATION else 0)
+                        + (2 if chr(b).isascii() and chr(b).isalpha() else 0)
+                        for b in range(256)], dtype=np.uint8)
 
 
 def _run_count(arr: pa.Array, pattern: str) -> np.ndarray:
     """Per string, how many (non-overlapping) matches of the RE2 ``pattern`` it has."""
     return _np(pc.count_substring_regex(arr, pattern))
+
+
+def _doc_sums(doc: np.ndarray, values: np.ndarray, n_docs: int) -> np.ndarray:
+    """Per document, the column sums of ``values`` (``(len(doc), k)`` integers) over its
+    entries (``doc``: non-decreasing)."""
+    ends = np.searchsorted(doc, np.arange(n_docs + 1), "left")
+    some = ends[1:] > ends[:-1]
+    out = np.zeros((n_docs, values.shape[1]), dtype=np.int64)
+    if some.any():
+        out[some] = np.add.reduceat(values, ends[:-1][some], axis=0, dtype=np.int64)
+    return out
 
 
 def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
@@ -581,10 +645,15 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     others = c.distinct.filter(pa.array(hard))
     chars = _np(pc.utf8_length(others))
     is_ascii = _mask(pc.string_is_ascii(others))
-    plain = np.where(is_ascii, _np(pc.utf8_length(pc.replace_substring_regex(
-        others, _ASCII_PUNCTUATION_RE2, ""))), 0)
-    letters = np.where(is_ascii, chars - _np(pc.utf8_length(pc.replace_substring_regex(
-        others, "[A-Za-z]", ""))), 0)
+    # Per ASCII chunk, its characters that are not punctuation, and its letters (from a table
+    # of the bytes: in an ASCII chunk each byte is a character).
+    byte_class = _BYTE_CLASS[np.frombuffer(raw_bytes(others), dtype=np.uint8)]
+    cum = np.zeros((len(byte_class) + 1, 2), dtype=np.int64)
+    np.cumsum(np.stack([byte_class & 1, byte_class >> 1], axis=1), axis=0, out=cum[1:])
+    offsets = byte_offsets(others)
+    per_chunk = cum[offsets[1:]] - cum[offsets[:-1]]
+    plain = np.where(is_ascii, chars - per_chunk[:, 0], 0)
+    letters = np.where(is_ascii, per_chunk[:, 1], 0)
     lo[hard] = np.stack([np.ones(len(chars), dtype=np.int64), plain > 0, plain, letters > 0],
                         axis=1)
     hi[hard] = np.stack([chars, np.where(is_ascii, plain, chars),
@@ -612,13 +681,14 @@ def bounds(c: Chunks, line_doc: np.ndarray, n_docs: int) -> Bounds:
     lo[at] = hi[at] = _RISKY_COUNTS[known]
     hard[at] = False
     doc = np.asarray(line_doc, dtype=np.int64)[c.chunk_line]
-    # Per document, the sums over its chunks (doc is non-decreasing): differences of cumsums.
-    cum = np.zeros((len(doc) + 1, 9), dtype=np.int64)
-    np.cumsum(np.concatenate([lo, hi, hard[:, None]], axis=1)[c.occ], axis=0, out=cum[1:])
-    ends = np.searchsorted(doc, np.arange(n_docs + 1), "left")
-    sums = cum[ends[1:]] - cum[ends[:-1]]
-    per = [[sums[:, j] for j in range(4)], [sums[:, 4 + j] for j in range(4)]]
-    exact = sums[:, 8] == 0
+    # Per document, the sums over its chunks: the lows over every chunk; the highs differ only
+    # for the chunks still unknown (few), so only theirs are added.
+    low = _doc_sums(doc, lo[c.occ], n_docs)
+    at_unknown = np.flatnonzero(hard[c.occ])
+    u_doc, u_occ = doc[at_unknown], c.occ[at_unknown]
+    high = low + _doc_sums(u_doc, (hi - lo)[u_occ], n_docs)
+    per = [[low[:, j] for j in range(4)], [high[:, j] for j in range(4)]]
+    exact = np.bincount(u_doc, minlength=n_docs) == 0
     stop = _np(pc.index_in(c.core, value_set=_STOP_ARRAY).fill_null(-1))
     chunk_bits = np.zeros(n, dtype=np.int64)
     chunk_bits[c.easy[stop >= 0]] = 1 << stop[stop >= 0]
@@ -745,4 +815,37 @@ def _check_special_cases() -> None:
                 assert key[a:b] in risky, key
 
 
+
+def _first_codes(item: tuple) -> list[int]:
+    """The code points a parsed regex item (``sre_parse``) can start a match with."""
+    op, arg = item
+    if op == sre_constants.LITERAL:
+        return [arg]
+    if op == sre_constants.IN:
+        codes: list[int] = []
+        for kind, value in arg:
+            assert kind in (sre_constants.LITERAL, sre_constants.RANGE), kind
+            codes += [value] if kind == sre_constants.LITERAL else range(value[0], value[1] + 1)
+        return codes
+    if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT):
+        assert arg[0] >= 1, arg
+        return _first_codes(arg[2][0])
+    if op == sre_constants.SUBPATTERN:
+        return _first_codes(arg[3][0])
+    assert op == sre_constants.BRANCH, op
+    return [c for branch in arg[1] for c in _first_codes(branch[0])]
+
+
+def _check_infix_starts() -> None:
+    """What ``_INFIX_AT`` rests on: each alternative of the infix pattern matches at least one
+    character, and its first is one ``_MAYBE_INFIX`` matches (checked on import)."""
+    for alternative in _alternatives(TABLES["infix"]):
+        parsed = sre_parse.parse(alternative)
+        assert parsed.getwidth()[0] >= 1, alternative
+        first = next(it for it in parsed
+                     if it[0] not in (sre_constants.ASSERT, sre_constants.ASSERT_NOT))
+        assert all(_MAYBE_INFIX.match(chr(c)) for c in _first_codes(first)), alternative
+
+
 _check_special_cases()
+_check_infix_starts()
