@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = [pytest.mark.reliability, pytest.mark.serial, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
 
 def _gptops(*args: str, cwd: Path, **env: str) -> tuple[int, str, float]:

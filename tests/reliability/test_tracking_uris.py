@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = [pytest.mark.reliability, pytest.mark.serial]
+pytestmark = pytest.mark.reliability
 
 URIS = {
     "http://127.0.0.1:1": "nothing answers at 127.0.0.1:1",
