@@ -7,7 +7,10 @@
 # 3. the fused linear + cross-entropy (gpt/loss.py) on CUDA against F.cross_entropy;
 # 4. `gptops run --profile gpt2-124m --max-steps 50` end to end on CUDA (launch.nproc_per_node=auto:
 #    one process per GPU, through torch's elastic launcher when there are several);
-# 5. 2-rank FSDP2/NCCL pretraining when the machine has 2 GPUs or more.
+# 5. 2-rank FSDP2/NCCL pretraining when the machine has 2 GPUs or more;
+# 6. GPT-2 small's published benchmark figures (docs/evaluation.md) through `gptops import hf:gpt2`,
+#    when gpt2, lambada_openai and hellaswag are in the Hugging Face cache (the lent machine
+#    reaches nothing outside, so copy the cache there first).
 # Copy the figures, with the card's name, into bench/RESULTS.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,5 +54,21 @@ if [ "$NGPU" -ge 2 ]; then
       --set train.max_steps=20 --set launch.nproc_per_node=2 --set launch.strategy=fsdp )
 else
   echo "== 5. skipped: $NGPU GPU (FSDP2 over NCCL needs 2)"
+fi
+echo "== 6. GPT-2's published figures (LAMBADA ppl 35.13 / acc 45.99 %, HellaSwag acc_norm ~0.31)"
+if HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $PY -c "
+import datasets as d, huggingface_hub as h
+h.snapshot_download('gpt2', local_files_only=True)
+d.load_dataset('EleutherAI/lambada_openai', 'default'); d.load_dataset('Rowan/hellaswag')" \
+    >/dev/null 2>&1; then
+  G=$(mktemp -d)/gpt2-eval; mkdir -p "$G"; git -C "$G" init -q
+  B=(--set "evaluate.benchmarks=[lambada_openai,hellaswag]" --set evaluate.max_items=0)
+  ( cd "$G" && export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+    && timeout 600 "$OLDPWD/.venv/bin/gptops" run --init -w "$G" --profile gpt2-continue \
+         --set tokenizer.pretrained=hf:gpt2 --set sft.enabled=false "${B[@]}" \
+    && timeout 600 "$OLDPWD/.venv/bin/gptops" import hf:gpt2 -w "$G" --profile gpt2-continue "${B[@]}" \
+    && "$OLDPWD/.venv/bin/gptops" models -w "$G" --name gptops-base )
+else
+  echo "skipped: gpt2, lambada_openai or hellaswag is not in the Hugging Face cache"
 fi
 echo "== done"
