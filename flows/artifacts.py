@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,7 +31,10 @@ TRAINING_STEPS = frozenset(k.step for k in KINDS)
 class TrainingProgress(logging.Handler):
     """A log handler that keeps one Prefect progress artifact per training step up to date.
 
-    It reads the count a progress record carries, never its text; a failure to reach the server
+    It reads the count a progress record carries, never its text. The API calls run on a thread
+    of their own, newest count per step first: a record is never held up by the server (a lost
+    server's retries would otherwise stall the training thread, and every line of this logger
+    behind this handler's lock, the lost-server warning included). A failure to reach the server
     never stops the training (the run's log says it once).
     """
 
@@ -37,27 +42,58 @@ class TrainingProgress(logging.Handler):
         super().__init__(logging.INFO)
         self.artifacts: dict[str, UUID] = {}
         self._warned = False
+        #: per step: the newest (percent, description) and the context of the record's thread
+        #: (Prefect ties an artifact to the flow or task run it finds there)
+        self._pending: dict[str, tuple[float, str, contextvars.Context]] = {}
+        self._wake = threading.Condition()
+        self._closing = False
+        self._sender = threading.Thread(target=self._send_loop, name="gptops-progress-artifacts",
+                                        daemon=True)
+        self._sender.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         done = progress.done_of(record)
         if done is None or done.unit != "step" or done.name not in TRAINING_STEPS:
             return
+        what = f"{done.name}: step {done.done} of {done.total}"
+        with self._wake:
+            self._pending[done.name] = (done.percent, what, contextvars.copy_context())
+            self._wake.notify()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._closing:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                name, (percent, what, ctx) = next(iter(self._pending.items()))
+                del self._pending[name]
+            ctx.run(self._send, name, percent, what)
+
+    def _send(self, name: str, percent: float, what: str) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-        what = f"{done.name}: step {done.done} of {done.total}"
         try:
-            if done.name in self.artifacts:
-                update_progress_artifact(self.artifacts[done.name], done.percent,
-                                         description=what)
+            if name in self.artifacts:
+                update_progress_artifact(self.artifacts[name], percent, description=what)
             else:
-                self.artifacts[done.name] = create_progress_artifact(
-                    done.percent, key=f"{done.name}-progress", description=what)
+                self.artifacts[name] = create_progress_artifact(
+                    percent, key=f"{name}-progress", description=what)
         except Exception as exc:  # noqa: BLE001 - progress is a view; the training goes on
             if not self._warned:
                 self._warned = True
                 logging.getLogger("gpt.prefect").warning(
                     "the %s progress artifact could not be updated (%s); the run goes on",
-                    done.name, exc)
+                    name, exc)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is pending (at most ``timeout`` seconds), then stop the sender."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._sender.join(timeout)
+        super().close()
 
 
 @contextmanager
@@ -70,6 +106,7 @@ def training_progress() -> Iterator[TrainingProgress]:
         yield handler
     finally:
         logger.removeHandler(handler)
+        handler.close()
 
 
 def evaluation_tables(evaluation: dict[str, dict[str, Any]],
