@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +31,7 @@ from gpt.data.clean.language import identify
 from gpt.data.clean.lines import Lines
 from gpt.data.clean.repetition import Tokens
 from gpt.data.clean.urls import blocked
-from gpt.data.clean.words import Bounds, Words
+from gpt.data.clean.words import Bounds
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Batch:
     evals: EvalSets | None = None
     _lines: dict[str, Lines] = field(default_factory=dict)
     _tokens: Tokens | None = None
-    _counts: Counts | None = None
+    _counts: Bounds | None = None
 
     def lines(self, purpose: str = "lines") -> Lines:
         """The lines of the texts pending when ``purpose`` first asked: the line rules split
@@ -68,13 +68,13 @@ class Batch:
             self._lines[purpose] = Lines(self.arr, np.flatnonzero(self.pending))
         return self._lines[purpose]
 
-    def counts(self, cfg: CleanConfig) -> Counts:
+    def counts(self, cfg: CleanConfig) -> Bounds:
         """The word-count rules' counts of the texts pending when first asked: ``Bounds``
         where they decide every such rule, spaCy's tokens (``Lines.words``) only for the
         texts where they do not."""
         if self._counts is None:
             lines = self.lines("words")
-            c = Counts.of(lines.bounds)
+            c = replace(lines.bounds, exact=lines.bounds.exact.copy())  # resolved in place
             alive = np.ones(len(lines.rows), dtype=bool)
             undecided = np.zeros(len(lines.rows), dtype=bool)
             for verdict in _COUNT_RULES.values():
@@ -125,36 +125,6 @@ class Batch:
         out = np.zeros(len(self.arr), dtype=values.dtype)
         out[rows] = values
         return out
-
-
-@dataclass
-class Counts:
-    """Per text pending at the first word-count rule, ``(low, high)`` of what those rules
-    count (``words.Totals``' counts and the distinct stop words); low == high where ``exact``.
-    """
-
-    tokens: tuple[np.ndarray, np.ndarray]
-    words: tuple[np.ndarray, np.ndarray]
-    word_chars: tuple[np.ndarray, np.ndarray]
-    alpha: tuple[np.ndarray, np.ndarray]
-    stops: tuple[np.ndarray, np.ndarray]
-    exact: np.ndarray
-
-    @classmethod
-    def of(cls, b: Bounds) -> Counts:
-        return cls(b.tokens, b.words, b.word_chars, b.alpha, b.stops, b.exact.copy())
-
-    def resolve(self, at: np.ndarray, w: Words, of: np.ndarray | None = None) -> None:
-        """Set the counts of the texts ``at`` (a mask) to those of their tokens ``w`` (of
-        the texts ``at``, or of all the texts; ``of``: pick ``at`` from them)."""
-        t = w.totals
-        for name, exact in (("tokens", t.tokens), ("words", t.words),
-                            ("word_chars", t.word_chars), ("alpha", t.alpha),
-                            ("stops", w.stop_words())):
-            lo, hi = (x.copy() for x in getattr(self, name))
-            lo[at] = hi[at] = exact if of is None else exact[of]
-            setattr(self, name, (lo, hi))
-        self.exact[at] = True
 
 
 #: ``rejects(batch, cfg)``: per text of the batch, whether the filter rejects it.
@@ -259,17 +229,17 @@ Verdict = tuple[np.ndarray, np.ndarray]
 _LO, _HI = 0, 1
 
 
-def _too_few_words(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+def _too_few_words(c: Bounds, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     def test(w: np.ndarray) -> np.ndarray:
         return (w < cfg.min_words) | (w == 0)
     return test(c.words[_HI]), ~test(c.words[_LO])
 
 
-def _too_many_words(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+def _too_many_words(c: Bounds, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     return c.words[_LO] > cfg.max_words, c.words[_HI] <= cfg.max_words
 
 
-def _word_length(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+def _word_length(c: Bounds, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     def short(chars: np.ndarray, words: np.ndarray) -> np.ndarray:
         return _share(chars, words) < cfg.min_mean_word_length
 
@@ -280,7 +250,7 @@ def _word_length(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     return surely, (w_lo > 0) & ~short(c_lo, w_hi) & ~long(c_hi, w_lo)
 
 
-def _symbol_ratio(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+def _symbol_ratio(c: Bounds, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     rows = t.rows
 
     def test(tokens: np.ndarray) -> np.ndarray:
@@ -289,25 +259,25 @@ def _symbol_ratio(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     return test(c.tokens[_HI]), (c.tokens[_LO] > 0) & ~test(c.tokens[_LO])
 
 
-def _alpha_words(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+def _alpha_words(c: Bounds, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     def test(alpha: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         return _share(alpha, tokens) < cfg.min_alpha_word_fraction
     (a_lo, a_hi), (t_lo, t_hi) = c.alpha, c.tokens
     return test(a_hi, t_lo), (t_lo > 0) & ~test(a_lo, t_hi)
 
 
-def _stop_words(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+def _stop_words(c: Bounds, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     return c.stops[_HI] < cfg.min_stop_words, c.stops[_LO] >= cfg.min_stop_words
 
 
-def _newline_ratio(c: Counts, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
+def _newline_ratio(c: Bounds, t: Lines, b: Batch, cfg: CleanConfig) -> Verdict:
     def test(tokens: np.ndarray) -> np.ndarray:
         return _share(t.line_count - 1, tokens) > cfg.max_newline_ratio
     return test(c.tokens[_HI]), (c.tokens[_LO] > 0) & ~test(c.tokens[_LO])
 
 
 #: The word-count rules, in checking order (their rows of ``REASONS`` name them).
-_COUNT_RULES: dict[str, Callable[[Counts, Lines, Batch, CleanConfig], Verdict]] = {
+_COUNT_RULES: dict[str, Callable[[Bounds, Lines, Batch, CleanConfig], Verdict]] = {
     "too_few_words": _too_few_words, "too_many_words": _too_many_words,
     "word_length": _word_length, "symbol_ratio": _symbol_ratio, "alpha_words": _alpha_words,
     "stop_words": _stop_words, "newline_ratio": _newline_ratio}

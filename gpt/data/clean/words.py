@@ -579,6 +579,18 @@ class Bounds:
     stops: tuple[np.ndarray, np.ndarray]
     exact: np.ndarray
 
+    def resolve(self, at: np.ndarray, w: Words, of: np.ndarray | None = None) -> None:
+        """Set the counts of the texts ``at`` (a mask) to those of their tokens ``w`` (of
+        the texts ``at``, or of all the texts; ``of``: pick ``at`` from them): exact there."""
+        t = w.totals
+        for name, exact in (("tokens", t.tokens), ("words", t.words),
+                            ("word_chars", t.word_chars), ("alpha", t.alpha),
+                            ("stops", w.stop_words())):
+            lo, hi = (x.copy() for x in getattr(self, name))
+            lo[at] = hi[at] = exact if of is None else exact[of]
+            setattr(self, name, (lo, hi))
+        self.exact[at] = True
+
 
 def _counts_of(tokens: tuple[str, ...]) -> tuple[list[int], int]:
     """``Totals``' counts of one chunk's tokens, and their ``STOP_WORDS`` bits."""
