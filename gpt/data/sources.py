@@ -9,8 +9,9 @@ Every reader returns a DataFrame with the document schema ``DOC_COLUMNS``:
 
 The built-in corpus is Python's own documentation read from the running interpreter's files
 (``pydoc_data.topics`` plus the module/class/function docstrings of the stdlib's source, parsed
-with ``ast``, never imported). It is generated at ingest time and never committed; the same
-Python version gives the same corpus in any environment.
+with ``ast``, never imported; ``gpt.data.builtin``). It is generated at ingest time and never
+committed; every patch release of a Python version with a manifest gives the same corpus, in any
+environment.
 
 Local files: ``.txt``/``.md`` (one document per file), ``.jsonl`` (one per line, ``text_field``),
 ``.csv``/``.parquet`` (one per row, column ``text_field``); all but ``.parquet`` may be ``.gz`` or
@@ -23,7 +24,6 @@ reads a dataset with ``datasets`` (the optional ``hf`` extra).
 
 from __future__ import annotations
 
-import ast
 import collections
 import contextlib
 import functools
@@ -32,9 +32,6 @@ import gzip
 import io
 import json
 import os
-import sys
-import sysconfig
-import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,110 +41,18 @@ from typing import Any, BinaryIO
 import pandas as pd
 
 from gpt.config import HF_PREFIX, DataConfig
+from gpt.data.builtin import builtin_docs
 from gpt.data.records import DOC_COLUMNS, WEB_COLUMNS, BadRecords
 from gpt.data.web import WEB_SUFFIXES, iter_web
 from gpt.data.workers import default_workers, ignore_ctrl_c
 from gpt.errors import DataError
 
-# Packages and modules left out: tests, GUI, demos, installers, platform-only, the corpus's own
-# source (pydoc_data is read as topics).
-_SKIP_TOP = {
-    "__main__", "antigravity", "this", "idlelib", "tkinter", "turtledemo", "test", "turtle",
-    "lib2to3", "ensurepip", "venv", "pydoc_data", "msilib", "winreg", "winsound", "_winapi",
-    "msvcrt", "nt", "_msi", "_overlapped", "_wmi",
-}
-_SKIP_PARTS = {"__main__", "test", "tests", "idle_test"}
-_MIN_DOC_CHARS = 40
-#: Private pure-Python sources of public modules (which re-export them, or whose C version's
-#: documentation they carry), read under the public name.
-_SOURCE_OF = {"collections.abc": "_collections_abc", "decimal": "_pydecimal", "io": "_pyio"}
-
-
-def _stdlib_sources() -> Iterator[tuple[str, Path]]:
-    """``(module name, source file)`` of the stdlib's pure-Python modules, sorted by name.
-
-    Found from the interpreter's own stdlib folder (``sysconfig``), not by importing: what an
-    import gives depends on the environment (variables such as ``SETUPTOOLS_USE_DISTUTILS``,
-    installed packages that patch modules, what was imported before), a file does not.
-    """
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for top in sorted(sys.stdlib_module_names):
-        if top in _SKIP_TOP or top.startswith("_"):
-            continue
-        found = [(top, root / f"{top}.py")] if (root / f"{top}.py").is_file() else []
-        if (root / top / "__init__.py").is_file():
-            for path in (root / top).rglob("*.py"):
-                parts = path.relative_to(root).with_suffix("").parts
-                if parts[-1] == "__init__":
-                    parts = parts[:-1]
-                if any(p in _SKIP_PARTS or p.startswith("_") for p in parts[1:]):
-                    continue
-                found.append((".".join(parts), path))
-        found += [(name, root / f"{private}.py") for name, private in _SOURCE_OF.items()
-                  if name.split(".")[0] == top and (root / f"{private}.py").is_file()]
-        yield from sorted(found)
-
-
-def _definitions(body: list[ast.stmt]) -> Iterator[ast.ClassDef | ast.FunctionDef |
-                                                   ast.AsyncFunctionDef]:
-    """Classes and functions of a module or class body, including those defined under a
-    top-level ``if``/``try`` (a fallback definition, a platform branch), in source order."""
-    for node in body:
-        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            yield node
-        elif isinstance(node, ast.If | ast.Try):
-            blocks = [node.body, node.orelse] + ([h.body for h in node.handlers]
-                                                  + [node.finalbody]
-                                                  if isinstance(node, ast.Try) else [])
-            for block in blocks:
-                yield from _definitions(block)
-
-
-def _docstring_docs(name: str, path: Path) -> Iterator[tuple[str, str]]:
-    """Yield (qualified name, docstring) for a module's source and the objects it defines."""
-    try:
-        with warnings.catch_warnings():  # invalid escapes in old modules' strings
-            warnings.simplefilter("ignore")
-            tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError, OSError):
-        return
-    seen: set[str] = set()
-
-    def doc(qualname: str, node: ast.AST) -> Iterator[tuple[str, str]]:
-        text = ast.get_docstring(node, clean=True)  # type: ignore[arg-type]
-        if qualname not in seen and text and len(text.strip()) >= _MIN_DOC_CHARS:
-            seen.add(qualname)
-            yield qualname, text
-
-    yield from doc(name, tree)
-    for node in _definitions(tree.body):
-        if node.name.startswith("_"):
-            continue
-        yield from doc(f"{name}.{node.name}", node)
-        if isinstance(node, ast.ClassDef):
-            for member in _definitions(node.body):
-                if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef) and (
-                        not member.name.startswith("_") or member.name == "__init__"):
-                    yield from doc(f"{name}.{node.name}.{member.name}", member)
-
 
 def read_builtin() -> pd.DataFrame:
-    """Read the whole built-in corpus: ``pydoc_data.topics`` then stdlib docstrings
-    (``data.max_docs`` is applied by :func:`iter_source`, as for any source).
-
-    Docstrings are read from the stdlib's source files with ``ast`` (nothing is imported), so
-    the same Python version gives the same corpus whatever the environment.
-    """
-    from pydoc_data.topics import topics  # a dict literal: the same wherever it is imported
-
-    rows: list[tuple[str, str, str, str]] = [
-        (f"builtin:topic:{key}", "builtin", f"topic:{key}", text) for key, text in
-        sorted(topics.items())
-    ]
-    for name, path in _stdlib_sources():
-        rows.extend((f"builtin:doc:{qualname}", "builtin", qualname, doc)
-                    for qualname, doc in _docstring_docs(name, path))
-    return pd.DataFrame(rows, columns=DOC_COLUMNS).drop_duplicates("doc_id", ignore_index=True)
+    """Read the whole built-in corpus (:func:`gpt.data.builtin.builtin_docs`: Python's
+    documentation, the documents of the Python version's manifest; ``data.max_docs`` is
+    applied by :func:`iter_source`, as for any source)."""
+    return pd.DataFrame(builtin_docs(), columns=DOC_COLUMNS)
 
 
 #: Local formats read as one document per file (.jsonl, .csv, .parquet: see ``_read_one``).
@@ -504,7 +409,7 @@ def _frame(rows: list[Row]) -> pd.DataFrame:
 def _builtin_rows() -> tuple[Row, ...]:
     """The built-in corpus as rows, read once per process (``data.max_docs`` counts them
     first, then picks)."""
-    return tuple(read_builtin().itertuples(index=False, name=None))
+    return tuple(builtin_docs())
 
 
 def _rows(source: str, text_field: str, bad: BadRecords) -> Iterator[Row]:
