@@ -78,7 +78,8 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
     # these checks (handed_over) instead of repeating them.
     ctx = prepare_run(workdir, profile, extra, base, init=init)
     team = os.environ.get("PREFECT_API_URL", "")
-    with workspace_api(ctx.workdir), handed_over(ctx):
+    # The flow's imports (torch, MLflow, Prefect's engine) run while the server boots.
+    with workspace_api(ctx.workdir, meanwhile=_import_flow), handed_over(ctx):
         from prefect.exceptions import CancelledRun
 
         from flows.pipeline import training_pipeline
@@ -94,6 +95,10 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
                 raise
             raise stop from exc
     return result, team, ctx.workdir
+
+
+def _import_flow() -> None:
+    import flows.pipeline  # noqa: F401
 
 
 def _where_to_look(uri: str, team_api: str, ws: Path, flow_run_id: str | None = None) -> None:

@@ -31,7 +31,12 @@ from gpt.errors import Interrupted
 from gpt.pipeline.context import RunContext, prepare_run
 from gpt.registry import cli_run_name, pipeline_run
 from gpt.registry import tags as tag
-from gpt.registry.tracking import describe_pipeline_run, experiment_id, workspace_id
+from gpt.registry.tracking import (
+    describe_pipeline_run,
+    experiment_id,
+    store_opened_meanwhile,
+    workspace_id,
+)
 from gpt.workspace_lock import live_run, run_alive, sweep_live_runs, workspace_lock
 
 
@@ -226,7 +231,9 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None, reingest: bool
     workspace)."""
     ws = str(ctx.workdir)
     forced = {"ingest": reingest, "clean": reclean}
-    stages = [tasks.data_stage(ws, stage, force=forced.get(stage, False)) for stage in STAGES]
+    with store_opened_meanwhile(ctx.tracking_uri, ctx.params.registry.experiment):
+        stages = [tasks.data_stage(ws, stage, force=forced.get(stage, False))
+                  for stage in STAGES]
     tasks.check_tasks(ctx)  # too few documents for a built-in task: before any training
     ctx = replace(ctx, data_version=tasks.version_data(ws))
     reused = [s["stage"] for s in stages if not s["ran"]]

@@ -8,7 +8,9 @@ Otherwise ``gptops run`` starts the server itself for the length of the run, in 
 group (stopped on exit, and on Linux killed with its parent). Its first start on a new machine
 migrates a new database, which may take longer than Prefect's 20 s ephemeral timeout on a busy
 machine, so the wait here is long (``GPTOPS_PREFECT_STARTUP_TIMEOUT``, default 300 s) and says
-what it is waiting for.
+what it is waiting for. A new workspace's database starts as a copy of an empty one at the
+installed Prefect's schema (:func:`blank_database`, made once per environment: by
+``scripts/setup.sh``, else by the first new workspace), so only that first one migrates.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -51,6 +55,65 @@ def workspace(workdir: Path) -> Workspace:
 def database_url(workdir: Path) -> str:
     """The workspace's Prefect database (SQLite under ``.gptops/``)."""
     return f"sqlite+aiosqlite:///{workspace(workdir).prefect_db}"
+
+
+def blank_database() -> Path:
+    """Where this environment keeps an empty Prefect database at its Prefect's schema (in the
+    interpreter's prefix, named after the Prefect version; it may not exist yet)."""
+    from importlib.metadata import version
+
+    return Path(sys.prefix) / "share" / "gptops" / f"prefect-{version('prefect')}.db"
+
+
+def make_blank_database() -> Path | None:
+    """Make :func:`blank_database` with Prefect's own ``prefect server database upgrade`` when it
+    is missing; return it, or None when it cannot be made (a read-only prefix: each new
+    workspace's server then migrates its own database, as Prefect does by default)."""
+    path = blank_database()
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".prefect-db-", dir=path.parent))
+    except OSError:
+        return None
+    log.info("preparing an empty Prefect database for new workspaces (once per environment)")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({"PREFECT_HOME": str(work / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED":
+                    "false", "PREFECT_API_DATABASE_CONNECTION_URL":
+                    f"sqlite+aiosqlite:///{work / 'prefect.db'}"})
+        done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server",
+                               "database", "upgrade", "-y"], env=env, capture_output=True,
+                              text=True, timeout=600, stdin=subprocess.DEVNULL)
+        if done.returncode != 0 or not (work / "prefect.db").is_file():
+            log.warning("could not prepare an empty Prefect database (%s); each new "
+                        "workspace's server migrates its own",
+                        (done.stderr or done.stdout).strip().splitlines()[-1:])
+            return None
+        (work / "prefect.db").replace(path)  # atomic: two makers leave one whole file
+        return path
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def new_database(db: Path) -> bool:
+    """Give a workspace without a Prefect database a copy of the blank one (made first if
+    needed). True when ``db`` is still missing: its server then creates and migrates it."""
+    if db.exists():
+        return False
+    blank = make_blank_database()
+    if blank is None:
+        return True
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    shutil.copyfile(blank, tmp)
+    try:
+        tmp.replace(db) if not db.exists() else tmp.unlink()
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return not db.exists()
 
 
 def port_free(host: str, port: int) -> bool:
@@ -221,12 +284,17 @@ def startup_timeout() -> float:
 
 
 @contextlib.contextmanager
-def workspace_api(workdir: Path) -> Iterator[str]:
+def workspace_api(workdir: Path, meanwhile: Callable[[], object] | None = None
+                  ) -> Iterator[str]:
     """Point this process's Prefect client at the workspace's run history; yield the API URL.
 
     Must run before ``prefect`` is imported (Prefect reads its settings at import).
+    ``meanwhile`` (the run's own imports) is called once the client's settings are in place,
+    while a server this starts boots in its own process.
     """
     if os.environ.get("PREFECT_API_URL"):
+        if meanwhile is not None:
+            meanwhile()
         with _watch(os.environ["PREFECT_API_URL"], "the Prefect server (PREFECT_API_URL)"):
             yield os.environ["PREFECT_API_URL"]
         return
@@ -240,6 +308,8 @@ def workspace_api(workdir: Path) -> Iterator[str]:
             os.environ.setdefault(MLFLOW_UI_ENV, live["mlflow_ui"])
         os.environ.update(prefect_env("127.0.0.1", int(api.rsplit(":", 1)[1].split("/")[0]),
                                       database_url(ws), layout.prefect_home))
+        if meanwhile is not None:
+            meanwhile()
         with _watch(api, "the Prefect server of `gptops serve`"):
             yield api
         return
@@ -249,31 +319,37 @@ def workspace_api(workdir: Path) -> Iterator[str]:
     # It has no UI, so Prefect must print no "View at <UI>/runs/..." link (it would be dead):
     # `gptops serve` shows these runs, and the run's summary says how to open it.
     env.setdefault("PREFECT_UI_URL", "")
-    first = not layout.prefect_db.exists()
-    log.info("starting the workspace's Prefect server%s",
-             " (first start: creating its database, ~30 s)" if first else "")
     # The run-only server needs no scheduler (no deployments run from it) and no UI.
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
            "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler", "--no-late-runs",
            "--analytics-off"]
     server_log = layout.prefect_server_log
 
-    def start() -> subprocess.Popen:
+    def start(meanwhile: Callable[[], object] | None = None) -> subprocess.Popen:
         # One server starts at a time per workspace: two runs started together would both
         # migrate the database, and one of them fails ("Online migration expected to match").
         with _start_lock(layout.prefect_start_lock), server_log.open("ab") as out:
+            first = new_database(layout.prefect_db)
+            log.info("starting the workspace's Prefect server%s",
+                     " (first start: creating its database, ~30 s)" if first else "")
             proc = subprocess.Popen(cmd, env=env, cwd=ws, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
             try:
+                if meanwhile is not None:
+                    os.environ.update(env)
+                    meanwhile()
                 wait_http(f"{env['PREFECT_API_URL']}/health", proc,
                           "the workspace's Prefect server", timeout=startup_timeout())
             except GptopsError as exc:
                 stop_group(proc)
                 raise GptopsError(f"{exc} (its log: {server_log}; on a very busy machine raise "
                                   f"{STARTUP_TIMEOUT_ENV})") from None
+            except BaseException:  # a stop (or an import error) while it started
+                stop_group(proc, timeout=STOP_GRACE_S)
+                raise
         return proc
 
-    current = [start()]
+    current = [start(meanwhile)]
     os.environ.update(env)
     done = threading.Event()
     watchdog = threading.Thread(target=_keep_serving, args=(current, start, done, port),

@@ -100,14 +100,38 @@ def ensure_workspace(workdir: Path, init: bool = False) -> Path:
                 text = text.replace("- gpt/", f"- {PROJECT_ROOT}/gpt/")
             own.write_text(text, encoding="utf-8")
     upgrade_params(ws.params_yaml)
-    if not ws.dvc_dir.is_dir():
-        _dvc(workdir, "init", "-q", *([] if in_git(workdir) else ["--no-scm"]))
-        _dvc(workdir, "config", "core.analytics", "false")
-    if not _dvc(workdir, "remote", "list").strip():
-        remote = ws.dvc_remote
-        remote.mkdir(parents=True, exist_ok=True)
-        _dvc(workdir, "remote", "add", "-d", "local", os.path.relpath(remote, workdir))
+    _init_dvc(ws)
     return workdir
+
+
+def _init_dvc(ws: Workspace) -> None:
+    """``dvc init`` (``--no-scm`` outside git) with analytics off, and a local default remote
+    unless a remote is configured at any level: through DVC's API in this process (a ``dvc``
+    command costs an interpreter start and DVC's imports, ~0.7 s each)."""
+    from dvc.config_schema import RelPath
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    root = str(ws.root)
+    try:
+        if ws.dvc_dir.is_dir():
+            repo = Repo(root)
+        else:
+            with _quiet_dvc():  # "Initialized DVC repository."
+                repo = Repo.init(root, no_scm=not in_git(ws.root))
+            with repo.config.edit() as conf:
+                conf["core"]["analytics"] = "false"
+        with repo:
+            if not repo.config["remote"]:
+                remote = ws.dvc_remote
+                remote.mkdir(parents=True, exist_ok=True)
+                with repo.config.edit() as conf:
+                    # Stored relative to .dvc/, as `dvc remote add` does: a copied workspace
+                    # pushes to its own remote.
+                    conf["remote"]["local"] = {"url": RelPath(remote)}
+                    conf["core"]["remote"] = "local"
+    except DvcException as exc:
+        raise DataError(f"DVC could not set up the workspace {ws.root}: {exc}") from None
 
 
 

@@ -55,4 +55,7 @@ else
   step "${PIP[@]}" install -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
+say "Prefect: an empty database for new workspaces (so their first run need not migrate one)"
+step .venv/bin/python -c "from flows.server import make_blank_database as m; assert m()" \
+  || say "warning: could not prepare it; each new workspace's first run migrates its own"
 say "done in $((SECONDS - start)) s; run .venv/bin/gptops, or source .venv/bin/activate first"

@@ -72,21 +72,14 @@ def _session_folder(prefix: str) -> Path:
 
 
 def migrated_prefect_db() -> Path:
-    """An empty Prefect database at the current schema, made once per session by Prefect's own
-    ``prefect server database upgrade`` (several CPU seconds that each new workspace's first
-    server start would otherwise spend migrating its own)."""
-    if "prefect.db" not in _BLANK:
-        folder = _session_folder("gptops-prefect-db-")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update({"PREFECT_HOME": str(folder / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED":
-                    "false", "PREFECT_API_DATABASE_CONNECTION_URL":
-                    f"sqlite+aiosqlite:///{folder / 'prefect.db'}"})
-        done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server",
-                               "database", "upgrade", "-y"], env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        _BLANK["prefect.db"] = folder / "prefect.db"
-    return _BLANK["prefect.db"]
+    """An empty Prefect database at the current schema: the environment's own
+    (:func:`flows.server.make_blank_database`, which scripts/setup.sh makes and every new
+    workspace's first run copies)."""
+    from flows.server import make_blank_database
+
+    path = make_blank_database()
+    assert path is not None, "could not make an empty Prefect database (see the log above)"
+    return path
 
 
 def _blank_workspace() -> Path:

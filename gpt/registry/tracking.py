@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -216,6 +217,23 @@ def experiment_id(tracking_uri: str, experiment: str) -> str:
     if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older gptops
         c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
     return exp.experiment_id
+
+
+@contextmanager
+def store_opened_meanwhile(tracking_uri: str, experiment: str) -> Iterator[None]:
+    """Open the MLflow store (a new SQLite one is created and migrated: ~2 s) and its
+    experiment in a thread while the block runs (the data stages: this process mostly waits for
+    their commands); joined when the block ends, not waited for when it raises (a stop must end
+    at once). Errors are left for the first real use to raise."""
+    def warm() -> None:
+        with contextlib.suppress(Exception):
+            experiment_id(tracking_uri, experiment)
+            client(tracking_uri).search_registered_models(max_results=1)
+
+    thread = threading.Thread(target=warm, name="gptops-mlflow-store", daemon=True)
+    thread.start()
+    yield
+    thread.join()
 
 
 @dataclass(frozen=True)
