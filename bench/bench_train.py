@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from gpt.config import load_params
 from gpt.hf import load_checkpoint, resolve, save_random_gpt2, to_hf_lm
+from gpt.loss import before_compile
 from gpt.model import GPT, GPTConfig
 from gpt.train import FUSED_ADAMW_DEVICES
 
@@ -101,6 +102,8 @@ def make_step(model: nn.Module, is_hf: bool, device: torch.device, dtype: str,
     # (optim="adamw_torch_fused" with torch >= 2.8).
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=device.type in FUSED_ADAMW_DEVICES)
+    if compile_model:
+        before_compile()
     net = torch.compile(model) if compile_model else model
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                 else contextlib.nullcontext())

@@ -877,6 +877,19 @@ def run_app(application: typer.Typer) -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     _tidy_help()
+    try:
+        _run_app(application)
+    finally:
+        # The interpreter's last garbage collection over torch, pandas, Prefect and MLflow
+        # objects takes ~2 s even on an idle machine (a stop must end within 5 s on a busy
+        # one), and all cleanup (locks, params.yaml, servers, atexit's flushes) is done or
+        # still runs: leave those objects out of it.
+        import gc
+
+        gc.freeze()
+
+
+def _run_app(application: typer.Typer) -> None:
     click = _click()
     try:
         application(standalone_mode=False)
@@ -898,12 +911,6 @@ def run_app(application: typer.Typer) -> None:
                 Path(os.environ[ERROR_FILE_ENV]).write_text(str(exc), encoding="utf-8")
         else:
             console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
-        # The interpreter's last garbage collection over torch, pandas, Prefect and MLflow
-        # objects takes seconds on a busy machine; a stop must end within 5 s, and its cleanup
-        # (locks, params.yaml, servers) is done: leave those objects out of it.
-        import gc
-
-        gc.freeze()
         sys.exit(128 + exc.signum)
     except (typer.Abort, KeyboardInterrupt):  # typer >= 0.29 has no click.exceptions.Abort
         console.print("interrupted", highlight=False)

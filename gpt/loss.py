@@ -16,6 +16,20 @@ import torch
 _TINY_PROB = 1e-30  # below this, -log(p) of a float32 probability loses precision
 
 
+def before_compile() -> None:
+    """Call before ``torch.compile`` of a model that uses this loss: keeps :func:`_nll_sum`
+    (whose data-dependent fallback would break a compiled graph anyway) out of the graph.
+
+    Not done at import with ``@torch.compiler.disable``: that imports ``torch._dynamo``, ~1.2 s in
+    every process that imports the model, compiled or not (a run, a data stage, ``generate``).
+    Without this call a compiled model still computes the same loss, with a graph break.
+    """
+    global _nll_sum
+    if not getattr(_nll_sum, "_gptops_not_compiled", False):
+        _nll_sum = torch.compiler.disable(_nll_sum)
+        _nll_sum._gptops_not_compiled = True  # type: ignore[attr-defined]
+
+
 def _targets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gather-safe target columns (N, 1), the mask of counted targets (-1 = ignored), and
     their number."""
@@ -23,7 +37,6 @@ def _targets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return targets.clamp(min=0).unsqueeze(1), valid, valid.sum()
 
 
-@torch.compiler.disable  # the data-dependent fallback below would break a compiled graph anyway
 def _nll_sum(probs: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor,
              row_logits: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Sum over counted rows of -log p(target), from softmax probabilities (N, vocab).

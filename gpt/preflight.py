@@ -130,19 +130,21 @@ def check_tasks_on_data(params: Params, workdir: Path) -> None:
 def check_tasks(params: Params, steps: tuple[str, ...] = ("finetune", "sft")) -> None:
     """The fine-tuning and SFT files of ``steps``, read and validated as the steps will read
     them; built-in tasks need the built-in corpus."""
-    from gpt.finetune import build_sft_file_task, build_task
-
     check_task_corpus(params, steps)
     ft = params.finetune
     if "finetune" in steps and ft.task == "file":
         if not ft.task_path:
             raise ConfigError("finetune.task=file needs finetune.task_path (a .csv/.jsonl/"
                               ".parquet with columns text,label)")
+        from gpt.finetune import build_task  # torch: only to read a task file
+
         build_task(ft, None)  # type: ignore[arg-type] - file tasks do not read the corpus
     if "sft" in steps and params.sft.enabled and params.sft.task == "file":
         if not params.sft.task_path:
             raise ConfigError("sft.task=file needs sft.task_path (a .csv/.jsonl/.parquet with "
                               "columns prompt,completion)")
+        from gpt.finetune import build_sft_file_task
+
         build_sft_file_task(params.sft.task_path, params.sft.test_fraction, params.sft.seed)
 
 
@@ -361,7 +363,9 @@ def check_pretrained(params: Params) -> None:
     """``model.init_from`` and ``tokenizer.pretrained``: on this machine (a folder, or a hub id
     in the Hugging Face cache or downloadable now), GPT-2's architecture, ``model.*`` matching
     the checkpoint's config, and a tokenizer next to it."""
-    from gpt import hf
+    if not (params.model.init_from or params.tokenizer.pretrained):
+        return
+    from gpt import hf  # torch: only for a run that names a checkpoint
 
     if params.model.init_from:
         ck = hf.resolve(params.model.init_from, "model.init_from")

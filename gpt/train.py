@@ -29,6 +29,7 @@ from gpt.config import LaunchConfig, ModelConfig, TrainConfig
 from gpt.data.loader import TokenData, step_generator
 from gpt.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from gpt.kinds import ModelKind
+from gpt.loss import before_compile
 from gpt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -605,6 +606,7 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, launch_cfg: LaunchC
     if launch_cfg.strategy == "fsdp":
         net = distributed.wrap(model, device, "fsdp")  # shards ``model`` itself, in place
     if train_cfg.compile:
+        before_compile()
         net = torch.compile(net)  # type: ignore[assignment]
     if launch_cfg.strategy == "ddp":
         net = distributed.wrap(net, device, "ddp")

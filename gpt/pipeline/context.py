@@ -18,14 +18,17 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpt.config import PROJECT_PARAMS, Params, load_params
 from gpt.layout import Workspace
 from gpt.pipeline import base as base_mod
 from gpt.pipeline.base import Base
-from gpt.pipeline.paths import RunPaths
 from gpt.registry import Tracking, resolve_tracking_uri
 from gpt.registry import tags as tag
+
+if TYPE_CHECKING:
+    from gpt.pipeline.paths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class RunContext:
 
     @property
     def paths(self) -> RunPaths:
+        from gpt.pipeline.paths import RunPaths  # torch, pandas: not for the checks
+
         return RunPaths(self.workdir)
 
     @property

@@ -1,0 +1,48 @@
+"""What a command imports before its work starts (issue 27 item 3: overhead of a run).
+
+``gptops run`` checks every input before it starts its Prefect server, and the flow's own
+imports (torch, MLflow, Prefect's engine) then run while that server boots. The checks of a
+default run import no torch (it cost 2.7 s before the server started), and no process that
+imports the model pays for ``torch._dynamo`` (1.2 s) unless it compiles the model.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from tests.conftest import PROJECT_ROOT
+
+
+def _modules_after(code: str) -> set[str]:
+    code += "\nimport sys\nprint(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PROJECT_ROOT, timeout=120, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_checks_of_a_default_run_import_no_torch(tmp_path):
+    mods = _modules_after(
+        "from pathlib import Path\nimport flows.cli\n"
+        "from gpt.pipeline.context import prepare_run\n"
+        f"prepare_run(Path({str(tmp_path / 'new-ws')!r}), 'tiny', ['train.lr=0.001'], '')")
+    assert "torch" not in mods and "pandas" not in mods and "mlflow" not in mods
+
+
+def test_importing_the_model_and_its_loss_leaves_torch_dynamo_out():
+    mods = _modules_after("import gpt.model, gpt.loss, gpt.train")
+    assert "torch" in mods and "torch._dynamo" not in mods
+
+
+def test_before_compile_keeps_the_loss_out_of_a_graph_and_computes_the_same():
+    from gpt import loss
+
+    logits = torch.randn(6, 11)
+    targets = torch.tensor([1, 2, -1, 4, 5, 0])
+    eager = loss.cross_entropy(logits, targets)
+    loss.before_compile()
+    loss.before_compile()  # twice: wrapped once
+    assert getattr(loss._nll_sum, "_gptops_not_compiled", False)
+    assert torch.equal(loss.cross_entropy(logits, targets), eager)
