@@ -23,9 +23,12 @@ from flows.deploy import NIGHTLY_CRON, NIGHTLY_TIMEZONE
 from flows.links import MLFLOW_UI_ENV
 from flows.server import (
     database_url,
+    mark_blocks,
+    new_database,
     port_free,
     prefect_env,
     release_orphan_slots,
+    skip_known_blocks,
     stop_group,
     wait_http,
     workspace,
@@ -189,9 +192,14 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     logs = layout.logs
     logs.mkdir(exist_ok=True)
     services = Services(ws, env, logs)
+    if not prefect_db:  # a new workspace's database: a copy of the environment's blank one
+        new_database(layout.prefect_db, Path(env["PREFECT_HOME"]))
+        skip_known_blocks(env, Path(env["PREFECT_HOME"]))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         _start_servers(services, host, prefect_port, mlflow_port, backend, own_db=not prefect_db)
+        if not prefect_db:
+            mark_blocks(Path(env["PREFECT_HOME"]))
         runner = services.start("runner", [sys.executable, "-m", "flows.deploy", "--workdir",
                                            str(ws), "--cron", cron, "--timezone", timezone])
         wait_deployments(f"http://{host}:{prefect_port}/api", runner, DEPLOYMENTS)

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -58,17 +61,49 @@ def database_url(workdir: Path) -> str:
 
 
 def blank_database() -> Path:
-    """Where this environment keeps an empty Prefect database at its Prefect's schema (in the
-    interpreter's prefix, named after the Prefect version; it may not exist yet)."""
-    from importlib.metadata import version
+    """Where this environment keeps an empty Prefect database at its Prefect's schema, its block
+    types registered (in the interpreter's prefix, named after :func:`_blocks_key`; it may not
+    exist yet)."""
+    return Path(sys.prefix) / "share" / "gptops" / f"prefect-{_blocks_key()}.db"
 
-    return Path(sys.prefix) / "share" / "gptops" / f"prefect-{version('prefect')}.db"
+
+@functools.cache
+def _blocks_key() -> str:
+    """What decides which block types a Prefect server registers: the installed Prefect and
+    its collections (``prefect-*`` packages), as ``<prefect version>-<hash of them all>``."""
+    from importlib.metadata import distributions, version
+
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions()
+                   if str(d.metadata["Name"] or "").lower().startswith("prefect"))
+    digest = hashlib.sha256("\n".join(dists).encode()).hexdigest()[:12]
+    return f"{version('prefect')}-{digest}"
+
+
+#: In a workspace's Prefect home: the :func:`_blocks_key` its database's block types were
+#: registered under. While it holds, its server skips registering them again at every start
+#: (Prefect's own record of that names the database's path: a new workspace lacks it, ~3 s).
+BLOCKS_MARK = "gptops-blocks"
+
+
+def skip_known_blocks(env: dict[str, str], home: Path) -> None:
+    """Have the server skip block registration when the workspace's database has this
+    environment's block types (else it registers them, and :func:`mark_blocks` records it)."""
+    with contextlib.suppress(OSError):
+        if (home / BLOCKS_MARK).read_text(encoding="utf-8").strip() == _blocks_key():
+            env["PREFECT_API_BLOCKS_REGISTER_ON_START"] = "false"
+
+
+def mark_blocks(home: Path) -> None:
+    with contextlib.suppress(OSError):
+        home.mkdir(parents=True, exist_ok=True)
+        (home / BLOCKS_MARK).write_text(_blocks_key() + "\n", encoding="utf-8")
 
 
 def make_blank_database() -> Path | None:
-    """Make :func:`blank_database` with Prefect's own ``prefect server database upgrade`` when it
-    is missing; return it, or None when it cannot be made (a read-only prefix: each new
-    workspace's server then migrates its own database, as Prefect does by default)."""
+    """Make :func:`blank_database` when it is missing, by starting a Prefect server once on a new
+    database (it migrates it and registers the block types) and stopping it; return it, or None
+    when it cannot be made (a read-only prefix: each new workspace's server then does that work
+    on its first start, as Prefect does by default)."""
     path = blank_database()
     if path.is_file():
         return path
@@ -78,42 +113,62 @@ def make_blank_database() -> Path | None:
     except OSError:
         return None
     log.info("preparing an empty Prefect database for new workspaces (once per environment)")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": str(work / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_API_DATABASE_CONNECTION_URL":
+                f"sqlite+aiosqlite:///{work / 'prefect.db'}"})
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update({"PREFECT_HOME": str(work / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED":
-                    "false", "PREFECT_API_DATABASE_CONNECTION_URL":
-                    f"sqlite+aiosqlite:///{work / 'prefect.db'}"})
-        done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server",
-                               "database", "upgrade", "-y"], env=env, capture_output=True,
-                              text=True, timeout=600, stdin=subprocess.DEVNULL)
-        if done.returncode != 0 or not (work / "prefect.db").is_file():
-            log.warning("could not prepare an empty Prefect database (%s); each new "
-                        "workspace's server migrates its own",
-                        (done.stderr or done.stdout).strip().splitlines()[-1:])
-            return None
+        with (work / "server.log").open("wb") as out:
+            proc = subprocess.Popen(_server_cmd(port), env=env, cwd=work, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                wait_http(f"http://127.0.0.1:{port}/api/health", proc, "a Prefect server",
+                          timeout=startup_timeout())
+            finally:
+                stop_group(proc)
+        # One whole file: what the server left in its write-ahead log goes into the database.
+        with contextlib.closing(sqlite3.connect(work / "prefect.db")) as con:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("PRAGMA journal_mode=DELETE")
         (work / "prefect.db").replace(path)  # atomic: two makers leave one whole file
         return path
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, sqlite3.Error, subprocess.SubprocessError, GptopsError) as exc:
+        log.warning("could not prepare an empty Prefect database (%s); each new workspace's "
+                    "server makes its own", exc)
         return None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def new_database(db: Path) -> bool:
+def new_database(db: Path, home: Path) -> bool:
     """Give a workspace without a Prefect database a copy of the blank one (made first if
-    needed). True when ``db`` is still missing: its server then creates and migrates it."""
+    needed), and its Prefect ``home`` the mark that its block types are registered. True when
+    ``db`` is still missing: its server then creates and migrates it."""
     if db.exists():
         return False
     blank = make_blank_database()
     if blank is None:
         return True
+    for orphan in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        orphan.unlink(missing_ok=True)  # of a deleted database: SQLite would apply it to the copy
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     shutil.copyfile(blank, tmp)
     try:
         tmp.replace(db) if not db.exists() else tmp.unlink()
     except OSError:
         tmp.unlink(missing_ok=True)
+    if db.exists():
+        mark_blocks(home)
     return not db.exists()
+
+
+def _server_cmd(port: int) -> list[str]:
+    """A run-only Prefect server: no scheduler (no deployments run from it), no UI."""
+    return [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+            "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler", "--no-late-runs",
+            "--analytics-off"]
 
 
 def port_free(host: str, port: int) -> bool:
@@ -151,7 +206,7 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120.
                 if r.status < 500:
                     return
         except OSError:
-            time.sleep(0.5)
+            time.sleep(0.1)
     raise GptopsError(f"{what} did not answer at {url} within {timeout:.0f}s")
 
 
@@ -319,17 +374,16 @@ def workspace_api(workdir: Path, meanwhile: Callable[[], object] | None = None
     # It has no UI, so Prefect must print no "View at <UI>/runs/..." link (it would be dead):
     # `gptops serve` shows these runs, and the run's summary says how to open it.
     env.setdefault("PREFECT_UI_URL", "")
-    # The run-only server needs no scheduler (no deployments run from it) and no UI.
-    cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-           "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler", "--no-late-runs",
-           "--analytics-off"]
+    cmd = _server_cmd(port)
     server_log = layout.prefect_server_log
 
     def start(meanwhile: Callable[[], object] | None = None) -> subprocess.Popen:
         # One server starts at a time per workspace: two runs started together would both
         # migrate the database, and one of them fails ("Online migration expected to match").
         with _start_lock(layout.prefect_start_lock), server_log.open("ab") as out:
-            first = new_database(layout.prefect_db)
+            home = Path(env["PREFECT_HOME"])
+            first = new_database(layout.prefect_db, home)
+            skip_known_blocks(env, home)
             log.info("starting the workspace's Prefect server%s",
                      " (first start: creating its database, ~30 s)" if first else "")
             proc = subprocess.Popen(cmd, env=env, cwd=ws, stdout=out, stderr=subprocess.STDOUT,
@@ -340,6 +394,7 @@ def workspace_api(workdir: Path, meanwhile: Callable[[], object] | None = None
                     meanwhile()
                 wait_http(f"{env['PREFECT_API_URL']}/health", proc,
                           "the workspace's Prefect server", timeout=startup_timeout())
+                mark_blocks(home)  # registered at this start, or already
             except GptopsError as exc:
                 stop_group(proc)
                 raise GptopsError(f"{exc} (its log: {server_log}; on a very busy machine raise "
