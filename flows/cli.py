@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -22,6 +22,9 @@ from gpt.cli import (
     setup_logging,
 )
 from gpt.defaults import DEFAULT_PROFILE, MLFLOW_PORT, PREFECT_PORT
+
+if TYPE_CHECKING:
+    from gpt.pipeline.context import RunContext
 
 
 @app.command()
@@ -78,8 +81,9 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
     # these checks (handed_over) instead of repeating them.
     ctx = prepare_run(workdir, profile, extra, base, init=init)
     team = os.environ.get("PREFECT_API_URL", "")
-    # The flow's imports (torch, MLflow, Prefect's engine) run while the server boots.
-    with workspace_api(ctx.workdir, meanwhile=_import_flow), handed_over(ctx):
+    # The flow's imports (torch, Prefect's engine) run while the server boots, then MLflow's
+    # store opens in a thread (the flow waits for it after the data stages).
+    with workspace_api(ctx.workdir, meanwhile=lambda: _import_flow(ctx)), handed_over(ctx):
         from prefect.exceptions import CancelledRun
 
         from flows.pipeline import training_pipeline
@@ -97,8 +101,11 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
     return result, team, ctx.workdir
 
 
-def _import_flow() -> None:
+def _import_flow(ctx: RunContext) -> None:
     import flows.pipeline  # noqa: F401
+    from gpt.registry.tracking import open_store_soon
+
+    open_store_soon(ctx.tracking_uri, ctx.params.registry.experiment)
 
 
 def _where_to_look(uri: str, team_api: str, ws: Path, flow_run_id: str | None = None) -> None:

@@ -219,21 +219,39 @@ def experiment_id(tracking_uri: str, experiment: str) -> str:
     return exp.experiment_id
 
 
-@contextmanager
-def store_opened_meanwhile(tracking_uri: str, experiment: str) -> Iterator[None]:
-    """Open the MLflow store (a new SQLite one is created and migrated: ~2 s) and its
-    experiment in a thread while the block runs (the data stages: this process mostly waits for
-    their commands); joined when the block ends, not waited for when it raises (a stop must end
-    at once). Errors are left for the first real use to raise."""
+#: Threads opening a store, by (tracking URI, experiment): at most one each per process.
+_OPENING: dict[tuple[str, str], threading.Thread] = {}
+
+
+def open_store_soon(tracking_uri: str, experiment: str) -> None:
+    """Import MLflow and open its store (a new SQLite one is created and migrated: ~2 s) and
+    the experiment in a thread, for :func:`store_opened_meanwhile` to wait for. ``gptops run``
+    calls it while its Prefect server boots. Errors are left for the first real use to raise."""
+    key = (tracking_uri, experiment)
+    if key in _OPENING:
+        return
+
     def warm() -> None:
         with contextlib.suppress(Exception):
             experiment_id(tracking_uri, experiment)
             client(tracking_uri).search_registered_models(max_results=1)
 
-    thread = threading.Thread(target=warm, name="gptops-mlflow-store", daemon=True)
-    thread.start()
-    yield
-    thread.join()
+    _OPENING[key] = threading.Thread(target=warm, name="gptops-mlflow-store", daemon=True)
+    _OPENING[key].start()
+
+
+@contextmanager
+def store_opened_meanwhile(tracking_uri: str, experiment: str) -> Iterator[None]:
+    """The store opened (:func:`open_store_soon`, unless begun already) while the block runs
+    (the data stages: this process mostly waits for their commands); waited for when the block
+    ends, not when it raises (a stop must end at once)."""
+    open_store_soon(tracking_uri, experiment)
+    try:
+        yield
+    finally:
+        thread = _OPENING.pop((tracking_uri, experiment), None)
+    if thread is not None:
+        thread.join()
 
 
 @dataclass(frozen=True)
