@@ -224,15 +224,22 @@ _OPENING: dict[tuple[str, str], threading.Thread] = {}
 
 
 def open_store_soon(tracking_uri: str, experiment: str) -> None:
-    """Import MLflow and open its store (a new SQLite one is created and migrated: ~2 s) and
-    the experiment in a thread, for :func:`store_opened_meanwhile` to wait for. ``gptops run``
-    calls it while its Prefect server boots. Errors are left for the first real use to raise."""
+    """Import MLflow and open its store and the experiment in a thread, for
+    :func:`store_opened_meanwhile` to wait for; ``gptops run`` calls it while its Prefect server
+    boots. A SQLite database that does not exist yet is not made here (only the imports): a run
+    whose data stages fail leaves none. Errors are left for the first real use to raise."""
     key = (tracking_uri, experiment)
     if key in _OPENING:
         return
+    db = sqlite_path(tracking_uri)
+    new = db is not None and not db.exists()
 
     def warm() -> None:
         with contextlib.suppress(Exception):
+            if new:
+                import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+                import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+                return
             experiment_id(tracking_uri, experiment)
             client(tracking_uri).search_registered_models(max_results=1)
 

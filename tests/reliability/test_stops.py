@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -219,32 +218,3 @@ def test_a_stop_at_each_step_is_one_line_and_the_next_run_completes(tmp_path):
     assert run.logged("resumed from ckpt-"), run.out[-3000:]  # fine-tuning went on
     assert _flow_runs(ws)[-1][0] == "COMPLETED"
     print(f"the next run completed in {took:.0f}s")
-
-
-def test_a_corrupt_rwlock_is_repaired_and_dvcs_own_errors_reach_the_user(pipeline_run, tmp_path,
-                                                                          caplog):
-    """The repair alone, and DVC's own message when its lock file is valid JSON of a shape it
-    refuses (nothing to repair safely): before, only "failed to reproduce 'ingest'"."""
-    import logging
-
-    from gpt import dvc_repo
-    from gpt.errors import DataError
-
-    ws = tmp_path / "ws"
-    shutil.copytree(pipeline_run[0], ws, symlinks=True)
-    rwlock = ws / ".dvc" / "tmp" / "rwlock"
-    rwlock.parent.mkdir(parents=True, exist_ok=True)
-    rwlock.write_text('{"write": {"data/raw": {"pid": 1')  # cut in the middle of a write
-    with caplog.at_level(logging.WARNING, logger="gpt.dvc_repo"):
-        outcome = dvc_repo.run_stage(ws, "ingest")
-    assert not outcome.ran
-    assert json.loads(rwlock.read_text()) is not None
-    (repaired,) = [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()]
-    assert str(rwlock) in repaired and "not valid JSON" in repaired
-
-    rwlock.write_text('{"write": []}')
-    with pytest.raises(DataError) as err:
-        dvc_repo.run_stage(ws, "ingest")
-    msg = str(err.value)
-    assert "RWLock-file" in msg and "format error" in msg, msg
-    assert "\n" not in msg
