@@ -1,9 +1,10 @@
 """The README's first command on a brand-new machine, three times, at the same time.
 
 Each try is a fresh clone with a fresh ``HOME`` and ``PREFECT_HOME`` (no ``~/.prefect``, no
-Prefect server running, nothing inherited from the test session), so the workspace's Prefect
-database is created and migrated on first start. The three run side by side on 2 cores: the
-busy machine on which the first start used to time out.
+Prefect server running, nothing inherited from the test session); its ``.venv`` is the project's,
+as ``scripts/setup.sh`` leaves it, so the workspace's Prefect database starts as a copy of the
+blank one setup made. The three run side by side on 2 cores: the busy machine on which the first
+start used to time out.
 """
 
 from __future__ import annotations
