@@ -83,18 +83,22 @@ def migrated_prefect_db() -> Path:
 
 
 def _blank_workspace() -> Path:
-    """``git init`` + :func:`gpt.dvc_repo.ensure_workspace` (four DVC commands, ~2 CPU seconds)
-    once per session, with a migrated Prefect database in ``.gptops/``."""
+    """``git init`` + :func:`gpt.dvc_repo.ensure_workspace` once per session, with the Prefect
+    database a new workspace's first run gets (:func:`flows.server.new_database`: the blank
+    copy, and the mark that lets its server skip registering block types)."""
     if "ws" not in _BLANK:
+        from flows.server import new_database
         from gpt.dvc_repo import ensure_workspace
+        from gpt.layout import Workspace
 
         path = _session_folder("gptops-blank-ws-") / "ws"
         path.mkdir()
         subprocess.run(["git", "init", "-q"], cwd=path, check=True)
-        ws = ensure_workspace(path)
-        (ws / ".gptops").mkdir(exist_ok=True)
-        shutil.copyfile(migrated_prefect_db(), ws / ".gptops" / "prefect.db")
-        _BLANK["ws"] = ws
+        layout = Workspace(ensure_workspace(path))
+        layout.state.mkdir(exist_ok=True)
+        assert not new_database(layout.prefect_db, layout.prefect_home), \
+            "could not make an empty Prefect database (see the log above)"
+        _BLANK["ws"] = layout.root
     return _BLANK["ws"]
 
 
