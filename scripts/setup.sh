@@ -45,14 +45,14 @@ else
     || step "${PIP[@]}" install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 fi
 stamp=.venv/.gptops-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   say "gptops and its dependencies: up to date"
 else
   extras=dev
   command -v nvidia-smi >/dev/null 2>&1 && extras=dev,gpu  # GPU system metrics (NVML)
-  say "gptops and its dependencies: installing (editable, extras: $extras; a few minutes)"
-  step "${PIP[@]}" install -e ".[$extras]"
+  say "gptops and its dependencies: installing (editable, extras: $extras, versions pinned by constraints.txt; a few minutes)"
+  step "${PIP[@]}" install -c constraints.txt -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
 say "Prefect: an empty database for new workspaces (so their first run need not migrate one)"
