@@ -55,7 +55,9 @@ else
   step "${PIP[@]}" install -c constraints.txt -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
-say "Prefect: an empty database for new workspaces (so their first run need not migrate one)"
+say "Prefect and MLflow: empty databases for new workspaces (so their first run need not migrate them)"
 step .venv/bin/python -c "from flows.server import make_blank_database as m; assert m()" \
-  || say "warning: could not prepare it; each new workspace's first run migrates its own"
+  || say "warning: could not prepare Prefect's; each new workspace's first run migrates its own"
+step .venv/bin/python -c "from gpt.registry.tracking import make_blank_store as m; assert m()" \
+  || say "warning: could not prepare MLflow's; each new workspace's first run migrates its own"
 say "done in $((SECONDS - start)) s; run .venv/bin/gptops, or source .venv/bin/activate first"

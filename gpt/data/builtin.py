@@ -20,9 +20,12 @@ interpreter (``python -m gpt.data.builtin`` prints a digest of the documents).
 from __future__ import annotations
 
 import ast
+import contextlib
 import gzip
 import hashlib
+import json
 import logging
+import os
 import sys
 import sysconfig
 import warnings
@@ -152,13 +155,65 @@ def read_manifest(path: Path) -> list[tuple[str, str]]:
     return [(doc_id, digest) for digest, doc_id in rows]
 
 
+def _cache_key(manifest: Path) -> str:
+    """What the documents depend on: this interpreter's stdlib files (path, size, mtime), the
+    manifest's bytes and this module's own code."""
+    from pydoc_data import topics
+
+    h = hashlib.sha256()
+    files = [(name, p) for name, p in _stdlib_sources()] + [("topics", Path(topics.__file__))]
+    for name, path in files:
+        st = path.stat()
+        h.update(f"{name}\0{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for part in (sys.version.encode(), Path(__file__).read_bytes(),
+                 manifest.read_bytes() if manifest.is_file() else b"-"):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path | None:
+    """Where the read corpus is kept: the virtual environment's ``share/gptops`` (None outside a
+    venv: a system interpreter's prefix is no place for it)."""
+    return Path(sys.prefix) / "share" / "gptops" if sys.prefix != sys.base_prefix else None
+
+
 def builtin_docs(manifest: Path | None = None) -> list[Doc]:
     """The built-in corpus: the manifest's documents in its order (those this interpreter has
-    with the manifest's text), or every document where the Python version has no manifest."""
+    with the manifest's text), or every document where the Python version has no manifest.
+
+    Reading it parses ~500 stdlib files (~1.5 s); the result is kept in :func:`cache_dir` under
+    a key of everything it depends on (:func:`_cache_key`), and read from there next time.
+    """
     path = manifest or manifest_path()
+    folder = cache_dir()
+    cache = folder / f"builtin-{_cache_key(path)}.json" if folder else None
+    try:
+        got = json.loads(cache.read_text(encoding="utf-8", errors="surrogatepass"))  # type: ignore[union-attr]
+        docs: list[Doc] = [(str(a), str(b), str(c), str(d)) for a, b, c, d in got["docs"]]
+        missing, changed = int(got["missing"]), int(got["changed"])
+    except (AttributeError, OSError, ValueError, TypeError, KeyError):  # none yet, unreadable
+        docs, missing, changed = _read_builtin_docs(path)
+        with contextlib.suppress(OSError, AttributeError):  # no venv, read-only: no cache
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")  # type: ignore[union-attr]
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"docs": docs, "missing": missing, "changed": changed},
+                                      ensure_ascii=False), encoding="utf-8",
+                           errors="surrogatepass")
+            tmp.replace(cache)  # type: ignore[arg-type]
+    if missing or changed:
+        log.warning("built-in corpus: %d of the %d documents of %s are missing (%d) or have "
+                    "another text (%d) in Python %s; they are left out, so the data version "
+                    "will differ from the reference one", missing + changed, len(docs) + missing
+                    + changed, path.name, missing, changed, sys.version.split()[0])
+    return docs
+
+
+def _read_builtin_docs(path: Path) -> tuple[list[Doc], int, int]:
+    """The documents read from this interpreter's files, and how many of the manifest's are
+    missing and have another text."""
     docs = interpreter_docs()
     if not path.is_file():
-        return docs
+        return docs, 0, 0
     by_id = {d[0]: d for d in docs}
     keep: list[Doc] = []
     missing = changed = 0
@@ -170,12 +225,7 @@ def builtin_docs(manifest: Path | None = None) -> list[Doc]:
             changed += 1
         else:
             keep.append(doc)
-    if missing or changed:
-        log.warning("built-in corpus: %d of the %d documents of %s are missing (%d) or have "
-                    "another text (%d) in Python %s; they are left out, so the data version "
-                    "will differ from the reference one", missing + changed, len(keep) + missing
-                    + changed, path.name, missing, changed, sys.version.split()[0])
-    return keep
+    return keep, missing, changed
 
 
 def digest(docs: list[Doc]) -> str:
@@ -188,6 +238,6 @@ def digest(docs: list[Doc]) -> str:
     return h.hexdigest()
 
 
-if __name__ == "__main__":
-    found = builtin_docs()
+if __name__ == "__main__":  # what this interpreter's files give (never the cache)
+    found = _read_builtin_docs(manifest_path())[0]
     print(f"{len(found)} {digest(found)}")

@@ -15,12 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
 from gpt.data.tokenizer import EOT
 from gpt.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where batches are drawn: the data stages need none
+    import torch
 
 META = "meta.json"
 
@@ -243,6 +247,8 @@ class TokenData:
         ``rows``: only these rows of the ``batch_size`` drawn (one process's share of a global
         batch: the draw, hence every row, is the same whatever the share).
         """
+        import torch
+
         if self.mixture:
             windows = self._mixed_windows(split, batch_size, block_size, generator, rows)
         else:
@@ -266,6 +272,7 @@ class TokenData:
         Systematic sampling: ``batch_size`` points ``(u + j) / batch_size`` on the shares laid
         end to end, ``u`` drawn once; then the rows in a seeded random order.
         """
+        import torch
         shares = torch.tensor([share for _, _, share in self.mixture["train"]],
                               dtype=torch.float64)
         u = torch.rand(1, generator=generator, dtype=torch.float64)
@@ -276,6 +283,8 @@ class TokenData:
 
     def _mixed_windows(self, split: str, batch_size: int, block_size: int,
                        generator: torch.Generator, rows: slice | None) -> list[np.ndarray]:
+        import torch
+
         sources = self.mixture[split]
         for name, data, _ in sources:
             if len(data) <= block_size + 1:
@@ -297,6 +306,8 @@ class TokenData:
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A generator for one step's batch: batches depend only on (seed, step, stream)."""
+    import torch
+
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + step * 7_919 + stream) % (2**63))
     return g

@@ -13,8 +13,11 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import socket
 import sqlite3
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -146,9 +149,75 @@ def resolve_tracking_uri(configured: str, workdir: Path) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
 
 
+def blank_store() -> Path:
+    """Where this environment keeps an empty MLflow SQLite database at its MLflow's schema (in
+    the interpreter's prefix, named after the MLflow version; it may not exist yet)."""
+    from importlib.metadata import version
+
+    return Path(sys.prefix) / "share" / "gptops" / f"mlflow-{version('mlflow')}.db"
+
+
+def make_blank_store() -> Path | None:
+    """Make :func:`blank_store` when it is missing (MLflow creates a database by running every
+    schema migration since its first: ~1 s, at each new workspace's first run otherwise);
+    return it, or None when the prefix is read-only."""
+    path = blank_store()
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".mlflow-db-", dir=path.parent))
+    except OSError:
+        return None
+    try:
+        from mlflow.store.model_registry.sqlalchemy_store import (
+            SqlAlchemyStore as RegistryStore,
+        )
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        uri = f"sqlite:///{work / 'mlflow.db'}"
+        for store in (SqlAlchemyStore(uri, (work / "mlruns").as_uri()), RegistryStore(uri)):
+            store.engine.dispose()
+        with contextlib.closing(sqlite3.connect(work / "mlflow.db")) as src, \
+                contextlib.closing(sqlite3.connect(work / "blank.db")) as dst:
+            src.backup(dst)  # one consistent file, whatever MLflow's connections left
+        (work / "blank.db").replace(path)  # atomic: two makers leave one whole file
+        return path
+    except Exception as exc:  # noqa: BLE001 - any failure: stores are created as MLflow does
+        log.debug("no empty MLflow database prepared (%s); new stores are created by MLflow", exc)
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def seed_store(tracking_uri: str) -> bool:
+    """Give a SQLite store that does not exist yet a copy of :func:`blank_store` (made first if
+    needed), its default experiment's artifacts beside it; True when it was seeded."""
+    db = sqlite_path(tracking_uri)
+    if db is None or db.exists() or not db.parent.is_dir():
+        return False
+    blank = make_blank_store()
+    if blank is None:
+        return False
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(blank, tmp)
+        with contextlib.closing(sqlite3.connect(tmp)) as con, con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        ((db.parent / "mlartifacts" / "0").as_uri(),))
+        os.link(tmp, db)  # fails when another process made it meanwhile: theirs stays
+        return True
+    except (OSError, sqlite3.Error):
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def client(tracking_uri: str):  # -> mlflow.MlflowClient
-    """An MLflow client on ``tracking_uri`` for both tracking and the model registry."""
+    """An MLflow client on ``tracking_uri`` for both tracking and the model registry (a new
+    SQLite store starts as a copy of this environment's empty one: :func:`seed_store`)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    seed_store(tracking_uri)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

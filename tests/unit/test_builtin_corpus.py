@@ -91,3 +91,29 @@ def test_this_interpreter_has_every_document_of_its_manifest(
         kept = builtin_docs()
     assert not caplog.records, caplog.text
     assert kept and len({d[0] for d in kept}) == len(kept)
+
+
+def test_the_cached_corpus_is_the_one_the_files_give_and_a_bad_cache_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from gpt.data import builtin
+
+    monkeypatch.setattr(builtin, "cache_dir", lambda: tmp_path / "cache")
+    docs = interpreter_docs()[:3]
+    manifest = tmp_path / "m.txt.gz"
+    lines = [f"{text_hash(d[3])} {d[0]}" for d in docs] + [f"{'0' * 16} builtin:doc:no.such"]
+    manifest.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    with caplog.at_level(logging.WARNING, logger="gpt.data.builtin"):
+        first = builtin_docs(manifest)  # read from the files, then kept
+        (cached,) = (tmp_path / "cache").glob("builtin-*.json")
+        again = builtin_docs(manifest)  # from the cache: same documents, same warning
+    assert first == again == docs
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "built-in corpus: 1 of the 4 documents of m.txt.gz are missing (1) or have another text "
+        "(0) in Python " + sys.version.split()[0]] * 2
+    cached.write_text('{"docs": [["cut')  # a torn or foreign file: read the files again
+    assert builtin_docs(manifest) == docs
+    assert builtin_docs(manifest) == docs
+    manifest.write_bytes(gzip.compress((lines[0] + "\n").encode()))  # another manifest
+    assert builtin_docs(manifest) == docs[:1]
+    assert len(list((tmp_path / "cache").glob("builtin-*.json"))) == 2
