@@ -15,7 +15,6 @@ import sys
 from importlib.metadata import version
 
 from gpt.registry.tracking import blank_store, client, experiment_id, make_blank_store
-
 from tests.conftest import PROJECT_ROOT
 
 
