@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -136,8 +137,22 @@ def main() -> None:
     args = parser.parse_args()
     from prefect import serve
 
-    serve(*build_deployments(args.workdir, args.cron, args.timezone, args.collision),
-          print_starting_message=True)
+    deployments = build_deployments(args.workdir, args.cron, args.timezone, args.collision)
+    _wait_for_api()
+    serve(*deployments, print_starting_message=True)
+
+
+def _wait_for_api() -> None:
+    """``gptops serve`` starts this runner while its Prefect server boots: wait for the API."""
+    from flows.server import healthy, startup_timeout
+
+    api = os.environ.get("PREFECT_API_URL", "")
+    deadline = time.monotonic() + startup_timeout()
+    while api and not healthy(api, timeout=1.0):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the Prefect API at {api} did not answer within "
+                             f"{startup_timeout():.0f}s")
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

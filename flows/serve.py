@@ -1,10 +1,10 @@
 """``gptops serve``: Prefect server, deployment runner and MLflow server, supervised together.
 
-All three bind 127.0.0.1 by default, start in order (each waits for the previous to answer), and
-stop together on Ctrl-C/SIGTERM or when any of them dies. A port in use is refused up front.
-Beside them (:mod:`flows.watch`): the notification automations for ``--notify`` and
-``notify.webhooks``, and the watcher of ``data.source`` (``watch:``), whose event runs
-the deployment ``retrain-on-data``.
+All three bind 127.0.0.1 by default and start together (the runner waits for the Prefect API;
+serve says it is up once all three are), and stop together on Ctrl-C/SIGTERM or when any of them
+dies. A port in use is refused up front. Beside them (:mod:`flows.watch`): the notification
+automations for ``--notify`` and ``notify.webhooks``, and the watcher of ``data.source``
+(``watch:``), whose event runs the deployment ``retrain-on-data``.
 """
 
 from __future__ import annotations
@@ -84,9 +84,8 @@ class Services:
         self.procs.append((name, proc))
         return proc
 
-    def start_server(self, name: str, cmd: list[str], health: str, what: str) -> None:
-        """Start a server quietly and wait until ``health`` answers (its log named if not)."""
-        proc = self.start(name, cmd, quiet=True)
+    def wait_up(self, name: str, proc: subprocess.Popen, health: str, what: str) -> None:
+        """Wait until the server ``proc`` answers at ``health`` (its log named if not)."""
         try:
             wait_http(health, proc, what)
         except GptopsError as exc:
@@ -140,21 +139,27 @@ def _mlflow_env(backend: str, mlflow_ui: str, webhooks: bool) -> dict[str, str]:
 
 
 def _start_servers(services: Services, host: str, prefect_port: int, mlflow_port: int,
-                   backend: str, own_db: bool) -> None:
-    """The Prefect server, then the MLflow server, each answering before the next starts."""
+                   backend: str, own_db: bool, runner: list[str]) -> subprocess.Popen:
+    """The Prefect server, the MLflow server and the deployment runner, started together (each
+    boots for seconds, mostly imports; the runner waits for the Prefect API itself); returns
+    when both servers answer. The runner's process is returned."""
     api = f"http://{host}:{prefect_port}/api"
-    services.start_server("prefect-server", [
+    prefect = services.start("prefect-server", [
         str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", host,
-        "--port", str(prefect_port), "--analytics-off"], f"{api}/health", "Prefect server")
+        "--port", str(prefect_port), "--analytics-off"], quiet=True)
+    mlflow = services.start("mlflow-server", [
+        sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port),
+        "--backend-store-uri", backend, "--workers", "1"], quiet=True)
+    runs = services.start("runner", runner)
+    services.wait_up("prefect-server", prefect, f"{api}/health", "Prefect server")
     if own_db:  # the workspace's own database: no slot can be held by a live run
         freed = release_orphan_slots(api)
         if freed:
             print(f"released {len(freed)} concurrency slot(s) held by runs of a server that "
                   f"died ({', '.join(freed)})", flush=True)
-    services.start_server("mlflow-server", [
-        sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port),
-        "--backend-store-uri", backend, "--workers", "1"], f"http://{host}:{mlflow_port}/health",
-        "MLflow server")
+    services.wait_up("mlflow-server", mlflow, f"http://{host}:{mlflow_port}/health",
+                     "MLflow server")
+    return runs
 
 
 def _start_events(services: Services, params: Any, mlflow_ui: str) -> bool:
@@ -197,11 +202,12 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
         skip_known_blocks(env, Path(env["PREFECT_HOME"]))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        _start_servers(services, host, prefect_port, mlflow_port, backend, own_db=not prefect_db)
+        runner = _start_servers(services, host, prefect_port, mlflow_port, backend,
+                                own_db=not prefect_db, runner=[
+                                    sys.executable, "-m", "flows.deploy", "--workdir", str(ws),
+                                    "--cron", cron, "--timezone", timezone])
         if not prefect_db:
             mark_blocks(Path(env["PREFECT_HOME"]))
-        runner = services.start("runner", [sys.executable, "-m", "flows.deploy", "--workdir",
-                                           str(ws), "--cron", cron, "--timezone", timezone])
         wait_deployments(f"http://{host}:{prefect_port}/api", runner, DEPLOYMENTS)
         urls = [*params.notify.webhooks, *notify]
         if urls:

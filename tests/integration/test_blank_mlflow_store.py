@@ -18,12 +18,19 @@ from gpt.registry.tracking import blank_store, client, experiment_id, make_blank
 from tests.conftest import PROJECT_ROOT
 
 
-def _schema(db) -> tuple[str, list[tuple[str, str]]]:
+def _schema(db) -> tuple[str, dict[str, object]]:
+    """The alembic head, and each table's columns, foreign keys and indexes, order aside (the
+    CREATE statements MLflow's migrations write list some of them in hash order, which differs
+    between two processes)."""
     with sqlite3.connect(db) as con:
         (head,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
-        sql = con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL "
-                          "ORDER BY name").fetchall()
-    return head, sql
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        shape = {t: (sorted(con.execute(f'PRAGMA table_info("{t}")').fetchall()),
+                     sorted(r[2:] for r in con.execute(f'PRAGMA foreign_key_list("{t}")')),
+                     sorted((r[1], r[2]) for r in con.execute(f'PRAGMA index_list("{t}")')
+                            if not r[1].startswith("sqlite_autoindex")))
+                 for t in tables}
+    return head, shape
 
 
 def test_a_seeded_store_has_mlflows_own_schema_and_works(tmp_path):
