@@ -23,7 +23,7 @@ from prefect.states import Cancelled
 from flows import artifacts, events, form, links, tasks
 from flows.form import FLOW_NAME
 from flows.report import summary_markdown
-from gpt import stopping
+from gpt import stopping, warmup
 from gpt.config import DEFAULT_PROFILE, PROJECT_PARAMS, load_params, profile_names
 from gpt.data.watch import unread_change
 from gpt.dvc_repo import STAGES
@@ -231,9 +231,12 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None, reingest: bool
     workspace)."""
     ws = str(ctx.workdir)
     forced = {"ingest": reingest, "clean": reclean}
+    stages = []
     with store_opened_meanwhile(ctx.tracking_uri, ctx.params.registry.experiment):
-        stages = [tasks.data_stage(ws, stage, force=forced.get(stage, False))
-                  for stage in STAGES]
+        for stage in STAGES:
+            stages.append(tasks.data_stage(ws, stage, force=forced.get(stage, False)))
+            if stages[-1]["ran"]:  # new data: the models train again (their imports, now)
+                warmup.training_imports_soon()
     tasks.check_tasks(ctx)  # too few documents for a built-in task: before any training
     ctx = replace(ctx, data_version=tasks.version_data(ws))
     reused = [s["stage"] for s in stages if not s["ran"]]

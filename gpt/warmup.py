@@ -1,0 +1,41 @@
+"""Imports a training run will need, done early in a background thread while the process waits.
+
+While DVC runs the data stages (each a process of its own), ``gptops run``'s own process mostly
+waits, and the second core is free. Once a stage has run, the models will be trained again, so
+what their steps import later on the critical path can be imported now instead: ``torch._dynamo``
+(torch's optimizers import it at their first use, 1.8 s), transformers' GPT-2 classes (the
+registry's export, 1.3 s), scikit-learn's metrics (evaluation, 1 s), and MLflow's map of
+installed packages (built once per process when a model is logged, 1.1 s). A run whose data
+stages are all reused starts none of it (its steps are reused too, and need none of it).
+
+Errors are ignored here: a missing or changed library fails where the run really uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+
+_started: list[threading.Thread] = []
+
+#: Modules the training, evaluation and registration steps import, heaviest first.
+MODULES = ("torch._dynamo", "transformers.models.gpt2.modeling_gpt2", "sklearn.metrics",
+           "rouge_score.rouge_scorer", "mlflow.transformers")
+
+
+def _warm() -> None:
+    for name in MODULES:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    with contextlib.suppress(Exception):  # what logging a model first does (MLflow 3)
+        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
+        _init_packages_to_modules_map()
+
+
+def training_imports_soon() -> None:
+    """Start the imports in a daemon thread, once per process."""
+    if not _started:
+        _started.append(threading.Thread(target=_warm, name="gptops-warmup", daemon=True))
+        _started[0].start()
