@@ -65,3 +65,21 @@ def test_the_data_stage_commands_import_no_torch(tmp_path):
         mods = set(out.stdout.split("MODULES", 1)[1].split())
         assert "pandas" in mods  # it did its work
         assert "torch" not in mods, f"gptops data {stage} imported torch"
+
+
+def test_the_warm_up_imports_what_training_needs_once_in_the_background():
+    mods = _modules_after(
+        "import threading\nfrom gpt import warmup\n"
+        "warmup.training_imports_soon()\nwarmup.training_imports_soon()\n"
+        "assert len(warmup._started) == 1 and warmup._started[0].daemon\n"
+        "warmup._started[0].join(timeout=100)\n"
+        "assert not warmup._started[0].is_alive()\n"
+        "from mlflow.utils import requirements_utils as r\n"
+        "assert r._PACKAGES_TO_MODULES, 'the package map was not built'")
+    assert set(warmup_modules()) <= mods
+
+
+def warmup_modules() -> tuple[str, ...]:
+    from gpt.warmup import MODULES
+
+    return MODULES
