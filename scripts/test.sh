@@ -12,12 +12,11 @@ if [ "$#" -gt 0 ]; then  # a selection of your own: one plain pytest run
   exec .venv/bin/python -m pytest -q -ra --durations=30 "$@"
 fi
 # The suite in two phases. First everything else on one worker per core (each test file whole on
-# one worker, the files sharing the session's pipeline run on one: tests/conftest.py; one torch
-# thread per worker), then the tests whose bounds are a few seconds
+# one worker; one torch thread per worker), then the tests whose bounds are a few seconds
 # (marker `serial`) alone, so that no other test's load decides whether they pass.
 workers="${GPTOPS_TEST_WORKERS:-$(nproc)}"
 rc=0
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" .venv/bin/python -m pytest -q -ra --durations=30 \
-  -n "$workers" --dist loadgroup -m "not serial" || rc=$?
+  -n "$workers" --dist loadfile -m "not serial" || rc=$?
 .venv/bin/python -m pytest -q -ra --durations=15 -m serial || rc=$((rc ? rc : $?))
 exit "$rc"

@@ -32,25 +32,15 @@ SMALL = [
 ]
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
-    """Files holding slow tests first, each file's tests in their own order: pytest-xdist hands
-    out work in this order, so the long ones start early and the many short files fill the
-    workers at the end (instead of one long file running alone).
-
-    With ``--dist loadgroup`` (scripts/test.sh) each file is one unit of work, as with
-    ``loadfile``, except that every file using the session's :func:`pipeline_run` (two pipeline
-    runs, ~40 s) is one unit together: one worker runs that fixture, not each of them.
-    """
+    """Files holding slow tests first, each file's tests in their own order: pytest-xdist's
+    ``--dist loadfile`` hands out files in this order, so the long ones start early and the
+    many short files fill the workers at the end (instead of one long file running alone)."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     first = {}
     for i, item in enumerate(items):
         first.setdefault(item.path, i)
     items.sort(key=lambda item: (item.path not in slow, first[item.path]))
-    shared = {item.path for item in items if "pipeline_run" in item.fixturenames}
-    for item in items:
-        group = "pipeline_run" if item.path in shared else str(item.path)
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
