@@ -28,7 +28,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from flows.links import MLFLOW_UI_ENV
 from gpt import stopping
+from gpt.envshare import scratch_beside, share_dir
 from gpt.errors import GptopsError, Interrupted
 from gpt.layout import Workspace
 
@@ -64,7 +64,7 @@ def blank_database() -> Path:
     """Where this environment keeps an empty Prefect database at its Prefect's schema, its block
     types registered (in the interpreter's prefix, named after :func:`_blocks_key`; it may not
     exist yet)."""
-    return Path(sys.prefix) / "share" / "gptops" / f"prefect-{_blocks_key()}.db"
+    return share_dir() / f"prefect-{_blocks_key()}.db"
 
 
 @functools.cache
@@ -107,10 +107,8 @@ def make_blank_database() -> Path | None:
     path = blank_database()
     if path.is_file():
         return path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".prefect-db-", dir=path.parent))
-    except OSError:
+    work = scratch_beside(path, ".prefect-db-")
+    if work is None:
         return None
     log.info("preparing an empty Prefect database for new workspaces (once per environment)")
     port = free_port()

@@ -32,6 +32,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpt.envshare import share_dir
+
 log = logging.getLogger(__name__)
 
 #: ``(doc_id, source, name, text)``: ``gpt.data.records.DOC_COLUMNS``' order.
@@ -174,7 +176,7 @@ def _cache_key(manifest: Path) -> str:
 def cache_dir() -> Path | None:
     """Where the read corpus is kept: the virtual environment's ``share/gptops`` (None outside a
     venv: a system interpreter's prefix is no place for it)."""
-    return Path(sys.prefix) / "share" / "gptops" if sys.prefix != sys.base_prefix else None
+    return share_dir() if sys.prefix != sys.base_prefix else None
 
 
 def builtin_docs(manifest: Path | None = None) -> list[Doc]:

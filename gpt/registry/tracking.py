@@ -16,8 +16,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gpt.envshare import scratch_beside, share_dir
 from gpt.errors import Interrupted, StoppedEarly
 from gpt.layout import Workspace
 from gpt.registry.listing import sqlite_path
@@ -154,7 +153,7 @@ def blank_store() -> Path:
     the interpreter's prefix, named after the MLflow version; it may not exist yet)."""
     from importlib.metadata import version
 
-    return Path(sys.prefix) / "share" / "gptops" / f"mlflow-{version('mlflow')}.db"
+    return share_dir() / f"mlflow-{version('mlflow')}.db"
 
 
 def make_blank_store() -> Path | None:
@@ -164,10 +163,8 @@ def make_blank_store() -> Path | None:
     path = blank_store()
     if path.is_file():
         return path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".mlflow-db-", dir=path.parent))
-    except OSError:
+    work = scratch_beside(path, ".mlflow-db-")
+    if work is None:
         return None
     try:
         from mlflow.store.model_registry.sqlalchemy_store import (
