@@ -6,7 +6,9 @@ what their steps import later on the critical path can be imported now instead: 
 (torch's optimizers import it at their first use, 1.8 s), transformers' GPT-2 classes (the
 registry's export, 1.3 s), scikit-learn's metrics (evaluation, 1 s), and MLflow's map of
 installed packages (built once per process when a model is logged, 1.1 s). A run whose data
-stages are all reused starts none of it (its steps are reused too, and need none of it).
+stages are all reused starts none of it (its steps are reused too, and need none of it), and
+neither does a busy machine: with no idle core the imports only move, and a run that stops
+before its steps needed them (a failed or stopped run) pays for them all.
 
 Errors are ignored here: a missing or changed library fails where the run really uses it.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import threading
 
 _started: list[threading.Thread] = []
@@ -34,8 +37,18 @@ def _warm() -> None:
         _init_packages_to_modules_map()
 
 
-def training_imports_soon() -> None:
-    """Start the imports in a daemon thread, once per process."""
-    if not _started:
+def idle_core() -> bool:
+    """Whether a core is free: the 1-minute load average is below the cores less one."""
+    try:
+        return os.getloadavg()[0] < (os.cpu_count() or 1) - 1
+    except OSError:  # no load average on this system
+        return False
+
+
+def training_imports_soon(only_if_idle: bool = True) -> bool:
+    """Start the imports in a daemon thread, once per process (with ``only_if_idle``, only when
+    :func:`idle_core`); True when they were started, now or before."""
+    if not _started and (not only_if_idle or idle_core()):
         _started.append(threading.Thread(target=_warm, name="gptops-warmup", daemon=True))
         _started[0].start()
+    return bool(_started)

@@ -70,7 +70,8 @@ def test_the_data_stage_commands_import_no_torch(tmp_path):
 def test_the_warm_up_imports_what_training_needs_once_in_the_background():
     mods = _modules_after(
         "import threading\nfrom gpt import warmup\n"
-        "warmup.training_imports_soon()\nwarmup.training_imports_soon()\n"
+        "assert warmup.training_imports_soon(only_if_idle=False)\n"
+        "assert warmup.training_imports_soon()\n"
         "assert len(warmup._started) == 1 and warmup._started[0].daemon\n"
         "warmup._started[0].join(timeout=100)\n"
         "assert not warmup._started[0].is_alive()\n"
@@ -83,3 +84,15 @@ def warmup_modules() -> tuple[str, ...]:
     from gpt.warmup import MODULES
 
     return MODULES
+
+
+def test_the_warm_up_waits_for_an_idle_core(monkeypatch):
+    from gpt import warmup
+
+    monkeypatch.setattr(warmup, "_started", [])
+    monkeypatch.setattr(warmup.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(warmup.os, "getloadavg", lambda: (2.4, 2.0, 1.5))  # the suite's load
+    assert not warmup.idle_core() and not warmup.training_imports_soon()
+    assert warmup._started == []
+    monkeypatch.setattr(warmup.os, "getloadavg", lambda: (0.6, 0.3, 0.2))
+    assert warmup.idle_core()
