@@ -189,25 +189,39 @@ def builtin_docs(manifest: Path | None = None) -> list[Doc]:
     path = manifest or manifest_path()
     folder = cache_dir()
     cache = folder / f"builtin-{_cache_key(path)}.json" if folder else None
-    try:
-        got = json.loads(cache.read_text(encoding="utf-8", errors="surrogatepass"))  # type: ignore[union-attr]
-        docs: list[Doc] = [(str(a), str(b), str(c), str(d)) for a, b, c, d in got["docs"]]
-        missing, changed = int(got["missing"]), int(got["changed"])
-    except (AttributeError, OSError, ValueError, TypeError, KeyError):  # none yet, unreadable
-        docs, missing, changed = _read_builtin_docs(path)
-        with contextlib.suppress(OSError, AttributeError):  # no venv, read-only: no cache
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")  # type: ignore[union-attr]
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"docs": docs, "missing": missing, "changed": changed},
-                                      ensure_ascii=False), encoding="utf-8",
-                           errors="surrogatepass")
-            tmp.replace(cache)  # type: ignore[arg-type]
+    found = _read_cache(cache) if cache else None
+    if found is None:  # no venv, none yet, or unreadable: read the files
+        found = _read_builtin_docs(path)
+        if cache:
+            _write_cache(cache, *found)
+    docs, missing, changed = found
     if missing or changed:
         log.warning("built-in corpus: %d of the %d documents of %s are missing (%d) or have "
                     "another text (%d) in Python %s; they are left out, so the data version "
                     "will differ from the reference one", missing + changed, len(docs) + missing
                     + changed, path.name, missing, changed, sys.version.split()[0])
     return docs
+
+
+def _read_cache(cache: Path) -> tuple[list[Doc], int, int] | None:
+    """A cached corpus, or None when there is none or it is torn or foreign."""
+    try:
+        got = json.loads(cache.read_text(encoding="utf-8", errors="surrogatepass"))
+        docs: list[Doc] = [(str(a), str(b), str(c), str(d)) for a, b, c, d in got["docs"]]
+        return docs, int(got["missing"]), int(got["changed"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_cache(cache: Path, docs: list[Doc], missing: int, changed: int) -> None:
+    """Keep a read corpus (through a temp file renamed into place); a read-only folder keeps
+    nothing."""
+    with contextlib.suppress(OSError):
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"docs": docs, "missing": missing, "changed": changed},
+                                  ensure_ascii=False), encoding="utf-8", errors="surrogatepass")
+        tmp.replace(cache)
 
 
 def _read_builtin_docs(path: Path) -> tuple[list[Doc], int, int]:
