@@ -14,9 +14,13 @@ fi
 # The suite in two phases. First everything else on one worker per core (each test file whole on
 # one worker; one torch thread per worker), then the tests whose bounds are a few seconds
 # (marker `serial`) alone, so that no other test's load decides whether they pass.
+# One torch thread per process in both: the tests run training next to servers, workers and
+# (browser tests) Chromium, and torch's threads, each waiting for the slowest at every
+# operation, train up to 30x slower when another process takes one of their cores.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 workers="${GPTOPS_TEST_WORKERS:-$(nproc)}"
 rc=0
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" .venv/bin/python -m pytest -q -ra --durations=30 \
-  -n "$workers" --dist loadfile -m "not serial" || rc=$?
+.venv/bin/python -m pytest -q -ra --durations=30 -n "$workers" --dist loadfile -m "not serial" \
+  || rc=$?
 .venv/bin/python -m pytest -q -ra --durations=15 -m serial || rc=$((rc ? rc : $?))
 exit "$rc"

@@ -8,15 +8,24 @@ database at the installed Prefect's schema, and each new workspace gets a copy.
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from importlib.metadata import version
+import subprocess
+import urllib.request
+from importlib.metadata import entry_points, version
 
 from flows.server import (
     BLOCKS_MARK,
+    _server_cmd,
     blank_database,
+    database_url,
+    free_port,
     make_blank_database,
     new_database,
+    prefect_env,
     skip_known_blocks,
+    stop_group,
+    wait_http,
 )
 
 
@@ -48,10 +57,47 @@ def test_a_new_workspace_gets_the_blank_database_and_an_existing_one_is_kept(tmp
     # register them again.
     env: dict[str, str] = {}
     skip_known_blocks(env, tmp_path / "home")
-    assert env == {"PREFECT_API_BLOCKS_REGISTER_ON_START": "false"}
+    assert env == {"PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+                   "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
     (tmp_path / "home" / BLOCKS_MARK).write_text("3.0.0-another\n")  # Prefect upgraded since
     env.clear()
     skip_known_blocks(env, tmp_path / "home")
     assert env == {}
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT count(*) FROM block_type").fetchone()[0] > 5
+
+
+def test_a_server_on_a_known_copy_starts_without_importing_prefects_collections(tmp_path):
+    """The server of a workspace whose block types are known neither registers them nor imports
+    the installed collections (prefect-dask, prefect-kubernetes) to find out: Python's own
+    import log of that server says so. Its API still lists the copy's block types."""
+    collections = {e.value.split(":")[0] for e in entry_points(group="prefect.collections")}
+    assert collections, "no Prefect collection installed: nothing to check"
+    ws, home = tmp_path / "ws", tmp_path / "ws" / ".gptops" / "prefect-home"
+    db = ws / ".gptops" / "prefect.db"
+    db.parent.mkdir(parents=True)
+    assert new_database(db, home) is False
+    port = free_port()
+    env = prefect_env("127.0.0.1", port, database_url(ws), home)
+    skip_known_blocks(env, home)
+    env["PYTHONPROFILEIMPORTTIME"] = "1"  # every import, to the server's stderr
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(_server_cmd(port), env=env, cwd=ws, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            api = f"http://127.0.0.1:{port}/api"
+            wait_http(f"{api}/health", proc, "the Prefect server", timeout=120)
+            req = urllib.request.Request(f"{api}/block_types/filter", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - local URL
+                assert len(json.load(r)) > 5
+        finally:
+            stop_group(proc)
+    # Python logs each module once its import is done (a collection that fails to import
+    # leaves only its submodules' lines).
+    imported = {line.rsplit("|", 1)[-1].strip() for line in log.read_text().splitlines()
+                if line.startswith("import time:")}
+    assert "prefect.server.api.server" in imported  # the log does list the server's imports
+    loaded = {name for name in imported if name.split(".")[0] in collections}
+    assert not loaded, sorted(loaded)[:10]
