@@ -16,6 +16,20 @@ from gpt.layout import Workspace
 log = logging.getLogger(__name__)
 
 
+def round_trip() -> Any:  # -> ruamel.yaml.YAML
+    """ruamel's round-trip YAML for editing a params.yaml in place: comments, quotes and lines
+    stay as the user wrote them (a flow mapping written over several lines becomes one), and
+    only the values set change. (Its defaults reflow lines at 80 columns and drop quotes:
+    ``{init_from: "hf:gpt2", ...}`` became a plain ``hf:gpt2`` inside a wrapped flow mapping,
+    which ruamel's C parser, DVC's where installed, refuses.)"""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 1 << 16
+    return rt
+
+
 def upgrade_params(path: Path) -> list[str]:
     """Bring a workspace's params.yaml to this gptops' keys (:func:`gpt.config.upgrade_tree`:
     moved keys carried to their new place, missing keys added with the project's defaults),
@@ -26,9 +40,7 @@ def upgrade_params(path: Path) -> list[str]:
         return []
     if not any(upgrade_tree(read_params_file(path))):
         return []
-    from ruamel.yaml import YAML
-
-    rt = YAML()
+    rt = round_trip()
     raw = rt.load(path.read_text(encoding="utf-8"))
     moved, added = upgrade_tree(raw)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -93,11 +105,9 @@ def apply_data_overrides(workdir: Path, overrides: list[str] | None) -> list[str
         else:
             rest.append(f"{key}={json.dumps(value)}")
     if data:
-        from ruamel.yaml import YAML  # round-trip: keeps the file's comments and layout
-
         path = Workspace(Path(workdir)).params_yaml
         read_params_file(path)  # clear error if missing or invalid
-        rt = YAML()
+        rt = round_trip()
         raw = rt.load(path.read_text(encoding="utf-8"))
         for key, value in data.items():
             set_dotted(raw, key, value)

@@ -15,14 +15,12 @@ def make_small_workspace(path: Path, data_ready: Callable[[Path], Path]) -> Path
     So a run started from the UI form (which only sets ``max_steps``) is as small as the tests'
     and finds its data stages done.
     """
-    from ruamel.yaml import YAML
-
     from gpt.config import parse_overrides
-    from gpt.params_file import apply_data_overrides
+    from gpt.params_file import apply_data_overrides, round_trip
 
     ws = data_ready(path)
     rest = apply_data_overrides(ws, SMALL)  # the data settings it has: its stages stay done
-    yaml = YAML()
+    yaml = round_trip()
     params = ws / "params.yaml"
     raw = yaml.load(params.read_text(encoding="utf-8"))
     for key, value in parse_overrides(rest).items():

@@ -67,9 +67,8 @@ def _paragraphs() -> list[str]:
 
 
 def _workspace(tmp_path: Path) -> tuple[Path, Path]:
-    from ruamel.yaml import YAML
-
     from gpt.config import parse_overrides, set_dotted
+    from gpt.params_file import round_trip
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -81,7 +80,7 @@ def _workspace(tmp_path: Path) -> tuple[Path, Path]:
         f"{'the parser reads tokens' if i % 2 else 'the server sends bytes'} number {i},"
         f"{'ab'[i % 2]}\n" for i in range(60)))
     ws = make_workspace(tmp_path / "ws")
-    rt = YAML()
+    rt = round_trip()
     path = ws / "params.yaml"
     raw = rt.load(path.read_text())
     values = {**parse_overrides(SETTINGS), "data.source": str(corpus),

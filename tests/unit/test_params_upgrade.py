@@ -96,3 +96,34 @@ def test_the_sft_pairs_and_benchmark_items_scored_carry_over_as_the_evaluation_s
     assert sorted(upgrade_params(path)) == ["evaluate.benchmark_limit -> evaluate.max_items",
                                             "sft.eval_examples -> evaluate.max_items"]
     assert read_params_file(path)["evaluate"]["max_items"] == 40
+
+
+def test_a_runs_data_overrides_change_only_their_lines_and_every_parser_reads_the_file(
+        tmp_path):
+    """The one-off data overrides a run writes into params.yaml (DVC reads them there) leave the
+    rest of the file as the user wrote it. Before: ruamel's round trip reflowed long lines at 80
+    columns and dropped quotes, and ``{init_from: hf:gpt2, ...}`` wrapped mid-mapping was
+    refused by ruamel's C parser (DVC's, where installed): every run with an override failed."""
+    from ruamel.yaml import YAML, main
+
+    from gpt.params_file import apply_data_overrides
+
+    (tmp_path / "params.yaml").write_text(PROJECT_PARAMS.read_text(encoding="utf-8"),
+                                          encoding="utf-8")
+    apply_data_overrides(tmp_path, ["data.max_docs=400", "tokenizer.vocab_size=512",
+                                    'data.source="hf:some/dataset"'])
+    before = PROJECT_PARAMS.read_text(encoding="utf-8").splitlines()
+    after = (tmp_path / "params.yaml").read_text(encoding="utf-8").splitlines()
+    assert len(after) == len(before)
+    changed = [(a.split("#")[0].strip(), b.split("#")[0].strip())
+               for a, b in zip(before, after, strict=True) if a != b]
+    assert [b for _, b in changed] == ["source: hf:some/dataset", "max_docs: 400",
+                                       "vocab_size: 512"], changed
+    assert main.CParser is not None, "ruamel.yaml.clib (a dependency) is not installed"
+    expected = yaml.safe_load(PROJECT_PARAMS.read_text(encoding="utf-8"))
+    expected["data"].update(source="hf:some/dataset", max_docs=400)
+    expected["tokenizer"]["vocab_size"] = 512
+    for loaded in (YAML(typ="safe").load("\n".join(after)),  # C, as DVC reads it
+                   YAML(typ="safe", pure=True).load("\n".join(after)),
+                   yaml.safe_load("\n".join(after))):
+        assert loaded == expected
