@@ -233,6 +233,7 @@ def _run(ctx: RunContext, reclean: bool, flow_run_id: str | None, reingest: bool
     forced = {"ingest": reingest, "clean": reclean}
     stages = []
     with store_opened_meanwhile(ctx.tracking_uri, ctx.params.registry.experiment):
+        warmup.mark()  # is a core idle while the stages run (and the warm-up may use it)?
         for stage in STAGES:
             stages.append(tasks.data_stage(ws, stage, force=forced.get(stage, False)))
             if stages[-1]["ran"]:  # new data: the models train again (their imports, now)

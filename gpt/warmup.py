@@ -10,6 +10,10 @@ stages are all reused starts none of it (its steps are reused too, and need none
 neither does a busy machine: with no idle core the imports only move, and a run that stops
 before its steps needed them (a failed or stopped run) pays for them all.
 
+"Idle" is measured while the data stages run (:func:`mark` before them): the CPU's idle time
+over that window, not the 1-minute load average, which still counts a command that ended a
+minute ago (right after ``scripts/setup.sh``, the README's first run never warmed up).
+
 Errors are ignored here: a missing or changed library fails where the run really uses it.
 """
 
@@ -19,8 +23,16 @@ import contextlib
 import importlib
 import os
 import threading
+import time
 
 _started: list[threading.Thread] = []
+#: (monotonic seconds, the CPU's idle seconds summed over its cores) at :func:`mark`
+_marked: list[tuple[float, float]] = []
+
+#: A core counts as free when at least this much of one was idle over the measured window.
+IDLE_SHARE = 0.75
+#: A shorter window says too little: the load average decides then.
+MIN_WINDOW_S = 0.5
 
 #: Modules the training, evaluation and registration steps import, heaviest first.
 MODULES = ("torch._dynamo", "transformers.models.gpt2.modeling_gpt2", "sklearn.metrics",
@@ -37,8 +49,30 @@ def _warm() -> None:
         _init_packages_to_modules_map()
 
 
+def _idle_seconds() -> float | None:
+    """The CPU's idle (and I/O-wait) seconds since boot, summed over its cores."""
+    try:
+        import psutil
+
+        t = psutil.cpu_times()
+    except Exception:  # noqa: BLE001 - no counters on this system
+        return None
+    return float(t.idle + getattr(t, "iowait", 0.0))
+
+
+def mark() -> None:
+    """Start the window over which :func:`idle_core` measures (before the data stages)."""
+    idle = _idle_seconds()
+    _marked[:] = [] if idle is None else [(time.monotonic(), idle)]
+
+
 def idle_core() -> bool:
-    """Whether a core is free: the 1-minute load average is below the cores less one."""
+    """Whether a core is free: since :func:`mark`, at least ``IDLE_SHARE`` of a core was idle
+    (without a mark, or over a window too short to say: the 1-minute load average is below the
+    cores less one)."""
+    now, idle = time.monotonic(), _idle_seconds()
+    if _marked and idle is not None and now - _marked[0][0] >= MIN_WINDOW_S:
+        return (idle - _marked[0][1]) / (now - _marked[0][0]) >= IDLE_SHARE
     try:
         return os.getloadavg()[0] < (os.cpu_count() or 1) - 1
     except OSError:  # no load average on this system

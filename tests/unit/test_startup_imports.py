@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -90,9 +91,50 @@ def test_the_warm_up_waits_for_an_idle_core(monkeypatch):
     from gpt import warmup
 
     monkeypatch.setattr(warmup, "_started", [])
+    monkeypatch.setattr(warmup, "_marked", [])  # no window measured: the load average decides
     monkeypatch.setattr(warmup.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(warmup.os, "getloadavg", lambda: (2.4, 2.0, 1.5))  # the suite's load
     assert not warmup.idle_core() and not warmup.training_imports_soon()
     assert warmup._started == []
     monkeypatch.setattr(warmup.os, "getloadavg", lambda: (0.6, 0.3, 0.2))
     assert warmup.idle_core()
+
+
+def test_idle_is_measured_over_the_window_since_the_mark_not_the_load_average(monkeypatch):
+    """After a busy minute the load average stays high (the README's first run comes right after
+    scripts/setup.sh) while a core is idle now; and the other way round."""
+    from gpt import warmup
+
+    monkeypatch.setattr(warmup, "_marked", [])
+    monkeypatch.setattr(warmup.os, "cpu_count", lambda: 2)
+    clock, idle = [100.0], [5000.0]
+    monkeypatch.setattr(warmup.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(warmup, "_idle_seconds", lambda: idle[0])
+    monkeypatch.setattr(warmup.os, "getloadavg", lambda: (2.4, 2.0, 1.5))  # a busy minute ago
+    warmup.mark()
+    clock[0] += 0.2
+    assert not warmup.idle_core()  # too short a window: the load average decides
+    clock[0] += 1.8
+    idle[0] += 1.9  # a core idle over 2 s: free now, whatever the average says
+    assert warmup.idle_core()
+    monkeypatch.setattr(warmup.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    warmup.mark()
+    clock[0] += 2.0
+    idle[0] += 0.4  # 0.2 of a core idle: both busy now
+    assert not warmup.idle_core()
+
+
+def test_two_busy_cores_since_the_mark_are_no_idle_core():
+    """The real counters: every core spinning since the mark leaves none idle."""
+    from gpt import warmup
+
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.2)
+        warmup.mark()
+        time.sleep(1.0)
+        assert not warmup.idle_core()
+    finally:
+        for p in procs:
+            p.wait(timeout=30)
