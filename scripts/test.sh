@@ -17,8 +17,8 @@ fi
 # One torch thread per process in both: the tests run training next to servers, workers and
 # (browser tests) Chromium, and torch's threads, each waiting for the slowest at every
 # operation, train up to 30x slower when another process takes one of their cores.
+workers="${GPTOPS_TEST_WORKERS:-$(nproc)}"  # before the export: nproc honours OMP_NUM_THREADS
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-workers="${GPTOPS_TEST_WORKERS:-$(nproc)}"
 rc=0
 .venv/bin/python -m pytest -q -ra --durations=30 -n "$workers" --dist loadfile -m "not serial" \
   || rc=$?
