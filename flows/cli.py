@@ -81,8 +81,9 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
     # these checks (handed_over) instead of repeating them.
     ctx = prepare_run(workdir, profile, extra, base, init=init)
     team = os.environ.get("PREFECT_API_URL", "")
-    # The flow's imports (torch, Prefect's engine) run while the server boots, then MLflow's
-    # store opens in a thread (the flow waits for it after the data stages).
+    # The flow's imports (Prefect's engine; torch waits for the first step) run while the
+    # server boots, then MLflow's store opens in a thread (the flow waits for it after the data
+    # stages).
     with workspace_api(ctx.workdir, meanwhile=lambda: _import_flow(ctx)), handed_over(ctx):
         from prefect.exceptions import CancelledRun
 

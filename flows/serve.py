@@ -29,6 +29,7 @@ from flows.server import (
     prefect_env,
     release_orphan_slots,
     skip_known_blocks,
+    skip_known_schema,
     stop_group,
     wait_http,
     workspace,
@@ -200,6 +201,7 @@ def serve_all(workdir: Path, host: str, prefect_port: int, mlflow_port: int, pre
     if not prefect_db:  # a new workspace's database: a copy of the environment's blank one
         new_database(layout.prefect_db, Path(env["PREFECT_HOME"]))
         skip_known_blocks(env, Path(env["PREFECT_HOME"]))
+        skip_known_schema(env, layout.prefect_db)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         runner = _start_servers(services, host, prefect_port, mlflow_port, backend,

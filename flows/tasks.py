@@ -12,7 +12,7 @@ import functools
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import Task
 from prefect.artifacts import create_markdown_artifact
@@ -21,13 +21,21 @@ from prefect.states import Cancelled, State
 
 from gpt import dvc_repo, params_file, stopping
 from gpt.errors import GptopsError, Interrupted
-from gpt.evaluate import ModelEval
 from gpt.layout import Workspace
-from gpt.pipeline import context, steps
+from gpt.pipeline import context
 from gpt.pipeline.context import RunContext
-from gpt.pipeline.steps import StepResult
-from gpt.preflight import check_tasks_on_data
 from gpt.registry import Registration
+
+if TYPE_CHECKING:  # torch and pandas: imported by the first task that runs a step, so that the
+    # run's own imports while its Prefect server boots stay short (flows.cli._import_flow)
+    from gpt.evaluate import ModelEval
+    from gpt.pipeline.steps import StepResult
+
+
+def _steps():  # -> gpt.pipeline.steps
+    from gpt.pipeline import steps
+
+    return steps
 
 
 class _StoppableTask(Task):
@@ -90,6 +98,8 @@ def data_stage(workdir: str, stage: str, force: bool = False) -> dict[str, Any]:
 @task(name="check-tasks", task_run_name="check-tasks", cache_policy=NO_CACHE)
 def check_tasks(ctx: RunContext) -> None:
     """Check the built-in fine-tuning/SFT tasks can be built from the cleaned data."""
+    from gpt.preflight import check_tasks_on_data
+
     check_tasks_on_data(ctx.params, ctx.workdir)
 
 
@@ -112,34 +122,34 @@ def pin_base(ctx: RunContext) -> RunContext:
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
 def pretrain(ctx: RunContext) -> StepResult:
     """Pretrain the base GPT by next-token prediction (reused when its key is unchanged)."""
-    return steps.pretrain_step(ctx)
+    return _steps().pretrain_step(ctx)
 
 
 @task(name="finetune", task_run_name="finetune", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
 def finetune(ctx: RunContext) -> StepResult:
     """Fine-tune the base as a classifier (reused when its key is unchanged)."""
-    return steps.finetune_step(ctx)
+    return _steps().finetune_step(ctx)
 
 
 @task(name="sft", task_run_name="sft", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5, retry_condition_fn=not_input_error)
 def sft(ctx: RunContext) -> StepResult:
     """Supervised fine-tuning of the base LM on prompt/completion pairs."""
-    return steps.sft_step(ctx)
+    return _steps().sft_step(ctx)
 
 
 @task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
 def evaluate(ctx: RunContext) -> dict[str, ModelEval]:
     """Each model's metrics next to its trivial baseline (reused when its key is unchanged)."""
-    return steps.evaluate_step(ctx)
+    return _steps().evaluate_step(ctx)
 
 
 @task(name="register", task_run_name="register", retries=1, retry_delay_seconds=5,
       cache_policy=NO_CACHE)
 def register(ctx: RunContext, evaluation: dict[str, ModelEval]) -> dict[str, Registration]:
     """Register the models in MLflow and apply the promotion gate."""
-    return steps.register_step(ctx, evaluation)
+    return _steps().register_step(ctx, evaluation)
 
 
 @task(name="tune-study", task_run_name="tune-study", cache_policy=NO_CACHE)

@@ -4,8 +4,9 @@ While DVC runs the data stages (each a process of its own), ``gptops run``'s own
 waits, and the second core is free. Once a stage has run, the models will be trained again, so
 what their steps import later on the critical path can be imported now instead: ``torch._dynamo``
 (torch's optimizers import it at their first use, 1.8 s), transformers' GPT-2 classes (the
-registry's export, 1.3 s), scikit-learn's metrics (evaluation, 1 s), and MLflow's map of
-installed packages (built once per process when a model is logged, 1.1 s). A run whose data
+registry's export, 1.3 s), scikit-learn's metrics (evaluation, 1 s), MLflow's map of
+installed packages (built once per process when a model is logged, 1.1 s) and matplotlib's
+figure classes (the classifier's confusion matrix, drawn at registration, 1 s). A run whose data
 stages are all reused starts none of it (its steps are reused too, and need none of it), and
 neither does a busy machine: with no idle core the imports only move, and a run that stops
 before its steps needed them (a failed or stopped run) pays for them all.
@@ -34,9 +35,11 @@ IDLE_SHARE = 0.75
 #: A shorter window says too little: the load average decides then.
 MIN_WINDOW_S = 0.5
 
-#: Modules the training, evaluation and registration steps import, heaviest first.
+#: Modules the training, evaluation and registration steps import, in the order they need them
+#: (a warm-up still running when training starts has done the first ones).
 MODULES = ("torch._dynamo", "transformers.models.gpt2.modeling_gpt2", "sklearn.metrics",
-           "rouge_score.rouge_scorer", "mlflow.transformers")
+           "rouge_score.rouge_scorer", "mlflow.transformers", "matplotlib.figure",
+           "matplotlib.backends.backend_agg")
 
 
 def _warm() -> None:

@@ -24,9 +24,17 @@ from flows.server import (
     new_database,
     prefect_env,
     skip_known_blocks,
+    skip_known_schema,
     stop_group,
     wait_http,
 )
+
+
+def _post(url: str, body: dict) -> object:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - local URL
+        return json.load(r)
 
 
 def _schema(db) -> tuple[str, int]:
@@ -65,12 +73,25 @@ def test_a_new_workspace_gets_the_blank_database_and_an_existing_one_is_kept(tmp
     assert env == {}
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT count(*) FROM block_type").fetchone()[0] > 5
+    # The copy is at the installed Prefect's schema: its server need not migrate it. A database
+    # at another revision (an older Prefect's, a restored backup) or none at all is migrated.
+    skip_known_schema(env, db)
+    assert env == {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"}
+    older = tmp_path / "older.db"
+    older.write_bytes(db.read_bytes())
+    with sqlite3.connect(older) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'a0a0a0a0a0a0'")
+    for other in (older, tmp_path / "missing.db"):
+        env.clear()
+        skip_known_schema(env, other)
+        assert env == {}, other
 
 
 def test_a_server_on_a_known_copy_starts_without_importing_prefects_collections(tmp_path):
     """The server of a workspace whose block types are known neither registers them nor imports
-    the installed collections (prefect-dask, prefect-kubernetes) to find out: Python's own
-    import log of that server says so. Its API still lists the copy's block types."""
+    the installed collections (prefect-dask, prefect-kubernetes) to find out, and the server of
+    a database at the installed schema does not run Alembic: Python's own import log of that
+    server says so. Its API still lists the copy's block types and records a flow run."""
     collections = {e.value.split(":")[0] for e in entry_points(group="prefect.collections")}
     assert collections, "no Prefect collection installed: nothing to check"
     ws, home = tmp_path / "ws", tmp_path / "ws" / ".gptops" / "prefect-home"
@@ -80,6 +101,7 @@ def test_a_server_on_a_known_copy_starts_without_importing_prefects_collections(
     port = free_port()
     env = prefect_env("127.0.0.1", port, database_url(ws), home)
     skip_known_blocks(env, home)
+    skip_known_schema(env, db)
     env["PYTHONPROFILEIMPORTTIME"] = "1"  # every import, to the server's stderr
     log = tmp_path / "server.log"
     with log.open("wb") as out:
@@ -92,6 +114,9 @@ def test_a_server_on_a_known_copy_starts_without_importing_prefects_collections(
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - local URL
                 assert len(json.load(r)) > 5
+            flow = _post(f"{api}/flows/", {"name": "known-copy"})
+            run = _post(f"{api}/flow_runs/", {"flow_id": flow["id"], "name": "r1"})
+            assert _post(f"{api}/flow_runs/filter", {})[0]["id"] == run["id"]
         finally:
             stop_group(proc)
     # Python logs each module once its import is done (a collection that fails to import
@@ -99,5 +124,5 @@ def test_a_server_on_a_known_copy_starts_without_importing_prefects_collections(
     imported = {line.rsplit("|", 1)[-1].strip() for line in log.read_text().splitlines()
                 if line.startswith("import time:")}
     assert "prefect.server.api.server" in imported  # the log does list the server's imports
-    loaded = {name for name in imported if name.split(".")[0] in collections}
+    loaded = {name for name in imported if name.split(".")[0] in collections | {"alembic"}}
     assert not loaded, sorted(loaded)[:10]

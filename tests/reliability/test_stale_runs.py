@@ -26,8 +26,10 @@ def test_the_next_run_marks_a_killed_runs_mlflow_runs_killed(pipeline_run, tmp_p
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "GPTOPS_PROGRESS": "plain"}
     sets = [a for o in RUN_OVERRIDES for a in ("--set", o)]
     before = set((ws / ".gptops" / "runs" / "pretrain").iterdir())
+    # Killed after its first checkpoint, 20 steps in (not max_steps // checkpoints = 1500).
+    long = ["train.max_steps=3000", f"train.checkpoints={3000 // 20}", "train.eval_interval=3000"]
     killed = subprocess.Popen([sys.executable, "-m", "flows.cli", "pretrain", "-w", str(ws), *sets,
-                               "--set", "train.max_steps=3000"], env=env,
+                               *[a for o in long for a in ("--set", o)]], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline:

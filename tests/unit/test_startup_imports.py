@@ -1,11 +1,12 @@
 """What a command imports before its work starts (issue 27 item 3: overhead of a run).
 
 ``gptops run`` checks every input before it starts its Prefect server, and the flow's own
-imports (torch, MLflow, Prefect's engine) then run while that server boots. The checks of a
-default run import no torch (it cost 2.7 s before the server started), and no process that
-imports the model pays for ``torch._dynamo`` (1.2 s) unless it compiles the model. The data
-stages' commands (``gptops data ingest|clean|tokenize``, a process each, started by DVC) import
-no torch either: it cost each of them 1.2-1.4 s, ~4 s of every run that prepares its data.
+imports (Prefect's engine, MLflow's store) then run while that server boots; torch and pandas
+wait for the first step that needs them. The checks of a default run import no torch (it cost
+2.7 s before the server started), and no process that imports the model pays for
+``torch._dynamo`` (1.2 s) unless it compiles the model. The data stages' commands (``gptops data
+ingest|clean|tokenize``, a process each, started by DVC) import no torch either: it cost each of
+them 1.2-1.4 s, ~4 s of every run that prepares its data.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def test_the_checks_of_a_default_run_import_no_torch(tmp_path):
         "from gpt.pipeline.context import prepare_run\n"
         f"prepare_run(Path({str(tmp_path / 'new-ws')!r}), 'tiny', ['train.lr=0.001'], '')")
     assert "torch" not in mods and "pandas" not in mods and "mlflow" not in mods
+
+
+def test_the_flow_imports_no_torch_or_pandas_while_the_server_boots():
+    """What ``gptops run`` imports while its Prefect server boots (the flow and its tasks) leaves
+    torch and pandas to the first task that needs them: both processes start at once on the
+    machine's cores, and the longer of the two decides when the flow starts."""
+    mods = _modules_after("import flows.pipeline, flows.tasks")
+    assert "prefect" in mods and "flows.tasks" in mods
+    assert "torch" not in mods and "pandas" not in mods
 
 
 def test_importing_the_model_and_its_loss_leaves_torch_dynamo_out():
