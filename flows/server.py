@@ -454,39 +454,77 @@ _LOCAL = {"send_to_api": False}
 WATCH_PERIOD_S = 5.0
 
 
+#: While a server is lost: Prefect's logger that complains once per event it did not get, and
+#: the flow run's, whose report of the run's end to it fails with a traceback (the concurrency
+#: services' complaints follow a setting instead: ``internal.logging_level``).
+_COMPLAINERS = ("prefect.events.clients", "prefect.flow_runs")
+
+
+def _while_lost() -> Callable[[], None]:
+    """Settle this process's Prefect client for a server that stopped answering; return what
+    undoes it (the server answers again).
+
+    - Each API call is tried once (its retries would take ~30 s each), and no log line is
+      queued for the API (they would only be dropped).
+    - Each event is sent with one connection attempt: the events client makes ten by default,
+      ~7 s an event, so a SIGTERM'd run spent that long at exit on its last event.
+    - Prefect's line per lost event, and its traceback of the run's end it could not report,
+      are left out: the run says once that the server is lost, and its own end in one line.
+    """
+    if "prefect" not in sys.modules:
+        return lambda: None
+    from prefect._internal.concurrency.services import _QueueServiceBase
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    saved = (settings.client.max_retries, settings.logging.to_api.enabled,
+             settings.internal.logging_level)
+    settings.client.max_retries, settings.logging.to_api.enabled = 0, False
+    settings.internal.logging_level = "CRITICAL"
+    clients = [c for service in list(_QueueServiceBase._instances.values())
+               if hasattr(c := getattr(service, "_client", None), "_reconnection_attempts")]
+    attempts = [c._reconnection_attempts for c in clients]
+    for c in clients:
+        c._reconnection_attempts = 0
+    levels = [logging.getLogger(name).level for name in _COMPLAINERS]
+    for name in _COMPLAINERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    def undo() -> None:
+        (settings.client.max_retries, settings.logging.to_api.enabled,
+         settings.internal.logging_level) = saved
+        for c, n in zip(clients, attempts, strict=True):
+            c._reconnection_attempts = n
+        for name, level in zip(_COMPLAINERS, levels, strict=True):
+            logging.getLogger(name).setLevel(level)
+
+    return undo
+
+
 @contextlib.contextmanager
 def _watch(api: str, what: str) -> Iterator[None]:
     """Say within seconds (one line) when a server the run uses but does not own stops
-    answering, and when it answers again; the run itself goes on (Prefect's client retries)."""
+    answering, and when it answers again; the run itself goes on (Prefect's client retries
+    once it answers again: :func:`_while_lost`)."""
     stop = threading.Event()
     lost_since: str | None = None
-    retries: int | None = None
-
-    def client_retries(value: int | None) -> int | None:
-        """Set Prefect's client retries (in this process, every thread); return the old value.
-
-        While the server is lost each call would retry for ~30 s, and a SIGTERM'd run would
-        spend minutes reporting its end to nobody."""
-        if value is None or "prefect" not in sys.modules:
-            return None
-        from prefect.settings import get_current_settings
-
-        client = get_current_settings().client
-        old, client.max_retries = client.max_retries, value
-        return old
+    undo: Callable[[], None] | None = None
 
     def watch() -> None:
-        nonlocal lost_since, retries
+        nonlocal lost_since, undo
         while not stop.wait(WATCH_PERIOD_S):
             up = healthy(api, timeout=WATCH_PERIOD_S)
             if not up and lost_since is None:
                 lost_since = time.strftime("%H:%M:%S")
-                retries = client_retries(0)
+                with contextlib.suppress(Exception):  # a Prefect that moved them: only slower
+                    undo = _while_lost()
                 log.warning("%s at %s does not answer (since %s): the run goes on, but what "
                             "it records there meanwhile is lost", what, api, lost_since,
                             extra=_LOCAL)
             elif up and lost_since is not None:
-                client_retries(retries)
+                if undo is not None:
+                    undo()
+                    undo = None
                 log.warning("%s at %s answers again (it did not from %s)", what, api,
                             lost_since, extra=_LOCAL)
                 lost_since = None
@@ -521,8 +559,8 @@ def _watch(api: str, what: str) -> Iterator[None]:
             register = getattr(threading, "_register_atexit", None)
             if register is not None:
                 register(_drop_prefect_queues)
-        else:
-            client_retries(retries)
+        elif undo is not None:
+            undo()
 
 
 def _drop_prefect_queues() -> int:
