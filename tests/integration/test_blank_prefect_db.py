@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import urllib.error
 import urllib.request
 from importlib.metadata import entry_points, version
 
@@ -33,8 +34,11 @@ from flows.server import (
 def _post(url: str, body: dict) -> object:
     req = urllib.request.Request(url, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - local URL
-        return json.load(r)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - local URL
+            return json.load(r)
+    except urllib.error.HTTPError as exc:  # the server's own words, not only the status
+        raise AssertionError(f"POST {url}: {exc.code} {exc.read()[:2000]!r}") from None
 
 
 def _schema(db) -> tuple[str, int]:
