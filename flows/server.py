@@ -473,7 +473,6 @@ def _while_lost() -> Callable[[], None]:
     """
     if "prefect" not in sys.modules:
         return lambda: None
-    from prefect._internal.concurrency.services import _QueueServiceBase
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
@@ -481,8 +480,12 @@ def _while_lost() -> Callable[[], None]:
              settings.internal.logging_level)
     settings.client.max_retries, settings.logging.to_api.enabled = 0, False
     settings.internal.logging_level = "CRITICAL"
-    clients = [c for service in list(_QueueServiceBase._instances.values())
-               if hasattr(c := getattr(service, "_client", None), "_reconnection_attempts")]
+    clients = []
+    with contextlib.suppress(ImportError):  # Prefect moved it: each event is only slower
+        from prefect._internal.concurrency.services import _QueueServiceBase
+
+        clients = [c for service in list(_QueueServiceBase._instances.values())
+                   if hasattr(c := getattr(service, "_client", None), "_reconnection_attempts")]
     attempts = [c._reconnection_attempts for c in clients]
     for c in clients:
         c._reconnection_attempts = 0
@@ -516,8 +519,7 @@ def _watch(api: str, what: str) -> Iterator[None]:
             up = healthy(api, timeout=WATCH_PERIOD_S)
             if not up and lost_since is None:
                 lost_since = time.strftime("%H:%M:%S")
-                with contextlib.suppress(Exception):  # a Prefect that moved them: only slower
-                    undo = _while_lost()
+                undo = _while_lost()
                 log.warning("%s at %s does not answer (since %s): the run goes on, but what "
                             "it records there meanwhile is lost", what, api, lost_since,
                             extra=_LOCAL)
