@@ -81,9 +81,8 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
     # these checks (handed_over) instead of repeating them.
     ctx = prepare_run(workdir, profile, extra, base, init=init)
     team = os.environ.get("PREFECT_API_URL", "")
-    # The flow's imports (Prefect's engine; torch waits for the first step) run while the
-    # server boots, then MLflow's store opens in a thread (the flow waits for it after the data
-    # stages).
+    # The flow's and its steps' imports (Prefect's engine, torch) run while the server boots,
+    # then MLflow's store opens in a thread (the flow waits for it after the data stages).
     with workspace_api(ctx.workdir, meanwhile=lambda: _import_flow(ctx)), handed_over(ctx):
         from prefect.exceptions import CancelledRun
 
@@ -104,6 +103,7 @@ def _run(workdir: Path, profile: str, overrides: list[str] | None, max_steps: in
 
 def _import_flow(ctx: RunContext) -> None:
     import flows.pipeline  # noqa: F401
+    import gpt.pipeline.steps  # noqa: F401 - torch and pandas: every run's steps import them
     from gpt.registry.tracking import open_store_soon
 
     open_store_soon(ctx.tracking_uri, ctx.params.registry.experiment)

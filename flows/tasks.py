@@ -26,8 +26,9 @@ from gpt.pipeline import context
 from gpt.pipeline.context import RunContext
 from gpt.registry import Registration
 
-if TYPE_CHECKING:  # torch and pandas: imported by the first task that runs a step, so that the
-    # run's own imports while its Prefect server boots stay short (flows.cli._import_flow)
+if TYPE_CHECKING:  # torch and pandas: imported by the first task that runs a step (or by
+    # `gptops run` while its server boots), not by every process that imports the flow
+    # (`gptops serve`'s deployment runner, which runs each flow run in a process of its own)
     from gpt.evaluate import ModelEval
     from gpt.pipeline.steps import StepResult
 

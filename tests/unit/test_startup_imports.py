@@ -1,9 +1,9 @@
 """What a command imports before its work starts (issue 27 item 3: overhead of a run).
 
 ``gptops run`` checks every input before it starts its Prefect server, and the flow's own
-imports (Prefect's engine, MLflow's store) then run while that server boots; torch and pandas
-wait for the first step that needs them. The checks of a default run import no torch (it cost
-2.7 s before the server started), and no process that imports the model pays for
+imports (Prefect's engine, the steps' torch, MLflow's store) then run while that server boots;
+the flow module itself imports neither torch nor pandas. The checks of a default run import no
+torch (it cost 2.7 s before the server started), and no process that imports the model pays for
 ``torch._dynamo`` (1.2 s) unless it compiles the model. The data stages' commands (``gptops data
 ingest|clean|tokenize``, a process each, started by DVC) import no torch either: it cost each of
 them 1.2-1.4 s, ~4 s of every run that prepares its data.
@@ -36,11 +36,10 @@ def test_the_checks_of_a_default_run_import_no_torch(tmp_path):
     assert "torch" not in mods and "pandas" not in mods and "mlflow" not in mods
 
 
-def test_the_flow_imports_no_torch_or_pandas_while_the_server_boots():
-    """What ``gptops run`` imports while its Prefect server boots (the flow and its tasks) leaves
-    torch and pandas to the first task that needs them: both processes start at once on the
-    machine's cores, and the longer of the two decides when the flow starts."""
-    mods = _modules_after("import flows.pipeline, flows.tasks")
+def test_the_flow_and_its_tasks_import_no_torch_or_pandas():
+    """Importing the flow (``gptops serve``'s deployment runner does, and runs each flow run in
+    a process of its own) leaves torch and pandas to the first task that runs a step."""
+    mods = _modules_after("import flows.pipeline, flows.tasks, flows.deploy")
     assert "prefect" in mods and "flows.tasks" in mods
     assert "torch" not in mods and "pandas" not in mods
 
