@@ -480,12 +480,8 @@ def _while_lost() -> Callable[[], None]:
              settings.internal.logging_level)
     settings.client.max_retries, settings.logging.to_api.enabled = 0, False
     settings.internal.logging_level = "CRITICAL"
-    clients = []
-    with contextlib.suppress(ImportError):  # Prefect moved it: each event is only slower
-        from prefect._internal.concurrency.services import _QueueServiceBase
-
-        clients = [c for service in list(_QueueServiceBase._instances.values())
-                   if hasattr(c := getattr(service, "_client", None), "_reconnection_attempts")]
+    clients = [c for service in _prefect_services()
+               if hasattr(c := getattr(service, "_client", None), "_reconnection_attempts")]
     attempts = [c._reconnection_attempts for c in clients]
     for c in clients:
         c._reconnection_attempts = 0
@@ -565,18 +561,24 @@ def _watch(api: str, what: str) -> Iterator[None]:
             undo()
 
 
+def _prefect_services() -> list[object]:
+    """Prefect's background workers in this process (events, API logs): none where Prefect
+    moved them (a lost server then only costs more time)."""
+    try:
+        from prefect._internal.concurrency.services import _QueueServiceBase
+    except ImportError:
+        return []
+    return list(_QueueServiceBase._instances.values())
+
+
 def _drop_prefect_queues() -> int:
     """Empty the queues of Prefect's background workers (events, API logs); return how many
     items were dropped. At exit they would otherwise send each item to a dead server, ~7 s
     apiece, for minutes, while SIGTERM has already stopped the run."""
     import queue
 
-    try:
-        from prefect._internal.concurrency.services import _QueueServiceBase
-    except ImportError:  # Prefect moved it: nothing to drop, the exit is only slower
-        return 0
     dropped = 0
-    for service in list(_QueueServiceBase._instances.values()):
+    for service in _prefect_services():
         q = getattr(service, "_queue", None)
         while q is not None:
             try:
